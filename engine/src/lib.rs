@@ -1,0 +1,21 @@
+//! The muddit engine: checkpoint loading and the Muddit models on the CPU.
+//!
+//! - [`weights`]: safetensors through mmap, sharded or not, f32/f16/bf16 widened to f32.
+//! - [`config`]: `transformer/config.json` with the upstream defaults and strict key checks.
+//! - [`mmdit`]: the MM-DiT forward of reference section 2.
+//! - [`model_dir`]: finding the component folders of a model.
+//! - [`random`]: random checkpoints in the public layout, for tests and benches.
+
+pub mod config;
+pub mod debug;
+pub mod error;
+pub mod mmdit;
+pub mod model_dir;
+pub mod nn;
+pub mod random;
+pub mod tensor_io;
+pub mod weights;
+
+pub use config::{ModelClass, TransformerConfig};
+pub use error::{Error, Result};
+pub use mmdit::{Mmdit, MmditInput, MmditOutput};

@@ -1,0 +1,37 @@
+//! Model folders in the public layout (reference section 1).
+
+use crate::config::TransformerConfig;
+use crate::error::{Error, Result};
+use crate::mmdit::Mmdit;
+use crate::weights::{Vb, Weights};
+use std::path::{Path, PathBuf};
+
+/// The `transformer/` folder of `dir`, which may be the model root or that folder itself.
+pub fn transformer_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.join("transformer").join("config.json").is_file() {
+        return Ok(dir.join("transformer"));
+    }
+    if dir.join("config.json").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let message = if dir.is_dir() {
+        "neither `transformer/config.json` nor `config.json` is there".to_string()
+    } else {
+        "no such folder".to_string()
+    };
+    Err(Error::ModelFolder {
+        path: dir.to_path_buf(),
+        message,
+    })
+}
+
+/// Loads the transformer of a model folder: config, weights, and a check that the weights hold
+/// nothing the config does not account for.
+pub fn load_transformer(dir: &Path) -> Result<Mmdit> {
+    let dir = transformer_dir(dir)?;
+    let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
+    let weights = Weights::open_dir(&dir)?;
+    let model = Mmdit::new(&cfg, &Vb::new(&weights))?;
+    weights.ensure_all_used()?;
+    Ok(model)
+}

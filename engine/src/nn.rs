@@ -1,0 +1,118 @@
+//! Small layers shared by the models: their fields are the checkpoint's tensors.
+
+use crate::error::Result;
+use crate::weights::Vb;
+use muddit_kernels::cpu::{act, matmul, norm};
+
+/// `nn.Linear` (and 1x1 convolutions, whose `[out, in, 1, 1]` weight is the same matrix).
+pub struct Linear {
+    /// `[out, in]`
+    pub weight: Vec<f32>,
+    /// `[out]`
+    pub bias: Option<Vec<f32>>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+impl Linear {
+    pub fn new(vb: &Vb, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get("weight", &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(vb.get("bias", &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// A 1x1 `nn.Conv2d` without bias, weight `[out, in, 1, 1]`.
+    pub fn conv1x1(vb: &Vb, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get("weight", &[out_dim, in_dim, 1, 1])?;
+        Ok(Linear {
+            weight,
+            bias: None,
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// `[M, in] -> [M, out]`
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let m = x.len() / self.in_dim;
+        let mut out = vec![0.0; m * self.out_dim];
+        matmul::linear(
+            x,
+            &self.weight,
+            self.bias.as_deref(),
+            m,
+            self.in_dim,
+            self.out_dim,
+            &mut out,
+        );
+        out
+    }
+}
+
+/// RMSNorm with a weight, eps 1e-6 everywhere in this family.
+pub struct RmsNorm {
+    /// `[D]`
+    pub weight: Vec<f32>,
+}
+
+pub const NORM_EPS: f32 = 1e-6;
+
+impl RmsNorm {
+    pub fn new(vb: &Vb, d: usize) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: vb.get("weight", &[d])?,
+        })
+    }
+
+    /// In place over rows of `x [M, D]`.
+    pub fn forward_(&self, x: &mut [f32]) {
+        norm::rms_norm_(x, &self.weight, NORM_EPS);
+    }
+}
+
+/// `linear_1 -> SiLU -> linear_2` (diffusers `TimestepEmbedding`, `PixArtAlphaTextProjection`).
+pub struct Mlp {
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+impl Mlp {
+    pub fn new(vb: &Vb, in_dim: usize, dim: usize, bias: bool) -> Result<Self> {
+        Ok(Mlp {
+            linear_1: Linear::new(&vb.pp("linear_1"), in_dim, dim, bias)?,
+            linear_2: Linear::new(&vb.pp("linear_2"), dim, dim, bias)?,
+        })
+    }
+
+    /// `[M, in] -> [M, dim]`
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let mut h = self.linear_1.forward(x);
+        act::silu_(&mut h);
+        self.linear_2.forward(&h)
+    }
+}
+
+/// The diffusers sinusoidal embedding (`get_timestep_embedding` with `flip_sin_to_cos=True`,
+/// `downscale_freq_shift=0`, max period 10000): `[cos(x f), sin(x f)]` with
+/// `f_k = exp(-ln(10000) k / (dim/2))`, in `f32` as the reference computes it. `[M] -> [M, dim]`
+pub fn sinusoidal_embedding(xs: &[f32], dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (-(10000f32.ln()) * k as f32 / half as f32).exp())
+        .collect();
+    let mut out = Vec::with_capacity(xs.len() * dim);
+    for &x in xs {
+        out.extend(freqs.iter().map(|f| (x * f).cos()));
+        out.extend(freqs.iter().map(|f| (x * f).sin()));
+    }
+    out
+}

@@ -1,0 +1,292 @@
+//! Safetensors checkpoints through mmap: one file or shards named by `*.safetensors.index.json`.
+//!
+//! Tensors are looked up by their PyTorch module path and widened to `f32` on request; the store
+//! remembers which names were taken so that a checkpoint holding tensors the config does not
+//! account for (more blocks than `num_layers`, say) is reported instead of silently ignored.
+
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range inside the mmap (header included in the offset).
+    start: usize,
+    end: usize,
+}
+
+/// All tensors of one model component (e.g. `transformer/`).
+pub struct Weights {
+    files: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, Entry>,
+    used: Mutex<HashSet<String>>,
+}
+
+/// The checkpoint file names the public layouts use, in order of preference.
+const SINGLE_FILES: [&str; 2] = ["diffusion_pytorch_model.safetensors", "model.safetensors"];
+
+impl Weights {
+    /// Opens the safetensors of a component folder: an `*.safetensors.index.json` if there is one,
+    /// else a single `*.safetensors` file.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let listing = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut names: Vec<String> = listing
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        if let Some(index) = names
+            .iter()
+            .find(|n| n.ends_with(".safetensors.index.json"))
+        {
+            return Self::open_index(&dir.join(index));
+        }
+        let candidates: Vec<&String> = names
+            .iter()
+            .filter(|n| n.ends_with(".safetensors"))
+            .collect();
+        let chosen = SINGLE_FILES
+            .iter()
+            .find(|f| candidates.iter().any(|c| c == *f))
+            .map(|f| f.to_string());
+        match (chosen, candidates.as_slice()) {
+            (Some(f), _) => Self::open_files(&[dir.join(f)]),
+            (None, [only]) => Self::open_files(&[dir.join(only)]),
+            (None, []) => Err(Error::ModelFolder {
+                path: dir.to_path_buf(),
+                message: "no .safetensors file".into(),
+            }),
+            (None, many) => Err(Error::ModelFolder {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "several .safetensors files ({}) and no index to say which belong together",
+                    many.len()
+                ),
+            }),
+        }
+    }
+
+    /// Opens the shards an index names (`{"weight_map": {tensor: file}}`), checking that each
+    /// tensor is found in the shard the index says.
+    pub fn open_index(index: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let parsed: Index = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: index.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<&String> = parsed.weight_map.values().collect();
+        shards.sort();
+        shards.dedup();
+        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        let weights = Self::open_files(&paths)?;
+        for (name, shard) in &parsed.weight_map {
+            match weights.entries.get(name) {
+                Some(e) if weights.files[e.file].0 == dir.join(shard) => {}
+                _ => {
+                    return Err(Error::MissingWeight {
+                        path: dir.join(shard),
+                        name: name.clone(),
+                    })
+                }
+            }
+        }
+        Ok(weights)
+    }
+
+    /// Opens and validates the given safetensors files (header, offsets, file length).
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut entries = HashMap::new();
+        for path in paths {
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: the map is read-only and lives as long as `Weights`; a checkpoint modified
+            // by another process while we run is outside what we can guard against.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let bad = |message: String| Error::Safetensors {
+                path: path.clone(),
+                message,
+            };
+            // `deserialize` checks the header and that every tensor's bytes lie inside the file.
+            SafeTensors::deserialize(&mmap).map_err(|e| bad(e.to_string()))?;
+            let (header_len, meta) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+            let data_start = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let entry = Entry {
+                    file: files.len(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + info.data_offsets.0,
+                    end: data_start + info.data_offsets.1,
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(bad(format!(
+                        "tensor `{name}` appears in more than one shard"
+                    )));
+                }
+            }
+            files.push((path.clone(), mmap));
+        }
+        Ok(Weights {
+            files,
+            entries,
+            used: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The file that holds `name`, or the first file, for messages.
+    fn path_of(&self, name: &str) -> PathBuf {
+        let file = self.entries.get(name).map_or(0, |e| e.file);
+        self.files
+            .get(file)
+            .map(|f| f.0.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The shape stored for `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Tensor `name` widened to `f32`, after checking that its shape is `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let entry = self.entries.get(name).ok_or_else(|| Error::MissingWeight {
+            path: self.path_of(name),
+            name: name.to_string(),
+        })?;
+        if entry.shape != shape {
+            return Err(Error::ShapeMismatch {
+                path: self.path_of(name),
+                name: name.into(),
+                expected: shape.to_vec(),
+                got: entry.shape.clone(),
+            });
+        }
+        let bytes = &self.files[entry.file].1[entry.start..entry.end];
+        let values = match entry.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    path: self.path_of(name),
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
+        Ok(values)
+    }
+
+    /// Fails if some stored tensor was never taken: the config describes a different model.
+    pub fn ensure_all_used(&self) -> Result<()> {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unused: Vec<&String> = self.entries.keys().filter(|n| !used.contains(*n)).collect();
+        unused.sort();
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::UnexpectedWeights {
+                path: self.path_of(first),
+                count: unused.len(),
+                example: (*first).clone(),
+            }),
+        }
+    }
+}
+
+/// Where a `Vb` takes its tensors from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Weights(&'a Weights),
+    /// Hands out zeros and writes down every (name, shape) asked for: the list of tensors a
+    /// config implies, used to write checkpoints in the exact layout the loader reads.
+    Record(&'a Mutex<Vec<(String, Vec<usize>)>>),
+}
+
+/// A view of a tensor source under a name prefix, as in `vb.pp("transformer_blocks").pp(3)`.
+#[derive(Clone)]
+pub struct Vb<'a> {
+    source: Source<'a>,
+    prefix: String,
+}
+
+impl<'a> Vb<'a> {
+    pub fn new(weights: &'a Weights) -> Self {
+        Vb {
+            source: Source::Weights(weights),
+            prefix: String::new(),
+        }
+    }
+
+    /// A builder that records names and shapes instead of reading them (see `Source::Record`).
+    /// The zeros it returns are lazily mapped pages, so recording a 1B model costs no memory.
+    pub fn recorder(log: &'a Mutex<Vec<(String, Vec<usize>)>>) -> Self {
+        Vb {
+            source: Source::Record(log),
+            prefix: String::new(),
+        }
+    }
+
+    /// The view one module down: `pp("attn")`, `pp(0)`.
+    pub fn pp(&self, part: impl std::fmt::Display) -> Vb<'a> {
+        let prefix = if self.prefix.is_empty() {
+            part.to_string()
+        } else {
+            format!("{}.{part}", self.prefix)
+        };
+        Vb {
+            source: self.source,
+            prefix,
+        }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Tensor `name` under this prefix, as `f32`, checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.source {
+            Source::Weights(w) => w.get(&self.full(name), shape),
+            Source::Record(log) => {
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((self.full(name), shape.to_vec()));
+                Ok(vec![0.0; shape.iter().product()])
+            }
+        }
+    }
+}

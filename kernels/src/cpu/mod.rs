@@ -1,0 +1,7 @@
+//! CPU operations on row-major `f32` slices.
+
+pub mod act;
+pub mod attention;
+pub mod matmul;
+pub mod norm;
+pub mod rope;

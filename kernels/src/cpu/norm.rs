@@ -1,0 +1,89 @@
+//! Normalisations over the last dimension of row-major `[M, D]` data.
+//!
+//! Sums are accumulated in `f64`: the rows are short (at most a few thousand) and this keeps the
+//! CPU backend a tight reference for the device kernels.
+
+/// RMSNorm in place: `x = x * rsqrt(mean(x²) + eps) * weight`, per row of `x [M, D]`, `weight [D]`.
+pub fn rms_norm_(x: &mut [f32], weight: &[f32], eps: f32) {
+    let d = weight.len();
+    assert!(d > 0 && x.len() % d == 0, "rms_norm: x is not [M, {d}]");
+    for row in x.chunks_exact_mut(d) {
+        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * inv * w;
+        }
+    }
+}
+
+/// `(mean, 1/sqrt(var + eps))` of one row, variance biased as in `nn.LayerNorm`.
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// LayerNorm without affine parameters, in place, per row of `x [M, D]`.
+pub fn layer_norm_(x: &mut [f32], d: usize, eps: f32) {
+    assert!(d > 0 && x.len() % d == 0, "layer_norm: x is not [M, {d}]");
+    for row in x.chunks_exact_mut(d) {
+        let (mean, inv) = moments(row, eps);
+        for v in row.iter_mut() {
+            *v = (*v - mean) * inv;
+        }
+    }
+}
+
+/// Adaptive-norm modulation: `out = LayerNorm(x) * (1 + scale) + shift` per row of `x [M, D]`,
+/// with `shift`, `scale` `[D]` (one conditioning vector for all rows of one batch item).
+pub fn layer_norm_modulate(x: &[f32], shift: &[f32], scale: &[f32], eps: f32, out: &mut [f32]) {
+    let d = shift.len();
+    assert!(
+        d > 0 && x.len() % d == 0 && scale.len() == d,
+        "layer_norm_modulate: x is not [M, {d}]"
+    );
+    assert_eq!(
+        out.len(),
+        x.len(),
+        "layer_norm_modulate: out differs from x"
+    );
+    for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let (mean, inv) = moments(row, eps);
+        for i in 0..d {
+            orow[i] = (row[i] - mean) * inv * (1.0 + scale[i]) + shift[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rows() {
+        let mut x = vec![3.0, 4.0, 0.0, 0.0, -2.0, 2.0];
+        rms_norm_(&mut x, &[1.0, 2.0], 1e-12);
+        // Row [3,4]: rms = sqrt(12.5).
+        let r = 12.5f32.sqrt();
+        assert!((x[0] - 3.0 / r).abs() < 1e-6 && (x[1] - 8.0 / r).abs() < 1e-6);
+        assert_eq!(&x[2..4], &[0.0, 0.0]);
+        assert!((x[4] + 1.0).abs() < 1e-6 && (x[5] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn modulate_is_layer_norm_then_affine() {
+        let x = vec![1.0, 2.0, 3.0, 4.0];
+        let mut plain = x.clone();
+        layer_norm_(&mut plain, 4, 1e-6);
+        let mean: f32 = plain.iter().sum::<f32>() / 4.0;
+        let var: f32 = plain.iter().map(|v| v * v).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5);
+        let mut out = vec![0.0; 4];
+        layer_norm_modulate(&x, &[0.5; 4], &[1.0, 0.0, -1.0, 2.0], 1e-6, &mut out);
+        for i in 0..4 {
+            let scale = [1.0, 0.0, -1.0, 2.0][i];
+            assert!((out[i] - (plain[i] * (1.0 + scale) + 0.5)).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The masked discrete-diffusion sampler (work in progress).

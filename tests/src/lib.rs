@@ -1,0 +1,49 @@
+//! Helpers for the workspace-level integration tests in `tests/tests/`.
+
+use muddit_engine::tensor_io::TensorFile;
+use std::path::PathBuf;
+
+/// `tests/fixtures/<rel>` in the workspace.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+/// Relative L2 error `|got - want| / |want|`, with the worst element and its index.
+pub struct Compare {
+    pub rel_l2: f64,
+    pub worst_abs: f64,
+    pub worst_index: usize,
+}
+
+pub fn compare(got: &[f32], want: &[f32]) -> Compare {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let (mut num, mut den, mut worst_abs, mut worst_index) = (0.0f64, 0.0f64, 0.0f64, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let e = (g as f64 - w as f64).abs();
+        num += e * e;
+        den += (w as f64) * (w as f64);
+        if e > worst_abs || e.is_nan() {
+            worst_abs = e;
+            worst_index = i;
+        }
+    }
+    Compare {
+        rel_l2: (num / den.max(f64::MIN_POSITIVE)).sqrt(),
+        worst_abs,
+        worst_index,
+    }
+}
+
+/// The `f32` values of tensor `name` in a fixture file.
+pub fn f32_tensor(file: &TensorFile, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let (shape, values) = file
+        .f32(name, file_rank(file, name), "fixture")
+        .expect("fixture tensor");
+    (shape.to_vec(), values.to_vec())
+}
+
+fn file_rank(file: &TensorFile, name: &str) -> usize {
+    file.get(name).map(|t| t.shape.len()).unwrap_or(0)
+}

@@ -1,0 +1,67 @@
+//! The MM-DiT forward against tensors dumped from the reference implementation
+//! (`tools/fixtures/make_engine_fixtures.py`). Bar: relative L2 error <= 1e-4 in f32.
+
+use muddit_engine::debug::transformer_forward;
+use muddit_engine::model_dir::load_transformer;
+use muddit_engine::tensor_io::TensorFile;
+use muddit_tests::{compare, f32_tensor, fixture};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn check_case(case: &str) {
+    let dir = fixture(&format!("engine/{case}"));
+    let model = load_transformer(&dir).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let inputs = TensorFile::read(&dir.join("inputs.safetensors")).expect("inputs");
+    let want = TensorFile::read(&dir.join("outputs.safetensors")).expect("outputs");
+    let got = transformer_forward(&model, &inputs).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let mut compared = 0;
+    for name in want.names() {
+        let (shape, reference) = f32_tensor(&want, name);
+        let ours = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{case}: no `{name}` in our outputs"));
+        assert_eq!(ours.shape, shape, "{case}/{name}: shape");
+        let muddit_engine::tensor_io::Values::F32(values) = &ours.values else {
+            panic!("{case}/{name}: not f32")
+        };
+        let c = compare(values, &reference);
+        println!(
+            "{case}/{name}: rel L2 {:.3e} ({:.1}% of tolerance), worst abs {:.3e} at {}",
+            c.rel_l2,
+            100.0 * c.rel_l2 / TOLERANCE,
+            c.worst_abs,
+            c.worst_index
+        );
+        assert!(
+            c.rel_l2 <= TOLERANCE,
+            "{case}/{name}: rel L2 {:.3e} > {TOLERANCE:e}",
+            c.rel_l2
+        );
+        compared += 1;
+    }
+    assert_eq!(
+        compared,
+        got.len(),
+        "{case}: we produce outputs the fixture does not have"
+    );
+}
+
+#[test]
+fn muddit_batch2_with_text_head() {
+    check_case("muddit_b2");
+}
+
+#[test]
+fn meissonic_batch1_without_text_head() {
+    check_case("meissonic_b1");
+}
+
+#[test]
+fn muddit_without_down_and_up_blocks_on_a_non_square_grid() {
+    check_case("muddit_nodown_b1");
+}
+
+#[test]
+fn muddit_bf16_weights_widened_to_f32() {
+    check_case("muddit_bf16");
+}
