@@ -1,1 +1,84 @@
-fn main() {}
+//! `muddit`: the command-line tool.
+
+mod debug;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "muddit",
+    version,
+    about = "Muddit unified discrete-diffusion inference"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(clap::Args)]
+pub struct Global {
+    /// Model folder (the root of the public layout or its `transformer/` folder).
+    #[arg(long, global = true, env = "MUDDIT_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Where to run: `cpu` (default) or `cuda[:N]`.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+    /// Number type of weights and activations (and of written checkpoints).
+    #[arg(long, global = true, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Machine-readable results on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress or informational messages on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tools for people converting or checking checkpoints.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.global.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    match cli.global.device.as_str() {
+        "cpu" => {}
+        other => anyhow::bail!("--device {other}: only `cpu` is available in this build so far"),
+    }
+    match cli.command {
+        Command::Debug(cmd) => debug::run(cmd, &cli.global),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -56,7 +56,12 @@ impl Guidance {
     /// Combines the two halves: `out[j] = u[j] + g * (c[j] - u[j])`, or copies `cond` when off.
     ///
     /// Shapes: `uncond`, `cond`, `out` are `[B, n, V]` alike (`uncond` is ignored when off).
-    pub fn combine(self, uncond: &[f32], cond: &[f32], out: &mut [f32]) -> Result<(), SamplerError> {
+    pub fn combine(
+        self,
+        uncond: &[f32],
+        cond: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), SamplerError> {
         self.validate()?;
         for (what, got) in [("uncond logits", uncond.len()), ("cond logits", cond.len())] {
             if got != out.len() && (what == "cond logits" || self.needs_uncond()) {

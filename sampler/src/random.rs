@@ -94,8 +94,13 @@ impl RandomSource {
         counter_word(tokens, "tokens")?;
         let len = batch
             .checked_mul(tokens)
-            .ok_or(SamplerError::LayoutTooLarge { what: "batch * tokens" })?;
-        for (what, got) in [("draw uniforms", draw.len()), ("gumbel uniforms", gumbel.len())] {
+            .ok_or(SamplerError::LayoutTooLarge {
+                what: "batch * tokens",
+            })?;
+        for (what, got) in [
+            ("draw uniforms", draw.len()),
+            ("gumbel uniforms", gumbel.len()),
+        ] {
             if got != len {
                 return Err(SamplerError::ShapeMismatch {
                     what,
@@ -105,7 +110,9 @@ impl RandomSource {
                 });
             }
         }
-        let rows = draw.chunks_exact_mut(tokens).zip(gumbel.chunks_exact_mut(tokens));
+        let rows = draw
+            .chunks_exact_mut(tokens)
+            .zip(gumbel.chunks_exact_mut(tokens));
         for (row, (draw_row, gumbel_row)) in rows.enumerate() {
             for (token, (d, g)) in draw_row.iter_mut().zip(gumbel_row.iter_mut()).enumerate() {
                 let u = self.token_uniforms(step, row as u32, token as u32);
@@ -164,12 +171,17 @@ mod tests {
         let (batch, tokens) = (3, 77);
         let mut draw = vec![0.0; batch * tokens];
         let mut gumbel = vec![0.0; batch * tokens];
-        source.fill_step(4, batch, tokens, &mut draw, &mut gumbel).unwrap();
+        source
+            .fill_step(4, batch, tokens, &mut draw, &mut gumbel)
+            .unwrap();
         let u = source.token_uniforms(4, 2, 76);
         assert_eq!((draw[2 * 77 + 76], gumbel[2 * 77 + 76]), (u.draw, u.gumbel));
         assert_ne!(draw, gumbel);
         let mean = draw.iter().sum::<f32>() / draw.len() as f32;
-        assert!((mean - 0.5).abs() < 0.05, "mean of the draw uniforms {mean}");
+        assert!(
+            (mean - 0.5).abs() < 0.05,
+            "mean of the draw uniforms {mean}"
+        );
     }
 
     #[test]
@@ -178,6 +190,13 @@ mod tests {
         let mut short = vec![0.0; 5];
         let mut ok = vec![0.0; 6];
         let err = source.fill_step(0, 2, 3, &mut short, &mut ok).unwrap_err();
-        assert!(matches!(err, SamplerError::ShapeMismatch { expected: 6, got: 5, .. }));
+        assert!(matches!(
+            err,
+            SamplerError::ShapeMismatch {
+                expected: 6,
+                got: 5,
+                ..
+            }
+        ));
     }
 }

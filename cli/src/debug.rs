@@ -1,0 +1,164 @@
+//! `muddit debug ...`: inspection forwards and random checkpoints.
+
+use crate::{Dtype, Global};
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use muddit_engine::config::TransformerConfig;
+use muddit_engine::random::{write_random_transformer, WeightDtype};
+use muddit_engine::tensor_io::{self, TensorFile};
+use muddit_engine::{debug, model_dir};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum DebugCommand {
+    /// Run the transformer on named input tensors and write its logits.
+    Forward {
+        /// `image_tokens` i64 [B,h,w], `encoder_hidden_states` f32 [B,L,J], `pooled_projections`
+        /// f32 [B,P], `timestep` f32 [1], `micro_conds` f32 [B,5].
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write `image_logits` [B,V,h,w] and `text_logits` [B,L,Vt].
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace `--out` if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Write random inputs for `debug forward` that fit a model: a masked id grid, random text
+    /// features and pooled vector, timestep 0.5, micro-conditions of the grid's pixel size.
+    RandomInputs {
+        /// Batch size (2 for one guided step).
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Id grid rows and columns (32 for 512 px).
+        #[arg(long, default_value_t = 32)]
+        grid: usize,
+        /// Text tokens.
+        #[arg(long, default_value_t = 77)]
+        text_len: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Write a random model folder in the public layout (for tests and benches).
+    RandomCheckpoint {
+        /// A named shape: muddit-512 (the public 1B model), tiny, meissonic-tiny.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        preset: Option<String>,
+        /// A transformer `config.json` to take the shape from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The model folder to create (its `transformer/` is written).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the random values.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Split the weights into shards of at most this many MiB, with an index.
+        #[arg(long)]
+        shard_mib: Option<usize>,
+        /// Write into `--out` even if it already holds a model.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
+    match cmd {
+        DebugCommand::Forward {
+            inputs,
+            out,
+            overwrite,
+        } => forward(global, &inputs, &out, overwrite),
+        DebugCommand::RandomInputs {
+            batch,
+            grid,
+            text_len,
+            seed,
+            out,
+            overwrite,
+        } => {
+            refuse_overwrite(&out, overwrite)?;
+            let dir = model_dir::transformer_dir(model_arg(global)?)?;
+            let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
+            let inputs = muddit_engine::random::random_inputs(&cfg, batch, grid, text_len, seed);
+            tensor_io::write(&out, &inputs)?;
+            Ok(())
+        }
+        DebugCommand::RandomCheckpoint {
+            preset,
+            config,
+            out,
+            seed,
+            shard_mib,
+            overwrite,
+        } => {
+            let cfg = match (preset, config) {
+                (Some(name), _) => TransformerConfig::preset(&name).with_context(|| {
+                    format!(
+                        "--preset {name}: unknown; choose one of {}",
+                        TransformerConfig::PRESETS.join(", ")
+                    )
+                })?,
+                (None, Some(path)) => TransformerConfig::from_file(&path)?,
+                (None, None) => bail!("give --preset or --config"),
+            };
+            let dir = out.join("transformer");
+            if dir.exists() && !overwrite {
+                bail!(
+                    "{} already exists; pass --overwrite to replace it",
+                    dir.display()
+                );
+            }
+            let dtype = match global.dtype {
+                Dtype::F32 => WeightDtype::F32,
+                Dtype::Bf16 => WeightDtype::Bf16,
+            };
+            let start = Instant::now();
+            write_random_transformer(&cfg, &dir, dtype, seed, shard_mib.map(|m| m << 20))?;
+            if !global.quiet {
+                eprintln!(
+                    "wrote {} in {:.1} s",
+                    dir.display(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The model folder from `--model` or `MUDDIT_MODEL`.
+pub fn model_arg(global: &Global) -> Result<&Path> {
+    global
+        .model
+        .as_deref()
+        .context("no model: pass --model DIR (a folder in the public layout) or set MUDDIT_MODEL")
+}
+
+fn refuse_overwrite(out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() && !overwrite {
+        bail!(
+            "{} already exists; pass --overwrite to replace it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    refuse_overwrite(out, overwrite)?;
+    let model = model_dir::load_transformer(model_arg(global)?)?;
+    let inputs = TensorFile::read(inputs)?;
+    let start = Instant::now();
+    let outputs = debug::transformer_forward(&model, &inputs)?;
+    if !global.quiet {
+        eprintln!("forward: {:.3} s", start.elapsed().as_secs_f64());
+    }
+    tensor_io::write(out, &outputs)?;
+    Ok(())
+}
