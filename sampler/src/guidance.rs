@@ -83,6 +83,7 @@ impl Guidance {
 
 /// `out[j] = u[j] + g * (c[j] - u[j])` in f32, in this order (no fused multiply-add), as
 /// upstream. All three slices have the same length.
+#[inline(always)]
 pub(crate) fn combine_into(scale: f32, uncond: &[f32], cond: &[f32], out: &mut [f32]) {
     for ((o, &u), &c) in out.iter_mut().zip(uncond).zip(cond) {
         *o = u + scale * (c - u);

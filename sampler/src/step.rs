@@ -2,107 +2,13 @@
 
 use rayon::prelude::*;
 
-use crate::random::counter_word;
 use crate::token::{self, Drawn, Scratch};
 use crate::{
-    guidance::combine_into, DrawRule, Guidance, RandomSource, SamplerConfig, SamplerError,
-    TokenUniforms,
+    DrawRule, Guidance, RandomSource, SamplerConfig, SamplerError, TokenLayout, TokenUniforms,
 };
 
 /// Masked tokens per parallel work item.
 const TOKENS_PER_TASK: usize = 8;
-
-/// The shape of the ids a step works on, and the mask id of their modality.
-///
-/// Ids are `[B, n]` row-major (`n = h * w` for an image grid, flattened row-major; `n = L`
-/// for text rows); logits are `[B, n, V]` row-major f32 (token-major: an image head's
-/// `[B, V, h, w]` output must be transposed first), `[2B, n, V]` with guidance. The mask id
-/// may be `>= V` (images: codes `0..V`, mask `V + 63`): then it is never drawn; if it is `< V`
-/// (the text head holds a `<mask>` entry) the draw can produce it, as upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenLayout {
-    /// `B`: independent rows (prompts).
-    pub batch: usize,
-    /// `n`: tokens per row.
-    pub tokens: usize,
-    /// `V`: logits per token.
-    pub vocab: usize,
-    /// The id of a masked token.
-    pub mask_id: u32,
-}
-
-impl TokenLayout {
-    /// Text rows: ids `[batch, len]`.
-    pub fn text(batch: usize, len: usize, vocab: usize, mask_id: u32) -> Self {
-        Self {
-            batch,
-            tokens: len,
-            vocab,
-            mask_id,
-        }
-    }
-
-    /// An image id grid `[batch, height, width]`, flattened row-major to `[batch, height * width]`.
-    pub fn image(
-        batch: usize,
-        height: usize,
-        width: usize,
-        vocab: usize,
-        mask_id: u32,
-    ) -> Result<Self, SamplerError> {
-        let tokens = height
-            .checked_mul(width)
-            .ok_or(SamplerError::LayoutTooLarge {
-                what: "height * width",
-            })?;
-        Ok(Self::text(batch, tokens, vocab, mask_id))
-    }
-
-    /// Checks that no dimension is zero and that all sizes fit the sampler's counters.
-    pub fn validate(&self) -> Result<(), SamplerError> {
-        let Self {
-            batch,
-            tokens,
-            vocab,
-            ..
-        } = *self;
-        if batch == 0 || tokens == 0 || vocab == 0 {
-            return Err(SamplerError::EmptyLayout {
-                batch,
-                tokens,
-                vocab,
-            });
-        }
-        counter_word(batch, "batch")?;
-        counter_word(tokens, "tokens")?;
-        counter_word(vocab, "vocab")?;
-        self.logits_len(Guidance::Cfg { scale: 1.0 }).map(|_| ())
-    }
-
-    /// `B * n`, the length of the ids.
-    pub fn ids_len(&self) -> Result<usize, SamplerError> {
-        self.batch
-            .checked_mul(self.tokens)
-            .ok_or(SamplerError::LayoutTooLarge {
-                what: "batch * tokens",
-            })
-    }
-
-    /// `G * B * n * V`, the length of the logits (`G = 2` with guidance).
-    pub fn logits_len(&self, guidance: Guidance) -> Result<usize, SamplerError> {
-        self.ids_len()?
-            .checked_mul(self.vocab)
-            .and_then(|len| len.checked_mul(guidance.batch_factor()))
-            .ok_or(SamplerError::LayoutTooLarge {
-                what: "logits length",
-            })
-    }
-
-    /// The starting ids: every token masked, `[B, n]`.
-    pub fn all_masked(&self) -> Result<Vec<u32>, SamplerError> {
-        Ok(vec![self.mask_id; self.ids_len()?])
-    }
-}
 
 /// Uniforms supplied by the caller for one step (recorded ones, or the device's copy of
 /// [`RandomSource::fill_step`]): each `[B, n]`, values in `[0, 1]`.
@@ -247,7 +153,8 @@ impl Sampler {
         noise: Noise<'_>,
     ) -> Result<StepReport, SamplerError> {
         let unknown = self.check_inputs(step, ids, logits, layout)?;
-        let (drawn, confidence) = self.draw_all(step, ids, logits, layout, noise)?; // [B, n] each
+        let arch = pulp::Arch::new();
+        let (drawn, confidence) = self.draw_all(step, ids, logits, layout, noise, arch)?; // [B, n] each
         let last = step + 1 == self.config.steps;
         let mut mask_len = vec![0; layout.batch];
         if last {
@@ -308,7 +215,7 @@ impl Sampler {
 
     /// Draws every token and its confidence, in parallel over tokens: `([B, n], [B, n])`.
     /// The result does not depend on the thread count: each token reads only its own logits
-    /// and uniforms. On bad logits, reports the first bad token in row-major order.
+    /// and uniforms, nor on `arch`. On bad logits, reports the first bad token in row-major order.
     fn draw_all(
         &self,
         step: usize,
@@ -316,40 +223,33 @@ impl Sampler {
         logits: &[f32],
         layout: &TokenLayout,
         noise: Noise<'_>,
+        arch: pulp::Arch,
     ) -> Result<(Vec<u32>, Vec<f32>), SamplerError> {
         let len = ids.len();
         let (mut drawn, mut confidence) = (vec![0u32; len], vec![0.0f32; len]);
-        let step_word = step as u32; // checked: step < S <= u32::MAX
-        let temperature = self.temperatures[step];
+        let task = TokenTask {
+            sampler: self,
+            step,
+            ids,
+            logits,
+            layout,
+            noise,
+        };
         let first_bad = drawn
             .par_chunks_mut(TOKENS_PER_TASK)
             .zip(confidence.par_chunks_mut(TOKENS_PER_TASK))
             .enumerate()
             .map_init(
                 || Scratch::new(layout.vocab),
-                |scratch, (task, (drawn, confidence))| {
-                    let first = task * TOKENS_PER_TASK;
-                    for (i, (d, c)) in drawn.iter_mut().zip(confidence).enumerate() {
-                        let flat = first + i;
-                        let (row, token) = (flat / layout.tokens, flat % layout.tokens);
-                        let u = noise.at(step_word, row, token, flat);
-                        let noise_term = match self.config.draw {
-                            DrawRule::Sample => temperature * token::gumbel(u.gumbel),
-                            DrawRule::Greedy => 0.0,
-                        };
-                        if ids[flat] != layout.mask_id {
-                            // Upstream sets a known token's probability to f32::MAX.
-                            (*d, *c) = (ids[flat], token::log_prob(f32::MAX) + noise_term);
-                            continue;
-                        }
-                        let Some(Drawn { id, prob }) =
-                            self.draw_token(row, token, logits, layout, u.draw, scratch)
-                        else {
-                            return Some(flat);
-                        };
-                        (*d, *c) = (id, token::log_prob(prob) + noise_term);
-                    }
-                    None
+                |scratch, (i, (drawn, confidence))| {
+                    let first = i * TOKENS_PER_TASK;
+                    arch.dispatch(TaskRun {
+                        task: &task,
+                        first,
+                        drawn,
+                        confidence,
+                        scratch,
+                    })
                 },
             )
             .flatten()
@@ -362,27 +262,88 @@ impl Sampler {
             None => Ok((drawn, confidence)),
         }
     }
+}
+
+/// The per-token work of one step, shared by the parallel tasks.
+struct TokenTask<'a> {
+    sampler: &'a Sampler,
+    step: usize,
+    /// `[B, n]`
+    ids: &'a [u32],
+    /// `[G * B, n, V]`
+    logits: &'a [f32],
+    layout: &'a TokenLayout,
+    noise: Noise<'a>,
+}
+
+/// One parallel work item: [`TokenTask::run`] on a few tokens, compiled for the best
+/// instruction set `pulp` finds (AVX2 where available, else the baseline). The arithmetic is
+/// the same IEEE operations in the same order either way (Rust never fuses a multiply and an
+/// add on its own), so the results are bit-identical.
+struct TaskRun<'t, 'a> {
+    task: &'t TokenTask<'a>,
+    first: usize,
+    drawn: &'t mut [u32],
+    confidence: &'t mut [f32],
+    scratch: &'t mut Scratch,
+}
+
+impl pulp::WithSimd for TaskRun<'_, '_> {
+    type Output = Option<usize>;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Self::Output {
+        self.task
+            .run(self.first, self.drawn, self.confidence, self.scratch)
+    }
+}
+
+impl TokenTask<'_> {
+    /// Draws the tokens `first..first + drawn.len()` (flat `[B * n]` indices) into `drawn`
+    /// and `confidence`; returns the first token with bad logits, if any.
+    #[inline(always)]
+    fn run(
+        &self,
+        first: usize,
+        drawn: &mut [u32],
+        confidence: &mut [f32],
+        scratch: &mut Scratch,
+    ) -> Option<usize> {
+        let n = self.layout.tokens;
+        let config = &self.sampler.config;
+        let temperature = self.sampler.temperatures[self.step];
+        for (i, (d, c)) in drawn.iter_mut().zip(confidence).enumerate() {
+            let flat = first + i;
+            let (row, token) = (flat / n, flat % n);
+            let u = self.noise.at(self.step as u32, row, token, flat); // step < S <= u32::MAX
+            let noise_term = match config.draw {
+                DrawRule::Sample => temperature * token::gumbel(u.gumbel),
+                DrawRule::Greedy => 0.0,
+            };
+            if self.ids[flat] != self.layout.mask_id {
+                // Upstream sets a known token's probability to f32::MAX.
+                (*d, *c) = (self.ids[flat], token::log_prob(f32::MAX) + noise_term);
+                continue;
+            }
+            let Some(Drawn { id, prob }) = self.draw(row, token, u.draw, scratch) else {
+                return Some(flat);
+            };
+            (*d, *c) = (id, token::log_prob(prob) + noise_term);
+        }
+        None
+    }
 
     /// Softmax and draw of one masked token, combining the guidance halves first.
-    fn draw_token(
-        &self,
-        row: usize,
-        token: usize,
-        logits: &[f32],
-        layout: &TokenLayout,
-        u: f32,
-        scratch: &mut Scratch,
-    ) -> Option<Drawn> {
-        let v = layout.vocab;
-        let at = |r: usize| (r * layout.tokens + token) * v; // start of [r, token, :]
-        let rule = self.config.draw;
-        match self.config.guidance {
-            Guidance::Off => token::draw_from(&logits[at(row)..at(row) + v], rule, u, scratch),
+    #[inline(always)]
+    fn draw(&self, row: usize, token: usize, u: f32, scratch: &mut Scratch) -> Option<Drawn> {
+        let (v, n, batch) = (self.layout.vocab, self.layout.tokens, self.layout.batch);
+        let logits_of = |r: usize| &self.logits[(r * n + token) * v..][..v]; // [r, token, :]
+        let rule = self.sampler.config.draw;
+        match self.sampler.config.guidance {
+            Guidance::Off => token::draw_plain(logits_of(row), rule, u, scratch),
             Guidance::Cfg { scale } => {
-                let uncond = &logits[at(row)..at(row) + v];
-                let cond = &logits[at(layout.batch + row)..at(layout.batch + row) + v];
-                combine_into(scale, uncond, cond, &mut scratch.values);
-                token::draw_in_place(rule, u, scratch)
+                let (uncond, cond) = (logits_of(row), logits_of(batch + row));
+                token::draw_guided(scale, uncond, cond, rule, u, scratch)
             }
         }
     }
@@ -452,4 +413,55 @@ fn check_uniforms(uniforms: &StepUniforms<'_>, layout: &TokenLayout) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD path and the scalar path give bit-identical draws and confidences.
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        // Odd sizes: 333 codes is not a multiple of the 16 lanes nor of the draw blocks.
+        let layout = TokenLayout::text(2, 301, 333, 400);
+        for guidance in [Guidance::Off, Guidance::Cfg { scale: 7.5 }] {
+            for draw in [DrawRule::Sample, DrawRule::Greedy] {
+                let config = SamplerConfig {
+                    guidance,
+                    draw,
+                    seed: 11,
+                    ..SamplerConfig::new(5)
+                };
+                let sampler = Sampler::new(config).unwrap();
+                let len = layout.logits_len(guidance).unwrap();
+                let logits: Vec<f32> = (0..len)
+                    .map(|i| ((i * 7919 % 1013) as f32 * 0.013).sin() * 9.0)
+                    .collect();
+                let mut ids = layout.all_masked().unwrap();
+                ids[5] = 3;
+                let run = |arch| {
+                    sampler
+                        .draw_all(
+                            1,
+                            &ids,
+                            &logits,
+                            &layout,
+                            Noise::Seeded(sampler.random),
+                            arch,
+                        )
+                        .unwrap()
+                };
+                let (simd_ids, simd_conf) = run(pulp::Arch::new());
+                let (scalar_ids, scalar_conf) = run(pulp::Arch::Scalar);
+                assert_eq!(simd_ids, scalar_ids, "{guidance:?} {draw:?}");
+                let bits = |c: &[f32]| c.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&simd_conf),
+                    bits(&scalar_conf),
+                    "{guidance:?} {draw:?}"
+                );
+                assert_eq!(simd_ids[5], 3);
+            }
+        }
+    }
 }

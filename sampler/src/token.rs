@@ -4,12 +4,13 @@
 //! depend on the instruction set the compiler picks, and the exponential is a branch-free
 //! polynomial that vectorizes.
 
+use crate::guidance::combine_into;
 use crate::DrawRule;
 
 /// Accumulator lanes of the max and exp-sum reductions.
 const LANES: usize = 16;
 /// Entries per f64 partial sum of the probabilities (the draw walks these blocks first).
-pub(crate) const DRAW_BLOCK: usize = 64;
+const DRAW_BLOCK: usize = 64;
 /// Clamp applied to probabilities and to `-ln u` before their logarithms, as upstream.
 const TINY: f32 = 1e-20;
 
@@ -49,11 +50,11 @@ pub(crate) fn log_prob(p: f32) -> f32 {
     p.max(TINY).ln()
 }
 
-/// Softmax of `logits` `[V]` and one draw; `None` if the logits hold NaN or +inf or are all
-/// -inf. `logits` may be `scratch.values` itself ([`draw_in_place`]) or another slice.
-///
-/// Softmax as PyTorch's: `m = max`, `e_j = exp(x_j - m)`, `s = sum e`, `p_j = e_j * (1 / s)`.
-pub(crate) fn draw_from(
+/// Softmax of one token's logits `[V]` and one draw; `None` if the logits hold NaN or +inf
+/// or are all -inf. Softmax as PyTorch's: `m = max`, `e_j = exp(x_j - m)`, `s = sum e`,
+/// `p_j = e_j * (1 / s)`; `scratch.values` receives `e`.
+#[inline(always)]
+pub(crate) fn draw_plain(
     logits: &[f32],
     rule: DrawRule,
     u: f32,
@@ -65,8 +66,17 @@ pub(crate) fn draw_from(
     finish(sum, argmax, rule, u, scratch)
 }
 
-/// [`draw_from`] with the logits already in `scratch.values` (they are overwritten).
-pub(crate) fn draw_in_place(rule: DrawRule, u: f32, scratch: &mut Scratch) -> Option<Drawn> {
+/// [`draw_plain`] on the guided logits `u + scale * (c - u)` of `uncond`, `cond` `[V]`.
+#[inline(always)]
+pub(crate) fn draw_guided(
+    scale: f32,
+    uncond: &[f32],
+    cond: &[f32],
+    rule: DrawRule,
+    u: f32,
+    scratch: &mut Scratch,
+) -> Option<Drawn> {
+    combine_into(scale, uncond, cond, &mut scratch.values);
     let m = max_finite(&scratch.values)?;
     let argmax = first_index_of(&scratch.values, m, rule);
     let sum = exp_sum_in_place(&mut scratch.values, m);
@@ -74,6 +84,7 @@ pub(crate) fn draw_in_place(rule: DrawRule, u: f32, scratch: &mut Scratch) -> Op
 }
 
 /// The draw once `scratch.values` holds `e = exp(x - m)` and `sum = sum e`.
+#[inline(always)]
 fn finish(sum: f32, argmax: usize, rule: DrawRule, u: f32, scratch: &mut Scratch) -> Option<Drawn> {
     if !sum.is_finite() {
         return None; // a NaN logit
@@ -91,6 +102,7 @@ fn finish(sum: f32, argmax: usize, rule: DrawRule, u: f32, scratch: &mut Scratch
 }
 
 /// The maximum of `xs` `[V]` if it is finite (NaN entries are skipped here and caught by the sum).
+#[inline(always)]
 fn max_finite(xs: &[f32]) -> Option<f32> {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let mut chunks = xs.chunks_exact(LANES);
@@ -99,15 +111,22 @@ fn max_finite(xs: &[f32]) -> Option<f32> {
             *a = if x > *a { x } else { *a };
         }
     }
-    let tail = chunks.remainder().iter().copied();
-    let m = acc
-        .into_iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, |a, x| if x > a { x } else { a });
+    let m = chunks
+        .remainder()
+        .iter()
+        .fold(reduce_max(acc), |a, &x| if x > a { x } else { a });
     m.is_finite().then_some(m)
 }
 
+/// The maximum of the lanes (the order does not matter for a maximum).
+#[inline(always)]
+fn reduce_max(acc: [f32; LANES]) -> f32 {
+    acc.into_iter()
+        .fold(f32::NEG_INFINITY, |a, x| if x > a { x } else { a })
+}
+
 /// The first index holding `m` (greedy draws only; 0 otherwise).
+#[inline(always)]
 fn first_index_of(xs: &[f32], m: f32, rule: DrawRule) -> usize {
     match rule {
         DrawRule::Greedy => xs.iter().position(|&x| x == m).unwrap_or(0),
@@ -116,6 +135,7 @@ fn first_index_of(xs: &[f32], m: f32, rule: DrawRule) -> usize {
 }
 
 /// `dst[j] = exp(src[j] - m)`; returns the f32 sum over [`LANES`] lanes. `src`, `dst`: `[V]`.
+#[inline(always)]
 fn exp_sum_from(src: &[f32], dst: &mut [f32], m: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut dst_chunks = dst.chunks_exact_mut(LANES);
@@ -139,6 +159,7 @@ fn exp_sum_from(src: &[f32], dst: &mut [f32], m: f32) -> f32 {
 }
 
 /// `xs[j] = exp(xs[j] - m)`; returns the f32 sum over [`LANES`] lanes. `xs`: `[V]`.
+#[inline(always)]
 fn exp_sum_in_place(xs: &mut [f32], m: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = xs.chunks_exact_mut(LANES);
@@ -156,12 +177,14 @@ fn exp_sum_in_place(xs: &mut [f32], m: f32) -> f32 {
     reduce_lanes(acc) + tail
 }
 
-/// Pairwise sum of the lanes in a fixed order.
-fn reduce_lanes(mut acc: [f32; LANES]) -> f32 {
+/// Pairwise sum of the lanes in a fixed order: lane `l` with lane `l + LANES / 2`, and so on.
+#[inline(always)]
+fn reduce_lanes<T: Copy + std::ops::AddAssign>(mut acc: [T; LANES]) -> T {
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {
-            acc[l] += acc[l + width];
+            let upper = acc[l + width];
+            acc[l] += upper;
         }
         width /= 2;
     }
@@ -173,7 +196,7 @@ fn reduce_lanes(mut acc: [f32; LANES]) -> f32 {
 /// polynomial for `e^r` (Cephes `expf` coefficients) and `2^n` built from the exponent bits.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_HI: f32 = 0.693_359_4; // 0.693359375 exactly
     const LN2_LO: f32 = -2.121_944_4e-4;
     const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = if x < -87.0 { -87.0 } else { x };
@@ -183,7 +206,7 @@ fn exp_nonpositive(x: f32) -> f32 {
     let poly = ((((1.987_569_2e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let er = poly * (r * r) + r + 1.0;
     let n_int = t.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
     let scale = f32::from_bits((n_int.wrapping_add(127) as u32) << 23);
@@ -198,6 +221,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// `p_i = e_i * inv` in f32. `e`: `[V]`; `blocks`: `[ceil(V / DRAW_BLOCK)]`, overwritten with
 /// the per-block sums. Falls back to the last `j` with `p_j > 0` when rounding leaves no
 /// `C_j` above the target (possible only for `u` within ~1e-16 of 1).
+#[inline(always)]
 fn inverse_cdf(e: &[f32], inv: f32, u: f32, blocks: &mut [f64]) -> usize {
     let total = block_sums(e, inv, blocks);
     let target = f64::from(u) * total;
@@ -213,21 +237,23 @@ fn inverse_cdf(e: &[f32], inv: f32, u: f32, blocks: &mut [f64]) -> usize {
     last_positive(e, inv)
 }
 
-/// Per-block f64 sums of `e_i * inv` (8 lanes inside a block); returns their sequential total.
+/// Per-block f64 sums of `e_i * inv` ([`LANES`] lanes inside a block); returns their
+/// sequential total. `e`: `[V]`, `blocks`: `[ceil(V / DRAW_BLOCK)]`.
+#[inline(always)]
 fn block_sums(e: &[f32], inv: f32, blocks: &mut [f64]) -> f64 {
     let mut total = 0.0f64;
     for (block, chunk) in blocks.iter_mut().zip(e.chunks(DRAW_BLOCK)) {
-        let mut acc = [0.0f64; 8];
-        let mut eights = chunk.chunks_exact(8);
-        for eight in &mut eights {
-            for (a, &x) in acc.iter_mut().zip(eight) {
+        let mut acc = [0.0f64; LANES];
+        let mut lanes = chunk.chunks_exact(LANES);
+        for lane in &mut lanes {
+            for (a, &x) in acc.iter_mut().zip(lane) {
                 *a += f64::from(x * inv);
             }
         }
-        for (a, &x) in acc.iter_mut().zip(eights.remainder()) {
+        for (a, &x) in acc.iter_mut().zip(lanes.remainder()) {
             *a += f64::from(x * inv);
         }
-        *block = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        *block = reduce_lanes(acc);
         total += *block;
     }
     total
@@ -304,21 +330,21 @@ mod tests {
             [f32::NEG_INFINITY; 4],
         ] {
             assert_eq!(
-                draw_from(&bad, DrawRule::Sample, 0.5, &mut scratch),
+                draw_plain(&bad, DrawRule::Sample, 0.5, &mut scratch),
                 None,
                 "{bad:?}"
             );
         }
         let ok = [f32::NEG_INFINITY, 0.0, 0.0, f32::NEG_INFINITY];
-        let d = draw_from(&ok, DrawRule::Sample, 0.9, &mut scratch).unwrap();
+        let d = draw_plain(&ok, DrawRule::Sample, 0.9, &mut scratch).unwrap();
         assert_eq!((d.id, d.prob), (2, 0.5));
-        let g = draw_from(&ok, DrawRule::Greedy, 0.9, &mut scratch).unwrap();
+        let g = draw_plain(&ok, DrawRule::Greedy, 0.9, &mut scratch).unwrap();
         assert_eq!((g.id, g.prob), (1, 0.5));
     }
 
     #[test]
     fn gumbel_matches_upstream_clamps() {
-        assert!((gumbel(0.0) - -(46.051_70f32).ln()).abs() < 1e-6);
+        assert!((gumbel(0.0) - -(46.0517f32).ln()).abs() < 1e-6);
         assert!((gumbel(0.5) - 0.366_512_9).abs() < 1e-6);
         assert!(gumbel(1.0 - 2f32.powi(-24)) > 16.0);
     }
