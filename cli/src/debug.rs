@@ -10,6 +10,9 @@ use muddit_engine::{debug, model_dir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+#[path = "debug_sides.rs"]
+mod debug_sides;
+
 #[derive(Subcommand)]
 pub enum DebugCommand {
     /// Run the transformer on named input tensors and write its logits.
@@ -22,6 +25,35 @@ pub enum DebugCommand {
         #[arg(long)]
         out: PathBuf,
         /// Replace `--out` if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Run the CLIP text encoder (`--model`: the root or `text_encoder/`) on `input_ids` i64
+    /// [B,77]; writes `text_embeds` [B,P], `penultimate` [B,77,D], `last_hidden_state` [B,77,D].
+    Text {
+        #[arg(long)]
+        inputs: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// VQ-encode `image` f32 [B,3,H,W] in [0,1] (`--model`: the root or `vqvae/`); writes
+    /// `tokens` i64 [B,H/16,W/16].
+    VqEncode {
+        #[arg(long)]
+        inputs: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// VQ-decode `tokens` i64 [B,h,w]; writes `image` f32 [B,3,16h,16w], not clipped.
+    VqDecode {
+        #[arg(long)]
+        inputs: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
         #[arg(long)]
         overwrite: bool,
     },
@@ -64,11 +96,39 @@ pub enum DebugCommand {
         /// Write into `--out` even if it already holds a model.
         #[arg(long)]
         overwrite: bool,
+        /// OpenCLIP's `bpe_simple_vocab_16e6.txt.gz`, for the real CLIP vocabulary in
+        /// `tokenizer/` (default: a made-up BPE of the same size).
+        #[arg(long)]
+        clip_bpe: Option<PathBuf>,
     },
 }
 
 pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
     match cmd {
+        DebugCommand::Text {
+            inputs,
+            out,
+            overwrite,
+        } => {
+            refuse_overwrite(&out, overwrite)?;
+            debug_sides::text(model_arg(global)?, &inputs, &out, global.quiet)
+        }
+        DebugCommand::VqEncode {
+            inputs,
+            out,
+            overwrite,
+        } => {
+            refuse_overwrite(&out, overwrite)?;
+            debug_sides::vq_encode(model_arg(global)?, &inputs, &out, global.quiet)
+        }
+        DebugCommand::VqDecode {
+            inputs,
+            out,
+            overwrite,
+        } => {
+            refuse_overwrite(&out, overwrite)?;
+            debug_sides::vq_decode(model_arg(global)?, &inputs, &out, global.quiet)
+        }
         DebugCommand::Forward {
             inputs,
             out,
@@ -83,7 +143,7 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             overwrite,
         } => {
             refuse_overwrite(&out, overwrite)?;
-            let dir = model_dir::transformer_dir(model_arg(global)?)?;
+            let dir = model_dir::transformer_dir(&model_arg(global)?)?;
             let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
             let inputs = muddit_engine::random::random_inputs(&cfg, batch, grid, text_len, seed);
             tensor_io::write(&out, &inputs)?;
@@ -96,6 +156,7 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             seed,
             shard_mib,
             overwrite,
+            clip_bpe,
         } => {
             let cfg = match (preset, config) {
                 (Some(name), _) => TransformerConfig::preset(&name).with_context(|| {
@@ -127,7 +188,7 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
                     start.elapsed().as_secs_f64()
                 );
             }
-            Ok(())
+            debug_sides::random_sides(&out, &cfg, dtype, seed, clip_bpe.as_deref(), global.quiet)
         }
     }
 }
@@ -152,7 +213,7 @@ fn refuse_overwrite(out: &Path, overwrite: bool) -> Result<()> {
 
 fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Result<()> {
     refuse_overwrite(out, overwrite)?;
-    let model = model_dir::load_transformer(model_arg(global)?)?;
+    let model = model_dir::load_transformer(&model_arg(global)?)?;
     let inputs = TensorFile::read(inputs)?;
     let start = Instant::now();
     let outputs = debug::transformer_forward(&model, &inputs)?;

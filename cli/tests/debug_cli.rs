@@ -76,7 +76,7 @@ fn random_checkpoint_inputs_and_forward_round_trip() {
     );
     assert_eq!(
         out.get("text_logits").expect("text_logits").shape,
-        vec![2, 77, 100]
+        vec![2, 77, 1001]
     );
 
     // Nothing is overwritten without being asked.

@@ -234,7 +234,7 @@ impl TransformerConfig {
             axes_dims_rope: [8, 12, 12],
             vocab_size: 72,
             codebook_size: 64,
-            tokenizer_vocab_size: Some(100),
+            tokenizer_vocab_size: Some(1001),
             ..muddit_512.clone()
         };
         match name {

@@ -49,6 +49,18 @@ pub enum Error {
 
     #[error("input `{name}`: {message}")]
     InvalidInput { name: String, message: String },
+
+    #[error("{path}: not a readable PyTorch file (truncated or corrupt?): {message}")]
+    Pth { path: PathBuf, message: String },
+
+    #[error("{path}: cannot read the image: {message}")]
+    Image { path: PathBuf, message: String },
+
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
+    #[error("sampler: {0}")]
+    Sampler(#[from] muddit_sampler::SamplerError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

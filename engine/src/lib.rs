@@ -6,14 +6,21 @@
 //! - [`model_dir`]: finding the component folders of a model.
 //! - [`random`]: random checkpoints in the public layout, for tests and benches.
 
+pub mod clip_text;
 pub mod config;
 pub mod debug;
 pub mod error;
+pub mod image_io;
 pub mod mmdit;
 pub mod model_dir;
 pub mod nn;
+pub mod pipeline;
+pub mod pth;
 pub mod random;
+pub mod random_sides;
 pub mod tensor_io;
+pub mod tokenizer;
+pub mod vqvae;
 pub mod weights;
 
 pub use config::{ModelClass, TransformerConfig};

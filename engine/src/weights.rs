@@ -290,3 +290,73 @@ impl<'a> Vb<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    #[test]
+    fn f32_f16_and_bf16_are_widened_exactly() {
+        let values = [1.0f32, -2.5, 0.099975586, 65504.0];
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16_bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let tmp =
+            std::env::temp_dir().join(format!("muddit-weights-{}.safetensors", std::process::id()));
+        let views = vec![
+            (
+                "a".to_string(),
+                TensorView::new(Dtype::F32, vec![2, 2], &f32_bytes).expect("view"),
+            ),
+            (
+                "b".to_string(),
+                TensorView::new(Dtype::F16, vec![4], &f16_bytes).expect("view"),
+            ),
+            (
+                "c".to_string(),
+                TensorView::new(Dtype::BF16, vec![4], &bf16_bytes).expect("view"),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, &tmp).expect("write");
+        let w = Weights::open_files(std::slice::from_ref(&tmp)).expect("open");
+        assert_eq!(w.get("a", &[2, 2]).expect("a"), values);
+        let want_f16: Vec<f32> = values.iter().map(|v| f16::from_f32(*v).to_f32()).collect();
+        assert_eq!(w.get("b", &[4]).expect("b"), want_f16);
+        let want_bf16: Vec<f32> = values.iter().map(|v| bf16::from_f32(*v).to_f32()).collect();
+        assert_eq!(w.get("c", &[4]).expect("c"), want_bf16);
+        assert!(matches!(w.get("a", &[4]), Err(Error::ShapeMismatch { .. })));
+        assert!(matches!(w.ensure_all_used(), Ok(())));
+        std::fs::remove_file(&tmp).ok();
+    }
+
+    #[test]
+    fn untaken_tensors_are_reported() {
+        let bytes: Vec<u8> = [0.5f32].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tmp =
+            std::env::temp_dir().join(format!("muddit-unused-{}.safetensors", std::process::id()));
+        let views = vec![
+            (
+                "x".to_string(),
+                TensorView::new(Dtype::F32, vec![1], &bytes).expect("view"),
+            ),
+            (
+                "y".to_string(),
+                TensorView::new(Dtype::F32, vec![1], &bytes).expect("view"),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, &tmp).expect("write");
+        let w = Weights::open_files(std::slice::from_ref(&tmp)).expect("open");
+        w.get("x", &[1]).expect("x");
+        assert!(
+            matches!(w.ensure_all_used(), Err(Error::UnexpectedWeights { count: 1, example, .. }) if example == "y")
+        );
+        std::fs::remove_file(&tmp).ok();
+    }
+}

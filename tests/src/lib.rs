@@ -47,3 +47,28 @@ pub fn f32_tensor(file: &TensorFile, name: &str) -> (Vec<usize>, Vec<f32>) {
 fn file_rank(file: &TensorFile, name: &str) -> usize {
     file.get(name).map(|t| t.shape.len()).unwrap_or(0)
 }
+
+/// Prints and checks one comparison against the reference: relative L2 error `<= tolerance`.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tolerance: f64) {
+    let c = compare(got, want);
+    println!(
+        "{what}: rel L2 {:.3e} ({:.1}% of tolerance {tolerance:e}), worst abs {:.3e} at {}",
+        c.rel_l2,
+        100.0 * c.rel_l2 / tolerance,
+        c.worst_abs,
+        c.worst_index
+    );
+    assert!(
+        c.rel_l2 <= tolerance,
+        "{what}: rel L2 {:.3e} > {tolerance:e}",
+        c.rel_l2
+    );
+}
+
+/// The `i64` values of tensor `name` in a fixture file.
+pub fn i64_tensor(file: &TensorFile, name: &str) -> (Vec<usize>, Vec<i64>) {
+    let (shape, values) = file
+        .i64(name, file_rank(file, name), "fixture")
+        .expect("fixture tensor");
+    (shape.to_vec(), values.to_vec())
+}

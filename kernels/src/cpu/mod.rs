@@ -2,6 +2,8 @@
 
 pub mod act;
 pub mod attention;
+pub mod conv;
+pub mod group_norm;
 pub mod matmul;
 pub mod norm;
 pub mod rope;

@@ -1,0 +1,101 @@
+//! `muddit bench`: where the time of one text-to-image run goes.
+
+use crate::Global;
+use anyhow::Result;
+use clap::Args;
+use muddit_engine::pipeline::Pipeline;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    #[arg(long, default_value_t = 16)]
+    steps: usize,
+    #[arg(long, default_value_t = 9.0)]
+    cfg: f32,
+    #[arg(long, default_value = "a photo of a cat")]
+    prompt: String,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
+    let total = Instant::now();
+    let root = crate::model::resolve(global.model.as_deref())?;
+    let start = Instant::now();
+    let pipeline = Pipeline::load(&root)?;
+    let load = start.elapsed();
+    let request = crate::generate::default_request(
+        &args.prompt,
+        args.steps,
+        args.cfg,
+        args.width,
+        args.height,
+        pipeline.schedule,
+    )?;
+    let mut step_ms = Vec::new();
+    let mut sampler_ms = Vec::new();
+    let bar = crate::progress::steps_bar(args.steps, global.quiet, "bench");
+    let images = pipeline.text_to_image(&request, &mut |e| {
+        step_ms.push(ms(e.transformer));
+        sampler_ms.push(ms(e.sampler));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let total = total.elapsed();
+    step_ms.sort_by(f64::total_cmp);
+    sampler_ms.sort_by(f64::total_cmp);
+    let median = |v: &[f64]| if v.is_empty() { 0.0 } else { v[v.len() / 2] };
+    let threads = rayon::current_num_threads();
+    let dtype = match global.dtype {
+        crate::Dtype::F32 => "f32",
+        crate::Dtype::Bf16 => "bf16",
+    };
+    let report = serde_json::json!({
+        "model": root.display().to_string(),
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "load_s": load.as_secs_f64(),
+        "text_encode_ms": ms(images.text_encode),
+        "step_ms": { "median": median(&step_ms), "min": step_ms.first().copied().unwrap_or(0.0), "max": step_ms.last().copied().unwrap_or(0.0) },
+        "sampler_ms": median(&sampler_ms),
+        "vq_decode_ms": ms(images.vq_decode),
+        "total_s": total.as_secs_f64(),
+        "device": global.device,
+        "dtype": dtype,
+        "threads": threads,
+    });
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("model        {}", root.display());
+        println!(
+            "size, steps  {}x{} px, {} steps, cfg {}",
+            args.width, args.height, args.steps, args.cfg
+        );
+        println!("load         {:.2} s", load.as_secs_f64());
+        println!("text encode  {:.1} ms", ms(images.text_encode));
+        println!(
+            "step         median {:.1} ms (min {:.1}, max {:.1})",
+            median(&step_ms),
+            step_ms.first().copied().unwrap_or(0.0),
+            step_ms.last().copied().unwrap_or(0.0)
+        );
+        println!("sampler      median {:.2} ms per step", median(&sampler_ms));
+        println!("VQ decode    {:.1} ms", ms(images.vq_decode));
+        println!(
+            "total        {:.2} s ({} threads, {dtype}, {})",
+            total.as_secs_f64(),
+            threads,
+            global.device
+        );
+    }
+    Ok(())
+}

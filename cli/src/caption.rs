@@ -1,0 +1,112 @@
+//! `muddit caption` and `muddit vqa`: image-to-text.
+
+use crate::{progress, Global};
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use muddit_engine::image_io::load_image;
+use muddit_engine::pipeline::{ImageToText, Pipeline};
+use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CaptionArgs {
+    /// Image files (PNG, JPEG, WebP).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Images are resized to this many pixels square.
+    #[arg(long, default_value_t = 512)]
+    resolution: usize,
+    /// Argmax draws and no noise.
+    #[arg(long)]
+    greedy: bool,
+    /// Seed of the sampler's random draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Gumbel temperature: `START,END` or one value [default: 2,0].
+    #[arg(long)]
+    temperature: Option<String>,
+    /// Print the decoded text as is, without upstream's clean-up (repeated words, text after
+    /// the last period).
+    #[arg(long)]
+    raw: bool,
+    /// Accepted for symmetry with `t2i`, but image-to-text runs without guidance.
+    #[arg(long)]
+    cfg: Option<f32>,
+}
+
+#[derive(Args)]
+pub struct VqaArgs {
+    /// The question, asked of every image.
+    #[arg(long)]
+    question: String,
+    #[command(flatten)]
+    common: CaptionArgs,
+}
+
+pub fn caption(args: CaptionArgs, global: &Global) -> Result<()> {
+    run(args, None, global)
+}
+
+pub fn vqa(args: VqaArgs, global: &Global) -> Result<()> {
+    ensure!(!args.question.trim().is_empty(), "--question is empty");
+    run(args.common, Some(args.question), global)
+}
+
+fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<()> {
+    if let Some(g) = args.cfg {
+        if !global.quiet {
+            eprintln!(
+                "note: --cfg {g} has no effect: image-to-text runs without guidance (as upstream)"
+            );
+        }
+    }
+    let temperature = match &args.temperature {
+        Some(t) => crate::generate::parse_temperature(t)?,
+        None => Temperature::default(),
+    };
+    let root = crate::model::resolve(global.model.as_deref())?;
+    let r = args.resolution;
+    let mut pixels = Vec::with_capacity(args.images.len() * 3 * r * r);
+    for path in &args.images {
+        pixels.extend(load_image(path, r, r)?.data);
+    }
+    let mut pipeline = Pipeline::load(&root)?;
+    let request = ImageToText {
+        images: pixels,
+        batch: args.images.len(),
+        resolution: r,
+        questions: question.map(|q| vec![q]),
+        sampler: SamplerConfig {
+            steps: args.steps,
+            schedule: pipeline.schedule,
+            temperature,
+            guidance: Guidance::Off,
+            draw: if args.greedy {
+                DrawRule::Greedy
+            } else {
+                DrawRule::Sample
+            },
+            seed: args.seed,
+        },
+    };
+    let bar = progress::steps_bar(args.steps, global.quiet, "i2t");
+    let answers = pipeline.image_to_text(&request, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    if global.json {
+        let rows: Vec<serde_json::Value> = args
+            .images
+            .iter()
+            .zip(&answers)
+            .map(|(p, a)| serde_json::json!({ "image": p.display().to_string(), "text": a.text, "raw": a.raw }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).context("json")?);
+    } else {
+        for a in &answers {
+            println!("{}", if args.raw { &a.raw } else { &a.text });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! `muddit t2i`: text-to-image.
+
+use crate::png_meta::{self, GenerationParams};
+use crate::{progress, Global};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use muddit_engine::pipeline::{Pipeline, TextToImage};
+use muddit_engine::tensor_io::{self, HostTensor};
+use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct T2iArgs {
+    /// The prompt; repeat the flag for a batch of prompts.
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// What to steer away from (used with guidance; default empty).
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Denoising steps [default: 48].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 or less turns guidance off [default: 9].
+    #[arg(long)]
+    cfg: Option<f32>,
+    /// Image width in pixels [default: 512].
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height in pixels [default: 512].
+    #[arg(long)]
+    height: Option<usize>,
+    /// Seed of the sampler's random draws [default: a new one, printed and stored in the PNG].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Gumbel temperature: `START,END` (linear ramp) or one value (ramped down to 0.01) [default: 2,0].
+    #[arg(long)]
+    temperature: Option<String>,
+    /// Masking schedule [default: the model's scheduler config].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Images per prompt [default: 1].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Argmax draws and no noise: deterministic, seed-independent output.
+    #[arg(long)]
+    greedy: bool,
+    /// Output PNG; with several images, a pattern with `%d` (the image's index) [default: out.png, or out-%d.png].
+    #[arg(long, short)]
+    output: Option<String>,
+    /// Also write the final id grids (`ids`, i64 [B,h,w]) to this safetensors file.
+    #[arg(long)]
+    output_ids: Option<PathBuf>,
+    /// Regenerate the image a PNG from `muddit t2i` was made from (its stored parameters; flags
+    /// given here override them).
+    #[arg(long)]
+    from_png: Option<PathBuf>,
+    /// Replace existing output files.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn parse_temperature(text: &str) -> Result<Temperature> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<f32>()
+            .with_context(|| format!("--temperature {text}: `{s}` is not a number"))
+    };
+    match text.split_once(',') {
+        Some((a, b)) => Ok(Temperature::Anneal {
+            start: parse(a)?,
+            end: parse(b)?,
+        }),
+        None => Ok(Temperature::Scalar(parse(text)?)),
+    }
+}
+
+/// The output file of image `i` of `n`.
+fn output_path(pattern: &str, i: usize, n: usize) -> Result<PathBuf> {
+    if pattern.contains("%d") {
+        return Ok(PathBuf::from(pattern.replace("%d", &i.to_string())));
+    }
+    ensure!(
+        n == 1,
+        "--output {pattern}: {n} images need a pattern with %d, e.g. out-%d.png"
+    );
+    Ok(PathBuf::from(pattern))
+}
+
+fn refuse_existing(paths: &[PathBuf], overwrite: bool) -> Result<()> {
+    if overwrite {
+        return Ok(());
+    }
+    for p in paths {
+        if p.exists() {
+            bail!(
+                "{} already exists; pass --overwrite to replace it",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
+    let stored = args
+        .from_png
+        .as_deref()
+        .map(png_meta::read_params)
+        .transpose()?;
+    let prompts = match (&stored, args.prompt.is_empty()) {
+        (_, false) => args.prompt.clone(),
+        (Some(p), true) => p.prompts.clone(),
+        (None, true) => bail!("no prompt: pass --prompt TEXT (repeat it for several prompts)"),
+    };
+    ensure!(
+        prompts.iter().all(|p| !p.trim().is_empty()) || stored.is_some(),
+        "--prompt is empty"
+    );
+    let model_arg = global
+        .model
+        .clone()
+        .or_else(|| stored.as_ref().map(|p| PathBuf::from(&p.model)));
+    let root = crate::model::resolve(model_arg.as_deref())?;
+    let pick = |flag: Option<usize>, from: fn(&GenerationParams) -> usize, default: usize| {
+        flag.or(stored.as_ref().map(from)).unwrap_or(default)
+    };
+    let steps = pick(args.steps, |p| p.steps, 48);
+    let width = pick(args.width, |p| p.width, 512);
+    let height = pick(args.height, |p| p.height, 512);
+    let images_per_prompt = pick(args.batch, |p| p.images_per_prompt, 1);
+    let cfg = args.cfg.or(stored.as_ref().map(|p| p.cfg)).unwrap_or(9.0);
+    let negative_prompt = args
+        .negative_prompt
+        .clone()
+        .or(stored.as_ref().map(|p| p.negative_prompt.clone()))
+        .unwrap_or_default();
+    let greedy = args.greedy || stored.as_ref().is_some_and(|p| p.greedy);
+    let seed = args
+        .seed
+        .or(stored.as_ref().map(|p| p.seed))
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+    let temperature = match (&args.temperature, &stored) {
+        (Some(t), _) => parse_temperature(t)?,
+        (None, Some(p)) => Temperature::Anneal {
+            start: p.temperature[0],
+            end: p.temperature[1],
+        },
+        (None, None) => Temperature::default(),
+    };
+    if greedy && args.temperature.is_some() && !global.quiet {
+        eprintln!("note: --temperature has no effect with --greedy (no noise is added)");
+    }
+    if greedy && args.seed.is_some() && !global.quiet {
+        eprintln!("note: --seed has no effect with --greedy (no random draws)");
+    }
+    ensure!(images_per_prompt > 0, "--batch must be at least 1");
+
+    let batch = prompts.len() * images_per_prompt;
+    let pattern = args.output.clone().unwrap_or_else(|| {
+        if batch == 1 {
+            "out.png".into()
+        } else {
+            "out-%d.png".into()
+        }
+    });
+    // With --from-png, only the stored image is written; the rest of its batch is recomputed.
+    let wanted: Vec<usize> = match (&stored, args.prompt.is_empty() && args.batch.is_none()) {
+        (Some(p), true) => vec![p.index],
+        _ => (0..batch).collect(),
+    };
+    ensure!(
+        wanted.iter().all(|&i| i < batch),
+        "the PNG's stored index is outside its batch"
+    );
+    let outputs: Vec<PathBuf> = wanted
+        .iter()
+        .map(|&i| output_path(&pattern, i, wanted.len()))
+        .collect::<Result<_>>()?;
+    let mut all_outputs = outputs.clone();
+    all_outputs.extend(args.output_ids.clone());
+    refuse_existing(&all_outputs, args.overwrite)?;
+
+    let pipeline = Pipeline::load(&root)?;
+    let schedule = match args
+        .schedule
+        .as_deref()
+        .or(stored.as_ref().map(|p| p.schedule.as_str()))
+    {
+        Some(name) => {
+            MaskSchedule::from_config_name(name).with_context(|| format!("--schedule {name}"))?
+        }
+        None => pipeline.schedule,
+    };
+    let sampler = SamplerConfig {
+        steps,
+        schedule,
+        temperature,
+        guidance: Guidance::from_scale(cfg).with_context(|| format!("--cfg {cfg}"))?,
+        draw: if greedy {
+            DrawRule::Greedy
+        } else {
+            DrawRule::Sample
+        },
+        seed,
+    };
+    let request = TextToImage {
+        prompts: prompts.clone(),
+        negative_prompt: negative_prompt.clone(),
+        images_per_prompt,
+        width,
+        height,
+        sampler,
+    };
+    if !global.quiet && args.seed.is_none() && stored.is_none() && !greedy {
+        eprintln!("seed: {seed}");
+    }
+    let bar = progress::steps_bar(steps, global.quiet, "t2i");
+    let images = pipeline.text_to_image(&request, &mut |e| {
+        bar.set_message(format!(
+            "t2i {:.2} s/step",
+            e.transformer.as_secs_f64() + e.sampler.as_secs_f64()
+        ));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    let (h, w) = images.grid;
+    let (start, end) = temperature.endpoints();
+    let model_name = model_arg
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    for (&i, path) in wanted.iter().zip(&outputs) {
+        let plane = width * height;
+        let px = &images.pixels[i * 3 * plane..(i + 1) * 3 * plane];
+        let rgb: Vec<u8> = (0..plane)
+            .flat_map(|p| (0..3).map(move |c| (px[c * plane + p] * 255.0).round() as u8))
+            .collect();
+        let params = GenerationParams {
+            prompts: prompts.clone(),
+            negative_prompt: negative_prompt.clone(),
+            images_per_prompt,
+            index: i,
+            seed,
+            steps,
+            cfg,
+            temperature: [start, end],
+            schedule: schedule.config_name().to_string(),
+            greedy,
+            width,
+            height,
+            model: model_name.clone(),
+            engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        png_meta::write_png(path, &rgb, width, height, &params)?;
+        if !global.quiet {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if let Some(path) = &args.output_ids {
+        let ids = BTreeMap::from([(
+            "ids".to_string(),
+            HostTensor::i64(vec![images.batch, h, w], images.ids.clone()),
+        )]);
+        tensor_io::write(path, &ids)?;
+    }
+    Ok(())
+}
+
+/// Exposed for `bench`: the same defaults.
+pub fn default_request(
+    prompt: &str,
+    steps: usize,
+    cfg: f32,
+    width: usize,
+    height: usize,
+    schedule: MaskSchedule,
+) -> Result<TextToImage> {
+    Ok(TextToImage {
+        prompts: vec![prompt.to_string()],
+        negative_prompt: String::new(),
+        images_per_prompt: 1,
+        width,
+        height,
+        sampler: SamplerConfig {
+            steps,
+            schedule,
+            temperature: Temperature::default(),
+            guidance: Guidance::from_scale(cfg)?,
+            draw: DrawRule::Sample,
+            seed: 0,
+        },
+    })
+}

@@ -1,0 +1,170 @@
+//! Image files in and out: PNG, JPEG and WebP in (through the `image` crate), resized to the
+//! model resolution; PNG out.
+//!
+//! The reference loads images with PIL, converts them to RGB and applies torchvision's
+//! `Resize((H, W))` then `ToTensor()`. On a PIL image `Resize` is PIL's `Image.resize` with
+//! `BILINEAR`: a triangle filter whose support widens by the scale factor when shrinking
+//! (antialiased), a horizontal then a vertical pass, each with 22-bit fixed-point weights and
+//! its result rounded to 8 bits. `resize_bilinear` below is that algorithm (`Resample.c`), so
+//! resized pixels equal PIL's exactly. (`image::imageops::resize` with `FilterType::Triangle`
+//! is the same filter in floating point with one rounding at the end: it differs from PIL by
+//! one 8-bit level on about 11% of the values of a 61x47 -> 32x32 shrink.)
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// An RGB image as the VQ-VAE takes it: `[3, height, width]`, values in `[0, 1]`.
+pub struct RgbImage {
+    pub data: Vec<f32>,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Reads an image file (PNG, JPEG, WebP), converts it to RGB 8 bits and, when its size differs,
+/// resizes it to `height x width` (bilinear, antialiased when shrinking, as PIL).
+pub fn load_image(path: &Path, height: usize, width: usize) -> Result<RgbImage> {
+    let bad = |message: String| Error::Image {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format().is_none() {
+        return Err(bad(
+            "unknown file format (PNG, JPEG and WebP are supported)".into(),
+        ));
+    }
+    let img = reader.decode().map_err(|e| bad(e.to_string()))?.to_rgb8();
+    Ok(from_rgb8(&resize_bilinear(img, height, width)))
+}
+
+/// Fixed-point precision of PIL's 8-bit resampling.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's `precompute_coeffs` for the bilinear filter and `normalize_coeffs_8bpc`: for each
+/// output index, the first input index and the fixed-point weights of its inputs.
+fn bilinear_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the bilinear filter's support is 1
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) * ss).abs();
+                    if t < 1.0 {
+                        1.0 - t
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f64 = w.iter().sum();
+            let k = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let scaled = v * (1u32 << PRECISION_BITS) as f64;
+                    (if v < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32
+                })
+                .collect();
+            (xmin, k)
+        })
+        .collect()
+}
+
+/// One 8-bit pass of PIL's resampling along rows (`horizontal`) or columns of `[h, w, 3]`.
+fn resample_pass(src: &[u8], h: usize, w: usize, out_len: usize, horizontal: bool) -> Vec<u8> {
+    let in_len = if horizontal { w } else { h };
+    let coeffs = bilinear_coeffs(in_len, out_len);
+    let (oh, ow) = if horizontal {
+        (h, out_len)
+    } else {
+        (out_len, w)
+    };
+    let mut out = vec![0u8; oh * ow * 3];
+    for y in 0..oh {
+        for x in 0..ow {
+            let (start, k) = &coeffs[if horizontal { x } else { y }];
+            for c in 0..3 {
+                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                for (i, &kv) in k.iter().enumerate() {
+                    let (sy, sx) = if horizontal {
+                        (y, start + i)
+                    } else {
+                        (start + i, x)
+                    };
+                    acc += src[(sy * w + sx) * 3 + c] as i64 * kv as i64;
+                }
+                out[(y * ow + x) * 3 + c] = (acc >> PRECISION_BITS).clamp(0, 255) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// PIL's `Image.resize((width, height), BILINEAR)` on an RGB image (what torchvision's `Resize`
+/// does to a PIL image): a horizontal pass then a vertical one, each only when that side changes.
+pub fn resize_bilinear(img: image::RgbImage, height: usize, width: usize) -> image::RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = img.into_raw();
+    let mut cur_w = w;
+    if width != w {
+        data = resample_pass(&data, h, w, width, true);
+        cur_w = width;
+    }
+    if height != h {
+        data = resample_pass(&data, h, cur_w, height, false);
+    }
+    image::RgbImage::from_raw(width as u32, height as u32, data)
+        .unwrap_or_else(|| image::RgbImage::new(width as u32, height as u32))
+}
+
+/// 8-bit RGB -> `[3, H, W]` in `[0, 1]` (`ToTensor`).
+pub fn from_rgb8(img: &image::RgbImage) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = vec![0.0f32; 3 * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * h * w + i] = px.0[c] as f32 / 255.0;
+        }
+    }
+    RgbImage {
+        data,
+        height: h,
+        width: w,
+    }
+}
+
+/// `[3, H, W]` in `[0, 1]` (clipped) -> 8-bit RGB, rounding as diffusers' `numpy_to_pil`
+/// (`(x * 255).round()`).
+pub fn to_rgb8(data: &[f32], height: usize, width: usize) -> Result<image::RgbImage> {
+    if data.len() != 3 * height * width {
+        return Err(Error::input(
+            "image",
+            format!("{} values do not form [3, {height}, {width}]", data.len()),
+        ));
+    }
+    let hw = height * width;
+    let pixels: Vec<u8> = (0..hw)
+        .flat_map(|i| (0..3).map(move |c| (data[c * hw + i].clamp(0.0, 1.0) * 255.0).round() as u8))
+        .collect();
+    image::RgbImage::from_raw(width as u32, height as u32, pixels)
+        .ok_or_else(|| Error::input("image", "image buffer of the wrong size"))
+}
+
+/// Writes `[3, H, W]` in `[0, 1]` as a PNG.
+pub fn save_png(path: &Path, data: &[f32], height: usize, width: usize) -> Result<()> {
+    to_rgb8(data, height, width)?
+        .save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| Error::Image {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}

@@ -1,0 +1,474 @@
+//! The pipelines of upstream `UnifiedPipeline` (reference section 5): text-to-image with
+//! classifier-free guidance, and image-to-text (captioning, VQA with the question as a prefix).
+//!
+//! A `Pipeline` holds every component of a model folder. Each step runs the transformer on the
+//! whole batch and hands the logits to the sampler; the sampler's seeded random source makes the
+//! result independent of thread counts.
+
+use crate::clip_text::{load_text_encoder, ClipTextModel};
+use crate::error::{Error, Result};
+use crate::mmdit::{Mmdit, MmditInput, MmditOutput};
+use crate::model_dir::load_transformer;
+use crate::pth::{mask_embedding_path, read_mask_embedding};
+use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
+use crate::vqvae::{load_vqvae, VqModel};
+use muddit_sampler::{MaskSchedule, Sampler, SamplerConfig, TokenLayout};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Aesthetic score of the micro-conditions, as upstream's default.
+const AESTHETIC_SCORE: f32 = 6.0;
+
+/// `scheduler/scheduler_config.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct SchedulerFile {
+    masking_schedule: Option<String>,
+}
+
+/// Every component of a model folder in the public layout.
+pub struct Pipeline {
+    pub root: PathBuf,
+    pub transformer: Mmdit,
+    pub text_encoder: ClipTextModel,
+    pub tokenizer: ClipTokenizer,
+    pub vqvae: VqModel,
+    /// From `scheduler/scheduler_config.json`.
+    pub schedule: MaskSchedule,
+    /// The `<mask>` text id, once `prepare_captioning` has added it.
+    text_mask_id: Option<u32>,
+}
+
+/// What happened in one denoising step, for progress bars and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct StepEvent {
+    /// 0-based.
+    pub step: usize,
+    pub steps: usize,
+    /// The text encoder (image-to-text re-encodes the text every step), transformer and sampler.
+    pub text_encoder: Duration,
+    pub transformer: Duration,
+    pub sampler: Duration,
+}
+
+/// A text-to-image request.
+#[derive(Debug, Clone)]
+pub struct TextToImage {
+    pub prompts: Vec<String>,
+    /// Upstream's default is the empty string; used only under guidance.
+    pub negative_prompt: String,
+    pub images_per_prompt: usize,
+    pub width: usize,
+    pub height: usize,
+    /// Steps, schedule, temperatures, guidance, draw rule and seed.
+    pub sampler: SamplerConfig,
+}
+
+/// Text-to-image results: row `p * images_per_prompt + k` is image `k` of prompt `p`.
+pub struct Images {
+    pub batch: usize,
+    /// Id grid `h x w`.
+    pub grid: (usize, usize),
+    /// `[B, h, w]`
+    pub ids: Vec<i64>,
+    /// `[B, 3, H, W]`, clipped to `[0, 1]`.
+    pub pixels: Vec<f32>,
+    pub text_encode: Duration,
+    pub vq_decode: Duration,
+}
+
+/// An image-to-text request: captioning without questions, VQA with them.
+#[derive(Debug, Clone)]
+pub struct ImageToText {
+    /// `[B, 3, R, R]` in `[0, 1]`, already resized to the resolution.
+    pub images: Vec<f32>,
+    pub batch: usize,
+    pub resolution: usize,
+    /// None: captioning. One question for all images, or one per image.
+    pub questions: Option<Vec<String>>,
+    pub sampler: SamplerConfig,
+}
+
+/// One generated text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// After upstream's clean-up: repeated words dropped, cut after the last period.
+    pub text: String,
+    /// As decoded, before the clean-up.
+    pub raw: String,
+}
+
+impl Pipeline {
+    /// Loads transformer, text encoder, tokenizer, VQ-VAE and scheduler config from `root`.
+    pub fn load(root: &Path) -> Result<Self> {
+        let transformer = load_transformer(root)?;
+        let text_encoder = load_text_encoder(root)?;
+        let tokenizer = ClipTokenizer::from_dir(&tokenizer_dir(root)?)?;
+        tokenizer.check_text_encoder(text_encoder.cfg.vocab_size, text_encoder.vocab_rows())?;
+        let vqvae = load_vqvae(root)?;
+        let schedule = read_schedule(root)?;
+        let cfg = &transformer.cfg;
+        if text_encoder.cfg.hidden_size != cfg.joint_attention_dim
+            || text_encoder.cfg.projection_dim != cfg.pooled_projection_dim
+        {
+            return Err(Error::ModelFolder {
+                path: root.to_path_buf(),
+                message: format!(
+                    "the text encoder gives {}-wide features and {}-wide pooled vectors, the transformer takes {} and {}",
+                    text_encoder.cfg.hidden_size, text_encoder.cfg.projection_dim, cfg.joint_attention_dim, cfg.pooled_projection_dim
+                ),
+            });
+        }
+        if vqvae.cfg.num_vq_embeddings != cfg.codebook_size {
+            return Err(Error::ModelFolder {
+                path: root.to_path_buf(),
+                message: format!(
+                    "the VQ-VAE has {} codes, the transformer predicts {}",
+                    vqvae.cfg.num_vq_embeddings, cfg.codebook_size
+                ),
+            });
+        }
+        Ok(Pipeline {
+            root: root.to_path_buf(),
+            transformer,
+            text_encoder,
+            tokenizer,
+            vqvae,
+            schedule,
+            text_mask_id: None,
+        })
+    }
+
+    /// The id grid for an image size: a multiple of the VQ scale factor, and of twice that when
+    /// the transformer's down block halves the grid.
+    pub fn grid(&self, width: usize, height: usize) -> Result<(usize, usize)> {
+        let f = self.vqvae.cfg.scale_factor();
+        let step = if self.transformer.cfg.downsample {
+            2 * f
+        } else {
+            f
+        };
+        for (name, v) in [("width", width), ("height", height)] {
+            if v == 0 || v % step != 0 {
+                return Err(Error::input(name, format!("{v} px: this model makes sizes that are positive multiples of {step} px (VQ scale {f}{})", if step > f { " x 2 for the down block" } else { "" })));
+            }
+        }
+        Ok((height / f, width / f))
+    }
+
+    /// Text features of `texts`: (`[B, 77, J]` penultimate hidden states, `[B, P]` pooled).
+    fn encode_texts(&self, texts: &[&str]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut ids = Vec::with_capacity(texts.len() * MAX_LEN);
+        for t in texts {
+            ids.extend(self.tokenizer.encode_padded(t)?);
+        }
+        let out = self.text_encoder.forward(&ids, texts.len())?;
+        Ok((out.penultimate, out.text_embeds))
+    }
+
+    fn micro_conds(batch: usize, width: usize, height: usize) -> Vec<f32> {
+        (0..batch)
+            .flat_map(|_| [width as f32, height as f32, 0.0, 0.0, AESTHETIC_SCORE])
+            .collect()
+    }
+
+    /// Generates images. `on_step` is called after every step.
+    pub fn text_to_image(
+        &self,
+        req: &TextToImage,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<Images> {
+        if req.prompts.is_empty() {
+            return Err(Error::input("prompt", "no prompt given"));
+        }
+        if req.images_per_prompt == 0 {
+            return Err(Error::input("batch", "at least one image per prompt"));
+        }
+        let (h, w) = self.grid(req.width, req.height)?;
+        let sampler = Sampler::new(req.sampler.clone())?;
+        let guided = req.sampler.guidance.needs_uncond();
+        let batch = req.prompts.len() * req.images_per_prompt;
+        // Model batch: [uncond; cond] under guidance, else cond.
+        let mut texts: Vec<&str> = Vec::new();
+        if guided {
+            texts.extend(std::iter::repeat_n(req.negative_prompt.as_str(), batch));
+        }
+        texts.extend(
+            req.prompts
+                .iter()
+                .flat_map(|p| std::iter::repeat_n(p.as_str(), req.images_per_prompt)),
+        );
+        let start = Instant::now();
+        let (text, pooled) = self.encode_texts(&texts)?;
+        let text_encode = start.elapsed();
+
+        let cfg = &self.transformer.cfg;
+        let layout = TokenLayout::image(batch, h, w, cfg.codebook_size, cfg.mask_id() as u32)?;
+        let mut ids = layout.all_masked()?;
+        let micro = Self::micro_conds(texts.len(), req.width, req.height);
+        for step in 0..sampler.steps() {
+            let t0 = Instant::now();
+            let model_ids: Vec<i64> = ids
+                .iter()
+                .chain(if guided { ids.iter() } else { [].iter() })
+                .map(|&i| i as i64)
+                .collect();
+            let out = self.transformer.forward(&MmditInput {
+                image_tokens: &model_ids,
+                batch: texts.len(),
+                height: h,
+                width: w,
+                encoder_hidden_states: &text,
+                text_len: MAX_LEN,
+                pooled_projections: &pooled,
+                timestep: sampler.model_timestep(step)?,
+                micro_conds: &micro,
+            })?;
+            let t1 = Instant::now();
+            sampler.step(step, &mut ids, &out.image_logits, &layout)?;
+            on_step(StepEvent {
+                step,
+                steps: sampler.steps(),
+                text_encoder: Duration::ZERO,
+                transformer: t1 - t0,
+                sampler: t1.elapsed(),
+            });
+        }
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let start = Instant::now();
+        let mut pixels = self.vqvae.decode(&ids, batch, h, w)?;
+        pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+        Ok(Images {
+            batch,
+            grid: (h, w),
+            ids,
+            pixels,
+            text_encode,
+            vq_decode: start.elapsed(),
+        })
+    }
+
+    /// Adds `<mask>` to the tokenizer and its embedding (from `mask_token_embedding.pth`) to the
+    /// text encoder, once; returns its id.
+    pub fn prepare_captioning(&mut self) -> Result<u32> {
+        if let Some(id) = self.text_mask_id {
+            return Ok(id);
+        }
+        if !self.transformer.has_text_head() {
+            return Err(Error::ModelFolder {
+                path: self.root.clone(),
+                message: "this transformer has no text head (a Meissonic `Transformer2DModel`): captioning and VQA need a Muddit model".into(),
+            });
+        }
+        let path = mask_embedding_path(&self.root)?;
+        let row = read_mask_embedding(&path, self.text_encoder.cfg.hidden_size)?;
+        let id = self.tokenizer.add_mask_token();
+        self.text_encoder.set_token_embedding(id as usize, &row)?;
+        self.text_mask_id = Some(id);
+        Ok(id)
+    }
+
+    /// Captions images (no questions) or answers questions about them.
+    pub fn image_to_text(
+        &mut self,
+        req: &ImageToText,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<Vec<Answer>> {
+        let mask_id = self.prepare_captioning()?;
+        let b = req.batch;
+        if b == 0 {
+            return Err(Error::input("image", "no image given"));
+        }
+        let r = req.resolution;
+        let (h, w) = self.grid(r, r)?;
+        if req.images.len() != b * 3 * r * r {
+            return Err(Error::input(
+                "image",
+                format!("expected {b} images of 3 x {r} x {r}"),
+            ));
+        }
+        if req.sampler.guidance.needs_uncond() {
+            return Err(Error::input("cfg", "image-to-text runs without guidance"));
+        }
+        let sampler = Sampler::new(req.sampler.clone())?;
+        let vt = self.transformer.cfg.tokenizer_vocab_size.unwrap_or(0);
+
+        // Text ids start as <mask>; a question (start token, no end token) fills the front.
+        let mut ids = vec![mask_id; b * MAX_LEN];
+        let mut question_len = vec![0usize; b];
+        if let Some(questions) = &req.questions {
+            if questions.len() != 1 && questions.len() != b {
+                return Err(Error::input(
+                    "question",
+                    format!(
+                        "{} questions for {b} images: give one, or one per image",
+                        questions.len()
+                    ),
+                ));
+            }
+            for i in 0..b {
+                let q = self
+                    .tokenizer
+                    .encode(&questions[if questions.len() == 1 { 0 } else { i }])?;
+                let len = q.len() - 1;
+                if len >= MAX_LEN {
+                    return Err(Error::input(
+                        "question",
+                        format!(
+                            "{len} tokens with the start token; at most {} fit before the answer",
+                            MAX_LEN - 1
+                        ),
+                    ));
+                }
+                for (slot, &id) in ids[i * MAX_LEN..].iter_mut().zip(&q[..len]) {
+                    *slot = id as u32;
+                }
+                question_len[i] = len;
+            }
+        }
+
+        let image_ids = self.vqvae.encode(&req.images, b, r, r)?;
+        let layout = TokenLayout::text(b, MAX_LEN, vt, mask_id);
+        let micro = Self::micro_conds(b, r, r);
+        let mut last: Option<MmditOutput> = None;
+        for step in 0..sampler.steps() {
+            let t0 = Instant::now();
+            let text_ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+            let enc = self.text_encoder.forward(&text_ids, b)?;
+            let t1 = Instant::now();
+            let out = self.transformer.forward(&MmditInput {
+                image_tokens: &image_ids,
+                batch: b,
+                height: h,
+                width: w,
+                encoder_hidden_states: &enc.penultimate,
+                text_len: MAX_LEN,
+                pooled_projections: &enc.text_embeds,
+                timestep: sampler.model_timestep(step)?,
+                micro_conds: &micro,
+            })?;
+            let t2 = Instant::now();
+            let logits = out.text_logits.as_deref().unwrap_or_default();
+            sampler.step(step, &mut ids, logits, &layout)?;
+            on_step(StepEvent {
+                step,
+                steps: sampler.steps(),
+                text_encoder: t1 - t0,
+                transformer: t2 - t1,
+                sampler: t2.elapsed(),
+            });
+            last = Some(out);
+        }
+        let logits = last.and_then(|o| o.text_logits).unwrap_or_default(); // [B, 77, Vt]
+        Ok((0..b)
+            .map(|i| {
+                let answer: Vec<i64> = (question_len[i]..MAX_LEN)
+                    .map(|t| {
+                        argmax(&logits[(i * MAX_LEN + t) * vt..(i * MAX_LEN + t + 1) * vt]) as i64
+                    })
+                    .collect();
+                let raw = self.tokenizer.decode(&answer, true);
+                Answer {
+                    text: keep_upto_last_period(&dedup_consecutive_words(&raw)),
+                    raw,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The masking schedule named by `scheduler/scheduler_config.json`.
+fn read_schedule(root: &Path) -> Result<MaskSchedule> {
+    let path = root.join("scheduler").join("scheduler_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let file: SchedulerFile = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let name = file.masking_schedule.as_deref().unwrap_or("cosine");
+    MaskSchedule::from_config_name(name).map_err(|e| Error::Config {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// First index of the largest value.
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// Python's `str.isspace`, what upstream's `split()` and `strip()` cut at: Unicode White_Space
+/// and also the separators U+001C..U+001F (a caption can hold them: the byte-level tokens
+/// decode to any byte).
+fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Upstream's clean-up, step 1: drops a word equal to the one before it.
+pub fn dedup_consecutive_words(text: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for word in text.split(is_python_space).filter(|w| !w.is_empty()) {
+        if out.last() != Some(&word) {
+            out.push(word);
+        }
+    }
+    if out.is_empty() {
+        text.to_string()
+    } else {
+        out.join(" ")
+    }
+}
+
+/// Upstream's clean-up, step 2: removes its "such" phrases, trims, and keeps everything up to
+/// the last period (the whole text when there is none).
+pub fn keep_upto_last_period(text: &str) -> String {
+    let text = text
+        .replace("is such is", "")
+        .replace("such is", "")
+        .replace("such as", "")
+        .replace("such", "");
+    let text = text.trim_matches(is_python_space);
+    match text.rfind('.') {
+        Some(i) => text[..=i].to_string(),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_up_matches_upstream_rules() {
+        assert_eq!(
+            dedup_consecutive_words("a a red red circle a"),
+            "a red circle a"
+        );
+        assert_eq!(dedup_consecutive_words("   "), "   ");
+        assert_eq!(
+            keep_upto_last_period("a cat. on a mat. and"),
+            "a cat. on a mat."
+        );
+        assert_eq!(keep_upto_last_period(" such as a dog "), "a dog");
+        assert_eq!(keep_upto_last_period("no period"), "no period");
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, -1.0]), 1);
+        // Python's split() and strip() also cut at U+001C..U+001F, not at U+200B.
+        assert_eq!(
+            dedup_consecutive_words("a\u{1d}a b\u{1f}b c\u{200b}c"),
+            "a b c\u{200b}c"
+        );
+        assert_eq!(
+            keep_upto_last_period("\u{1c} such a cat. x\u{1e}"),
+            "a cat."
+        );
+        assert_eq!(keep_upto_last_period("\u{1d}no period\u{1f}"), "no period");
+    }
+}

@@ -1,0 +1,297 @@
+// runtime.cpp: the CPU emulator behind cuda_emu.h (fibers, barriers, warp exchanges, the
+// PTX fragment layouts of mma.sync and ldmatrix, deferred cp.async). See cuda_emu.h for the model.
+#include "cuda_emu.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+namespace emu {
+namespace {
+
+// Bytes of stack per emulated thread (mapped lazily).
+constexpr size_t kStack = 256 << 10;
+// Words per lane in the warp exchange table: mma needs 6 (a[4], b[2]).
+constexpr int kSlots = 8;
+// The device's limits this emulator enforces.
+constexpr unsigned kMaxThreads = 1024;
+constexpr unsigned long long kMaxDynamicSmem = 227 << 10;
+
+struct Copy {
+    void* dst;
+    const void* src;
+    bool valid;
+};
+
+struct Fiber {
+    ucontext_t ctx;
+    uint3 tid;
+    int warp = 0, lane = 0;
+    bool done = false;
+    std::vector<Copy> open;
+    std::vector<std::vector<Copy>> groups;
+};
+
+struct Barrier {
+    int expected = 0, arrived = 0;
+    unsigned gen = 0;
+};
+
+struct Worker {
+    std::vector<Fiber> fibers;
+    char* stacks = nullptr;
+    size_t stack_count = 0;
+    ucontext_t sched;
+    int current = 0;
+    uint3 bidx{0, 0, 0};
+    dim3 bdim{1, 1, 1}, gdim{1, 1, 1};
+    unsigned char* smem = nullptr;
+    size_t smem_size = 0;
+    Barrier block_bar;
+    std::vector<Barrier> warp_bar;
+    std::vector<unsigned long long> slots;  // [warps][32][kSlots]
+    unsigned long long progress = 0;
+    void (*kernel)(const void*) = nullptr;
+    const void* params = nullptr;
+
+    ~Worker() {
+        if (stacks) munmap(stacks, stack_count * kStack);
+        free(smem);
+    }
+};
+
+thread_local Worker* W = nullptr;
+
+[[noreturn]] void fail(const char* what) {
+    fprintf(stderr, "muddit emulator: %s\n", what);
+    abort();
+}
+
+Fiber& cur() { return W->fibers[W->current]; }
+
+unsigned long long& slot(int warp, int lane, int k) {
+    return W->slots[((size_t)warp * 32 + lane) * kSlots + k];
+}
+
+void yield() { swapcontext(&cur().ctx, &W->sched); }
+
+void wait(Barrier& b) {
+    W->progress++;
+    if (++b.arrived == b.expected) {
+        b.arrived = 0;
+        b.gen++;
+        return;
+    }
+    unsigned g = b.gen;
+    while (b.gen == g) yield();
+}
+
+void drop(Barrier& b) {
+    b.expected--;
+    if (b.arrived > 0 && b.arrived == b.expected) {
+        b.arrived = 0;
+        b.gen++;
+    }
+}
+
+void fiber_entry() {
+    Fiber& f = cur();
+    W->kernel(W->params);
+    f.done = true;
+    f.open.clear();
+    f.groups.clear();
+    drop(W->block_bar);
+    drop(W->warp_bar[f.warp]);
+    W->progress++;
+    // Returning resumes `uc_link`, the scheduler.
+}
+
+void run_block(unsigned linear) {
+    Worker& w = *W;
+    const unsigned n = w.bdim.x * w.bdim.y * w.bdim.z;
+    w.bidx = {linear % w.gdim.x, (linear / w.gdim.x) % w.gdim.y, linear / (w.gdim.x * w.gdim.y)};
+    if (w.smem_size) memset(w.smem, 0xFF, w.smem_size);
+    const int warps = (n + 31) / 32;
+    w.block_bar = Barrier{(int)n, 0, 0};
+    w.warp_bar.assign(warps, Barrier{});
+    for (int i = 0; i < warps; i++) w.warp_bar[i].expected = std::min(32, (int)n - 32 * i);
+    w.slots.assign((size_t)warps * 32 * kSlots, 0);
+    w.fibers.resize(n);
+    for (unsigned i = 0; i < n; i++) {
+        Fiber& f = w.fibers[i];
+        f.tid = {i % w.bdim.x, (i / w.bdim.x) % w.bdim.y, i / (w.bdim.x * w.bdim.y)};
+        f.warp = i / 32;
+        f.lane = i % 32;
+        f.done = false;
+        f.open.clear();
+        f.groups.clear();
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = w.stacks + (size_t)i * kStack;
+        f.ctx.uc_stack.ss_size = kStack;
+        f.ctx.uc_link = &w.sched;
+        makecontext(&f.ctx, fiber_entry, 0);
+    }
+    for (;;) {
+        const unsigned long long before = w.progress;
+        bool live = false;
+        for (unsigned i = 0; i < n; i++) {
+            if (w.fibers[i].done) continue;
+            live = true;
+            w.current = (int)i;
+            swapcontext(&w.sched, &w.fibers[i].ctx);
+        }
+        if (!live) break;
+        if (w.progress == before) fail("deadlock: a barrier that no live thread of the block can pass");
+    }
+}
+
+void run_worker(LaunchDims d, void (*kernel)(const void*), const void* params, unsigned first,
+                unsigned step, unsigned blocks) {
+    Worker w;
+    W = &w;
+    w.bdim = {d.block[0], d.block[1], d.block[2]};
+    w.gdim = {d.grid[0], d.grid[1], d.grid[2]};
+    w.kernel = kernel;
+    w.params = params;
+    const unsigned n = d.block[0] * d.block[1] * d.block[2];
+    w.stack_count = n;
+    void* s = mmap(nullptr, n * kStack, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (s == MAP_FAILED) fail("cannot map fiber stacks");
+    w.stacks = static_cast<char*>(s);
+    w.smem_size = d.dynamic_smem;
+    if (w.smem_size) {
+        w.smem = static_cast<unsigned char*>(aligned_alloc(128, (w.smem_size + 127) / 128 * 128));
+        if (!w.smem) fail("cannot allocate dynamic shared memory");
+    }
+    for (unsigned b = first; b < blocks; b += step) run_block(b);
+    W = nullptr;
+}
+
+unsigned worker_count(unsigned blocks) {
+    unsigned n = std::max(1u, std::thread::hardware_concurrency());
+    if (const char* env = getenv("MUDDIT_EMU_THREADS")) n = std::max(1, atoi(env));
+    return std::min(n, blocks);
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return cur().tid; }
+const uint3& block_idx() { return W->bidx; }
+const dim3& block_dim() { return W->bdim; }
+const dim3& grid_dim() { return W->gdim; }
+void* dynamic_shared() { return W->smem; }
+
+void syncthreads() { wait(W->block_bar); }
+void syncwarp() { wait(W->warp_bar[cur().warp]); }
+
+unsigned long long shfl_bits(unsigned long long v, int arg, int mode) {
+    Fiber& f = cur();
+    slot(f.warp, f.lane, 0) = v;
+    syncwarp();
+    int src = f.lane;
+    switch (mode) {
+        case SHFL_XOR: src = f.lane ^ arg; break;
+        case SHFL_DOWN: src = f.lane + arg; break;
+        case SHFL_UP: src = f.lane - arg; break;
+        default: src = arg & 31; break;
+    }
+    if (src < 0 || src > 31) src = f.lane;
+    unsigned long long r = slot(f.warp, src, 0);
+    syncwarp();
+    return r;
+}
+
+void mma_bf16_16816(float c[4], const unsigned a[4], const unsigned b[2]) {
+    Fiber& f = cur();
+    for (int i = 0; i < 4; i++) slot(f.warp, f.lane, i) = a[i];
+    for (int i = 0; i < 2; i++) slot(f.warp, f.lane, 4 + i) = b[i];
+    syncwarp();
+    auto half = [](unsigned long long reg, int k) {
+        unsigned bits = (unsigned)(reg >> (16 * (k & 1))) & 0xFFFFu;
+        return __uint_as_float(bits << 16);
+    };
+    auto A = [&](int r, int k) {
+        int lane = (r % 8) * 4 + (k % 8) / 2;
+        int reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return half(slot(f.warp, lane, reg), k);
+    };
+    auto B = [&](int k, int n) {
+        int lane = n * 4 + (k % 8) / 2;
+        int reg = k >= 8 ? 1 : 0;
+        return half(slot(f.warp, lane, 4 + reg), k);
+    };
+    const int g = f.lane / 4, t = f.lane % 4;
+    for (int i = 0; i < 4; i++) {
+        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float acc = 0.0f;
+        for (int k = 0; k < 16; k++) acc += A(row, k) * B(k, col);
+        c[i] += acc;
+    }
+    syncwarp();
+}
+
+void ldmatrix_x4(unsigned r[4], const void* smem_row, bool trans) {
+    Fiber& f = cur();
+    slot(f.warp, f.lane, 0) = (unsigned long long)(uintptr_t)smem_row;
+    syncwarp();
+    auto row_ptr = [&](int lane) {
+        return reinterpret_cast<const unsigned short*>((uintptr_t)slot(f.warp, lane, 0));
+    };
+    const int g = f.lane / 4, t = f.lane % 4;
+    for (int j = 0; j < 4; j++) {
+        if (!trans) {
+            const unsigned short* p = row_ptr(8 * j + g);
+            r[j] = (unsigned)p[2 * t] | ((unsigned)p[2 * t + 1] << 16);
+        } else {
+            unsigned lo = row_ptr(8 * j + 2 * t)[g];
+            unsigned hi = row_ptr(8 * j + 2 * t + 1)[g];
+            r[j] = lo | (hi << 16);
+        }
+    }
+    syncwarp();
+}
+
+void cp_async_16(void* smem, const void* gmem, bool valid) {
+    cur().open.push_back(Copy{smem, gmem, valid});
+}
+
+void cp_async_commit() {
+    Fiber& f = cur();
+    f.groups.push_back(std::move(f.open));
+    f.open.clear();
+}
+
+void cp_async_wait(int n) {
+    Fiber& f = cur();
+    while ((int)f.groups.size() > n) {
+        for (const Copy& c : f.groups.front()) {
+            if (c.valid)
+                memcpy(c.dst, c.src, 16);
+            else
+                memset(c.dst, 0, 16);
+        }
+        f.groups.erase(f.groups.begin());
+    }
+}
+
+void launch(LaunchDims d, void (*kernel)(const void*), const void* params) {
+    const unsigned blocks = d.grid[0] * d.grid[1] * d.grid[2];
+    const unsigned threads = d.block[0] * d.block[1] * d.block[2];
+    if (threads == 0 || threads > kMaxThreads) fail("block size outside 1..=1024 threads");
+    if (d.dynamic_smem > kMaxDynamicSmem) fail("dynamic shared memory above 227 KiB");
+    if (blocks == 0) return;
+    const unsigned workers = worker_count(blocks);
+    std::vector<std::thread> pool;
+    for (unsigned i = 1; i < workers; i++)
+        pool.emplace_back(run_worker, d, kernel, params, i, workers, blocks);
+    run_worker(d, kernel, params, 0, workers, blocks);
+    for (auto& t : pool) t.join();
+}
+
+}  // namespace emu

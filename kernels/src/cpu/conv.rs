@@ -1,0 +1,273 @@
+//! 2-D convolutions over channel-last images `[B, H, W, C]`, as im2col + the `linear` GEMM.
+//!
+//! Design. A `k x k` convolution is a matrix product once every output pixel's receptive field
+//! is laid out as one row `[(ky, kx, C)]` ("im2col"): `out[P, O] = cols[P, k*k*C] · w[O, k*k*C]ᵀ`.
+//! The weight is reordered once at load time from PyTorch's `[O, C, kh, kw]` to `[O, (kh, kw, C)]`
+//! (`patch_major_weight`). The columns of a whole 512 x 512 image at 128 channels would take
+//! 1.2 GB, so output rows are processed in bands whose columns stay under `BAND_BYTES`; each band
+//! is gathered in parallel (rayon, one output row per task) and multiplied by the multi-threaded
+//! GEMM. Accumulation is `f32` in the GEMM. The op is arithmetic-bound: `2 k² C O` flops per
+//! output pixel against `k² C` gathered floats, so the gather costs a few percent at C >= 128.
+//! A 1x1 stride-1 convolution is the plain GEMM on the image, no gather.
+
+use super::matmul::linear;
+use rayon::prelude::*;
+
+/// Largest im2col band, in bytes.
+const BAND_BYTES: usize = 32 << 20;
+
+/// The geometry of one convolution: input `[batch, height, width, c_in]`, a square `kernel`,
+/// `stride`, and zero padding `[top, bottom, left, right]` (PyTorch's symmetric `padding=p` is
+/// `[p; 4]`; diffusers' stride-2 `Downsample2D` pads `[0, 1, 0, 1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: [usize; 4],
+}
+
+impl Conv2dShape {
+    /// Output rows and columns: `(H + pad_t + pad_b - k) / stride + 1`, likewise for columns.
+    pub fn out_hw(&self) -> (usize, usize) {
+        let [t, b, l, r] = self.pad;
+        (
+            (self.height + t + b - self.kernel) / self.stride + 1,
+            (self.width + l + r - self.kernel) / self.stride + 1,
+        )
+    }
+
+    /// Floats in one row of the im2col matrix: `k * k * c_in`.
+    pub fn patch(&self) -> usize {
+        self.kernel * self.kernel * self.c_in
+    }
+}
+
+/// PyTorch's `[O, C, kh, kw]` conv weight reordered to `[O, (kh, kw, C)]`, the row layout of
+/// the im2col matrix.
+pub fn patch_major_weight(w: &[f32], c_out: usize, c_in: usize, kernel: usize) -> Vec<f32> {
+    let kk = kernel * kernel;
+    assert_eq!(
+        w.len(),
+        c_out * c_in * kk,
+        "conv weight is not [O, C, k, k]"
+    );
+    let mut out = vec![0.0; w.len()];
+    for o in 0..c_out {
+        for c in 0..c_in {
+            for p in 0..kk {
+                out[(o * kk + p) * c_in + c] = w[(o * c_in + c) * kk + p];
+            }
+        }
+    }
+    out
+}
+
+/// Gathers the receptive fields of output row `oy` of one image `x [H, W, C]` into
+/// `cols [Wo, (k, k, C)]`, zeros where the field leaves the image.
+fn gather_row(x: &[f32], s: &Conv2dShape, oy: usize, wo: usize, cols: &mut [f32]) {
+    let (c, k) = (s.c_in, s.kernel);
+    let (pad_t, pad_l) = (s.pad[0] as isize, s.pad[2] as isize);
+    for ox in 0..wo {
+        let row = &mut cols[ox * s.patch()..(ox + 1) * s.patch()];
+        for ky in 0..k {
+            let iy = (oy * s.stride + ky) as isize - pad_t;
+            for kx in 0..k {
+                let ix = (ox * s.stride + kx) as isize - pad_l;
+                let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
+                    dst.fill(0.0);
+                } else {
+                    let at = (iy as usize * s.width + ix as usize) * c;
+                    dst.copy_from_slice(&x[at..at + c]);
+                }
+            }
+        }
+    }
+}
+
+/// `out [B, Ho, Wo, O] = conv(x [B, H, W, C], w [O, (k, k, C)]) + bias [O]`.
+pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, out: &mut [f32]) {
+    let (ho, wo) = s.out_hw();
+    let image = s.height * s.width * s.c_in;
+    assert_eq!(x.len(), s.batch * image, "conv2d: x is not [B, H, W, C]");
+    assert_eq!(w.len(), s.c_out * s.patch(), "conv2d: w is not [O, k*k*C]");
+    assert_eq!(
+        out.len(),
+        s.batch * ho * wo * s.c_out,
+        "conv2d: out is not [B, Ho, Wo, O]"
+    );
+    if s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
+        linear(x, w, bias, s.batch * ho * wo, s.c_in, s.c_out, out);
+        return;
+    }
+    let row_cols = wo * s.patch();
+    let band = (BAND_BYTES / (4 * row_cols).max(1)).clamp(1, ho);
+    let mut cols = vec![0.0f32; band * row_cols];
+    for b in 0..s.batch {
+        let xb = &x[b * image..(b + 1) * image];
+        let ob = &mut out[b * ho * wo * s.c_out..(b + 1) * ho * wo * s.c_out];
+        for y0 in (0..ho).step_by(band) {
+            let rows = band.min(ho - y0);
+            let cols = &mut cols[..rows * row_cols];
+            cols.par_chunks_mut(row_cols)
+                .enumerate()
+                .for_each(|(r, c)| gather_row(xb, s, y0 + r, wo, c));
+            let dst = &mut ob[y0 * wo * s.c_out..(y0 + rows) * wo * s.c_out];
+            linear(cols, w, bias, rows * wo, s.patch(), s.c_out, dst);
+        }
+    }
+}
+
+/// Nearest-neighbour 2x upsampling (`F.interpolate(scale_factor=2, mode="nearest")`):
+/// `[B, H, W, C] -> [B, 2H, 2W, C]`.
+pub fn upsample_nearest_2x(x: &[f32], batch: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        batch * h * w * c,
+        "upsample: x is not [B, H, W, C]"
+    );
+    let mut out = vec![0.0f32; 4 * x.len()];
+    out.par_chunks_mut(2 * w * c)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            // Output row `row` of the flattened [B * 2H] rows reads input row `row / 2`.
+            let (b, oy) = (row / (2 * h), row % (2 * h));
+            let src = &x[(b * h + oy / 2) * w * c..(b * h + oy / 2 + 1) * w * c];
+            for (ix, px) in src.chunks_exact(c).enumerate() {
+                dst[2 * ix * c..(2 * ix + 1) * c].copy_from_slice(px);
+                dst[(2 * ix + 1) * c..(2 * ix + 2) * c].copy_from_slice(px);
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution in f64 on the PyTorch layouts `x [B, C, H, W]`, `w [O, C, k, k]`.
+    fn naive_nchw(x: &[f32], w: &[f32], bias: &[f32], s: &Conv2dShape) -> Vec<f64> {
+        let (ho, wo) = s.out_hw();
+        let k = s.kernel;
+        let mut out = vec![0.0f64; s.batch * s.c_out * ho * wo];
+        for b in 0..s.batch {
+            for o in 0..s.c_out {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = bias[o] as f64;
+                        for c in 0..s.c_in {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s.stride + ky) as isize - s.pad[0] as isize;
+                                    let ix = (ox * s.stride + kx) as isize - s.pad[2] as isize;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy >= s.height as isize
+                                        || ix >= s.width as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((b * s.c_in + c) * s.height + iy as usize)
+                                        * s.width
+                                        + ix as usize];
+                                    let wv = w[((o * s.c_in + c) * k + ky) * k + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out[((b * s.c_out + o) * ho + oy) * wo + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_direct_convolution_on_awkward_shapes() {
+        let cases = [
+            // (B, H, W, C, O, k, stride, pad)
+            (1, 1, 1, 1, 1, 3, 1, [1; 4]),
+            (2, 7, 5, 3, 4, 3, 1, [1; 4]),
+            (1, 8, 6, 5, 3, 3, 2, [0, 1, 0, 1]),
+            (2, 9, 9, 4, 6, 3, 2, [0, 1, 0, 1]),
+            (1, 4, 3, 6, 5, 1, 1, [0; 4]),
+        ];
+        for (b, h, w, c, o, k, stride, pad) in cases {
+            let s = Conv2dShape {
+                batch: b,
+                height: h,
+                width: w,
+                c_in: c,
+                c_out: o,
+                kernel: k,
+                stride,
+                pad,
+            };
+            let x_nchw = pseudo(b * c * h * w, 1);
+            let wt = pseudo(o * c * k * k, 2);
+            let bias = pseudo(o, 3);
+            let want = naive_nchw(&x_nchw, &wt, &bias, &s);
+            // NCHW -> NHWC
+            let mut x = vec![0.0; x_nchw.len()];
+            for bi in 0..b {
+                for ci in 0..c {
+                    for p in 0..h * w {
+                        x[(bi * h * w + p) * c + ci] = x_nchw[(bi * c + ci) * h * w + p];
+                    }
+                }
+            }
+            let (ho, wo) = s.out_hw();
+            let mut got = vec![0.0; b * ho * wo * o];
+            conv2d(
+                &x,
+                &patch_major_weight(&wt, o, c, k),
+                Some(&bias),
+                &s,
+                &mut got,
+            );
+            let mut worst = 0.0f64;
+            for bi in 0..b {
+                for oi in 0..o {
+                    for p in 0..ho * wo {
+                        let g = got[(bi * ho * wo + p) * o + oi] as f64;
+                        let r = want[(bi * o + oi) * ho * wo + p];
+                        worst = worst.max((g - r).abs() / (1e-5 + r.abs()));
+                    }
+                }
+            }
+            assert!(worst < 1e-3, "{s:?}: worst relative error {worst}");
+        }
+    }
+
+    #[test]
+    fn nearest_upsample_repeats_pixels() {
+        let x: Vec<f32> = (0..2 * 2 * 3 * 2).map(|v| v as f32).collect(); // [2, 2, 3, 2]
+        let y = upsample_nearest_2x(&x, 2, 2, 3, 2);
+        for b in 0..2 {
+            for oy in 0..4 {
+                for ox in 0..6 {
+                    for c in 0..2 {
+                        assert_eq!(
+                            y[((b * 4 + oy) * 6 + ox) * 2 + c],
+                            x[((b * 2 + oy / 2) * 3 + ox / 2) * 2 + c]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

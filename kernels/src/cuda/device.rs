@@ -1,0 +1,186 @@
+//! Opening a CUDA device (after checking that the driver library loads), loading each module
+//! once, each function once, and launching planned kernels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig};
+
+use super::nvrtc::{self, Module};
+use super::ops::Launch;
+use super::CudaError;
+
+/// The driver library checked before cudarc touches it (cudarc panics if it cannot load it).
+#[cfg(not(windows))]
+pub const DRIVER_LIB: &str = "libcuda.so.1";
+#[cfg(windows)]
+pub const DRIVER_LIB: &str = "nvcuda.dll";
+
+/// Static shared memory a block gets without opting in.
+const DEFAULT_SMEM: u32 = 48 << 10;
+
+/// Fails with [`CudaError::NoDriver`] unless the CUDA driver library can be loaded.
+pub fn check_driver() -> Result<(), CudaError> {
+    // SAFETY: loading the driver library runs its initialisers, which have no preconditions on
+    // our side; the handle is dropped at once (cudarc loads its own).
+    match unsafe { libloading::Library::new(DRIVER_LIB) } {
+        Ok(_) => Ok(()),
+        Err(e) => Err(CudaError::NoDriver {
+            lib: DRIVER_LIB,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// One GPU: its context, one stream, and the modules and functions loaded so far.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// Compute capability as `10 * major + minor`, e.g. 90.
+    sm: u32,
+    modules: Mutex<HashMap<Module, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal`; errors (never panics) without a driver or a device.
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        check_driver()?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|source| CudaError::Open { ordinal, source })?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|source| CudaError::Open { ordinal, source })?;
+        if major < 8 {
+            return Err(CudaError::InvalidLaunch {
+                op: "open",
+                reason: format!("compute capability {major}.{minor}: the kernels need sm_80 or newer (bf16 mma.sync, cp.async)"),
+            });
+        }
+        let stream = ctx.default_stream();
+        Ok(Self {
+            ctx,
+            stream,
+            sm: (major * 10 + minor) as u32,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Compute capability as `10 * major + minor`.
+    pub fn sm(&self) -> u32 {
+        self.sm
+    }
+
+    /// The module compiled for this device (NVRTC or the PTX cache), loaded once.
+    pub fn module(&self, module: Module) -> Result<Arc<CudaModule>, CudaError> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(&module) {
+            return Ok(m.clone());
+        }
+        let ptx = nvrtc::ptx(module, self.sm)?;
+        let loaded = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|source| CudaError::Driver {
+                what: "load module",
+                source,
+            })?;
+        modules.insert(module, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Kernel `name` of `module`, loaded once.
+    pub fn function(&self, module: Module, name: &'static str) -> Result<CudaFunction, CudaError> {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(f.clone());
+        }
+        let f = self
+            .module(module)?
+            .load_function(name)
+            .map_err(|source| CudaError::Driver {
+                what: "load function",
+                source,
+            })?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, f.clone());
+        Ok(f)
+    }
+
+    /// Enqueues `launch` on the device's stream.
+    ///
+    /// # Safety
+    /// Every address in `launch.params` must point into a live device allocation of this
+    /// context holding at least the elements the parameters' shapes and strides reach, of the
+    /// dtype the kernel documents, and no other work may write the output ranges meanwhile.
+    pub unsafe fn launch<P: DeviceRepr>(&self, launch: &Launch<P>) -> Result<(), CudaError> {
+        let f = self.function(launch.module, launch.kernel)?;
+        if launch.smem > DEFAULT_SMEM {
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                launch.smem as i32,
+            )
+            .map_err(|source| CudaError::Driver {
+                what: "set dynamic shared memory",
+                source,
+            })?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (launch.grid[0], launch.grid[1], launch.grid[2]),
+            block_dim: (launch.block[0], launch.block[1], launch.block[2]),
+            shared_mem_bytes: launch.smem,
+        };
+        let mut args = self.stream.launch_builder(&f);
+        args.arg(&launch.params);
+        // SAFETY: the caller guarantees the addresses in the parameter struct (see above); the
+        // struct itself is a `#[repr(C)]` mirror of the kernel's by-value parameter, and the
+        // grid and shared memory come from `ops`, which checked them against the shapes.
+        unsafe { args.launch(cfg) }.map_err(|source| CudaError::Driver {
+            what: launch.kernel,
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Here (no GPU, no driver) opening a device is an error with a clear message, not a panic.
+    #[test]
+    fn no_driver_is_a_clear_error() {
+        // SAFETY: as in check_driver.
+        let driver_present = unsafe { libloading::Library::new(DRIVER_LIB) }.is_ok();
+        match CudaDevice::open(0) {
+            Err(e @ CudaError::NoDriver { .. }) => {
+                assert!(!driver_present);
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with(&format!("no CUDA driver found ({DRIVER_LIB}): ")),
+                    "{msg}"
+                );
+                println!("{msg}");
+            }
+            Err(e) => assert!(driver_present, "unexpected error without a driver: {e}"),
+            Ok(dev) => assert!(driver_present && dev.sm() >= 80),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The tensor-core GEMM under the emulator (mma.sync / ldmatrix / cp.async with the PTX
+//! fragment layouts) vs kernels::cpu::matmul::linear on the same bf16-rounded inputs.
+//!
+//! Tolerances: f32 outputs differ only by f32 summation order: atol 1e-4 + rtol 1e-4 (inputs in
+//! [-1, 1], |C| up to ~ 20). bf16 outputs add the output rounding: rtol 2^-8 (twice bf16's
+//! half-ulp) + atol 1e-3.
+#![cfg(feature = "emulate")]
+
+mod common;
+use common::*;
+use muddit_kernels::cpu::{act, matmul::linear};
+use muddit_kernels::cuda::ops::{self, GemmOut};
+use muddit_kernels::cuda::params::*;
+use muddit_kernels::emu;
+
+const F32_TOL: (f32, f32) = (1e-4, 1e-4);
+const BF16_TOL: (f32, f32) = (1e-3, 1.0 / 256.0);
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    xb: Vec<u16>,
+    wb: Vec<u16>,
+}
+
+impl Case {
+    fn new(m: usize, n: usize, k: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let x = round_bf16(&rng.vec(m * k, 1.0));
+        let w = round_bf16(&rng.vec(n * k, 1.0));
+        let bias = rng.vec(n, 0.5);
+        let (xb, wb) = (to_bf16(&x), to_bf16(&w));
+        Case {
+            m,
+            n,
+            k,
+            x,
+            w,
+            bias,
+            xb,
+            wb,
+        }
+    }
+
+    /// `x · wᵀ + bias` in f32 on the CPU: `[M, N]`.
+    fn reference(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.m * self.n];
+        linear(
+            &self.x,
+            &self.w,
+            Some(&self.bias),
+            self.m,
+            self.k,
+            self.n,
+            &mut out,
+        );
+        out
+    }
+
+    fn params(&self, c: u64) -> GemmParams {
+        GemmParams {
+            bias: addr(&self.bias),
+            ..GemmParams::dense(addr(&self.xb), addr(&self.wb), c, self.m, self.n, self.k)
+        }
+    }
+}
+
+const SHAPES: [(usize, usize, usize); 6] = [
+    (1, 100, 48),
+    (77, 100, 64),
+    (333, 100, 48),
+    (333, 100, 64),
+    (130, 257, 1024),
+    (2, 136, 200),
+];
+
+#[test]
+fn f32_output_matches_cpu_on_awkward_shapes() {
+    for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+        let case = Case::new(m, n, k, 10 + i as u64);
+        let mut c = vec![f32::NAN; m * n];
+        let launch = ops::gemm(GemmOut::F32, case.params(addr_mut(&mut c))).unwrap();
+        // SAFETY: x [M, K], w [N, K] bf16, bias [N] and c [M, N] f32 live through the call.
+        unsafe { emu::run(&launch) };
+        check(
+            &format!("gemm f32 M {m} N {n} K {k}"),
+            &c,
+            &case.reference(),
+            F32_TOL.0,
+            F32_TOL.1,
+        );
+    }
+}
+
+#[test]
+fn bf16_output_with_gelu_and_residual_matches_cpu() {
+    for &(m, n, k) in &[(77, 100, 64), (333, 100, 48)] {
+        let case = Case::new(m, n, k, 20);
+        let res = round_bf16(&Rng::new(21).vec(m * n, 2.0));
+        let resb = to_bf16(&res);
+        let mut c = vec![0u16; m * n];
+        // GELU-tanh epilogue.
+        let mut p = case.params(addr_mut(&mut c));
+        p.act = Act::GeluTanh as i32;
+        // SAFETY: as in the f32 test; c holds M x N bf16.
+        unsafe { emu::run(&ops::gemm(GemmOut::Bf16, p).unwrap()) };
+        let mut want = case.reference();
+        act::gelu_tanh_(&mut want);
+        check(
+            &format!("gemm gelu M {m} N {n} K {k}"),
+            &from_bf16(&c),
+            &want,
+            BF16_TOL.0,
+            BF16_TOL.1,
+        );
+        // Plain epilogue plus a bf16 residual.
+        p.act = Act::None as i32;
+        p.res = addr(&resb);
+        // SAFETY: as above; res holds M x N bf16.
+        unsafe { emu::run(&ops::gemm(GemmOut::Bf16, p).unwrap()) };
+        let want: Vec<f32> = case
+            .reference()
+            .iter()
+            .zip(&res)
+            .map(|(y, r)| y + r)
+            .collect();
+        check(
+            &format!("gemm + residual M {m} N {n} K {k}"),
+            &from_bf16(&c),
+            &want,
+            BF16_TOL.0,
+            BF16_TOL.1,
+        );
+    }
+}
+
+/// `x[b] += gate[b] * (A W^T + bias)` per batch item, the gate a chunk of `[B, 6D]` mods.
+#[test]
+fn gated_residual_matches_cpu() {
+    let (batch, per_item, n, k) = (2, 77, 100, 64);
+    let m = batch * per_item;
+    let case = Case::new(m, n, k, 30);
+    let mods = Rng::new(31).vec(batch * 6 * n, 1.0);
+    let x0 = Rng::new(32).vec(m * n, 3.0);
+    let mut x = x0.clone();
+    let p = GemmParams {
+        gate: addr(&mods[2 * n..]),
+        rows_per_item: per_item as i32,
+        gate_stride: (6 * n) as i32,
+        ..case.params(addr_mut(&mut x))
+    };
+    // SAFETY: as above; x is the f32 [M, N] residual, mods [B, 6N] holds every gate row read.
+    unsafe { emu::run(&ops::gemm(GemmOut::Residual, p).unwrap()) };
+    let y = case.reference();
+    let mut want = x0;
+    for (row, (wr, yr)) in want.chunks_mut(n).zip(y.chunks(n)).enumerate() {
+        let gate = &mods[(row / per_item) * 6 * n + 2 * n..][..n];
+        for ((w, &yv), &g) in wr.iter_mut().zip(yr).zip(gate) {
+            *w += g * yv;
+        }
+    }
+    check("gemm gated residual", &x, &want, F32_TOL.0, F32_TOL.1);
+}
+
+/// Reading the image part of a joint `[B, L + N, lda]` buffer and writing the text part of
+/// another, with strides wider than the rows.
+#[test]
+fn row_maps_and_strides_address_parts_of_joint_buffers() {
+    let (batch, text, image, n, k) = (2, 7, 45, 40, 48);
+    let seq = text + image;
+    let (lda, ldc) = (k + 16, n + 3);
+    let mut rng = Rng::new(40);
+    let joint = round_bf16(&rng.vec(batch * seq * lda, 1.0));
+    let w = round_bf16(&rng.vec(n * k, 1.0));
+    let (jb, wb) = (to_bf16(&joint), to_bf16(&w));
+    let mut c = vec![0.0f32; batch * seq * ldc];
+    let m = batch * image;
+    let p = GemmParams {
+        lda: lda as i32,
+        ldc: ldc as i32,
+        a_map: RowMap::part(image, seq, text),
+        c_map: RowMap::part(image, seq, text),
+        ..GemmParams::dense(addr(&jb), addr(&wb), addr_mut(&mut c), m, n, k)
+    };
+    // SAFETY: the maps keep every row inside [B * seq] rows of lda (A) and ldc (C) elements.
+    unsafe { emu::run(&ops::gemm(GemmOut::F32, p).unwrap()) };
+    let rows: Vec<usize> = (0..m).map(|i| p.a_map.row(i)).collect();
+    let x: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| joint[r * lda..r * lda + k].to_vec())
+        .collect();
+    let mut want = vec![0.0; m * n];
+    linear(&x, &w, None, m, k, n, &mut want);
+    let got: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| c[r * ldc..r * ldc + n].to_vec())
+        .collect();
+    check("gemm with row maps", &got, &want, F32_TOL.0, F32_TOL.1);
+    // The text rows and the padding columns stay untouched.
+    for b in 0..batch {
+        for t in 0..text {
+            assert!(c[(b * seq + t) * ldc..][..ldc].iter().all(|&v| v == 0.0));
+        }
+    }
+    assert!(rows
+        .iter()
+        .all(|&r| c[r * ldc + n..(r + 1) * ldc].iter().all(|&v| v == 0.0)));
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let bad = GemmParams::dense(0, 0, 0, 4, 4, 12);
+    let err = ops::gemm(GemmOut::F32, bad).unwrap_err().to_string();
+    assert!(err.contains("multiple of 8"), "{err}");
+}
+
+#[test]
+fn parameter_struct_matches_its_c_mirror() {
+    for name in [
+        "gemm_bf16",
+        "gemm_f32out_bf16",
+        "gemm_residual_bf16",
+        "conv2d_bf16",
+    ] {
+        assert_eq!(
+            emu::params_size(name),
+            Some(std::mem::size_of::<GemmParams>()),
+            "{name}"
+        );
+    }
+}
