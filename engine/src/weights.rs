@@ -200,6 +200,20 @@ impl Weights {
                 })
             }
         };
+        // The widened copy is what the model keeps: hand the mapped pages back now rather than
+        // when the map is dropped, so that loading peaks at the widened size, not at the sum.
+        #[cfg(unix)]
+        {
+            // SAFETY: the map is a private read-only file mapping that nothing borrows past this
+            // point (`bytes` is dead); pages dropped here are read back from the file if needed.
+            let _ = unsafe {
+                self.files[entry.file].1.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    entry.start,
+                    entry.end - entry.start,
+                )
+            };
+        }
         self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
