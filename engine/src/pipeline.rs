@@ -184,7 +184,7 @@ impl Pipeline {
             return Err(Error::input("batch", "at least one image per prompt"));
         }
         let (h, w) = self.grid(req.width, req.height)?;
-        let sampler = Sampler::new(req.sampler.clone())?;
+        let sampler = Sampler::new(req.sampler)?;
         let guided = req.sampler.guidance.needs_uncond();
         let batch = req.prompts.len() * req.images_per_prompt;
         // Model batch: [uncond; cond] under guidance, else cond.
@@ -289,7 +289,7 @@ impl Pipeline {
         if req.sampler.guidance.needs_uncond() {
             return Err(Error::input("cfg", "image-to-text runs without guidance"));
         }
-        let sampler = Sampler::new(req.sampler.clone())?;
+        let sampler = Sampler::new(req.sampler)?;
         let vt = self.transformer.cfg.tokenizer_vocab_size.unwrap_or(0);
 
         // Text ids start as <mask>; a question (start token, no end token) fills the front.
