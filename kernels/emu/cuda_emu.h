@@ -134,3 +134,16 @@ inline long long __double_as_longlong(double d) {
     memcpy(&v, &d, 8);
     return v;
 }
+
+// Atomics: blocks run on several OS threads, so these are real atomic operations.
+inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) {
+    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);
+}
+inline int atomicMin(int* a, int v) {
+    int old = __atomic_load_n(a, __ATOMIC_SEQ_CST);
+    while (v < old && !__atomic_compare_exchange_n(a, &old, v, false, __ATOMIC_SEQ_CST,
+                                                   __ATOMIC_SEQ_CST)) {
+    }
+    return old;
+}

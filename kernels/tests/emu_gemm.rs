@@ -3,7 +3,7 @@
 //!
 //! Tolerances: f32 outputs differ only by f32 summation order: atol 1e-4 + rtol 1e-4 (inputs in
 //! [-1, 1], |C| up to ~ 20). bf16 outputs add the output rounding: rtol 2^-8 (twice bf16's
-//! half-ulp) + atol 1e-3.
+//! half-ulp) plus the f32 accumulation: rtol 5e-3 + atol 1e-3.
 #![cfg(feature = "emulate")]
 
 mod common;
@@ -14,7 +14,7 @@ use muddit_kernels::cuda::params::*;
 use muddit_kernels::emu;
 
 const F32_TOL: (f32, f32) = (1e-4, 1e-4);
-const BF16_TOL: (f32, f32) = (1e-3, 1.0 / 256.0);
+const BF16_TOL: (f32, f32) = (1e-3, 5e-3);
 
 struct Case {
     m: usize,

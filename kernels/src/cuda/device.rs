@@ -29,7 +29,10 @@ pub fn check_driver() -> Result<(), CudaError> {
         Ok(_) => Ok(()),
         Err(e) => Err(CudaError::NoDriver {
             lib: DRIVER_LIB,
-            reason: e.to_string(),
+            reason: match std::error::Error::source(&e) {
+                Some(detail) => format!("{e}: {detail}"),
+                None => e.to_string(),
+            },
         }),
     }
 }

@@ -22,16 +22,34 @@ const COMMON: &str = include_str!("../../cuda/common.cuh");
 pub enum Module {
     Norm,
     Gemm,
+    Attention,
+    Rope,
+    Elementwise,
+    Sampler,
+    Vq,
 }
 
 impl Module {
-    pub const ALL: [Module; 2] = [Module::Norm, Module::Gemm];
+    pub const ALL: [Module; 7] = [
+        Module::Norm,
+        Module::Gemm,
+        Module::Attention,
+        Module::Rope,
+        Module::Elementwise,
+        Module::Sampler,
+        Module::Vq,
+    ];
 
     /// The file name under `kernels/cuda/`.
     pub fn file(self) -> &'static str {
         match self {
             Module::Norm => "norm.cu",
             Module::Gemm => "gemm.cu",
+            Module::Attention => "attention.cu",
+            Module::Rope => "rope.cu",
+            Module::Elementwise => "elementwise.cu",
+            Module::Sampler => "sampler.cu",
+            Module::Vq => "vq.cu",
         }
     }
 
@@ -39,6 +57,11 @@ impl Module {
         match self {
             Module::Norm => include_str!("../../cuda/norm.cu"),
             Module::Gemm => include_str!("../../cuda/gemm.cu"),
+            Module::Attention => include_str!("../../cuda/attention.cu"),
+            Module::Rope => include_str!("../../cuda/rope.cu"),
+            Module::Elementwise => include_str!("../../cuda/elementwise.cu"),
+            Module::Sampler => include_str!("../../cuda/sampler.cu"),
+            Module::Vq => include_str!("../../cuda/vq.cu"),
         }
     }
 

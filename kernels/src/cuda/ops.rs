@@ -196,3 +196,284 @@ pub fn conv2d(p: GemmParams) -> Result<Launch<GemmParams>, CudaError> {
         params: p,
     })
 }
+
+/// Flash attention over `[B, S, H, Dh]` bf16 tensors (row strides in the params), `Dh` 64 or
+/// 128; sets the softmax scale `1 / sqrt(Dh)`.
+pub fn attention(head_dim: usize, mut p: AttnParams) -> Result<Launch<AttnParams>, CudaError> {
+    const OP: &str = "attention";
+    let kernel = match head_dim {
+        64 => "flash_attn_d64_bf16",
+        128 => "flash_attn_d128_bf16",
+        _ => return Err(invalid(OP, format!("head dim {head_dim} (64 or 128 only)"))),
+    };
+    ensure(p.batch > 0 && p.seq > 0 && p.heads > 0, OP, || {
+        format!("B {} S {} H {}", p.batch, p.seq, p.heads)
+    })?;
+    let width = p.heads * head_dim as i32;
+    for (what, stride) in [
+        ("q", p.q_stride),
+        ("k", p.k_stride),
+        ("v", p.v_stride),
+        ("o", p.o_stride),
+    ] {
+        ensure(stride >= width && stride % 8 == 0, OP, || {
+            format!("{what} row stride {stride}: at least H * Dh = {width} and a multiple of 8")
+        })?;
+    }
+    for (what, a) in [("q", p.q), ("k", p.k), ("v", p.v), ("o", p.o)] {
+        ensure(a % 16 == 0, OP, || format!("{what} is not 16-byte aligned"))?;
+    }
+    ensure(p.batch < 65536 && p.heads < 65536, OP, || {
+        "grid too large".into()
+    })?;
+    p.scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
+    // Q and two stages of K and V: 5 tiles of 64 rows of Dh + 8 bf16.
+    let smem = (5 * 64 * (head_dim + 8) * 2) as u32;
+    Ok(Launch {
+        module: Module::Attention,
+        kernel,
+        grid: [(p.seq as u32).div_ceil(64), p.heads as u32, p.batch as u32],
+        block: [128, 1, 1],
+        smem,
+        params: p,
+    })
+}
+
+/// Per-head RMSNorm and rotary positions of q or k (rope.cu): `rows` logical tokens through
+/// `map`, `heads` of `head_dim` (even) each.
+pub fn qk_norm_rope(p: QkNormRopeParams) -> Result<Launch<QkNormRopeParams>, CudaError> {
+    const OP: &str = "qk_norm_rope";
+    ensure(p.rows >= 0 && p.heads > 0 && p.seq > 0, OP, || {
+        format!("rows {} heads {} seq {}", p.rows, p.heads, p.seq)
+    })?;
+    ensure(p.head_dim > 0 && p.head_dim % 2 == 0, OP, || {
+        format!("head dim {} must be even", p.head_dim)
+    })?;
+    let width = p.heads * p.head_dim;
+    ensure(p.x_stride >= width && p.out_stride >= width, OP, || {
+        format!(
+            "strides {}/{} below H * Dh = {width}",
+            p.x_stride, p.out_stride
+        )
+    })?;
+    ensure(
+        p.x_stride % 2 == 0 && p.out_stride % 2 == 0 && p.x % 4 == 0 && p.out % 4 == 0,
+        OP,
+        || "rows must start on 4-byte boundaries".into(),
+    )?;
+    ensure(
+        p.map.per > 0 && p.map.stride >= 0 && p.map.offset >= 0,
+        OP,
+        || format!("{:?}", p.map),
+    )?;
+    ensure(p.cos == 0 || p.sin != 0, OP, || "cos without sin".into())?;
+    let tasks = p.rows as usize * p.heads as usize;
+    Ok(Launch {
+        module: Module::Rope,
+        kernel: "qk_norm_rope_bf16",
+        grid: grid_1d(OP, tasks.div_ceil(ROWS_PER_BLOCK))?,
+        block: [(32 * ROWS_PER_BLOCK) as u32, 1, 1],
+        smem: 0,
+        params: p,
+    })
+}
+
+/// Blocks of a grid-stride element-wise kernel over `n` elements (at most 8 waves of 132 SMs).
+fn elementwise_grid(op: &'static str, n: usize) -> Result<[u32; 3], CudaError> {
+    grid_1d(op, n.div_ceil(256).clamp(1, 132 * 8))
+}
+
+/// Embedding rows (elementwise.cu); the caller has checked every id against the table.
+pub fn embedding(p: EmbeddingParams) -> Result<Launch<EmbeddingParams>, CudaError> {
+    const OP: &str = "embedding";
+    ensure(
+        p.rows >= 0 && p.d > 0 && (p.pos == 0 || p.seq > 0),
+        OP,
+        || format!("rows {} d {} seq {}", p.rows, p.d, p.seq),
+    )?;
+    Ok(Launch {
+        module: Module::Elementwise,
+        kernel: "embedding_bf16",
+        grid: elementwise_grid(OP, p.rows as usize * p.d as usize)?,
+        block: [256, 1, 1],
+        smem: 0,
+        params: p,
+    })
+}
+
+/// `y = act(x)` element-wise, f32 or bf16 on either side.
+pub fn activation(p: ActParams) -> Result<Launch<ActParams>, CudaError> {
+    const OP: &str = "activation";
+    ensure(p.n >= 0 && (0..=4).contains(&p.act), OP, || {
+        format!("n {} act {}", p.n, p.act)
+    })?;
+    Ok(Launch {
+        module: Module::Elementwise,
+        kernel: "act_bf16",
+        grid: elementwise_grid(OP, p.n as usize)?,
+        block: [256, 1, 1],
+        smem: 0,
+        params: p,
+    })
+}
+
+/// The sinusoidal embedding of `rows` scalars into `[rows, 2 half]` (row stride `out_stride`).
+pub fn sin_embed(p: SinEmbedParams) -> Result<Launch<SinEmbedParams>, CudaError> {
+    const OP: &str = "sin_embed";
+    ensure(
+        p.rows >= 0 && p.half > 0 && p.out_stride >= 2 * p.half,
+        OP,
+        || format!("rows {} half {} stride {}", p.rows, p.half, p.out_stride),
+    )?;
+    Ok(Launch {
+        module: Module::Elementwise,
+        kernel: "sin_embed_f32",
+        grid: elementwise_grid(OP, p.rows as usize * p.half as usize)?,
+        block: [256, 1, 1],
+        smem: 0,
+        params: p,
+    })
+}
+
+/// Tokens per block of `sample_tokens_f32` (one warp each).
+const SAMPLER_WARPS: usize = 4;
+
+/// The draw and confidence of every token (sampler.cu). `bad` must hold `i32::MAX` before the
+/// launch; afterwards it holds the first flat token with bad logits, if any.
+pub fn sample_tokens(p: SampleParams) -> Result<Launch<SampleParams>, CudaError> {
+    const OP: &str = "sample_tokens";
+    ensure(p.batch > 0 && p.tokens > 0 && p.vocab > 0, OP, || {
+        format!("B {} n {} V {}", p.batch, p.tokens, p.vocab)
+    })?;
+    ensure(
+        p.guided == 0 || (p.scale.is_finite() && p.scale >= 0.0),
+        OP,
+        || format!("guidance scale {}", p.scale),
+    )?;
+    let tokens = p.batch as usize * p.tokens as usize;
+    let smem = SAMPLER_WARPS * (p.vocab as usize).div_ceil(64) * 8;
+    ensure(smem <= 200 << 10, OP, || {
+        format!("vocabulary {} too large", p.vocab)
+    })?;
+    Ok(Launch {
+        module: Module::Sampler,
+        kernel: "sample_tokens_f32",
+        grid: grid_1d(OP, tokens.div_ceil(SAMPLER_WARPS))?,
+        block: [(32 * SAMPLER_WARPS) as u32, 1, 1],
+        smem: smem as u32,
+        params: p,
+    })
+}
+
+/// The re-masking of each row (sampler.cu): one block per row.
+pub fn remask(p: RemaskParams) -> Result<Launch<RemaskParams>, CudaError> {
+    const OP: &str = "remask";
+    ensure(p.batch > 0 && p.tokens > 0, OP, || {
+        format!("B {} n {}", p.batch, p.tokens)
+    })?;
+    ensure(p.last != 0 || p.tokens >= 2, OP, || {
+        "fewer than 2 tokens".into()
+    })?;
+    Ok(Launch {
+        module: Module::Sampler,
+        kernel: "remask_f32",
+        grid: grid_1d(OP, p.batch as usize)?,
+        block: [1024, 1, 1],
+        smem: 0,
+        params: p,
+    })
+}
+
+/// Pixels per partial sum of the GroupNorm statistics.
+const GN_BAND: usize = 4096;
+const GN_MAX_GROUPS: i32 = 128;
+
+fn group_norm_chunks(pixels: i32) -> i32 {
+    (pixels.max(1) as usize).div_ceil(GN_BAND).min(256) as i32
+}
+
+/// f64 elements of the workspace `group_norm` needs for `batch` items of `pixels` pixels.
+pub fn group_norm_workspace(batch: usize, pixels: usize, groups: usize) -> usize {
+    batch * groups * group_norm_chunks(pixels as i32) as usize * 3
+}
+
+/// GroupNorm (+ SiLU) over bf16 `[B, P, C]`: the statistics launch, then the apply launch.
+#[allow(clippy::type_complexity)]
+pub fn group_norm(
+    mut p: GroupNormParams,
+) -> Result<(Launch<GroupNormParams>, Launch<GroupNormParams>), CudaError> {
+    const OP: &str = "group_norm";
+    ensure(p.batch > 0 && p.pixels > 0 && p.channels > 0, OP, || {
+        format!("B {} P {} C {}", p.batch, p.pixels, p.channels)
+    })?;
+    ensure(
+        p.groups > 0 && p.groups <= GN_MAX_GROUPS && p.channels % p.groups == 0,
+        OP,
+        || {
+            format!(
+                "{} channels in {} groups (at most {GN_MAX_GROUPS})",
+                p.channels, p.groups
+            )
+        },
+    )?;
+    ensure(p.batch < 65536, OP, || "batch too large".into())?;
+    p.chunks = group_norm_chunks(p.pixels);
+    let stats = Launch {
+        module: Module::Vq,
+        kernel: "group_norm_stats_bf16",
+        grid: [p.chunks as u32, p.groups as u32, p.batch as u32],
+        block: [256, 1, 1],
+        smem: 0,
+        params: p,
+    };
+    let per_item = p.pixels as usize * p.channels as usize;
+    let blocks = per_item
+        .div_ceil(256)
+        .clamp(1, (132 * 8 / p.batch as usize).max(1));
+    let apply = Launch {
+        module: Module::Vq,
+        kernel: "group_norm_apply_bf16",
+        grid: [blocks as u32, p.batch as u32, 1],
+        block: [256, 1, 1],
+        smem: 0,
+        params: p,
+    };
+    Ok((stats, apply))
+}
+
+/// Nearest 2x upsampling of bf16 `[B, h, w, c]`.
+pub fn upsample2x(p: Upsample2xParams) -> Result<Launch<Upsample2xParams>, CudaError> {
+    const OP: &str = "upsample2x";
+    ensure(p.batch > 0 && p.h > 0 && p.w > 0 && p.c > 0, OP, || {
+        format!("{p:?}")
+    })?;
+    let n = 4 * p.batch as usize * p.h as usize * p.w as usize * p.c as usize;
+    Ok(Launch {
+        module: Module::Vq,
+        kernel: "upsample2x_bf16",
+        grid: elementwise_grid(OP, n)?,
+        block: [256, 1, 1],
+        smem: 0,
+        params: p,
+    })
+}
+
+/// Nearest codebook entry of each f32 latent `[P, E]` among f32 `[V, E]`: i32 ids `[P]`.
+pub fn vq_nearest(p: VqNearestParams) -> Result<Launch<VqNearestParams>, CudaError> {
+    const OP: &str = "vq_nearest";
+    ensure(p.pixels >= 0 && p.entries > 0 && p.dim > 0, OP, || {
+        format!("{p:?}")
+    })?;
+    let smem = 32 * p.dim as usize * 4;
+    ensure(smem <= 200 << 10, OP, || {
+        format!("latent width {} too large", p.dim)
+    })?;
+    Ok(Launch {
+        module: Module::Vq,
+        kernel: "vq_nearest_f32",
+        grid: grid_1d(OP, (p.pixels as usize).div_ceil(8))?,
+        block: [256, 1, 1],
+        smem: smem as u32,
+        params: p,
+    })
+}

@@ -155,4 +155,182 @@ impl GemmParams {
     }
 }
 
-device_repr!(RmsNormParams, LayerNormParams, GemmParams);
+/// `flash_attn_d{64,128}_bf16` (attention.cu): element (b, s, h, d) of each tensor at
+/// `(b * seq + s) * stride + h * Dh + d`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttnParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub batch: i32,
+    pub seq: i32,
+    pub heads: i32,
+    pub q_stride: i32,
+    pub k_stride: i32,
+    pub v_stride: i32,
+    pub o_stride: i32,
+    pub causal: i32,
+    /// `log2(e) / sqrt(Dh)`: set by [`super::ops::attention`].
+    pub scale_log2: f32,
+    pub pad_: i32,
+}
+
+/// `qk_norm_rope_bf16` (rope.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QkNormRopeParams {
+    pub x: u64,
+    pub out: u64,
+    pub weight: u64,
+    pub cos: u64,
+    pub sin: u64,
+    pub rows: i32,
+    pub heads: i32,
+    pub head_dim: i32,
+    pub seq: i32,
+    pub x_stride: i32,
+    pub out_stride: i32,
+    pub map: RowMap,
+    pub eps: f32,
+    pub pad_: i32,
+}
+
+/// `embedding_bf16` (elementwise.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbeddingParams {
+    pub ids: u64,
+    pub table: u64,
+    pub pos: u64,
+    pub out: u64,
+    pub rows: i32,
+    pub d: i32,
+    pub seq: i32,
+    pub out_f32: i32,
+}
+
+/// `act_bf16` (elementwise.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActParams {
+    pub x: u64,
+    pub y: u64,
+    pub n: i64,
+    pub act: i32,
+    pub x_f32: i32,
+    pub y_f32: i32,
+    pub pad_: i32,
+}
+
+/// `sin_embed_f32` (elementwise.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinEmbedParams {
+    pub x: u64,
+    pub out: u64,
+    pub rows: i32,
+    pub half: i32,
+    pub out_stride: i32,
+    pub scale: f32,
+}
+
+/// `sample_tokens_f32` (sampler.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SampleParams {
+    pub logits: u64,
+    pub ids: u64,
+    pub draw_u: u64,
+    pub gumbel_u: u64,
+    pub drawn: u64,
+    pub conf: u64,
+    pub bad: u64,
+    pub batch: i32,
+    pub tokens: i32,
+    pub vocab: i32,
+    pub mask_id: u32,
+    pub guided: i32,
+    pub scale: f32,
+    pub greedy: i32,
+    pub temperature: f32,
+}
+
+/// `remask_f32` (sampler.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemaskParams {
+    pub ids: u64,
+    pub drawn: u64,
+    pub conf: u64,
+    pub mask_len: u64,
+    pub batch: i32,
+    pub tokens: i32,
+    pub mask_id: u32,
+    pub raw_len: i32,
+    pub last: i32,
+    pub pad_: i32,
+}
+
+/// `group_norm_stats_bf16` and `group_norm_apply_bf16` (vq.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupNormParams {
+    pub x: u64,
+    pub out: u64,
+    pub weight: u64,
+    pub bias: u64,
+    /// f64 `[B, G, chunks, 3]` workspace: [`super::ops::group_norm_workspace`] elements.
+    pub stats: u64,
+    pub batch: i32,
+    pub pixels: i32,
+    pub channels: i32,
+    pub groups: i32,
+    /// Set by [`super::ops::group_norm`].
+    pub chunks: i32,
+    pub silu: i32,
+    pub eps: f32,
+    pub pad_: i32,
+}
+
+/// `upsample2x_bf16` (vq.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Upsample2xParams {
+    pub x: u64,
+    pub out: u64,
+    pub batch: i32,
+    pub h: i32,
+    pub w: i32,
+    pub c: i32,
+}
+
+/// `vq_nearest_f32` (vq.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VqNearestParams {
+    pub z: u64,
+    pub codebook: u64,
+    pub ids: u64,
+    pub pixels: i32,
+    pub entries: i32,
+    pub dim: i32,
+    pub pad_: i32,
+}
+
+device_repr!(
+    GroupNormParams,
+    Upsample2xParams,
+    VqNearestParams,
+    RmsNormParams,
+    LayerNormParams,
+    GemmParams,
+    AttnParams,
+    QkNormRopeParams,
+    EmbeddingParams,
+    ActParams,
+    SinEmbedParams,
+    SampleParams,
+    RemaskParams,
+);

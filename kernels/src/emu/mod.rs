@@ -53,6 +53,18 @@ emulated_kernels!(
     gemm_f32out_bf16,
     gemm_residual_bf16,
     conv2d_bf16,
+    flash_attn_d64_bf16,
+    flash_attn_d128_bf16,
+    qk_norm_rope_bf16,
+    embedding_bf16,
+    act_bf16,
+    sin_embed_f32,
+    sample_tokens_f32,
+    remask_f32,
+    group_norm_stats_bf16,
+    group_norm_apply_bf16,
+    upsample2x_bf16,
+    vq_nearest_f32,
 );
 
 /// `sizeof` of kernel `name`'s parameter struct on the C side.

@@ -1,0 +1,115 @@
+//! Flash attention under the emulator vs kernels::cpu::attention on the same bf16-rounded
+//! q, k, v. Differences: f32 online softmax vs the CPU's f64 row sums, the probabilities
+//! rounded to bf16 before P·V, and the bf16 output. Tolerance atol 4e-3 + rtol 2^-7 (outputs
+//! are convex combinations of values in [-2, 2]).
+#![cfg(feature = "emulate")]
+
+mod common;
+use common::*;
+use muddit_kernels::cpu::attention::attention;
+use muddit_kernels::cuda::{ops, params::AttnParams};
+use muddit_kernels::emu;
+
+const ATOL: f32 = 4e-3;
+const RTOL: f32 = 1.0 / 128.0;
+
+fn run_case(b: usize, s: usize, h: usize, dh: usize, causal: bool, seed: u64) {
+    let n = b * s * h * dh;
+    let mut rng = Rng::new(seed);
+    // Larger q and k make the softmax peaky (the harder case for the online rescaling).
+    let q = round_bf16(&rng.vec(n, 2.0));
+    let k = round_bf16(&rng.vec(n, 2.0));
+    let v = round_bf16(&rng.vec(n, 2.0));
+    let (qb, kb, vb) = (to_bf16(&q), to_bf16(&k), to_bf16(&v));
+    let mut o = vec![0u16; n];
+    let width = (h * dh) as i32;
+    let launch = ops::attention(
+        dh,
+        AttnParams {
+            q: addr(&qb),
+            k: addr(&kb),
+            v: addr(&vb),
+            o: addr_mut(&mut o),
+            batch: b as i32,
+            seq: s as i32,
+            heads: h as i32,
+            q_stride: width,
+            k_stride: width,
+            v_stride: width,
+            o_stride: width,
+            causal: causal as i32,
+            ..AttnParams::default()
+        },
+    )
+    .unwrap();
+    // SAFETY: q, k, v, o each hold B * S * H * Dh bf16 and live through the call.
+    unsafe { emu::run(&launch) };
+    let mut want = vec![0.0; n];
+    attention(&q, &k, &v, b, s, h, dh, causal, &mut want);
+    let what = format!("attention B {b} S {s} H {h} Dh {dh} causal {causal}");
+    check(&what, &from_bf16(&o), &want, ATOL, RTOL);
+}
+
+#[test]
+fn non_causal_matches_cpu() {
+    run_case(1, 1, 1, 64, false, 1);
+    run_case(2, 77, 2, 64, false, 2);
+    run_case(1, 333, 2, 128, false, 3);
+}
+
+#[test]
+fn causal_matches_cpu() {
+    run_case(2, 77, 2, 64, true, 4);
+    run_case(1, 130, 1, 128, true, 5);
+}
+
+/// q, k and v as slices of one fused `[B, S, 3, H, Dh]` buffer, the output into a wider one.
+#[test]
+fn fused_qkv_strides() {
+    let (b, s, h, dh) = (2, 70, 2, 64);
+    let width = h * dh;
+    let mut rng = Rng::new(9);
+    let qkv = round_bf16(&rng.vec(b * s * 3 * width, 2.0));
+    let qkvb = to_bf16(&qkv);
+    let o_stride = width + 8;
+    let mut o = vec![0u16; b * s * o_stride];
+    let p = AttnParams {
+        q: addr(&qkvb),
+        k: addr(&qkvb[width..]),
+        v: addr(&qkvb[2 * width..]),
+        o: addr_mut(&mut o),
+        batch: b as i32,
+        seq: s as i32,
+        heads: h as i32,
+        q_stride: (3 * width) as i32,
+        k_stride: (3 * width) as i32,
+        v_stride: (3 * width) as i32,
+        o_stride: o_stride as i32,
+        ..AttnParams::default()
+    };
+    // SAFETY: every row read lies in qkv ([B * S] rows of 3 * width), every row written in o.
+    unsafe { emu::run(&ops::attention(dh, p).unwrap()) };
+    let part = |i: usize| -> Vec<f32> {
+        qkv.chunks(3 * width)
+            .flat_map(|r| r[i * width..(i + 1) * width].to_vec())
+            .collect()
+    };
+    let mut want = vec![0.0; b * s * width];
+    attention(&part(0), &part(1), &part(2), b, s, h, dh, false, &mut want);
+    let got: Vec<f32> = o
+        .chunks(o_stride)
+        .flat_map(|r| from_bf16(&r[..width]))
+        .collect();
+    check("attention fused qkv", &got, &want, ATOL, RTOL);
+    assert!(o
+        .chunks(o_stride)
+        .all(|r| r[width..].iter().all(|&x| x == 0)));
+}
+
+#[test]
+fn unsupported_head_dim_is_an_error() {
+    let err = ops::attention(96, AttnParams::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head dim 96"), "{err}");
+}
