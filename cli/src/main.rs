@@ -70,6 +70,18 @@ enum Command {
     Debug(debug::DebugCommand),
 }
 
+/// `cpu` -> None, `cuda` -> Some(0), `cuda:N` -> Some(N).
+fn cuda_ordinal(device: &str) -> Result<Option<usize>> {
+    match device {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Some(n)),
+            _ => anyhow::bail!("--device {other}: expected cpu, cuda or cuda:N"),
+        },
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.global.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
@@ -77,9 +89,15 @@ fn run(cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    match cli.global.device.as_str() {
-        "cpu" => {}
-        other => anyhow::bail!("--device {other}: only `cpu` is available in this build so far"),
+    if let Some(ordinal) = cuda_ordinal(&cli.global.device)? {
+        let device = muddit_kernels::cuda::CudaDevice::open(ordinal)
+            .map_err(|e| anyhow::anyhow!("--device {}: {e}", cli.global.device))?;
+        anyhow::bail!(
+            "--device {}: found {} (sm_{}), but the pipelines do not run on the CUDA backend yet; use --device cpu",
+            cli.global.device,
+            ordinal,
+            device.sm()
+        );
     }
     let computes = !matches!(cli.command, Command::Debug(_));
     if computes && cli.global.dtype == Dtype::Bf16 {
