@@ -10,6 +10,8 @@
 //! reference reaches the codebook through `lookup_from_codebook`; with that flag off its pipeline
 //! would feed the raw ids to `post_quant_conv` and fail, so ids are always looked up here.)
 //! `force_upcast` and `scaling_factor` do not change `encode` or `decode`: everything runs in f32.
+//! `norm_type: "spatial"` (the decoder's norms conditioned on the codebook rows, `SpatialNorm`)
+//! is supported as well as the public `"group"`.
 
 use crate::clip_text::component_dir;
 use crate::error::{Error, Result};
@@ -44,7 +46,8 @@ pub struct VqConfig {
     /// Codebook width; `None` means `latent_channels`.
     pub vq_embed_dim: Option<usize>,
     pub scaling_factor: f64,
-    /// Only `group` is supported (`spatial` conditions the decoder norms on the codebook rows).
+    /// `group`, or `spatial`: the decoder's norms are `SpatialNorm`s conditioned on the codebook
+    /// rows.
     pub norm_type: String,
     pub mid_block_add_attention: bool,
     pub lookup_from_codebook: bool,
@@ -179,11 +182,21 @@ impl VqConfig {
                 "up block type `{t}` is not supported (only UpDecoderBlock2D)"
             ));
         }
-        if self.norm_type != "group" {
-            return Err(format!(
-                "`norm_type` {:?} is not supported (only \"group\")",
-                self.norm_type
-            ));
+        match self.norm_type.as_str() {
+            "group" => {}
+            "spatial" => {
+                if let Some(c) = self.block_out_channels.iter().find(|c| *c % 32 != 0) {
+                    return Err(format!("`norm_type` spatial: block channels {c} do not split into the 32 groups of SpatialNorm"));
+                }
+                if self.embed_dim() != self.latent_channels {
+                    return Err(format!("`norm_type` spatial needs `vq_embed_dim` ({}) equal to `latent_channels` ({}): the decoder's norms read the codebook rows", self.embed_dim(), self.latent_channels));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "`norm_type` {other:?} is not supported (\"group\" or \"spatial\")"
+                ))
+            }
         }
         let g = self.norm_num_groups;
         if g == 0 {
@@ -274,19 +287,43 @@ struct GroupNorm {
     groups: usize,
 }
 
-/// `ResnetBlock2D` (no time embedding): norm -> act -> conv3x3, twice, plus the (1x1) shortcut.
+/// `SpatialNorm`: GroupNorm with 32 groups, then `* conv_y(zq) + conv_b(zq)`, with the codebook
+/// rows `zq` upsampled (nearest) to the feature map.
+struct SpatialNorm {
+    norm_layer: GroupNorm,
+    conv_y: Conv2d,
+    conv_b: Conv2d,
+}
+
+/// The norm of a block: a GroupNorm, or a SpatialNorm in a `norm_type: spatial` decoder.
+enum Norm {
+    Group(GroupNorm),
+    Spatial(SpatialNorm),
+}
+
+/// `ResnetBlock2D` (no time embedding) or, with spatial norms, `ResnetBlockCondNorm2D`:
+/// norm -> act -> conv3x3, twice, plus the (1x1) shortcut.
 struct ResnetBlock2D {
-    norm1: GroupNorm,
+    norm1: Norm,
     conv1: Conv2d,
-    norm2: GroupNorm,
+    norm2: Norm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
 }
 
-/// The mid block's single-head self-attention over pixels (`Attention` with a group norm and a
-/// residual connection).
+/// What the blocks need besides their input: the model's activation and, in a spatial decoder,
+/// the codebook rows `zq [B, h, w, latent_channels]`.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    act: Activation,
+    zq: Option<&'a FeatureMap>,
+}
+
+/// The mid block's single-head self-attention over pixels (`Attention` with a group norm, or a
+/// spatial norm in a spatial decoder, and a residual connection).
 struct AttnBlock {
-    group_norm: GroupNorm,
+    group_norm: Option<GroupNorm>,
+    spatial_norm: Option<SpatialNorm>,
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
@@ -323,7 +360,7 @@ struct Decoder {
     conv_in: Conv2d,
     mid_block: MidBlock,
     up_blocks: Vec<UpDecoderBlock2D>,
-    conv_norm_out: GroupNorm,
+    conv_norm_out: Norm,
     conv_out: Conv2d,
 }
 
@@ -418,21 +455,81 @@ impl GroupNorm {
             EPS,
             fused_silu,
         );
-        match act {
-            Some(Activation::Gelu) => act::gelu_erf_(&mut x.data),
-            Some(Activation::Relu) => act::relu_(&mut x.data),
-            Some(Activation::Mish) => act::mish_(&mut x.data),
-            Some(Activation::Silu) | None => {}
+        if !fused_silu {
+            activate_(&mut x.data, act);
+        }
+    }
+}
+
+/// The activation `act` in place (none for `None`).
+fn activate_(x: &mut [f32], act: Option<Activation>) {
+    match act {
+        Some(Activation::Silu) => act::silu_(x),
+        Some(Activation::Gelu) => act::gelu_erf_(x),
+        Some(Activation::Relu) => act::relu_(x),
+        Some(Activation::Mish) => act::mish_(x),
+        None => {}
+    }
+}
+
+impl SpatialNorm {
+    fn new(vb: &Vb, c: usize, zq_channels: usize) -> Result<Self> {
+        Ok(SpatialNorm {
+            norm_layer: GroupNorm::new(&vb.pp("norm_layer"), c, 32)?,
+            conv_y: Conv2d::pointwise(&vb.pp("conv_y"), zq_channels, c)?,
+            conv_b: Conv2d::pointwise(&vb.pp("conv_b"), zq_channels, c)?,
+        })
+    }
+
+    /// In place on `x [B, H, W, C]` given `zq [B, h, w, Z]` (H, W multiples of h, w), then `act`.
+    /// The 1x1 convs run at zq's size: they commute with nearest upsampling.
+    fn forward_(&self, x: &mut FeatureMap, zq: &FeatureMap, act: Option<Activation>) {
+        self.norm_layer.forward_(x, None);
+        let (y, b) = (self.conv_y.forward(zq), self.conv_b.forward(zq)); // [B, h, w, C]
+        let c = x.c;
+        for (row, px) in x.data.chunks_exact_mut(c).enumerate() {
+            let (bi, r) = (row / (x.h * x.w), row % (x.h * x.w));
+            let (sy, sx) = ((r / x.w) * zq.h / x.h, (r % x.w) * zq.w / x.w);
+            let at = ((bi * zq.h + sy) * zq.w + sx) * c;
+            for ((v, yv), bv) in px
+                .iter_mut()
+                .zip(&y.data[at..at + c])
+                .zip(&b.data[at..at + c])
+            {
+                *v = *v * yv + bv;
+            }
+        }
+        activate_(&mut x.data, act);
+    }
+}
+
+impl Norm {
+    /// A GroupNorm of `groups`, or a SpatialNorm reading `zq_channels` when given.
+    fn new(vb: &Vb, c: usize, groups: usize, zq_channels: Option<usize>) -> Result<Self> {
+        Ok(match zq_channels {
+            None => Norm::Group(GroupNorm::new(vb, c, groups)?),
+            Some(z) => Norm::Spatial(SpatialNorm::new(vb, c, z)?),
+        })
+    }
+
+    /// In place on `x [B, H, W, C]`, then `act`.
+    fn forward_(&self, x: &mut FeatureMap, zq: Option<&FeatureMap>, act: Option<Activation>) {
+        match (self, zq) {
+            (Norm::Group(g), _) => g.forward_(x, act),
+            (Norm::Spatial(s), Some(zq)) => s.forward_(x, zq, act),
+            (Norm::Spatial(_), None) => {
+                unreachable!("spatial norms run only in the decoder, which passes zq")
+            }
         }
     }
 }
 
 impl ResnetBlock2D {
-    fn new(vb: &Vb, c_in: usize, c_out: usize, groups: usize) -> Result<Self> {
+    fn new(vb: &Vb, c_in: usize, c_out: usize, groups: usize, zq: Option<usize>) -> Result<Self> {
         Ok(ResnetBlock2D {
-            norm1: GroupNorm::new(&vb.pp("norm1"), c_in, groups)?,
+            norm1: Norm::new(&vb.pp("norm1"), c_in, groups, zq)?,
             conv1: Conv2d::same3(&vb.pp("conv1"), c_in, c_out)?,
-            norm2: GroupNorm::new(&vb.pp("norm2"), c_out, groups)?,
+            norm2: Norm::new(&vb.pp("norm2"), c_out, groups, zq)?,
             conv2: Conv2d::same3(&vb.pp("conv2"), c_out, c_out)?,
             conv_shortcut: (c_in != c_out)
                 .then(|| Conv2d::pointwise(&vb.pp("conv_shortcut"), c_in, c_out))
@@ -441,14 +538,14 @@ impl ResnetBlock2D {
     }
 
     /// `[B, H, W, C_in] -> [B, H, W, C_out]`
-    fn forward(&self, x: FeatureMap, act: Activation) -> FeatureMap {
+    fn forward(&self, x: FeatureMap, ctx: Ctx) -> FeatureMap {
         let mut h = FeatureMap {
             data: x.data.clone(),
             ..x
         };
-        self.norm1.forward_(&mut h, Some(act));
+        self.norm1.forward_(&mut h, ctx.zq, Some(ctx.act));
         let mut h = self.conv1.forward(&h);
-        self.norm2.forward_(&mut h, Some(act));
+        self.norm2.forward_(&mut h, ctx.zq, Some(ctx.act));
         let mut h = self.conv2.forward(&h);
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(&x).data,
@@ -460,9 +557,15 @@ impl ResnetBlock2D {
 }
 
 impl AttnBlock {
-    fn new(vb: &Vb, c: usize, groups: usize) -> Result<Self> {
+    fn new(vb: &Vb, c: usize, groups: usize, zq: Option<usize>) -> Result<Self> {
         Ok(AttnBlock {
-            group_norm: GroupNorm::new(&vb.pp("group_norm"), c, groups)?,
+            group_norm: zq
+                .is_none()
+                .then(|| GroupNorm::new(&vb.pp("group_norm"), c, groups))
+                .transpose()?,
+            spatial_norm: zq
+                .map(|z| SpatialNorm::new(&vb.pp("spatial_norm"), c, z))
+                .transpose()?,
             to_q: Linear::new(&vb.pp("to_q"), c, c, true)?,
             to_k: Linear::new(&vb.pp("to_k"), c, c, true)?,
             to_v: Linear::new(&vb.pp("to_v"), c, c, true)?,
@@ -471,12 +574,17 @@ impl AttnBlock {
     }
 
     /// `x [B, H, W, C]` updated in place: one head of width C over the H*W pixels.
-    fn forward_(&self, x: &mut FeatureMap) {
+    fn forward_(&self, x: &mut FeatureMap, zq: Option<&FeatureMap>) {
         let mut h = FeatureMap {
             data: x.data.clone(),
             ..*x
         };
-        self.group_norm.forward_(&mut h, None);
+        if let (Some(norm), Some(zq)) = (&self.spatial_norm, zq) {
+            norm.forward_(&mut h, zq, None);
+        }
+        if let Some(norm) = &self.group_norm {
+            norm.forward_(&mut h, None);
+        }
         let (q, k, v) = (
             self.to_q.forward(&h.data),
             self.to_k.forward(&h.data),
@@ -490,13 +598,13 @@ impl AttnBlock {
 }
 
 impl MidBlock {
-    fn new(vb: &Vb, c: usize, groups: usize, attention: bool) -> Result<Self> {
+    fn new(vb: &Vb, c: usize, groups: usize, attention: bool, zq: Option<usize>) -> Result<Self> {
         Ok(MidBlock {
             resnets: (0..2)
-                .map(|i| ResnetBlock2D::new(&vb.pp("resnets").pp(i), c, c, groups))
+                .map(|i| ResnetBlock2D::new(&vb.pp("resnets").pp(i), c, c, groups, zq))
                 .collect::<Result<_>>()?,
             attentions: if attention {
-                vec![AttnBlock::new(&vb.pp("attentions.0"), c, groups)?]
+                vec![AttnBlock::new(&vb.pp("attentions.0"), c, groups, zq)?]
             } else {
                 Vec::new()
             },
@@ -504,12 +612,12 @@ impl MidBlock {
     }
 
     /// `[B, H, W, C] -> [B, H, W, C]`
-    fn forward(&self, x: FeatureMap, act: Activation) -> FeatureMap {
-        let mut x = self.resnets[0].forward(x, act);
+    fn forward(&self, x: FeatureMap, ctx: Ctx) -> FeatureMap {
+        let mut x = self.resnets[0].forward(x, ctx);
         for attn in &self.attentions {
-            attn.forward_(&mut x);
+            attn.forward_(&mut x, ctx.zq);
         }
-        self.resnets[1].forward(x, act)
+        self.resnets[1].forward(x, ctx)
     }
 }
 
@@ -527,7 +635,7 @@ impl Encoder {
                     resnets: (0..cfg.layers_per_block)
                         .map(|j| {
                             let c = if j == 0 { c_in } else { c_out };
-                            ResnetBlock2D::new(&vb.pp("resnets").pp(j), c, c_out, g)
+                            ResnetBlock2D::new(&vb.pp("resnets").pp(j), c, c_out, g, None)
                         })
                         .collect::<Result<_>>()?,
                     // diffusers' Downsample2D with padding 0 pads right and bottom by one.
@@ -549,7 +657,13 @@ impl Encoder {
         Ok(Encoder {
             conv_in: Conv2d::same3(&vb.pp("conv_in"), cfg.in_channels, ch[0])?,
             down_blocks,
-            mid_block: MidBlock::new(&vb.pp("mid_block"), last, g, cfg.mid_block_add_attention)?,
+            mid_block: MidBlock::new(
+                &vb.pp("mid_block"),
+                last,
+                g,
+                cfg.mid_block_add_attention,
+                None,
+            )?,
             conv_norm_out: GroupNorm::new(&vb.pp("conv_norm_out"), last, g)?,
             conv_out: Conv2d::same3(&vb.pp("conv_out"), last, cfg.latent_channels)?,
         })
@@ -557,16 +671,17 @@ impl Encoder {
 
     /// `[B, H, W, in] -> [B, H / f, W / f, latent_channels]`
     fn forward(&self, x: &FeatureMap, act: Activation) -> FeatureMap {
+        let ctx = Ctx { act, zq: None };
         let mut x = self.conv_in.forward(x);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x, act);
+                x = resnet.forward(x, ctx);
             }
             if let Some(down) = &block.downsampler {
                 x = down.forward(&x);
             }
         }
-        let mut x = self.mid_block.forward(x, act);
+        let mut x = self.mid_block.forward(x, ctx);
         // `conv_act` is always SiLU, whatever `act_fn` says.
         self.conv_norm_out.forward_(&mut x, Some(Activation::Silu));
         self.conv_out.forward(&x)
@@ -576,6 +691,7 @@ impl Encoder {
 impl Decoder {
     fn new(vb: &Vb, cfg: &VqConfig) -> Result<Self> {
         let g = cfg.norm_num_groups;
+        let zq = (cfg.norm_type == "spatial").then_some(cfg.latent_channels);
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let up_blocks = rev
             .iter()
@@ -587,7 +703,7 @@ impl Decoder {
                     resnets: (0..cfg.layers_per_block + 1)
                         .map(|j| {
                             let c = if j == 0 { c_in } else { c_out };
-                            ResnetBlock2D::new(&vb.pp("resnets").pp(j), c, c_out, g)
+                            ResnetBlock2D::new(&vb.pp("resnets").pp(j), c, c_out, g, zq)
                         })
                         .collect::<Result<_>>()?,
                     upsampler: (i + 1 < rev.len())
@@ -599,19 +715,31 @@ impl Decoder {
         let (first, last) = (cfg.block_out_channels[0], rev[0]);
         Ok(Decoder {
             conv_in: Conv2d::same3(&vb.pp("conv_in"), cfg.latent_channels, last)?,
-            mid_block: MidBlock::new(&vb.pp("mid_block"), last, g, cfg.mid_block_add_attention)?,
+            mid_block: MidBlock::new(
+                &vb.pp("mid_block"),
+                last,
+                g,
+                cfg.mid_block_add_attention,
+                zq,
+            )?,
             up_blocks,
-            conv_norm_out: GroupNorm::new(&vb.pp("conv_norm_out"), first, g)?,
+            conv_norm_out: Norm::new(&vb.pp("conv_norm_out"), first, g, zq)?,
             conv_out: Conv2d::same3(&vb.pp("conv_out"), first, cfg.out_channels)?,
         })
     }
 
-    /// `[B, h, w, latent_channels] -> [B, h * f, w * f, out_channels]`
-    fn forward(&self, z: &FeatureMap, act: Activation) -> FeatureMap {
-        let mut x = self.mid_block.forward(self.conv_in.forward(z), act);
+    /// `z [B, h, w, latent_channels] -> [B, h * f, w * f, out_channels]`; `quant [B, h, w, E]`
+    /// (the codebook rows) conditions a spatial decoder's norms.
+    fn forward(&self, z: &FeatureMap, quant: &FeatureMap, act: Activation) -> FeatureMap {
+        let spatial = matches!(self.conv_norm_out, Norm::Spatial(_));
+        let ctx = Ctx {
+            act,
+            zq: spatial.then_some(quant),
+        };
+        let mut x = self.mid_block.forward(self.conv_in.forward(z), ctx);
         for block in &self.up_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x, act);
+                x = resnet.forward(x, ctx);
             }
             if let Some(conv) = &block.upsampler {
                 let up = FeatureMap {
@@ -624,7 +752,8 @@ impl Decoder {
             }
         }
         // `conv_act` is always SiLU, whatever `act_fn` says.
-        self.conv_norm_out.forward_(&mut x, Some(Activation::Silu));
+        self.conv_norm_out
+            .forward_(&mut x, ctx.zq, Some(Activation::Silu));
         self.conv_out.forward(&x)
     }
 }
@@ -807,7 +936,7 @@ impl VqModel {
         };
         let x = self
             .decoder
-            .forward(&self.post_quant_conv.forward(&q), self.activation);
+            .forward(&self.post_quant_conv.forward(&q), &q, self.activation);
         Ok(to_nchw(&x.data, batch, x.c, x.h * x.w))
     }
 }

@@ -63,8 +63,13 @@ fn three_levels_two_blocks_with_mid_attention() {
 }
 
 #[test]
-fn four_levels_one_block_gelu_wider_codebook_no_attention() {
+fn four_levels_one_block_gelu_wider_codebook_no_attention_f16_weights() {
     check_case("vq_noattn_4level");
+}
+
+#[test]
+fn spatial_norm_decoder_with_mid_attention_f16_weights() {
+    check_case("vq_spatial_2level");
 }
 
 /// Largest difference in 8-bit levels, and the fraction of values that differ.
