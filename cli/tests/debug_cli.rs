@@ -1,22 +1,9 @@
 //! The `muddit debug` commands, run as a user runs them: the real binary in a temporary folder.
 
+mod common;
+
+use common::{muddit, stderr};
 use muddit_engine::tensor_io::TensorFile;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn muddit(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_muddit"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("MUDDIT_MODEL")
-        .output()
-        .expect("spawn muddit")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn random_checkpoint_inputs_and_forward_round_trip() {
     let tmp = tempfile::tempdir().expect("tempdir");

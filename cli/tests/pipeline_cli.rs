@@ -1,25 +1,9 @@
 //! `muddit t2i`, `caption`, `vqa` and `bench` run as a user runs them, on a random tiny model.
 
+mod common;
+
+use common::{muddit, stderr, stdout};
 use muddit_engine::tensor_io::{TensorFile, Values};
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn muddit(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_muddit"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("MUDDIT_MODEL")
-        .output()
-        .expect("spawn muddit")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A temporary folder holding a random tiny model at `model/`.
 fn with_model() -> tempfile::TempDir {
