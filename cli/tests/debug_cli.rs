@@ -4,6 +4,7 @@ mod common;
 
 use common::{muddit, stderr};
 use muddit_engine::tensor_io::TensorFile;
+
 #[test]
 fn random_checkpoint_inputs_and_forward_round_trip() {
     let tmp = tempfile::tempdir().expect("tempdir");
