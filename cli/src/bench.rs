@@ -41,7 +41,7 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
     let mut step_ms = Vec::new();
     let mut sampler_ms = Vec::new();
     let bar = crate::progress::steps_bar(args.steps, global.quiet, "bench");
-    let images = pipeline.text_to_image(&request, &mut |e| {
+    let images = crate::generate::text_to_image(&pipeline, &request, global, &mut |e| {
         step_ms.push(ms(e.transformer));
         sampler_ms.push(ms(e.sampler));
         bar.inc(1);

@@ -4,7 +4,8 @@ use crate::png_meta::{self, GenerationParams};
 use crate::{progress, Global};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use muddit_engine::pipeline::{Pipeline, TextToImage};
+use muddit_engine::cuda;
+use muddit_engine::pipeline::{Images, Pipeline, StepEvent, TextToImage};
 use muddit_engine::tensor_io::{self, HostTensor};
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
 use std::collections::BTreeMap;
@@ -271,6 +272,22 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         tensor_io::write(path, &ids)?;
     }
     Ok(())
+}
+
+/// Runs a request on the CPU, or with the transformer and sampler on the GPU of `--device cuda`.
+pub fn text_to_image(
+    pipeline: &Pipeline,
+    request: &TextToImage,
+    global: &Global,
+    on_step: &mut dyn FnMut(StepEvent),
+) -> Result<Images> {
+    Ok(match &global.cuda {
+        None => pipeline.text_to_image(request, on_step)?,
+        Some(device) => {
+            let model = cuda::CudaMmdit::load(device, &pipeline.root)?;
+            cuda::text_to_image(pipeline, &model, request, on_step)?
+        }
+    })
 }
 
 /// Exposed for `bench`: the same defaults.

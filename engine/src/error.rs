@@ -61,6 +61,10 @@ pub enum Error {
 
     #[error("sampler: {0}")]
     Sampler(#[from] muddit_sampler::SamplerError),
+
+    /// The CUDA backend: no driver or NVRTC, a failed compile or driver call, a bad launch.
+    #[error("CUDA: {0}")]
+    Cuda(#[from] muddit_kernels::cuda::CudaError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -8,6 +8,7 @@
 
 pub mod clip_text;
 pub mod config;
+pub mod cuda;
 pub mod debug;
 pub mod error;
 pub mod image_io;

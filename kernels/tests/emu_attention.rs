@@ -113,3 +113,60 @@ fn unsupported_head_dim_is_an_error() {
         .to_string();
     assert!(err.contains("head dim 96"), "{err}");
 }
+
+/// Heads of 16 and 32 values zero-padded to 64 (`ops::attention_padded`): the same result as
+/// unpadded attention over the true head width, and zeros in the padding of the output.
+#[test]
+fn narrow_heads_padded_to_64_match_cpu() {
+    for (dh, seed) in [(16, 11), (32, 12)] {
+        let (b, s, h, dp) = (2, 101, 2, 64);
+        let n = b * s * h * dh;
+        let mut rng = Rng::new(seed);
+        let q = round_bf16(&rng.vec(n, 2.0));
+        let k = round_bf16(&rng.vec(n, 2.0));
+        let v = round_bf16(&rng.vec(n, 2.0));
+        let pad = |x: &[f32]| -> Vec<u16> {
+            let mut out = vec![0u16; b * s * h * dp];
+            for (i, head) in x.chunks(dh).enumerate() {
+                out[i * dp..i * dp + dh].copy_from_slice(&to_bf16(head));
+            }
+            out
+        };
+        let (qb, kb, vb) = (pad(&q), pad(&k), pad(&v));
+        let mut o = vec![0xFFFFu16; b * s * h * dp];
+        let width = (h * dp) as i32;
+        let launch = ops::attention_padded(
+            dp,
+            dh,
+            AttnParams {
+                q: addr(&qb),
+                k: addr(&kb),
+                v: addr(&vb),
+                o: addr_mut(&mut o),
+                batch: b as i32,
+                seq: s as i32,
+                heads: h as i32,
+                q_stride: width,
+                k_stride: width,
+                v_stride: width,
+                o_stride: width,
+                ..AttnParams::default()
+            },
+        )
+        .unwrap();
+        // SAFETY: q, k, v, o each hold B * S * H * 64 bf16 and live through the call.
+        unsafe { emu::run(&launch) };
+        let mut want = vec![0.0; n];
+        attention(&q, &k, &v, b, s, h, dh, false, &mut want);
+        let got: Vec<f32> = o.chunks(dp).flat_map(|r| from_bf16(&r[..dh])).collect();
+        check(
+            &format!("attention Dh {dh} padded to 64"),
+            &got,
+            &want,
+            ATOL,
+            RTOL,
+        );
+        assert!(o.chunks(dp).all(|r| r[dh..].iter().all(|&x| x == 0)));
+    }
+    assert!(ops::attention_padded(64, 65, AttnParams::default()).is_err());
+}

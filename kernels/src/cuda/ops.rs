@@ -239,6 +239,23 @@ pub fn attention(head_dim: usize, mut p: AttnParams) -> Result<Launch<AttnParams
     })
 }
 
+/// [`attention`] over heads of `true_dim` values stored zero-padded to `head_dim` (64 or 128):
+/// the padding adds nothing to `q · k` and gives zero outputs, and the softmax scale is
+/// `1 / sqrt(true_dim)`. Lets models with narrow heads (the test fixtures' 16 and 32) run on
+/// the two attention kernels.
+pub fn attention_padded(
+    head_dim: usize,
+    true_dim: usize,
+    p: AttnParams,
+) -> Result<Launch<AttnParams>, CudaError> {
+    ensure(true_dim > 0 && true_dim <= head_dim, "attention", || {
+        format!("head dim {true_dim} padded to {head_dim}")
+    })?;
+    let mut launch = attention(head_dim, p)?;
+    launch.params.scale_log2 = std::f32::consts::LOG2_E / (true_dim as f32).sqrt();
+    Ok(launch)
+}
+
 /// Per-head RMSNorm and rotary positions of q or k (rope.cu): `rows` logical tokens through
 /// `map`, `heads` of `head_dim` (even) each.
 pub fn qk_norm_rope(p: QkNormRopeParams) -> Result<Launch<QkNormRopeParams>, CudaError> {

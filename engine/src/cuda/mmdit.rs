@@ -1,0 +1,1135 @@
+//! The MM-DiT forward on the CUDA kernels: the same checkpoint names and the same steps as
+//! [`crate::mmdit::Mmdit`] (reference section 2), with weights uploaded once.
+//!
+//! Storage on the device: weight matrices bf16 `[N, K]` (PyTorch's layout is the GEMM's), biases
+//! and norm weights f32; activations bf16; the residual streams, modulations and logits f32.
+//! Convolutions: the 1x1 ones are GEMMs over pixels, the down block's 2x2 stride-2 conv is
+//! `conv2d_bf16` on the NHWC image, the up block's 2x2 transposed conv is four GEMMs (one per
+//! kernel tap) whose row maps scatter the pixels into the doubled grid.
+//!
+//! Heads of `Dh < 64` (the test fixtures) are stored zero-padded to `Dp = 64` inside the q, k, v
+//! and attention-output buffers `[B, S, H, Dp]`: q/k/v weights get zero rows, `to_out` and
+//! `proj_out` zero columns, per-head RMSNorm and RoPE run head by head on the first `Dh` values,
+//! and attention uses the `1 / sqrt(Dh)` scale. Public models have `Dh = 128`: no padding.
+//!
+//! One forward, for `[B, h, w]` ids and `L` text tokens (`N` image tokens after the down block,
+//! `S = L + N`): text residual `T [B, L, D]` and image residual `I [B, N, D]` through the dual
+//! blocks (joint q, k, v `[B, S, H, Dp]` written through row maps: text rows `0..L`, image rows
+//! `L..S` of each item), then both copied into the joint residual `X [B, S, D]` for the single
+//! blocks and the heads. Nothing leaves the device inside a forward.
+
+use std::sync::{Arc, Mutex};
+
+use muddit_kernels::cpu::rope;
+use muddit_kernels::cuda::ops::GemmOut;
+use muddit_kernels::cuda::params::{Act, RowMap};
+
+use super::device::{to_bf16, Buffer, Device, Ptr};
+use super::ops::{GemmOpts, Mat};
+use crate::config::TransformerConfig;
+use crate::error::{Error, Result};
+use crate::mmdit::{MmditInput, MmditOutput, MICRO_CONDS};
+use crate::model_dir::transformer_dir;
+use crate::nn::{Linear, Mlp, RmsNorm};
+use crate::weights::{Vb, Weights};
+
+/// Width of the sinusoidal embeddings (as `mmdit::SIN_DIM`).
+const SIN_DIM: usize = 256;
+
+/// A linear layer on the device: bf16 `[N, K]`, optional f32 bias `[N]`.
+struct DLinear {
+    w: Buffer<u16>,
+    bias: Option<Buffer<f32>>,
+    n: usize,
+    k: usize,
+}
+
+impl DLinear {
+    fn new(dev: &Device, w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Result<Self> {
+        debug_assert_eq!(w.len(), n * k);
+        Ok(DLinear {
+            w: dev.upload(&to_bf16(w))?,
+            bias: bias.map(|b| dev.upload(b)).transpose()?,
+            n,
+            k,
+        })
+    }
+
+    fn upload(dev: &Device, l: &Linear) -> Result<Self> {
+        Self::new(dev, &l.weight, l.bias.as_deref(), l.out_dim, l.in_dim)
+    }
+
+    fn mat(&self) -> Mat {
+        Mat {
+            w: self.w.ptr(),
+            bias: self.bias.as_ref().map(|b| b.ptr()),
+            n: self.n,
+            k: self.k,
+        }
+    }
+
+    /// Output rows `r0..r0 + n` (no bias).
+    fn rows(&self, r0: usize, n: usize) -> Result<Mat> {
+        Ok(Mat {
+            w: self.w.at(r0 * self.k)?,
+            bias: None,
+            n,
+            k: self.k,
+        })
+    }
+}
+
+/// Head layout: `H` heads of `Dh` values stored in `Dp`-wide slots.
+#[derive(Clone, Copy)]
+struct Heads {
+    h: usize,
+    dh: usize,
+    dp: usize,
+}
+
+impl Heads {
+    fn width(&self) -> usize {
+        self.h * self.dp
+    }
+
+    /// `[H * Dh, K]` (+ bias) -> `[H * Dp, K]` with zero rows (and zero bias) in the padding.
+    fn pad_out(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
+        let (k, hd) = (l.in_dim, self.width());
+        let mut w = vec![0.0; hd * k];
+        let mut b = l.bias.as_ref().map(|_| vec![0.0; hd]);
+        for h in 0..self.h {
+            for j in 0..self.dh {
+                let (src, dst) = (h * self.dh + j, h * self.dp + j);
+                w[dst * k..(dst + 1) * k].copy_from_slice(&l.weight[src * k..(src + 1) * k]);
+                if let (Some(b), Some(lb)) = (b.as_mut(), l.bias.as_ref()) {
+                    b[dst] = lb[src];
+                }
+            }
+        }
+        DLinear::new(dev, &w, b.as_deref(), hd, k)
+    }
+
+    /// `[N, H * Dh + rest]` -> `[N, H * Dp + rest]`: zero columns where the attention output
+    /// holds padding (its first `H * Dh` input columns are the attention heads).
+    fn pad_in(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
+        let (n, k) = (l.out_dim, l.in_dim);
+        let rest = k - self.h * self.dh;
+        let kp = self.width() + rest;
+        let mut w = vec![0.0; n * kp];
+        for r in 0..n {
+            let (src, dst) = (&l.weight[r * k..(r + 1) * k], &mut w[r * kp..(r + 1) * kp]);
+            for h in 0..self.h {
+                dst[h * self.dp..h * self.dp + self.dh]
+                    .copy_from_slice(&src[h * self.dh..(h + 1) * self.dh]);
+            }
+            dst[self.width()..].copy_from_slice(&src[self.h * self.dh..]);
+        }
+        DLinear::new(dev, &w, l.bias.as_deref(), n, kp)
+    }
+}
+
+struct DMlp {
+    linear_1: DLinear,
+    linear_2: DLinear,
+}
+
+impl DMlp {
+    fn new(dev: &Device, vb: &Vb, in_dim: usize, dim: usize, bias: bool) -> Result<Self> {
+        let m = Mlp::new(vb, in_dim, dim, bias)?;
+        Ok(DMlp {
+            linear_1: DLinear::upload(dev, &m.linear_1)?,
+            linear_2: DLinear::upload(dev, &m.linear_2)?,
+        })
+    }
+}
+
+fn norm(dev: &Device, vb: &Vb, d: usize) -> Result<Buffer<f32>> {
+    dev.upload(&RmsNorm::new(vb, d)?.weight)
+}
+
+fn linear(dev: &Device, vb: &Vb, i: usize, o: usize, bias: bool) -> Result<DLinear> {
+    DLinear::upload(dev, &Linear::new(vb, i, o, bias)?)
+}
+
+/// q, k, v (padded to `Dp` per head) and the per-head RMSNorm weights of q and k.
+struct DQkv {
+    q: DLinear,
+    k: DLinear,
+    v: DLinear,
+    norm_q: Buffer<f32>,
+    norm_k: Buffer<f32>,
+}
+
+impl DQkv {
+    fn new(dev: &Device, vb: &Vb, names: [&str; 5], d: usize, heads: Heads) -> Result<Self> {
+        let lin = |name: &str| Linear::new(&vb.pp(name), d, d, true);
+        Ok(DQkv {
+            q: heads.pad_out(dev, &lin(names[0])?)?,
+            k: heads.pad_out(dev, &lin(names[1])?)?,
+            v: heads.pad_out(dev, &lin(names[2])?)?,
+            norm_q: norm(dev, &vb.pp(names[3]), heads.dh)?,
+            norm_k: norm(dev, &vb.pp(names[4]), heads.dh)?,
+        })
+    }
+}
+
+struct DFeedForward {
+    proj: DLinear,
+    out: DLinear,
+}
+
+impl DFeedForward {
+    fn new(dev: &Device, vb: &Vb, d: usize) -> Result<Self> {
+        Ok(DFeedForward {
+            proj: linear(dev, &vb.pp("net.0.proj"), d, 4 * d, true)?,
+            out: linear(dev, &vb.pp("net.2"), 4 * d, d, true)?,
+        })
+    }
+}
+
+struct DDualBlock {
+    norm1: DLinear,
+    norm1_context: DLinear,
+    attn_image: DQkv,
+    attn_text: DQkv,
+    to_out: DLinear,
+    to_add_out: DLinear,
+    ff: DFeedForward,
+    ff_context: DFeedForward,
+}
+
+struct DSingleBlock {
+    norm: DLinear,
+    attn: DQkv,
+    proj_mlp: DLinear,
+    proj_out: DLinear,
+}
+
+/// The shapes of one forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    batch: usize,
+    text: usize,
+    height: usize,
+    width: usize,
+    /// The grid the blocks see.
+    rows: usize,
+    cols: usize,
+}
+
+impl Shape {
+    fn pixels(&self) -> usize {
+        self.batch * self.height * self.width
+    }
+    fn image(&self) -> usize {
+        self.rows * self.cols
+    }
+    fn seq(&self) -> usize {
+        self.text + self.image()
+    }
+}
+
+/// Every activation buffer of one forward shape, allocated once per shape.
+pub(crate) struct Workspace {
+    shape: Shape,
+    /// `[B, h, w]` image ids (u32; the embedding reads them as i32).
+    pub(crate) ids: Buffer<u32>,
+    /// `[B, L, J]` text features, f32 then bf16.
+    ctx: Buffer<f32>,
+    ctx_b: Buffer<u16>,
+    /// `[B, P + 5 * 256]` pooled vector and micro-condition embeddings, f32 then bf16.
+    cond: Buffer<f32>,
+    cond_b: Buffer<u16>,
+    /// `[B, 5]`
+    micro: Buffer<f32>,
+    /// `[1]` timestep, its embedding `[256]` f32 and bf16.
+    timestep: Buffer<f32>,
+    tsin: Buffer<f32>,
+    tsin_b: Buffer<u16>,
+    /// `[B, D]` MLP hiddens.
+    hb1: Buffer<u16>,
+    hb2: Buffer<u16>,
+    th: Buffer<u16>,
+    temb: Buffer<f32>,
+    temb_silu: Buffer<u16>,
+    /// Image embedding `[B, h, w, D]` ping-pong.
+    emb0: Buffer<u16>,
+    emb1: Buffer<u16>,
+    tproj: Buffer<u16>,
+    /// Residual streams.
+    t: Buffer<f32>,
+    i: Buffer<f32>,
+    x: Buffer<f32>,
+    /// `[B, 6D]`
+    mods: Buffer<f32>,
+    mods_c: Buffer<f32>,
+    /// Normalised rows `[B * S, D]`.
+    y: Buffer<u16>,
+    /// `[B, S, H, Dp]`
+    q: Buffer<u16>,
+    k: Buffer<u16>,
+    v: Buffer<u16>,
+    o: Buffer<u16>,
+    /// `[B * S, 4D]`
+    hid: Buffer<u16>,
+    /// Single blocks: `[B * S, H * Dp + 4D]` (attention, then the MLP's hidden).
+    cat: Buffer<u16>,
+    /// `[S, Dh]`
+    cos: Buffer<f32>,
+    sin: Buffer<f32>,
+    /// Heads: `[B, N, D]`, `[B, h, w, D]`.
+    hb: Buffer<u16>,
+    ph: Buffer<u16>,
+    up: Buffer<u16>,
+    m1: Buffer<u16>,
+    tl: Buffer<u16>,
+    /// `[B, h, w, V]`
+    pub(crate) logits: Buffer<f32>,
+    /// `[B, L, Vt]`
+    text_logits: Buffer<f32>,
+}
+
+/// The MM-DiT on a CUDA device (or its emulator).
+pub struct CudaMmdit {
+    pub cfg: TransformerConfig,
+    dev: Arc<Device>,
+    heads: Heads,
+    cond_embed: DMlp,
+    timestep_embedder: DMlp,
+    text_embedder: DMlp,
+    context_embedder: DLinear,
+    encoder_proj_layer_norm: Buffer<f32>,
+    embeddings: Buffer<u16>,
+    embed_norm: Buffer<f32>,
+    embed_conv: DLinear,
+    /// `down_block.downsample`: norm, conv `[D, (2, 2, D)]`.
+    down: Option<(Buffer<f32>, DLinear)>,
+    project_to_hidden_norm: Buffer<f32>,
+    project_to_hidden: DLinear,
+    transformer_blocks: Vec<DDualBlock>,
+    single_transformer_blocks: Vec<DSingleBlock>,
+    text_decoder: Option<DLinear>,
+    project_from_hidden_norm: Buffer<f32>,
+    project_from_hidden: DLinear,
+    /// `up_block.upsample`: norm, conv `[(2, 2, D), D]`.
+    up: Option<(Buffer<f32>, DLinear)>,
+    mlm_conv1: DLinear,
+    mlm_norm: Buffer<f32>,
+    mlm_conv2: DLinear,
+    workspace: Mutex<Option<Workspace>>,
+}
+
+impl CudaMmdit {
+    /// Loads `transformer/` of a model folder (or that folder) onto `dev`, with the checks of
+    /// [`crate::model_dir::load_transformer`].
+    pub fn load(dev: &Arc<Device>, dir: &std::path::Path) -> Result<Self> {
+        let dir = transformer_dir(dir)?;
+        let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open_dir(&dir)?;
+        let model = Self::new(dev, &cfg, &Vb::new(&weights))?;
+        weights.ensure_all_used()?;
+        Ok(model)
+    }
+
+    /// Builds the model from the same tensors [`crate::mmdit::Mmdit::new`] reads.
+    pub fn new(dev: &Arc<Device>, cfg: &TransformerConfig, vb: &Vb) -> Result<Self> {
+        let d = cfg.inner_dim();
+        let dh = cfg.attention_head_dim;
+        let dp = match dh {
+            1..=64 => 64,
+            65..=128 => 128,
+            _ => {
+                return Err(Error::input(
+                    "attention_head_dim",
+                    format!("{dh}: the CUDA attention kernels take heads of at most 128"),
+                ))
+            }
+        };
+        let heads = Heads {
+            h: cfg.num_attention_heads,
+            dh,
+            dp,
+        };
+        let pooled_in = cfg.pooled_projection_dim + MICRO_CONDS * SIN_DIM;
+        let dev_ref: &Device = dev;
+        let embed = vb.pp("embed");
+        let mlm = vb.pp("mlm_layer");
+        let conv1x1 = |vb: &Vb, i, o| -> Result<DLinear> {
+            DLinear::upload(dev_ref, &Linear::conv1x1(vb, i, o)?)
+        };
+        let dual = |i: usize| -> Result<DDualBlock> {
+            let vb = vb.pp("transformer_blocks").pp(i);
+            let attn = vb.pp("attn");
+            Ok(DDualBlock {
+                norm1: linear(dev_ref, &vb.pp("norm1.linear"), d, 6 * d, true)?,
+                norm1_context: linear(dev_ref, &vb.pp("norm1_context.linear"), d, 6 * d, true)?,
+                attn_image: DQkv::new(
+                    dev_ref,
+                    &attn,
+                    ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+                    d,
+                    heads,
+                )?,
+                attn_text: DQkv::new(
+                    dev_ref,
+                    &attn,
+                    [
+                        "add_q_proj",
+                        "add_k_proj",
+                        "add_v_proj",
+                        "norm_added_q",
+                        "norm_added_k",
+                    ],
+                    d,
+                    heads,
+                )?,
+                to_out: heads.pad_in(dev_ref, &Linear::new(&attn.pp("to_out.0"), d, d, true)?)?,
+                to_add_out: heads
+                    .pad_in(dev_ref, &Linear::new(&attn.pp("to_add_out"), d, d, true)?)?,
+                ff: DFeedForward::new(dev_ref, &vb.pp("ff"), d)?,
+                ff_context: DFeedForward::new(dev_ref, &vb.pp("ff_context"), d)?,
+            })
+        };
+        let single = |i: usize| -> Result<DSingleBlock> {
+            let vb = vb.pp("single_transformer_blocks").pp(i);
+            Ok(DSingleBlock {
+                norm: linear(dev_ref, &vb.pp("norm.linear"), d, 3 * d, true)?,
+                attn: DQkv::new(
+                    dev_ref,
+                    &vb.pp("attn"),
+                    ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
+                    d,
+                    heads,
+                )?,
+                proj_mlp: linear(dev_ref, &vb.pp("proj_mlp"), d, 4 * d, true)?,
+                proj_out: heads
+                    .pad_in(dev_ref, &Linear::new(&vb.pp("proj_out"), 5 * d, d, true)?)?,
+            })
+        };
+        Ok(CudaMmdit {
+            cond_embed: DMlp::new(dev_ref, &vb.pp("cond_embed"), pooled_in, d, false)?,
+            timestep_embedder: DMlp::new(
+                dev_ref,
+                &vb.pp("time_text_embed.timestep_embedder"),
+                SIN_DIM,
+                d,
+                true,
+            )?,
+            text_embedder: DMlp::new(
+                dev_ref,
+                &vb.pp("time_text_embed.text_embedder"),
+                cfg.text_embedder_in(),
+                d,
+                true,
+            )?,
+            context_embedder: linear(
+                dev_ref,
+                &vb.pp("context_embedder"),
+                cfg.joint_attention_dim,
+                d,
+                true,
+            )?,
+            encoder_proj_layer_norm: norm(dev_ref, &vb.pp("encoder_proj_layer_norm"), d)?,
+            embeddings: dev.upload(&to_bf16(
+                &embed.pp("embeddings").get("weight", &[cfg.vocab_size, d])?,
+            ))?,
+            embed_norm: norm(dev_ref, &embed.pp("layer_norm"), d)?,
+            embed_conv: conv1x1(&embed.pp("conv"), d, d)?,
+            down: cfg
+                .downsample
+                .then(|| -> Result<_> {
+                    let vb = vb.pp("down_block.downsample");
+                    let w = vb.pp("conv").get("weight", &[d, d, 2, 2])?; // [O, C, kh, kw]
+                    let mut weight = vec![0.0; d * 4 * d]; // [O, (kh, kw, C)]
+                    for o in 0..d {
+                        for c in 0..d {
+                            for kk in 0..4 {
+                                weight[o * 4 * d + kk * d + c] = w[(o * d + c) * 4 + kk];
+                            }
+                        }
+                    }
+                    Ok((
+                        norm(dev_ref, &vb.pp("norm"), d)?,
+                        DLinear::new(dev_ref, &weight, None, d, 4 * d)?,
+                    ))
+                })
+                .transpose()?,
+            project_to_hidden_norm: norm(dev_ref, &vb.pp("project_to_hidden_norm"), d)?,
+            project_to_hidden: linear(dev_ref, &vb.pp("project_to_hidden"), d, d, false)?,
+            transformer_blocks: (0..cfg.num_layers).map(dual).collect::<Result<_>>()?,
+            single_transformer_blocks: (0..cfg.num_single_layers)
+                .map(single)
+                .collect::<Result<_>>()?,
+            text_decoder: cfg
+                .tokenizer_vocab_size
+                .map(|vt| linear(dev_ref, &vb.pp("text_decoder.1"), d, vt, false))
+                .transpose()?,
+            project_from_hidden_norm: norm(dev_ref, &vb.pp("project_from_hidden_norm"), d)?,
+            project_from_hidden: linear(dev_ref, &vb.pp("project_from_hidden"), d, d, false)?,
+            up: cfg
+                .upsample
+                .then(|| -> Result<_> {
+                    let vb = vb.pp("up_block.upsample");
+                    let w = vb.pp("conv").get("weight", &[d, d, 2, 2])?; // [C, O, kh, kw]
+                    let mut weight = vec![0.0; 4 * d * d]; // [(kh, kw, O), C]
+                    for c in 0..d {
+                        for o in 0..d {
+                            for kk in 0..4 {
+                                weight[(kk * d + o) * d + c] = w[(c * d + o) * 4 + kk];
+                            }
+                        }
+                    }
+                    Ok((
+                        norm(dev_ref, &vb.pp("norm"), d)?,
+                        DLinear::new(dev_ref, &weight, None, 4 * d, d)?,
+                    ))
+                })
+                .transpose()?,
+            mlm_conv1: conv1x1(&mlm.pp("conv1"), d, d)?,
+            mlm_norm: norm(dev_ref, &mlm.pp("layer_norm"), d)?,
+            mlm_conv2: conv1x1(&mlm.pp("conv2"), d, cfg.codebook_size)?,
+            heads,
+            cfg: cfg.clone(),
+            dev: dev.clone(),
+            workspace: Mutex::new(None),
+        })
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+
+    pub fn has_text_head(&self) -> bool {
+        self.text_decoder.is_some()
+    }
+
+    /// The checks of the CPU forward; returns the grid the blocks see.
+    fn check(&self, x: &MmditInput) -> Result<(usize, usize)> {
+        let cfg = &self.cfg;
+        let (b, h, w, l) = (x.batch, x.height, x.width, x.text_len);
+        if b == 0 || h == 0 || w == 0 || l == 0 {
+            return Err(Error::input(
+                "image_tokens",
+                format!("empty batch, grid or text ([B,h,w] = [{b},{h},{w}], L = {l})"),
+            ));
+        }
+        for (name, got, want) in [
+            ("image_tokens", x.image_tokens.len(), b * h * w),
+            (
+                "encoder_hidden_states",
+                x.encoder_hidden_states.len(),
+                b * l * cfg.joint_attention_dim,
+            ),
+            (
+                "pooled_projections",
+                x.pooled_projections.len(),
+                b * cfg.pooled_projection_dim,
+            ),
+            ("micro_conds", x.micro_conds.len(), b * MICRO_CONDS),
+        ] {
+            if got != want {
+                return Err(Error::input(
+                    name,
+                    format!("expected {want} values, found {got}"),
+                ));
+            }
+        }
+        if let Some((i, id)) = x
+            .image_tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id < 0 || id as usize >= cfg.vocab_size)
+        {
+            return Err(Error::input(
+                "image_tokens",
+                format!(
+                    "id {id} at flat index {i} is outside 0..{} (vocab_size)",
+                    cfg.vocab_size
+                ),
+            ));
+        }
+        if !x.timestep.is_finite() {
+            return Err(Error::input(
+                "timestep",
+                format!("{} is not finite", x.timestep),
+            ));
+        }
+        self.grid(h, w)
+    }
+
+    /// The grid the blocks see for an id grid `h x w`.
+    fn grid(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let cfg = &self.cfg;
+        if cfg.downsample != cfg.upsample {
+            return Err(Error::input("image_tokens", "the config downsamples without upsampling (or the reverse): the logits grid would not match the ids"));
+        }
+        if cfg.downsample {
+            if h % 2 != 0 || w % 2 != 0 {
+                return Err(Error::input(
+                    "image_tokens",
+                    format!("grid {h}x{w}: the down block halves it, so both sides must be even"),
+                ));
+            }
+            return Ok((h / 2, w / 2));
+        }
+        Ok((h, w))
+    }
+
+    /// The workspace for a shape (allocated on first use, reused while the shape stays).
+    fn workspace(
+        &self,
+        batch: usize,
+        text: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
+        let (rows, cols) = self.grid(height, width)?;
+        let shape = Shape {
+            batch,
+            text,
+            height,
+            width,
+            rows,
+            cols,
+        };
+        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().map(|w| w.shape) != Some(shape) {
+            *guard = None;
+            *guard = Some(self.allocate(shape)?);
+        }
+        Ok(guard)
+    }
+
+    fn allocate(&self, s: Shape) -> Result<Workspace> {
+        let dev = &self.dev;
+        let cfg = &self.cfg;
+        let (b, l, d) = (s.batch, s.text, cfg.inner_dim());
+        let (n, seq, px) = (s.image(), s.seq(), s.pixels());
+        let hd = self.heads.width();
+        let cw = cfg.pooled_projection_dim + MICRO_CONDS * SIN_DIM;
+        // Rotary tables for [text; image]: text at (0, 0, 0), image token (i, j) at (0, i, j).
+        let mut ids = vec![[0.0f64; 3]; l];
+        ids.extend((0..s.rows).flat_map(|i| (0..s.cols).map(move |j| [0.0, i as f64, j as f64])));
+        let (cos, sin) = rope::rope_tables(&ids, &cfg.axes_dims_rope);
+        Ok(Workspace {
+            shape: s,
+            ids: dev.zeros(px)?,
+            ctx: dev.zeros(b * l * cfg.joint_attention_dim)?,
+            ctx_b: dev.zeros(b * l * cfg.joint_attention_dim)?,
+            cond: dev.zeros(b * cw)?,
+            cond_b: dev.zeros(b * cw)?,
+            micro: dev.zeros(b * MICRO_CONDS)?,
+            timestep: dev.zeros(1)?,
+            tsin: dev.zeros(SIN_DIM)?,
+            tsin_b: dev.zeros(SIN_DIM)?,
+            hb1: dev.zeros(b * d)?,
+            hb2: dev.zeros(b * d)?,
+            th: dev.zeros(d)?,
+            temb: dev.zeros(b * d)?,
+            temb_silu: dev.zeros(b * d)?,
+            emb0: dev.zeros(px * d)?,
+            emb1: dev.zeros(px * d)?,
+            tproj: dev.zeros(b * l * d)?,
+            t: dev.zeros(b * l * d)?,
+            i: dev.zeros(b * n * d)?,
+            x: dev.zeros(b * seq * d)?,
+            mods: dev.zeros(b * 6 * d)?,
+            mods_c: dev.zeros(b * 6 * d)?,
+            y: dev.zeros(b * seq * d)?,
+            q: dev.zeros(b * seq * hd)?,
+            k: dev.zeros(b * seq * hd)?,
+            v: dev.zeros(b * seq * hd)?,
+            o: dev.zeros(b * seq * hd)?,
+            hid: dev.zeros(b * seq * 4 * d)?,
+            cat: dev.zeros(b * seq * (hd + 4 * d))?,
+            cos: dev.upload(&cos)?,
+            sin: dev.upload(&sin)?,
+            hb: dev.zeros(b * n * d)?,
+            ph: dev.zeros(b * n * d)?,
+            up: dev.zeros(px * d)?,
+            m1: dev.zeros(px * d)?,
+            tl: dev.zeros(b * l * d)?,
+            logits: dev.zeros(px * cfg.codebook_size)?,
+            text_logits: dev.zeros(b * l * cfg.tokenizer_vocab_size.unwrap_or(0))?,
+        })
+    }
+
+    /// Runs `f` on the workspace of a forward over `[batch, height, width]` ids and `text`
+    /// text tokens (the device-resident loops of [`super::text_to_image`]).
+    pub(crate) fn with_workspace<R>(
+        &self,
+        (batch, text, height, width): (usize, usize, usize, usize),
+        f: impl FnOnce(&mut Workspace) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.workspace(batch, text, height, width)?;
+        f(guard.as_mut().expect("allocated by workspace()"))
+    }
+
+    /// Uploads the per-request inputs (text features, pooled vectors, micro-conditions).
+    pub(crate) fn upload_conditions(
+        &self,
+        ws: &mut Workspace,
+        text: &[f32],
+        pooled: &[f32],
+        micro: &[f32],
+    ) -> Result<()> {
+        let p = self.cfg.pooled_projection_dim;
+        let cw = p + MICRO_CONDS * SIN_DIM;
+        self.dev.write(&mut ws.ctx, 0, text)?;
+        for (b, row) in pooled
+            .chunks_exact(p.max(1))
+            .enumerate()
+            .take(ws.shape.batch)
+        {
+            self.dev.write(&mut ws.cond, b * cw, row)?;
+        }
+        self.dev.write(&mut ws.micro, 0, micro)
+    }
+
+    /// The whole forward with host inputs and outputs, as [`crate::mmdit::Mmdit::forward`].
+    pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
+        self.check(x)?;
+        let mut guard = self.workspace(x.batch, x.text_len, x.height, x.width)?;
+        let ws = guard.as_mut().expect("allocated above");
+        self.upload_conditions(
+            ws,
+            x.encoder_hidden_states,
+            x.pooled_projections,
+            x.micro_conds,
+        )?;
+        let ids: Vec<u32> = x.image_tokens.iter().map(|&i| i as u32).collect();
+        self.dev.write(&mut ws.ids, 0, &ids)?;
+        self.run(ws, x.timestep)?;
+        let image_logits = self.dev.read(&ws.logits, 0, ws.logits.len())?;
+        let text_logits = match self.text_decoder {
+            Some(_) => Some(self.dev.read(&ws.text_logits, 0, ws.text_logits.len())?),
+            None => None,
+        };
+        Ok(MmditOutput {
+            image_logits,
+            text_logits,
+        })
+    }
+
+    /// One forward on the workspace's ids (already on the device, every id below
+    /// `vocab_size`); logits stay on the device.
+    pub(crate) fn run(&self, ws: &mut Workspace, timestep: f32) -> Result<()> {
+        self.dev.write(&mut ws.timestep, 0, &[timestep])?;
+        let ws: &Workspace = ws;
+        self.conditioning(ws)?;
+        self.embed(ws)?;
+        for block in &self.transformer_blocks {
+            self.dual_block(block, ws)?;
+        }
+        let s = ws.shape;
+        let (l, n, seq, d) = (s.text, s.image(), s.seq(), self.cfg.inner_dim());
+        for b in 0..s.batch {
+            self.dev
+                .copy(ws.t.at(b * l * d)?, ws.x.at(b * seq * d)?, l * d)?;
+            self.dev
+                .copy(ws.i.at(b * n * d)?, ws.x.at((b * seq + l) * d)?, n * d)?;
+        }
+        for block in &self.single_transformer_blocks {
+            self.single_block(block, ws)?;
+        }
+        self.heads_out(ws)
+    }
+
+    /// `temb_silu [B, D]` bf16 (reference 2.1).
+    fn conditioning(&self, ws: &Workspace) -> Result<()> {
+        let dev = &self.dev;
+        let b = ws.shape.batch;
+        let p = self.cfg.pooled_projection_dim;
+        let cw = p + MICRO_CONDS * SIN_DIM;
+        let half = SIN_DIM / 2;
+        for i in 0..b {
+            let out = ws.cond.at(i * cw + p)?;
+            dev.sin_embed(
+                ws.micro.at(i * MICRO_CONDS)?,
+                MICRO_CONDS,
+                half,
+                1.0,
+                out,
+                SIN_DIM,
+            )?;
+        }
+        dev.act(Act::None, ws.cond.ptr(), ws.cond_b.ptr(), b * cw)?;
+        let silu = GemmOpts {
+            act: Act::Silu,
+            ..GemmOpts::default()
+        };
+        let plain = GemmOpts::default();
+        let (ce, te, ts) = (
+            &self.cond_embed,
+            &self.text_embedder,
+            &self.timestep_embedder,
+        );
+        dev.gemm(
+            GemmOut::Bf16,
+            ce.linear_1.mat(),
+            ws.cond_b.ptr(),
+            b,
+            ws.hb1.ptr(),
+            silu,
+        )?;
+        dev.gemm(
+            GemmOut::Bf16,
+            ce.linear_2.mat(),
+            ws.hb1.ptr(),
+            b,
+            ws.hb2.ptr(),
+            plain,
+        )?;
+        dev.gemm(
+            GemmOut::Bf16,
+            te.linear_1.mat(),
+            ws.hb2.ptr(),
+            b,
+            ws.hb1.ptr(),
+            silu,
+        )?;
+        dev.gemm(
+            GemmOut::F32,
+            te.linear_2.mat(),
+            ws.hb1.ptr(),
+            b,
+            ws.temb.ptr(),
+            plain,
+        )?;
+        dev.sin_embed(ws.timestep.ptr(), 1, half, 1000.0, ws.tsin.ptr(), SIN_DIM)?;
+        dev.act(Act::None, ws.tsin.ptr(), ws.tsin_b.ptr(), SIN_DIM)?;
+        dev.gemm(
+            GemmOut::Bf16,
+            ts.linear_1.mat(),
+            ws.tsin_b.ptr(),
+            1,
+            ws.th.ptr(),
+            silu,
+        )?;
+        // temb[b] += timestep_embedder(t): every row reads the one timestep row.
+        let broadcast = GemmOpts {
+            a_map: RowMap::part(1, 0, 0),
+            ..GemmOpts::default()
+        };
+        dev.gemm(
+            GemmOut::Residual,
+            ts.linear_2.mat(),
+            ws.th.ptr(),
+            b,
+            ws.temb.ptr(),
+            broadcast,
+        )?;
+        dev.act(
+            Act::Silu,
+            ws.temb.ptr(),
+            ws.temb_silu.ptr(),
+            b * self.cfg.inner_dim(),
+        )
+    }
+
+    /// Image ids to `I [B, N, D]`, text features to `T [B, L, D]` (reference 2.2).
+    fn embed(&self, ws: &Workspace) -> Result<()> {
+        let dev = &self.dev;
+        let s = ws.shape;
+        let (d, px, b) = (self.cfg.inner_dim(), s.pixels(), s.batch);
+        let plain = GemmOpts::default();
+        dev.embedding(
+            ws.ids.ptr(),
+            self.embeddings.ptr(),
+            self.cfg.vocab_size,
+            ws.emb0.ptr(),
+            px,
+            d,
+        )?;
+        dev.rms_norm(ws.emb0.ptr(), ws.emb0.ptr(), self.embed_norm.ptr(), px, d)?;
+        dev.gemm(
+            GemmOut::Bf16,
+            self.embed_conv.mat(),
+            ws.emb0.ptr(),
+            px,
+            ws.emb1.ptr(),
+            plain,
+        )?;
+        let h = match &self.down {
+            Some((norm, conv)) => {
+                dev.rms_norm(ws.emb1.ptr(), ws.emb1.ptr(), norm.ptr(), px, d)?;
+                let geom = (s.height, s.width, d);
+                dev.conv2d(conv.mat(), ws.emb1.ptr(), b, geom, 2, 2, ws.emb0.ptr())?;
+                &ws.emb0
+            }
+            None => &ws.emb1,
+        };
+        let n = b * s.image();
+        dev.rms_norm(h.ptr(), h.ptr(), self.project_to_hidden_norm.ptr(), n, d)?;
+        dev.gemm(
+            GemmOut::F32,
+            self.project_to_hidden.mat(),
+            h.ptr(),
+            n,
+            ws.i.ptr(),
+            plain,
+        )?;
+
+        let (rows, j) = (b * s.text, self.cfg.joint_attention_dim);
+        dev.act(Act::None, ws.ctx.ptr(), ws.ctx_b.ptr(), rows * j)?;
+        let ce = self.context_embedder.mat();
+        dev.gemm(
+            GemmOut::Bf16,
+            ce,
+            ws.ctx_b.ptr(),
+            rows,
+            ws.tproj.ptr(),
+            plain,
+        )?;
+        let norm = self.encoder_proj_layer_norm.ptr();
+        dev.rms_norm(ws.tproj.ptr(), ws.tproj.ptr(), norm, rows, d)?;
+        dev.act(Act::None, ws.tproj.ptr(), ws.t.ptr(), rows * d)
+    }
+
+    /// q, k, v of `rows` normalised rows `y` into the joint buffers through `map`, q and k
+    /// normalised per head and rotated.
+    fn qkv(
+        &self,
+        attn: &DQkv,
+        y: Ptr<u16>,
+        rows: usize,
+        map: RowMap,
+        ws: &Workspace,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let hd = self.heads.width();
+        let opts = GemmOpts {
+            c_map: map,
+            ..GemmOpts::default()
+        };
+        let geom = (self.heads.h, self.heads.dh, self.heads.dp);
+        let tables = (ws.cos.ptr(), ws.sin.ptr(), ws.shape.seq());
+        for (lin, buf, norm) in [
+            (&attn.q, &ws.q, Some(&attn.norm_q)),
+            (&attn.k, &ws.k, Some(&attn.norm_k)),
+            (&attn.v, &ws.v, None),
+        ] {
+            dev.gemm(GemmOut::Bf16, lin.mat(), y, rows, buf.ptr(), opts)?;
+            if let Some(w) = norm {
+                dev.qk_norm_rope(buf.ptr(), hd, map, rows, geom, w.ptr(), tables)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `transformer_blocks.i`: `I` and `T` updated in place.
+    fn dual_block(&self, blk: &DDualBlock, ws: &Workspace) -> Result<()> {
+        let dev = &self.dev;
+        let s = ws.shape;
+        let (b, l, n, seq, d) = (s.batch, s.text, s.image(), s.seq(), self.cfg.inner_dim());
+        let hd = self.heads.width();
+        let plain = GemmOpts::default();
+        let temb = ws.temb_silu.ptr();
+        dev.gemm(GemmOut::F32, blk.norm1.mat(), temb, b, ws.mods.ptr(), plain)?;
+        dev.gemm(
+            GemmOut::F32,
+            blk.norm1_context.mat(),
+            temb,
+            b,
+            ws.mods_c.ptr(),
+            plain,
+        )?;
+        // (residual, tokens per item, modulations, first joint row, projections, MLP)
+        let streams = [
+            (&ws.i, n, &ws.mods, l, &blk.attn_image, &blk.to_out, &blk.ff),
+            (
+                &ws.t,
+                l,
+                &ws.mods_c,
+                0,
+                &blk.attn_text,
+                &blk.to_add_out,
+                &blk.ff_context,
+            ),
+        ];
+        let chunk = |m: &Buffer<f32>, c: usize| m.at(c * d);
+        for &(res, per, mods, offset, attn, _, _) in &streams {
+            let shift_scale = (chunk(mods, 0)?, chunk(mods, 1)?, 6 * d, per);
+            dev.layer_norm(res.ptr(), ws.y.ptr(), b * per, d, Some(shift_scale))?;
+            self.qkv(
+                attn,
+                ws.y.ptr(),
+                b * per,
+                RowMap::part(per, seq, offset),
+                ws,
+            )?;
+        }
+        let (qkv, shape) = ((ws.q.ptr(), ws.k.ptr(), ws.v.ptr()), (b, seq, self.heads.h));
+        dev.attention(qkv, ws.o.ptr(), hd, shape, self.heads.dh, self.heads.dp)?;
+        for &(res, per, mods, offset, _, to_out, ff) in &streams {
+            let rows = b * per;
+            let attn_out = GemmOpts {
+                lda: hd,
+                a_map: RowMap::part(per, seq, offset),
+                gate: Some((chunk(mods, 2)?, 6 * d, per)),
+                ..GemmOpts::default()
+            };
+            dev.gemm(
+                GemmOut::Residual,
+                to_out.mat(),
+                ws.o.ptr(),
+                rows,
+                res.ptr(),
+                attn_out,
+            )?;
+            let shift_scale = (chunk(mods, 3)?, chunk(mods, 4)?, 6 * d, per);
+            dev.layer_norm(res.ptr(), ws.y.ptr(), rows, d, Some(shift_scale))?;
+            let gelu = GemmOpts {
+                act: Act::GeluTanh,
+                ..GemmOpts::default()
+            };
+            dev.gemm(
+                GemmOut::Bf16,
+                ff.proj.mat(),
+                ws.y.ptr(),
+                rows,
+                ws.hid.ptr(),
+                gelu,
+            )?;
+            let gated = GemmOpts {
+                gate: Some((chunk(mods, 5)?, 6 * d, per)),
+                ..GemmOpts::default()
+            };
+            dev.gemm(
+                GemmOut::Residual,
+                ff.out.mat(),
+                ws.hid.ptr(),
+                rows,
+                res.ptr(),
+                gated,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `single_transformer_blocks.i`: `X` updated in place.
+    fn single_block(&self, blk: &DSingleBlock, ws: &Workspace) -> Result<()> {
+        let dev = &self.dev;
+        let s = ws.shape;
+        let (b, seq, d) = (s.batch, s.seq(), self.cfg.inner_dim());
+        let (hd, rows) = (self.heads.width(), s.batch * s.seq());
+        let temb = ws.temb_silu.ptr();
+        dev.gemm(
+            GemmOut::F32,
+            blk.norm.mat(),
+            temb,
+            b,
+            ws.mods.ptr(),
+            GemmOpts::default(),
+        )?;
+        let shift_scale = (ws.mods.at(0)?, ws.mods.at(d)?, 3 * d, seq);
+        dev.layer_norm(ws.x.ptr(), ws.y.ptr(), rows, d, Some(shift_scale))?;
+        let cat_w = hd + 4 * d;
+        let mlp = GemmOpts {
+            ldc: cat_w,
+            act: Act::GeluTanh,
+            ..GemmOpts::default()
+        };
+        dev.gemm(
+            GemmOut::Bf16,
+            blk.proj_mlp.mat(),
+            ws.y.ptr(),
+            rows,
+            ws.cat.at(hd)?,
+            mlp,
+        )?;
+        self.qkv(&blk.attn, ws.y.ptr(), rows, RowMap::IDENTITY, ws)?;
+        let (qkv, shape) = ((ws.q.ptr(), ws.k.ptr(), ws.v.ptr()), (b, seq, self.heads.h));
+        dev.attention(
+            qkv,
+            ws.cat.ptr(),
+            cat_w,
+            shape,
+            self.heads.dh,
+            self.heads.dp,
+        )?;
+        let gated = GemmOpts {
+            gate: Some((ws.mods.at(2 * d)?, 3 * d, seq)),
+            ..GemmOpts::default()
+        };
+        dev.gemm(
+            GemmOut::Residual,
+            blk.proj_out.mat(),
+            ws.cat.ptr(),
+            rows,
+            ws.x.ptr(),
+            gated,
+        )
+    }
+
+    /// Text logits `[B, L, Vt]` and image logits `[B, h, w, V]` from `X` (reference 2.7).
+    fn heads_out(&self, ws: &Workspace) -> Result<()> {
+        let dev = &self.dev;
+        let s = ws.shape;
+        let (b, l, n, seq, d) = (s.batch, s.text, s.image(), s.seq(), self.cfg.inner_dim());
+        let plain = GemmOpts::default();
+        if let Some(dec) = &self.text_decoder {
+            for i in 0..b {
+                dev.layer_norm(ws.x.at(i * seq * d)?, ws.tl.at(i * l * d)?, l, d, None)?;
+            }
+            dev.gemm(
+                GemmOut::F32,
+                dec.mat(),
+                ws.tl.ptr(),
+                b * l,
+                ws.text_logits.ptr(),
+                plain,
+            )?;
+        }
+        for i in 0..b {
+            dev.act(
+                Act::None,
+                ws.x.at((i * seq + l) * d)?,
+                ws.hb.at(i * n * d)?,
+                n * d,
+            )?;
+        }
+        let norm = self.project_from_hidden_norm.ptr();
+        dev.rms_norm(ws.hb.ptr(), ws.hb.ptr(), norm, b * n, d)?;
+        let pfh = self.project_from_hidden.mat();
+        dev.gemm(GemmOut::Bf16, pfh, ws.hb.ptr(), b * n, ws.ph.ptr(), plain)?;
+        let h = match &self.up {
+            Some((norm, conv)) => {
+                dev.rms_norm(ws.ph.ptr(), ws.ph.ptr(), norm.ptr(), b * n, d)?;
+                // Tap (ki, kj) of pixel (b, i, j) lands on (b, 2i + ki, 2j + kj): rows of two
+                // output pixels (2D wide), item rows r = b * rows + i at 2r + ki.
+                for kk in 0..4 {
+                    let (ki, kj) = (kk / 2, kk % 2);
+                    let opts = GemmOpts {
+                        ldc: 2 * d,
+                        c_map: RowMap::part(s.cols, 2 * s.cols, ki * s.cols),
+                        ..GemmOpts::default()
+                    };
+                    let tap = conv.rows(kk * d, d)?;
+                    dev.gemm(
+                        GemmOut::Bf16,
+                        tap,
+                        ws.ph.ptr(),
+                        b * n,
+                        ws.up.at(kj * d)?,
+                        opts,
+                    )?;
+                }
+                &ws.up
+            }
+            None => &ws.ph,
+        };
+        let px = s.pixels();
+        dev.gemm(
+            GemmOut::Bf16,
+            self.mlm_conv1.mat(),
+            h.ptr(),
+            px,
+            ws.m1.ptr(),
+            plain,
+        )?;
+        dev.rms_norm(ws.m1.ptr(), ws.m1.ptr(), self.mlm_norm.ptr(), px, d)?;
+        let conv2 = self.mlm_conv2.mat();
+        dev.gemm(GemmOut::F32, conv2, ws.m1.ptr(), px, ws.logits.ptr(), plain)
+    }
+}

@@ -1,0 +1,376 @@
+//! The engine side of each kernel: takes [`Ptr`]s instead of raw addresses, checks that every
+//! element the launch reaches lies inside its buffer, then plans (`muddit_kernels::cuda::ops`)
+//! and runs it. These are the only callers of [`Device::launch`] in the engine.
+
+use muddit_kernels::cuda::ops::{self, GemmOut};
+use muddit_kernels::cuda::params::*;
+
+use super::device::{Device, Ptr};
+use crate::error::Result;
+use crate::nn::NORM_EPS;
+
+/// Elements a `rows`-row strided matrix needs: `(last row) * stride + width`.
+fn span(rows: usize, stride: usize, width: usize) -> usize {
+    match rows {
+        0 => 0,
+        r => (r - 1) * stride + width,
+    }
+}
+
+/// Elements reached by `m` logical rows through `map` with row stride `stride`.
+fn mapped_span(map: RowMap, m: usize, stride: usize, width: usize) -> usize {
+    match m {
+        0 => 0,
+        // Row maps are monotonic: the last logical row is the furthest physical one.
+        m => map.row(m - 1) * stride + width,
+    }
+}
+
+/// A weight matrix `[N, K]` bf16 with its optional f32 bias `[N]`, as one GEMM reads it.
+#[derive(Clone, Copy)]
+pub struct Mat {
+    pub w: Ptr<u16>,
+    pub bias: Option<Ptr<f32>>,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// The row maps, strides, activation and gate of one GEMM; `Default` is dense and plain.
+#[derive(Clone, Copy)]
+pub struct GemmOpts {
+    /// 0: `K`.
+    pub lda: usize,
+    /// 0: `N`.
+    pub ldc: usize,
+    pub act: Act,
+    pub a_map: RowMap,
+    pub c_map: RowMap,
+    /// Residual only: `(gate [items, gate_stride], gate_stride, rows_per_item)`.
+    pub gate: Option<(Ptr<f32>, usize, usize)>,
+}
+
+impl Default for GemmOpts {
+    fn default() -> Self {
+        GemmOpts {
+            lda: 0,
+            ldc: 0,
+            act: Act::None,
+            a_map: RowMap::IDENTITY,
+            c_map: RowMap::IDENTITY,
+            gate: None,
+        }
+    }
+}
+
+impl Device {
+    /// `C = epilogue(A · Wᵀ + bias)`: A bf16 `[m, K]`, C bf16 (`Bf16`) or f32 (`F32`,
+    /// `Residual`: `C += gate * (..)`) `[m, N]`; `c` must be of the element type `out` writes.
+    pub fn gemm<C>(
+        &self,
+        out: GemmOut,
+        mat: Mat,
+        a: Ptr<u16>,
+        m: usize,
+        c: Ptr<C>,
+        o: GemmOpts,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let (lda, ldc) = (
+            if o.lda == 0 { mat.k } else { o.lda },
+            if o.ldc == 0 { mat.n } else { o.ldc },
+        );
+        let c_bytes = std::mem::size_of::<C>();
+        let want = if out == GemmOut::Bf16 { 2 } else { 4 };
+        if c_bytes != want {
+            return Err(muddit_kernels::cuda::CudaError::InvalidLaunch {
+                op: OP,
+                reason: format!("{out:?} output needs {want}-byte elements"),
+            }
+            .into());
+        }
+        let mut p = GemmParams {
+            a: a.need(mapped_span(o.a_map, m, lda, mat.k), OP, "A")?,
+            w: mat.w.need(mat.n * mat.k, OP, "W")?,
+            bias: match mat.bias {
+                Some(b) => b.need(mat.n, OP, "bias")?,
+                None => 0,
+            },
+            c: c.need(mapped_span(o.c_map, m, ldc, mat.n), OP, "C")?,
+            m: m as i32,
+            n: mat.n as i32,
+            k: mat.k as i32,
+            lda: lda as i32,
+            ldc: ldc as i32,
+            act: o.act as i32,
+            rows_per_item: i32::MAX,
+            a_map: o.a_map,
+            c_map: o.c_map,
+            ..GemmParams::default()
+        };
+        if let Some((gate, stride, per_item)) = o.gate {
+            let items = m.div_ceil(per_item);
+            p.gate = gate.need(span(items, stride, mat.n), OP, "gate")?;
+            p.gate_stride = stride as i32;
+            p.rows_per_item = per_item as i32;
+        }
+        let launch = ops::gemm(out, p)?;
+        // SAFETY: every address comes from a `Ptr` of this device, checked above to hold the
+        // rows the maps and strides reach (A, C), N x K (W), N (bias) and the gate rows.
+        unsafe { self.launch(&launch) }
+    }
+
+    /// `out [B, ho, wo, N] = conv(x [B, h, w, c]) (+ bias)`, kernel `ksize`, `stride`, no padding.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d(
+        &self,
+        mat: Mat,
+        x: Ptr<u16>,
+        batch: usize,
+        (h, w, c): (usize, usize, usize),
+        ksize: usize,
+        stride: usize,
+        out: Ptr<u16>,
+    ) -> Result<()> {
+        const OP: &str = "conv2d";
+        let (ho, wo) = ((h - ksize) / stride + 1, (w - ksize) / stride + 1);
+        let m = batch * ho * wo;
+        let p = GemmParams {
+            a: x.need(batch * h * w * c, OP, "x")?,
+            w: mat.w.need(mat.n * mat.k, OP, "W")?,
+            bias: match mat.bias {
+                Some(b) => b.need(mat.n, OP, "bias")?,
+                None => 0,
+            },
+            c: out.need(m * mat.n, OP, "out")?,
+            conv: ConvGeom {
+                h: h as i32,
+                w: w as i32,
+                c: c as i32,
+                ho: ho as i32,
+                wo: wo as i32,
+                ksize: ksize as i32,
+                stride: stride as i32,
+                ..ConvGeom::default()
+            },
+            ..GemmParams::dense(0, 0, 0, m, mat.n, mat.k)
+        };
+        let launch = ops::conv2d(p)?;
+        // SAFETY: image, weight, bias and output ranges checked above.
+        unsafe { self.launch(&launch) }
+    }
+
+    /// RMSNorm (eps 1e-6) of bf16 rows `[rows, d]`, in place allowed; weight f32 `[d]`.
+    pub fn rms_norm(
+        &self,
+        x: Ptr<u16>,
+        out: Ptr<u16>,
+        weight: Ptr<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        let launch = ops::rms_norm(RmsNormParams {
+            x: x.need(rows * d, OP, "x")?,
+            out: out.need(rows * d, OP, "out")?,
+            weight: weight.need(d, OP, "weight")?,
+            rows: rows as i32,
+            d: d as i32,
+            x_stride: d as i32,
+            out_stride: d as i32,
+            eps: NORM_EPS,
+            pad_: 0,
+        })?;
+        // SAFETY: rows x d elements of x and out, d of the weight, checked above.
+        unsafe { self.launch(&launch) }
+    }
+
+    /// LayerNorm (eps 1e-6) of f32 rows `[rows, d]` to bf16: with `mods = Some((shift, scale,
+    /// item_stride, rows_per_item))` times `1 + scale` plus `shift` per item, else plain.
+    pub fn layer_norm(
+        &self,
+        x: Ptr<f32>,
+        out: Ptr<u16>,
+        rows: usize,
+        d: usize,
+        mods: Option<(Ptr<f32>, Ptr<f32>, usize, usize)>,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm";
+        let mut p = LayerNormParams {
+            x: x.need(rows * d, OP, "x")?,
+            out: out.need(rows * d, OP, "out")?,
+            rows: rows as i32,
+            d: d as i32,
+            x_stride: d as i32,
+            out_stride: d as i32,
+            rows_per_item: i32::MAX,
+            item_stride: 0,
+            scale_add: 1.0,
+            eps: NORM_EPS,
+            ..LayerNormParams::default()
+        };
+        if let Some((shift, scale, item_stride, per_item)) = mods {
+            let need = span(rows.div_ceil(per_item), item_stride, d);
+            p.shift = shift.need(need, OP, "shift")?;
+            p.scale = scale.need(need, OP, "scale")?;
+            p.item_stride = item_stride as i32;
+            p.rows_per_item = per_item as i32;
+        }
+        let launch = ops::layer_norm(p)?;
+        // SAFETY: x, out and the modulation rows checked above.
+        unsafe { self.launch(&launch) }
+    }
+
+    /// Per-head RMSNorm (weight f32 `[head_dim]`) and rotary positions (`cos, sin [seq,
+    /// head_dim]`) of `heads` heads at column `h * head_stride` of `rows` rows through `map`,
+    /// in place. Heads narrower than their stride (zero-padded for attention) are one launch
+    /// each.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qk_norm_rope(
+        &self,
+        x: Ptr<u16>,
+        stride: usize,
+        map: RowMap,
+        rows: usize,
+        (heads, head_dim, head_stride): (usize, usize, usize),
+        weight: Ptr<f32>,
+        (cos, sin, seq): (Ptr<f32>, Ptr<f32>, usize),
+    ) -> Result<()> {
+        const OP: &str = "qk_norm_rope";
+        let reach = mapped_span(map, rows, stride, heads * head_stride);
+        x.need(reach, OP, "x")?;
+        let base = QkNormRopeParams {
+            weight: weight.need(head_dim, OP, "weight")?,
+            cos: cos.need(seq * head_dim, OP, "cos")?,
+            sin: sin.need(seq * head_dim, OP, "sin")?,
+            rows: rows as i32,
+            head_dim: head_dim as i32,
+            seq: seq as i32,
+            x_stride: stride as i32,
+            out_stride: stride as i32,
+            map,
+            eps: NORM_EPS,
+            ..QkNormRopeParams::default()
+        };
+        let launches: Vec<(u64, usize)> = if head_dim == head_stride {
+            vec![(x.addr, heads)]
+        } else {
+            (0..heads)
+                .map(|h| Ok((x.at(h * head_stride)?.addr, 1)))
+                .collect::<Result<_>>()?
+        };
+        for (addr, heads) in launches {
+            let launch = ops::qk_norm_rope(QkNormRopeParams {
+                x: addr,
+                out: addr,
+                heads: heads as i32,
+                ..base
+            })?;
+            // SAFETY: every row the map reaches holds `heads * head_stride` elements (checked
+            // above); the tables hold `seq` rows and physical rows modulo `seq` index them.
+            unsafe { self.launch(&launch)? };
+        }
+        Ok(())
+    }
+
+    /// Non-causal attention over `[B, S, H, Dp]` bf16 q, k, v (row stride `H * Dp`) of heads
+    /// holding `dh <= Dp` values, into `o` with row stride `o_stride`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        (q, k, v): (Ptr<u16>, Ptr<u16>, Ptr<u16>),
+        o: Ptr<u16>,
+        o_stride: usize,
+        (batch, seq, heads): (usize, usize, usize),
+        dh: usize,
+        dp: usize,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let (rows, width) = (batch * seq, heads * dp);
+        let launch = ops::attention_padded(
+            dp,
+            dh,
+            AttnParams {
+                q: q.need(rows * width, OP, "q")?,
+                k: k.need(rows * width, OP, "k")?,
+                v: v.need(rows * width, OP, "v")?,
+                o: o.need(span(rows, o_stride, width), OP, "o")?,
+                batch: batch as i32,
+                seq: seq as i32,
+                heads: heads as i32,
+                q_stride: width as i32,
+                k_stride: width as i32,
+                v_stride: width as i32,
+                o_stride: o_stride as i32,
+                ..AttnParams::default()
+            },
+        )?;
+        // SAFETY: q, k, v hold B * S rows of H * Dp, o B * S rows of `o_stride` (checked).
+        unsafe { self.launch(&launch) }
+    }
+
+    /// `y = act(x)` over `n` elements, f32 or bf16 each side (`x_f32`, `y_f32`); a cast with
+    /// `Act::None`.
+    pub fn act<X, Y>(&self, act: Act, x: Ptr<X>, y: Ptr<Y>, n: usize) -> Result<()> {
+        const OP: &str = "act";
+        let launch = ops::activation(ActParams {
+            x: x.need(n, OP, "x")?,
+            y: y.need(n, OP, "y")?,
+            n: n as i64,
+            act: act as i32,
+            x_f32: (std::mem::size_of::<X>() == 4) as i32,
+            y_f32: (std::mem::size_of::<Y>() == 4) as i32,
+            pad_: 0,
+        })?;
+        // SAFETY: n elements of each side, checked above (element sizes pick the dtypes).
+        unsafe { self.launch(&launch) }
+    }
+
+    /// bf16 rows `out [rows, d] = table[ids]`; every id must be below `vocab` (the caller
+    /// checks ids it did not make itself).
+    pub fn embedding(
+        &self,
+        ids: Ptr<u32>,
+        table: Ptr<u16>,
+        vocab: usize,
+        out: Ptr<u16>,
+        rows: usize,
+        d: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        let launch = ops::embedding(EmbeddingParams {
+            ids: ids.need(rows, OP, "ids")?,
+            table: table.need(vocab * d, OP, "table")?,
+            pos: 0,
+            out: out.need(rows * d, OP, "out")?,
+            rows: rows as i32,
+            d: d as i32,
+            seq: 1,
+            out_f32: 0,
+        })?;
+        // SAFETY: ids, output and the table checked above; ids below `vocab` by contract.
+        unsafe { self.launch(&launch) }
+    }
+
+    /// `out[r, 0..2 half] = [cos(scale x_r f), sin(scale x_r f)]`, row stride `out_stride`.
+    pub fn sin_embed(
+        &self,
+        x: Ptr<f32>,
+        rows: usize,
+        half: usize,
+        scale: f32,
+        out: Ptr<f32>,
+        out_stride: usize,
+    ) -> Result<()> {
+        const OP: &str = "sin_embed";
+        let launch = ops::sin_embed(SinEmbedParams {
+            x: x.need(rows, OP, "x")?,
+            out: out.need(span(rows, out_stride, 2 * half), OP, "out")?,
+            rows: rows as i32,
+            half: half as i32,
+            out_stride: out_stride as i32,
+            scale,
+        })?;
+        // SAFETY: rows scalars in, rows strided rows of 2 half out (checked).
+        unsafe { self.launch(&launch) }
+    }
+}

@@ -1,0 +1,139 @@
+//! The sampler step on the device: `sample_tokens_f32` then `remask_f32` (sampler.cu) on logits
+//! that never leave the device, with the uniforms of [`RandomSource::fill_step`] computed on the
+//! host and uploaded, so the device picks exactly the tokens [`Sampler::step`] picks for the
+//! same logits. What comes back per step: `k` per row and the first bad token (`B + 1` i32).
+
+use muddit_kernels::cuda::ops;
+use muddit_kernels::cuda::params::{RemaskParams, SampleParams};
+use muddit_sampler::{DrawRule, Guidance, Sampler, SamplerError, TokenLayout};
+
+use super::device::{Buffer, Device, Ptr};
+use crate::error::Result;
+
+/// Ids `[B, n]` on the device and the scratch of one step.
+pub struct DeviceSampler {
+    sampler: Sampler,
+    layout: TokenLayout,
+    /// `[B, n]`
+    pub(crate) ids: Buffer<u32>,
+    draw_u: Buffer<f32>,
+    gumbel_u: Buffer<f32>,
+    drawn: Buffer<u32>,
+    conf: Buffer<f32>,
+    /// `[1]`: the first flat token with bad logits, `i32::MAX` if none.
+    bad: Buffer<i32>,
+    /// `[B]`: the `k` of each row.
+    mask_len: Buffer<i32>,
+    host_draw: Vec<f32>,
+    host_gumbel: Vec<f32>,
+}
+
+impl DeviceSampler {
+    /// Starts from `ids` `[B, n]` (all masked for generation).
+    pub fn new(dev: &Device, sampler: Sampler, layout: TokenLayout, ids: &[u32]) -> Result<Self> {
+        layout.validate()?;
+        let n = layout.ids_len()?;
+        if ids.len() != n {
+            return Err(SamplerError::ShapeMismatch {
+                what: "ids",
+                expected: n,
+                got: ids.len(),
+                shape: format!("[B={}, n={}]", layout.batch, layout.tokens),
+            }
+            .into());
+        }
+        Ok(DeviceSampler {
+            sampler,
+            layout,
+            ids: dev.upload(ids)?,
+            draw_u: dev.zeros(n)?,
+            gumbel_u: dev.zeros(n)?,
+            drawn: dev.zeros(n)?,
+            conf: dev.zeros(n)?,
+            bad: dev.zeros(1)?,
+            mask_len: dev.zeros(layout.batch)?,
+            host_draw: vec![0.0; n],
+            host_gumbel: vec![0.0; n],
+        })
+    }
+
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    /// One step on `logits` (`[B, n, V]`, or `[2B, n, V]` unconditional rows first under
+    /// guidance, on the device); updates the ids in place and returns `k` of each row.
+    pub fn step(&mut self, dev: &Device, step: usize, logits: Ptr<f32>) -> Result<Vec<usize>> {
+        let (cfg, layout) = (*self.sampler.config(), self.layout);
+        let t = self.sampler.temperatures()[self.sampler.model_timestep(step).map(|_| step)?];
+        let (b, n) = (layout.batch, layout.tokens);
+        self.sampler
+            .random()
+            .fill_step(step, b, n, &mut self.host_draw, &mut self.host_gumbel)?;
+        dev.write(&mut self.draw_u, 0, &self.host_draw)?;
+        dev.write(&mut self.gumbel_u, 0, &self.host_gumbel)?;
+        dev.write(&mut self.bad, 0, &[i32::MAX])?;
+        let (guided, scale) = match cfg.guidance {
+            Guidance::Off => (0, 0.0),
+            Guidance::Cfg { scale } => (1, scale),
+        };
+        const OP: &str = "sample_tokens";
+        let flat = b * n;
+        let launch = ops::sample_tokens(SampleParams {
+            logits: logits.need(layout.logits_len(cfg.guidance)?, OP, "logits")?,
+            ids: self.ids.ptr().need(flat, OP, "ids")?,
+            draw_u: self.draw_u.ptr().need(flat, OP, "draw")?,
+            gumbel_u: self.gumbel_u.ptr().need(flat, OP, "gumbel")?,
+            drawn: self.drawn.ptr().need(flat, OP, "drawn")?,
+            conf: self.conf.ptr().need(flat, OP, "conf")?,
+            bad: self.bad.ptr().need(1, OP, "bad")?,
+            batch: b as i32,
+            tokens: n as i32,
+            vocab: layout.vocab as i32,
+            mask_id: layout.mask_id,
+            guided,
+            scale,
+            greedy: (cfg.draw == DrawRule::Greedy) as i32,
+            temperature: t,
+        })?;
+        // SAFETY: logits hold G * B * n * V floats, ids/draw/gumbel/drawn/conf B * n elements
+        // and bad one (all checked above), buffers of this device.
+        unsafe { dev.launch(&launch)? };
+        let last = step + 1 == cfg.steps;
+        let progress = (step + 1) as f32 / cfg.steps as f32;
+        let raw = (n as f32 * cfg.schedule.mask_ratio(progress)).floor() as i32;
+        let launch = ops::remask(RemaskParams {
+            ids: self.ids.ptr().need(flat, "remask", "ids")?,
+            drawn: self.drawn.ptr().need(flat, "remask", "drawn")?,
+            conf: self.conf.ptr().need(flat, "remask", "conf")?,
+            mask_len: self.mask_len.ptr().need(b, "remask", "k")?,
+            batch: b as i32,
+            tokens: n as i32,
+            mask_id: layout.mask_id,
+            raw_len: raw,
+            last: last as i32,
+            pad_: 0,
+        })?;
+        // SAFETY: ids, drawn, conf hold B * n elements, mask_len B (checked above).
+        unsafe { dev.launch(&launch)? };
+        let bad = dev.read(&self.bad, 0, 1)?[0];
+        if bad != i32::MAX {
+            let bad = bad as usize;
+            return Err(SamplerError::NonFiniteLogits {
+                row: bad / n,
+                token: bad % n,
+            }
+            .into());
+        }
+        Ok(dev
+            .read(&self.mask_len, 0, b)?
+            .into_iter()
+            .map(|k| k.max(0) as usize)
+            .collect())
+    }
+
+    /// The current ids `[B, n]` (a download).
+    pub fn ids(&self, dev: &Device) -> Result<Vec<u32>> {
+        dev.read(&self.ids, 0, self.ids.len())
+    }
+}
