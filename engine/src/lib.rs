@@ -1,10 +1,16 @@
-//! The muddit engine: checkpoint loading and the Muddit models on the CPU.
+//! The muddit engine: checkpoint loading, the Muddit models, and the pipelines.
 //!
 //! - [`weights`]: safetensors through mmap, sharded or not, f32/f16/bf16 widened to f32.
 //! - [`config`]: `transformer/config.json` with the upstream defaults and strict key checks.
-//! - [`mmdit`]: the MM-DiT forward of reference section 2.
+//! - [`mmdit`]: the MM-DiT forward of reference section 2 (CPU).
+//! - [`clip_text`], [`tokenizer`]: the CLIP text encoder and BPE tokenizer (section 3).
+//! - [`vqvae`]: the VQ-VAE encoder and decoder (section 4); [`image_io`]: image files.
+//! - [`pth`]: `mask_token_embedding.pth` read without Python.
+//! - [`pipeline`]: text-to-image, captioning and VQA (section 5).
+//! - [`cuda`]: the CUDA backend of the transformer and the sampler (a GPU, or the emulator).
 //! - [`model_dir`]: finding the component folders of a model.
-//! - [`random`]: random checkpoints in the public layout, for tests and benches.
+//! - [`random`], [`random_sides`]: random checkpoints in the public layout, for tests and benches.
+//! - [`tensor_io`], [`debug`]: named-tensor files and the `muddit debug` forwards.
 
 pub mod clip_text;
 pub mod config;
