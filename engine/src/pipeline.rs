@@ -76,6 +76,25 @@ pub struct Images {
     pub vq_decode: Duration,
 }
 
+/// A text-to-image run prepared for its steps (`Pipeline::plan_text_to_image`).
+pub(crate) struct TextToImagePlan {
+    /// Images `B`.
+    pub batch: usize,
+    /// Model batch: `2B` under guidance (`[uncond; cond]`), else `B`.
+    pub rows: usize,
+    /// Id grid `(h, w)`.
+    pub grid: (usize, usize),
+    pub guided: bool,
+    pub sampler: Sampler,
+    pub layout: TokenLayout,
+    /// `[rows, 5]`
+    pub micro: Vec<f32>,
+    /// `[rows, 77, J]` penultimate text features and `[rows, P]` pooled vectors.
+    pub text: Vec<f32>,
+    pub pooled: Vec<f32>,
+    pub text_encode: Duration,
+}
+
 /// An image-to-text request: captioning without questions, VQA with them.
 #[derive(Debug, Clone)]
 pub struct ImageToText {
@@ -171,19 +190,16 @@ impl Pipeline {
             .collect()
     }
 
-    /// Generates images. `on_step` is called after every step.
-    pub fn text_to_image(
-        &self,
-        req: &TextToImage,
-        on_step: &mut dyn FnMut(StepEvent),
-    ) -> Result<Images> {
+    /// Everything before the first step of a text-to-image run: checks, text encoding, the
+    /// sampler and its token layout. Shared by the CPU loop and the CUDA backend's.
+    pub(crate) fn plan_text_to_image(&self, req: &TextToImage) -> Result<TextToImagePlan> {
         if req.prompts.is_empty() {
             return Err(Error::input("prompt", "no prompt given"));
         }
         if req.images_per_prompt == 0 {
             return Err(Error::input("batch", "at least one image per prompt"));
         }
-        let (h, w) = self.grid(req.width, req.height)?;
+        let grid = self.grid(req.width, req.height)?;
         let sampler = Sampler::new(req.sampler)?;
         let guided = req.sampler.guidance.needs_uncond();
         let batch = req.prompts.len() * req.images_per_prompt;
@@ -200,51 +216,88 @@ impl Pipeline {
         let start = Instant::now();
         let (text, pooled) = self.encode_texts(&texts)?;
         let text_encode = start.elapsed();
-
         let cfg = &self.transformer.cfg;
-        let layout = TokenLayout::image(batch, h, w, cfg.codebook_size, cfg.mask_id() as u32)?;
-        let mut ids = layout.all_masked()?;
-        let micro = Self::micro_conds(texts.len(), req.width, req.height);
-        for step in 0..sampler.steps() {
+        let layout = TokenLayout::image(
+            batch,
+            grid.0,
+            grid.1,
+            cfg.codebook_size,
+            cfg.mask_id() as u32,
+        )?;
+        Ok(TextToImagePlan {
+            batch,
+            rows: texts.len(),
+            grid,
+            guided,
+            sampler,
+            layout,
+            micro: Self::micro_conds(texts.len(), req.width, req.height),
+            text,
+            pooled,
+            text_encode,
+        })
+    }
+
+    /// Decodes the final ids `[B, h, w]` of a plan to pixels clipped to `[0, 1]`.
+    pub(crate) fn finish_text_to_image(
+        &self,
+        plan: &TextToImagePlan,
+        ids: Vec<u32>,
+    ) -> Result<Images> {
+        let (h, w) = plan.grid;
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let start = Instant::now();
+        let mut pixels = self.vqvae.decode(&ids, plan.batch, h, w)?;
+        pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+        Ok(Images {
+            batch: plan.batch,
+            grid: plan.grid,
+            ids,
+            pixels,
+            text_encode: plan.text_encode,
+            vq_decode: start.elapsed(),
+        })
+    }
+
+    /// Generates images. `on_step` is called after every step.
+    pub fn text_to_image(
+        &self,
+        req: &TextToImage,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<Images> {
+        let plan = self.plan_text_to_image(req)?;
+        let (h, w) = plan.grid;
+        let mut ids = plan.layout.all_masked()?;
+        for step in 0..plan.sampler.steps() {
             let t0 = Instant::now();
             let model_ids: Vec<i64> = ids
                 .iter()
-                .chain(if guided { ids.iter() } else { [].iter() })
+                .chain(if plan.guided { ids.iter() } else { [].iter() })
                 .map(|&i| i as i64)
                 .collect();
             let out = self.transformer.forward(&MmditInput {
                 image_tokens: &model_ids,
-                batch: texts.len(),
+                batch: plan.rows,
                 height: h,
                 width: w,
-                encoder_hidden_states: &text,
+                encoder_hidden_states: &plan.text,
                 text_len: MAX_LEN,
-                pooled_projections: &pooled,
-                timestep: sampler.model_timestep(step)?,
-                micro_conds: &micro,
+                pooled_projections: &plan.pooled,
+                timestep: plan.sampler.model_timestep(step)?,
+                micro_conds: &plan.micro,
             })?;
             let t1 = Instant::now();
-            sampler.step(step, &mut ids, &out.image_logits, &layout)?;
+            plan.sampler
+                .step(step, &mut ids, &out.image_logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
-                steps: sampler.steps(),
+                steps: plan.sampler.steps(),
                 text_encoder: Duration::ZERO,
                 transformer: t1 - t0,
                 sampler: t1.elapsed(),
             });
         }
-        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-        let start = Instant::now();
-        let mut pixels = self.vqvae.decode(&ids, batch, h, w)?;
-        pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-        Ok(Images {
-            batch,
-            grid: (h, w),
-            ids,
-            pixels,
-            text_encode,
-            vq_decode: start.elapsed(),
-        })
+        self.finish_text_to_image(&plan, ids)
     }
 
     /// Adds `<mask>` to the tokenizer and its embedding (from `mask_token_embedding.pth`) to the

@@ -33,18 +33,14 @@ pub use device::{Buffer, Device, Elem, Ptr};
 pub use mmdit::CudaMmdit;
 pub use sampler::DeviceSampler;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pipeline::{Images, Pipeline, StepEvent, TextToImage};
 use crate::tokenizer::MAX_LEN;
-use muddit_sampler::{Sampler, TokenLayout};
 
 /// Opens GPU `ordinal` (checking for the driver first): the kernels' error, never a panic.
 pub fn open(ordinal: usize) -> Result<Arc<Device>> {
     Ok(Arc::new(Device::gpu(ordinal)?))
 }
-
-/// Aesthetic score of the micro-conditions (as the CPU pipeline).
-const AESTHETIC_SCORE: f32 = 6.0;
 
 /// Text-to-image with the transformer and the sampler on the device; text encoding and VQ
 /// decoding on the CPU components of `pipe`. Same request, results and step events as
@@ -55,58 +51,24 @@ pub fn text_to_image(
     req: &TextToImage,
     on_step: &mut dyn FnMut(StepEvent),
 ) -> Result<Images> {
-    if req.prompts.is_empty() {
-        return Err(Error::input("prompt", "no prompt given"));
-    }
-    if req.images_per_prompt == 0 {
-        return Err(Error::input("batch", "at least one image per prompt"));
-    }
-    let (h, w) = pipe.grid(req.width, req.height)?;
-    let sampler = Sampler::new(req.sampler)?;
-    let guided = req.sampler.guidance.needs_uncond();
-    let batch = req.prompts.len() * req.images_per_prompt;
-    // Model batch: [uncond; cond] under guidance, else cond.
-    let mut texts: Vec<&str> = Vec::new();
-    if guided {
-        texts.extend(std::iter::repeat_n(req.negative_prompt.as_str(), batch));
-    }
-    texts.extend(
-        req.prompts
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.as_str(), req.images_per_prompt)),
-    );
-    let start = Instant::now();
-    let mut ids = Vec::with_capacity(texts.len() * MAX_LEN);
-    for t in &texts {
-        ids.extend(pipe.tokenizer.encode_padded(t)?);
-    }
-    let enc = pipe.text_encoder.forward(&ids, texts.len())?;
-    let text_encode = start.elapsed();
-
-    let cfg = &model.cfg;
-    let layout = TokenLayout::image(batch, h, w, cfg.codebook_size, cfg.mask_id() as u32)?;
-    let micro: Vec<f32> = (0..texts.len())
-        .flat_map(|_| {
-            [
-                req.width as f32,
-                req.height as f32,
-                0.0,
-                0.0,
-                AESTHETIC_SCORE,
-            ]
-        })
-        .collect();
+    let plan = pipe.plan_text_to_image(req)?;
+    let (h, w) = plan.grid;
     let dev = model.device().clone();
-    let mut state = DeviceSampler::new(&dev, sampler, layout, &layout.all_masked()?)?;
+    let mut state = DeviceSampler::new(
+        &dev,
+        plan.sampler.clone(),
+        plan.layout,
+        &plan.layout.all_masked()?,
+    )?;
     let steps = state.sampler().steps();
-    let n = batch * h * w;
-    model.with_workspace((texts.len(), MAX_LEN, h, w), |ws| {
-        model.upload_conditions(ws, &enc.penultimate, &enc.text_embeds, &micro)?;
+    let n = plan.batch * h * w;
+    model.with_workspace((plan.rows, MAX_LEN, h, w), |ws| {
+        model.upload_conditions(ws, &plan.text, &plan.pooled, &plan.micro)?;
         for step in 0..steps {
             let t0 = Instant::now();
             // The model's ids: [ids; ids] under guidance (a device copy, ids stay there).
             dev.copy(state.ids.ptr(), ws.ids.ptr(), n)?;
-            if guided {
+            if plan.guided {
                 dev.copy(state.ids.ptr(), ws.ids.at(n)?, n)?;
             }
             model.run(ws, state.sampler().model_timestep(step)?)?;
@@ -123,16 +85,6 @@ pub fn text_to_image(
         }
         Ok(())
     })?;
-    let ids: Vec<i64> = state.ids(&dev)?.into_iter().map(i64::from).collect();
-    let start = Instant::now();
-    let mut pixels = pipe.vqvae.decode(&ids, batch, h, w)?;
-    pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-    Ok(Images {
-        batch,
-        grid: (h, w),
-        ids,
-        pixels,
-        text_encode,
-        vq_decode: start.elapsed(),
-    })
+    let ids = state.ids(&dev)?;
+    pipe.finish_text_to_image(&plan, ids)
 }
