@@ -237,6 +237,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    let mut written = Vec::new();
     for (&i, path) in wanted.iter().zip(&outputs) {
         let plane = width * height;
         let px = &images.pixels[i * 3 * plane..(i + 1) * 3 * plane];
@@ -263,6 +264,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         if !global.quiet {
             eprintln!("wrote {}", path.display());
         }
+        written.push(serde_json::json!({ "path": path.display().to_string(), "index": i, "prompt": prompts[i / images_per_prompt], "seed": seed }));
     }
     if let Some(path) = &args.output_ids {
         let ids = BTreeMap::from([(
@@ -270,6 +272,10 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             HostTensor::i64(vec![images.batch, h, w], images.ids.clone()),
         )]);
         tensor_io::write(path, &ids)?;
+    }
+    if global.json {
+        let report = serde_json::json!({ "images": written, "ids": args.output_ids.as_ref().map(|p| p.display().to_string()), "text_encode_ms": images.text_encode.as_secs_f64() * 1e3, "vq_decode_ms": images.vq_decode.as_secs_f64() * 1e3 });
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
 }
