@@ -538,86 +538,6 @@ impl Mmdit {
         })
     }
 
-    /// Checks every input's length, the ids' range, the grid against the down/up blocks and
-    /// the timestep; returns the grid the blocks see.
-    fn check(&self, x: &MmditInput) -> Result<(usize, usize)> {
-        let cfg = &self.cfg;
-        let (b, h, w, l) = (x.batch, x.height, x.width, x.text_len);
-        if b == 0 || h == 0 || w == 0 || l == 0 {
-            return Err(Error::input(
-                "image_tokens",
-                format!("empty batch, grid or text ([B,h,w] = [{b},{h},{w}], L = {l})"),
-            ));
-        }
-        let expect = |name: &str, got: usize, want: usize, shape: String| {
-            if got == want {
-                Ok(())
-            } else {
-                Err(Error::input(
-                    name,
-                    format!("expected {want} values ({shape}), found {got}"),
-                ))
-            }
-        };
-        expect(
-            "image_tokens",
-            x.image_tokens.len(),
-            b * h * w,
-            format!("[{b},{h},{w}]"),
-        )?;
-        expect(
-            "encoder_hidden_states",
-            x.encoder_hidden_states.len(),
-            b * l * cfg.joint_attention_dim,
-            format!("[{b},{l},{}]", cfg.joint_attention_dim),
-        )?;
-        expect(
-            "pooled_projections",
-            x.pooled_projections.len(),
-            b * cfg.pooled_projection_dim,
-            format!("[{b},{}]", cfg.pooled_projection_dim),
-        )?;
-        expect(
-            "micro_conds",
-            x.micro_conds.len(),
-            b * MICRO_CONDS,
-            format!("[{b},{MICRO_CONDS}]"),
-        )?;
-        if let Some((i, id)) = x
-            .image_tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id < 0 || id as usize >= cfg.vocab_size)
-        {
-            return Err(Error::input(
-                "image_tokens",
-                format!(
-                    "id {id} at flat index {i} is outside 0..{} (vocab_size)",
-                    cfg.vocab_size
-                ),
-            ));
-        }
-        if !x.timestep.is_finite() {
-            return Err(Error::input(
-                "timestep",
-                format!("{} is not finite", x.timestep),
-            ));
-        }
-        if cfg.downsample != cfg.upsample {
-            return Err(Error::input("image_tokens", "the config downsamples without upsampling (or the reverse): the logits grid would not match the ids"));
-        }
-        if cfg.downsample {
-            if h % 2 != 0 || w % 2 != 0 {
-                return Err(Error::input(
-                    "image_tokens",
-                    format!("grid {h}x{w}: the down block halves it, so both sides must be even"),
-                ));
-            }
-            return Ok((h / 2, w / 2));
-        }
-        Ok((h, w))
-    }
-
     /// The conditioning vector `temb [B, D]` (reference 2.1).
     fn conditioning(&self, x: &MmditInput) -> Vec<f32> {
         let (b, d, p) = (
@@ -690,7 +610,7 @@ impl Mmdit {
 
     /// The whole transformer forward.
     pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
-        let (rows, cols) = self.check(x)?;
+        let (rows, cols) = check_input(&self.cfg, x)?;
         let d = self.cfg.inner_dim();
         let g = self.geometry(x.batch, x.text_len, rows, cols);
 
@@ -727,6 +647,90 @@ impl Mmdit {
     pub fn class(&self) -> ModelClass {
         self.cfg.class_name
     }
+}
+
+/// Checks every input's length, the ids' range, the grid against the down/up blocks and
+/// the timestep; returns the grid the blocks see.
+pub(crate) fn check_input(cfg: &TransformerConfig, x: &MmditInput) -> Result<(usize, usize)> {
+    let (b, h, w, l) = (x.batch, x.height, x.width, x.text_len);
+    if b == 0 || h == 0 || w == 0 || l == 0 {
+        return Err(Error::input(
+            "image_tokens",
+            format!("empty batch, grid or text ([B,h,w] = [{b},{h},{w}], L = {l})"),
+        ));
+    }
+    let expect = |name: &str, got: usize, want: usize, shape: String| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(Error::input(
+                name,
+                format!("expected {want} values ({shape}), found {got}"),
+            ))
+        }
+    };
+    expect(
+        "image_tokens",
+        x.image_tokens.len(),
+        b * h * w,
+        format!("[{b},{h},{w}]"),
+    )?;
+    expect(
+        "encoder_hidden_states",
+        x.encoder_hidden_states.len(),
+        b * l * cfg.joint_attention_dim,
+        format!("[{b},{l},{}]", cfg.joint_attention_dim),
+    )?;
+    expect(
+        "pooled_projections",
+        x.pooled_projections.len(),
+        b * cfg.pooled_projection_dim,
+        format!("[{b},{}]", cfg.pooled_projection_dim),
+    )?;
+    expect(
+        "micro_conds",
+        x.micro_conds.len(),
+        b * MICRO_CONDS,
+        format!("[{b},{MICRO_CONDS}]"),
+    )?;
+    if let Some((i, id)) = x
+        .image_tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id < 0 || id as usize >= cfg.vocab_size)
+    {
+        return Err(Error::input(
+            "image_tokens",
+            format!(
+                "id {id} at flat index {i} is outside 0..{} (vocab_size)",
+                cfg.vocab_size
+            ),
+        ));
+    }
+    if !x.timestep.is_finite() {
+        return Err(Error::input(
+            "timestep",
+            format!("{} is not finite", x.timestep),
+        ));
+    }
+    blocks_grid(cfg, h, w)
+}
+
+/// The grid the blocks see for an id grid `h x w`: halved by the down block (both sides even).
+pub(crate) fn blocks_grid(cfg: &TransformerConfig, h: usize, w: usize) -> Result<(usize, usize)> {
+    if cfg.downsample != cfg.upsample {
+        return Err(Error::input("image_tokens", "the config downsamples without upsampling (or the reverse): the logits grid would not match the ids"));
+    }
+    if cfg.downsample {
+        if h % 2 != 0 || w % 2 != 0 {
+            return Err(Error::input(
+                "image_tokens",
+                format!("grid {h}x{w}: the down block halves it, so both sides must be even"),
+            ));
+        }
+        return Ok((h / 2, w / 2));
+    }
+    Ok((h, w))
 }
 
 /// `[B, h, w, V]` -> `[B, V, h, w]` (the reference's layout of image logits).

@@ -503,78 +503,6 @@ impl CudaMmdit {
         self.text_decoder.is_some()
     }
 
-    /// The checks of the CPU forward; returns the grid the blocks see.
-    fn check(&self, x: &MmditInput) -> Result<(usize, usize)> {
-        let cfg = &self.cfg;
-        let (b, h, w, l) = (x.batch, x.height, x.width, x.text_len);
-        if b == 0 || h == 0 || w == 0 || l == 0 {
-            return Err(Error::input(
-                "image_tokens",
-                format!("empty batch, grid or text ([B,h,w] = [{b},{h},{w}], L = {l})"),
-            ));
-        }
-        for (name, got, want) in [
-            ("image_tokens", x.image_tokens.len(), b * h * w),
-            (
-                "encoder_hidden_states",
-                x.encoder_hidden_states.len(),
-                b * l * cfg.joint_attention_dim,
-            ),
-            (
-                "pooled_projections",
-                x.pooled_projections.len(),
-                b * cfg.pooled_projection_dim,
-            ),
-            ("micro_conds", x.micro_conds.len(), b * MICRO_CONDS),
-        ] {
-            if got != want {
-                return Err(Error::input(
-                    name,
-                    format!("expected {want} values, found {got}"),
-                ));
-            }
-        }
-        if let Some((i, id)) = x
-            .image_tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id < 0 || id as usize >= cfg.vocab_size)
-        {
-            return Err(Error::input(
-                "image_tokens",
-                format!(
-                    "id {id} at flat index {i} is outside 0..{} (vocab_size)",
-                    cfg.vocab_size
-                ),
-            ));
-        }
-        if !x.timestep.is_finite() {
-            return Err(Error::input(
-                "timestep",
-                format!("{} is not finite", x.timestep),
-            ));
-        }
-        self.grid(h, w)
-    }
-
-    /// The grid the blocks see for an id grid `h x w`.
-    fn grid(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        let cfg = &self.cfg;
-        if cfg.downsample != cfg.upsample {
-            return Err(Error::input("image_tokens", "the config downsamples without upsampling (or the reverse): the logits grid would not match the ids"));
-        }
-        if cfg.downsample {
-            if h % 2 != 0 || w % 2 != 0 {
-                return Err(Error::input(
-                    "image_tokens",
-                    format!("grid {h}x{w}: the down block halves it, so both sides must be even"),
-                ));
-            }
-            return Ok((h / 2, w / 2));
-        }
-        Ok((h, w))
-    }
-
     /// The workspace for a shape (allocated on first use, reused while the shape stays).
     fn workspace(
         &self,
@@ -583,7 +511,7 @@ impl CudaMmdit {
         height: usize,
         width: usize,
     ) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
-        let (rows, cols) = self.grid(height, width)?;
+        let (rows, cols) = crate::mmdit::blocks_grid(&self.cfg, height, width)?;
         let shape = Shape {
             batch,
             text,
@@ -688,7 +616,7 @@ impl CudaMmdit {
 
     /// The whole forward with host inputs and outputs, as [`crate::mmdit::Mmdit::forward`].
     pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
-        self.check(x)?;
+        crate::mmdit::check_input(&self.cfg, x)?;
         let mut guard = self.workspace(x.batch, x.text_len, x.height, x.width)?;
         let ws = guard.as_mut().expect("allocated above");
         self.upload_conditions(
