@@ -110,24 +110,24 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             out,
             overwrite,
         } => {
-            refuse_overwrite(&out, overwrite)?;
-            debug_sides::text(model_arg(global)?, &inputs, &out, global.quiet)
+            crate::refuse_overwrite(&out, overwrite)?;
+            debug_sides::text(&model_arg(global)?, &inputs, &out, global.quiet)
         }
         DebugCommand::VqEncode {
             inputs,
             out,
             overwrite,
         } => {
-            refuse_overwrite(&out, overwrite)?;
-            debug_sides::vq_encode(model_arg(global)?, &inputs, &out, global.quiet)
+            crate::refuse_overwrite(&out, overwrite)?;
+            debug_sides::vq_encode(&model_arg(global)?, &inputs, &out, global.quiet)
         }
         DebugCommand::VqDecode {
             inputs,
             out,
             overwrite,
         } => {
-            refuse_overwrite(&out, overwrite)?;
-            debug_sides::vq_decode(model_arg(global)?, &inputs, &out, global.quiet)
+            crate::refuse_overwrite(&out, overwrite)?;
+            debug_sides::vq_decode(&model_arg(global)?, &inputs, &out, global.quiet)
         }
         DebugCommand::Forward {
             inputs,
@@ -142,7 +142,7 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             out,
             overwrite,
         } => {
-            refuse_overwrite(&out, overwrite)?;
+            crate::refuse_overwrite(&out, overwrite)?;
             let dir = model_dir::transformer_dir(&model_arg(global)?)?;
             let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
             let inputs = muddit_engine::random::random_inputs(&cfg, batch, grid, text_len, seed);
@@ -169,12 +169,7 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
                 (None, None) => bail!("give --preset or --config"),
             };
             let dir = out.join("transformer");
-            if dir.exists() && !overwrite {
-                bail!(
-                    "{} already exists; pass --overwrite to replace it",
-                    dir.display()
-                );
-            }
+            crate::refuse_overwrite(&dir, overwrite)?;
             let dtype = match global.dtype {
                 Dtype::F32 => WeightDtype::F32,
                 Dtype::Bf16 => WeightDtype::Bf16,
@@ -193,26 +188,13 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
     }
 }
 
-/// The model folder from `--model` or `MUDDIT_MODEL`.
-pub fn model_arg(global: &Global) -> Result<&Path> {
-    global
-        .model
-        .as_deref()
-        .context("no model: pass --model DIR (a folder in the public layout) or set MUDDIT_MODEL")
-}
-
-fn refuse_overwrite(out: &Path, overwrite: bool) -> Result<()> {
-    if out.exists() && !overwrite {
-        bail!(
-            "{} already exists; pass --overwrite to replace it",
-            out.display()
-        );
-    }
-    Ok(())
+/// The model folder from `--model` or `MUDDIT_MODEL`, resolved as for every other command.
+fn model_arg(global: &Global) -> Result<std::path::PathBuf> {
+    crate::model::resolve(global.model.as_deref())
 }
 
 fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Result<()> {
-    refuse_overwrite(out, overwrite)?;
+    crate::refuse_overwrite(out, overwrite)?;
     let model = model_dir::load_transformer(&model_arg(global)?)?;
     let inputs = TensorFile::read(inputs)?;
     let start = Instant::now();

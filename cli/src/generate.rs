@@ -88,21 +88,6 @@ fn output_path(pattern: &str, i: usize, n: usize) -> Result<PathBuf> {
     Ok(PathBuf::from(pattern))
 }
 
-fn refuse_existing(paths: &[PathBuf], overwrite: bool) -> Result<()> {
-    if overwrite {
-        return Ok(());
-    }
-    for p in paths {
-        if p.exists() {
-            bail!(
-                "{} already exists; pass --overwrite to replace it",
-                p.display()
-            );
-        }
-    }
-    Ok(())
-}
-
 pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     let stored = args
         .from_png
@@ -185,7 +170,9 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .collect::<Result<_>>()?;
     let mut all_outputs = outputs.clone();
     all_outputs.extend(args.output_ids.clone());
-    refuse_existing(&all_outputs, args.overwrite)?;
+    for path in &all_outputs {
+        crate::refuse_overwrite(path, args.overwrite)?;
+    }
 
     let pipeline = Pipeline::load(&root)?;
     let schedule = match args

@@ -73,6 +73,17 @@ enum Command {
     Debug(debug::DebugCommand),
 }
 
+/// Fails if `path` exists and `--overwrite` was not given: nothing is replaced unasked.
+pub fn refuse_overwrite(path: &std::path::Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        anyhow::bail!(
+            "{} already exists; pass --overwrite to replace it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// `cpu` -> None, `cuda` -> Some(0), `cuda:N` -> Some(N).
 fn cuda_ordinal(device: &str) -> Result<Option<usize>> {
     match device {

@@ -7,6 +7,7 @@
 //! end-of-text position (the pooled vector).
 
 use crate::error::{Error, Result};
+use crate::model_dir::component_dir;
 use crate::nn::Linear;
 use crate::weights::{Vb, Weights};
 use muddit_kernels::cpu::{act, attention::attention, norm};
@@ -445,25 +446,6 @@ impl ClipTextModel {
 /// The `text_encoder/` folder of `dir`, which may be the model root or that folder itself.
 pub fn text_encoder_dir(dir: &Path) -> Result<PathBuf> {
     component_dir(dir, "text_encoder")
-}
-
-/// `dir/<name>` when it holds a `config.json`, else `dir` itself when it does.
-pub(crate) fn component_dir(dir: &Path, name: &str) -> Result<PathBuf> {
-    if dir.join(name).join("config.json").is_file() {
-        return Ok(dir.join(name));
-    }
-    if dir.join("config.json").is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    let message = if dir.is_dir() {
-        format!("neither `{name}/config.json` nor `config.json` is there")
-    } else {
-        "no such folder".to_string()
-    };
-    Err(Error::ModelFolder {
-        path: dir.to_path_buf(),
-        message,
-    })
 }
 
 /// Loads the text encoder of a model folder (root or `text_encoder/`), checking that the weights

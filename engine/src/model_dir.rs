@@ -6,16 +6,17 @@ use crate::mmdit::Mmdit;
 use crate::weights::{Vb, Weights};
 use std::path::{Path, PathBuf};
 
-/// The `transformer/` folder of `dir`, which may be the model root or that folder itself.
-pub fn transformer_dir(dir: &Path) -> Result<PathBuf> {
-    if dir.join("transformer").join("config.json").is_file() {
-        return Ok(dir.join("transformer"));
+/// `dir/<name>` when it holds a `config.json`, else `dir` itself when it does: `--model` may name
+/// the model root or one component's folder.
+pub(crate) fn component_dir(dir: &Path, name: &str) -> Result<PathBuf> {
+    if dir.join(name).join("config.json").is_file() {
+        return Ok(dir.join(name));
     }
     if dir.join("config.json").is_file() {
         return Ok(dir.to_path_buf());
     }
     let message = if dir.is_dir() {
-        "neither `transformer/config.json` nor `config.json` is there".to_string()
+        format!("neither `{name}/config.json` nor `config.json` is there")
     } else {
         "no such folder".to_string()
     };
@@ -23,6 +24,11 @@ pub fn transformer_dir(dir: &Path) -> Result<PathBuf> {
         path: dir.to_path_buf(),
         message,
     })
+}
+
+/// The `transformer/` folder of `dir`, which may be the model root or that folder itself.
+pub fn transformer_dir(dir: &Path) -> Result<PathBuf> {
+    component_dir(dir, "transformer")
 }
 
 /// Loads the transformer of a model folder: config, weights, and a check that the weights hold

@@ -13,8 +13,8 @@
 //! `norm_type: "spatial"` (the decoder's norms conditioned on the codebook rows, `SpatialNorm`)
 //! is supported as well as the public `"group"`.
 
-use crate::clip_text::component_dir;
 use crate::error::{Error, Result};
+use crate::model_dir::component_dir;
 use crate::nn::Linear;
 use crate::weights::{Vb, Weights};
 use muddit_kernels::cpu::conv::{conv2d, patch_major_weight, upsample_nearest_2x, Conv2dShape};
