@@ -28,7 +28,7 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
     let total = Instant::now();
     let root = crate::model::resolve(global.model.as_deref())?;
     let start = Instant::now();
-    let pipeline = Pipeline::load(&root)?;
+    let pipeline = Pipeline::load_with(&root, global.compute())?;
     let load = start.elapsed();
     let request = crate::generate::default_request(
         &args.prompt,

@@ -73,7 +73,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
     for path in &args.images {
         pixels.extend(load_image(path, r, r)?.data);
     }
-    let mut pipeline = Pipeline::load(&root)?;
+    let mut pipeline = Pipeline::load_with(&root, global.compute())?;
     let request = ImageToText {
         images: pixels,
         batch: args.images.len(),

@@ -195,7 +195,7 @@ fn model_arg(global: &Global) -> Result<std::path::PathBuf> {
 
 fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Result<()> {
     crate::refuse_overwrite(out, overwrite)?;
-    let model = model_dir::load_transformer(&model_arg(global)?)?;
+    let model = model_dir::load_transformer_with(&model_arg(global)?, global.compute())?;
     let inputs = TensorFile::read(inputs)?;
     let start = Instant::now();
     let outputs = debug::transformer_forward(&model, &inputs)?;

@@ -174,7 +174,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         crate::refuse_overwrite(path, args.overwrite)?;
     }
 
-    let pipeline = Pipeline::load(&root)?;
+    let pipeline = Pipeline::load_with(&root, global.compute())?;
     let schedule = match args
         .schedule
         .as_deref()

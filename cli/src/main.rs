@@ -35,7 +35,9 @@ pub struct Global {
     /// Where to run: `cpu` (default) or `cuda[:N]`.
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
-    /// Number type of weights and activations (and of written checkpoints).
+    /// Arithmetic of the matrix products: `f32`, or `bf16` (weights and activations rounded to
+    /// bf16 into the products, f32 accumulation, AVX-512 BF16 where the CPU has it). For
+    /// `debug random-checkpoint`: the number type of the written weights.
     #[arg(long, global = true, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
     /// Worker threads (default: all cores).
@@ -56,6 +58,16 @@ pub struct Global {
 pub enum Dtype {
     F32,
     Bf16,
+}
+
+impl Global {
+    /// The arithmetic `--dtype` asks for.
+    pub fn compute(&self) -> muddit_engine::Compute {
+        match self.dtype {
+            Dtype::F32 => muddit_engine::Compute::F32,
+            Dtype::Bf16 => muddit_engine::Compute::Bf16,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -110,10 +122,6 @@ fn run(mut cli: Cli) -> Result<()> {
             anyhow::bail!("--device {}: only `t2i` and `bench` run on the CUDA backend so far; use --device cpu", cli.global.device);
         }
         cli.global.cuda = Some(device);
-    }
-    let computes = !matches!(cli.command, Command::Debug(_));
-    if computes && cli.global.dtype == Dtype::Bf16 {
-        anyhow::bail!("--dtype bf16: bf16 arithmetic is not implemented yet; use --dtype f32 (bf16 and f16 checkpoints load, widened to f32)");
     }
     match cli.command {
         Command::T2i(args) => generate::run(args, &cli.global),

@@ -226,12 +226,6 @@ fn t2i_user_errors_exit_2() {
             ],
             "cuda",
         ),
-        (
-            vec![
-                "--model", "model", "--dtype", "bf16", "t2i", "--prompt", "x",
-            ],
-            "bf16",
-        ),
         (vec!["t2i", "--prompt", "x"], "--model"),
         (vec!["t2i", "--from-png", "nothing.png"], "nothing.png"),
     ];

@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::model_dir::component_dir;
 use crate::nn::Linear;
+use crate::Compute;
 use crate::weights::{Vb, Weights};
 use muddit_kernels::cpu::{act, attention::attention, norm};
 use serde::{Deserialize, Serialize};
@@ -451,10 +452,15 @@ pub fn text_encoder_dir(dir: &Path) -> Result<PathBuf> {
 /// Loads the text encoder of a model folder (root or `text_encoder/`), checking that the weights
 /// hold nothing the config does not account for (an old `position_ids` buffer aside).
 pub fn load_text_encoder(dir: &Path) -> Result<ClipTextModel> {
+    load_text_encoder_with(dir, Compute::F32)
+}
+
+/// [`load_text_encoder`] with the matrix products in `compute` arithmetic.
+pub fn load_text_encoder_with(dir: &Path, compute: Compute) -> Result<ClipTextModel> {
     let dir = text_encoder_dir(dir)?;
     let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::open_dir(&dir)?;
-    let model = ClipTextModel::new(&cfg, &Vb::new(&weights))?;
+    let model = ClipTextModel::new(&cfg, &Vb::new(&weights).with_compute(compute))?;
     match weights.ensure_all_used() {
         Err(Error::UnexpectedWeights {
             count: 1, example, ..

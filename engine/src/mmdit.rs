@@ -160,9 +160,7 @@ impl FeedForward {
 
     /// `[M, D] -> [M, D]`
     fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let mut h = self.proj.forward(x);
-        act::gelu_tanh_(&mut h);
-        self.out.forward(&h)
+        self.out.forward(&self.proj.forward_gelu(x))
     }
 }
 
@@ -375,8 +373,7 @@ impl SingleBlock {
         // [B, 3D]: shift, scale, gate.
         let mods = self.norm.forward(temb_silu);
         let y = modulate(x, &mods, 0, d, g.batch);
-        let mut mlp = self.proj_mlp.forward(&y); // [B, S, 4D]
-        act::gelu_tanh_(&mut mlp);
+        let mlp = self.proj_mlp.forward_gelu(&y); // [B, S, 4D]
         let (q, k, v) = self.attn.forward(&y);
         let attn = model.attend(q, k, v, g); // [B, S, D]
         let mut cat = Vec::with_capacity(x.len() * 5); // [B, S, 5D]
@@ -401,12 +398,7 @@ impl Downsample {
         }
         Ok(Downsample {
             norm: RmsNorm::new(&vb.pp("norm"), d)?,
-            conv: Linear {
-                weight,
-                bias: None,
-                in_dim: 4 * d,
-                out_dim: d,
-            },
+            conv: Linear::from_rows(&vb.pp("conv"), &weight, None, 4 * d, d),
         })
     }
 
@@ -442,12 +434,7 @@ impl Upsample {
         }
         Ok(Upsample {
             norm: RmsNorm::new(&vb.pp("norm"), d)?,
-            conv: Linear {
-                weight,
-                bias: None,
-                in_dim: d,
-                out_dim: 4 * d,
-            },
+            conv: Linear::from_rows(&vb.pp("conv"), &weight, None, d, 4 * d),
         })
     }
 

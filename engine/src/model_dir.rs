@@ -4,6 +4,7 @@ use crate::config::TransformerConfig;
 use crate::error::{Error, Result};
 use crate::mmdit::Mmdit;
 use crate::weights::{Vb, Weights};
+use crate::Compute;
 use std::path::{Path, PathBuf};
 
 /// `dir/<name>` when it holds a `config.json`, else `dir` itself when it does: `--model` may name
@@ -34,10 +35,15 @@ pub fn transformer_dir(dir: &Path) -> Result<PathBuf> {
 /// Loads the transformer of a model folder: config, weights, and a check that the weights hold
 /// nothing the config does not account for.
 pub fn load_transformer(dir: &Path) -> Result<Mmdit> {
+    load_transformer_with(dir, Compute::F32)
+}
+
+/// [`load_transformer`] with the matrix products in `compute` arithmetic.
+pub fn load_transformer_with(dir: &Path, compute: Compute) -> Result<Mmdit> {
     let dir = transformer_dir(dir)?;
     let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::open_dir(&dir)?;
-    let model = Mmdit::new(&cfg, &Vb::new(&weights))?;
+    let model = Mmdit::new(&cfg, &Vb::new(&weights).with_compute(compute))?;
     weights.ensure_all_used()?;
     Ok(model)
 }

@@ -2,12 +2,13 @@
 
 use crate::error::Result;
 use crate::weights::Vb;
-use muddit_kernels::cpu::{act, matmul, norm};
+use muddit_kernels::cpu::packed::{self, Epilogue, PackedMatrix};
+use muddit_kernels::cpu::{act, norm};
 
 /// `nn.Linear` (and 1x1 convolutions, whose `[out, in, 1, 1]` weight is the same matrix).
 pub struct Linear {
-    /// `[out, in]`
-    pub weight: Vec<f32>,
+    /// `[out, in]`, packed for the matrix-product kernels.
+    pub weight: PackedMatrix,
     /// `[out]`
     pub bias: Option<Vec<f32>>,
     pub in_dim: usize,
@@ -22,38 +23,41 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear {
-            weight,
-            bias,
-            in_dim,
-            out_dim,
-        })
+        Ok(Self::from_rows(vb, &weight, bias, in_dim, out_dim))
     }
 
     /// A 1x1 `nn.Conv2d` without bias, weight `[out, in, 1, 1]`.
     pub fn conv1x1(vb: &Vb, in_dim: usize, out_dim: usize) -> Result<Self> {
         let weight = vb.get("weight", &[out_dim, in_dim, 1, 1])?;
-        Ok(Linear {
+        Ok(Self::from_rows(vb, &weight, None, in_dim, out_dim))
+    }
+
+    /// A layer from a weight already read as `[out, in]` rows (e.g. a reordered convolution
+    /// kernel), stored as `vb` says for its `weight` tensor.
+    pub fn from_rows(vb: &Vb, weight: &[f32], bias: Option<Vec<f32>>, in_dim: usize, out_dim: usize) -> Self {
+        let weight = PackedMatrix::new(weight, out_dim, in_dim, vb.storage("weight"), vb.compute());
+        Linear {
             weight,
-            bias: None,
+            bias,
             in_dim,
             out_dim,
-        })
+        }
     }
 
     /// `[M, in] -> [M, out]`
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        self.forward_with(x, Epilogue::None)
+    }
+
+    /// `[M, in] -> [M, out]` with GELU-tanh applied to the outputs.
+    pub fn forward_gelu(&self, x: &[f32]) -> Vec<f32> {
+        self.forward_with(x, Epilogue::GeluTanh)
+    }
+
+    fn forward_with(&self, x: &[f32], epilogue: Epilogue) -> Vec<f32> {
         let m = x.len() / self.in_dim;
         let mut out = vec![0.0; m * self.out_dim];
-        matmul::linear(
-            x,
-            &self.weight,
-            self.bias.as_deref(),
-            m,
-            self.in_dim,
-            self.out_dim,
-            &mut out,
-        );
+        packed::linear(x, &self.weight, self.bias.as_deref(), epilogue, &mut out);
         out
     }
 }

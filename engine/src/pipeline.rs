@@ -5,13 +5,14 @@
 //! whole batch and hands the logits to the sampler; the sampler's seeded random source makes the
 //! result independent of thread counts.
 
-use crate::clip_text::{load_text_encoder, ClipTextModel};
+use crate::clip_text::{load_text_encoder_with, ClipTextModel};
 use crate::error::{Error, Result};
 use crate::mmdit::{Mmdit, MmditInput, MmditOutput};
-use crate::model_dir::load_transformer;
+use crate::model_dir::load_transformer_with;
 use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
-use crate::vqvae::{load_vqvae, VqModel};
+use crate::vqvae::{load_vqvae_with, VqModel};
+use crate::Compute;
 use muddit_sampler::{MaskSchedule, Sampler, SamplerConfig, TokenLayout};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -119,11 +120,17 @@ pub struct Answer {
 impl Pipeline {
     /// Loads transformer, text encoder, tokenizer, VQ-VAE and scheduler config from `root`.
     pub fn load(root: &Path) -> Result<Self> {
-        let transformer = load_transformer(root)?;
-        let text_encoder = load_text_encoder(root)?;
+        Self::load_with(root, Compute::F32)
+    }
+
+    /// [`Pipeline::load`] with every matrix product in `compute` arithmetic (`Compute::Bf16`:
+    /// bf16 weights and activations into the products, f32 accumulation).
+    pub fn load_with(root: &Path, compute: Compute) -> Result<Self> {
+        let transformer = load_transformer_with(root, compute)?;
+        let text_encoder = load_text_encoder_with(root, compute)?;
         let tokenizer = ClipTokenizer::from_dir(&tokenizer_dir(root)?)?;
         tokenizer.check_text_encoder(text_encoder.cfg.vocab_size, text_encoder.vocab_rows())?;
-        let vqvae = load_vqvae(root)?;
+        let vqvae = load_vqvae_with(root, compute)?;
         let schedule = read_schedule(root)?;
         let cfg = &transformer.cfg;
         if text_encoder.cfg.hidden_size != cfg.joint_attention_dim

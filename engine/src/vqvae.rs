@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::model_dir::component_dir;
 use crate::nn::Linear;
 use crate::weights::{Vb, Weights};
+use muddit_kernels::cpu::packed::PackedMatrix;
+use crate::Compute;
 use muddit_kernels::cpu::conv::{conv2d, patch_major_weight, upsample_nearest_2x, Conv2dShape};
 use muddit_kernels::cpu::group_norm::group_norm_;
 use muddit_kernels::cpu::{act, attention::attention, matmul::linear};
@@ -270,7 +272,8 @@ pub struct FeatureMap {
 
 /// `nn.Conv2d` with bias, weight held as `[O, (k, k, C)]`.
 struct Conv2d {
-    weight: Vec<f32>,
+    /// `[O, (kh, kw, C)]`, packed.
+    weight: PackedMatrix,
     bias: Vec<f32>,
     c_in: usize,
     c_out: usize,
@@ -390,7 +393,13 @@ impl Conv2d {
     ) -> Result<Self> {
         let w = vb.get("weight", &[c_out, c_in, kernel, kernel])?;
         Ok(Conv2d {
-            weight: patch_major_weight(&w, c_out, c_in, kernel),
+            weight: PackedMatrix::new(
+                &patch_major_weight(&w, c_out, c_in, kernel),
+                c_out,
+                kernel * kernel * c_in,
+                vb.storage("weight"),
+                vb.compute(),
+            ),
             bias: vb.get("bias", &[c_out])?,
             c_in,
             c_out,
@@ -949,10 +958,15 @@ pub fn vqvae_dir(dir: &Path) -> Result<PathBuf> {
 /// Loads the VQ-VAE of a model folder (root or `vqvae/`), checking that the weights hold nothing
 /// the config does not account for.
 pub fn load_vqvae(dir: &Path) -> Result<VqModel> {
+    load_vqvae_with(dir, Compute::F32)
+}
+
+/// [`load_vqvae`] with the convolutions in `compute` arithmetic.
+pub fn load_vqvae_with(dir: &Path, compute: Compute) -> Result<VqModel> {
     let dir = vqvae_dir(dir)?;
     let cfg = VqConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::open_dir(&dir)?;
-    let model = VqModel::new(&cfg, &Vb::new(&weights))?;
+    let model = VqModel::new(&cfg, &Vb::new(&weights).with_compute(compute))?;
     weights.ensure_all_used()?;
     Ok(model)
 }

@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
+use muddit_kernels::cpu::packed::{Compute, Storage};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -221,6 +222,11 @@ impl Weights {
         Ok(values)
     }
 
+    /// Whether `name` is stored as bf16 (then bf16 storage of it loses nothing).
+    pub fn is_bf16(&self, name: &str) -> bool {
+        self.entries.get(name).is_some_and(|e| e.dtype == Dtype::BF16)
+    }
+
     /// Fails if some stored tensor was never taken: the config describes a different model.
     pub fn ensure_all_used(&self) -> Result<()> {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,6 +257,7 @@ enum Source<'a> {
 pub struct Vb<'a> {
     source: Source<'a>,
     prefix: String,
+    compute: Compute,
 }
 
 impl<'a> Vb<'a> {
@@ -258,6 +265,7 @@ impl<'a> Vb<'a> {
         Vb {
             source: Source::Weights(weights),
             prefix: String::new(),
+            compute: Compute::F32,
         }
     }
 
@@ -267,6 +275,7 @@ impl<'a> Vb<'a> {
         Vb {
             source: Source::Record(log),
             prefix: String::new(),
+            compute: Compute::F32,
         }
     }
 
@@ -280,6 +289,32 @@ impl<'a> Vb<'a> {
         Vb {
             source: self.source,
             prefix,
+            compute: self.compute,
+        }
+    }
+
+    /// The same view whose matrix products (`nn::Linear`, convolutions) use `compute`.
+    pub fn with_compute(mut self, compute: Compute) -> Self {
+        self.compute = compute;
+        self
+    }
+
+    /// The arithmetic of the matrix products built from this view.
+    pub fn compute(&self) -> Compute {
+        self.compute
+    }
+
+    /// How a weight `name` under this prefix is kept: bf16 for bf16 products, and for f32
+    /// products when the checkpoint stores it as bf16 (widening is exact), else f32.
+    pub fn storage(&self, name: &str) -> Storage {
+        let stored_bf16 = match self.source {
+            Source::Weights(w) => w.is_bf16(&self.full(name)),
+            Source::Record(_) => false,
+        };
+        if stored_bf16 || self.compute == Compute::Bf16 {
+            Storage::Bf16
+        } else {
+            Storage::F32
         }
     }
 

@@ -56,7 +56,7 @@ impl DLinear {
     }
 
     fn upload(dev: &Device, l: &Linear) -> Result<Self> {
-        Self::new(dev, &l.weight, l.bias.as_deref(), l.out_dim, l.in_dim)
+        Self::new(dev, &l.weight.to_rows(), l.bias.as_deref(), l.out_dim, l.in_dim)
     }
 
     fn mat(&self) -> Mat {
@@ -97,10 +97,11 @@ impl Heads {
         let (k, hd) = (l.in_dim, self.width());
         let mut w = vec![0.0; hd * k];
         let mut b = l.bias.as_ref().map(|_| vec![0.0; hd]);
+        let lw = l.weight.to_rows();
         for h in 0..self.h {
             for j in 0..self.dh {
                 let (src, dst) = (h * self.dh + j, h * self.dp + j);
-                w[dst * k..(dst + 1) * k].copy_from_slice(&l.weight[src * k..(src + 1) * k]);
+                w[dst * k..(dst + 1) * k].copy_from_slice(&lw[src * k..(src + 1) * k]);
                 if let (Some(b), Some(lb)) = (b.as_mut(), l.bias.as_ref()) {
                     b[dst] = lb[src];
                 }
@@ -116,8 +117,9 @@ impl Heads {
         let rest = k - self.h * self.dh;
         let kp = self.width() + rest;
         let mut w = vec![0.0; n * kp];
+        let lw = l.weight.to_rows();
         for r in 0..n {
-            let (src, dst) = (&l.weight[r * k..(r + 1) * k], &mut w[r * kp..(r + 1) * kp]);
+            let (src, dst) = (&lw[r * k..(r + 1) * k], &mut w[r * kp..(r + 1) * kp]);
             for h in 0..self.h {
                 dst[h * self.dp..h * self.dp + self.dh]
                     .copy_from_slice(&src[h * self.dh..(h + 1) * self.dh]);

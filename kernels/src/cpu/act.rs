@@ -1,7 +1,26 @@
 //! Element-wise activations, in place.
 
+#[cfg(target_arch = "x86_64")]
+fn vectorised(x: &mut [f32], op: super::avx512::Op) -> bool {
+    use super::packed::Isa;
+    if Isa::detect() < Isa::Avx512 {
+        return false;
+    }
+    // SAFETY: avx512f is present (checked above).
+    unsafe { super::avx512::map_(x, op) };
+    true
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vectorised(_: &mut [f32], _: ()) -> bool {
+    false
+}
+
 /// SiLU: `x * sigmoid(x)`.
 pub fn silu_(x: &mut [f32]) {
+    if vectorised(x, super::avx512::Op::Silu) {
+        return;
+    }
     for v in x.iter_mut() {
         *v /= 1.0 + (-*v).exp();
     }
@@ -10,6 +29,9 @@ pub fn silu_(x: &mut [f32]) {
 /// GELU, tanh approximation (`nn.GELU(approximate="tanh")`).
 pub fn gelu_tanh_(x: &mut [f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    if vectorised(x, super::avx512::Op::GeluTanh) {
+        return;
+    }
     for v in x.iter_mut() {
         let u = *v;
         *v = 0.5 * u * (1.0 + (SQRT_2_OVER_PI * (u + 0.044715 * u * u * u)).tanh());

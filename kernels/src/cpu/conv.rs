@@ -10,7 +10,7 @@
 //! output pixel against `k² C` gathered floats, so the gather costs a few percent at C >= 128.
 //! A 1x1 stride-1 convolution is the plain GEMM on the image, no gather.
 
-use super::matmul::linear;
+use super::packed::{linear, Epilogue, PackedMatrix};
 use rayon::prelude::*;
 
 /// Largest im2col band, in bytes.
@@ -91,18 +91,18 @@ fn gather_row(x: &[f32], s: &Conv2dShape, oy: usize, wo: usize, cols: &mut [f32]
 }
 
 /// `out [B, Ho, Wo, O] = conv(x [B, H, W, C], w [O, (k, k, C)]) + bias [O]`.
-pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, out: &mut [f32]) {
+pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape, out: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let image = s.height * s.width * s.c_in;
     assert_eq!(x.len(), s.batch * image, "conv2d: x is not [B, H, W, C]");
-    assert_eq!(w.len(), s.c_out * s.patch(), "conv2d: w is not [O, k*k*C]");
+    assert!(w.n() == s.c_out && w.k() == s.patch(), "conv2d: w is not [O, k*k*C]");
     assert_eq!(
         out.len(),
         s.batch * ho * wo * s.c_out,
         "conv2d: out is not [B, Ho, Wo, O]"
     );
     if s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
-        linear(x, w, bias, s.batch * ho * wo, s.c_in, s.c_out, out);
+        linear(x, w, bias, Epilogue::None, out);
         return;
     }
     let row_cols = wo * s.patch();
@@ -118,7 +118,7 @@ pub fn conv2d(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &Conv2dShape, out: 
                 .enumerate()
                 .for_each(|(r, c)| gather_row(xb, s, y0 + r, wo, c));
             let dst = &mut ob[y0 * wo * s.c_out..(y0 + rows) * wo * s.c_out];
-            linear(cols, w, bias, rows * wo, s.patch(), s.c_out, dst);
+            linear(cols, w, bias, Epilogue::None, dst);
         }
     }
 }
@@ -149,6 +149,7 @@ pub fn upsample_nearest_2x(x: &[f32], batch: usize, h: usize, w: usize, c: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::packed::{Compute, Storage};
 
     /// Direct convolution in f64 on the PyTorch layouts `x [B, C, H, W]`, `w [O, C, k, k]`.
     fn naive_nchw(x: &[f32], w: &[f32], bias: &[f32], s: &Conv2dShape) -> Vec<f64> {
@@ -232,9 +233,10 @@ mod tests {
             }
             let (ho, wo) = s.out_hw();
             let mut got = vec![0.0; b * ho * wo * o];
+            let packed = PackedMatrix::new(&patch_major_weight(&wt, o, c, k), o, s.patch(), Storage::F32, Compute::F32);
             conv2d(
                 &x,
-                &patch_major_weight(&wt, o, c, k),
+                &packed,
                 Some(&bias),
                 &s,
                 &mut got,

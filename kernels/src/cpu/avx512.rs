@@ -1,0 +1,260 @@
+//! AVX-512 micro-kernels for the packed matrix products (`packed.rs`) and vectorised element-wise
+//! maths. Every function here needs `avx512f` (the bf16 ones also `avx512bf16`); callers check
+//! with [`super::packed::Isa::detect`] first.
+//!
+//! Register tile: `MR x NR = 12 x 32` f32 accumulators (24 zmm registers), two zmm loads of the
+//! packed weights and twelve broadcasts of the packed activations per step of `k` (per pair of `k`
+//! for bf16, whose `vdpbf16ps` multiplies two bf16 pairs into each f32 lane).
+
+use std::arch::x86_64::*;
+
+/// Rows of the register tile.
+pub const MR: usize = 12;
+/// Columns of the register tile (two zmm vectors).
+pub const NR: usize = 32;
+
+/// How the accumulators start.
+#[derive(Clone, Copy)]
+pub enum Init {
+    Zero,
+    /// Continue the partial sums already in `c`.
+    Load,
+    /// Start from a bias row (`cols` valid values).
+    Bias(*const f32),
+}
+
+#[inline(always)]
+fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
+    let lo = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
+    let hi = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        (1u32 << (cols - 16)) as u16 - 1
+    } else {
+        0
+    };
+    (lo, hi)
+}
+
+#[inline(always)]
+unsafe fn start(init: Init, c: *mut f32, ldc: usize, rows: usize, m: (__mmask16, __mmask16)) -> [[__m512; 2]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    match init {
+        Init::Zero => {}
+        Init::Load => {
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let row = c.add(r * ldc);
+                a[0] = _mm512_maskz_loadu_ps(m.0, row);
+                a[1] = _mm512_maskz_loadu_ps(m.1, row.add(16));
+            }
+        }
+        Init::Bias(b) => {
+            let b0 = _mm512_maskz_loadu_ps(m.0, b);
+            let b1 = _mm512_maskz_loadu_ps(m.1, b.add(16));
+            for a in acc.iter_mut() {
+                *a = [b0, b1];
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+unsafe fn finish(acc: &[[__m512; 2]; MR], c: *mut f32, ldc: usize, rows: usize, m: (__mmask16, __mmask16), gelu: bool) {
+    for (r, a) in acc.iter().enumerate().take(rows) {
+        let (mut v0, mut v1) = (a[0], a[1]);
+        if gelu {
+            v0 = gelu_tanh(v0);
+            v1 = gelu_tanh(v1);
+        }
+        let row = c.add(r * ldc);
+        _mm512_mask_storeu_ps(row, m.0, v0);
+        _mm512_mask_storeu_ps(row.add(16), m.1, v1);
+    }
+}
+
+/// `c[rows, cols] (+)= a[MR, kc] · b[kc, NR]`: `a` row-major with row stride `kc`, `b` the
+/// packed f32 weight panel `[kc][NR]` (64-byte aligned). Only `rows x cols` of `c` are touched;
+/// `gelu` applies GELU-tanh to the finished values.
+///
+/// # Safety
+/// `avx512f` present; `a` holds `MR * kc`, `b` `kc * NR` values; `c` holds `rows` rows of
+/// `cols` values at stride `ldc`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn kernel_f32(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    init: Init,
+    gelu: bool,
+) {
+    let m = col_masks(cols);
+    let mut acc = start(init, c, ldc, rows, m);
+    for kk in 0..kc {
+        let bp = b.add(kk * NR);
+        let b0 = _mm512_load_ps(bp);
+        let b1 = _mm512_load_ps(bp.add(16));
+        let ap = a.add(kk);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r * kc));
+            acc_r[0] = _mm512_fmadd_ps(av, b0, acc_r[0]);
+            acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
+        }
+    }
+    finish(&acc, c, ldc, rows, m, gelu);
+}
+
+/// As [`kernel_f32`] with bf16 operands: `a` is `[MR, kc]` bf16 bits (`kc` even), `b` the packed
+/// pair panel `[kc/2][NR][2]`; products accumulate in f32 (`vdpbf16ps`).
+///
+/// # Safety
+/// `avx512f` and `avx512bf16` present; sizes as in [`kernel_f32`].
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn kernel_bf16(
+    kc: usize,
+    a: *const u16,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    init: Init,
+    gelu: bool,
+) {
+    let m = col_masks(cols);
+    let mut acc = start(init, c, ldc, rows, m);
+    for kk in 0..kc / 2 {
+        let bp = b.add(kk * 2 * NR);
+        let b0: __m512bh = std::mem::transmute(_mm512_load_si512(bp as *const __m512i));
+        let b1: __m512bh = std::mem::transmute(_mm512_load_si512(bp.add(NR) as *const __m512i));
+        let ap = a.add(2 * kk);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let pair = (ap.add(r * kc) as *const i32).read_unaligned();
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+            acc_r[0] = _mm512_dpbf16_ps(acc_r[0], av, b0);
+            acc_r[1] = _mm512_dpbf16_ps(acc_r[1], av, b1);
+        }
+    }
+    finish(&acc, c, ldc, rows, m, gelu);
+}
+
+/// Widens a bf16 pair panel `[kc/2][NR][2]` into the f32 panel `[kc][NR]` (`kc` even).
+///
+/// # Safety
+/// `avx512f` present; `src` holds `kc * NR` values, `dst` is 64-byte aligned with room for as many.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn widen_panel(kc: usize, src: *const u16, dst: *mut f32) {
+    // One pair row: 32 u16 = columns 0..16 interleaved with k and k+1.
+    let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for kk in 0..kc / 2 {
+        for half in 0..2 {
+            let s = src.add(kk * 2 * NR + half * NR);
+            // 32 bf16 -> 32 f32 bit patterns (two zmm), then split even/odd k.
+            let lo = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s as *const __m256i)), 16);
+            let hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.add(16) as *const __m256i)), 16);
+            let k0 = _mm512_permutex2var_epi32(lo, even, hi);
+            let k1 = _mm512_permutex2var_epi32(lo, odd, hi);
+            _mm512_store_si512(dst.add(2 * kk * NR + half * 16) as *mut __m512i, k0);
+            _mm512_store_si512(dst.add((2 * kk + 1) * NR + half * 16) as *mut __m512i, k1);
+        }
+    }
+}
+
+/// Rounds `src` to bf16 (nearest even, as `vcvtne2ps2bf16`) into `dst`, `dst.len() == src.len()`.
+///
+/// # Safety
+/// `avx512f` and `avx512bf16` present.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 32 <= n {
+        let lo = _mm512_loadu_ps(src.as_ptr().add(i));
+        let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(dst.as_mut_ptr().add(i) as *mut __m512i, v);
+        i += 32;
+    }
+    for j in i..n {
+        dst[j] = super::packed::bf16_bits(src[j]);
+    }
+}
+
+/// `e^x`, about 1 ulp, with overflow to +inf and underflow to 0 (`vscalefps`).
+#[inline(always)]
+pub unsafe fn exp(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0)), _mm512_set1_ps(-104.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    // r = x - n ln 2 in two parts (Cody-Waite).
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    // e^r on |r| <= ln2/2, degree-6 Taylor polynomial (relative error < 2e-8).
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(p, n)
+}
+
+/// GELU, tanh approximation, as `x · sigmoid(2u)` with `u = √(2/π)(x + 0.044715 x³)`
+/// (`0.5 (1 + tanh u) = sigmoid(2u)`).
+#[inline(always)]
+pub unsafe fn gelu_tanh(x: __m512) -> __m512 {
+    let x2 = _mm512_mul_ps(x, x);
+    let inner = _mm512_fmadd_ps(_mm512_mul_ps(x2, _mm512_set1_ps(0.044715)), x, x);
+    let e = exp(_mm512_mul_ps(inner, _mm512_set1_ps(-2.0 * 0.797_884_6)));
+    _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+}
+
+/// `x · sigmoid(x)`.
+#[inline(always)]
+pub unsafe fn silu(x: __m512) -> __m512 {
+    let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+}
+
+/// Element-wise operations applied in place by [`map_`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    GeluTanh,
+    Silu,
+}
+
+#[inline(always)]
+unsafe fn apply(op: Op, v: __m512) -> __m512 {
+    match op {
+        Op::GeluTanh => gelu_tanh(v),
+        Op::Silu => silu(v),
+    }
+}
+
+/// Applies `op` to every element of `x` in place, 16 lanes at a time.
+///
+/// # Safety
+/// `avx512f` present.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn map_(x: &mut [f32], op: Op) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(p.add(i), apply(op, _mm512_loadu_ps(p.add(i))));
+        i += 16;
+    }
+    if i < n {
+        let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+        _mm512_mask_storeu_ps(p.add(i), m, apply(op, _mm512_maskz_loadu_ps(m, p.add(i))));
+    }
+}

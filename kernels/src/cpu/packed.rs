@@ -1,0 +1,587 @@
+//! Matrix products against weights packed once at load time.
+//!
+//! A [`PackedMatrix`] holds an `nn.Linear` weight `[N, K]` in the layout the AVX-512 micro-kernels
+//! (`avx512.rs`) stream: panels of [`NR`] output columns, each `[K][NR]` for f32 or `[K/2][NR][2]`
+//! (pairs of `k`) for bf16, 64-byte aligned. [`linear`] computes `x[M,K] · Wᵀ (+ bias)` with
+//! optional GELU-tanh over all cores: the activations are copied once per call into row tiles
+//! of [`MR`] rows (rounded to bf16 for bf16 products), then blocks of `MC` rows x `NC` columns are
+//! shared out to the threads; inside a block, for each `KC` slice of `k`, one weight panel stays in
+//! L1 while the row tiles stream past it.
+//!
+//! Arithmetic: [`Compute::F32`] is f32 multiply-add (bf16-stored weights are widened exactly, one
+//! panel slice at a time); [`Compute::Bf16`] rounds the activations to bf16 (nearest even) and
+//! multiplies bf16 pairs with f32 accumulation (`vdpbf16ps`). On CPUs without AVX-512 the
+//! weights stay `[N, K]` f32 and the `gemm` crate does the product (for bf16, on the same
+//! bf16-rounded values). `MUDDIT_ISA=portable|avx512|avx512bf16` caps the instruction set (tests).
+
+use super::avx512::{self, Init, MR, NR};
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// `k` per slice for f32 products: a `KC x NR` f32 panel is 32 KiB, under L1.
+const KC_F32: usize = 256;
+/// `k` per slice for bf16 products (same bytes).
+const KC_BF16: usize = 512;
+/// Rows per block (a multiple of `MR`).
+const MC: usize = MR * 24;
+/// Columns per block (a multiple of `NR`).
+const NC: usize = NR * 16;
+
+/// The instruction sets the products can use, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Portable,
+    Avx512,
+    Avx512Bf16,
+}
+
+impl Isa {
+    /// What this CPU has, capped by `MUDDIT_ISA` when set; read once.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let have = if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+                Isa::Avx512Bf16
+            } else if is_x86_feature_detected!("avx512f") {
+                Isa::Avx512
+            } else {
+                Isa::Portable
+            };
+            let cap = match std::env::var("MUDDIT_ISA").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx512") => Isa::Avx512,
+                _ => Isa::Avx512Bf16,
+            };
+            have.min(cap)
+        })
+    }
+}
+
+/// The arithmetic of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    F32,
+    Bf16,
+}
+
+/// How the weight is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    Bf16,
+}
+
+/// One cache line, the unit of the aligned buffers.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// A 64-byte aligned buffer of `f32` or `u16`.
+#[derive(Default)]
+struct Aligned(Vec<Line>);
+
+impl Aligned {
+    fn zeroed(bytes: usize) -> Self {
+        Aligned(vec![Line([0; 16]); bytes.div_ceil(64)])
+    }
+    fn bytes(&self) -> usize {
+        self.0.len() * 64
+    }
+    fn f32s(&self) -> &[f32] {
+        // SAFETY: `Line` is 64 plain bytes; any bit pattern is a valid f32.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const f32, self.bytes() / 4) }
+    }
+    fn f32s_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut f32, self.bytes() / 4) }
+    }
+    fn u16s(&self) -> &[u16] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u16, self.bytes() / 2) }
+    }
+    fn u16s_mut(&mut self) -> &mut [u16] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u16, self.bytes() / 2) }
+    }
+    fn ensure(&mut self, bytes: usize) {
+        if self.bytes() < bytes {
+            *self = Aligned::zeroed(bytes);
+        }
+    }
+}
+
+enum Layout {
+    /// `[N, K]` row-major f32, for the portable path.
+    Rows(Vec<f32>),
+    /// Panels `[N/NR][K][NR]` f32.
+    PanelsF32(Aligned),
+    /// Panels `[N/NR][K/2][NR][2]` bf16 bits (`K` rounded up to even, zero-padded).
+    PanelsBf16(Aligned),
+}
+
+/// An `nn.Linear` weight `[N, K]` packed for [`linear`].
+pub struct PackedMatrix {
+    n: usize,
+    k: usize,
+    compute: Compute,
+    layout: Layout,
+}
+
+/// Rounds to bf16, nearest even (NaN stays NaN).
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The f32 a bf16 bit pattern stands for.
+pub fn bf16_value(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+fn k_even(k: usize) -> usize {
+    k + (k & 1)
+}
+
+impl PackedMatrix {
+    /// Packs `w [N, K]` (f32 values, bf16 when `storage` says so: rounded to nearest even).
+    /// `compute` picks the arithmetic of every product with this weight; `Compute::Bf16`
+    /// needs `Storage::Bf16`.
+    pub fn new(w: &[f32], n: usize, k: usize, storage: Storage, compute: Compute) -> Self {
+        Self::with_isa(w, n, k, storage, compute, Isa::detect())
+    }
+
+    /// As [`PackedMatrix::new`] for an instruction set no better than this CPU's (tests,
+    /// benchmarks).
+    pub fn with_isa(w: &[f32], n: usize, k: usize, storage: Storage, compute: Compute, isa: Isa) -> Self {
+        let isa = isa.min(Isa::detect());
+        assert_eq!(w.len(), n * k, "PackedMatrix: weight is not [N,K]");
+        assert!(
+            !(compute == Compute::Bf16 && storage == Storage::F32),
+            "PackedMatrix: bf16 products need bf16 storage"
+        );
+        let layout = if isa == Isa::Portable || (compute == Compute::Bf16 && isa < Isa::Avx512Bf16) {
+            Layout::Rows(match storage {
+                Storage::F32 => w.to_vec(),
+                Storage::Bf16 => w.iter().map(|&v| bf16_value(bf16_bits(v))).collect(),
+            })
+        } else {
+            let panels = n.div_ceil(NR);
+            match storage {
+                Storage::F32 => {
+                    let mut buf = Aligned::zeroed(panels * k * NR * 4);
+                    let dst = buf.f32s_mut();
+                    for (col, row) in w.chunks_exact(k).enumerate() {
+                        let (p, j) = (col / NR, col % NR);
+                        for (kk, &v) in row.iter().enumerate() {
+                            dst[(p * k + kk) * NR + j] = v;
+                        }
+                    }
+                    Layout::PanelsF32(buf)
+                }
+                Storage::Bf16 => {
+                    let k2 = k_even(k) / 2;
+                    let mut buf = Aligned::zeroed(panels * k2 * NR * 2 * 2);
+                    let dst = buf.u16s_mut();
+                    for (col, row) in w.chunks_exact(k).enumerate() {
+                        let (p, j) = (col / NR, col % NR);
+                        for (kk, &v) in row.iter().enumerate() {
+                            dst[((p * k2 + kk / 2) * NR + j) * 2 + kk % 2] = bf16_bits(v);
+                        }
+                    }
+                    Layout::PanelsBf16(buf)
+                }
+            }
+        };
+        PackedMatrix { n, k, compute, layout }
+    }
+
+    /// Output features `N`.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features `K`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn compute(&self) -> Compute {
+        self.compute
+    }
+
+    /// The weight back as `[N, K]` f32 (exactly the values the products use).
+    pub fn to_rows(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut out = vec![0.0; n * k];
+        match &self.layout {
+            Layout::Rows(w) => out.copy_from_slice(w),
+            Layout::PanelsF32(buf) => {
+                let src = buf.f32s();
+                for (col, row) in out.chunks_exact_mut(k).enumerate() {
+                    let (p, j) = (col / NR, col % NR);
+                    for (kk, v) in row.iter_mut().enumerate() {
+                        *v = src[(p * k + kk) * NR + j];
+                    }
+                }
+            }
+            Layout::PanelsBf16(buf) => {
+                let src = buf.u16s();
+                let k2 = k_even(k) / 2;
+                for (col, row) in out.chunks_exact_mut(k).enumerate() {
+                    let (p, j) = (col / NR, col % NR);
+                    for (kk, v) in row.iter_mut().enumerate() {
+                        *v = bf16_value(src[((p * k2 + kk / 2) * NR + j) * 2 + kk % 2]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.layout {
+            Layout::Rows(w) => w.len() * 4,
+            Layout::PanelsF32(b) | Layout::PanelsBf16(b) => b.bytes(),
+        }
+    }
+}
+
+/// What happens to the finished values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    GeluTanh,
+}
+
+thread_local! {
+    /// Scratch reused across calls: the packed activations (caller thread) and a widened weight
+    /// slice (worker threads). Taken out while in use, so a nested call just makes its own.
+    static ROWS: Cell<Aligned> = Cell::new(Aligned::default());
+    static PANEL: Cell<Aligned> = Cell::new(Aligned::default());
+}
+
+/// A raw output pointer shared by the tasks, which write disjoint blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only its own block of rows x columns.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out[M,N] = x[M,K] · wᵀ (+ bias[N])`, then `epilogue`.
+pub fn linear(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    assert_eq!(x.len() % k.max(1), 0, "linear: x is not [M,K]");
+    let m = if k == 0 { out.len() / n.max(1) } else { x.len() / k };
+    assert_eq!(out.len(), m * n, "linear: out is not [M,N]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear: bias is not [N]");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        match bias {
+            Some(b) => out.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b)),
+            None => out.fill(0.0),
+        }
+        if epilogue == Epilogue::GeluTanh {
+            super::act::gelu_tanh_(out);
+        }
+        return;
+    }
+    match &w.layout {
+        Layout::Rows(wr) => portable(x, wr, w.compute, bias, epilogue, m, k, n, out),
+        Layout::PanelsF32(buf) => blocked(x, Panels::F32(buf.f32s()), bias, epilogue, m, k, n, out),
+        Layout::PanelsBf16(buf) => {
+            let p = buf.u16s();
+            match w.compute {
+                Compute::F32 => blocked(x, Panels::Bf16Widened(p), bias, epilogue, m, k, n, out),
+                Compute::Bf16 => blocked(x, Panels::Bf16(p), bias, epilogue, m, k, n, out),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn portable(
+    x: &[f32],
+    w: &[f32],
+    compute: Compute,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    match compute {
+        Compute::F32 => super::matmul::linear(x, w, bias, m, k, n, out),
+        Compute::Bf16 => {
+            let xr: Vec<f32> = x.iter().map(|&v| bf16_value(bf16_bits(v))).collect();
+            super::matmul::linear(&xr, w, bias, m, k, n, out)
+        }
+    }
+    if epilogue == Epilogue::GeluTanh {
+        super::act::gelu_tanh_(out);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Panels<'a> {
+    F32(&'a [f32]),
+    /// bf16 weights for f32 products.
+    Bf16Widened(&'a [u16]),
+    Bf16(&'a [u16]),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn blocked(
+    x: &[f32],
+    panels: Panels,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let bf16 = matches!(panels, Panels::Bf16(_));
+    // k as stored in the panels, and per slice.
+    let kp = match panels {
+        Panels::F32(_) => k,
+        _ => k_even(k),
+    };
+    let kc_max = if bf16 { KC_BF16 } else { KC_F32 };
+    let tiles = m.div_ceil(MR);
+    // Activations: per row tile, per k slice, MR rows of kc values (row-major inside).
+    let elem = if bf16 { 2 } else { 4 };
+    let mut rows = ROWS.take();
+    rows.ensure(tiles * MR * kp * elem);
+    pack_rows(x, m, k, kp, kc_max, bf16, &mut rows);
+
+    let m_blocks = m.div_ceil(MC);
+    let n_blocks = n.div_ceil(NC);
+    let flops = 2 * m * n * k;
+    let o = OutPtr(out.as_mut_ptr());
+    let rows_ref = &rows;
+    let task = |t: usize| {
+        let (mb, nb) = (t / n_blocks, t % n_blocks);
+        let (m0, n0) = (mb * MC, nb * NC);
+        let (m1, n1) = ((m0 + MC).min(m), (n0 + NC).min(n));
+        let mut panel = PANEL.take();
+        if matches!(panels, Panels::Bf16Widened(_)) {
+            panel.ensure(KC_F32 * NR * 4);
+        }
+        let o = o;
+        let mut pc = 0;
+        while pc < kp {
+            let kc = kc_max.min(kp - pc);
+            let last = pc + kc == kp;
+            for p in n0 / NR..n1.div_ceil(NR) {
+                let c0 = p * NR;
+                let cols = (n1 - c0).min(NR);
+                let init = |first: bool, c0: usize| match (first, bias) {
+                    (false, _) => Init::Load,
+                    (true, Some(b)) => Init::Bias(b[c0..].as_ptr()),
+                    (true, None) => Init::Zero,
+                };
+                let gelu = last && epilogue == Epilogue::GeluTanh;
+                let wp = match panels {
+                    Panels::F32(w) => WeightSlice::F32(w[(p * kp + pc) * NR..].as_ptr()),
+                    Panels::Bf16(w) => WeightSlice::Bf16(w[(p * kp + pc) * NR..].as_ptr()),
+                    Panels::Bf16Widened(w) => {
+                        // SAFETY: avx512f is present (this layout is only built then); the
+                        // source slice holds kc * NR values, the panel buffer room for as many.
+                        unsafe { avx512::widen_panel(kc, w[(p * kp + pc) * NR..].as_ptr(), panel.f32s_mut().as_mut_ptr()) };
+                        WeightSlice::F32(panel.f32s().as_ptr())
+                    }
+                };
+                for tile in m0 / MR..m1.div_ceil(MR) {
+                    let r0 = tile * MR;
+                    let nrows = (m1 - r0).min(MR);
+                    let a_off = tile * MR * kp + pc * MR;
+                    // SAFETY: the packed rows hold MR * kc values at a_off, the weight slice
+                    // kc * NR; rows r0..r0+nrows and columns c0..c0+cols of out are inside
+                    // [m, n] and belong to this task's block alone.
+                    unsafe {
+                        let c = o.0.add(r0 * n + c0);
+                        match wp {
+                            WeightSlice::F32(b) => avx512::kernel_f32(
+                                kc,
+                                rows_ref.f32s()[a_off..].as_ptr(),
+                                b,
+                                c,
+                                n,
+                                nrows,
+                                cols,
+                                init(pc == 0, c0),
+                                gelu,
+                            ),
+                            WeightSlice::Bf16(b) => avx512::kernel_bf16(
+                                kc,
+                                rows_ref.u16s()[a_off..].as_ptr(),
+                                b,
+                                c,
+                                n,
+                                nrows,
+                                cols,
+                                init(pc == 0, c0),
+                                gelu,
+                            ),
+                        }
+                    }
+                }
+            }
+            pc += kc;
+        }
+        PANEL.set(panel);
+    };
+    let tasks = m_blocks * n_blocks;
+    if flops < 1 << 21 || tasks == 1 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+    ROWS.set(rows);
+}
+
+#[derive(Clone, Copy)]
+enum WeightSlice {
+    F32(*const f32),
+    Bf16(*const u16),
+}
+
+/// Copies `x [M,K]` into row tiles: tile t, slice at `pc` holds MR rows of `kc` values at
+/// `t * MR * kp + pc * MR`; rows past M and k past K are zero.
+fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, kc_max: usize, bf16: bool, rows: &mut Aligned) {
+    let tile_len = MR * kp;
+    let fill = |t: usize, dst_f: Option<&mut [f32]>, dst_h: Option<&mut [u16]>| {
+        let mut pc = 0;
+        let (mut df, mut dh) = (dst_f, dst_h);
+        while pc < kp {
+            let kc = kc_max.min(kp - pc);
+            for r in 0..MR {
+                let row = t * MR + r;
+                let base = pc * MR + r * kc;
+                let src: &[f32] = if row < m { &x[row * k + pc.min(k)..row * k + (pc + kc).min(k)] } else { &[] };
+                if let Some(d) = df.as_deref_mut() {
+                    d[base..base + src.len()].copy_from_slice(src);
+                    d[base + src.len()..base + kc].fill(0.0);
+                }
+                if let Some(d) = dh.as_deref_mut() {
+                    // SAFETY: bf16 products are only planned when avx512bf16 is present.
+                    unsafe { avx512::to_bf16(src, &mut d[base..base + src.len()]) };
+                    d[base + src.len()..base + kc].fill(0);
+                }
+            }
+            pc += kc;
+        }
+    };
+    let tiles = m.div_ceil(MR);
+    if bf16 {
+        let buf = &mut rows.u16s_mut()[..tiles * tile_len];
+        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| fill(t, None, Some(d)));
+    } else {
+        let buf = &mut rows.f32s_mut()[..tiles * tile_len];
+        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| fill(t, Some(d), None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 8) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn naive(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = b.map_or(0.0, |b| b[j] as f64);
+                for p in 0..k {
+                    acc += x[i * k + p] as f64 * w[j * k + p] as f64;
+                }
+                out[i * n + j] = acc as f32;
+            }
+        }
+        out
+    }
+
+    fn round(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| bf16_value(bf16_bits(x))).collect()
+    }
+
+    fn gelu(v: f32) -> f32 {
+        let mut x = [v];
+        crate::cpu::act::gelu_tanh_(&mut x);
+        x[0]
+    }
+
+    /// Every instruction set this CPU has, every storage/arithmetic pair, shapes that cut the
+    /// register tile, the k slices and the blocks at odd places.
+    #[test]
+    fn packed_linear_matches_naive() {
+        let isas = [Isa::Portable, Isa::Avx512, Isa::Avx512Bf16];
+        let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::F32), (Storage::Bf16, Compute::Bf16)];
+        let shapes = [(1, 1, 1), (5, 3, 17), (13, 7, 33), (12, 64, 32), (300, 300, 100), (29, 601, 40), (37, 1030, 545)];
+        for isa in isas.into_iter().filter(|&i| i <= Isa::detect()) {
+            for (storage, compute) in modes {
+                for &(m, k, n) in &shapes {
+                    let x = pseudo(m * k, 1);
+                    let w = pseudo(n * k, 2);
+                    let b = pseudo(n, 3);
+                    let pw = PackedMatrix::with_isa(&w, n, k, storage, compute, isa);
+                    let wv = if storage == Storage::Bf16 { round(&w) } else { w.clone() };
+                    assert_eq!(pw.to_rows(), wv, "{isa:?} {storage:?} unpack");
+                    let xv = if compute == Compute::Bf16 { round(&x) } else { x.clone() };
+                    for (bias, epi) in [(None, Epilogue::None), (Some(&b[..]), Epilogue::None), (Some(&b[..]), Epilogue::GeluTanh)] {
+                        let mut out = vec![f32::NAN; m * n];
+                        linear(&x, &pw, bias, epi, &mut out);
+                        let mut want = naive(&xv, &wv, bias, m, k, n);
+                        if epi == Epilogue::GeluTanh {
+                            want.iter_mut().for_each(|v| *v = gelu(*v));
+                        }
+                        let scale = (k as f32).sqrt();
+                        for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - r).abs() <= 2e-6 * scale * (1.0 + r.abs()),
+                                "{isa:?} {storage:?}/{compute:?} ({m},{k},{n}) {epi:?} bias {} element {i}: {g} vs {r}",
+                                bias.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even 1.0.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to the even upper one.
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
+        if Isa::detect() == Isa::Avx512Bf16 {
+            let x = pseudo(100, 9).iter().map(|v| v * 3.7).collect::<Vec<_>>();
+            let mut h = vec![0u16; 100];
+            // SAFETY: checked above.
+            unsafe { avx512::to_bf16(&x, &mut h) };
+            let want: Vec<u16> = x.iter().map(|&v| bf16_bits(v)).collect();
+            assert_eq!(h, want);
+        }
+    }
+}
