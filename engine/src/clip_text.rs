@@ -11,7 +11,7 @@ use crate::model_dir::component_dir;
 use crate::nn::Linear;
 use crate::Compute;
 use crate::weights::{Vb, Weights};
-use muddit_kernels::cpu::{act, attention::attention, norm};
+use muddit_kernels::cpu::{act, attention::attention_with, norm};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -257,7 +257,8 @@ impl SelfAttention {
             self.v_proj.forward(x),
         ); // [B, L, H, Dh] each
         let mut out = vec![0.0; x.len()];
-        attention(&q, &k, &v, batch, len, heads, d / heads, true, &mut out);
+        let compute = self.q_proj.compute();
+        attention_with(&q, &k, &v, batch, len, heads, d / heads, true, compute, &mut out);
         self.out_proj.forward(&out)
     }
 }

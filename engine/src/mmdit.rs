@@ -8,7 +8,7 @@ use crate::config::{ModelClass, TransformerConfig};
 use crate::error::{Error, Result};
 use crate::nn::{sinusoidal_embedding, Linear, Mlp, RmsNorm, NORM_EPS};
 use crate::weights::Vb;
-use muddit_kernels::cpu::{act, attention::attention, norm, rope};
+use muddit_kernels::cpu::{act, attention::attention_with, norm, rope};
 
 /// Width of the sinusoidal embedding of each micro-condition and of the timestep.
 const SIN_DIM: usize = 256;
@@ -257,7 +257,8 @@ impl Mmdit {
             rope::apply_rope_(&mut k[b * item..(b + 1) * item], &g.cos, &g.sin, h, dh);
         }
         let mut out = vec![0.0; q.len()];
-        attention(&q, &k, &v, g.batch, g.seq(), h, dh, false, &mut out);
+        let compute = self.project_to_hidden.compute();
+        attention_with(&q, &k, &v, g.batch, g.seq(), h, dh, false, compute, &mut out);
         out
     }
 }

@@ -17,19 +17,33 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(vb: &Vb, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = vb.get("weight", &[out_dim, in_dim])?;
         let bias = if bias {
             Some(vb.get("bias", &[out_dim])?)
         } else {
             None
         };
-        Ok(Self::from_rows(vb, &weight, bias, in_dim, out_dim))
+        Self::read(vb, &[out_dim, in_dim], bias, in_dim, out_dim)
     }
 
     /// A 1x1 `nn.Conv2d` without bias, weight `[out, in, 1, 1]`.
     pub fn conv1x1(vb: &Vb, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = vb.get("weight", &[out_dim, in_dim, 1, 1])?;
-        Ok(Self::from_rows(vb, &weight, None, in_dim, out_dim))
+        Self::read(vb, &[out_dim, in_dim, 1, 1], None, in_dim, out_dim)
+    }
+
+    /// Reads `weight` of `shape` (an `[out, in]` matrix), straight from its bits when stored as
+    /// bf16.
+    fn read(vb: &Vb, shape: &[usize], bias: Option<Vec<f32>>, in_dim: usize, out_dim: usize) -> Result<Self> {
+        if let Some(bits) = vb.get_bf16_bits("weight", shape)? {
+            let weight = PackedMatrix::from_bf16_bits(&bits, out_dim, in_dim, vb.compute());
+            return Ok(Linear {
+                weight,
+                bias,
+                in_dim,
+                out_dim,
+            });
+        }
+        let weight = vb.get("weight", shape)?;
+        Ok(Self::from_rows(vb, &weight, bias, in_dim, out_dim))
     }
 
     /// A layer from a weight already read as `[out, in]` rows (e.g. a reordered convolution
@@ -42,6 +56,11 @@ impl Linear {
             in_dim,
             out_dim,
         }
+    }
+
+    /// The arithmetic of this layer's product (the attention next to it uses the same).
+    pub fn compute(&self) -> muddit_kernels::cpu::packed::Compute {
+        self.weight.compute()
     }
 
     /// `[M, in] -> [M, out]`

@@ -167,19 +167,7 @@ impl Weights {
 
     /// Tensor `name` widened to `f32`, after checking that its shape is `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let entry = self.entries.get(name).ok_or_else(|| Error::MissingWeight {
-            path: self.path_of(name),
-            name: name.to_string(),
-        })?;
-        if entry.shape != shape {
-            return Err(Error::ShapeMismatch {
-                path: self.path_of(name),
-                name: name.into(),
-                expected: shape.to_vec(),
-                got: entry.shape.clone(),
-            });
-        }
-        let bytes = &self.files[entry.file].1[entry.start..entry.end];
+        let (entry, bytes) = self.checked(name, shape)?;
         let values = match entry.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
@@ -201,12 +189,47 @@ impl Weights {
                 })
             }
         };
-        // The widened copy is what the model keeps: hand the mapped pages back now rather than
-        // when the map is dropped, so that loading peaks at the widened size, not at the sum.
+        self.taken(name, entry);
+        Ok(values)
+    }
+
+    /// Tensor `name` as bf16 bit patterns when it is stored as bf16 (else `None`, and the tensor
+    /// is not marked as taken), after checking that its shape is `shape`.
+    pub fn get_bf16_bits(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
+        let (entry, bytes) = self.checked(name, shape)?;
+        if entry.dtype != Dtype::BF16 {
+            return Ok(None);
+        }
+        let bits = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        self.taken(name, entry);
+        Ok(Some(bits))
+    }
+
+    /// The entry of `name` and its bytes, after checking that its shape is `shape`.
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<(&Entry, &[u8])> {
+        let entry = self.entries.get(name).ok_or_else(|| Error::MissingWeight {
+            path: self.path_of(name),
+            name: name.to_string(),
+        })?;
+        if entry.shape != shape {
+            return Err(Error::ShapeMismatch {
+                path: self.path_of(name),
+                name: name.into(),
+                expected: shape.to_vec(),
+                got: entry.shape.clone(),
+            });
+        }
+        Ok((entry, &self.files[entry.file].1[entry.start..entry.end]))
+    }
+
+    /// Marks `name` as taken and hands its mapped pages back: the model keeps its own copy, so
+    /// loading peaks at that copy's size, not at the sum of both.
+    fn taken(&self, name: &str, entry: &Entry) {
         #[cfg(unix)]
         {
             // SAFETY: the map is a private read-only file mapping that nothing borrows past this
-            // point (`bytes` is dead); pages dropped here are read back from the file if needed.
+            // point (the caller's copy is made); pages dropped here are read back from the file
+            // if needed.
             let _ = unsafe {
                 self.files[entry.file].1.unchecked_advise_range(
                     memmap2::UncheckedAdvice::DontNeed,
@@ -219,7 +242,6 @@ impl Weights {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string());
-        Ok(values)
     }
 
     /// Whether `name` is stored as bf16 (then bf16 storage of it loses nothing).
@@ -323,6 +345,14 @@ impl<'a> Vb<'a> {
             name.to_string()
         } else {
             format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Tensor `name` under this prefix as bf16 bits when stored as bf16, checked to have `shape`.
+    pub fn get_bf16_bits(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
+        match self.source {
+            Source::Weights(w) => w.get_bf16_bits(&self.full(name), shape),
+            Source::Record(_) => Ok(None),
         }
     }
 

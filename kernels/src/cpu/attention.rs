@@ -1,24 +1,28 @@
 //! Scaled dot-product attention over `[B, S, H, Dh]` tensors, blocked over query rows.
 //!
-//! Each task takes one (batch item, head, block of `QUERY_BLOCK` query rows): scores for the block
-//! (`[QUERY_BLOCK, S]`), a row softmax, then the product with V. No `S x S` matrix is ever held,
-//! so memory stays `threads * QUERY_BLOCK * S` floats whatever the sequence length.
+//! Each task takes one (batch item, head): K and Vᵀ of the head are packed once as the weights of
+//! two products ([`super::packed`]), then for each block of `QUERY_BLOCK` query rows: scores
+//! `[QUERY_BLOCK, S]`, a row softmax, and the product with V. No `S x S` matrix is ever held, so
+//! memory stays `threads * QUERY_BLOCK * S` floats whatever the sequence length. With
+//! `Compute::Bf16` both products take bf16 operands (the scores are rounded after the softmax),
+//! accumulating in f32, as the other matrix products of a bf16 run.
 
-use super::matmul::{linear, matmul};
+use super::packed::{linear, Compute, Epilogue, PackedMatrix, Storage};
 use rayon::prelude::*;
 
 const QUERY_BLOCK: usize = 128;
 
-/// `[B, S, H, Dh]` -> `[B, H, S, Dh]`.
-fn heads_first(x: &[f32], b: usize, s: usize, h: usize, dh: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for bi in 0..b {
-        for t in 0..s {
-            for hi in 0..h {
-                let src = ((bi * s + t) * h + hi) * dh;
-                let dst = ((bi * h + hi) * s + t) * dh;
-                out[dst..dst + dh].copy_from_slice(&x[src..src + dh]);
+/// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` as `[S, Dh]` (`transposed`: `[Dh, S]`).
+fn head(x: &[f32], bi: usize, hi: usize, s: usize, h: usize, dh: usize, transposed: bool) -> Vec<f32> {
+    let mut out = vec![0.0; s * dh];
+    for t in 0..s {
+        let src = &x[((bi * s + t) * h + hi) * dh..][..dh];
+        if transposed {
+            for (d, &v) in src.iter().enumerate() {
+                out[d * s + t] = v;
             }
+        } else {
+            out[t * dh..(t + 1) * dh].copy_from_slice(src);
         }
     }
     out
@@ -34,21 +38,39 @@ fn softmax_rows_(scores: &mut [f32], s: usize, scale: f32, causal: bool, first_q
             s
         };
         let (seen, hidden) = row.split_at_mut(visible);
-        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
-        let mut sum = 0.0f64;
-        for v in seen.iter_mut() {
-            *v = (*v * scale - max).exp();
-            sum += *v as f64;
-        }
-        let inv = (1.0 / sum) as f32;
-        seen.iter_mut().for_each(|v| *v *= inv);
+        softmax_(seen, scale);
         hidden.fill(0.0);
     }
 }
 
+/// `softmax(scale * row)` in place.
+fn softmax_(row: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::packed::Isa::detect() >= super::packed::Isa::Avx512 {
+        // SAFETY: avx512f is present (checked above).
+        unsafe { super::avx512::softmax_(row, scale) };
+        return;
+    }
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    let mut sum = 0.0f64;
+    for v in row.iter_mut() {
+        *v = (*v * scale - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
 /// `out = softmax(q kᵀ / sqrt(Dh)) v` for `q, k, v, out [B, S, H, Dh]`; `causal` masks keys
 /// after each query (the CLIP text encoder), otherwise every query sees every key (the MM-DiT).
-pub fn attention(
+#[allow(clippy::too_many_arguments)]
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, s: usize, h: usize, dh: usize, causal: bool, out: &mut [f32]) {
+    attention_with(q, k, v, b, s, h, dh, causal, Compute::F32, out)
+}
+
+/// [`attention`] with both products in `compute` arithmetic.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -57,6 +79,7 @@ pub fn attention(
     h: usize,
     dh: usize,
     causal: bool,
+    compute: Compute,
     out: &mut [f32],
 ) {
     let len = b * s * h * dh;
@@ -64,48 +87,39 @@ pub fn attention(
         q.len() == len && k.len() == len && v.len() == len && out.len() == len,
         "attention: q, k, v, out are not [B, S, H, Dh]"
     );
-    let (q, k, v) = (
-        heads_first(q, b, s, h, dh),
-        heads_first(k, b, s, h, dh),
-        heads_first(v, b, s, h, dh),
-    );
     let scale = 1.0 / (dh as f32).sqrt();
-    let blocks = s.div_ceil(QUERY_BLOCK);
-    // [B, H, S, Dh], written block by block.
-    let mut o = vec![0.0f32; len];
-    let tasks: Vec<(usize, usize)> = (0..b * h)
-        .flat_map(|bh| (0..blocks).map(move |blk| (bh, blk)))
-        .collect();
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(bh, blk)| {
-            let q0 = blk * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(s - q0);
-            let head = bh * s * dh;
-            let qb = &q[head + q0 * dh..head + (q0 + rows) * dh];
-            let (kh, vh) = (&k[head..head + s * dh], &v[head..head + s * dh]);
-            let mut scores = vec![0.0f32; rows * s];
-            linear(qb, kh, None, rows, dh, s, &mut scores);
-            softmax_rows_(&mut scores, s, scale, causal, q0);
-            let mut ob = vec![0.0f32; rows * dh];
-            matmul(&scores, vh, rows, s, dh, &mut ob);
-            ob
+    let storage = match compute {
+        Compute::F32 => Storage::F32,
+        Compute::Bf16 => Storage::Bf16,
+    };
+    // [B * H][S, Dh]
+    let heads: Vec<Vec<f32>> = (0..b * h)
+        .into_par_iter()
+        .map(|bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let keys = PackedMatrix::new(&head(k, bi, hi, s, h, dh, false), s, dh, storage, compute);
+            let values = PackedMatrix::new(&head(v, bi, hi, s, h, dh, true), dh, s, storage, compute);
+            let queries = head(q, bi, hi, s, h, dh, false);
+            let mut o = vec![0.0f32; s * dh];
+            let mut scores = vec![0.0f32; QUERY_BLOCK.min(s) * s];
+            for q0 in (0..s).step_by(QUERY_BLOCK) {
+                let rows = QUERY_BLOCK.min(s - q0);
+                let scores = &mut scores[..rows * s];
+                linear(&queries[q0 * dh..(q0 + rows) * dh], &keys, None, Epilogue::None, scores);
+                softmax_rows_(scores, s, scale, causal, q0);
+                linear(scores, &values, None, Epilogue::None, &mut o[q0 * dh..(q0 + rows) * dh]);
+            }
+            o
         })
         .collect();
-    for (&(bh, blk), ob) in tasks.iter().zip(results) {
-        let start = bh * s * dh + blk * QUERY_BLOCK * dh;
-        o[start..start + ob.len()].copy_from_slice(&ob);
-    }
-    // [B, H, S, Dh] -> [B, S, H, Dh]
-    for bi in 0..b {
-        for hi in 0..h {
-            for t in 0..s {
-                let src = ((bi * h + hi) * s + t) * dh;
-                let dst = ((bi * s + t) * h + hi) * dh;
-                out[dst..dst + dh].copy_from_slice(&o[src..src + dh]);
+    // [B * H][S, Dh] -> [B, S, H, Dh]
+    out.par_chunks_mut(s * h * dh).enumerate().for_each(|(bi, item)| {
+        for (t, row) in item.chunks_exact_mut(h * dh).enumerate() {
+            for (hi, dst) in row.chunks_exact_mut(dh).enumerate() {
+                dst.copy_from_slice(&heads[bi * h + hi][t * dh..(t + 1) * dh]);
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -181,6 +195,10 @@ mod tests {
                 worst < 1e-4,
                 "(b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}"
             );
+            // bf16 operands: q, k, v and the probabilities rounded to 8 bits of mantissa.
+            attention_with(&q, &k, &v, b, s, h, dh, causal, Compute::Bf16, &mut out);
+            let worst = out.iter().zip(&want).map(|(g, r)| (g - r).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 0.05, "bf16 (b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}");
         }
     }
 }

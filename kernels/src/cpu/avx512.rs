@@ -258,3 +258,52 @@ pub unsafe fn map_(x: &mut [f32], op: Op) {
         _mm512_mask_storeu_ps(p.add(i), m, apply(op, _mm512_maskz_loadu_ps(m, p.add(i))));
     }
 }
+
+/// `softmax(scale * row)` in place: vector max, `exp`, a sum in 16 f32 lanes (added up in f64),
+/// one scaling pass.
+///
+/// # Safety
+/// `avx512f` present.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn softmax_(row: &mut [f32], scale: f32) {
+    let n = row.len();
+    let p = row.as_mut_ptr();
+    let tail: __mmask16 = if n % 16 == 0 { 0 } else { (1u32 << (n % 16)) as u16 - 1 };
+    let full = n - n % 16;
+    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < full {
+        mx = _mm512_max_ps(mx, _mm512_loadu_ps(p.add(i)));
+        i += 16;
+    }
+    if tail != 0 {
+        mx = _mm512_mask_max_ps(mx, tail, mx, _mm512_maskz_loadu_ps(tail, p.add(full)));
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale);
+    let sc = _mm512_set1_ps(scale);
+    let mut sum = _mm512_setzero_ps();
+    i = 0;
+    while i < full {
+        let e = exp(_mm512_fmsub_ps(_mm512_loadu_ps(p.add(i)), sc, max));
+        _mm512_storeu_ps(p.add(i), e);
+        sum = _mm512_add_ps(sum, e);
+        i += 16;
+    }
+    if tail != 0 {
+        let e = exp(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), sc, max));
+        _mm512_mask_storeu_ps(p.add(full), tail, e);
+        sum = _mm512_mask_add_ps(sum, tail, sum, e);
+    }
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
+    let total: f64 = lanes.iter().map(|&v| v as f64).sum();
+    let inv = _mm512_set1_ps((1.0 / total) as f32);
+    i = 0;
+    while i < full {
+        _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
+        i += 16;
+    }
+    if tail != 0 {
+        _mm512_mask_storeu_ps(p.add(full), tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), inv));
+    }
+}

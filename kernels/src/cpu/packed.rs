@@ -20,13 +20,13 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// `k` per slice for f32 products: a `KC x NR` f32 panel is 32 KiB, under L1.
-const KC_F32: usize = 256;
+const KC_F32: usize = 512;
 /// `k` per slice for bf16 products (same bytes).
-const KC_BF16: usize = 512;
+const KC_BF16: usize = 1024;
 /// Rows per block (a multiple of `MR`).
 const MC: usize = MR * 24;
 /// Columns per block (a multiple of `NR`).
-const NC: usize = NR * 16;
+const NC: usize = NR * 8;
 
 /// The instruction sets the products can use, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -120,6 +120,41 @@ enum Layout {
     PanelsBf16(Aligned),
 }
 
+/// The values a [`PackedMatrix`] is packed from, `[N, K]` row-major.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    F32(&'a [f32]),
+    /// bf16 bit patterns.
+    Bf16(&'a [u16]),
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::F32(w) => w.len(),
+            Source::Bf16(w) => w.len(),
+        }
+    }
+
+    /// Element `i` as bf16 bits (rounded to nearest even from f32).
+    #[inline(always)]
+    fn bf16(&self, i: usize) -> u16 {
+        match self {
+            Source::F32(w) => bf16_bits(w[i]),
+            Source::Bf16(w) => w[i],
+        }
+    }
+
+    /// Element `i` as the f32 that `storage` keeps.
+    #[inline(always)]
+    fn value(&self, i: usize, storage: Storage) -> f32 {
+        match (self, storage) {
+            (Source::F32(w), Storage::F32) => w[i],
+            _ => bf16_value(self.bf16(i)),
+        }
+    }
+}
+
 /// An `nn.Linear` weight `[N, K]` packed for [`linear`].
 pub struct PackedMatrix {
     n: usize,
@@ -151,12 +186,17 @@ impl PackedMatrix {
     /// `compute` picks the arithmetic of every product with this weight; `Compute::Bf16`
     /// needs `Storage::Bf16`.
     pub fn new(w: &[f32], n: usize, k: usize, storage: Storage, compute: Compute) -> Self {
-        Self::with_isa(w, n, k, storage, compute, Isa::detect())
+        Self::with_isa(Source::F32(w), n, k, storage, compute, Isa::detect())
+    }
+
+    /// Packs `w [N, K]` given as bf16 bit patterns (a bf16 checkpoint, no rounding), kept as bf16.
+    pub fn from_bf16_bits(w: &[u16], n: usize, k: usize, compute: Compute) -> Self {
+        Self::with_isa(Source::Bf16(w), n, k, Storage::Bf16, compute, Isa::detect())
     }
 
     /// As [`PackedMatrix::new`] for an instruction set no better than this CPU's (tests,
     /// benchmarks).
-    pub fn with_isa(w: &[f32], n: usize, k: usize, storage: Storage, compute: Compute, isa: Isa) -> Self {
+    pub fn with_isa(w: Source, n: usize, k: usize, storage: Storage, compute: Compute, isa: Isa) -> Self {
         let isa = isa.min(Isa::detect());
         assert_eq!(w.len(), n * k, "PackedMatrix: weight is not [N,K]");
         assert!(
@@ -164,34 +204,35 @@ impl PackedMatrix {
             "PackedMatrix: bf16 products need bf16 storage"
         );
         let layout = if isa == Isa::Portable || (compute == Compute::Bf16 && isa < Isa::Avx512Bf16) {
-            Layout::Rows(match storage {
-                Storage::F32 => w.to_vec(),
-                Storage::Bf16 => w.iter().map(|&v| bf16_value(bf16_bits(v))).collect(),
-            })
+            Layout::Rows((0..n * k).into_par_iter().map(|i| w.value(i, storage)).collect())
         } else {
             let panels = n.div_ceil(NR);
             match storage {
                 Storage::F32 => {
                     let mut buf = Aligned::zeroed(panels * k * NR * 4);
-                    let dst = buf.f32s_mut();
-                    for (col, row) in w.chunks_exact(k).enumerate() {
-                        let (p, j) = (col / NR, col % NR);
-                        for (kk, &v) in row.iter().enumerate() {
-                            dst[(p * k + kk) * NR + j] = v;
+                    let dst = &mut buf.f32s_mut()[..panels * k * NR];
+                    dst.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
+                        for j in 0..NR.min(n - p * NR) {
+                            let row = (p * NR + j) * k;
+                            for kk in 0..k {
+                                panel[kk * NR + j] = w.value(row + kk, storage);
+                            }
                         }
-                    }
+                    });
                     Layout::PanelsF32(buf)
                 }
                 Storage::Bf16 => {
                     let k2 = k_even(k) / 2;
                     let mut buf = Aligned::zeroed(panels * k2 * NR * 2 * 2);
-                    let dst = buf.u16s_mut();
-                    for (col, row) in w.chunks_exact(k).enumerate() {
-                        let (p, j) = (col / NR, col % NR);
-                        for (kk, &v) in row.iter().enumerate() {
-                            dst[((p * k2 + kk / 2) * NR + j) * 2 + kk % 2] = bf16_bits(v);
+                    let dst = &mut buf.u16s_mut()[..panels * k2 * NR * 2];
+                    dst.par_chunks_mut(k2 * NR * 2).enumerate().for_each(|(p, panel)| {
+                        for j in 0..NR.min(n - p * NR) {
+                            let row = (p * NR + j) * k;
+                            for kk in 0..k {
+                                panel[((kk / 2) * NR + j) * 2 + kk % 2] = w.bf16(row + kk);
+                            }
                         }
-                    }
+                    });
                     Layout::PanelsBf16(buf)
                 }
             }
@@ -364,15 +405,18 @@ fn blocked(
     rows.ensure(tiles * MR * kp * elem);
     pack_rows(x, m, k, kp, kc_max, bf16, &mut rows);
 
+    // Blocks of about equal size: the tasks then share out evenly over the threads.
     let m_blocks = m.div_ceil(MC);
+    let mc = m.div_ceil(m_blocks).div_ceil(MR) * MR;
     let n_blocks = n.div_ceil(NC);
+    let nc = n.div_ceil(n_blocks).div_ceil(NR) * NR;
     let flops = 2 * m * n * k;
     let o = OutPtr(out.as_mut_ptr());
     let rows_ref = &rows;
     let task = |t: usize| {
         let (mb, nb) = (t / n_blocks, t % n_blocks);
-        let (m0, n0) = (mb * MC, nb * NC);
-        let (m1, n1) = ((m0 + MC).min(m), (n0 + NC).min(n));
+        let (m0, n0) = (mb * mc, nb * nc);
+        let (m1, n1) = ((m0 + mc).min(m), (n0 + nc).min(n));
         let mut panel = PANEL.take();
         if matches!(panels, Panels::Bf16Widened(_)) {
             panel.ensure(KC_F32 * NR * 4);
@@ -541,7 +585,7 @@ mod tests {
                     let x = pseudo(m * k, 1);
                     let w = pseudo(n * k, 2);
                     let b = pseudo(n, 3);
-                    let pw = PackedMatrix::with_isa(&w, n, k, storage, compute, isa);
+                    let pw = PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa);
                     let wv = if storage == Storage::Bf16 { round(&w) } else { w.clone() };
                     assert_eq!(pw.to_rows(), wv, "{isa:?} {storage:?} unpack");
                     let xv = if compute == Compute::Bf16 { round(&x) } else { x.clone() };
@@ -563,6 +607,23 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn packing_bf16_bits_equals_packing_their_values() {
+        let (n, k) = (45, 37);
+        let w = round(&pseudo(n * k, 4));
+        let bits: Vec<u16> = w.iter().map(|&v| bf16_bits(v)).collect();
+        for compute in [Compute::F32, Compute::Bf16] {
+            let a = PackedMatrix::from_bf16_bits(&bits, n, k, compute);
+            let b = PackedMatrix::new(&w, n, k, Storage::Bf16, compute);
+            assert_eq!(a.to_rows(), w);
+            let x = pseudo(3 * k, 5);
+            let (mut oa, mut ob) = (vec![0.0; 3 * n], vec![0.0; 3 * n]);
+            linear(&x, &a, None, Epilogue::None, &mut oa);
+            linear(&x, &b, None, Epilogue::None, &mut ob);
+            assert_eq!(oa, ob);
         }
     }
 
