@@ -8,6 +8,7 @@ use crate::config::{ModelClass, TransformerConfig};
 use crate::error::{Error, Result};
 use crate::nn::{sinusoidal_embedding, Linear, Mlp, RmsNorm, NORM_EPS};
 use crate::weights::Vb;
+use rayon::prelude::*;
 use muddit_kernels::cpu::{act, attention::attention_with, norm, rope};
 
 /// Width of the sinusoidal embedding of each micro-condition and of the timestep.
@@ -212,14 +213,15 @@ fn gated_add_(x: &mut [f32], y: &[f32], mods: &[f32], gate_at: usize, d: usize, 
     for b in 0..batch {
         let gate = &mods[(b * n + gate_at) * d..(b * n + gate_at + 1) * d];
         let range = b * per_item..(b + 1) * per_item;
-        for (xr, yr) in x[range.clone()]
-            .chunks_exact_mut(d)
-            .zip(y[range].chunks_exact(d))
-        {
-            for ((xv, yv), g) in xr.iter_mut().zip(yr).zip(gate) {
-                *xv += g * yv;
-            }
-        }
+        x[range.clone()]
+            .par_chunks_mut(d)
+            .zip(y[range].par_chunks(d))
+            .with_min_len(64)
+            .for_each(|(xr, yr)| {
+                for ((xv, yv), g) in xr.iter_mut().zip(yr).zip(gate) {
+                    *xv += g * yv;
+                }
+            });
     }
 }
 
@@ -598,6 +600,28 @@ impl Mmdit {
 
     /// The whole transformer forward.
     pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
+        let (text, image, g) = self.trunk(x)?;
+        Ok(MmditOutput {
+            text_logits: self.text_head(text),
+            image_logits: self.image_head(image, &g),
+        })
+    }
+
+    /// The image logits alone `[B, h, w, V]` (text-to-image does not read the text head's).
+    pub fn forward_image(&self, x: &MmditInput) -> Result<Vec<f32>> {
+        let (_, image, g) = self.trunk(x)?;
+        Ok(self.image_head(image, &g))
+    }
+
+    /// The text logits alone `[B, L, Vt]` (captioning does not read the image head's); `None`
+    /// without a text head.
+    pub fn forward_text(&self, x: &MmditInput) -> Result<Option<Vec<f32>>> {
+        let (text, _, _) = self.trunk(x)?;
+        Ok(self.text_head(text))
+    }
+
+    /// Everything up to the heads: text `[B, L, D]` and image `[B, N, D]` block outputs.
+    fn trunk(&self, x: &MmditInput) -> Result<(Vec<f32>, Vec<f32>, Geometry)> {
         let (rows, cols) = check_input(&self.cfg, x)?;
         let d = self.cfg.inner_dim();
         let g = self.geometry(x.batch, x.text_len, rows, cols);
@@ -615,15 +639,16 @@ impl Mmdit {
         for block in &self.single_transformer_blocks {
             block.forward(self, &mut joint, &temb_silu, &g);
         }
-        let (mut text, image) = split_seq(&joint, g.text * d, x.batch);
+        let (text, image) = split_seq(&joint, g.text * d, x.batch);
+        Ok((text, image, g))
+    }
 
-        let text_logits = self.text_decoder.as_ref().map(|dec| {
+    /// Text block output `[B, L, D]` to text logits `[B, L, Vt]` (reference 2.7).
+    fn text_head(&self, mut text: Vec<f32>) -> Option<Vec<f32>> {
+        let d = self.cfg.inner_dim();
+        self.text_decoder.as_ref().map(|dec| {
             norm::layer_norm_(&mut text, d, NORM_EPS);
             dec.forward(&text)
-        });
-        Ok(MmditOutput {
-            image_logits: self.image_head(image, &g),
-            text_logits,
         })
     }
 

@@ -7,7 +7,7 @@
 
 use crate::clip_text::{load_text_encoder_with, ClipTextModel};
 use crate::error::{Error, Result};
-use crate::mmdit::{Mmdit, MmditInput, MmditOutput};
+use crate::mmdit::{Mmdit, MmditInput};
 use crate::model_dir::load_transformer_with;
 use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
@@ -282,7 +282,7 @@ impl Pipeline {
                 .chain(if plan.guided { ids.iter() } else { [].iter() })
                 .map(|&i| i as i64)
                 .collect();
-            let out = self.transformer.forward(&MmditInput {
+            let logits = self.transformer.forward_image(&MmditInput {
                 image_tokens: &model_ids,
                 batch: plan.rows,
                 height: h,
@@ -295,7 +295,7 @@ impl Pipeline {
             })?;
             let t1 = Instant::now();
             plan.sampler
-                .step(step, &mut ids, &out.image_logits, &plan.layout)?;
+                .step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
                 steps: plan.sampler.steps(),
@@ -389,13 +389,13 @@ impl Pipeline {
         let image_ids = self.vqvae.encode(&req.images, b, r, r)?;
         let layout = TokenLayout::text(b, MAX_LEN, vt, mask_id);
         let micro = Self::micro_conds(b, r, r);
-        let mut last: Option<MmditOutput> = None;
+        let mut last: Option<Vec<f32>> = None;
         for step in 0..sampler.steps() {
             let t0 = Instant::now();
             let text_ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             let enc = self.text_encoder.forward(&text_ids, b)?;
             let t1 = Instant::now();
-            let out = self.transformer.forward(&MmditInput {
+            let out = self.transformer.forward_text(&MmditInput {
                 image_tokens: &image_ids,
                 batch: b,
                 height: h,
@@ -407,8 +407,8 @@ impl Pipeline {
                 micro_conds: &micro,
             })?;
             let t2 = Instant::now();
-            let logits = out.text_logits.as_deref().unwrap_or_default();
-            sampler.step(step, &mut ids, logits, &layout)?;
+            let logits = out.unwrap_or_default();
+            sampler.step(step, &mut ids, &logits, &layout)?;
             on_step(StepEvent {
                 step,
                 steps: sampler.steps(),
@@ -416,9 +416,9 @@ impl Pipeline {
                 transformer: t2 - t1,
                 sampler: t2.elapsed(),
             });
-            last = Some(out);
+            last = Some(logits);
         }
-        let logits = last.and_then(|o| o.text_logits).unwrap_or_default(); // [B, 77, Vt]
+        let logits = last.unwrap_or_default(); // [B, 77, Vt]
         Ok((0..b)
             .map(|i| {
                 let answer: Vec<i64> = (question_len[i]..MAX_LEN)

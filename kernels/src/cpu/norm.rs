@@ -3,36 +3,57 @@
 //! Sums are accumulated in `f64`: the rows are short (at most a few thousand) and this keeps the
 //! CPU backend a tight reference for the device kernels.
 
+use rayon::prelude::*;
+
+/// Rows per parallel task: enough work to pay for the hand-off.
+fn rows_per_task(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
+/// `Σ f(v)` over `row` in `f64`, in eight interleaved partial sums (which vectorise).
+#[inline(always)]
+fn sum_f64(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += f(c[i] as f64);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// RMSNorm in place: `x = x * rsqrt(mean(x²) + eps) * weight`, per row of `x [M, D]`, `weight [D]`.
 pub fn rms_norm_(x: &mut [f32], weight: &[f32], eps: f32) {
     let d = weight.len();
     assert!(d > 0 && x.len() % d == 0, "rms_norm: x is not [M, {d}]");
-    for row in x.chunks_exact_mut(d) {
-        let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+    x.par_chunks_mut(d).with_min_len(rows_per_task(d)).for_each(|row| {
+        let ms = sum_f64(row, |v| v * v) / d as f64;
         let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
         for (v, &w) in row.iter_mut().zip(weight) {
             *v = *v * inv * w;
         }
-    }
+    });
 }
 
 /// `(mean, 1/sqrt(var + eps))` of one row, variance biased as in `nn.LayerNorm`.
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let mean = sum_f64(row, |v| v) / n;
+    let var = sum_f64(row, |v| (v - mean) * (v - mean)) / n;
     (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
 }
 
 /// LayerNorm without affine parameters, in place, per row of `x [M, D]`.
 pub fn layer_norm_(x: &mut [f32], d: usize, eps: f32) {
     assert!(d > 0 && x.len() % d == 0, "layer_norm: x is not [M, {d}]");
-    for row in x.chunks_exact_mut(d) {
+    x.par_chunks_mut(d).with_min_len(rows_per_task(d)).for_each(|row| {
         let (mean, inv) = moments(row, eps);
         for v in row.iter_mut() {
             *v = (*v - mean) * inv;
         }
-    }
+    });
 }
 
 /// Adaptive-norm modulation: `out = LayerNorm(x) * (1 + scale) + shift` per row of `x [M, D]`,
@@ -48,12 +69,15 @@ pub fn layer_norm_modulate(x: &[f32], shift: &[f32], scale: &[f32], eps: f32, ou
         x.len(),
         "layer_norm_modulate: out differs from x"
     );
-    for (row, orow) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let (mean, inv) = moments(row, eps);
-        for i in 0..d {
-            orow[i] = (row[i] - mean) * inv * (1.0 + scale[i]) + shift[i];
-        }
-    }
+    x.par_chunks(d)
+        .zip(out.par_chunks_mut(d))
+        .with_min_len(rows_per_task(d))
+        .for_each(|(row, orow)| {
+            let (mean, inv) = moments(row, eps);
+            for i in 0..d {
+                orow[i] = (row[i] - mean) * inv * (1.0 + scale[i]) + shift[i];
+            }
+        });
 }
 
 #[cfg(test)]
