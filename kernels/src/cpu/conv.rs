@@ -1,19 +1,18 @@
-//! 2-D convolutions over channel-last images `[B, H, W, C]`, as im2col + the `linear` GEMM.
+//! 2-D convolutions over channel-last images `[B, H, W, C]`, as implicit matrix products.
 //!
 //! Design. A `k x k` convolution is a matrix product once every output pixel's receptive field
-//! is laid out as one row `[(ky, kx, C)]` ("im2col"): `out[P, O] = cols[P, k*k*C] · w[O, k*k*C]ᵀ`.
-//! The weight is reordered once at load time from PyTorch's `[O, C, kh, kw]` to `[O, (kh, kw, C)]`
-//! (`patch_major_weight`). The columns of a whole 512 x 512 image at 128 channels would take
-//! 1.2 GB, so output rows are processed in bands whose columns stay under `BAND_BYTES`; each band
-//! is gathered in parallel (rayon, one output row per task) and multiplied by the multi-threaded
-//! GEMM. Accumulation is `f32` in the GEMM. The op is arithmetic-bound: `2 k² C O` flops per
-//! output pixel against `k² C` gathered floats, so the gather costs a few percent at C >= 128.
-//! A 1x1 stride-1 convolution is the plain GEMM on the image, no gather.
+//! is read as one row `[(ky, kx, C)]`: `out[P, O] = fields[P, k*k*C] · w[O, k*k*C]ᵀ`. The weight
+//! is reordered once at load time from PyTorch's `[O, C, kh, kw]` to `[O, (kh, kw, C)]`
+//! (`patch_major_weight`) and packed. The fields are never written out as an im2col matrix: the
+//! product's packing step gathers them (runs of `C` channels, zeros outside the image) straight
+//! into its row tiles (`Fields`, a [`RowSource`]), rounding to bf16 there for bf16 products.
+//! Output rows go in bands whose packed rows stay under `BAND_BYTES`. A 1x1 stride-1
+//! convolution is the plain product on the image.
 
-use super::packed::{linear, Epilogue, PackedMatrix};
+use super::packed::{linear, linear_rows, Epilogue, PackedMatrix, RowSource};
 use rayon::prelude::*;
 
-/// Largest im2col band, in bytes.
+/// Largest band of gathered fields, in bytes (as f32).
 const BAND_BYTES: usize = 32 << 20;
 
 /// The geometry of one convolution: input `[batch, height, width, c_in]`, a square `kernel`,
@@ -67,30 +66,46 @@ pub fn patch_major_weight(w: &[f32], c_out: usize, c_in: usize, kernel: usize) -
     out
 }
 
-/// Gathers the receptive fields of output row `oy` of one image `x [H, W, C]` into
-/// `cols [Wo, (k, k, C)]`, zeros where the field leaves the image.
-fn gather_row(x: &[f32], s: &Conv2dShape, oy: usize, wo: usize, cols: &mut [f32]) {
-    let (c, k) = (s.c_in, s.kernel);
-    let (pad_t, pad_l) = (s.pad[0] as isize, s.pad[2] as isize);
-    for ox in 0..wo {
-        let row = &mut cols[ox * s.patch()..(ox + 1) * s.patch()];
-        for ky in 0..k {
-            let iy = (oy * s.stride + ky) as isize - pad_t;
-            for kx in 0..k {
-                let ix = (ox * s.stride + kx) as isize - pad_l;
-                let dst = &mut row[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
-                    dst.fill(0.0);
-                } else {
-                    let at = (iy as usize * s.width + ix as usize) * c;
-                    dst.copy_from_slice(&x[at..at + c]);
-                }
+/// The receptive fields of output rows `y0..y0 + rows` of one image `x [H, W, C]`, as the rows
+/// `[(ky, kx, C)]` of the product, gathered while the product packs them.
+struct Fields<'a> {
+    x: &'a [f32],
+    s: &'a Conv2dShape,
+    y0: usize,
+    rows: usize,
+    wo: usize,
+}
+
+impl RowSource for Fields<'_> {
+    fn rows(&self) -> usize {
+        self.rows * self.wo
+    }
+
+    fn fill(&self, row: usize, k0: usize, dst: &mut [f32]) {
+        let (s, c) = (self.s, self.s.c_in);
+        let (oy, ox) = (self.y0 + row / self.wo, row % self.wo);
+        let mut p = k0;
+        let mut out = dst;
+        while !out.is_empty() {
+            let (tap, c0) = (p / c, p % c);
+            let run = (c - c0).min(out.len());
+            let iy = (oy * s.stride + tap / s.kernel) as isize - s.pad[0] as isize;
+            let ix = (ox * s.stride + tap % s.kernel) as isize - s.pad[2] as isize;
+            let (head, rest) = out.split_at_mut(run);
+            if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
+                head.fill(0.0);
+            } else {
+                let at = (iy as usize * s.width + ix as usize) * c + c0;
+                head.copy_from_slice(&self.x[at..at + run]);
             }
+            out = rest;
+            p += run;
         }
     }
 }
 
-/// `out [B, Ho, Wo, O] = conv(x [B, H, W, C], w [O, (k, k, C)]) + bias [O]`.
+/// `out [B, Ho, Wo, O] = conv(x [B, H, W, C])` with the patch-major packed weight `w`
+/// `[O, (k, k, C)]` and `bias [O]`.
 pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape, out: &mut [f32]) {
     let (ho, wo) = s.out_hw();
     let image = s.height * s.width * s.c_in;
@@ -105,20 +120,16 @@ pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape
         linear(x, w, bias, Epilogue::None, out);
         return;
     }
-    let row_cols = wo * s.patch();
-    let band = (BAND_BYTES / (4 * row_cols).max(1)).clamp(1, ho);
-    let mut cols = vec![0.0f32; band * row_cols];
+    let row_bytes = 4 * wo * s.patch();
+    let band = (BAND_BYTES / row_bytes.max(1)).clamp(1, ho);
     for b in 0..s.batch {
         let xb = &x[b * image..(b + 1) * image];
         let ob = &mut out[b * ho * wo * s.c_out..(b + 1) * ho * wo * s.c_out];
         for y0 in (0..ho).step_by(band) {
             let rows = band.min(ho - y0);
-            let cols = &mut cols[..rows * row_cols];
-            cols.par_chunks_mut(row_cols)
-                .enumerate()
-                .for_each(|(r, c)| gather_row(xb, s, y0 + r, wo, c));
+            let fields = Fields { x: xb, s, y0, rows, wo };
             let dst = &mut ob[y0 * wo * s.c_out..(y0 + rows) * wo * s.c_out];
-            linear(cols, w, bias, Epilogue::None, dst);
+            linear_rows(&fields, w, bias, Epilogue::None, dst);
         }
     }
 }
@@ -252,6 +263,21 @@ mod tests {
                 }
             }
             assert!(worst < 1e-3, "{s:?}: worst relative error {worst}");
+            // bf16 products: relative L2 error of the whole output within bf16 rounding.
+            let packed = PackedMatrix::new(&patch_major_weight(&wt, o, c, k), o, s.patch(), Storage::Bf16, Compute::Bf16);
+            conv2d(&x, &packed, Some(&bias), &s, &mut got);
+            let (mut err, mut norm) = (0.0f64, 0.0f64);
+            for bi in 0..b {
+                for oi in 0..o {
+                    for p in 0..ho * wo {
+                        let r = want[(bi * o + oi) * ho * wo + p];
+                        err += (got[(bi * ho * wo + p) * o + oi] as f64 - r).powi(2);
+                        norm += r * r;
+                    }
+                }
+            }
+            let rel = (err / norm.max(1e-30)).sqrt();
+            assert!(rel < 1e-2, "{s:?}: bf16 relative L2 error {rel}");
         }
     }
 

@@ -80,9 +80,11 @@ pub fn group_norm_(
         xb.par_chunks_mut(BAND_PIXELS * c).for_each(|band| {
             for px in band.chunks_exact_mut(c) {
                 for ((v, &ai), &bi) in px.iter_mut().zip(&a).zip(&b) {
-                    let y = *v * ai + bi;
-                    *v = if silu { y / (1.0 + (-y).exp()) } else { y };
+                    *v = *v * ai + bi;
                 }
+            }
+            if silu {
+                super::act::silu_(band);
             }
         });
     }

@@ -313,11 +313,55 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// The left operand of a product, row by row: a matrix, or the receptive fields of a
+/// convolution gathered as they are packed (no im2col buffer).
+pub trait RowSource: Sync {
+    /// Rows `M`.
+    fn rows(&self) -> usize;
+    /// Writes values `k0..k0 + dst.len()` of row `row` into `dst`.
+    fn fill(&self, row: usize, k0: usize, dst: &mut [f32]);
+}
+
+/// A row-major `[M, K]` matrix.
+struct Matrix<'a> {
+    x: &'a [f32],
+    k: usize,
+}
+
+impl RowSource for Matrix<'_> {
+    fn rows(&self) -> usize {
+        self.x.len() / self.k
+    }
+    fn fill(&self, row: usize, k0: usize, dst: &mut [f32]) {
+        dst.copy_from_slice(&self.x[row * self.k + k0..][..dst.len()]);
+    }
+}
+
 /// `out[M,N] = x[M,K] · wᵀ (+ bias[N])`, then `epilogue`.
 pub fn linear(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
-    let (n, k) = (w.n, w.k);
+    let k = w.k;
     assert_eq!(x.len() % k.max(1), 0, "linear: x is not [M,K]");
-    let m = if k == 0 { out.len() / n.max(1) } else { x.len() / k };
+    if k == 0 {
+        let m = out.len() / w.n.max(1);
+        return linear_rows(&Empty(m), w, bias, epilogue, out);
+    }
+    linear_rows(&Matrix { x, k }, w, bias, epilogue, out)
+}
+
+/// `m` rows of nothing (`K = 0`).
+struct Empty(usize);
+
+impl RowSource for Empty {
+    fn rows(&self) -> usize {
+        self.0
+    }
+    fn fill(&self, _: usize, _: usize, _: &mut [f32]) {}
+}
+
+/// [`linear`] with the rows `x[M,K]` taken from `x`.
+pub fn linear_rows(x: &dyn RowSource, w: &PackedMatrix, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    let m = x.rows();
     assert_eq!(out.len(), m * n, "linear: out is not [M,N]");
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "linear: bias is not [N]");
@@ -350,7 +394,7 @@ pub fn linear(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, epilogue: Epilo
 
 #[allow(clippy::too_many_arguments)]
 fn portable(
-    x: &[f32],
+    x: &dyn RowSource,
     w: &[f32],
     compute: Compute,
     bias: Option<&[f32]>,
@@ -360,13 +404,14 @@ fn portable(
     n: usize,
     out: &mut [f32],
 ) {
-    match compute {
-        Compute::F32 => super::matmul::linear(x, w, bias, m, k, n, out),
-        Compute::Bf16 => {
-            let xr: Vec<f32> = x.iter().map(|&v| bf16_value(bf16_bits(v))).collect();
-            super::matmul::linear(&xr, w, bias, m, k, n, out)
+    let mut xr = vec![0.0; m * k];
+    xr.par_chunks_mut(k).enumerate().for_each(|(row, dst)| {
+        x.fill(row, 0, dst);
+        if compute == Compute::Bf16 {
+            dst.iter_mut().for_each(|v| *v = bf16_value(bf16_bits(*v)));
         }
-    }
+    });
+    super::matmul::linear(&xr, w, bias, m, k, n, out);
     if epilogue == Epilogue::GeluTanh {
         super::act::gelu_tanh_(out);
     }
@@ -382,7 +427,7 @@ enum Panels<'a> {
 
 #[allow(clippy::too_many_arguments)]
 fn blocked(
-    x: &[f32],
+    x: &dyn RowSource,
     panels: Panels,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
@@ -500,39 +545,48 @@ enum WeightSlice {
     Bf16(*const u16),
 }
 
-/// Copies `x [M,K]` into row tiles: tile t, slice at `pc` holds MR rows of `kc` values at
+/// Copies the rows of `x` into row tiles: tile t, slice at `pc` holds MR rows of `kc` values at
 /// `t * MR * kp + pc * MR`; rows past M and k past K are zero.
-fn pack_rows(x: &[f32], m: usize, k: usize, kp: usize, kc_max: usize, bf16: bool, rows: &mut Aligned) {
+fn pack_rows(x: &dyn RowSource, m: usize, k: usize, kp: usize, kc_max: usize, bf16: bool, rows: &mut Aligned) {
     let tile_len = MR * kp;
-    let fill = |t: usize, dst_f: Option<&mut [f32]>, dst_h: Option<&mut [u16]>| {
-        let mut pc = 0;
-        let (mut df, mut dh) = (dst_f, dst_h);
-        while pc < kp {
-            let kc = kc_max.min(kp - pc);
-            for r in 0..MR {
-                let row = t * MR + r;
-                let base = pc * MR + r * kc;
-                let src: &[f32] = if row < m { &x[row * k + pc.min(k)..row * k + (pc + kc).min(k)] } else { &[] };
-                if let Some(d) = df.as_deref_mut() {
-                    d[base..base + src.len()].copy_from_slice(src);
-                    d[base + src.len()..base + kc].fill(0.0);
-                }
-                if let Some(d) = dh.as_deref_mut() {
-                    // SAFETY: bf16 products are only planned when avx512bf16 is present.
-                    unsafe { avx512::to_bf16(src, &mut d[base..base + src.len()]) };
-                    d[base + src.len()..base + kc].fill(0);
-                }
-            }
-            pc += kc;
-        }
-    };
     let tiles = m.div_ceil(MR);
+    // The valid part of row `row`'s slice at `pc`, filled into `d` (`kc` values).
+    let fill_f32 = |row: usize, pc: usize, kc: usize, d: &mut [f32]| {
+        let len = if row < m { k.saturating_sub(pc).min(kc) } else { 0 };
+        if len > 0 {
+            x.fill(row, pc, &mut d[..len]);
+        }
+        d[len..kc].fill(0.0);
+    };
     if bf16 {
         let buf = &mut rows.u16s_mut()[..tiles * tile_len];
-        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| fill(t, None, Some(d)));
+        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
+            let mut tmp = [0.0f32; KC_BF16];
+            let mut pc = 0;
+            while pc < kp {
+                let kc = kc_max.min(kp - pc);
+                for r in 0..MR {
+                    fill_f32(t * MR + r, pc, kc, &mut tmp);
+                    let base = pc * MR + r * kc;
+                    // SAFETY: bf16 products are only planned when avx512bf16 is present.
+                    unsafe { avx512::to_bf16(&tmp[..kc], &mut d[base..base + kc]) };
+                }
+                pc += kc;
+            }
+        });
     } else {
         let buf = &mut rows.f32s_mut()[..tiles * tile_len];
-        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| fill(t, Some(d), None));
+        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
+            let mut pc = 0;
+            while pc < kp {
+                let kc = kc_max.min(kp - pc);
+                for r in 0..MR {
+                    let base = pc * MR + r * kc;
+                    fill_f32(t * MR + r, pc, kc, &mut d[base..base + kc]);
+                }
+                pc += kc;
+            }
+        });
     }
 }
 
