@@ -6,7 +6,11 @@
 //! f32 operands (the previous implementation). Throughput is reported in elements = FLOPs
 //! (`2 M N K`), so criterion's "elem/s" reads as FLOP/s.
 //!
-//! Run: `cargo bench -p muddit-benches --bench matmul`.
+//! `ceiling/{f32_fma,bf16_dot}`: the machine's ceiling in the same sitting, from a loop of
+//! independent register-only `vfmadd231ps` / `vdpbf16ps` on every rayon thread (24 accumulators
+//! each); the ratio of a product's FLOP/s to its dtype's ceiling is what BENCHMARKS.md quotes.
+//!
+//! Run: `cargo bench -p muddit-benches --bench matmul` (`MUDDIT_BENCH_MODES=f32,bf16` to pick).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use muddit_kernels::cpu::matmul;
@@ -21,10 +25,71 @@ fn values(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// `iters` rounds of 24 independent FMAs (f32) or bf16 dot products on one thread.
+#[cfg(target_arch = "x86_64")]
+mod ceiling {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn f32_fma(iters: u64) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.0); 24];
+        let (a, b) = (_mm512_set1_ps(1.000_000_1), _mm512_set1_ps(0.999_999_9));
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
+        }
+        acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn bf16_dot(iters: u64) -> f32 {
+        let mut acc = [_mm512_set1_ps(0.0); 24];
+        let one: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm512_dpbf16_ps(*r, one, one);
+            }
+        }
+        acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn bench_ceiling(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>) {
+    const ITERS: u64 = 1 << 23;
+    let threads = rayon::current_num_threads() as u64;
+    // One OS thread per worker, all started together.
+    let on_all = |f: unsafe fn(u64) -> f32| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| s.spawn(move || unsafe { f(std::hint::black_box(ITERS)) }))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f32>()
+        })
+    };
+    if is_x86_feature_detected!("avx512f") {
+        g.throughput(Throughput::Elements(threads * ITERS * 24 * 32));
+        // SAFETY (inside on_all): avx512f checked above.
+        g.bench_function("ceiling/f32_fma", |b| {
+            b.iter(|| on_all(ceiling::f32_fma))
+        });
+    }
+    if is_x86_feature_detected!("avx512bf16") {
+        g.throughput(Throughput::Elements(threads * ITERS * 24 * 64));
+        // SAFETY (inside on_all): avx512f and avx512bf16 checked above.
+        g.bench_function("ceiling/bf16_dot", |b| {
+            b.iter(|| on_all(ceiling::bf16_dot))
+        });
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let only = std::env::var("MUDDIT_BENCH_MODES").unwrap_or_else(|_| "f32,bf16w_f32,bf16,gemm_crate".into());
     let mut g = c.benchmark_group("matmul");
     g.sample_size(20);
+    #[cfg(target_arch = "x86_64")]
+    bench_ceiling(&mut g);
     for (m, k, n) in SHAPES {
         let x = values(m * k, 1);
         let w = values(n * k, 2);

@@ -1,0 +1,126 @@
+"""The PyTorch peer of `muddit bench`: the upstream Muddit code on the same model folder.
+
+Run by hand (never by CI), alternating with our runs in one sitting, e.g.
+
+    /work/pyenv/bin/python benches/pytorch/peer.py --muddit-src /path/to/Muddit \
+        --model /work/bench-1b --dtype bf16 --what step --runs 3
+    /work/pyenv/bin/python benches/pytorch/peer.py --muddit-src /path/to/Muddit \
+        --model /work/bench-1b --dtype bf16 --what pipeline --steps 16
+
+`--what step`: one guided text-to-image transformer call (batch 2: unconditional and conditional,
+77 text tokens, the id grid of `--size` px), as `UnifiedPipeline` makes it; prints the median of
+`--runs` after one warm-up. `--what pipeline`: a whole `UnifiedPipeline` text-to-image run (load,
+text encoding, `--steps` guided steps, VQ decode, PIL image) timed from the first `from_pretrained`
+call; prints the wall time and the peak resident memory of the process.
+
+`--muddit-src DIR`: a checkout of M-E-AGI-Lab/Muddit holding `src/pipeline.py`,
+`src/transformer.py` and `src/scheduler.py` (imported as the package `src`; not part of this
+repository). `--model DIR`: a model folder in the public layout, e.g. one written by
+`muddit debug random-checkpoint --preset muddit-512 --dtype bf16 --out DIR`.
+Needs torch, diffusers 0.34.0, transformers 4.48.0 (the venv at /work/pyenv).
+"""
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def import_upstream(src: Path):
+    for f in ["pipeline.py", "transformer.py", "scheduler.py"]:
+        if not (src / "src" / f).is_file():
+            sys.exit(f"error: {src / 'src' / f} not found (--muddit-src must hold src/{f})")
+    sys.path.insert(0, str(src.resolve()))
+    import src.pipeline as pipeline_module
+    import src.scheduler as scheduler_module
+    import src.transformer as transformer_module
+    return pipeline_module, scheduler_module, transformer_module
+
+
+def image_ids(rows: int, cols: int) -> torch.Tensor:
+    ids = torch.zeros(rows, cols, 3)
+    ids[..., 1] = torch.arange(rows)[:, None]
+    ids[..., 2] = torch.arange(cols)[None, :]
+    return ids.reshape(-1, 3)
+
+
+def bench_step(transformer_module, model: Path, dtype, size: int, runs: int) -> dict:
+    t = transformer_module.SymmetricTransformer2DModel.from_pretrained(model, subfolder="transformer")
+    t.to(dtype).eval()
+    cfg = t.config
+    grid = size // 16
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.full((2, grid, grid), cfg.vocab_size - 1, dtype=torch.long)
+    hidden = torch.randn(2, 77, cfg.joint_attention_dim, generator=gen).to(dtype)
+    pooled = torch.randn(2, cfg.pooled_projection_dim, generator=gen).to(dtype)
+    micro = torch.tensor([[size, size, 0, 0, 6]] * 2, dtype=dtype)
+    # The pipeline's position ids: the grid the blocks see (halved by the down block).
+    img = image_ids(grid // 2, grid // 2).to(dtype)
+    txt = torch.zeros(77, 3, dtype=dtype)
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 1):
+            start = time.perf_counter()
+            t(hidden_states=ids, micro_conds=micro, pooled_projections=pooled,
+              encoder_hidden_states=hidden, img_ids=img, txt_ids=txt,
+              timestep=torch.tensor([0.5], dtype=dtype))
+            if i > 0:
+                times.append(time.perf_counter() - start)
+    return {"what": "step", "median_s": statistics.median(times), "runs_s": times}
+
+
+def bench_pipeline(upstream, model: Path, dtype, size: int, steps: int) -> dict:
+    from diffusers import VQModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    pipeline_module, scheduler_module, transformer_module = upstream
+    start = time.perf_counter()
+    pipe = pipeline_module.UnifiedPipeline(
+        vqvae=VQModel.from_pretrained(model, subfolder="vqvae"),
+        tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
+        text_encoder=CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder"),
+        transformer=transformer_module.SymmetricTransformer2DModel.from_pretrained(model, subfolder="transformer"),
+        scheduler=scheduler_module.Scheduler.from_pretrained(model, subfolder="scheduler"),
+    )
+    pipe.to(dtype)
+    if dtype != torch.float32:
+        # transformers builds CLIP's causal mask in the default dtype.
+        pipe.text_encoder.register_forward_pre_hook(lambda m, a: torch.set_default_dtype(dtype))
+        pipe.text_encoder.register_forward_hook(lambda m, a, o: torch.set_default_dtype(torch.float32))
+    pipe.set_progress_bar_config(disable=True)
+    loaded = time.perf_counter() - start
+    with torch.no_grad():
+        pipe(prompt=["a photo of a cat"], height=size, width=size, guidance_scale=9.0,
+             num_inference_steps=steps)
+    total = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"what": "pipeline", "load_s": loaded, "total_s": total, "peak_rss_gb": peak_kb / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--muddit-src", type=Path, required=True)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--what", choices=["step", "pipeline"], default="step")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    upstream = import_upstream(args.muddit_src)
+    if args.what == "step":
+        result = bench_step(upstream[2], args.model, dtype, args.size, args.runs)
+    else:
+        result = bench_pipeline(upstream, args.model, dtype, args.size, args.steps)
+    result.update(dtype=args.dtype, size=args.size, threads=args.threads, torch=torch.__version__)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
