@@ -13,6 +13,8 @@ mod emulate {
     use std::path::Path;
 
     pub fn build() {
+        println!("cargo:rerun-if-env-changed=MUDDIT_EMU_TSAN");
+        let tsan = std::env::var("MUDDIT_EMU_TSAN").is_ok_and(|v| v == "1");
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let (cuda, emu) = (root.join("cuda"), root.join("emu"));
         for dir in [&cuda, &emu] {
@@ -38,11 +40,18 @@ mod emulate {
             .flag("-include")
             .flag(emu.join("cuda_emu.h").to_str().expect("utf-8 path"))
             .file(emu.join("runtime.cpp"))
+            .file(emu.join("race_probe.cu"))
             // Everything after this is C++ whatever its extension.
             .flag("-x")
             .flag("c++");
         for s in &sources {
             build.file(s);
+        }
+        if tsan {
+            // The emulator and the kernels instrumented by ThreadSanitizer (runtime.cpp annotates
+            // its fibers and barriers); the test binaries link the TSan runtime.
+            build.flag("-fsanitize=thread").flag("-g");
+            println!("cargo:rustc-link-lib=dylib=tsan");
         }
         build.compile("muddit_emu");
     }

@@ -7,6 +7,24 @@
 
 #include <algorithm>
 #include <cstdio>
+
+// Under ThreadSanitizer (`MUDDIT_EMU_TSAN=1`, see build.rs) every emulated CUDA thread is a TSan
+// fiber and every barrier a release/acquire pair, so TSan checks the kernels' own
+// synchronisation: a shared-memory race inside a block (a missing __syncthreads) as well as a
+// race between blocks on different workers.
+// The scheduler's own bookkeeping (barrier counters, progress, the current fiber) is shared by
+// the fibers of a block by design; under TSan it is accessed atomically so that only the
+// kernels' memory is checked. Fibers switch without synchronising (`no_sync`): only barriers
+// order them, as on the device.
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define EMU_TSAN 1
+#define EMU_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define EMU_SET(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#else
+#define EMU_GET(x) (x)
+#define EMU_SET(x, v) ((x) = (v))
+#endif
 #include <cstdlib>
 #include <thread>
 #include <vector>
@@ -30,6 +48,7 @@ struct Copy {
 
 struct Fiber {
     ucontext_t ctx;
+    void* tsan = nullptr;
     uint3 tid;
     int warp = 0, lane = 0;
     bool done = false;
@@ -47,6 +66,7 @@ struct Worker {
     char* stacks = nullptr;
     size_t stack_count = 0;
     ucontext_t sched;
+    void* tsan_sched = nullptr;
     int current = 0;
     uint3 bidx{0, 0, 0};
     dim3 bdim{1, 1, 1}, gdim{1, 1, 1};
@@ -60,6 +80,10 @@ struct Worker {
     const void* params = nullptr;
 
     ~Worker() {
+#ifdef EMU_TSAN
+        for (Fiber& f : fibers)
+            if (f.tsan) __tsan_destroy_fiber(f.tsan);
+#endif
         if (stacks) munmap(stacks, stack_count * kStack);
         free(smem);
     }
@@ -72,43 +96,74 @@ thread_local Worker* W = nullptr;
     abort();
 }
 
-Fiber& cur() { return W->fibers[W->current]; }
+Fiber& cur() { return W->fibers[EMU_GET(W->current)]; }
 
 unsigned long long& slot(int warp, int lane, int k) {
     return W->slots[((size_t)warp * 32 + lane) * kSlots + k];
 }
 
-void yield() { swapcontext(&cur().ctx, &W->sched); }
+// Suspends the current fiber; the scheduler resumes it later.
+void yield() {
+#ifdef EMU_TSAN
+    __tsan_switch_to_fiber(W->tsan_sched, __tsan_switch_to_fiber_no_sync);
+#endif
+    swapcontext(&cur().ctx, &W->sched);
+}
+
+void progress() { EMU_SET(W->progress, EMU_GET(W->progress) + 1); }
 
 void wait(Barrier& b) {
-    W->progress++;
-    if (++b.arrived == b.expected) {
-        b.arrived = 0;
-        b.gen++;
-        return;
+    progress();
+#ifdef EMU_TSAN
+    __tsan_release(&b);
+#endif
+    const unsigned g = EMU_GET(b.gen);
+    const int arrived = EMU_GET(b.arrived) + 1;
+    if (arrived == EMU_GET(b.expected)) {
+        EMU_SET(b.arrived, 0);
+        EMU_SET(b.gen, g + 1);
+    } else {
+        EMU_SET(b.arrived, arrived);
+        while (EMU_GET(b.gen) == g) yield();
     }
-    unsigned g = b.gen;
-    while (b.gen == g) yield();
+#ifdef EMU_TSAN
+    __tsan_acquire(&b);
+#endif
 }
 
 void drop(Barrier& b) {
-    b.expected--;
-    if (b.arrived > 0 && b.arrived == b.expected) {
-        b.arrived = 0;
-        b.gen++;
+#ifdef EMU_TSAN
+    __tsan_release(&b);
+#endif
+    const int expected = EMU_GET(b.expected) - 1;
+    EMU_SET(b.expected, expected);
+    const int arrived = EMU_GET(b.arrived);
+    if (arrived > 0 && arrived == expected) {
+        EMU_SET(b.arrived, 0);
+        EMU_SET(b.gen, EMU_GET(b.gen) + 1);
     }
 }
 
 void fiber_entry() {
+#ifdef EMU_TSAN
+    __tsan_acquire(W);  // the block's set-up (released in run_block)
+#endif
     Fiber& f = cur();
     W->kernel(W->params);
-    f.done = true;
     f.open.clear();
     f.groups.clear();
     drop(W->block_bar);
     drop(W->warp_bar[f.warp]);
-    W->progress++;
-    // Returning resumes `uc_link`, the scheduler.
+    progress();
+    Worker* w = W;
+    EMU_SET(f.done, true);
+#ifdef EMU_TSAN
+    void* sched = w->tsan_sched;
+    __tsan_release(&f);
+    __tsan_switch_to_fiber(sched, __tsan_switch_to_fiber_no_sync);
+#endif
+    // Never resumed: the scheduler sees `done`.
+    swapcontext(&f.ctx, &w->sched);
 }
 
 void run_block(unsigned linear) {
@@ -135,25 +190,42 @@ void run_block(unsigned linear) {
         f.ctx.uc_stack.ss_size = kStack;
         f.ctx.uc_link = &w.sched;
         makecontext(&f.ctx, fiber_entry, 0);
+#ifdef EMU_TSAN
+        if (!f.tsan) f.tsan = __tsan_create_fiber(0);
+#endif
     }
+#ifdef EMU_TSAN
+    // The set-up happens before every fiber of the block runs.
+    __tsan_release(&w);
+#endif
     for (;;) {
-        const unsigned long long before = w.progress;
+        const unsigned long long before = EMU_GET(w.progress);
         bool live = false;
         for (unsigned i = 0; i < n; i++) {
-            if (w.fibers[i].done) continue;
+            if (EMU_GET(w.fibers[i].done)) continue;
             live = true;
-            w.current = (int)i;
+            EMU_SET(w.current, (int)i);
+#ifdef EMU_TSAN
+            __tsan_switch_to_fiber(w.fibers[i].tsan, __tsan_switch_to_fiber_no_sync);
+#endif
             swapcontext(&w.sched, &w.fibers[i].ctx);
         }
         if (!live) break;
-        if (w.progress == before) fail("deadlock: a barrier that no live thread of the block can pass");
+        if (EMU_GET(w.progress) == before) fail("deadlock: a barrier that no live thread of the block can pass");
     }
+#ifdef EMU_TSAN
+    // The block's fibers happen before the next block's set-up on this worker.
+    for (unsigned i = 0; i < n; i++) __tsan_acquire(&w.fibers[i]);
+#endif
 }
 
 void run_worker(LaunchDims d, void (*kernel)(const void*), const void* params, unsigned first,
                 unsigned step, unsigned blocks) {
     Worker w;
     W = &w;
+#ifdef EMU_TSAN
+    w.tsan_sched = __tsan_get_current_fiber();
+#endif
     w.bdim = {d.block[0], d.block[1], d.block[2]};
     w.gdim = {d.grid[0], d.grid[1], d.grid[2]};
     w.kernel = kernel;

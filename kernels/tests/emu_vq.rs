@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use muddit_kernels::cpu::conv::{conv2d, patch_major_weight, upsample_nearest_2x, Conv2dShape};
 use muddit_kernels::cpu::group_norm::group_norm_;
+use muddit_kernels::cpu::packed::{Compute, PackedMatrix, Storage};
 use muddit_kernels::cuda::{ops, params::*};
 use muddit_kernels::emu;
 
@@ -61,7 +62,8 @@ fn conv2d_matches_cpu_on_awkward_shapes() {
         // SAFETY: x is [B, h, w, c], w [O, k*k*c], res and out [B, ho, wo, O], bias [O].
         unsafe { emu::run(&ops::conv2d(p).unwrap()) };
         let mut want = vec![0.0; m * o];
-        conv2d(&x, &wt, Some(&bias), &s, &mut want);
+        let packed = PackedMatrix::new(&wt, o, k * k * c, Storage::F32, Compute::F32);
+        conv2d(&x, &packed, Some(&bias), &s, &mut want);
         want.iter_mut().zip(&res).for_each(|(v, r)| *v += r);
         check(
             &format!("conv2d {s:?}"),

@@ -65,6 +65,8 @@ emulated_kernels!(
     group_norm_apply_bf16,
     upsample2x_bf16,
     vq_nearest_f32,
+    // Test-only (kernels/emu/race_probe.cu): the race check's probe.
+    race_probe,
 );
 
 /// `sizeof` of kernel `name`'s parameter struct on the C side.
