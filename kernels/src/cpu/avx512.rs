@@ -73,18 +73,19 @@ unsafe fn finish(acc: &[[__m512; 2]; MR], c: *mut f32, ldc: usize, rows: usize, 
     }
 }
 
-/// `c[rows, cols] (+)= a[MR, kc] · b[kc, NR]`: `a` row-major with row stride `kc`, `b` the
+/// `c[rows, cols] (+)= a[MR, kc] · b[kc, NR]`: `a` row-major with row stride `lda`, `b` the
 /// packed f32 weight panel `[kc][NR]` (64-byte aligned). Only `rows x cols` of `c` are touched;
 /// `gelu` applies GELU-tanh to the finished values.
 ///
 /// # Safety
-/// `avx512f` present; `a` holds `MR * kc`, `b` `kc * NR` values; `c` holds `rows` rows of
+/// `avx512f` present; `a` holds `MR` rows of `kc` values at stride `lda`, `b` `kc * NR` values; `c` holds `rows` rows of
 /// `cols` values at stride `ldc`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn kernel_f32(
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -101,7 +102,7 @@ pub unsafe fn kernel_f32(
         let b1 = _mm512_load_ps(bp.add(16));
         let ap = a.add(kk);
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r * kc));
+            let av = _mm512_set1_ps(*ap.add(r * lda));
             acc_r[0] = _mm512_fmadd_ps(av, b0, acc_r[0]);
             acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
         }
@@ -109,7 +110,7 @@ pub unsafe fn kernel_f32(
     finish(&acc, c, ldc, rows, m, gelu);
 }
 
-/// As [`kernel_f32`] with bf16 operands: `a` is `[MR, kc]` bf16 bits (`kc` even), `b` the packed
+/// As [`kernel_f32`] with bf16 operands: `a` is `[MR, kc]` bf16 bits (`kc`, `lda` even), `b` the packed
 /// pair panel `[kc/2][NR][2]`; products accumulate in f32 (`vdpbf16ps`).
 ///
 /// # Safety
@@ -119,6 +120,7 @@ pub unsafe fn kernel_f32(
 pub unsafe fn kernel_bf16(
     kc: usize,
     a: *const u16,
+    lda: usize,
     b: *const u16,
     c: *mut f32,
     ldc: usize,
@@ -135,7 +137,7 @@ pub unsafe fn kernel_bf16(
         let b1: __m512bh = std::mem::transmute(_mm512_load_si512(bp.add(NR) as *const __m512i));
         let ap = a.add(2 * kk);
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let pair = (ap.add(r * kc) as *const i32).read_unaligned();
+            let pair = (ap.add(r * lda) as *const i32).read_unaligned();
             let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
             acc_r[0] = _mm512_dpbf16_ps(acc_r[0], av, b0);
             acc_r[1] = _mm512_dpbf16_ps(acc_r[1], av, b1);

@@ -25,6 +25,11 @@ const KC_F32: usize = 512;
 const KC_BF16: usize = 1024;
 /// Rows per block (a multiple of `MR`).
 const MC: usize = MR * 24;
+/// Padding after each packed row of activations, in elements (64 bytes): rows `kc` apart would
+/// fall into the same L1 sets (a 4 KiB period) when `kc` is a multiple of 1024 bytes.
+const PAD_F32: usize = 16;
+const PAD_BF16: usize = 32;
+
 /// Columns per block (a multiple of `NR`).
 const NC: usize = NR * 8;
 
@@ -447,8 +452,11 @@ fn blocked(
     // Activations: per row tile, per k slice, MR rows of kc values (row-major inside).
     let elem = if bf16 { 2 } else { 4 };
     let mut rows = ROWS.take();
-    rows.ensure(tiles * MR * kp * elem);
-    pack_rows(x, m, k, kp, kc_max, bf16, &mut rows);
+    let pad = if bf16 { PAD_BF16 } else { PAD_F32 };
+    let slices = kp.div_ceil(kc_max);
+    let tile_len = MR * (kp + slices * pad);
+    rows.ensure(tiles * tile_len * elem);
+    pack_rows(x, m, k, kp, kc_max, pad, bf16, &mut rows);
 
     // Blocks of about equal size: the tasks then share out evenly over the threads.
     let m_blocks = m.div_ceil(MC);
@@ -493,7 +501,7 @@ fn blocked(
                 for tile in m0 / MR..m1.div_ceil(MR) {
                     let r0 = tile * MR;
                     let nrows = (m1 - r0).min(MR);
-                    let a_off = tile * MR * kp + pc * MR;
+                    let a_off = tile * tile_len + MR * (pc + (pc / kc_max) * pad);
                     // SAFETY: the packed rows hold MR * kc values at a_off, the weight slice
                     // kc * NR; rows r0..r0+nrows and columns c0..c0+cols of out are inside
                     // [m, n] and belong to this task's block alone.
@@ -503,6 +511,7 @@ fn blocked(
                             WeightSlice::F32(b) => avx512::kernel_f32(
                                 kc,
                                 rows_ref.f32s()[a_off..].as_ptr(),
+                                kc + pad,
                                 b,
                                 c,
                                 n,
@@ -514,6 +523,7 @@ fn blocked(
                             WeightSlice::Bf16(b) => avx512::kernel_bf16(
                                 kc,
                                 rows_ref.u16s()[a_off..].as_ptr(),
+                                kc + pad,
                                 b,
                                 c,
                                 n,
@@ -545,10 +555,12 @@ enum WeightSlice {
     Bf16(*const u16),
 }
 
-/// Copies the rows of `x` into row tiles: tile t, slice at `pc` holds MR rows of `kc` values at
-/// `t * MR * kp + pc * MR`; rows past M and k past K are zero.
-fn pack_rows(x: &dyn RowSource, m: usize, k: usize, kp: usize, kc_max: usize, bf16: bool, rows: &mut Aligned) {
-    let tile_len = MR * kp;
+/// Copies the rows of `x` into row tiles: in tile t, the slice at `pc` holds MR rows of `kc`
+/// values, `kc + pad` apart, from `MR * (pc + (pc / kc_max) * pad)`; rows past M and k past K are
+/// zero.
+#[allow(clippy::too_many_arguments)]
+fn pack_rows(x: &dyn RowSource, m: usize, k: usize, kp: usize, kc_max: usize, pad: usize, bf16: bool, rows: &mut Aligned) {
+    let tile_len = MR * (kp + kp.div_ceil(kc_max) * pad);
     let tiles = m.div_ceil(MR);
     // The valid part of row `row`'s slice at `pc`, filled into `d` (`kc` values).
     let fill_f32 = |row: usize, pc: usize, kc: usize, d: &mut [f32]| {
@@ -567,7 +579,7 @@ fn pack_rows(x: &dyn RowSource, m: usize, k: usize, kp: usize, kc_max: usize, bf
                 let kc = kc_max.min(kp - pc);
                 for r in 0..MR {
                     fill_f32(t * MR + r, pc, kc, &mut tmp);
-                    let base = pc * MR + r * kc;
+                    let base = MR * (pc + (pc / kc_max) * pad) + r * (kc + pad);
                     // SAFETY: bf16 products are only planned when avx512bf16 is present.
                     unsafe { avx512::to_bf16(&tmp[..kc], &mut d[base..base + kc]) };
                 }
@@ -581,7 +593,7 @@ fn pack_rows(x: &dyn RowSource, m: usize, k: usize, kp: usize, kc_max: usize, bf
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
                 for r in 0..MR {
-                    let base = pc * MR + r * kc;
+                    let base = MR * (pc + (pc / kc_max) * pad) + r * (kc + pad);
                     fill_f32(t * MR + r, pc, kc, &mut d[base..base + kc]);
                 }
                 pc += kc;
