@@ -152,6 +152,31 @@ fn t2i_greedy_is_deterministic_and_says_what_has_no_effect() {
     assert_eq!(a.as_raw(), b.as_raw());
 }
 
+/// `--dtype bf16` runs the whole pipeline with bf16 products: an image comes out and two runs are
+/// identical. Its distance from the f32 image is only printed: on random weights greedy choices
+/// are full of near-ties that bf16 rounding flips.
+#[test]
+fn t2i_with_bf16_products_runs_and_is_deterministic() {
+    let tmp = with_model();
+    let dir = tmp.path();
+    let run = |out: &str, dtype: &str| {
+        let mut args = vec!["--dtype", dtype];
+        args.extend(T2I);
+        args.extend(["--prompt", "a cat", "--greedy", "--output", out]);
+        muddit(&args, dir)
+    };
+    for (out, dtype) in [("b1.png", "bf16"), ("b2.png", "bf16"), ("f.png", "f32")] {
+        let o = run(out, dtype);
+        assert!(o.status.success(), "{dtype}: {}", stderr(&o));
+    }
+    let img = |name: &str| image::open(dir.join(name)).expect(name).to_rgb8();
+    let (b1, b2, f) = (img("b1.png"), img("b2.png"), img("f.png"));
+    assert_eq!(b1.dimensions(), (64, 64));
+    assert_eq!(b1.as_raw(), b2.as_raw(), "bf16 runs differ");
+    let differing = b1.as_raw().iter().zip(f.as_raw()).filter(|(a, b)| a != b).count();
+    println!("bf16 vs f32: {differing} of {} channel values differ", f.as_raw().len());
+}
+
 #[test]
 fn t2i_user_errors_exit_2() {
     let tmp = with_model();

@@ -23,6 +23,18 @@ pub enum Init {
     Bias(*const f32),
 }
 
+/// Where a finished register tile goes: `rows x cols` of `c` at row stride `ldc`, how the
+/// accumulators start, and whether GELU-tanh is applied on the way out.
+#[derive(Clone, Copy)]
+pub struct Tile {
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub init: Init,
+    pub gelu: bool,
+}
+
 #[inline(always)]
 fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
     let lo = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
@@ -37,13 +49,13 @@ fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
 }
 
 #[inline(always)]
-unsafe fn start(init: Init, c: *mut f32, ldc: usize, rows: usize, m: (__mmask16, __mmask16)) -> [[__m512; 2]; MR] {
+unsafe fn start(t: &Tile, m: (__mmask16, __mmask16)) -> [[__m512; 2]; MR] {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    match init {
+    match t.init {
         Init::Zero => {}
         Init::Load => {
-            for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                let row = c.add(r * ldc);
+            for (r, a) in acc.iter_mut().enumerate().take(t.rows) {
+                let row = t.c.add(r * t.ldc);
                 a[0] = _mm512_maskz_loadu_ps(m.0, row);
                 a[1] = _mm512_maskz_loadu_ps(m.1, row.add(16));
             }
@@ -60,42 +72,29 @@ unsafe fn start(init: Init, c: *mut f32, ldc: usize, rows: usize, m: (__mmask16,
 }
 
 #[inline(always)]
-unsafe fn finish(acc: &[[__m512; 2]; MR], c: *mut f32, ldc: usize, rows: usize, m: (__mmask16, __mmask16), gelu: bool) {
-    for (r, a) in acc.iter().enumerate().take(rows) {
+unsafe fn finish(acc: &[[__m512; 2]; MR], t: &Tile, m: (__mmask16, __mmask16)) {
+    for (r, a) in acc.iter().enumerate().take(t.rows) {
         let (mut v0, mut v1) = (a[0], a[1]);
-        if gelu {
+        if t.gelu {
             v0 = gelu_tanh(v0);
             v1 = gelu_tanh(v1);
         }
-        let row = c.add(r * ldc);
+        let row = t.c.add(r * t.ldc);
         _mm512_mask_storeu_ps(row, m.0, v0);
         _mm512_mask_storeu_ps(row.add(16), m.1, v1);
     }
 }
 
-/// `c[rows, cols] (+)= a[MR, kc] · b[kc, NR]`: `a` row-major with row stride `lda`, `b` the
-/// packed f32 weight panel `[kc][NR]` (64-byte aligned). Only `rows x cols` of `c` are touched;
-/// `gelu` applies GELU-tanh to the finished values.
+/// `tile (+)= a[MR, kc] · b[kc, NR]`: `a` row-major with row stride `lda`, `b` the packed f32
+/// weight panel `[kc][NR]` (64-byte aligned). Only the tile's `rows x cols` of `c` are touched.
 ///
 /// # Safety
-/// `avx512f` present; `a` holds `MR` rows of `kc` values at stride `lda`, `b` `kc * NR` values; `c` holds `rows` rows of
-/// `cols` values at stride `ldc`.
+/// `avx512f` present; `a` holds `MR` rows of `kc` values at stride `lda`, `b` `kc * NR` values;
+/// the tile's `c` holds `rows` rows of `cols` values at stride `ldc`.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel_f32(
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    init: Init,
-    gelu: bool,
-) {
-    let m = col_masks(cols);
-    let mut acc = start(init, c, ldc, rows, m);
+pub unsafe fn kernel_f32(kc: usize, a: *const f32, lda: usize, b: *const f32, t: Tile) {
+    let m = col_masks(t.cols);
+    let mut acc = start(&t, m);
     for kk in 0..kc {
         let bp = b.add(kk * NR);
         let b0 = _mm512_load_ps(bp);
@@ -107,30 +106,18 @@ pub unsafe fn kernel_f32(
             acc_r[1] = _mm512_fmadd_ps(av, b1, acc_r[1]);
         }
     }
-    finish(&acc, c, ldc, rows, m, gelu);
+    finish(&acc, &t, m);
 }
 
-/// As [`kernel_f32`] with bf16 operands: `a` is `[MR, kc]` bf16 bits (`kc`, `lda` even), `b` the packed
-/// pair panel `[kc/2][NR][2]`; products accumulate in f32 (`vdpbf16ps`).
+/// As [`kernel_f32`] with bf16 operands: `a` is `[MR, kc]` bf16 bits (`kc`, `lda` even), `b` the
+/// packed pair panel `[kc/2][NR][2]`; products accumulate in f32 (`vdpbf16ps`).
 ///
 /// # Safety
 /// `avx512f` and `avx512bf16` present; sizes as in [`kernel_f32`].
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn kernel_bf16(
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    init: Init,
-    gelu: bool,
-) {
-    let m = col_masks(cols);
-    let mut acc = start(init, c, ldc, rows, m);
+pub unsafe fn kernel_bf16(kc: usize, a: *const u16, lda: usize, b: *const u16, t: Tile) {
+    let m = col_masks(t.cols);
+    let mut acc = start(&t, m);
     for kk in 0..kc / 2 {
         let bp = b.add(kk * 2 * NR);
         let b0: __m512bh = std::mem::transmute(_mm512_load_si512(bp as *const __m512i));
@@ -143,7 +130,7 @@ pub unsafe fn kernel_bf16(
             acc_r[1] = _mm512_dpbf16_ps(acc_r[1], av, b1);
         }
     }
-    finish(&acc, c, ldc, rows, m, gelu);
+    finish(&acc, &t, m);
 }
 
 /// Widens a bf16 pair panel `[kc/2][NR][2]` into the f32 panel `[kc][NR]` (`kc` even).

@@ -102,27 +102,7 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, out: &mut [f32
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn naive_linear(
-        x: &[f32],
-        w: &[f32],
-        b: Option<&[f32]>,
-        m: usize,
-        k: usize,
-        n: usize,
-    ) -> Vec<f32> {
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut acc = b.map_or(0.0, |b| b[j] as f64);
-                for p in 0..k {
-                    acc += x[i * k + p] as f64 * w[j * k + p] as f64;
-                }
-                out[i * n + j] = acc as f32;
-            }
-        }
-        out
-    }
+    use crate::cpu::reference::naive_linear;
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         (0..n)

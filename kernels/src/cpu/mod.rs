@@ -10,3 +10,22 @@ pub mod matmul;
 pub mod norm;
 pub mod packed;
 pub mod rope;
+
+/// Naive f64 references the kernels' unit tests compare with.
+#[cfg(test)]
+pub(crate) mod reference {
+    /// `x[M,K] · w[N,K]ᵀ (+ b)` accumulated in f64.
+    pub fn naive_linear(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = b.map_or(0.0, |b| b[j] as f64);
+                for p in 0..k {
+                    acc += x[i * k + p] as f64 * w[j * k + p] as f64;
+                }
+                out[i * n + j] = acc as f32;
+            }
+        }
+        out
+    }
+}

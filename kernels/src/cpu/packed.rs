@@ -506,32 +506,17 @@ fn blocked(
                     // kc * NR; rows r0..r0+nrows and columns c0..c0+cols of out are inside
                     // [m, n] and belong to this task's block alone.
                     unsafe {
-                        let c = o.0.add(r0 * n + c0);
+                        let tile = avx512::Tile {
+                            c: o.0.add(r0 * n + c0),
+                            ldc: n,
+                            rows: nrows,
+                            cols,
+                            init: init(pc == 0, c0),
+                            gelu,
+                        };
                         match wp {
-                            WeightSlice::F32(b) => avx512::kernel_f32(
-                                kc,
-                                rows_ref.f32s()[a_off..].as_ptr(),
-                                kc + pad,
-                                b,
-                                c,
-                                n,
-                                nrows,
-                                cols,
-                                init(pc == 0, c0),
-                                gelu,
-                            ),
-                            WeightSlice::Bf16(b) => avx512::kernel_bf16(
-                                kc,
-                                rows_ref.u16s()[a_off..].as_ptr(),
-                                kc + pad,
-                                b,
-                                c,
-                                n,
-                                nrows,
-                                cols,
-                                init(pc == 0, c0),
-                                gelu,
-                            ),
+                            WeightSlice::F32(b) => avx512::kernel_f32(kc, rows_ref.f32s()[a_off..].as_ptr(), kc + pad, b, tile),
+                            WeightSlice::Bf16(b) => avx512::kernel_bf16(kc, rows_ref.u16s()[a_off..].as_ptr(), kc + pad, b, tile),
                         }
                     }
                 }
@@ -605,6 +590,7 @@ fn pack_rows(x: &dyn RowSource, m: usize, k: usize, kp: usize, kc_max: usize, pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::reference::naive_linear;
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -612,20 +598,6 @@ mod tests {
                 (((i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 8) % 2001) as f32 / 1000.0 - 1.0
             })
             .collect()
-    }
-
-    fn naive(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut acc = b.map_or(0.0, |b| b[j] as f64);
-                for p in 0..k {
-                    acc += x[i * k + p] as f64 * w[j * k + p] as f64;
-                }
-                out[i * n + j] = acc as f32;
-            }
-        }
-        out
     }
 
     fn round(v: &[f32]) -> Vec<f32> {
@@ -658,7 +630,7 @@ mod tests {
                     for (bias, epi) in [(None, Epilogue::None), (Some(&b[..]), Epilogue::None), (Some(&b[..]), Epilogue::GeluTanh)] {
                         let mut out = vec![f32::NAN; m * n];
                         linear(&x, &pw, bias, epi, &mut out);
-                        let mut want = naive(&xv, &wv, bias, m, k, n);
+                        let mut want = naive_linear(&xv, &wv, bias, m, k, n);
                         if epi == Epilogue::GeluTanh {
                             want.iter_mut().for_each(|v| *v = gelu(*v));
                         }
