@@ -13,12 +13,12 @@ pub struct CaptionArgs {
     /// Image files (PNG, JPEG, WebP).
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 32)]
-    steps: usize,
-    /// Images are resized to this many pixels square.
-    #[arg(long, default_value_t = 512)]
-    resolution: usize,
+    /// Denoising steps [default: the model's `muddit.json`, else 32].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Images are resized to this many pixels square [default: the model's, else 512].
+    #[arg(long)]
+    resolution: Option<usize>,
     /// Argmax draws and no noise.
     #[arg(long)]
     greedy: bool,
@@ -68,7 +68,9 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
         None => Temperature::default(),
     };
     let root = crate::model::resolve(global.model.as_deref())?;
-    let r = args.resolution;
+    let defaults = crate::model::defaults(&root)?;
+    let steps = args.steps.unwrap_or(defaults.i2t_steps);
+    let r = args.resolution.unwrap_or(defaults.resolution);
     let mut pixels = Vec::with_capacity(args.images.len() * 3 * r * r);
     for path in &args.images {
         pixels.extend(load_image(path, r, r)?.data);
@@ -80,7 +82,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
         resolution: r,
         questions: question.map(|q| vec![q]),
         sampler: SamplerConfig {
-            steps: args.steps,
+            steps,
             schedule: pipeline.schedule,
             temperature,
             guidance: Guidance::Off,
@@ -92,7 +94,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
             seed: args.seed,
         },
     };
-    let bar = progress::steps_bar(args.steps, global.quiet, "i2t");
+    let bar = progress::steps_bar(steps, global.quiet, "i2t");
     let answers = pipeline.image_to_text(&request, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     if global.json {

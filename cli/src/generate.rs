@@ -19,16 +19,16 @@ pub struct T2iArgs {
     /// What to steer away from (used with guidance; default empty).
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Denoising steps [default: 48].
+    /// Denoising steps [default: the model's `muddit.json`, else 48].
     #[arg(long)]
     steps: Option<usize>,
-    /// Classifier-free guidance scale; 1 or less turns guidance off [default: 9].
+    /// Classifier-free guidance scale; 1 or less turns guidance off [default: the model's, else 9].
     #[arg(long)]
     cfg: Option<f32>,
-    /// Image width in pixels [default: 512].
+    /// Image width in pixels [default: the model's, else 512].
     #[arg(long)]
     width: Option<usize>,
-    /// Image height in pixels [default: 512].
+    /// Image height in pixels [default: the model's, else 512].
     #[arg(long)]
     height: Option<usize>,
     /// Seed of the sampler's random draws [default: a new one, printed and stored in the PNG].
@@ -106,16 +106,22 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     let model_arg = global
         .model
         .clone()
-        .or_else(|| stored.as_ref().map(|p| PathBuf::from(&p.model)));
+        .or_else(|| {
+            stored
+                .as_ref()
+                .filter(|p| !p.model.is_empty())
+                .map(|p| PathBuf::from(&p.model))
+        });
     let root = crate::model::resolve(model_arg.as_deref())?;
+    let defaults = crate::model::defaults(&root)?;
     let pick = |flag: Option<usize>, from: fn(&GenerationParams) -> usize, default: usize| {
         flag.or(stored.as_ref().map(from)).unwrap_or(default)
     };
-    let steps = pick(args.steps, |p| p.steps, 48);
-    let width = pick(args.width, |p| p.width, 512);
-    let height = pick(args.height, |p| p.height, 512);
+    let steps = pick(args.steps, |p| p.steps, defaults.t2i_steps);
+    let width = pick(args.width, |p| p.width, defaults.width);
+    let height = pick(args.height, |p| p.height, defaults.height);
     let images_per_prompt = pick(args.batch, |p| p.images_per_prompt, 1);
-    let cfg = args.cfg.or(stored.as_ref().map(|p| p.cfg)).unwrap_or(9.0);
+    let cfg = args.cfg.or(stored.as_ref().map(|p| p.cfg)).unwrap_or(defaults.cfg);
     let negative_prompt = args
         .negative_prompt
         .clone()

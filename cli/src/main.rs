@@ -3,10 +3,12 @@
 mod bench;
 mod caption;
 mod debug;
+mod eval;
 mod generate;
 mod model;
 mod png_meta;
 mod progress;
+mod shapes;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -78,6 +80,9 @@ enum Command {
     Caption(caption::CaptionArgs),
     /// Answer a question about images, one answer per image on stdout.
     Vqa(caption::VqaArgs),
+    /// Score a model on the shapes world's held-out set: text-to-image judged by a pixel
+    /// checker, caption exact match and attributes, VQA accuracy.
+    Eval(eval::EvalArgs),
     /// Time one text-to-image run: load, text encoding, steps, sampler, VQ decoding.
     Bench(bench::BenchArgs),
     /// Tools for people converting or checking checkpoints.
@@ -128,6 +133,7 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Caption(args) => caption::caption(args, &cli.global),
         Command::Vqa(args) => caption::vqa(args, &cli.global),
         Command::Bench(args) => bench::run(args, &cli.global),
+        Command::Eval(args) => eval::run(args, &cli.global),
         Command::Debug(cmd) => debug::run(cmd, &cli.global),
     }
 }

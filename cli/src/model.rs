@@ -1,8 +1,58 @@
 //! Which model folder a command uses: `--model` (a folder, or a Hugging Face repo id found in
-//! the local Hugging Face cache), else `MUDDIT_MODEL` (through clap), else the embedded default.
+//! the local Hugging Face cache), else `MUDDIT_MODEL` (through clap), else the default model
+//! committed in this repository (`models/shapes-64/`, found through the path it was built from).
+//! A model root may hold `muddit.json` with the command defaults that suit it (see [`Defaults`]).
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
+
+/// The default model: the shapes-world Muddit trained by `tools/shapes/` and committed here.
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shapes-64");
+
+/// Command defaults a model folder may set in `muddit.json` at its root; keys left out keep the
+/// public model's defaults (512 px, 48 text-to-image steps at guidance 9, 32 image-to-text steps).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Defaults {
+    /// Text-to-image width and height in pixels.
+    pub width: usize,
+    pub height: usize,
+    /// Text-to-image steps and guidance scale.
+    pub t2i_steps: usize,
+    pub cfg: f32,
+    /// Image-to-text steps and the resolution images are resized to.
+    pub i2t_steps: usize,
+    pub resolution: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            width: 512,
+            height: 512,
+            t2i_steps: 48,
+            cfg: 9.0,
+            i2t_steps: 32,
+            resolution: 512,
+        }
+    }
+}
+
+/// `muddit.json` of the model root `root` (or of its parent when `root` is the `transformer/`
+/// folder), else the public defaults.
+pub fn defaults(root: &Path) -> Result<Defaults> {
+    let candidates = [root.join("muddit.json"), root.join("../muddit.json")];
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        return Ok(Defaults::default());
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let d: Defaults = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    if d.width == 0 || d.height == 0 || d.t2i_steps == 0 || d.i2t_steps == 0 || d.resolution == 0 {
+        bail!("{}: sizes and step counts must be at least 1", path.display());
+    }
+    Ok(d)
+}
 
 /// What to tell a user who has no model.
 const HOW_TO_GET_ONE: &str = "pass --model DIR (a folder in the public layout), a Hugging Face repo id already in your local cache \
@@ -73,7 +123,14 @@ fn model_subfolders(dir: &Path) -> Vec<String> {
 /// The model root (or component folder) to load.
 pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
     let Some(arg) = arg else {
-        bail!("no model given; {HOW_TO_GET_ONE}")
+        let default = Path::new(DEFAULT_MODEL);
+        if default.join("transformer").is_dir() {
+            return Ok(default.to_path_buf());
+        }
+        bail!(
+            "no model given, and the default model ({}) is not there (a binary moved away from its checkout?); {HOW_TO_GET_ONE}",
+            default.display()
+        )
     };
     let dir = if arg.exists() {
         arg.to_path_buf()

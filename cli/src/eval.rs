@@ -1,0 +1,317 @@
+//! `muddit eval`: the default model's held-out set (`models/shapes-eval/`, written by
+//! `tools/shapes/make_eval.py`) through the engine's pipelines, scored without a human:
+//! text-to-image by the pixel checker of [`crate::shapes`], captions by exact match and by the
+//! attributes of the scene they describe, VQA by exact match of the answer.
+
+use crate::shapes::{Scene, World};
+use crate::{progress, Global};
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use muddit_engine::image_io::load_image;
+use muddit_engine::pipeline::{ImageToText, Pipeline, TextToImage};
+use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The committed held-out set.
+pub const DEFAULT_SET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shapes-eval");
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// The evaluation set: a folder holding `eval.json` and its images [default: the committed
+    /// shapes-world set].
+    #[arg(long)]
+    set: Option<PathBuf>,
+    /// Only the first N prompts, the first N images and their questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Text-to-image steps [default: the model's `muddit.json`].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Image-to-text steps [default: the model's `muddit.json`].
+    #[arg(long)]
+    i2t_steps: Option<usize>,
+    /// Guidance scale for text-to-image [default: the model's `muddit.json`].
+    #[arg(long)]
+    cfg: Option<f32>,
+    /// Seed of the sampler's draws (the same seed gives the same numbers).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write each generated image here as `t2i-NNN.png`.
+    #[arg(long)]
+    save_images: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct EvalSet {
+    world: serde_json::Value,
+    t2i: Vec<PromptItem>,
+    images: Vec<ImageItem>,
+}
+
+#[derive(Deserialize)]
+struct PromptItem {
+    prompt: String,
+    key: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ImageItem {
+    file: String,
+    key: Vec<String>,
+    caption: String,
+    qa: Vec<QaItem>,
+}
+
+#[derive(Deserialize)]
+struct QaItem {
+    question: String,
+    answer: String,
+}
+
+/// Fraction, as a number in [0, 1]; 0 for an empty set.
+fn frac(n: usize, of: usize) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 / of as f64
+    }
+}
+
+/// `(matching, total)` attributes of `got` against `want`: shape and color of each object and,
+/// for one shape, its position. A caption of the wrong count or outside the world's sentences
+/// matches none.
+fn attributes(got: Option<&Scene>, want: &Scene) -> (usize, usize) {
+    let total = want.objects().len() * 2 + usize::from(want.position().is_some());
+    let Some(got) = got.filter(|g| g.count() == want.count()) else {
+        return (0, total);
+    };
+    let mut n = 0;
+    for (g, w) in got.objects().iter().zip(want.objects()) {
+        n += usize::from(g.0 == w.0) + usize::from(g.1 == w.1);
+    }
+    if want.position().is_some() {
+        n += usize::from(got.position() == want.position());
+    }
+    (n, total)
+}
+
+pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
+    let total_start = Instant::now();
+    let set_dir = args.set.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SET));
+    let json_path = set_dir.join("eval.json");
+    let text = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("--set: reading {}", json_path.display()))?;
+    let set: EvalSet =
+        serde_json::from_str(&text).with_context(|| format!("{}", json_path.display()))?;
+    let world = World::from_json(&set.world).with_context(|| format!("{}", json_path.display()))?;
+    let limit = args.limit.unwrap_or(usize::MAX);
+    ensure!(limit > 0, "--limit must be at least 1");
+    let prompts: Vec<&PromptItem> = set.t2i.iter().take(limit).collect();
+    let images: Vec<&ImageItem> = set.images.iter().take(limit).collect();
+    ensure!(
+        !prompts.is_empty() && !images.is_empty(),
+        "{}: no prompts or no images",
+        json_path.display()
+    );
+    let want_t2i: Vec<Scene> = prompts
+        .iter()
+        .map(|p| Scene::from_key(&p.key))
+        .collect::<Result<_>>()
+        .with_context(|| format!("{}", json_path.display()))?;
+    let want_img: Vec<Scene> = images
+        .iter()
+        .map(|p| Scene::from_key(&p.key))
+        .collect::<Result<_>>()
+        .with_context(|| format!("{}", json_path.display()))?;
+
+    let root = crate::model::resolve(global.model.as_deref())?;
+    let defaults = crate::model::defaults(&root)?;
+    let (width, height) = (world.size, world.size);
+    let t2i_steps = args.steps.unwrap_or(defaults.t2i_steps);
+    let i2t_steps = args.i2t_steps.unwrap_or(defaults.i2t_steps);
+    let cfg = args.cfg.unwrap_or(defaults.cfg);
+    ensure!(t2i_steps > 0 && i2t_steps > 0, "--steps and --i2t-steps must be at least 1");
+    let load_start = Instant::now();
+    let mut pipeline = Pipeline::load(&root)?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    let schedule = pipeline.schedule;
+    let sampler = |steps, guidance| SamplerConfig {
+        steps,
+        schedule,
+        temperature: Temperature::default(),
+        guidance,
+        draw: DrawRule::Sample,
+        seed: args.seed,
+    };
+
+    // Text to image, judged by the checker.
+    let start = Instant::now();
+    let request = TextToImage {
+        prompts: prompts.iter().map(|p| p.prompt.clone()).collect(),
+        negative_prompt: String::new(),
+        images_per_prompt: 1,
+        width,
+        height,
+        sampler: sampler(
+            t2i_steps,
+            Guidance::from_scale(cfg).with_context(|| format!("--cfg {cfg}"))?,
+        ),
+    };
+    let bar = progress::steps_bar(t2i_steps, global.quiet, "eval t2i");
+    let generated = pipeline.text_to_image(&request, &mut |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let plane = width * height;
+    let mut t2i = [0usize; 5]; // full, count, colors, shapes, position
+    let mut t2i_failures = Vec::new();
+    if let Some(dir) = &args.save_images {
+        std::fs::create_dir_all(dir).with_context(|| format!("--save-images {}", dir.display()))?;
+    }
+    for (i, want) in want_t2i.iter().enumerate() {
+        let px = &generated.pixels[i * 3 * plane..(i + 1) * 3 * plane];
+        let rgb: Vec<u8> = (0..plane)
+            .flat_map(|p| (0..3).map(move |c| (px[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8))
+            .collect();
+        let judged = world.judge(&rgb, height, width);
+        let a = judged.agreement(want);
+        for (slot, ok) in t2i.iter_mut().zip([a.full, a.count, a.colors, a.kinds, a.position]) {
+            *slot += usize::from(ok);
+        }
+        if !a.full {
+            let seen: Vec<String> = judged
+                .shapes
+                .iter()
+                .map(|s| format!("{} {} of {} px in {:?}", s.color, s.kind, s.area, s.bbox))
+                .collect();
+            t2i_failures.push(serde_json::json!({ "index": i, "prompt": prompts[i].prompt, "seen": seen }));
+        }
+        if let Some(dir) = &args.save_images {
+            let path = dir.join(format!("t2i-{i:03}.png"));
+            image::save_buffer(&path, &rgb, width as u32, height as u32, image::ExtendedColorType::Rgb8)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let t2i_s = start.elapsed().as_secs_f64();
+
+    // Captions and answers.
+    let r = defaults.resolution;
+    let mut pixels = Vec::with_capacity(images.len() * 3 * r * r);
+    for item in &images {
+        let path = set_dir.join(&item.file);
+        pixels.extend(load_image(&path, r, r)?.data);
+    }
+    let start = Instant::now();
+    let bar = progress::steps_bar(i2t_steps, global.quiet, "eval caption");
+    let captions = pipeline.image_to_text(
+        &ImageToText {
+            images: pixels.clone(),
+            batch: images.len(),
+            resolution: r,
+            questions: None,
+            sampler: sampler(i2t_steps, Guidance::Off),
+        },
+        &mut |_| bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let mut exact = 0;
+    let (mut attr_ok, mut attr_all) = (0, 0);
+    let mut caption_failures = Vec::new();
+    for (i, (item, want)) in images.iter().zip(&want_img).enumerate() {
+        let got = captions[i].text.trim();
+        if got == item.caption {
+            exact += 1;
+        } else {
+            caption_failures.push(serde_json::json!({ "file": item.file, "want": item.caption, "got": got }));
+        }
+        let (n, of) = attributes(world.parse_caption(got).as_ref(), want);
+        attr_ok += n;
+        attr_all += of;
+    }
+    let caption_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let qa: Vec<(usize, &QaItem)> = images
+        .iter()
+        .enumerate()
+        .flat_map(|(i, item)| item.qa.iter().map(move |q| (i, q)))
+        .collect();
+    if qa.is_empty() {
+        bail!("{}: no questions", json_path.display());
+    }
+    let mut qa_pixels = Vec::with_capacity(qa.len() * 3 * r * r);
+    for (i, _) in &qa {
+        qa_pixels.extend_from_slice(&pixels[i * 3 * r * r..(i + 1) * 3 * r * r]);
+    }
+    let bar = progress::steps_bar(i2t_steps, global.quiet, "eval vqa");
+    let answers = pipeline.image_to_text(
+        &ImageToText {
+            images: qa_pixels,
+            batch: qa.len(),
+            resolution: r,
+            questions: Some(qa.iter().map(|(_, q)| q.question.clone()).collect()),
+            sampler: sampler(i2t_steps, Guidance::Off),
+        },
+        &mut |_| bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let mut right = 0;
+    let mut vqa_failures = Vec::new();
+    for ((i, q), a) in qa.iter().zip(&answers) {
+        if a.text.trim() == q.answer {
+            right += 1;
+        } else {
+            vqa_failures.push(serde_json::json!({ "file": images[*i].file, "question": q.question, "want": q.answer, "got": a.text.trim() }));
+        }
+    }
+    let vqa_s = start.elapsed().as_secs_f64();
+    let total_s = total_start.elapsed().as_secs_f64();
+
+    let n = want_t2i.len();
+    let report = serde_json::json!({
+        "model": root.display().to_string(),
+        "set": set_dir.display().to_string(),
+        "seed": args.seed,
+        "t2i": {
+            "n": n, "steps": t2i_steps, "cfg": cfg,
+            "full": frac(t2i[0], n), "count": frac(t2i[1], n), "colors": frac(t2i[2], n),
+            "shapes": frac(t2i[3], n), "position": frac(t2i[4], n),
+            "failures": t2i_failures,
+        },
+        "caption": {
+            "n": images.len(), "steps": i2t_steps,
+            "exact": frac(exact, images.len()), "attributes": frac(attr_ok, attr_all),
+            "failures": caption_failures,
+        },
+        "vqa": { "n": qa.len(), "steps": i2t_steps, "accuracy": frac(right, qa.len()), "failures": vqa_failures },
+        "seconds": { "load": load_s, "t2i": t2i_s, "caption": caption_s, "vqa": vqa_s, "total": total_s },
+    });
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("model    {}", root.display());
+        println!(
+            "t2i      {n} prompts, {t2i_steps} steps, cfg {cfg}: {:.1}% fully correct (count {:.1}%, colors {:.1}%, shapes {:.1}%, position {:.1}%)",
+            100.0 * frac(t2i[0], n),
+            100.0 * frac(t2i[1], n),
+            100.0 * frac(t2i[2], n),
+            100.0 * frac(t2i[3], n),
+            100.0 * frac(t2i[4], n)
+        );
+        println!(
+            "caption  {} images, {i2t_steps} steps: {:.1}% exact, {:.1}% of attributes right",
+            images.len(),
+            100.0 * frac(exact, images.len()),
+            100.0 * frac(attr_ok, attr_all)
+        );
+        println!(
+            "vqa      {} questions: {:.1}% right",
+            qa.len(),
+            100.0 * frac(right, qa.len())
+        );
+        println!(
+            "time     {total_s:.1} s (load {load_s:.1}, t2i {t2i_s:.1}, caption {caption_s:.1}, vqa {vqa_s:.1})"
+        );
+    }
+    Ok(())
+}

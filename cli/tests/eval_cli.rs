@@ -1,0 +1,47 @@
+//! The default model on a reduced held-out set, through the real binary: accuracy must not
+//! drop more than 5 points below the values recorded in `models/shapes-eval/reference.json`
+//! (written from a run of the same command when the model was committed).
+
+mod common;
+
+use common::{muddit, stderr, stdout};
+use std::path::Path;
+
+const TOLERANCE: f64 = 0.05;
+
+#[test]
+fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("models/shapes-eval/reference.json")).expect("reference.json"),
+    )
+    .expect("reference json");
+    let ci = &reference["ci"];
+    let limit = ci["limit"].as_u64().expect("ci.limit").to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // No --model: the committed default model.
+    let o = muddit(&["eval", "--limit", &limit, "--json", "-q"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json output");
+    for (section, metric) in [("t2i", "full"), ("caption", "exact"), ("caption", "attributes"), ("vqa", "accuracy")] {
+        let want = ci[section][metric].as_f64().expect("reference metric");
+        let have = got[section][metric].as_f64().expect("eval metric");
+        println!("{section}.{metric}: {have:.3} (recorded {want:.3}, floor {:.3})", want - TOLERANCE);
+        assert!(
+            have >= want - TOLERANCE - 1e-9,
+            "{section}.{metric} dropped: {have:.3} < recorded {want:.3} - {TOLERANCE}"
+        );
+    }
+    println!("eval took {:.1} s", got["seconds"]["total"].as_f64().unwrap_or(f64::NAN));
+}
+
+#[test]
+fn eval_errors_name_the_argument() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = muddit(&["eval", "--set", "no-such-set", "-q"], tmp.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--set") && stderr(&o).contains("no-such-set"), "{}", stderr(&o));
+    let o = muddit(&["eval", "--limit", "0", "-q"], tmp.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--limit"), "{}", stderr(&o));
+}
