@@ -86,7 +86,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
             schedule: pipeline.schedule,
             temperature,
             guidance: Guidance::Off,
-            draw: if args.greedy {
+            draw: if args.greedy || defaults.greedy {
                 DrawRule::Greedy
             } else {
                 DrawRule::Sample

@@ -35,6 +35,9 @@ pub struct EvalArgs {
     /// Guidance scale for text-to-image [default: the model's `muddit.json`].
     #[arg(long)]
     cfg: Option<f32>,
+    /// Argmax draws and no noise [default: the model's `muddit.json`].
+    #[arg(long)]
+    greedy: bool,
     /// Seed of the sampler's draws (the same seed gives the same numbers).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -132,6 +135,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let t2i_steps = args.steps.unwrap_or(defaults.t2i_steps);
     let i2t_steps = args.i2t_steps.unwrap_or(defaults.i2t_steps);
     let cfg = args.cfg.unwrap_or(defaults.cfg);
+    let greedy = args.greedy || defaults.greedy;
     ensure!(t2i_steps > 0 && i2t_steps > 0, "--steps and --i2t-steps must be at least 1");
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&root)?;
@@ -142,7 +146,11 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         schedule,
         temperature: Temperature::default(),
         guidance,
-        draw: DrawRule::Sample,
+        draw: if greedy {
+            DrawRule::Greedy
+        } else {
+            DrawRule::Sample
+        },
         seed: args.seed,
     };
 
@@ -272,6 +280,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         "model": root.display().to_string(),
         "set": set_dir.display().to_string(),
         "seed": args.seed,
+        "greedy": greedy,
         "t2i": {
             "n": n, "steps": t2i_steps, "cfg": cfg,
             "full": frac(t2i[0], n), "count": frac(t2i[1], n), "colors": frac(t2i[2], n),

@@ -127,7 +127,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .clone()
         .or(stored.as_ref().map(|p| p.negative_prompt.clone()))
         .unwrap_or_default();
-    let greedy = args.greedy || stored.as_ref().is_some_and(|p| p.greedy);
+    let greedy = args.greedy
+        || stored.as_ref().map_or(defaults.greedy, |p| p.greedy);
     let seed = args
         .seed
         .or(stored.as_ref().map(|p| p.seed))

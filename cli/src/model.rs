@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shapes-64");
 
 /// Command defaults a model folder may set in `muddit.json` at its root; keys left out keep the
-/// public model's defaults (512 px, 48 text-to-image steps at guidance 9, 32 image-to-text steps).
+/// public model's defaults (512 px, 48 text-to-image steps at guidance 9, 32 image-to-text steps,
+/// sampled draws).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Defaults {
@@ -24,6 +25,8 @@ pub struct Defaults {
     /// Image-to-text steps and the resolution images are resized to.
     pub i2t_steps: usize,
     pub resolution: usize,
+    /// Argmax draws and no noise by default (`--greedy`) for `t2i`, `caption`, `vqa`, `eval`.
+    pub greedy: bool,
 }
 
 impl Default for Defaults {
@@ -35,6 +38,7 @@ impl Default for Defaults {
             cfg: 9.0,
             i2t_steps: 32,
             resolution: 512,
+            greedy: false,
         }
     }
 }

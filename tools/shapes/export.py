@@ -25,7 +25,7 @@ import torch
 
 import clip_tokenizer
 
-DEFAULTS = dict(width=64, height=64, t2i_steps=16, cfg=3.0, i2t_steps=12, resolution=64)
+DEFAULTS = dict(width=64, height=64, t2i_steps=16, cfg=1.0, i2t_steps=12, resolution=64)
 
 
 def main():
@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--muddit-src", type=Path, default=Path("/tmp/muddit-src"))
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="default: WORK/mmdit.pt")
     ap.add_argument("--t2i-steps", type=int, default=DEFAULTS["t2i_steps"])
     ap.add_argument("--i2t-steps", type=int, default=DEFAULTS["i2t_steps"])
     ap.add_argument("--cfg", type=float, default=DEFAULTS["cfg"])
@@ -43,7 +44,7 @@ def main():
     from diffusers import VQModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    ck = torch.load(args.work / "mmdit.pt", weights_only=False)
+    ck = torch.load(args.checkpoint or args.work / "mmdit.pt", weights_only=False)
     used = torch.tensor(ck["used"])
     out = args.out
     shutil.rmtree(out, ignore_errors=True)

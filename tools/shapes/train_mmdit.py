@@ -8,6 +8,8 @@ One batch mixes three tasks, each the masked-token cross-entropy the pipelines s
   t2i      clean prompt (10% the empty prompt, for guidance), image ids masked;
   caption  clean image ids, all 77 text positions maskable (caption, end token, padding);
   vqa      clean image ids, question ids kept (start token, no end token), the rest maskable.
+For text, every position after the question is a target, masked or not: the pipelines decode
+the argmax of the last step's logits over all of them, so known tokens must be reproduced.
 The masked fraction is cos(u pi/2) with u ~ U(0,1) and the transformer timestep is 1 - u: the
 pair the pipelines see at step i = u S. For text, k = clamp(floor(77 cos(u pi/2)), 1, unknown)
 positions are masked, as the scheduler re-masks.
@@ -139,6 +141,15 @@ class Data:
         return torch.tensor(full), len(qi)
 
 
+PAD_WEIGHT = 0.1
+
+
+def pad_after_end(ids):
+    """bool [B, L]: the end-token positions after the first one (padding)."""
+    is_end = ids == EOT
+    return is_end & (is_end.long().cumsum(1) > 1)
+
+
 def mask_text(ids, q_len, u, gen):
     """ids [77] -> (masked ids, bool mask of masked positions)."""
     unknown = TEXT_LEN - q_len
@@ -187,7 +198,9 @@ def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids):
                 full, q_len = qa[int(torch.randint(len(qa), (1,), generator=gen))][1]
             masked, m = mask_text(full, q_len, u, gen)
             txt[j] = masked
-            txt_tgt[j] = torch.where(m, full, -100)
+            # Every position after the question is a target, masked or not: the pipelines read
+            # the answer from the argmax of the last step's logits, known positions included.
+            txt_tgt[j, q_len:] = full[q_len:]
     return img, txt, img_tgt, txt_tgt, t
 
 
@@ -265,12 +278,15 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--images", type=int, default=360)
-    ap.add_argument("--batch", type=int, nargs=3, default=[24, 12, 12])
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, nargs=3, default=[16, 8, 8])
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=40, help="steps")
     ap.add_argument("--eval-every", type=float, default=8.0, help="minutes")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; 1 wastes no time spinning when the machine is shared")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from diffusers import VQModel
     from transformers import CLIPTokenizer
@@ -320,14 +336,20 @@ def main():
 
     while time.time() - t_start < budget:
         frac = (time.time() - t_start) / budget
-        warm = min(1.0, (step + 1) / 200)
+        warm = min(1.0, (step + 1) / args.warmup)
         for g in opt.param_groups:
             g["lr"] = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         img, txt, img_tgt, txt_tgt, t = make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids)
+        full_txt = torch.where(txt_tgt >= 0, txt_tgt, txt)
         img_logits, txt_logits = forward(clip, tr, img_pos, img, txt, t)
         li = F.cross_entropy(img_logits, img_tgt, ignore_index=-100)
         tt = torch.where(txt_tgt >= 0, to_compact[txt_tgt.clamp(min=0)], -100)
-        lt = F.cross_entropy(txt_logits.reshape(-1, txt_logits.shape[-1]), tt.reshape(-1), ignore_index=-100)
+        ce = F.cross_entropy(txt_logits.reshape(-1, txt_logits.shape[-1]), tt.reshape(-1),
+                             ignore_index=-100, reduction="none").reshape(tt.shape)
+        # The padding after the first end token is most of every text and easy: it weighs
+        # PAD_WEIGHT, so the few word positions (a VQA answer is one) carry the loss.
+        w = torch.where(pad_after_end(full_txt) & (tt >= 0), PAD_WEIGHT, 1.0) * (tt >= 0)
+        lt = (ce * w).sum() / w.sum().clamp(min=1)
         loss = li + lt
         opt.zero_grad()
         loss.backward()

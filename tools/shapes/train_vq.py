@@ -112,7 +112,7 @@ def main():
 
 
 def decoder_only(args):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     from diffusers import VQModel
     ck = torch.load(args.out / "vqvae.pt")
