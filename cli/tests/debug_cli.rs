@@ -146,8 +146,9 @@ fn user_errors_exit_2_with_a_clear_message() {
         ],
         dir,
     );
+    // No --model: the default model is used, and the missing inputs file is named.
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--model"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("in.safetensors"), "{}", stderr(&o));
 
     let o = muddit(
         &[

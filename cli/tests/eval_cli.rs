@@ -35,6 +35,30 @@ fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
     println!("eval took {:.1} s", got["seconds"]["total"].as_f64().unwrap_or(f64::NAN));
 }
 
+/// The README's first command: no --model, the committed default model, its 64 px default.
+#[test]
+fn default_model_t2i_writes_a_64_px_png() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = muddit(
+        &["t2i", "--prompt", "a red circle on the left", "--seed", "1", "--output", "out.png", "-q"],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(tmp.path().join("out.png")).expect("out.png").to_rgb8();
+    assert_eq!(img.dimensions(), (64, 64));
+    // The left half holds clearly more red than the right half.
+    let red = |x0: u32, x1: u32| {
+        (0..64)
+            .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let p = img.get_pixel(x, y);
+                p[0] > 160 && p[1] < 80 && p[2] < 80
+            })
+            .count()
+    };
+    assert!(red(0, 32) > 150 && red(32, 64) < 20, "red left {} right {}", red(0, 32), red(32, 64));
+}
+
 #[test]
 fn eval_errors_name_the_argument() {
     let tmp = tempfile::tempdir().expect("tempdir");

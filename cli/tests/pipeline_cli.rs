@@ -251,7 +251,7 @@ fn t2i_user_errors_exit_2() {
             ],
             "cuda",
         ),
-        (vec!["t2i", "--prompt", "x"], "--model"),
+        (vec!["--model", "nowhere", "t2i", "--prompt", "x"], "nowhere"),
         (vec!["t2i", "--from-png", "nothing.png"], "nothing.png"),
     ];
     for (args, needle) in cases {
