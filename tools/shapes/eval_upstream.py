@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     sys.path.insert(0, str(args.muddit_src.resolve()))
     import src.pipeline as pipeline_module
     import src.scheduler as scheduler_module
