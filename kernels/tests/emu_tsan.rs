@@ -2,6 +2,7 @@
 //! the shared-memory slot its neighbour wrote. With the barrier the result is exact in any build;
 //! without it, under ThreadSanitizer (`MUDDIT_EMU_TSAN=1`), TSan must report the race: `.ci/run`
 //! runs the ignored test and requires TSan's exit code.
+#![cfg(feature = "emulate")]
 
 use muddit_kernels::cuda::nvrtc::Module;
 use muddit_kernels::cuda::ops::Launch;
