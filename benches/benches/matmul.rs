@@ -16,7 +16,12 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use muddit_kernels::cpu::matmul;
 use muddit_kernels::cpu::packed::{linear, Compute, Epilogue, PackedMatrix, Storage};
 
-const SHAPES: [(usize, usize, usize); 4] = [(666, 1024, 4096), (666, 4096, 1024), (666, 1024, 3072), (666, 5120, 1024)];
+const SHAPES: [(usize, usize, usize); 4] = [
+    (666, 1024, 4096),
+    (666, 4096, 1024),
+    (666, 1024, 3072),
+    (666, 5120, 1024),
+];
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
     (0..len)
@@ -65,27 +70,27 @@ fn bench_ceiling(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallT
             let handles: Vec<_> = (0..threads)
                 .map(|_| s.spawn(move || unsafe { f(std::hint::black_box(ITERS)) }))
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum::<f32>()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0.0))
+                .sum::<f32>()
         })
     };
     if is_x86_feature_detected!("avx512f") {
         g.throughput(Throughput::Elements(threads * ITERS * 24 * 32));
         // SAFETY (inside on_all): avx512f checked above.
-        g.bench_function("ceiling/f32_fma", |b| {
-            b.iter(|| on_all(ceiling::f32_fma))
-        });
+        g.bench_function("ceiling/f32_fma", |b| b.iter(|| on_all(ceiling::f32_fma)));
     }
     if is_x86_feature_detected!("avx512bf16") {
         g.throughput(Throughput::Elements(threads * ITERS * 24 * 64));
         // SAFETY (inside on_all): avx512f and avx512bf16 checked above.
-        g.bench_function("ceiling/bf16_dot", |b| {
-            b.iter(|| on_all(ceiling::bf16_dot))
-        });
+        g.bench_function("ceiling/bf16_dot", |b| b.iter(|| on_all(ceiling::bf16_dot)));
     }
 }
 
 fn bench(c: &mut Criterion) {
-    let only = std::env::var("MUDDIT_BENCH_MODES").unwrap_or_else(|_| "f32,bf16w_f32,bf16,gemm_crate".into());
+    let only = std::env::var("MUDDIT_BENCH_MODES")
+        .unwrap_or_else(|_| "f32,bf16w_f32,bf16,gemm_crate".into());
     let mut g = c.benchmark_group("matmul");
     g.sample_size(20);
     #[cfg(target_arch = "x86_64")]
@@ -106,10 +111,14 @@ fn bench(c: &mut Criterion) {
                 continue;
             }
             let pw = PackedMatrix::new(&w, n, k, storage, compute);
-            g.bench_function(format!("{name}/{id}"), |b| b.iter(|| linear(&x, &pw, Some(&bias), Epilogue::None, &mut out)));
+            g.bench_function(format!("{name}/{id}"), |b| {
+                b.iter(|| linear(&x, &pw, Some(&bias), Epilogue::None, &mut out))
+            });
         }
         if only.split(',').any(|o| o == "gemm_crate") {
-            g.bench_function(format!("gemm_crate/{id}"), |b| b.iter(|| matmul::linear(&x, &w, Some(&bias), m, k, n, &mut out)));
+            g.bench_function(format!("gemm_crate/{id}"), |b| {
+                b.iter(|| matmul::linear(&x, &w, Some(&bias), m, k, n, &mut out))
+            });
         }
     }
     g.finish();

@@ -102,7 +102,10 @@ fn attributes(got: Option<&Scene>, want: &Scene) -> (usize, usize) {
 
 pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let total_start = Instant::now();
-    let set_dir = args.set.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SET));
+    let set_dir = args
+        .set
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SET));
     let json_path = set_dir.join("eval.json");
     let text = std::fs::read_to_string(&json_path)
         .with_context(|| format!("--set: reading {}", json_path.display()))?;
@@ -136,7 +139,10 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let i2t_steps = args.i2t_steps.unwrap_or(defaults.i2t_steps);
     let cfg = args.cfg.unwrap_or(defaults.cfg);
     let greedy = args.greedy || defaults.greedy;
-    ensure!(t2i_steps > 0 && i2t_steps > 0, "--steps and --i2t-steps must be at least 1");
+    ensure!(
+        t2i_steps > 0 && i2t_steps > 0,
+        "--steps and --i2t-steps must be at least 1"
+    );
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&root)?;
     let load_s = load_start.elapsed().as_secs_f64();
@@ -179,11 +185,16 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     for (i, want) in want_t2i.iter().enumerate() {
         let px = &generated.pixels[i * 3 * plane..(i + 1) * 3 * plane];
         let rgb: Vec<u8> = (0..plane)
-            .flat_map(|p| (0..3).map(move |c| (px[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8))
+            .flat_map(|p| {
+                (0..3).map(move |c| (px[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8)
+            })
             .collect();
         let judged = world.judge(&rgb, height, width);
         let a = judged.agreement(want);
-        for (slot, ok) in t2i.iter_mut().zip([a.full, a.count, a.colors, a.kinds, a.position]) {
+        for (slot, ok) in t2i
+            .iter_mut()
+            .zip([a.full, a.count, a.colors, a.kinds, a.position])
+        {
             *slot += usize::from(ok);
         }
         if !a.full {
@@ -192,12 +203,19 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
                 .iter()
                 .map(|s| format!("{} {} of {} px in {:?}", s.color, s.kind, s.area, s.bbox))
                 .collect();
-            t2i_failures.push(serde_json::json!({ "index": i, "prompt": prompts[i].prompt, "seen": seen }));
+            t2i_failures
+                .push(serde_json::json!({ "index": i, "prompt": prompts[i].prompt, "seen": seen }));
         }
         if let Some(dir) = &args.save_images {
             let path = dir.join(format!("t2i-{i:03}.png"));
-            image::save_buffer(&path, &rgb, width as u32, height as u32, image::ExtendedColorType::Rgb8)
-                .with_context(|| format!("writing {}", path.display()))?;
+            image::save_buffer(
+                &path,
+                &rgb,
+                width as u32,
+                height as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     let t2i_s = start.elapsed().as_secs_f64();
@@ -230,7 +248,8 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         if got == item.caption {
             exact += 1;
         } else {
-            caption_failures.push(serde_json::json!({ "file": item.file, "want": item.caption, "got": got }));
+            caption_failures
+                .push(serde_json::json!({ "file": item.file, "want": item.caption, "got": got }));
         }
         let (n, of) = attributes(world.parse_caption(got).as_ref(), want);
         attr_ok += n;

@@ -103,15 +103,12 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         prompts.iter().all(|p| !p.trim().is_empty()) || stored.is_some(),
         "--prompt is empty"
     );
-    let model_arg = global
-        .model
-        .clone()
-        .or_else(|| {
-            stored
-                .as_ref()
-                .filter(|p| !p.model.is_empty())
-                .map(|p| PathBuf::from(&p.model))
-        });
+    let model_arg = global.model.clone().or_else(|| {
+        stored
+            .as_ref()
+            .filter(|p| !p.model.is_empty())
+            .map(|p| PathBuf::from(&p.model))
+    });
     let root = crate::model::resolve(model_arg.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
     let pick = |flag: Option<usize>, from: fn(&GenerationParams) -> usize, default: usize| {
@@ -121,14 +118,16 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     let width = pick(args.width, |p| p.width, defaults.width);
     let height = pick(args.height, |p| p.height, defaults.height);
     let images_per_prompt = pick(args.batch, |p| p.images_per_prompt, 1);
-    let cfg = args.cfg.or(stored.as_ref().map(|p| p.cfg)).unwrap_or(defaults.cfg);
+    let cfg = args
+        .cfg
+        .or(stored.as_ref().map(|p| p.cfg))
+        .unwrap_or(defaults.cfg);
     let negative_prompt = args
         .negative_prompt
         .clone()
         .or(stored.as_ref().map(|p| p.negative_prompt.clone()))
         .unwrap_or_default();
-    let greedy = args.greedy
-        || stored.as_ref().map_or(defaults.greedy, |p| p.greedy);
+    let greedy = args.greedy || stored.as_ref().map_or(defaults.greedy, |p| p.greedy);
     let seed = args
         .seed
         .or(stored.as_ref().map(|p| p.seed))

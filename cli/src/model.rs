@@ -50,10 +50,14 @@ pub fn defaults(root: &Path) -> Result<Defaults> {
     let Some(path) = candidates.iter().find(|p| p.is_file()) else {
         return Ok(Defaults::default());
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let d: Defaults = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
     if d.width == 0 || d.height == 0 || d.t2i_steps == 0 || d.i2t_steps == 0 || d.resolution == 0 {
-        bail!("{}: sizes and step counts must be at least 1", path.display());
+        bail!(
+            "{}: sizes and step counts must be at least 1",
+            path.display()
+        );
     }
     Ok(d)
 }

@@ -107,7 +107,10 @@ impl World {
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
         let w: World = serde_json::from_value(value.clone()).context("the `world` object")?;
         // The checker knows the geometry of exactly these three kinds, in this order.
-        if w.shapes != ["circle", "square", "triangle"] || w.colors.is_empty() || w.pair_centers.len() != 2 {
+        if w.shapes != ["circle", "square", "triangle"]
+            || w.colors.is_empty()
+            || w.pair_centers.len() != 2
+        {
             bail!("the `world` object: expected shapes [circle, square, triangle], colors and 2 pair centers");
         }
         Ok(w)
@@ -403,7 +406,10 @@ mod tests {
             assert_eq!(got.scene.as_ref(), Some(&want), "{}", item["file"]);
             let a = got.agreement(&want);
             assert!(a.full && a.count && a.colors && a.kinds && a.position);
-            assert_eq!(world.caption(&want), item["caption"].as_str().expect("caption"));
+            assert_eq!(
+                world.caption(&want),
+                item["caption"].as_str().expect("caption")
+            );
             assert_eq!(world.parse_caption(&world.caption(&want)), Some(want));
         }
     }
@@ -429,7 +435,12 @@ mod tests {
         else {
             unreachable!()
         };
-        let other = |list: Vec<&String>, not: &str| list.into_iter().find(|x| *x != not).cloned().expect("another");
+        let other = |list: Vec<&String>, not: &str| {
+            list.into_iter()
+                .find(|x| *x != not)
+                .cloned()
+                .expect("another")
+        };
         let wrong_color = Scene::Single {
             shape: shape.clone(),
             color: other(world.colors.keys().collect(), &color),

@@ -13,7 +13,8 @@ const TOLERANCE: f64 = 0.05;
 fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("models/shapes-eval/reference.json")).expect("reference.json"),
+        &std::fs::read_to_string(root.join("models/shapes-eval/reference.json"))
+            .expect("reference.json"),
     )
     .expect("reference json");
     let ci = &reference["ci"];
@@ -23,16 +24,27 @@ fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
     let o = muddit(&["eval", "--limit", &limit, "--json", "-q"], tmp.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let got: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json output");
-    for (section, metric) in [("t2i", "full"), ("caption", "exact"), ("caption", "attributes"), ("vqa", "accuracy")] {
+    for (section, metric) in [
+        ("t2i", "full"),
+        ("caption", "exact"),
+        ("caption", "attributes"),
+        ("vqa", "accuracy"),
+    ] {
         let want = ci[section][metric].as_f64().expect("reference metric");
         let have = got[section][metric].as_f64().expect("eval metric");
-        println!("{section}.{metric}: {have:.3} (recorded {want:.3}, floor {:.3})", want - TOLERANCE);
+        println!(
+            "{section}.{metric}: {have:.3} (recorded {want:.3}, floor {:.3})",
+            want - TOLERANCE
+        );
         assert!(
             have >= want - TOLERANCE - 1e-9,
             "{section}.{metric} dropped: {have:.3} < recorded {want:.3} - {TOLERANCE}"
         );
     }
-    println!("eval took {:.1} s", got["seconds"]["total"].as_f64().unwrap_or(f64::NAN));
+    println!(
+        "eval took {:.1} s",
+        got["seconds"]["total"].as_f64().unwrap_or(f64::NAN)
+    );
 }
 
 /// The README's first command: no --model, the committed default model, its 64 px default.
@@ -40,11 +52,22 @@ fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
 fn default_model_t2i_writes_a_64_px_png() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let o = muddit(
-        &["t2i", "--prompt", "a red circle on the left", "--seed", "1", "--output", "out.png", "-q"],
+        &[
+            "t2i",
+            "--prompt",
+            "a red circle on the left",
+            "--seed",
+            "1",
+            "--output",
+            "out.png",
+            "-q",
+        ],
         tmp.path(),
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let img = image::open(tmp.path().join("out.png")).expect("out.png").to_rgb8();
+    let img = image::open(tmp.path().join("out.png"))
+        .expect("out.png")
+        .to_rgb8();
     assert_eq!(img.dimensions(), (64, 64));
     // The left half holds clearly more red than the right half.
     let red = |x0: u32, x1: u32| {
@@ -56,7 +79,12 @@ fn default_model_t2i_writes_a_64_px_png() {
             })
             .count()
     };
-    assert!(red(0, 32) > 150 && red(32, 64) < 20, "red left {} right {}", red(0, 32), red(32, 64));
+    assert!(
+        red(0, 32) > 150 && red(32, 64) < 20,
+        "red left {} right {}",
+        red(0, 32),
+        red(32, 64)
+    );
 }
 
 #[test]
@@ -64,7 +92,11 @@ fn eval_errors_name_the_argument() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let o = muddit(&["eval", "--set", "no-such-set", "-q"], tmp.path());
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--set") && stderr(&o).contains("no-such-set"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--set") && stderr(&o).contains("no-such-set"),
+        "{}",
+        stderr(&o)
+    );
     let o = muddit(&["eval", "--limit", "0", "-q"], tmp.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--limit"), "{}", stderr(&o));

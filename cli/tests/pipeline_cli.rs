@@ -173,8 +173,16 @@ fn t2i_with_bf16_products_runs_and_is_deterministic() {
     let (b1, b2, f) = (img("b1.png"), img("b2.png"), img("f.png"));
     assert_eq!(b1.dimensions(), (64, 64));
     assert_eq!(b1.as_raw(), b2.as_raw(), "bf16 runs differ");
-    let differing = b1.as_raw().iter().zip(f.as_raw()).filter(|(a, b)| a != b).count();
-    println!("bf16 vs f32: {differing} of {} channel values differ", f.as_raw().len());
+    let differing = b1
+        .as_raw()
+        .iter()
+        .zip(f.as_raw())
+        .filter(|(a, b)| a != b)
+        .count();
+    println!(
+        "bf16 vs f32: {differing} of {} channel values differ",
+        f.as_raw().len()
+    );
 }
 
 #[test]
@@ -251,7 +259,10 @@ fn t2i_user_errors_exit_2() {
             ],
             "cuda",
         ),
-        (vec!["--model", "nowhere", "t2i", "--prompt", "x"], "nowhere"),
+        (
+            vec!["--model", "nowhere", "t2i", "--prompt", "x"],
+            "nowhere",
+        ),
         (vec!["t2i", "--from-png", "nothing.png"], "nothing.png"),
     ];
     for (args, needle) in cases {

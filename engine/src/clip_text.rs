@@ -9,8 +9,8 @@
 use crate::error::{Error, Result};
 use crate::model_dir::component_dir;
 use crate::nn::Linear;
-use crate::Compute;
 use crate::weights::{Vb, Weights};
+use crate::Compute;
 use muddit_kernels::cpu::{act, attention::attention_with, norm};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -258,7 +258,18 @@ impl SelfAttention {
         ); // [B, L, H, Dh] each
         let mut out = vec![0.0; x.len()];
         let compute = self.q_proj.compute();
-        attention_with(&q, &k, &v, batch, len, heads, d / heads, true, compute, &mut out);
+        attention_with(
+            &q,
+            &k,
+            &v,
+            batch,
+            len,
+            heads,
+            d / heads,
+            true,
+            compute,
+            &mut out,
+        );
         self.out_proj.forward(&out)
     }
 }

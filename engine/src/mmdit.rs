@@ -8,8 +8,8 @@ use crate::config::{ModelClass, TransformerConfig};
 use crate::error::{Error, Result};
 use crate::nn::{sinusoidal_embedding, Linear, Mlp, RmsNorm, NORM_EPS};
 use crate::weights::Vb;
-use rayon::prelude::*;
 use muddit_kernels::cpu::{act, attention::attention_with, norm, rope};
+use rayon::prelude::*;
 
 /// Width of the sinusoidal embedding of each micro-condition and of the timestep.
 const SIN_DIM: usize = 256;
@@ -260,7 +260,18 @@ impl Mmdit {
         }
         let mut out = vec![0.0; q.len()];
         let compute = self.project_to_hidden.compute();
-        attention_with(&q, &k, &v, g.batch, g.seq(), h, dh, false, compute, &mut out);
+        attention_with(
+            &q,
+            &k,
+            &v,
+            g.batch,
+            g.seq(),
+            h,
+            dh,
+            false,
+            compute,
+            &mut out,
+        );
         out
     }
 }

@@ -32,7 +32,13 @@ impl Linear {
 
     /// Reads `weight` of `shape` (an `[out, in]` matrix), straight from its bits when stored as
     /// bf16.
-    fn read(vb: &Vb, shape: &[usize], bias: Option<Vec<f32>>, in_dim: usize, out_dim: usize) -> Result<Self> {
+    fn read(
+        vb: &Vb,
+        shape: &[usize],
+        bias: Option<Vec<f32>>,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<Self> {
         if let Some(bits) = vb.get_bf16_bits("weight", shape)? {
             let weight = PackedMatrix::from_bf16_bits(&bits, out_dim, in_dim, vb.compute());
             return Ok(Linear {
@@ -48,7 +54,13 @@ impl Linear {
 
     /// A layer from a weight already read as `[out, in]` rows (e.g. a reordered convolution
     /// kernel), stored as `vb` says for its `weight` tensor.
-    pub fn from_rows(vb: &Vb, weight: &[f32], bias: Option<Vec<f32>>, in_dim: usize, out_dim: usize) -> Self {
+    pub fn from_rows(
+        vb: &Vb,
+        weight: &[f32],
+        bias: Option<Vec<f32>>,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Self {
         let weight = PackedMatrix::new(weight, out_dim, in_dim, vb.storage("weight"), vb.compute());
         Linear {
             weight,

@@ -294,8 +294,7 @@ impl Pipeline {
                 micro_conds: &plan.micro,
             })?;
             let t1 = Instant::now();
-            plan.sampler
-                .step(step, &mut ids, &logits, &plan.layout)?;
+            plan.sampler.step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
                 steps: plan.sampler.steps(),

@@ -17,10 +17,10 @@ use crate::error::{Error, Result};
 use crate::model_dir::component_dir;
 use crate::nn::Linear;
 use crate::weights::{Vb, Weights};
-use muddit_kernels::cpu::packed::PackedMatrix;
 use crate::Compute;
 use muddit_kernels::cpu::conv::{conv2d, patch_major_weight, upsample_nearest_2x, Conv2dShape};
 use muddit_kernels::cpu::group_norm::group_norm_;
+use muddit_kernels::cpu::packed::PackedMatrix;
 use muddit_kernels::cpu::{act, attention::attention_with, matmul::linear};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -601,7 +601,18 @@ impl AttnBlock {
         ); // [B, HW, 1, C]
         let mut a = vec![0.0; q.len()];
         let compute = self.to_q.compute();
-        attention_with(&q, &k, &v, x.batch, x.h * x.w, 1, x.c, false, compute, &mut a);
+        attention_with(
+            &q,
+            &k,
+            &v,
+            x.batch,
+            x.h * x.w,
+            1,
+            x.c,
+            false,
+            compute,
+            &mut a,
+        );
         let out = self.to_out.forward(&a);
         x.data.iter_mut().zip(&out).for_each(|(v, o)| *v += o);
     }

@@ -200,7 +200,10 @@ impl Weights {
         if entry.dtype != Dtype::BF16 {
             return Ok(None);
         }
-        let bits = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let bits = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         self.taken(name, entry);
         Ok(Some(bits))
     }
@@ -246,7 +249,9 @@ impl Weights {
 
     /// Whether `name` is stored as bf16 (then bf16 storage of it loses nothing).
     pub fn is_bf16(&self, name: &str) -> bool {
-        self.entries.get(name).is_some_and(|e| e.dtype == Dtype::BF16)
+        self.entries
+            .get(name)
+            .is_some_and(|e| e.dtype == Dtype::BF16)
     }
 
     /// Fails if some stored tensor was never taken: the config describes a different model.

@@ -56,7 +56,13 @@ impl DLinear {
     }
 
     fn upload(dev: &Device, l: &Linear) -> Result<Self> {
-        Self::new(dev, &l.weight.to_rows(), l.bias.as_deref(), l.out_dim, l.in_dim)
+        Self::new(
+            dev,
+            &l.weight.to_rows(),
+            l.bias.as_deref(),
+            l.out_dim,
+            l.in_dim,
+        )
     }
 
     fn mat(&self) -> Mat {

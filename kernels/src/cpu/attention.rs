@@ -13,7 +13,15 @@ use rayon::prelude::*;
 const QUERY_BLOCK: usize = 128;
 
 /// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` as `[S, Dh]` (`transposed`: `[Dh, S]`).
-fn head(x: &[f32], bi: usize, hi: usize, s: usize, h: usize, dh: usize, transposed: bool) -> Vec<f32> {
+fn head(
+    x: &[f32],
+    bi: usize,
+    hi: usize,
+    s: usize,
+    h: usize,
+    dh: usize,
+    transposed: bool,
+) -> Vec<f32> {
     let mut out = vec![0.0; s * dh];
     for t in 0..s {
         let src = &x[((bi * s + t) * h + hi) * dh..][..dh];
@@ -64,7 +72,17 @@ fn softmax_(row: &mut [f32], scale: f32) {
 /// `out = softmax(q kᵀ / sqrt(Dh)) v` for `q, k, v, out [B, S, H, Dh]`; `causal` masks keys
 /// after each query (the CLIP text encoder), otherwise every query sees every key (the MM-DiT).
 #[allow(clippy::too_many_arguments)]
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, s: usize, h: usize, dh: usize, causal: bool, out: &mut [f32]) {
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    s: usize,
+    h: usize,
+    dh: usize,
+    causal: bool,
+    out: &mut [f32],
+) {
     attention_with(q, k, v, b, s, h, dh, causal, Compute::F32, out)
 }
 
@@ -97,29 +115,45 @@ pub fn attention_with(
         .into_par_iter()
         .map(|bh| {
             let (bi, hi) = (bh / h, bh % h);
-            let keys = PackedMatrix::new(&head(k, bi, hi, s, h, dh, false), s, dh, storage, compute);
-            let values = PackedMatrix::new(&head(v, bi, hi, s, h, dh, true), dh, s, storage, compute);
+            let keys =
+                PackedMatrix::new(&head(k, bi, hi, s, h, dh, false), s, dh, storage, compute);
+            let values =
+                PackedMatrix::new(&head(v, bi, hi, s, h, dh, true), dh, s, storage, compute);
             let queries = head(q, bi, hi, s, h, dh, false);
             let mut o = vec![0.0f32; s * dh];
             let mut scores = vec![0.0f32; QUERY_BLOCK.min(s) * s];
             for q0 in (0..s).step_by(QUERY_BLOCK) {
                 let rows = QUERY_BLOCK.min(s - q0);
                 let scores = &mut scores[..rows * s];
-                linear(&queries[q0 * dh..(q0 + rows) * dh], &keys, None, Epilogue::None, scores);
+                linear(
+                    &queries[q0 * dh..(q0 + rows) * dh],
+                    &keys,
+                    None,
+                    Epilogue::None,
+                    scores,
+                );
                 softmax_rows_(scores, s, scale, causal, q0);
-                linear(scores, &values, None, Epilogue::None, &mut o[q0 * dh..(q0 + rows) * dh]);
+                linear(
+                    scores,
+                    &values,
+                    None,
+                    Epilogue::None,
+                    &mut o[q0 * dh..(q0 + rows) * dh],
+                );
             }
             o
         })
         .collect();
     // [B * H][S, Dh] -> [B, S, H, Dh]
-    out.par_chunks_mut(s * h * dh).enumerate().for_each(|(bi, item)| {
-        for (t, row) in item.chunks_exact_mut(h * dh).enumerate() {
-            for (hi, dst) in row.chunks_exact_mut(dh).enumerate() {
-                dst.copy_from_slice(&heads[bi * h + hi][t * dh..(t + 1) * dh]);
+    out.par_chunks_mut(s * h * dh)
+        .enumerate()
+        .for_each(|(bi, item)| {
+            for (t, row) in item.chunks_exact_mut(h * dh).enumerate() {
+                for (hi, dst) in row.chunks_exact_mut(dh).enumerate() {
+                    dst.copy_from_slice(&heads[bi * h + hi][t * dh..(t + 1) * dh]);
+                }
             }
-        }
-    });
+        });
 }
 
 #[cfg(test)]
@@ -197,8 +231,15 @@ mod tests {
             );
             // bf16 operands: q, k, v and the probabilities rounded to 8 bits of mantissa.
             attention_with(&q, &k, &v, b, s, h, dh, causal, Compute::Bf16, &mut out);
-            let worst = out.iter().zip(&want).map(|(g, r)| (g - r).abs()).fold(0.0f32, f32::max);
-            assert!(worst < 0.05, "bf16 (b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}");
+            let worst = out
+                .iter()
+                .zip(&want)
+                .map(|(g, r)| (g - r).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 0.05,
+                "bf16 (b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}"
+            );
         }
     }
 }

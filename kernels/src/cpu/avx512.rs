@@ -37,7 +37,11 @@ pub struct Tile {
 
 #[inline(always)]
 fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
-    let lo = if cols >= 16 { 0xffff } else { (1u32 << cols) as u16 - 1 };
+    let lo = if cols >= 16 {
+        0xffff
+    } else {
+        (1u32 << cols) as u16 - 1
+    };
     let hi = if cols >= 32 {
         0xffff
     } else if cols > 16 {
@@ -146,8 +150,14 @@ pub unsafe fn widen_panel(kc: usize, src: *const u16, dst: *mut f32) {
         for half in 0..2 {
             let s = src.add(kk * 2 * NR + half * NR);
             // 32 bf16 -> 32 f32 bit patterns (two zmm), then split even/odd k.
-            let lo = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s as *const __m256i)), 16);
-            let hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.add(16) as *const __m256i)), 16);
+            let lo = _mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(s as *const __m256i)),
+                16,
+            );
+            let hi = _mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(s.add(16) as *const __m256i)),
+                16,
+            );
             let k0 = _mm512_permutex2var_epi32(lo, even, hi);
             let k1 = _mm512_permutex2var_epi32(lo, odd, hi);
             _mm512_store_si512(dst.add(2 * kk * NR + half * 16) as *mut __m512i, k0);
@@ -179,7 +189,10 @@ pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
 /// `e^x`, about 1 ulp, with overflow to +inf and underflow to 0 (`vscalefps`).
 #[inline(always)]
 pub unsafe fn exp(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0)), _mm512_set1_ps(-104.0));
+    let x = _mm512_max_ps(
+        _mm512_min_ps(x, _mm512_set1_ps(89.0)),
+        _mm512_set1_ps(-104.0),
+    );
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
     );
@@ -257,7 +270,11 @@ pub unsafe fn map_(x: &mut [f32], op: Op) {
 pub unsafe fn softmax_(row: &mut [f32], scale: f32) {
     let n = row.len();
     let p = row.as_mut_ptr();
-    let tail: __mmask16 = if n % 16 == 0 { 0 } else { (1u32 << (n % 16)) as u16 - 1 };
+    let tail: __mmask16 = if n % 16 == 0 {
+        0
+    } else {
+        (1u32 << (n % 16)) as u16 - 1
+    };
     let full = n - n % 16;
     let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut i = 0;
@@ -279,7 +296,11 @@ pub unsafe fn softmax_(row: &mut [f32], scale: f32) {
         i += 16;
     }
     if tail != 0 {
-        let e = exp(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), sc, max));
+        let e = exp(_mm512_fmsub_ps(
+            _mm512_maskz_loadu_ps(tail, p.add(full)),
+            sc,
+            max,
+        ));
         _mm512_mask_storeu_ps(p.add(full), tail, e);
         sum = _mm512_mask_add_ps(sum, tail, sum, e);
     }
@@ -293,6 +314,10 @@ pub unsafe fn softmax_(row: &mut [f32], scale: f32) {
         i += 16;
     }
     if tail != 0 {
-        _mm512_mask_storeu_ps(p.add(full), tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), inv));
+        _mm512_mask_storeu_ps(
+            p.add(full),
+            tail,
+            _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), inv),
+        );
     }
 }

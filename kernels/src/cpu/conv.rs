@@ -110,7 +110,10 @@ pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape
     let (ho, wo) = s.out_hw();
     let image = s.height * s.width * s.c_in;
     assert_eq!(x.len(), s.batch * image, "conv2d: x is not [B, H, W, C]");
-    assert!(w.n() == s.c_out && w.k() == s.patch(), "conv2d: w is not [O, k*k*C]");
+    assert!(
+        w.n() == s.c_out && w.k() == s.patch(),
+        "conv2d: w is not [O, k*k*C]"
+    );
     assert_eq!(
         out.len(),
         s.batch * ho * wo * s.c_out,
@@ -127,7 +130,13 @@ pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape
         let ob = &mut out[b * ho * wo * s.c_out..(b + 1) * ho * wo * s.c_out];
         for y0 in (0..ho).step_by(band) {
             let rows = band.min(ho - y0);
-            let fields = Fields { x: xb, s, y0, rows, wo };
+            let fields = Fields {
+                x: xb,
+                s,
+                y0,
+                rows,
+                wo,
+            };
             let dst = &mut ob[y0 * wo * s.c_out..(y0 + rows) * wo * s.c_out];
             linear_rows(&fields, w, bias, Epilogue::None, dst);
         }
@@ -244,14 +253,14 @@ mod tests {
             }
             let (ho, wo) = s.out_hw();
             let mut got = vec![0.0; b * ho * wo * o];
-            let packed = PackedMatrix::new(&patch_major_weight(&wt, o, c, k), o, s.patch(), Storage::F32, Compute::F32);
-            conv2d(
-                &x,
-                &packed,
-                Some(&bias),
-                &s,
-                &mut got,
+            let packed = PackedMatrix::new(
+                &patch_major_weight(&wt, o, c, k),
+                o,
+                s.patch(),
+                Storage::F32,
+                Compute::F32,
             );
+            conv2d(&x, &packed, Some(&bias), &s, &mut got);
             let mut worst = 0.0f64;
             for bi in 0..b {
                 for oi in 0..o {
@@ -264,7 +273,13 @@ mod tests {
             }
             assert!(worst < 1e-3, "{s:?}: worst relative error {worst}");
             // bf16 products: relative L2 error of the whole output within bf16 rounding.
-            let packed = PackedMatrix::new(&patch_major_weight(&wt, o, c, k), o, s.patch(), Storage::Bf16, Compute::Bf16);
+            let packed = PackedMatrix::new(
+                &patch_major_weight(&wt, o, c, k),
+                o,
+                s.patch(),
+                Storage::Bf16,
+                Compute::Bf16,
+            );
             conv2d(&x, &packed, Some(&bias), &s, &mut got);
             let (mut err, mut norm) = (0.0f64, 0.0f64);
             for bi in 0..b {

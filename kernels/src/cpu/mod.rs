@@ -15,7 +15,14 @@ pub mod rope;
 #[cfg(test)]
 pub(crate) mod reference {
     /// `x[M,K] · w[N,K]ᵀ (+ b)` accumulated in f64.
-    pub fn naive_linear(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+    pub fn naive_linear(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
         let mut out = vec![0.0; m * n];
         for i in 0..m {
             for j in 0..n {

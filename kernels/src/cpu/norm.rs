@@ -28,13 +28,15 @@ fn sum_f64(row: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 pub fn rms_norm_(x: &mut [f32], weight: &[f32], eps: f32) {
     let d = weight.len();
     assert!(d > 0 && x.len() % d == 0, "rms_norm: x is not [M, {d}]");
-    x.par_chunks_mut(d).with_min_len(rows_per_task(d)).for_each(|row| {
-        let ms = sum_f64(row, |v| v * v) / d as f64;
-        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-        for (v, &w) in row.iter_mut().zip(weight) {
-            *v = *v * inv * w;
-        }
-    });
+    x.par_chunks_mut(d)
+        .with_min_len(rows_per_task(d))
+        .for_each(|row| {
+            let ms = sum_f64(row, |v| v * v) / d as f64;
+            let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+            for (v, &w) in row.iter_mut().zip(weight) {
+                *v = *v * inv * w;
+            }
+        });
 }
 
 /// `(mean, 1/sqrt(var + eps))` of one row, variance biased as in `nn.LayerNorm`.
@@ -48,12 +50,14 @@ fn moments(row: &[f32], eps: f32) -> (f32, f32) {
 /// LayerNorm without affine parameters, in place, per row of `x [M, D]`.
 pub fn layer_norm_(x: &mut [f32], d: usize, eps: f32) {
     assert!(d > 0 && x.len() % d == 0, "layer_norm: x is not [M, {d}]");
-    x.par_chunks_mut(d).with_min_len(rows_per_task(d)).for_each(|row| {
-        let (mean, inv) = moments(row, eps);
-        for v in row.iter_mut() {
-            *v = (*v - mean) * inv;
-        }
-    });
+    x.par_chunks_mut(d)
+        .with_min_len(rows_per_task(d))
+        .for_each(|row| {
+            let (mean, inv) = moments(row, eps);
+            for v in row.iter_mut() {
+                *v = (*v - mean) * inv;
+            }
+        });
 }
 
 /// Adaptive-norm modulation: `out = LayerNorm(x) * (1 + scale) + shift` per row of `x [M, D]`,

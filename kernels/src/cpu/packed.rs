@@ -46,13 +46,14 @@ impl Isa {
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let have = if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
-                Isa::Avx512Bf16
-            } else if is_x86_feature_detected!("avx512f") {
-                Isa::Avx512
-            } else {
-                Isa::Portable
-            };
+            let have =
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+                    Isa::Avx512Bf16
+                } else if is_x86_feature_detected!("avx512f") {
+                    Isa::Avx512
+                } else {
+                    Isa::Portable
+                };
             let cap = match std::env::var("MUDDIT_ISA").as_deref() {
                 Ok("portable") => Isa::Portable,
                 Ok("avx512") => Isa::Avx512,
@@ -201,48 +202,70 @@ impl PackedMatrix {
 
     /// As [`PackedMatrix::new`] for an instruction set no better than this CPU's (tests,
     /// benchmarks).
-    pub fn with_isa(w: Source, n: usize, k: usize, storage: Storage, compute: Compute, isa: Isa) -> Self {
+    pub fn with_isa(
+        w: Source,
+        n: usize,
+        k: usize,
+        storage: Storage,
+        compute: Compute,
+        isa: Isa,
+    ) -> Self {
         let isa = isa.min(Isa::detect());
         assert_eq!(w.len(), n * k, "PackedMatrix: weight is not [N,K]");
         assert!(
             !(compute == Compute::Bf16 && storage == Storage::F32),
             "PackedMatrix: bf16 products need bf16 storage"
         );
-        let layout = if isa == Isa::Portable || (compute == Compute::Bf16 && isa < Isa::Avx512Bf16) {
-            Layout::Rows((0..n * k).into_par_iter().map(|i| w.value(i, storage)).collect())
+        let layout = if isa == Isa::Portable || (compute == Compute::Bf16 && isa < Isa::Avx512Bf16)
+        {
+            Layout::Rows(
+                (0..n * k)
+                    .into_par_iter()
+                    .map(|i| w.value(i, storage))
+                    .collect(),
+            )
         } else {
             let panels = n.div_ceil(NR);
             match storage {
                 Storage::F32 => {
                     let mut buf = Aligned::zeroed(panels * k * NR * 4);
                     let dst = &mut buf.f32s_mut()[..panels * k * NR];
-                    dst.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
-                        for j in 0..NR.min(n - p * NR) {
-                            let row = (p * NR + j) * k;
-                            for kk in 0..k {
-                                panel[kk * NR + j] = w.value(row + kk, storage);
+                    dst.par_chunks_mut(k * NR)
+                        .enumerate()
+                        .for_each(|(p, panel)| {
+                            for j in 0..NR.min(n - p * NR) {
+                                let row = (p * NR + j) * k;
+                                for kk in 0..k {
+                                    panel[kk * NR + j] = w.value(row + kk, storage);
+                                }
                             }
-                        }
-                    });
+                        });
                     Layout::PanelsF32(buf)
                 }
                 Storage::Bf16 => {
                     let k2 = k_even(k) / 2;
                     let mut buf = Aligned::zeroed(panels * k2 * NR * 2 * 2);
                     let dst = &mut buf.u16s_mut()[..panels * k2 * NR * 2];
-                    dst.par_chunks_mut(k2 * NR * 2).enumerate().for_each(|(p, panel)| {
-                        for j in 0..NR.min(n - p * NR) {
-                            let row = (p * NR + j) * k;
-                            for kk in 0..k {
-                                panel[((kk / 2) * NR + j) * 2 + kk % 2] = w.bf16(row + kk);
+                    dst.par_chunks_mut(k2 * NR * 2)
+                        .enumerate()
+                        .for_each(|(p, panel)| {
+                            for j in 0..NR.min(n - p * NR) {
+                                let row = (p * NR + j) * k;
+                                for kk in 0..k {
+                                    panel[((kk / 2) * NR + j) * 2 + kk % 2] = w.bf16(row + kk);
+                                }
                             }
-                        }
-                    });
+                        });
                     Layout::PanelsBf16(buf)
                 }
             }
         };
-        PackedMatrix { n, k, compute, layout }
+        PackedMatrix {
+            n,
+            k,
+            compute,
+            layout,
+        }
     }
 
     /// Output features `N`.
@@ -343,7 +366,13 @@ impl RowSource for Matrix<'_> {
 }
 
 /// `out[M,N] = x[M,K] · wᵀ (+ bias[N])`, then `epilogue`.
-pub fn linear(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
+pub fn linear(
+    x: &[f32],
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: &mut [f32],
+) {
     let k = w.k;
     assert_eq!(x.len() % k.max(1), 0, "linear: x is not [M,K]");
     if k == 0 {
@@ -364,7 +393,13 @@ impl RowSource for Empty {
 }
 
 /// [`linear`] with the rows `x[M,K]` taken from `x`.
-pub fn linear_rows(x: &dyn RowSource, w: &PackedMatrix, bias: Option<&[f32]>, epilogue: Epilogue, out: &mut [f32]) {
+pub fn linear_rows(
+    x: &dyn RowSource,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out: &mut [f32],
+) {
     let (n, k) = (w.n, w.k);
     let m = x.rows();
     assert_eq!(out.len(), m * n, "linear: out is not [M,N]");
@@ -376,7 +411,9 @@ pub fn linear_rows(x: &dyn RowSource, w: &PackedMatrix, bias: Option<&[f32]>, ep
     }
     if k == 0 {
         match bias {
-            Some(b) => out.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b)),
+            Some(b) => out
+                .chunks_exact_mut(n)
+                .for_each(|row| row.copy_from_slice(b)),
             None => out.fill(0.0),
         }
         if epilogue == Epilogue::GeluTanh {
@@ -494,7 +531,13 @@ fn blocked(
                     Panels::Bf16Widened(w) => {
                         // SAFETY: avx512f is present (this layout is only built then); the
                         // source slice holds kc * NR values, the panel buffer room for as many.
-                        unsafe { avx512::widen_panel(kc, w[(p * kp + pc) * NR..].as_ptr(), panel.f32s_mut().as_mut_ptr()) };
+                        unsafe {
+                            avx512::widen_panel(
+                                kc,
+                                w[(p * kp + pc) * NR..].as_ptr(),
+                                panel.f32s_mut().as_mut_ptr(),
+                            )
+                        };
                         WeightSlice::F32(panel.f32s().as_ptr())
                     }
                 };
@@ -515,8 +558,20 @@ fn blocked(
                             gelu,
                         };
                         match wp {
-                            WeightSlice::F32(b) => avx512::kernel_f32(kc, rows_ref.f32s()[a_off..].as_ptr(), kc + pad, b, tile),
-                            WeightSlice::Bf16(b) => avx512::kernel_bf16(kc, rows_ref.u16s()[a_off..].as_ptr(), kc + pad, b, tile),
+                            WeightSlice::F32(b) => avx512::kernel_f32(
+                                kc,
+                                rows_ref.f32s()[a_off..].as_ptr(),
+                                kc + pad,
+                                b,
+                                tile,
+                            ),
+                            WeightSlice::Bf16(b) => avx512::kernel_bf16(
+                                kc,
+                                rows_ref.u16s()[a_off..].as_ptr(),
+                                kc + pad,
+                                b,
+                                tile,
+                            ),
                         }
                     }
                 }
@@ -544,12 +599,25 @@ enum WeightSlice {
 /// values, `kc + pad` apart, from `MR * (pc + (pc / kc_max) * pad)`; rows past M and k past K are
 /// zero.
 #[allow(clippy::too_many_arguments)]
-fn pack_rows(x: &dyn RowSource, m: usize, k: usize, kp: usize, kc_max: usize, pad: usize, bf16: bool, rows: &mut Aligned) {
+fn pack_rows(
+    x: &dyn RowSource,
+    m: usize,
+    k: usize,
+    kp: usize,
+    kc_max: usize,
+    pad: usize,
+    bf16: bool,
+    rows: &mut Aligned,
+) {
     let tile_len = MR * (kp + kp.div_ceil(kc_max) * pad);
     let tiles = m.div_ceil(MR);
     // The valid part of row `row`'s slice at `pc`, filled into `d` (`kc` values).
     let fill_f32 = |row: usize, pc: usize, kc: usize, d: &mut [f32]| {
-        let len = if row < m { k.saturating_sub(pc).min(kc) } else { 0 };
+        let len = if row < m {
+            k.saturating_sub(pc).min(kc)
+        } else {
+            0
+        };
         if len > 0 {
             x.fill(row, pc, &mut d[..len]);
         }
@@ -595,7 +663,13 @@ mod tests {
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 8) % 2001) as f32 / 1000.0 - 1.0
+                (((i as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(40503))
+                    >> 8)
+                    % 2001) as f32
+                    / 1000.0
+                    - 1.0
             })
             .collect()
     }
@@ -615,8 +689,20 @@ mod tests {
     #[test]
     fn packed_linear_matches_naive() {
         let isas = [Isa::Portable, Isa::Avx512, Isa::Avx512Bf16];
-        let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::F32), (Storage::Bf16, Compute::Bf16)];
-        let shapes = [(1, 1, 1), (5, 3, 17), (13, 7, 33), (12, 64, 32), (300, 300, 100), (29, 601, 40), (37, 1030, 545)];
+        let modes = [
+            (Storage::F32, Compute::F32),
+            (Storage::Bf16, Compute::F32),
+            (Storage::Bf16, Compute::Bf16),
+        ];
+        let shapes = [
+            (1, 1, 1),
+            (5, 3, 17),
+            (13, 7, 33),
+            (12, 64, 32),
+            (300, 300, 100),
+            (29, 601, 40),
+            (37, 1030, 545),
+        ];
         for isa in isas.into_iter().filter(|&i| i <= Isa::detect()) {
             for (storage, compute) in modes {
                 for &(m, k, n) in &shapes {
@@ -624,10 +710,22 @@ mod tests {
                     let w = pseudo(n * k, 2);
                     let b = pseudo(n, 3);
                     let pw = PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa);
-                    let wv = if storage == Storage::Bf16 { round(&w) } else { w.clone() };
+                    let wv = if storage == Storage::Bf16 {
+                        round(&w)
+                    } else {
+                        w.clone()
+                    };
                     assert_eq!(pw.to_rows(), wv, "{isa:?} {storage:?} unpack");
-                    let xv = if compute == Compute::Bf16 { round(&x) } else { x.clone() };
-                    for (bias, epi) in [(None, Epilogue::None), (Some(&b[..]), Epilogue::None), (Some(&b[..]), Epilogue::GeluTanh)] {
+                    let xv = if compute == Compute::Bf16 {
+                        round(&x)
+                    } else {
+                        x.clone()
+                    };
+                    for (bias, epi) in [
+                        (None, Epilogue::None),
+                        (Some(&b[..]), Epilogue::None),
+                        (Some(&b[..]), Epilogue::GeluTanh),
+                    ] {
                         let mut out = vec![f32::NAN; m * n];
                         linear(&x, &pw, bias, epi, &mut out);
                         let mut want = naive_linear(&xv, &wv, bias, m, k, n);
