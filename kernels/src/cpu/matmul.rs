@@ -1,4 +1,5 @@
-//! Matrix products for linear layers, on the `gemm` crate (runtime-dispatched SIMD, all cores).
+//! The portable matrix product, on the `gemm` crate (runtime-dispatched SIMD, all cores): what
+//! `packed::linear` falls back to on CPUs without AVX-512.
 
 use gemm::{gemm, Parallelism};
 
@@ -65,40 +66,6 @@ pub fn linear(
     }
 }
 
-/// `out[M,N] = a[M,K] · b[K,N]`, both row-major.
-pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    assert_eq!(a.len(), m * k, "matmul: a is not [M,K]");
-    assert_eq!(b.len(), k * n, "matmul: b is not [K,N]");
-    assert_eq!(out.len(), m * n, "matmul: out is not [M,N]");
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: as in `linear`, with rhs = b read with row stride N and column stride 1.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m * n * k),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,25 +101,6 @@ mod tests {
             for (g, r) in out.iter().zip(&want) {
                 assert!((g - r).abs() <= 1e-4 + 1e-5 * r.abs());
             }
-        }
-    }
-
-    #[test]
-    fn matmul_matches_linear_with_transposed_weight() {
-        let (m, k, n) = (9, 13, 7);
-        let a = pseudo(m * k, 4);
-        let b = pseudo(k * n, 5);
-        let mut bt = vec![0.0; n * k];
-        for p in 0..k {
-            for j in 0..n {
-                bt[j * k + p] = b[p * n + j];
-            }
-        }
-        let mut got = vec![0.0; m * n];
-        matmul(&a, &b, m, k, n, &mut got);
-        let want = naive_linear(&a, &bt, None, m, k, n);
-        for (g, r) in got.iter().zip(&want) {
-            assert!((g - r).abs() <= 1e-5 + 1e-5 * r.abs());
         }
     }
 }
