@@ -3,7 +3,9 @@
 #include "cuda_emu.h"
 
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <cstdio>
@@ -29,8 +31,84 @@
 #include <thread>
 #include <vector>
 
+// Fiber switches. glibc's swapcontext saves and restores the signal mask with a system call
+// on every switch, which made it most of the emulator's time; on x86_64 a switch here is the
+// System V callee-saved registers pushed on the old stack and popped from the new one.
+#if defined(__x86_64__)
+extern "C" void muddit_emu_swap(void** save_sp, void* next_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .globl muddit_emu_swap
+    .hidden muddit_emu_swap
+    .type muddit_emu_swap, @function
+muddit_emu_swap:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size muddit_emu_swap, .-muddit_emu_swap
+)");
+#endif
+
 namespace emu {
 namespace {
+
+// A suspended execution context: a fiber's or the scheduler's.
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+
+// What resuming `c` needs. Read before TSan is told of a switch: after it, the read would
+// count as the next fiber's, unordered with the write that suspended `c`.
+using Resume = void*;
+inline Resume resume_of(Context& c) { return c.sp; }
+
+// Saves the running context into `from` and resumes `to`.
+inline void swap(Context& from, Resume to) { muddit_emu_swap(&from.sp, to); }
+
+// Makes `c` start `entry` (which never returns) on the stack [stack, stack + size).
+void prepare(Context& c, char* stack, size_t size, void (*entry)()) {
+    // Top of stack, 16-byte aligned: a zero return address for `entry` (never used), `entry`
+    // itself for muddit_emu_swap's `ret`, then six zero callee-saved registers. `entry` starts
+    // with rsp = top - 8, as after a call from an aligned frame.
+    auto top = reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t{15};
+    auto* words = reinterpret_cast<void**>(top);
+    words[-1] = nullptr;
+    words[-2] = reinterpret_cast<void*>(entry);
+    for (int i = 3; i <= 8; i++) words[-i] = nullptr;
+    c.sp = &words[-8];
+}
+#else
+struct Context {
+    ucontext_t uc;
+};
+
+using Resume = ucontext_t*;
+inline Resume resume_of(Context& c) { return &c.uc; }
+
+inline void swap(Context& from, Resume to) { swapcontext(&from.uc, to); }
+
+void prepare(Context& c, char* stack, size_t size, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
 
 // Bytes of stack per emulated thread (mapped lazily).
 constexpr size_t kStack = 256 << 10;
@@ -47,7 +125,7 @@ struct Copy {
 };
 
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     void* tsan = nullptr;
     uint3 tid;
     int warp = 0, lane = 0;
@@ -65,7 +143,7 @@ struct Worker {
     std::vector<Fiber> fibers;
     char* stacks = nullptr;
     size_t stack_count = 0;
-    ucontext_t sched;
+    Context sched;
     void* tsan_sched = nullptr;
     int current = 0;
     uint3 bidx{0, 0, 0};
@@ -104,10 +182,11 @@ unsigned long long& slot(int warp, int lane, int k) {
 
 // Suspends the current fiber; the scheduler resumes it later.
 void yield() {
+    const Resume sched = resume_of(W->sched);
 #ifdef EMU_TSAN
     __tsan_switch_to_fiber(W->tsan_sched, __tsan_switch_to_fiber_no_sync);
 #endif
-    swapcontext(&cur().ctx, &W->sched);
+    swap(cur().ctx, sched);
 }
 
 void progress() { EMU_SET(W->progress, EMU_GET(W->progress) + 1); }
@@ -156,6 +235,7 @@ void fiber_entry() {
     drop(W->warp_bar[f.warp]);
     progress();
     Worker* w = W;
+    const Resume resume = resume_of(w->sched);
     EMU_SET(f.done, true);
 #ifdef EMU_TSAN
     void* sched = w->tsan_sched;
@@ -163,7 +243,7 @@ void fiber_entry() {
     __tsan_switch_to_fiber(sched, __tsan_switch_to_fiber_no_sync);
 #endif
     // Never resumed: the scheduler sees `done`.
-    swapcontext(&f.ctx, &w->sched);
+    swap(f.ctx, resume);
 }
 
 void run_block(unsigned linear) {
@@ -185,11 +265,7 @@ void run_block(unsigned linear) {
         f.done = false;
         f.open.clear();
         f.groups.clear();
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = w.stacks + (size_t)i * kStack;
-        f.ctx.uc_stack.ss_size = kStack;
-        f.ctx.uc_link = &w.sched;
-        makecontext(&f.ctx, fiber_entry, 0);
+        prepare(f.ctx, w.stacks + (size_t)i * kStack, kStack, fiber_entry);
 #ifdef EMU_TSAN
         if (!f.tsan) f.tsan = __tsan_create_fiber(0);
 #endif
@@ -205,10 +281,11 @@ void run_block(unsigned linear) {
             if (EMU_GET(w.fibers[i].done)) continue;
             live = true;
             EMU_SET(w.current, (int)i);
+            const Resume next = resume_of(w.fibers[i].ctx);
 #ifdef EMU_TSAN
             __tsan_switch_to_fiber(w.fibers[i].tsan, __tsan_switch_to_fiber_no_sync);
 #endif
-            swapcontext(&w.sched, &w.fibers[i].ctx);
+            swap(w.sched, next);
         }
         if (!live) break;
         if (EMU_GET(w.progress) == before) fail("deadlock: a barrier that no live thread of the block can pass");

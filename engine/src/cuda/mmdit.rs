@@ -635,7 +635,7 @@ impl CudaMmdit {
         )?;
         let ids: Vec<u32> = x.image_tokens.iter().map(|&i| i as u32).collect();
         self.dev.write(&mut ws.ids, 0, &ids)?;
-        self.run(ws, x.timestep)?;
+        self.run(ws, x.timestep, true)?;
         let image_logits = self.dev.read(&ws.logits, 0, ws.logits.len())?;
         let text_logits = match self.text_decoder {
             Some(_) => Some(self.dev.read(&ws.text_logits, 0, ws.text_logits.len())?),
@@ -648,8 +648,9 @@ impl CudaMmdit {
     }
 
     /// One forward on the workspace's ids (already on the device, every id below
-    /// `vocab_size`); logits stay on the device.
-    pub(crate) fn run(&self, ws: &mut Workspace, timestep: f32) -> Result<()> {
+    /// `vocab_size`); logits stay on the device. The text head runs only when `text_head` is
+    /// set (text-to-image reads the image logits alone).
+    pub(crate) fn run(&self, ws: &mut Workspace, timestep: f32, text_head: bool) -> Result<()> {
         self.dev.write(&mut ws.timestep, 0, &[timestep])?;
         let ws: &Workspace = ws;
         self.conditioning(ws)?;
@@ -668,7 +669,7 @@ impl CudaMmdit {
         for block in &self.single_transformer_blocks {
             self.single_block(block, ws)?;
         }
-        self.heads_out(ws)
+        self.heads_out(ws, text_head)
     }
 
     /// `temb_silu [B, D]` bf16 (reference 2.1).
@@ -998,13 +999,14 @@ impl CudaMmdit {
         )
     }
 
-    /// Text logits `[B, L, Vt]` and image logits `[B, h, w, V]` from `X` (reference 2.7).
-    fn heads_out(&self, ws: &Workspace) -> Result<()> {
+    /// Text logits `[B, L, Vt]` (when `text_head`) and image logits `[B, h, w, V]` from `X`
+    /// (reference 2.7).
+    fn heads_out(&self, ws: &Workspace, text_head: bool) -> Result<()> {
         let dev = &self.dev;
         let s = ws.shape;
         let (b, l, n, seq, d) = (s.batch, s.text, s.image(), s.seq(), self.cfg.inner_dim());
         let plain = GemmOpts::default();
-        if let Some(dec) = &self.text_decoder {
+        if let Some(dec) = self.text_decoder.as_ref().filter(|_| text_head) {
             for i in 0..b {
                 dev.layer_norm(ws.x.at(i * seq * d)?, ws.tl.at(i * l * d)?, l, d, None)?;
             }

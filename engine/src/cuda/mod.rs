@@ -71,7 +71,7 @@ pub fn text_to_image(
             if plan.guided {
                 dev.copy(state.ids.ptr(), ws.ids.at(n)?, n)?;
             }
-            model.run(ws, state.sampler().model_timestep(step)?)?;
+            model.run(ws, state.sampler().model_timestep(step)?, false)?;
             dev.sync()?;
             let t1 = Instant::now();
             state.step(&dev, step, ws.logits.ptr())?;
