@@ -11,13 +11,9 @@ fn vectorised(x: &mut [f32], op: super::avx512::Op) -> bool {
     true
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn vectorised(_: &mut [f32], _: ()) -> bool {
-    false
-}
-
 /// SiLU: `x * sigmoid(x)`.
 pub fn silu_(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
     if vectorised(x, super::avx512::Op::Silu) {
         return;
     }
@@ -29,6 +25,7 @@ pub fn silu_(x: &mut [f32]) {
 /// GELU, tanh approximation (`nn.GELU(approximate="tanh")`).
 pub fn gelu_tanh_(x: &mut [f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    #[cfg(target_arch = "x86_64")]
     if vectorised(x, super::avx512::Op::GeluTanh) {
         return;
     }

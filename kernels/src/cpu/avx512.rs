@@ -8,10 +8,7 @@
 
 use std::arch::x86_64::*;
 
-/// Rows of the register tile.
-pub const MR: usize = 12;
-/// Columns of the register tile (two zmm vectors).
-pub const NR: usize = 32;
+pub use super::packed::{MR, NR};
 
 /// How the accumulators start.
 #[derive(Clone, Copy)]

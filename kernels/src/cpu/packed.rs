@@ -13,11 +13,21 @@
 //! multiplies bf16 pairs with f32 accumulation (`vdpbf16ps`). On CPUs without AVX-512 the
 //! weights stay `[N, K]` f32 and the `gemm` crate does the product (for bf16, on the same
 //! bf16-rounded values). `MUDDIT_ISA=portable|avx512|avx512bf16` caps the instruction set (tests).
+//! Other architectures than x86_64 always take that portable path (so the blocking constants and
+//! panel helpers below go unused there).
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use super::avx512::{self, Init, MR, NR};
+#[cfg(target_arch = "x86_64")]
+use super::avx512::{self, Init};
 use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
 use std::cell::Cell;
 use std::sync::OnceLock;
+
+/// Rows of the micro-kernels' register tile.
+pub const MR: usize = 12;
+/// Columns of the register tile (two zmm vectors of f32).
+pub const NR: usize = 32;
 
 /// `k` per slice for f32 products: a `KC x NR` f32 panel is 32 KiB, under L1.
 const KC_F32: usize = 512;
@@ -46,6 +56,7 @@ impl Isa {
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
             let have =
                 if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
                     Isa::Avx512Bf16
@@ -54,6 +65,8 @@ impl Isa {
                 } else {
                     Isa::Portable
                 };
+            #[cfg(not(target_arch = "x86_64"))]
+            let have = Isa::Portable;
             let cap = match std::env::var("MUDDIT_ISA").as_deref() {
                 Ok("portable") => Isa::Portable,
                 Ok("avx512") => Isa::Avx512,
@@ -327,6 +340,7 @@ pub enum Epilogue {
     GeluTanh,
 }
 
+#[cfg(target_arch = "x86_64")]
 thread_local! {
     /// Scratch reused across calls: the packed activations (caller thread) and a widened weight
     /// slice (worker threads). Taken out while in use, so a nested call just makes its own.
@@ -335,10 +349,13 @@ thread_local! {
 }
 
 /// A raw output pointer shared by the tasks, which write disjoint blocks.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 // SAFETY: every task writes only its own block of rows x columns.
+#[cfg(target_arch = "x86_64")]
 unsafe impl Send for OutPtr {}
+#[cfg(target_arch = "x86_64")]
 unsafe impl Sync for OutPtr {}
 
 /// The left operand of a product, row by row: a matrix, or the receptive fields of a
@@ -423,13 +440,19 @@ pub fn linear_rows(
     }
     match &w.layout {
         Layout::Rows(wr) => portable(x, wr, w.compute, bias, epilogue, m, k, n, out),
+        #[cfg(target_arch = "x86_64")]
         Layout::PanelsF32(buf) => blocked(x, Panels::F32(buf.f32s()), bias, epilogue, m, k, n, out),
+        #[cfg(target_arch = "x86_64")]
         Layout::PanelsBf16(buf) => {
             let p = buf.u16s();
             match w.compute {
                 Compute::F32 => blocked(x, Panels::Bf16Widened(p), bias, epilogue, m, k, n, out),
                 Compute::Bf16 => blocked(x, Panels::Bf16(p), bias, epilogue, m, k, n, out),
             }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Layout::PanelsF32(_) | Layout::PanelsBf16(_) => {
+            unreachable!("weights are packed into panels only on x86_64 (Isa::detect)")
         }
     }
 }
@@ -459,6 +482,7 @@ fn portable(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 enum Panels<'a> {
     F32(&'a [f32]),
@@ -467,6 +491,7 @@ enum Panels<'a> {
     Bf16(&'a [u16]),
 }
 
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn blocked(
     x: &dyn RowSource,
@@ -589,6 +614,7 @@ fn blocked(
     ROWS.set(rows);
 }
 
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 enum WeightSlice {
     F32(*const f32),
@@ -598,6 +624,7 @@ enum WeightSlice {
 /// Copies the rows of `x` into row tiles: in tile t, the slice at `pc` holds MR rows of `kc`
 /// values, `kc + pad` apart, from `MR * (pc + (pc / kc_max) * pad)`; rows past M and k past K are
 /// zero.
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn pack_rows(
     x: &dyn RowSource,
@@ -772,6 +799,7 @@ mod tests {
         assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
         assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
         assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
+        #[cfg(target_arch = "x86_64")]
         if Isa::detect() == Isa::Avx512Bf16 {
             let x = pseudo(100, 9).iter().map(|v| v * 3.7).collect::<Vec<_>>();
             let mut h = vec![0u16; 100];
