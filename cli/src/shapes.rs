@@ -470,6 +470,77 @@ mod tests {
         assert!(!a.full && !a.count && !a.position);
     }
 
+    /// The set covers the world's jitter (sides 18 and 22, offsets of 3 px), so the test above
+    /// checks the checker on jittered renders, not only on centered 20 px shapes.
+    #[test]
+    fn the_eval_images_span_the_jitter() {
+        let (_, doc) = load();
+        let (mut sides, mut offsets) = (Vec::new(), Vec::new());
+        for item in doc["images"].as_array().expect("images") {
+            let key = key(&item["key"]);
+            let objects = item["objects"].as_array().expect("objects");
+            assert_eq!(objects.len(), key.count());
+            for (i, o) in objects.iter().enumerate() {
+                let (cx, cy) = (o[2].as_i64().expect("cx"), o[3].as_i64().expect("cy"));
+                let (px, py) = match &key {
+                    Scene::Single { position, .. } => {
+                        let p = &doc["world"]["positions"][position];
+                        (p["x"].as_i64().expect("x"), p["y"].as_i64().expect("y"))
+                    }
+                    Scene::Pair { .. } => {
+                        let p = &doc["world"]["pair_centers"][i];
+                        (p[0].as_i64().expect("x"), p[1].as_i64().expect("y"))
+                    }
+                };
+                sides.push(o[4].as_i64().expect("side"));
+                offsets.push((cx - px).abs().max((cy - py).abs()));
+            }
+        }
+        assert_eq!(sides.iter().min(), Some(&18));
+        assert_eq!(sides.iter().max(), Some(&22));
+        assert_eq!(offsets.iter().max(), Some(&3));
+    }
+
+    /// A square drawn at `(cx, cy)` with side `side` on black, as world.py renders one.
+    fn square(cx: i64, cy: i64, side: i64, rgb: [u8; 3]) -> Vec<u8> {
+        let mut px = vec![0u8; 64 * 64 * 3];
+        let x0 = cx - side / 2;
+        let y0 = cy - side / 2;
+        for y in y0.max(0)..(y0 + side).min(64) {
+            for x in x0.max(0)..(x0 + side).min(64) {
+                let p = (y * 64 + x) as usize * 3;
+                px[p..p + 3].copy_from_slice(&rgb);
+            }
+        }
+        px
+    }
+
+    /// Jittered to the limits (+-3 px, sides 18 and 22) a square is still at its position; moved
+    /// halfway between two positions it is at none.
+    #[test]
+    fn jitter_keeps_the_position_and_a_halfway_shape_has_none() {
+        let (world, _) = load();
+        let want = |position: &str| {
+            Some(Scene::Single {
+                shape: "square".into(),
+                color: "red".into(),
+                position: position.into(),
+            })
+        };
+        for (name, p) in &world.positions {
+            for side in [18, 22] {
+                for (dx, dy) in [(-3, -3), (3, 3), (-3, 3), (3, -3)] {
+                    let px = square(p.x as i64 + dx, p.y as i64 + dy, side, [255, 0, 0]);
+                    let j = world.judge(&px, 64, 64);
+                    assert_eq!(j.scene, want(name), "{name} side {side} offset {dx},{dy}");
+                }
+            }
+        }
+        // Halfway between the left (16, 32) and the center (32, 32).
+        let j = world.judge(&square(24, 32, 20, [255, 0, 0]), 64, 64);
+        assert!(j.scene.is_none(), "{:?}", j.scene);
+    }
+
     #[test]
     fn blank_noisy_and_merged_images_are_no_scene() {
         let (world, doc) = load();

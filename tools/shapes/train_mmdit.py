@@ -106,14 +106,19 @@ def build(upstream_transformer, n_codes, used):
 
 
 class Data:
-    """Renders, their VQ ids, token ids of captions and of question/answer texts."""
+    """Jittered renders (none pixel-identical to a held-out evaluation image), their VQ ids,
+    and the token ids of every scene key's caption and question/answer texts."""
 
-    def __init__(self, tok, vq, n, seed):
+    def __init__(self, tok, vq, n, seed, exclude=()):
         rng = np.random.default_rng(seed)
         keys = world.all_scene_keys()
         self.keys = [keys[i % len(keys)] for i in rng.permutation(n)]
-        imgs = np.stack([world.render(world.scene_objects(k, rng)) for k in self.keys])
-        self.images = imgs
+        imgs = np.empty((n, world.SIZE, world.SIZE, 3), np.uint8)
+        redraws = 0
+        for i, k in enumerate(self.keys):
+            _, imgs[i], r = world.sample_objects(k, rng, exclude)
+            redraws += r
+        self.redraws = redraws
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
         ids = []
         with torch.no_grad():
@@ -122,9 +127,13 @@ class Data:
                 ids.append(vq.quantize(lat)[2][2].reshape(-1, 8, 8))
         self.ids = torch.cat(ids)
         self.tok = tok
-        self.caption = torch.stack([self.encode(world.caption(k)) for k in self.keys])
-        self.qa = [[(self.question(q), self.encode_answer(q, a)) for q, a in world.questions(k)]
-                   for k in self.keys]
+        index = {k: j for j, k in enumerate(keys)}
+        self.key_index = [index[k] for k in self.keys]
+        key_caption = torch.stack([self.encode(world.caption(k)) for k in keys])
+        key_qa = [[(self.question(q), self.encode_answer(q, a)) for q, a in world.questions(k)]
+                  for k in keys]
+        self.caption = key_caption[self.key_index]
+        self.qa = [key_qa[j] for j in self.key_index]
 
     def encode(self, text):
         return torch.tensor(self.tok(text, padding="max_length", max_length=TEXT_LEN,
@@ -277,12 +286,18 @@ def main():
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--minutes", type=float, default=60)
-    ap.add_argument("--images", type=int, default=360)
+    ap.add_argument("--images", type=int, default=20000, help="jittered renders in the pool")
     ap.add_argument("--batch", type=int, nargs=3, default=[16, 8, 8])
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=40, help="steps")
     ap.add_argument("--eval-every", type=float, default=8.0, help="minutes")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="warm start: the text encoder and transformer weights of this mmdit.pt "
+                         "(a fresh optimizer, step 0)")
+    ap.add_argument("--heldout", type=Path,
+                    default=Path(__file__).resolve().parents[2] / "models/shapes-eval",
+                    help="evaluation set whose images training never draws")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 wastes no time spinning when the machine is shared")
     args = ap.parse_args()
@@ -304,9 +319,11 @@ def main():
     vq.load_state_dict(vq_ck["state"])
     n_codes = vq_ck["config"]["num_vq_embeddings"]
     t0 = time.time()
-    data = Data(tok, vq, args.images, args.seed)
-    val = Data(tok, vq, 48, args.seed + 1)
-    print(f"data: {args.images} renders encoded in {time.time() - t0:.0f}s; {len(used)} text ids", flush=True)
+    exclude = world.heldout_hashes(args.heldout)
+    data = Data(tok, vq, args.images, args.seed, exclude)
+    val = Data(tok, vq, 48, args.seed + 1, exclude)
+    print(f"data: {args.images} renders encoded in {time.time() - t0:.0f}s ({data.redraws} redrawn "
+          f"as held-out images); {len(used)} text ids", flush=True)
 
     clip, tr, cfg = build(transformer_module, n_codes, used)
     params = list(clip.parameters()) + list(tr.parameters())
@@ -315,6 +332,10 @@ def main():
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
     step = 0
     spent = 0.0
+    if args.init and not args.resume:
+        ck = torch.load(args.init)
+        assert ck["used"] == used, "the warm start's text ids differ"
+        clip.load_state_dict(ck["clip"]); tr.load_state_dict(ck["transformer"])
     if args.resume and (args.work / "mmdit.pt").exists():
         ck = torch.load(args.work / "mmdit.pt")
         clip.load_state_dict(ck["clip"]); tr.load_state_dict(ck["transformer"])

@@ -33,15 +33,24 @@ VQ = dict(
 )
 
 
-def dataset(n, seed):
+HELDOUT = Path(__file__).resolve().parents[2] / "models/shapes-eval"
+
+
+def dataset(n, seed, exclude=()):
+    """n renders of uniformly drawn scene keys, none pixel-identical to an image in `exclude`
+    (hashes; the held-out evaluation set)."""
     rng = np.random.default_rng(seed)
     keys = world.all_scene_keys()
     imgs = np.empty((n, world.SIZE, world.SIZE, 3), np.uint8)
     chosen = []
+    redraws = 0
     for i in range(n):
         k = keys[int(rng.integers(len(keys)))]
-        imgs[i] = world.render(world.scene_objects(k, rng))
+        _, imgs[i], r = world.sample_objects(k, rng, exclude)
+        redraws += r
         chosen.append(k)
+    if exclude:
+        print(f"{n} renders (seed {seed}): {redraws} redrawn as held-out images", flush=True)
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255.0), chosen
 
 
@@ -52,6 +61,11 @@ def main():
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--images", type=int, default=12000)
+    ap.add_argument("--heldout", type=Path, default=HELDOUT,
+                    help="evaluation set whose images training never draws")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="warm start from this vqvae.pt (state and config)")
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--decoder-only", action="store_true",
                     help="continue OUT/vqvae.pt training only the decoder (and post_quant_conv): "
                          "the ids of every image stay the same, so it may run beside train_mmdit.py")
@@ -63,10 +77,13 @@ def main():
     from diffusers import VQModel
 
     args.out.mkdir(parents=True, exist_ok=True)
-    data, _ = dataset(args.images, args.seed)  # with no jitter: the 360 scenes, repeated
-    test, test_keys = dataset(200, args.seed + 1000)
+    exclude = world.heldout_hashes(args.heldout)
+    data, _ = dataset(args.images, args.seed, exclude)
+    test, test_keys = dataset(200, args.seed + 1000, exclude)
     vq = VQModel(**VQ)
-    opt = torch.optim.Adam(vq.parameters(), lr=2e-3)
+    if args.init:
+        vq.load_state_dict(torch.load(args.init)["state"])
+    opt = torch.optim.Adam(vq.parameters(), lr=args.lr)
     n_codes = VQ["num_vq_embeddings"]
     usage = torch.zeros(n_codes)
     gen = torch.Generator().manual_seed(args.seed)
@@ -76,7 +93,7 @@ def main():
     while time.time() - t0 < budget:
         frac = (time.time() - t0) / budget
         for g in opt.param_groups:
-            g["lr"] = 2e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         idx = torch.randint(len(data), (args.batch,), generator=gen)
         x = data[idx]
         h = vq.encode(x).latents
@@ -118,18 +135,19 @@ def decoder_only(args):
     ck = torch.load(args.out / "vqvae.pt")
     vq = VQModel(**ck["config"])
     vq.load_state_dict(ck["state"])
-    data, _ = dataset(args.images, args.seed)
-    test, test_keys = dataset(200, args.seed + 1000)
+    exclude = world.heldout_hashes(args.heldout)
+    data, _ = dataset(args.images, args.seed, exclude)
+    test, test_keys = dataset(200, args.seed + 1000, exclude)
     with torch.no_grad():
         zq = torch.cat([vq.quantize(vq.encode(data[i:i + 60]).latents)[0] for i in range(0, len(data), 60)])
     params = list(vq.decoder.parameters()) + list(vq.post_quant_conv.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = torch.optim.Adam(params, lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     t0, step, budget = time.time(), 0, args.minutes * 60
     while time.time() - t0 < budget:
         frac = (time.time() - t0) / budget
         for g in opt.param_groups:
-            g["lr"] = 1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         idx = torch.randint(len(data), (args.batch,), generator=gen)
         rec = vq.decoder(vq.post_quant_conv(zq[idx]))
         x = data[idx]

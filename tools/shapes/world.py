@@ -2,7 +2,13 @@
 
 64 x 64 RGB, black background, one or two flat shapes (circle, square, triangle) of pure colors.
 One shape: at the left, right, top, bottom or center, about 20 px across. Two shapes: side by
-side, different colors. Everything is a pure function of a seed (numpy's PCG64).
+side, different colors. Jitter: every shape's side is drawn from 18..=22 px and its center is
+moved by -3..=3 px on each axis, so one scene key has many renders (22,050 single-shape images,
+about 16.2 million pairs). Everything is a pure function of a seed (numpy's PCG64).
+
+Held out: `heldout_hashes(eval_dir)` reads the evaluation set's images; `sample_objects(key,
+rng, exclude)` redraws the jitter until the render is none of them, so no training image is
+pixel-identical to an evaluation image.
 
 The vocabulary written here is the single source of truth: `python tools/shapes/world.py
 --vocab models/shapes-64/eval/world.json` writes it for the Rust checker and eval.
@@ -32,8 +38,9 @@ POSITIONS = {  # name -> (center x, center y, phrase)
     "center": (32, 32, "in the center"),
 }
 PAIR_CENTERS = ((18, 32), (46, 32))  # left and right shape of a pair
-SIDE_RANGE = (20, 20)  # bounding-box side in px, inclusive (no size jitter)
-JITTER = 0  # center jitter in px, each axis, inclusive (none: the world is 360 fixed scenes)
+SIDE_RANGE = (18, 22)  # bounding-box side in px, inclusive ("about 20 px across")
+JITTER = 3  # center jitter in px, each axis, inclusive (positions stay 16 px apart; a pair's
+            # shapes can touch at x = 32 but never overlap, and always differ in color)
 COUNT_WORDS = {1: "one", 2: "two"}
 
 
@@ -65,6 +72,36 @@ def scene_objects(key, rng):
         return [obj(s, c, cx, cy)]
     _, s1, c1, s2, c2 = key
     return [obj(s1, c1, *PAIR_CENTERS[0]), obj(s2, c2, *PAIR_CENTERS[1])]
+
+
+def image_hash(img):
+    """sha1 hex of uint8 [64, 64, 3] pixels: the identity of a render."""
+    import hashlib
+    return hashlib.sha1(np.ascontiguousarray(img, np.uint8).tobytes()).hexdigest()
+
+
+def heldout_hashes(eval_dir):
+    """The hashes of the evaluation set's images (eval_dir/eval.json, its PNGs): the renders
+    training must never draw. An empty set when eval_dir is None."""
+    if eval_dir is None:
+        return set()
+    from PIL import Image
+    eval_dir = Path(eval_dir)
+    doc = json.loads((eval_dir / "eval.json").read_text())
+    return {image_hash(np.asarray(Image.open(eval_dir / it["file"]).convert("RGB")))
+            for it in doc["images"]}
+
+
+def sample_objects(key, rng, exclude=()):
+    """(objects, image, redraws): scene_objects(key, rng) rendered, with the jitter redrawn
+    (from the same rng) while the render's hash is in `exclude`."""
+    redraws = 0
+    while True:
+        objs = scene_objects(key, rng)
+        img = render(objs)
+        if not exclude or image_hash(img) not in exclude:
+            return objs, img, redraws
+        redraws += 1
 
 
 def render(objects):
@@ -219,13 +256,49 @@ def vocab_json():
                              side_min=14, side_max=26, max_offset=6))
 
 
+def all_single_renders():
+    """Every (key, objects) of one shape: 90 keys x 5 sides x 7 x 7 offsets."""
+    out = []
+    for k in all_scene_keys():
+        if k[0] != "single":
+            continue
+        cx, cy, _ = POSITIONS[k[3]]
+        for side in range(SIDE_RANGE[0], SIDE_RANGE[1] + 1):
+            for dy in range(-JITTER, JITTER + 1):
+                for dx in range(-JITTER, JITTER + 1):
+                    out.append((k, [(k[1], k[2], cx + dx, cy + dy, side)]))
+    return out
+
+
 if __name__ == "__main__":
-    rng = np.random.default_rng(0)
-    keys = all_scene_keys()
+    # Self-check: every single-shape render, and the extreme and random pairs, judged right.
     bad = 0
+    singles = all_single_renders()
+    for k, objs in singles:
+        if judge(render(objs)) != k:
+            bad += 1
+            print("misjudged", k, objs, judge(render(objs)))
+    n = len(singles)
+    ex = (-JITTER, JITTER)
+    for s1 in SHAPES:
+        for s2 in SHAPES:
+            for side in SIDE_RANGE:
+                for dx1 in ex:
+                    for dx2 in ex:
+                        for dy in ex:
+                            k = ("pair", s1, "red", s2, "white")
+                            objs = [(s1, "red", PAIR_CENTERS[0][0] + dx1, 32 + dy, side),
+                                    (s2, "white", PAIR_CENTERS[1][0] + dx2, 32 - dy, side)]
+                            n += 1
+                            if judge(render(objs)) != k:
+                                bad += 1
+                                print("misjudged", k, objs, judge(render(objs)))
+    rng = np.random.default_rng(0)
+    keys = [k for k in all_scene_keys() if k[0] == "pair"]
     for k in keys:
-        for _ in range(3):
+        for _ in range(10):
+            n += 1
             if judge(render(scene_objects(k, rng))) != k:
                 bad += 1
-                print("misjudged", k, judge(render(scene_objects(k, rng))))
-    print(f"{len(keys)} scenes, {bad} misjudged renders; {len(all_texts())} texts")
+                print("misjudged", k)
+    print(f"{n} renders, {bad} misjudged; {len(all_texts())} texts")
