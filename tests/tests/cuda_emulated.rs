@@ -14,8 +14,8 @@
 //!   flip and the flips cascade (printed). The teacher-forced tests bound every flip instead:
 //!   at each step of the CPU run, logits within the forward tolerance and any differing greedy
 //!   draw a near-tie of the CPU's guided logits (margin <= `flip_margin_bound`).
-//! - Greedy text-to-image with the trained default model (`models/shapes-64`), whose margins
-//!   are wide: the device run gives exactly the CPU backend's ids.
+//! - Greedy text-to-image with the trained default model (`models/shapes-64`): the device run
+//!   gives the CPU backend's ids but for near-ties (at most 5% differ; 7 of 256 measured).
 //! - Without a driver, `cuda::open` is the kernels' clear error, not a panic.
 #![cfg(feature = "emulate")]
 
@@ -433,13 +433,15 @@ fn unguided_steps_agree_with_the_cpu_up_to_near_ties() {
     check_steps_teacher_forced("t2i_unguided");
 }
 
-/// Greedy text-to-image with the embedded default model (`models/shapes-64`, trained, so its
-/// decisions have margins far above the bf16 error) at its defaults (16 steps, no guidance):
-/// the emulated device run gives exactly the CPU backend's ids. (Under guidance, which this
-/// model does not use, the scaled differences of its logits do reach near-ties: 20 of 256 ids
-/// differed at scale 3 when this was written.)
+/// Greedy text-to-image with the embedded default model (`models/shapes-64`) at its defaults (16
+/// steps, no guidance): the emulated device run against the CPU backend's ids. A trained model's
+/// decisions mostly have margins far above the bf16 error, so the runs agree almost everywhere;
+/// where a decision is a near-tie the two can differ, and the difference then carries into later
+/// steps. Measured: the no-jitter model of commit 9b82eda gave identical ids (0 of 256); the
+/// jittered, less trained one gives 7 of 256 different ids (one image's worth of tokens is 64).
+/// Bar: at most 5% of the ids differ; a wrong kernel or sampler changes most of them.
 #[test]
-fn greedy_text_to_image_of_the_default_model_gives_the_cpu_ids() {
+fn greedy_text_to_image_of_the_default_model_nearly_gives_the_cpu_ids() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-64");
     let pipe = Pipeline::load(&root).expect("default model");
     let dev = emulated();
@@ -468,5 +470,10 @@ fn greedy_text_to_image_of_the_default_model_gives_the_cpu_ids() {
         "default model, 4 prompts, 16 greedy steps: {differ} of {} ids differ from the CPU backend",
         cpu.ids.len()
     );
-    assert_eq!(gpu.ids, cpu.ids, "device ids vs CPU ids");
+    assert_eq!(gpu.ids.len(), cpu.ids.len(), "ids");
+    assert!(
+        differ * 20 <= cpu.ids.len(),
+        "{differ} of {} ids differ (more than 5%)",
+        cpu.ids.len()
+    );
 }
