@@ -54,6 +54,17 @@ def dataset(n, seed, exclude=()):
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(255.0), chosen
 
 
+def score(vq, test, test_keys):
+    """Test MSE of the reconstructions, and how many of them the checker judges as their scene."""
+    vq.eval()
+    with torch.no_grad():
+        rec = vq(test).sample.clamp(0, 1)
+    mse = (rec - test).pow(2).mean().item()
+    arr = (rec.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    ok = sum(world.judge(a) == k for a, k in zip(arr, test_keys))
+    return mse, ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -116,12 +127,7 @@ def main():
             print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.4f} "
                   f"mse {(rec - x).pow(2).mean().item():.5f} dead {len(dead)}", flush=True)
             usage.zero_()
-    vq.eval()
-    with torch.no_grad():
-        rec = vq(test).sample.clamp(0, 1)
-    mse = (rec - test).pow(2).mean().item()
-    arr = (rec.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    ok = sum(world.judge(a) == k for a, k in zip(arr, test_keys))
+    mse, ok = score(vq, test, test_keys)
     print(f"done: {step} steps in {time.time() - t0:.0f}s; test mse {mse:.5f}; checker agrees on "
           f"{ok}/{len(test_keys)} reconstructions")
     torch.save(dict(state=vq.state_dict(), config=VQ, steps=step, test_mse=mse,
@@ -158,12 +164,7 @@ def decoder_only(args):
         step += 1
         if step % 50 == 0:
             print(f"decoder step {step} {time.time() - t0:.0f}s mse {(rec - x).pow(2).mean().item():.5f}", flush=True)
-    vq.eval()
-    with torch.no_grad():
-        rec = vq(test).sample.clamp(0, 1)
-    mse = (rec - test).pow(2).mean().item()
-    arr = (rec.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    ok = sum(world.judge(a) == k for a, k in zip(arr, test_keys))
+    mse, ok = score(vq, test, test_keys)
     print(f"decoder done: {step} steps; test mse {mse:.5f}; checker agrees on {ok}/{len(test_keys)}")
     torch.save(dict(state=vq.state_dict(), config=ck["config"], steps=ck["steps"], decoder_steps=step,
                     test_mse=mse, checker_ok=ok / len(test_keys)), args.out / "vqvae.pt")

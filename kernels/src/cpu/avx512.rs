@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-pub use super::packed::{MR, NR};
+use super::packed::{MR, NR};
 
 /// How the accumulators start.
 #[derive(Clone, Copy)]

@@ -509,16 +509,16 @@ fn blocked(
         Panels::F32(_) => k,
         _ => k_even(k),
     };
-    let kc_max = if bf16 { KC_BF16 } else { KC_F32 };
-    let tiles = m.div_ceil(MR);
-    // Activations: per row tile, per k slice, MR rows of kc values (row-major inside).
+    let tiles = RowTiles {
+        kp,
+        kc_max: if bf16 { KC_BF16 } else { KC_F32 },
+        pad: if bf16 { PAD_BF16 } else { PAD_F32 },
+    };
+    let kc_max = tiles.kc_max;
     let elem = if bf16 { 2 } else { 4 };
     let mut rows = ROWS.take();
-    let pad = if bf16 { PAD_BF16 } else { PAD_F32 };
-    let slices = kp.div_ceil(kc_max);
-    let tile_len = MR * (kp + slices * pad);
-    rows.ensure(tiles * tile_len * elem);
-    pack_rows(x, m, k, kp, kc_max, pad, bf16, &mut rows);
+    rows.ensure(m.div_ceil(MR) * tiles.len() * elem);
+    pack_rows(x, m, k, tiles, bf16, &mut rows);
 
     // Blocks of about equal size: the tasks then share out evenly over the threads.
     let m_blocks = m.div_ceil(MC);
@@ -569,7 +569,7 @@ fn blocked(
                 for tile in m0 / MR..m1.div_ceil(MR) {
                     let r0 = tile * MR;
                     let nrows = (m1 - r0).min(MR);
-                    let a_off = tile * tile_len + MR * (pc + (pc / kc_max) * pad);
+                    let a_off = tile * tiles.len() + tiles.slice(pc);
                     // SAFETY: the packed rows hold MR * kc values at a_off, the weight slice
                     // kc * NR; rows r0..r0+nrows and columns c0..c0+cols of out are inside
                     // [m, n] and belong to this task's block alone.
@@ -586,14 +586,14 @@ fn blocked(
                             WeightSlice::F32(b) => avx512::kernel_f32(
                                 kc,
                                 rows_ref.f32s()[a_off..].as_ptr(),
-                                kc + pad,
+                                tiles.stride(kc),
                                 b,
                                 tile,
                             ),
                             WeightSlice::Bf16(b) => avx512::kernel_bf16(
                                 kc,
                                 rows_ref.u16s()[a_off..].as_ptr(),
-                                kc + pad,
+                                tiles.stride(kc),
                                 b,
                                 tile,
                             ),
@@ -621,22 +621,47 @@ enum WeightSlice {
     Bf16(*const u16),
 }
 
-/// Copies the rows of `x` into row tiles: in tile t, the slice at `pc` holds MR rows of `kc`
-/// values, `kc + pad` apart, from `MR * (pc + (pc / kc_max) * pad)`; rows past M and k past K are
+/// The layout of the packed activations: per tile of `MR` rows, per slice of `kc <= kc_max`
+/// values of `k` (from `0` to `kp`), `MR` rows of `kc` values `kc + pad` apart.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct RowTiles {
+    kp: usize,
+    kc_max: usize,
+    pad: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowTiles {
+    /// Elements per tile.
+    fn len(&self) -> usize {
+        MR * (self.kp + self.kp.div_ceil(self.kc_max) * self.pad)
+    }
+
+    /// Where, in a tile, the slice starting at `pc` begins.
+    fn slice(&self, pc: usize) -> usize {
+        MR * (pc + (pc / self.kc_max) * self.pad)
+    }
+
+    /// Distance between the rows of a slice of `kc` values.
+    fn stride(&self, kc: usize) -> usize {
+        kc + self.pad
+    }
+}
+
+/// Copies the rows of `x` into row tiles laid out as `layout` says; rows past M and k past K are
 /// zero.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 fn pack_rows(
     x: &dyn RowSource,
     m: usize,
     k: usize,
-    kp: usize,
-    kc_max: usize,
-    pad: usize,
+    layout: RowTiles,
     bf16: bool,
     rows: &mut Aligned,
 ) {
-    let tile_len = MR * (kp + kp.div_ceil(kc_max) * pad);
+    let RowTiles { kp, kc_max, .. } = layout;
+    let tile_len = layout.len();
     let tiles = m.div_ceil(MR);
     // The valid part of row `row`'s slice at `pc`, filled into `d` (`kc` values).
     let fill_f32 = |row: usize, pc: usize, kc: usize, d: &mut [f32]| {
@@ -659,7 +684,7 @@ fn pack_rows(
                 let kc = kc_max.min(kp - pc);
                 for r in 0..MR {
                     fill_f32(t * MR + r, pc, kc, &mut tmp);
-                    let base = MR * (pc + (pc / kc_max) * pad) + r * (kc + pad);
+                    let base = layout.slice(pc) + r * layout.stride(kc);
                     // SAFETY: bf16 products are only planned when avx512bf16 is present.
                     unsafe { avx512::to_bf16(&tmp[..kc], &mut d[base..base + kc]) };
                 }
@@ -673,7 +698,7 @@ fn pack_rows(
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
                 for r in 0..MR {
-                    let base = MR * (pc + (pc / kc_max) * pad) + r * (kc + pad);
+                    let base = layout.slice(pc) + r * layout.stride(kc);
                     fill_f32(t * MR + r, pc, kc, &mut d[base..base + kc]);
                 }
                 pc += kc;
