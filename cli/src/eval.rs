@@ -6,7 +6,7 @@
 use crate::shapes::{Scene, World};
 use crate::{progress, Global};
 use anyhow::{bail, ensure, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use muddit_engine::image_io::load_image;
 use muddit_engine::pipeline::{ImageToText, Pipeline, TextToImage};
 use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
@@ -44,6 +44,9 @@ pub struct EvalArgs {
     /// Also write each generated image here as `t2i-NNN.png`.
     #[arg(long)]
     save_images: Option<PathBuf>,
+    /// Only these tasks, comma-separated [default: all three].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tasks: Vec<Task>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +103,41 @@ fn attributes(got: Option<&Scene>, want: &Scene) -> (usize, usize) {
     (n, total)
 }
 
+/// One of the three scored tasks.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    T2i,
+    Caption,
+    Vqa,
+}
+
+/// What every task needs: the loaded pipeline, the world, the sampler settings.
+struct Ctx<'a> {
+    pipeline: Pipeline,
+    world: World,
+    set_dir: PathBuf,
+    args: &'a EvalArgs,
+    greedy: bool,
+    quiet: bool,
+}
+
+impl Ctx<'_> {
+    fn sampler(&self, steps: usize, guidance: Guidance) -> SamplerConfig {
+        SamplerConfig {
+            steps,
+            schedule: self.pipeline.schedule,
+            temperature: Temperature::default(),
+            guidance,
+            draw: if self.greedy {
+                DrawRule::Greedy
+            } else {
+                DrawRule::Sample
+            },
+            seed: self.args.seed,
+        }
+    }
+}
+
 pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let total_start = Instant::now();
     let set_dir = args
@@ -131,65 +169,128 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         .map(|p| Scene::from_key(&p.key))
         .collect::<Result<_>>()
         .with_context(|| format!("{}", json_path.display()))?;
+    let tasks = if args.tasks.is_empty() {
+        vec![Task::T2i, Task::Caption, Task::Vqa]
+    } else {
+        args.tasks.clone()
+    };
+    if tasks.contains(&Task::Vqa) && images.iter().all(|i| i.qa.is_empty()) {
+        bail!("{}: no questions", json_path.display());
+    }
 
     let root = crate::model::resolve(global.model.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
-    let (width, height) = (world.size, world.size);
     let t2i_steps = args.steps.unwrap_or(defaults.t2i_steps);
     let i2t_steps = args.i2t_steps.unwrap_or(defaults.i2t_steps);
     let cfg = args.cfg.unwrap_or(defaults.cfg);
-    let greedy = args.greedy || defaults.greedy;
     ensure!(
         t2i_steps > 0 && i2t_steps > 0,
         "--steps and --i2t-steps must be at least 1"
     );
     let load_start = Instant::now();
-    let mut pipeline = Pipeline::load(&root)?;
-    let load_s = load_start.elapsed().as_secs_f64();
-    let schedule = pipeline.schedule;
-    let sampler = |steps, guidance| SamplerConfig {
-        steps,
-        schedule,
-        temperature: Temperature::default(),
-        guidance,
-        draw: if greedy {
-            DrawRule::Greedy
-        } else {
-            DrawRule::Sample
-        },
-        seed: args.seed,
+    let mut ctx = Ctx {
+        pipeline: Pipeline::load(&root)?,
+        world,
+        set_dir,
+        args: &args,
+        greedy: args.greedy || defaults.greedy,
+        quiet: global.quiet,
     };
+    let load_s = load_start.elapsed().as_secs_f64();
 
-    // Text to image, judged by the checker.
-    let start = Instant::now();
+    let mut report = serde_json::json!({
+        "model": root.display().to_string(),
+        "set": ctx.set_dir.display().to_string(),
+        "seed": args.seed,
+        "greedy": ctx.greedy,
+    });
+    let mut seconds = serde_json::json!({ "load": load_s });
+    let mut lines = vec![format!("model    {}", root.display())];
+    if tasks.contains(&Task::T2i) {
+        let start = Instant::now();
+        let (section, line) = text_to_image(&mut ctx, &prompts, &want_t2i, t2i_steps, cfg)?;
+        report["t2i"] = section;
+        seconds["t2i"] = start.elapsed().as_secs_f64().into();
+        lines.push(line);
+    }
+    let r = defaults.resolution;
+    let mut pixels = Vec::with_capacity(images.len() * 3 * r * r);
+    if tasks.contains(&Task::Caption) || tasks.contains(&Task::Vqa) {
+        for item in &images {
+            let path = ctx.set_dir.join(&item.file);
+            pixels.extend(load_image(&path, r, r)?.data);
+        }
+    }
+    if tasks.contains(&Task::Caption) {
+        let start = Instant::now();
+        let (section, line) = captions(&mut ctx, &images, &want_img, &pixels, r, i2t_steps)?;
+        report["caption"] = section;
+        seconds["caption"] = start.elapsed().as_secs_f64().into();
+        lines.push(line);
+    }
+    if tasks.contains(&Task::Vqa) {
+        let start = Instant::now();
+        let (section, line) = answers(&mut ctx, &images, &pixels, r, i2t_steps)?;
+        report["vqa"] = section;
+        seconds["vqa"] = start.elapsed().as_secs_f64().into();
+        lines.push(line);
+    }
+    let total_s = total_start.elapsed().as_secs_f64();
+    seconds["total"] = total_s.into();
+    if global.json {
+        report["seconds"] = seconds;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let parts: Vec<String> = ["t2i", "caption", "vqa"]
+            .iter()
+            .filter_map(|k| seconds[k].as_f64().map(|s| format!("{k} {s:.1}")))
+            .collect();
+        lines.push(format!(
+            "time     {total_s:.1} s (load {load_s:.1}, {})",
+            parts.join(", ")
+        ));
+        println!("{}", lines.join("\n"));
+    }
+    Ok(())
+}
+
+/// Text to image, judged by the checker: the report's `t2i` section and its summary line.
+fn text_to_image(
+    ctx: &mut Ctx,
+    prompts: &[&PromptItem],
+    want: &[Scene],
+    steps: usize,
+    cfg: f32,
+) -> Result<(serde_json::Value, String)> {
+    let (width, height) = (ctx.world.size, ctx.world.size);
     let request = TextToImage {
         prompts: prompts.iter().map(|p| p.prompt.clone()).collect(),
         negative_prompt: String::new(),
         images_per_prompt: 1,
         width,
         height,
-        sampler: sampler(
-            t2i_steps,
+        sampler: ctx.sampler(
+            steps,
             Guidance::from_scale(cfg).with_context(|| format!("--cfg {cfg}"))?,
         ),
     };
-    let bar = progress::steps_bar(t2i_steps, global.quiet, "eval t2i");
-    let generated = pipeline.text_to_image(&request, &mut |_| bar.inc(1))?;
+    let bar = progress::steps_bar(steps, ctx.quiet, "eval t2i");
+    let generated = ctx.pipeline.text_to_image(&request, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let plane = width * height;
     let mut t2i = [0usize; 5]; // full, count, colors, shapes, position
-    let mut t2i_failures = Vec::new();
-    if let Some(dir) = &args.save_images {
+    let mut failures = Vec::new();
+    if let Some(dir) = &ctx.args.save_images {
         std::fs::create_dir_all(dir).with_context(|| format!("--save-images {}", dir.display()))?;
     }
-    for (i, want) in want_t2i.iter().enumerate() {
+    for (i, want) in want.iter().enumerate() {
         let px = &generated.pixels[i * 3 * plane..(i + 1) * 3 * plane];
         let rgb: Vec<u8> = (0..plane)
             .flat_map(|p| {
                 (0..3).map(move |c| (px[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8)
             })
             .collect();
-        let judged = world.judge(&rgb, height, width);
+        let judged = ctx.world.judge(&rgb, height, width);
         let a = judged.agreement(want);
         for (slot, ok) in t2i
             .iter_mut()
@@ -203,10 +304,10 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
                 .iter()
                 .map(|s| format!("{} {} of {} px in {:?}", s.color, s.kind, s.area, s.bbox))
                 .collect();
-            t2i_failures
+            failures
                 .push(serde_json::json!({ "index": i, "prompt": prompts[i].prompt, "seen": seen }));
         }
-        if let Some(dir) = &args.save_images {
+        if let Some(dir) = &ctx.args.save_images {
             let path = dir.join(format!("t2i-{i:03}.png"));
             image::save_buffer(
                 &path,
@@ -218,128 +319,116 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    let t2i_s = start.elapsed().as_secs_f64();
+    let n = want.len();
+    let section = serde_json::json!({
+        "n": n, "steps": steps, "cfg": cfg,
+        "full": frac(t2i[0], n), "count": frac(t2i[1], n), "colors": frac(t2i[2], n),
+        "shapes": frac(t2i[3], n), "position": frac(t2i[4], n),
+        "failures": failures,
+    });
+    let line = format!(
+        "t2i      {n} prompts, {steps} steps, cfg {cfg}: {:.1}% fully correct (count {:.1}%, colors {:.1}%, shapes {:.1}%, position {:.1}%)",
+        100.0 * frac(t2i[0], n),
+        100.0 * frac(t2i[1], n),
+        100.0 * frac(t2i[2], n),
+        100.0 * frac(t2i[3], n),
+        100.0 * frac(t2i[4], n)
+    );
+    Ok((section, line))
+}
 
-    // Captions and answers.
-    let r = defaults.resolution;
-    let mut pixels = Vec::with_capacity(images.len() * 3 * r * r);
-    for item in &images {
-        let path = set_dir.join(&item.file);
-        pixels.extend(load_image(&path, r, r)?.data);
-    }
-    let start = Instant::now();
-    let bar = progress::steps_bar(i2t_steps, global.quiet, "eval caption");
-    let captions = pipeline.image_to_text(
-        &ImageToText {
-            images: pixels.clone(),
-            batch: images.len(),
-            resolution: r,
-            questions: None,
-            sampler: sampler(i2t_steps, Guidance::Off),
-        },
-        &mut |_| bar.inc(1),
-    )?;
+/// Captions, by exact match and by attributes: the `caption` section and its summary line.
+fn captions(
+    ctx: &mut Ctx,
+    images: &[&ImageItem],
+    want: &[Scene],
+    pixels: &[f32],
+    resolution: usize,
+    steps: usize,
+) -> Result<(serde_json::Value, String)> {
+    let bar = progress::steps_bar(steps, ctx.quiet, "eval caption");
+    let request = ImageToText {
+        images: pixels.to_vec(),
+        batch: images.len(),
+        resolution,
+        questions: None,
+        sampler: ctx.sampler(steps, Guidance::Off),
+    };
+    let captions = ctx.pipeline.image_to_text(&request, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let mut exact = 0;
     let (mut attr_ok, mut attr_all) = (0, 0);
-    let mut caption_failures = Vec::new();
-    for (i, (item, want)) in images.iter().zip(&want_img).enumerate() {
+    let mut failures = Vec::new();
+    for (i, (item, want)) in images.iter().zip(want).enumerate() {
         let got = captions[i].text.trim();
         if got == item.caption {
             exact += 1;
         } else {
-            caption_failures
+            failures
                 .push(serde_json::json!({ "file": item.file, "want": item.caption, "got": got }));
         }
-        let (n, of) = attributes(world.parse_caption(got).as_ref(), want);
+        let (n, of) = attributes(ctx.world.parse_caption(got).as_ref(), want);
         attr_ok += n;
         attr_all += of;
     }
-    let caption_s = start.elapsed().as_secs_f64();
+    let section = serde_json::json!({
+        "n": images.len(), "steps": steps,
+        "exact": frac(exact, images.len()), "attributes": frac(attr_ok, attr_all),
+        "failures": failures,
+    });
+    let line = format!(
+        "caption  {} images, {steps} steps: {:.1}% exact, {:.1}% of attributes right",
+        images.len(),
+        100.0 * frac(exact, images.len()),
+        100.0 * frac(attr_ok, attr_all)
+    );
+    Ok((section, line))
+}
 
-    let start = Instant::now();
+/// Answers, by exact match: the `vqa` section and its summary line.
+fn answers(
+    ctx: &mut Ctx,
+    images: &[&ImageItem],
+    pixels: &[f32],
+    resolution: usize,
+    steps: usize,
+) -> Result<(serde_json::Value, String)> {
+    let plane = 3 * resolution * resolution;
     let qa: Vec<(usize, &QaItem)> = images
         .iter()
         .enumerate()
         .flat_map(|(i, item)| item.qa.iter().map(move |q| (i, q)))
         .collect();
-    if qa.is_empty() {
-        bail!("{}: no questions", json_path.display());
-    }
-    let mut qa_pixels = Vec::with_capacity(qa.len() * 3 * r * r);
+    let mut qa_pixels = Vec::with_capacity(qa.len() * plane);
     for (i, _) in &qa {
-        qa_pixels.extend_from_slice(&pixels[i * 3 * r * r..(i + 1) * 3 * r * r]);
+        qa_pixels.extend_from_slice(&pixels[i * plane..(i + 1) * plane]);
     }
-    let bar = progress::steps_bar(i2t_steps, global.quiet, "eval vqa");
-    let answers = pipeline.image_to_text(
-        &ImageToText {
-            images: qa_pixels,
-            batch: qa.len(),
-            resolution: r,
-            questions: Some(qa.iter().map(|(_, q)| q.question.clone()).collect()),
-            sampler: sampler(i2t_steps, Guidance::Off),
-        },
-        &mut |_| bar.inc(1),
-    )?;
+    let bar = progress::steps_bar(steps, ctx.quiet, "eval vqa");
+    let request = ImageToText {
+        images: qa_pixels,
+        batch: qa.len(),
+        resolution,
+        questions: Some(qa.iter().map(|(_, q)| q.question.clone()).collect()),
+        sampler: ctx.sampler(steps, Guidance::Off),
+    };
+    let answers = ctx.pipeline.image_to_text(&request, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     let mut right = 0;
-    let mut vqa_failures = Vec::new();
+    let mut failures = Vec::new();
     for ((i, q), a) in qa.iter().zip(&answers) {
         if a.text.trim() == q.answer {
             right += 1;
         } else {
-            vqa_failures.push(serde_json::json!({ "file": images[*i].file, "question": q.question, "want": q.answer, "got": a.text.trim() }));
+            failures.push(serde_json::json!({ "file": images[*i].file, "question": q.question, "want": q.answer, "got": a.text.trim() }));
         }
     }
-    let vqa_s = start.elapsed().as_secs_f64();
-    let total_s = total_start.elapsed().as_secs_f64();
-
-    let n = want_t2i.len();
-    let report = serde_json::json!({
-        "model": root.display().to_string(),
-        "set": set_dir.display().to_string(),
-        "seed": args.seed,
-        "greedy": greedy,
-        "t2i": {
-            "n": n, "steps": t2i_steps, "cfg": cfg,
-            "full": frac(t2i[0], n), "count": frac(t2i[1], n), "colors": frac(t2i[2], n),
-            "shapes": frac(t2i[3], n), "position": frac(t2i[4], n),
-            "failures": t2i_failures,
-        },
-        "caption": {
-            "n": images.len(), "steps": i2t_steps,
-            "exact": frac(exact, images.len()), "attributes": frac(attr_ok, attr_all),
-            "failures": caption_failures,
-        },
-        "vqa": { "n": qa.len(), "steps": i2t_steps, "accuracy": frac(right, qa.len()), "failures": vqa_failures },
-        "seconds": { "load": load_s, "t2i": t2i_s, "caption": caption_s, "vqa": vqa_s, "total": total_s },
+    let section = serde_json::json!({
+        "n": qa.len(), "steps": steps, "accuracy": frac(right, qa.len()), "failures": failures,
     });
-    if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("model    {}", root.display());
-        println!(
-            "t2i      {n} prompts, {t2i_steps} steps, cfg {cfg}: {:.1}% fully correct (count {:.1}%, colors {:.1}%, shapes {:.1}%, position {:.1}%)",
-            100.0 * frac(t2i[0], n),
-            100.0 * frac(t2i[1], n),
-            100.0 * frac(t2i[2], n),
-            100.0 * frac(t2i[3], n),
-            100.0 * frac(t2i[4], n)
-        );
-        println!(
-            "caption  {} images, {i2t_steps} steps: {:.1}% exact, {:.1}% of attributes right",
-            images.len(),
-            100.0 * frac(exact, images.len()),
-            100.0 * frac(attr_ok, attr_all)
-        );
-        println!(
-            "vqa      {} questions: {:.1}% right",
-            qa.len(),
-            100.0 * frac(right, qa.len())
-        );
-        println!(
-            "time     {total_s:.1} s (load {load_s:.1}, t2i {t2i_s:.1}, caption {caption_s:.1}, vqa {vqa_s:.1})"
-        );
-    }
-    Ok(())
+    let line = format!(
+        "vqa      {} questions: {:.1}% right",
+        qa.len(),
+        100.0 * frac(right, qa.len())
+    );
+    Ok((section, line))
 }

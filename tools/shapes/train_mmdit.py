@@ -5,7 +5,7 @@ VQ-VAE from train_vq.py. CPU, deterministic from --seed, bounded by --minutes; a
 (OUT/mmdit.pt) is written at every evaluation so a cut run still exports.
 
 One batch mixes three tasks, each the masked-token cross-entropy the pipelines sample from:
-  t2i      clean prompt (10% the empty prompt, for guidance), image ids masked;
+  t2i      clean prompt (--uncond of them, 10% by default, get the empty prompt, for guidance), image ids masked;
   caption  clean image ids, all 77 text positions maskable (caption, end token, padding);
   vqa      clean image ids, question ids kept (start token, no end token), the rest maskable.
 For text, every position after the question is a target, masked or not: the pipelines decode
@@ -172,7 +172,7 @@ def mask_text(ids, q_len, u, gen):
     return out, m
 
 
-def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids):
+def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids, uncond_frac):
     n = len(data.keys)
     B = b_t2i + b_cap + b_vqa
     img = torch.empty(B, 8, 8, dtype=torch.long)
@@ -196,7 +196,7 @@ def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids):
             m = m.reshape(8, 8)
             img[j] = torch.where(m, n_codes, ids)
             img_tgt[j] = torch.where(m, ids, -100)
-            drop = torch.rand(1, generator=gen).item() < 0.1
+            drop = torch.rand(1, generator=gen).item() < uncond_frac
             txt[j] = uncond_ids if drop else data.caption[i]
         else:
             img[j] = data.ids[i]
@@ -291,6 +291,8 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=40, help="steps")
     ap.add_argument("--eval-every", type=float, default=8.0, help="minutes")
+    ap.add_argument("--uncond", type=float, default=0.1,
+                    help="fraction of text-to-image samples with the empty prompt (for guidance)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", type=Path, default=None,
                     help="warm start: the text encoder and transformer weights of this mmdit.pt "
@@ -360,7 +362,8 @@ def main():
         warm = min(1.0, (step + 1) / args.warmup)
         for g in opt.param_groups:
             g["lr"] = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        img, txt, img_tgt, txt_tgt, t = make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids)
+        img, txt, img_tgt, txt_tgt, t = make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids,
+                                                  args.uncond)
         full_txt = torch.where(txt_tgt >= 0, txt_tgt, txt)
         img_logits, txt_logits = forward(clip, tr, img_pos, img, txt, t)
         li = F.cross_entropy(img_logits, img_tgt, ignore_index=-100)
