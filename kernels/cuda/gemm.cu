@@ -6,6 +6,7 @@
 //   gemm_f32out_bf16    C f32  = act(acc + bias)                      (logits, modulations)
 //   gemm_residual_bf16  C f32 += gate[item, n] * (acc + bias)         (the gated residual)
 //   conv2d_bf16         gemm_bf16 with A gathered on the fly from an NHWC image (im2col)
+//   gemm_splitk_*       the same three epilogues over split-K partial sums (see Split-K)
 //
 // Design. A 128 x 128 output tile per 256-thread block, 8 warps as 2 (M) x 4 (N), each warp
 // 64 x 32: 4 x 4 mma.sync m16n8k16 per 16-wide k step, 64 f32 accumulators per thread. K is
@@ -22,6 +23,12 @@
 // cores bound it. mma.sync reaches ~ 60-70% of the H100's 989 TFLOP/s dense bf16 (wgmma is
 // needed for more); at M = 2 * 333 rows one 1024 x 4096 layer fills only 6 x 32 = 192 tiles,
 // about 1.5 waves on 132 SMs, which costs another ~ 25% (see ROOFLINE.md).
+//
+// Split-K. With few output tiles (N = 1024 at M = 666 fills 48 of an H100's 264 block slots)
+// the K range is cut into `splits` slices of `k_split` (gridDim.z = splits): each block
+// multiplies its slice and stores the raw f32 tile into `partial [splits, M, N]` (dense rows,
+// logical row m). A second kernel, gemm_splitk_*, sums the slices of each element in slice
+// order and applies the epilogue: deterministic, the same result on every run and device.
 #ifndef MUDDIT_COMMON_CUH
 #include "common.cuh"
 #endif
@@ -57,6 +64,7 @@ struct GemmParams {
     u64 c;     // output [M, ldc] rows through c_map: bf16, or f32 for f32out and residual
     u64 gate;  // residual: f32 gate[(m / rows_per_item) * gate_stride + n], or 0 for gate 1
     u64 res;   // gemm_bf16 and conv: bf16 residual, same indexing as C, or 0
+    u64 partial;  // split-K: f32 [splits, M, N] partial sums, or 0
     i32 m;
     i32 n;
     i32 k;
@@ -65,6 +73,8 @@ struct GemmParams {
     i32 act;  // MUDDIT_ACT_*
     i32 rows_per_item;
     i32 gate_stride;
+    i32 splits;   // K slices (gridDim.z); 1: the tile applies the epilogue itself
+    i32 k_split;  // K elements per slice, a multiple of GEMM_BK
     RowMap a_map;
     RowMap c_map;
     ConvGeom conv;
@@ -110,13 +120,37 @@ __device__ __forceinline__ void gemm_load_stage(const GemmParams& p, bf16* stage
     }
 }
 
+// Output element (m, n) from its accumulated product `v`: bias, then the epilogue of OUT.
+template <int OUT>
+__device__ __forceinline__ void gemm_store(const GemmParams& p, int m, int n, float v) {
+    const float* bias = reinterpret_cast<const float*>(p.bias);
+    const float* gate = reinterpret_cast<const float*>(p.gate);
+    const i64 at = map_row(p.c_map, m) * p.ldc + n;
+    if (bias) v += bias[n];
+    if (OUT == GEMM_OUT_RESIDUAL) {
+        const float gv = gate ? gate[(i64)(m / p.rows_per_item) * p.gate_stride + n] : 1.0f;
+        reinterpret_cast<float*>(p.c)[at] += gv * v;
+        return;
+    }
+    v = activate(p.act, v);
+    if (OUT == GEMM_OUT_F32) {
+        reinterpret_cast<float*>(p.c)[at] = v;
+    } else {
+        if (p.res) v += load_bf16(p.res, at);
+        store_bf16(p.c, at, v);
+    }
+}
+
 template <bool CONV, int OUT>
 __device__ __forceinline__ void gemm_tile(const GemmParams& p) {
     MUDDIT_DYNAMIC_SHARED(bf16, smem);
     const int lane = threadIdx.x % MUDDIT_WARP, warp = threadIdx.x / MUDDIT_WARP;
     const int wm = warp / 4, wn = warp % 4;
     const int m0 = blockIdx.y * GEMM_BM, n0 = blockIdx.x * GEMM_BN;
-    const int kts = (p.k + GEMM_BK - 1) / GEMM_BK;
+    // This block's K slices [kt0, kt0 + kts): all of K, or split z's part.
+    const int per = p.k_split / GEMM_BK, kt0 = blockIdx.z * per;
+    const int rest = (p.k + GEMM_BK - 1) / GEMM_BK - kt0;
+    const int kts = rest < per ? rest : per;
 
     float acc[4][4][4];
     MUDDIT_UNROLL
@@ -127,7 +161,7 @@ __device__ __forceinline__ void gemm_tile(const GemmParams& p) {
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
 
     for (int s = 0; s < GEMM_STAGES - 1; s++) {
-        if (s < kts) gemm_load_stage<CONV>(p, smem + s * GEMM_STAGE_ELEMS, m0, n0, s);
+        if (s < kts) gemm_load_stage<CONV>(p, smem + s * GEMM_STAGE_ELEMS, m0, n0, kt0 + s);
         cp_async_commit();
     }
     for (int kt = 0; kt < kts; kt++) {
@@ -135,7 +169,8 @@ __device__ __forceinline__ void gemm_tile(const GemmParams& p) {
         __syncthreads();
         const int next = kt + GEMM_STAGES - 1;
         if (next < kts)
-            gemm_load_stage<CONV>(p, smem + (next % GEMM_STAGES) * GEMM_STAGE_ELEMS, m0, n0, next);
+            gemm_load_stage<CONV>(p, smem + (next % GEMM_STAGES) * GEMM_STAGE_ELEMS, m0, n0,
+                                  kt0 + next);
         cp_async_commit();
 
         const bf16* sa = smem + (kt % GEMM_STAGES) * GEMM_STAGE_ELEMS;
@@ -166,38 +201,25 @@ __device__ __forceinline__ void gemm_tile(const GemmParams& p) {
     }
     cp_async_wait<0>();
 
-    const float* bias = reinterpret_cast<const float*>(p.bias);
-    const float* gate = reinterpret_cast<const float*>(p.gate);
     const int g = lane / 4, t = lane % 4;
+    float* partial = reinterpret_cast<float*>(p.partial) + (i64)blockIdx.z * p.m * p.n;
     MUDDIT_UNROLL
     for (int mi = 0; mi < 4; mi++) {
         MUDDIT_UNROLL
         for (int half = 0; half < 2; half++) {
             const int m = m0 + wm * 64 + mi * 16 + g + half * 8;
             if (m >= p.m) continue;
-            const i64 row = map_row(p.c_map, m) * p.ldc;
             MUDDIT_UNROLL
             for (int nj = 0; nj < 4; nj++) {
                 MUDDIT_UNROLL
                 for (int e = 0; e < 2; e++) {
                     const int n = n0 + wn * 32 + nj * 8 + 2 * t + e;
                     if (n >= p.n) continue;
-                    float v = acc[mi][nj][half * 2 + e];
-                    if (bias) v += bias[n];
-                    if (OUT == GEMM_OUT_RESIDUAL) {
-                        const float gv =
-                            gate ? gate[(i64)(m / p.rows_per_item) * p.gate_stride + n] : 1.0f;
-                        float* c = reinterpret_cast<float*>(p.c);
-                        c[row + n] += gv * v;
-                    } else {
-                        v = activate(p.act, v);
-                        if (OUT == GEMM_OUT_F32) {
-                            reinterpret_cast<float*>(p.c)[row + n] = v;
-                        } else {
-                            if (p.res) v += load_bf16(p.res, row + n);
-                            store_bf16(p.c, row + n, v);
-                        }
-                    }
+                    const float v = acc[mi][nj][half * 2 + e];
+                    if (p.splits > 1)
+                        partial[(i64)m * p.n + n] = v;
+                    else
+                        gemm_store<OUT>(p, m, n, v);
                 }
             }
         }
@@ -226,3 +248,32 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS) conv2d_bf16(GemmParam
     gemm_tile<true, GEMM_OUT_BF16>(p);
 }
 MUDDIT_EXPORT(conv2d_bf16, GemmParams)
+
+// Split-K, second pass: element i = m * N + n of C from the sum of its `splits` partials,
+// taken in slice order, then the epilogue. One thread per element, grid-stride.
+template <int OUT>
+__device__ __forceinline__ void gemm_splitk(const GemmParams& p) {
+    const float* partial = reinterpret_cast<const float*>(p.partial);
+    const i64 count = (i64)p.m * p.n;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < count;
+         i += (i64)gridDim.x * blockDim.x) {
+        float v = 0.0f;
+        for (int z = 0; z < p.splits; z++) v += partial[z * count + i];
+        gemm_store<OUT>(p, (int)(i / p.n), (int)(i % p.n), v);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemm_splitk_bf16(GemmParams p) {
+    gemm_splitk<GEMM_OUT_BF16>(p);
+}
+MUDDIT_EXPORT(gemm_splitk_bf16, GemmParams)
+
+extern "C" __global__ void __launch_bounds__(256) gemm_splitk_f32out(GemmParams p) {
+    gemm_splitk<GEMM_OUT_F32>(p);
+}
+MUDDIT_EXPORT(gemm_splitk_f32out, GemmParams)
+
+extern "C" __global__ void __launch_bounds__(256) gemm_splitk_residual(GemmParams p) {
+    gemm_splitk<GEMM_OUT_RESIDUAL>(p);
+}
+MUDDIT_EXPORT(gemm_splitk_residual, GemmParams)

@@ -5,6 +5,7 @@
 
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
+use std::sync::Mutex;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use muddit_kernels::cuda::ops::Launch;
@@ -28,7 +29,15 @@ enum Kind {
 /// One device: a GPU, or the emulator.
 pub struct Device {
     kind: Kind,
+    /// Split-K partial sums (`Device::gemm`), grown to the largest GEMM that needed them.
+    split_scratch: Mutex<Option<Buffer<f32>>>,
 }
+
+/// Resident blocks per SM of the GEMM kernels (60 KiB shared, 256 threads at 128 registers).
+const GEMM_BLOCKS_PER_SM: usize = 2;
+/// The SMs the emulator stands for: an H100 SXM's, so that tests take its split-K decisions.
+#[cfg(feature = "emulate")]
+const EMULATED_SMS: usize = 132;
 
 #[cfg_attr(not(feature = "emulate"), allow(dead_code))]
 enum Mem<T> {
@@ -125,6 +134,7 @@ impl Device {
     pub fn gpu(ordinal: usize) -> Result<Self> {
         Ok(Device {
             kind: Kind::Gpu(CudaDevice::open(ordinal)?),
+            split_scratch: Mutex::new(None),
         })
     }
 
@@ -133,6 +143,7 @@ impl Device {
     pub fn emulated() -> Self {
         Device {
             kind: Kind::Emulated,
+            split_scratch: Mutex::new(None),
         }
     }
 
@@ -151,6 +162,29 @@ impl Device {
             Kind::Gpu(d) => format!("CUDA sm_{}", d.sm()),
             #[cfg(feature = "emulate")]
             Kind::Emulated => "CUDA emulator (CPU)".into(),
+        }
+    }
+
+    /// Resident GEMM blocks: 2 per SM (the emulator: an H100's 132 SMs).
+    pub fn gemm_slots(&self) -> usize {
+        let sms = match &self.kind {
+            Kind::Gpu(d) => d.sm_count() as usize,
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => EMULATED_SMS,
+        };
+        sms * GEMM_BLOCKS_PER_SM
+    }
+
+    /// At least `n` f32 elements of split-K scratch, valid until the next call (one GEMM's
+    /// launches, ordered on the stream, use it at a time). Grows on first need, then stays.
+    pub(super) fn split_scratch(&self, n: usize) -> Result<Ptr<f32>> {
+        let mut slot = self.split_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|b| b.len() < n) {
+            *slot = Some(self.zeros(n)?);
+        }
+        match slot.as_ref() {
+            Some(b) => Ok(b.ptr()),
+            None => unreachable!("the scratch was just allocated"),
         }
     }
 

@@ -65,6 +65,7 @@ impl Default for GemmOpts {
 impl Device {
     /// `C = epilogue(A · Wᵀ + bias)`: A bf16 `[m, K]`, C bf16 (`Bf16`) or f32 (`F32`,
     /// `Residual`: `C += gate * (..)`) `[m, N]`; `c` must be of the element type `out` writes.
+    /// K is split (`ops::split_k`) where the output has too few tiles to fill the device.
     pub fn gemm<C>(
         &self,
         out: GemmOut,
@@ -113,10 +114,18 @@ impl Device {
             p.gate_stride = stride as i32;
             p.rows_per_item = per_item as i32;
         }
-        let launch = ops::gemm(out, p)?;
-        // SAFETY: every address comes from a `Ptr` of this device, checked above to hold the
-        // rows the maps and strides reach (A, C), N x K (W), N (bias) and the gate rows.
-        unsafe { self.launch(&launch) }
+        let splits = ops::split_k(m, mat.n, mat.k, self.gemm_slots());
+        let scratch = ops::split_k_scratch(m, mat.n, mat.k, splits);
+        if scratch > 0 {
+            p.partial = self.split_scratch(scratch)?.need(scratch, OP, "partials")?;
+        }
+        for launch in ops::gemm_split(out, p, splits)? {
+            // SAFETY: every address comes from a `Ptr` of this device, checked above to hold
+            // the rows the maps and strides reach (A, C), N x K (W), N (bias), the gate rows
+            // and the split-K partials.
+            unsafe { self.launch(&launch) }?;
+        }
+        Ok(())
     }
 
     /// `out [B, ho, wo, N] = conv(x [B, h, w, c]) (+ bias)`, kernel `ksize`, `stride`, no padding.
@@ -372,5 +381,58 @@ impl Device {
         })?;
         // SAFETY: rows scalars in, rows strided rows of 2 half out (checked).
         unsafe { self.launch(&launch) }
+    }
+}
+
+#[cfg(all(test, feature = "emulate"))]
+mod tests {
+    use super::*;
+    use crate::cuda::device::to_bf16;
+    use muddit_kernels::cpu::matmul::linear;
+
+    /// Deterministic values in [-1, 1), rounded to bf16.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13) ^ seed;
+                let x = (h % 2001) as f32 / 1000.0 - 1.0;
+                half::bf16::from_f32(x).to_f32()
+            })
+            .collect()
+    }
+
+    /// Deep, narrow products take the split-K path (two launches and the device's scratch,
+    /// which grows from the first to the second); the result is the CPU product.
+    #[test]
+    fn deep_narrow_products_split_k_and_match_the_cpu() {
+        let dev = Device::emulated();
+        for (m, n, k) in [(40, 72, 1024), (64, 130, 2048)] {
+            let splits = ops::split_k(m, n, k, dev.gemm_slots());
+            assert!(splits > 1, "{m} x {n} x {k} takes one slice");
+            let (x, w) = (values(m * k, 1), values(n * k, 2));
+            let xb = dev.upload(&to_bf16(&x)).expect("x");
+            let wb = dev.upload(&to_bf16(&w)).expect("w");
+            let c = dev.zeros::<f32>(m * n).expect("c");
+            let mat = Mat {
+                w: wb.ptr(),
+                bias: None,
+                n,
+                k,
+            };
+            dev.gemm(GemmOut::F32, mat, xb.ptr(), m, c.ptr(), GemmOpts::default())
+                .expect("gemm");
+            let got = dev.read(&c, 0, m * n).expect("read");
+            let mut want = vec![0.0; m * n];
+            linear(&x, &w, None, m, k, n, &mut want);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{m} x {n} x {k} in {splits} slices: error {worst}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::PushKernelArg;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig};
 
@@ -43,6 +43,8 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     /// Compute capability as `10 * major + minor`, e.g. 90.
     sm: u32,
+    /// Streaming multiprocessors.
+    sm_count: u32,
     modules: Mutex<HashMap<Module, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
 }
@@ -62,11 +64,15 @@ impl CudaDevice {
                 reason: format!("compute capability {major}.{minor}: the kernels need sm_80 or newer (bf16 mma.sync, cp.async)"),
             });
         }
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|source| CudaError::Open { ordinal, source })?;
         let stream = ctx.default_stream();
         Ok(Self {
             ctx,
             stream,
             sm: (major * 10 + minor) as u32,
+            sm_count: sm_count.max(1) as u32,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         })
@@ -83,6 +89,11 @@ impl CudaDevice {
     /// Compute capability as `10 * major + minor`.
     pub fn sm(&self) -> u32 {
         self.sm
+    }
+
+    /// Streaming multiprocessors.
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
     }
 
     /// The module compiled for this device (NVRTC or the PTX cache), loaded once.

@@ -137,8 +137,8 @@ fn gemm_grid(op: &'static str, m: i32, n: i32) -> Result<[u32; 3], CudaError> {
 }
 
 /// `C = epilogue(A · Wᵀ)`: A bf16 `[M, K]`, W bf16 `[N, K]`, K a multiple of 8, `lda` a
-/// multiple of 8 (16-byte rows).
-pub fn gemm(out: GemmOut, p: GemmParams) -> Result<Launch<GemmParams>, CudaError> {
+/// multiple of 8 (16-byte rows); one launch, the whole K per block.
+pub fn gemm(out: GemmOut, mut p: GemmParams) -> Result<Launch<GemmParams>, CudaError> {
     const OP: &str = "gemm";
     check_gemm(OP, &p)?;
     ensure(p.lda >= p.k && p.lda % 8 == 0, OP, || {
@@ -147,6 +147,9 @@ pub fn gemm(out: GemmOut, p: GemmParams) -> Result<Launch<GemmParams>, CudaError
     ensure(out == GemmOut::Bf16 || p.res == 0, OP, || {
         "a bf16 residual needs the bf16 epilogue".into()
     })?;
+    p.splits = 1;
+    p.k_split = (p.k as usize).next_multiple_of(GEMM_BK) as i32;
+    p.partial = 0;
     Ok(Launch {
         module: Module::Gemm,
         kernel: match out {
@@ -161,10 +164,108 @@ pub fn gemm(out: GemmOut, p: GemmParams) -> Result<Launch<GemmParams>, CudaError
     })
 }
 
+/// K elements per pipeline slice of the GEMM kernels.
+const GEMM_BK: usize = 32;
+/// At most this many K slices in a split-K GEMM.
+pub const MAX_SPLITS: usize = 8;
+/// The shallowest K slice split-K makes (8 pipeline steps: enough to hide the loads).
+const MIN_SPLIT_DEPTH: usize = 8 * GEMM_BK;
+
+/// Tensor-core flops per byte of memory traffic at which a GEMM slot and the bandwidth are
+/// equally busy: an H100 SXM at the efficiencies of ROOFLINE.md (55% of 989 TFLOP/s over 75%
+/// of 3.35 TB/s).
+const FLOPS_PER_BYTE: f64 = 220.0;
+
+/// The K slices an `m x n x k` GEMM should be cut into on a device with `slots` resident GEMM
+/// blocks (2 per SM): the count in 1..=[`MAX_SPLITS`], each slice at least 256 deep, with the
+/// least modelled time: the busiest slot's waves (`ceil(tiles * s / slots)`) of `ceil(k / s)`
+/// deep tiles, plus, when split, the partial sums written and read back (8 bytes per slice
+/// and element) at [`FLOPS_PER_BYTE`].
+pub fn split_k(m: usize, n: usize, k: usize, slots: usize) -> usize {
+    let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE);
+    let slots = slots.max(1);
+    let cost = |s: usize| {
+        let (count, depth) = slices(k, s);
+        let waves = (tiles * count).div_ceil(slots);
+        let flops = (waves * slots * 2 * GEMM_TILE * GEMM_TILE * depth) as f64;
+        let bytes = if count > 1 { 8 * count * m * n } else { 0 };
+        flops + bytes as f64 * FLOPS_PER_BYTE
+    };
+    let mut best = 1;
+    for s in 2..=MAX_SPLITS {
+        if slices(k, s).1 < MIN_SPLIT_DEPTH {
+            break;
+        }
+        if cost(s) < cost(best) {
+            best = s;
+        }
+    }
+    best
+}
+
+/// `(slices, K elements per slice)` of a GEMM of depth `k` asked to split `splits` ways: the
+/// slices are whole pipeline steps, so fewer than asked may come out.
+fn slices(k: usize, splits: usize) -> (usize, usize) {
+    let steps = k.div_ceil(GEMM_BK);
+    let per = steps.div_ceil(splits.clamp(1, steps.max(1)));
+    (steps.div_ceil(per), per * GEMM_BK)
+}
+
+/// f32 elements of the partial sums an `m x n x k` GEMM split `splits` ways writes.
+pub fn split_k_scratch(m: usize, n: usize, k: usize, splits: usize) -> usize {
+    match slices(k, splits).0 {
+        1 => 0,
+        s => s * m * n,
+    }
+}
+
+/// [`gemm`] with K cut into `splits` slices (see gemm.cu, "Split-K"): one launch when it comes
+/// out as one slice, else the partial products into `p.partial` (f32, at least
+/// [`split_k_scratch`] elements, the caller's check) and the reduction with the epilogue.
+pub fn gemm_split(
+    out: GemmOut,
+    p: GemmParams,
+    splits: usize,
+) -> Result<Vec<Launch<GemmParams>>, CudaError> {
+    const OP: &str = "gemm_split";
+    let mut first = gemm(out, p)?;
+    let (count, k_split) = slices(p.k as usize, splits);
+    if count == 1 {
+        return Ok(vec![first]);
+    }
+    ensure(p.partial != 0 && p.partial % 4 == 0, OP, || {
+        "split-K needs an f32 partial-sum buffer".into()
+    })?;
+    ensure(count <= MAX_SPLITS, OP, || {
+        format!("{count} K slices (at most {MAX_SPLITS})")
+    })?;
+    first.params.partial = p.partial;
+    first.params.splits = count as i32;
+    first.params.k_split = k_split as i32;
+    first.grid[2] = count as u32;
+    let elems = p.m as usize * p.n as usize;
+    let reduce = Launch {
+        module: Module::Gemm,
+        kernel: match out {
+            GemmOut::Bf16 => "gemm_splitk_bf16",
+            GemmOut::F32 => "gemm_splitk_f32out",
+            GemmOut::Residual => "gemm_splitk_residual",
+        },
+        grid: grid_1d(OP, elems.div_ceil(SPLITK_THREADS as usize).min(65535))?,
+        block: [SPLITK_THREADS, 1, 1],
+        smem: 0,
+        params: first.params,
+    };
+    Ok(vec![first, reduce])
+}
+
+/// Threads per block of the split-K reduction.
+const SPLITK_THREADS: u32 = 256;
+
 /// 2-D convolution as an implicit GEMM: image bf16 `[B, h, w, c]` (`c % 8 == 0`), weight bf16
 /// `[N, (k, k, c)]`, output bf16 `[B, ho, wo, N]` (`ldc` per pixel), optional f32 bias and bf16
 /// residual; `p.m` must be `B * ho * wo` and `p.k` `k * k * c`.
-pub fn conv2d(p: GemmParams) -> Result<Launch<GemmParams>, CudaError> {
+pub fn conv2d(mut p: GemmParams) -> Result<Launch<GemmParams>, CudaError> {
     const OP: &str = "conv2d";
     check_gemm(OP, &p)?;
     let g = p.conv;
@@ -187,6 +288,9 @@ pub fn conv2d(p: GemmParams) -> Result<Launch<GemmParams>, CudaError> {
         OP,
         || "row maps are not supported".into(),
     )?;
+    p.splits = 1;
+    p.k_split = (p.k as usize).next_multiple_of(GEMM_BK) as i32;
+    p.partial = 0;
     Ok(Launch {
         module: Module::Gemm,
         kernel: "conv2d_bf16",
@@ -493,4 +597,52 @@ pub fn vq_nearest(p: VqNearestParams) -> Result<Launch<VqNearestParams>, CudaErr
         smem: smem as u32,
         params: p,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An H100: 132 SMs x 2 resident GEMM blocks.
+    const H100_SLOTS: usize = 264;
+
+    #[test]
+    fn split_k_fills_the_slots_only_where_tiles_are_few() {
+        // Public 1B shapes at 512 px (M = 666 single-block rows, 512 image rows, 154 text).
+        assert_eq!(
+            split_k(666, 1024, 5120, H100_SLOTS),
+            5,
+            "single proj_out: 48 tiles"
+        );
+        assert_eq!(
+            split_k(512, 1024, 4096, H100_SLOTS),
+            6,
+            "dual ff down: 32 tiles"
+        );
+        assert_eq!(
+            split_k(666, 7168, 1024, H100_SLOTS),
+            1,
+            "fused qkv + mlp: 336 tiles"
+        );
+        assert_eq!(
+            split_k(154, 1024, 1024, H100_SLOTS),
+            4,
+            "text out: 16 tiles"
+        );
+        // Shallow K never splits below 256 per slice.
+        assert_eq!(split_k(64, 64, 384, H100_SLOTS), 1);
+        assert_eq!(split_k(64, 64, 512, H100_SLOTS), 2);
+        // Many tiles: one slice.
+        assert_eq!(split_k(4096, 4096, 4096, H100_SLOTS), 1);
+    }
+
+    #[test]
+    fn slices_cover_k_in_whole_steps() {
+        assert_eq!(slices(200, 3), (3, 96));
+        assert_eq!(slices(384, 5), (4, 96));
+        assert_eq!(slices(64, 8), (2, 32));
+        assert_eq!(slices(1024, 1), (1, 1024));
+        assert_eq!(split_k_scratch(10, 20, 384, 5), 4 * 10 * 20);
+        assert_eq!(split_k_scratch(10, 20, 64, 1), 0);
+    }
 }

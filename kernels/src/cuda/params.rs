@@ -124,6 +124,8 @@ pub struct GemmParams {
     pub c: u64,
     pub gate: u64,
     pub res: u64,
+    /// Split-K: f32 `[splits, M, N]` partial sums (see `ops::gemm_split`), or 0.
+    pub partial: u64,
     pub m: i32,
     pub n: i32,
     pub k: i32,
@@ -132,6 +134,9 @@ pub struct GemmParams {
     pub act: i32,
     pub rows_per_item: i32,
     pub gate_stride: i32,
+    /// K slices and K elements per slice: filled in by `ops::gemm` / `ops::gemm_split`.
+    pub splits: i32,
+    pub k_split: i32,
     pub a_map: RowMap,
     pub c_map: RowMap,
     pub conv: ConvGeom,
