@@ -18,6 +18,9 @@ pub struct BenchArgs {
     cfg: f32,
     #[arg(long, default_value = "a photo of a cat")]
     prompt: String,
+    /// With --device cuda: time every kernel with CUDA events and print the GPU time per kernel.
+    #[arg(long)]
+    kernel_timings: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -38,6 +41,12 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
         args.height,
         pipeline.schedule,
     )?;
+    if args.kernel_timings {
+        match &global.cuda {
+            Some(dev) => dev.start_kernel_timing(),
+            None => anyhow::bail!("--kernel-timings needs --device cuda"),
+        }
+    }
     let mut step_ms = Vec::new();
     let mut sampler_ms = Vec::new();
     let bar = crate::progress::steps_bar(args.steps, global.quiet, "bench");
@@ -47,6 +56,10 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
         bar.inc(1);
     })?;
     bar.finish_and_clear();
+    let kernels = match &global.cuda {
+        Some(dev) if args.kernel_timings => dev.kernel_times()?,
+        _ => Vec::new(),
+    };
     let total = total.elapsed();
     step_ms.sort_by(f64::total_cmp);
     sampler_ms.sort_by(f64::total_cmp);
@@ -71,6 +84,9 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
         "device": global.device,
         "dtype": dtype,
         "threads": threads,
+        "kernels": kernels.iter().map(|k| serde_json::json!({
+            "kernel": k.kernel, "launches": k.launches, "total_ms": k.total_ms,
+        })).collect::<Vec<_>>(),
     });
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -96,6 +112,15 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
             threads,
             global.device
         );
+        for k in &kernels {
+            println!(
+                "  {:<24} {:>6} launches {:>10.3} ms ({:.1} us each)",
+                k.kernel,
+                k.launches,
+                k.total_ms,
+                1e3 * k.total_ms / k.launches as f64
+            );
+        }
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Helpers for the workspace-level integration tests in `tests/tests/`.
 
+pub mod cuda_checks;
+
 use muddit_engine::tensor_io::TensorFile;
 use std::path::PathBuf;
 

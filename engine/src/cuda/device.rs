@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use muddit_kernels::cuda::ops::Launch;
-use muddit_kernels::cuda::{CudaDevice, CudaError};
+use muddit_kernels::cuda::{CudaDevice, CudaError, KernelTime};
 
 use crate::error::Result;
 
@@ -185,6 +185,25 @@ impl Device {
         match slot.as_ref() {
             Some(b) => Ok(b.ptr()),
             None => unreachable!("the scratch was just allocated"),
+        }
+    }
+
+    /// Starts timing every kernel launch with CUDA events (no-op under the emulator).
+    pub fn start_kernel_timing(&self) {
+        match &self.kind {
+            Kind::Gpu(d) => d.start_kernel_timing(),
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => {}
+        }
+    }
+
+    /// The GPU time per kernel since [`Self::start_kernel_timing`], longest total first; empty
+    /// under the emulator or when timing was off.
+    pub fn kernel_times(&self) -> Result<Vec<KernelTime>> {
+        match &self.kind {
+            Kind::Gpu(d) => Ok(d.kernel_times()?),
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => Ok(Vec::new()),
         }
     }
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use device::{Buffer, Device, Elem, Ptr};
 pub use mmdit::CudaMmdit;
+pub use muddit_kernels::cuda::KernelTime;
 pub use sampler::DeviceSampler;
 
 use crate::error::Result;

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute_enum};
 use cudarc::driver::PushKernelArg;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig,
+};
 
 use super::nvrtc::{self, Module};
 use super::ops::Launch;
@@ -47,6 +49,16 @@ pub struct CudaDevice {
     sm_count: u32,
     modules: Mutex<HashMap<Module, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// While kernel timing is on: each launch's kernel and its start and end events.
+    timings: Mutex<Option<Vec<(&'static str, CudaEvent, CudaEvent)>>>,
+}
+
+/// The GPU time of one kernel over the launches since timing began.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub launches: usize,
+    pub total_ms: f64,
 }
 
 impl CudaDevice {
@@ -75,6 +87,7 @@ impl CudaDevice {
             sm_count: sm_count.max(1) as u32,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            timings: Mutex::new(None),
         })
     }
 
@@ -161,6 +174,11 @@ impl CudaDevice {
             block_dim: (launch.block[0], launch.block[1], launch.block[2]),
             shared_mem_bytes: launch.smem,
         };
+        let mut timings = self.timings.lock().unwrap_or_else(|e| e.into_inner());
+        let start = match timings.as_ref() {
+            Some(_) => Some(self.event()?),
+            None => None,
+        };
         let mut args = self.stream.launch_builder(&f);
         args.arg(&launch.params);
         // SAFETY: the caller guarantees the addresses in the parameter struct (see above); the
@@ -170,7 +188,64 @@ impl CudaDevice {
             what: launch.kernel,
             source,
         })?;
+        if let (Some(list), Some(start)) = (timings.as_mut(), start) {
+            list.push((launch.kernel, start, self.event()?));
+        }
         Ok(())
+    }
+
+    /// A timing event recorded on the stream now (`None` flags would disable timing).
+    fn event(&self) -> Result<CudaEvent, CudaError> {
+        self.stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|source| CudaError::Driver {
+                what: "record a timing event",
+                source,
+            })
+    }
+
+    /// Starts timing every launch with a pair of CUDA events (until [`Self::kernel_times`]).
+    pub fn start_kernel_timing(&self) {
+        *self.timings.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// Waits for the stream, stops timing and returns the GPU time per kernel since
+    /// [`Self::start_kernel_timing`], longest total first (empty if timing was off).
+    pub fn kernel_times(&self) -> Result<Vec<KernelTime>, CudaError> {
+        let Some(list) = self
+            .timings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(Vec::new());
+        };
+        self.stream
+            .synchronize()
+            .map_err(|source| CudaError::Driver {
+                what: "synchronize",
+                source,
+            })?;
+        let mut by_kernel: Vec<KernelTime> = Vec::new();
+        for (kernel, start, end) in &list {
+            let ms = f64::from(start.elapsed_ms(end).map_err(|source| CudaError::Driver {
+                what: "read a timing event",
+                source,
+            })?);
+            match by_kernel.iter_mut().find(|t| t.kernel == *kernel) {
+                Some(t) => {
+                    t.launches += 1;
+                    t.total_ms += ms;
+                }
+                None => by_kernel.push(KernelTime {
+                    kernel,
+                    launches: 1,
+                    total_ms: ms,
+                }),
+            }
+        }
+        by_kernel.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        Ok(by_kernel)
     }
 }
 

@@ -20,6 +20,6 @@ pub mod nvrtc;
 pub mod ops;
 pub mod params;
 
-pub use device::{check_driver, CudaDevice, DRIVER_LIB};
+pub use device::{check_driver, CudaDevice, KernelTime, DRIVER_LIB};
 pub use error::CudaError;
 pub use nvrtc::Module;
