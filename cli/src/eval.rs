@@ -38,6 +38,9 @@ pub struct EvalArgs {
     /// Argmax draws and no noise [default: the model's `muddit.json`].
     #[arg(long)]
     greedy: bool,
+    /// Gumbel temperature of the re-masking confidence: `START,END` or one value [default: 2,0].
+    #[arg(long)]
+    temperature: Option<String>,
     /// Seed of the sampler's draws (the same seed gives the same numbers).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -119,6 +122,7 @@ struct Ctx<'a> {
     args: &'a EvalArgs,
     greedy: bool,
     quiet: bool,
+    temperature: Temperature,
 }
 
 impl Ctx<'_> {
@@ -126,7 +130,7 @@ impl Ctx<'_> {
         SamplerConfig {
             steps,
             schedule: self.pipeline.schedule,
-            temperature: Temperature::default(),
+            temperature: self.temperature,
             guidance,
             draw: if self.greedy {
                 DrawRule::Greedy
@@ -195,6 +199,10 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         args: &args,
         greedy: args.greedy || defaults.greedy,
         quiet: global.quiet,
+        temperature: match &args.temperature {
+            Some(t) => crate::generate::parse_temperature(t)?,
+            None => Temperature::default(),
+        },
     };
     let load_s = load_start.elapsed().as_secs_f64();
 
