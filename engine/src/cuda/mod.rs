@@ -21,17 +21,21 @@
 //! `conv2d`, `group_norm`, `upsample2x`, `vq_nearest`), image-to-text on the device, and a
 //! `Pipeline` that loads the transformer only once (today the CPU copy stays loaded too).
 
+mod clip;
 mod device;
 mod mmdit;
 mod ops;
 mod sampler;
+mod vq;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use device::{Buffer, Device, Elem, Ptr};
+pub use clip::{ClipEncoding, CudaClipText};
 pub use mmdit::CudaMmdit;
 pub use sampler::DeviceSampler;
+pub use vq::CudaVqDecoder;
 
 use crate::error::Result;
 use crate::pipeline::{Images, Pipeline, StepEvent, TextToImage};
