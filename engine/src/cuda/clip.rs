@@ -215,21 +215,42 @@ impl CudaClipText {
             };
             let mlp = &layer.mlp;
             dev.gemm(GemmOut::Bf16, mlp.fc1.mat(), y.ptr(), rows, hid.ptr(), fc1)?;
-            dev.gemm(GemmOut::Residual, mlp.fc2.mat(), hid.ptr(), rows, x.ptr(), plain)?;
+            dev.gemm(
+                GemmOut::Residual,
+                mlp.fc2.mat(),
+                hid.ptr(),
+                rows,
+                x.ptr(),
+                plain,
+            )?;
             if i + 2 == n {
                 dev.copy(x.ptr(), out.penultimate.ptr(), rows * d)?;
             }
         }
         let fln = &self.final_layer_norm;
         let last = out.last_hidden_state.ptr();
-        dev.layer_norm_affine(x.ptr(), last, rows, d, (fln.weight.ptr(), fln.bias.ptr()), self.eps())?;
+        dev.layer_norm_affine(
+            x.ptr(),
+            last,
+            rows,
+            d,
+            (fln.weight.ptr(), fln.bias.ptr()),
+            self.eps(),
+        )?;
         // The end-of-text row of each item: [B, D].
         for (b, row) in ids.chunks_exact(len).enumerate() {
             let at = (b * len + cfg.eos_position(row)) * d;
             dev.copy(last.at(at)?, y.at(b * d)?, d)?;
         }
         let proj = self.text_projection.mat();
-        dev.gemm(GemmOut::F32, proj, y.ptr(), batch, out.text_embeds.ptr(), plain)?;
+        dev.gemm(
+            GemmOut::F32,
+            proj,
+            y.ptr(),
+            batch,
+            out.text_embeds.ptr(),
+            plain,
+        )?;
         Ok(out)
     }
 

@@ -364,7 +364,11 @@ impl CudaMmdit {
     /// Builds the model from the same tensors [`crate::mmdit::Mmdit::new`] reads.
     pub fn new(dev: &Arc<Device>, cfg: &TransformerConfig, vb: &Vb) -> Result<Self> {
         let d = cfg.inner_dim();
-        let heads = Heads::new(cfg.num_attention_heads, cfg.attention_head_dim, "attention_head_dim")?;
+        let heads = Heads::new(
+            cfg.num_attention_heads,
+            cfg.attention_head_dim,
+            "attention_head_dim",
+        )?;
         let pooled_in = cfg.pooled_projection_dim + MICRO_CONDS * SIN_DIM;
         let dev_ref: &Device = dev;
         let embed = vb.pp("embed");

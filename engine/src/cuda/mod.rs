@@ -28,16 +28,17 @@ mod ops;
 mod sampler;
 mod vq;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use device::{Buffer, Device, Elem, Ptr};
 pub use clip::{ClipEncoding, CudaClipText};
+pub use device::{Buffer, Device, Elem, Ptr};
 pub use mmdit::CudaMmdit;
 pub use sampler::DeviceSampler;
 pub use vq::CudaVqDecoder;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pipeline::{Images, Pipeline, StepEvent, TextToImage};
 use crate::tokenizer::MAX_LEN;
 
@@ -46,15 +47,105 @@ pub fn open(ordinal: usize) -> Result<Arc<Device>> {
     Ok(Arc::new(Device::gpu(ordinal)?))
 }
 
-/// Text-to-image with the transformer and the sampler on the device; text encoding and VQ
-/// decoding on the CPU components of `pipe`. Same request, results and step events as
-/// [`Pipeline::text_to_image`].
-pub fn text_to_image(
+/// Every model of a text-to-image run on one device: transformer, text encoder, VQ decoder.
+pub struct CudaPipeline {
+    pub transformer: CudaMmdit,
+    pub text_encoder: CudaClipText,
+    pub vqvae: CudaVqDecoder,
+}
+
+impl CudaPipeline {
+    /// Loads the three models of a model folder onto `dev`, checking that they fit together
+    /// as [`Pipeline::load`] does.
+    pub fn load(dev: &Arc<Device>, root: &Path) -> Result<Self> {
+        let transformer = CudaMmdit::load(dev, root)?;
+        let text_encoder = CudaClipText::load(dev, root)?;
+        let vqvae = CudaVqDecoder::load(dev, root)?;
+        let (t, c, v) = (&transformer.cfg, &text_encoder.cfg, &vqvae.cfg);
+        let fits = c.hidden_size == t.joint_attention_dim
+            && c.projection_dim == t.pooled_projection_dim
+            && v.num_vq_embeddings == t.codebook_size;
+        if !fits {
+            return Err(Error::ModelFolder {
+                path: root.to_path_buf(),
+                message: format!(
+                    "the text encoder gives {}-wide features and {}-wide pooled vectors and the VQ-VAE has {} codes; the transformer takes {}, {} and predicts {}",
+                    c.hidden_size, c.projection_dim, v.num_vq_embeddings,
+                    t.joint_attention_dim, t.pooled_projection_dim, t.codebook_size
+                ),
+            });
+        }
+        Ok(CudaPipeline {
+            transformer,
+            text_encoder,
+            vqvae,
+        })
+    }
+}
+
+/// The device models of one run: the transformer, and the text encoder and VQ decoder when
+/// they are on the device too (else the CPU ones of the [`Pipeline`] run). Made from a
+/// [`CudaPipeline`] (everything on the device) or a [`CudaMmdit`] (the transformer only).
+#[derive(Clone, Copy)]
+pub struct DeviceModels<'a> {
+    pub transformer: &'a CudaMmdit,
+    pub text_encoder: Option<&'a CudaClipText>,
+    pub vqvae: Option<&'a CudaVqDecoder>,
+}
+
+impl<'a> From<&'a CudaPipeline> for DeviceModels<'a> {
+    fn from(p: &'a CudaPipeline) -> Self {
+        DeviceModels {
+            transformer: &p.transformer,
+            text_encoder: Some(&p.text_encoder),
+            vqvae: Some(&p.vqvae),
+        }
+    }
+}
+
+impl<'a> From<&'a CudaMmdit> for DeviceModels<'a> {
+    fn from(transformer: &'a CudaMmdit) -> Self {
+        DeviceModels {
+            transformer,
+            text_encoder: None,
+            vqvae: None,
+        }
+    }
+}
+
+impl DeviceModels<'_> {
+    /// Fails unless every device model lives on the transformer's device.
+    fn check_one_device(&self) -> Result<()> {
+        let dev = self.transformer.device();
+        let others = [
+            self.text_encoder.map(|m| m.device()),
+            self.vqvae.map(|m| m.device()),
+        ];
+        if others.into_iter().flatten().all(|d| Arc::ptr_eq(d, dev)) {
+            Ok(())
+        } else {
+            Err(Error::input(
+                "device",
+                "the transformer, text encoder and VQ decoder must be loaded on one device",
+            ))
+        }
+    }
+}
+
+/// Text-to-image with the transformer and the sampler on the device, and the text encoder and
+/// VQ decoder too when `models` has them (a [`CudaPipeline`]: only the tokenizer runs on the
+/// host, ids go up, pixels come down). Same request, results and step events as
+/// [`Pipeline::text_to_image`]; `pipe` gives the tokenizer, configs and scheduler (and the CPU
+/// text encoder and decoder for a [`CudaMmdit`] alone).
+pub fn text_to_image<'a>(
     pipe: &Pipeline,
-    model: &CudaMmdit,
+    models: impl Into<DeviceModels<'a>>,
     req: &TextToImage,
     on_step: &mut dyn FnMut(StepEvent),
 ) -> Result<Images> {
+    let models = models.into();
+    models.check_one_device()?;
+    let model = models.transformer;
     let plan = pipe.plan_text_to_image(req)?;
     let (h, w) = plan.grid;
     let dev = model.device().clone();
@@ -66,8 +157,22 @@ pub fn text_to_image(
     )?;
     let steps = state.sampler().steps();
     let n = plan.batch * h * w;
-    model.with_workspace((plan.rows, MAX_LEN, h, w), |ws| {
-        model.upload_conditions(ws, &plan.text, &plan.pooled, &plan.micro)?;
+    let text_encode = model.with_workspace((plan.rows, MAX_LEN, h, w), |ws| {
+        let start = Instant::now();
+        match models.text_encoder {
+            Some(clip) => {
+                let enc = clip.encode(&plan.text_ids, plan.rows)?;
+                let (text, pooled) = (enc.penultimate.ptr(), enc.text_embeds.ptr());
+                model.set_conditions(ws, text, pooled, &plan.micro)?;
+                // The copies finish before `enc` is freed.
+                dev.sync()?;
+            }
+            None => {
+                let enc = pipe.text_encoder.forward(&plan.text_ids, plan.rows)?;
+                model.upload_conditions(ws, &enc.penultimate, &enc.text_embeds, &plan.micro)?;
+            }
+        }
+        let text_encode = start.elapsed();
         for step in 0..steps {
             let t0 = Instant::now();
             // The model's ids: [ids; ids] under guidance (a device copy, ids stay there).
@@ -87,8 +192,11 @@ pub fn text_to_image(
                 sampler: t1.elapsed(),
             });
         }
-        Ok(())
+        Ok(text_encode)
     })?;
     let ids = state.ids(&dev)?;
-    pipe.finish_text_to_image(&plan, ids)
+    pipe.finish_text_to_image(&plan, ids, text_encode, |ids, b, h, w| match models.vqvae {
+        Some(vq) => vq.decode(ids, b, h, w),
+        None => pipe.vqvae.decode(ids, b, h, w),
+    })
 }

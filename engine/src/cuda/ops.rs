@@ -553,7 +553,11 @@ impl Device {
             out: out.need(n, OP, "out")?,
             weight: weight.need(channels, OP, "weight")?,
             bias: bias.need(channels, OP, "bias")?,
-            stats: stats.need(ops::group_norm_workspace(batch, pixels, groups), OP, "stats")?,
+            stats: stats.need(
+                ops::group_norm_workspace(batch, pixels, groups),
+                OP,
+                "stats",
+            )?,
             batch: batch as i32,
             pixels: pixels as i32,
             channels: channels as i32,

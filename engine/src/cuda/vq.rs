@@ -458,7 +458,10 @@ impl CudaVqDecoder {
     fn peak_elements(&self, px: usize) -> usize {
         let cfg = &self.cfg;
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
-        let mut peak = px * pad8(cfg.embed_dim()).max(pad8(cfg.latent_channels)).max(rev[0]);
+        let mut peak = px
+            * pad8(cfg.embed_dim())
+                .max(pad8(cfg.latent_channels))
+                .max(rev[0]);
         for (i, &c_out) in rev.iter().enumerate() {
             let level = px << (2 * i);
             let c_in = if i == 0 { rev[0] } else { rev[i - 1] };
@@ -529,7 +532,8 @@ fn to_nchw(x: &[u16], m: Map) -> Vec<f32> {
     for b in 0..m.batch {
         for p in 0..hw {
             for c in 0..m.c {
-                out[(b * m.c + c) * hw + p] = half::bf16::from_bits(x[(b * hw + p) * m.c + c]).to_f32();
+                out[(b * m.c + c) * hw + p] =
+                    half::bf16::from_bits(x[(b * hw + p) * m.c + c]).to_f32();
             }
         }
     }
