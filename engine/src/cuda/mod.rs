@@ -1,7 +1,8 @@
-//! The CUDA backend: the MM-DiT and the sampler step on the kernels of `muddit_kernels::cuda`,
-//! on a GPU or (feature `emulate`) on the CPU emulator of the same CUDA sources.
+//! The CUDA backend: text-to-image (CLIP text encoder, MM-DiT, sampler step, VQ decoder) on the
+//! kernels of `muddit_kernels::cuda`, on a GPU or (feature `emulate`) on the CPU emulator of
+//! the same CUDA sources.
 //!
-//! Design (the least invasive one: nothing in the CPU path changes):
+//! Design (the least invasive one: the CPU path only shares its planning and its final clamp):
 //! - [`open`] returns a [`Device`] for a GPU ordinal, or the kernels' error (e.g. "no CUDA
 //!   driver found (libcuda.so.1): ...") as [`crate::Error::Cuda`], never a panic.
 //!   [`Device::emulated`] (feature `emulate`) is the same device on the CPU, for tests.
@@ -12,14 +13,25 @@
 //! - [`DeviceSampler`] runs a sampler step on device logits with the host's seeded uniforms
 //!   ([`muddit_sampler::RandomSource::fill_step`]), so the device and [`muddit_sampler::Sampler`]
 //!   choose the same tokens for the same logits.
-//! - [`text_to_image`] is the pipeline entry point: it takes a loaded [`Pipeline`] for its CPU
-//!   parts (tokenizer, CLIP text encoder, VQ-VAE decoder: these run on the CPU) and a
-//!   [`CudaMmdit`] for the steps. Inside the loop nothing but `k` per row and a bad-logits flag
-//!   (`B + 1` integers) comes back from the device per step; the final ids come back once.
+//! - [`CudaClipText`] (`clip.rs`) and [`CudaVqDecoder`] (`vq.rs`): the CLIP text encoder and
+//!   the VQ-VAE decoder, loaded from the same checkpoint names as `clip_text.rs` and `vqvae.rs`,
+//!   every op on the existing kernels (affine `layer_norm`, causal attention, GEMMs with GELU
+//!   epilogues; `conv2d` with padding and a fused residual, `group_norm` + SiLU,
+//!   `upsample2x`). [`CudaPipeline`] holds the three models of a folder.
+//! - [`text_to_image`] is the pipeline entry point: it takes a loaded [`Pipeline`] for the
+//!   tokenizer, configs and scheduler, and the device models ([`DeviceModels`]: a
+//!   [`CudaPipeline`], or a [`CudaMmdit`] alone, then CLIP and the decoder run on the
+//!   `Pipeline`'s CPU copies). With a [`CudaPipeline`] only the prompts' ids go up and the
+//!   pixels come down (the decoder's `[B, H, W, 3]` bf16, laid out as NCHW and clamped to
+//!   `[0, 1]` on the host as the CPU path does). Inside the loop nothing but `k` per row and
+//!   a bad-logits flag (`B + 1` integers) comes back from the device per step.
 //!
-//! Missing: CLIP and VQ on the device (the kernels exist: `layer_norm` affine, causal attention,
-//! `conv2d`, `group_norm`, `upsample2x`, `vq_nearest`), image-to-text on the device, and a
-//! `Pipeline` that loads the transformer only once (today the CPU copy stays loaded too).
+//! Missing: image-to-text on the device (the VQ encoder: `vq_nearest` exists, the encoder's
+//! stride-2 convolution and the CLIP re-run per step would follow the same patterns), the VQ
+//! decoder's `norm_type: "spatial"` and `relu`/`mish` activations (clear errors at load; no
+//! public Muddit checkpoint uses them), and a `Pipeline` that does not load the CPU
+//! transformer, text encoder and decoder when everything runs on the device (they stay loaded:
+//! making them optional would touch every CPU caller).
 
 mod clip;
 mod device;
