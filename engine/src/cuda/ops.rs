@@ -167,6 +167,7 @@ impl Device {
     /// `out [B, h, w, N] = conv(x [B, h, w, c]) (+ bias) (+ res)`: an odd `ksize`, stride 1,
     /// zero padding `ksize / 2` on every side (the VQ decoder's 3x3 convolutions); `res` bf16
     /// `[B, h, w, N]` may be `out`.
+    #[allow(clippy::too_many_arguments)]
     pub fn conv2d_same(
         &self,
         mat: Mat,
