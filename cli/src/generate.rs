@@ -273,7 +273,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     Ok(())
 }
 
-/// Runs a request on the CPU, or with the transformer and sampler on the GPU of `--device cuda`.
+/// Runs a request on the CPU, or entirely on the GPU of `--device cuda` (text encoder,
+/// transformer, sampler and VQ decoder; the tokenizer on the host).
 pub fn text_to_image(
     pipeline: &Pipeline,
     request: &TextToImage,
@@ -283,8 +284,8 @@ pub fn text_to_image(
     Ok(match &global.cuda {
         None => pipeline.text_to_image(request, on_step)?,
         Some(device) => {
-            let model = cuda::CudaMmdit::load(device, &pipeline.root)?;
-            cuda::text_to_image(pipeline, &model, request, on_step)?
+            let models = cuda::CudaPipeline::load(device, &pipeline.root)?;
+            cuda::text_to_image(pipeline, &models, request, on_step)?
         }
     })
 }

@@ -58,7 +58,7 @@ impl Default for ClipTextConfig {
 
 /// The MLP activation of a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
+pub(crate) enum Activation {
     GeluErf,
     QuickGelu,
     GeluTanh,
@@ -122,7 +122,7 @@ impl ClipTextConfig {
         Ok(())
     }
 
-    fn activation(&self) -> std::result::Result<Activation, String> {
+    pub(crate) fn activation(&self) -> std::result::Result<Activation, String> {
         match self.hidden_act.as_str() {
             "gelu" => Ok(Activation::GeluErf),
             "quick_gelu" => Ok(Activation::QuickGelu),
@@ -131,6 +131,58 @@ impl ClipTextConfig {
                 "`hidden_act` {other:?} is not supported (gelu, quick_gelu, gelu_new, gelu_pytorch_tanh)"
             )),
         }
+    }
+
+    /// The end-of-text position of one row of ids: the argmax of the ids when `eos_token_id`
+    /// is 2, else the first position holding `eos_token_id` (0 when there is none, as torch's
+    /// argmax of an all-false mask gives).
+    pub(crate) fn eos_position(&self, ids: &[i64]) -> usize {
+        if self.eos_token_id == 2 {
+            // First maximal value, as torch.argmax.
+            let mut best = 0;
+            for (i, &id) in ids.iter().enumerate() {
+                if id > ids[best] {
+                    best = i;
+                }
+            }
+            best
+        } else {
+            ids.iter()
+                .position(|&id| id == self.eos_token_id)
+                .unwrap_or(0)
+        }
+    }
+
+    /// Checks `ids [B, L]` against the positions and the `rows` of the token embedding; returns
+    /// `L`.
+    pub(crate) fn check_ids(&self, ids: &[i64], batch: usize, rows: usize) -> Result<usize> {
+        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
+            return Err(Error::input(
+                "input_ids",
+                format!("{} ids do not form [B={batch}, L] with L > 0", ids.len()),
+            ));
+        }
+        let len = ids.len() / batch;
+        if len > self.max_position_embeddings {
+            return Err(Error::input(
+                "input_ids",
+                format!(
+                    "{len} tokens per row, but the text encoder has {} positions",
+                    self.max_position_embeddings
+                ),
+            ));
+        }
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id < 0 || id as usize >= rows)
+        {
+            return Err(Error::input(
+                "input_ids",
+                format!("id {id} at flat index {i} is outside the text encoder's 0..{rows}"),
+            ));
+        }
+        Ok(len)
     }
 
     /// The config as `config.json` writes it, with the class and model type transformers expects.
@@ -372,55 +424,10 @@ impl ClipTextModel {
         Ok(())
     }
 
-    /// The end-of-text position of one row of ids: the argmax of the ids when `eos_token_id`
-    /// is 2, else the first position holding `eos_token_id` (0 when there is none, as torch's
-    /// argmax of an all-false mask gives).
-    fn eos_position(&self, ids: &[i64]) -> usize {
-        if self.cfg.eos_token_id == 2 {
-            // First maximal value, as torch.argmax.
-            let mut best = 0;
-            for (i, &id) in ids.iter().enumerate() {
-                if id > ids[best] {
-                    best = i;
-                }
-            }
-            best
-        } else {
-            ids.iter()
-                .position(|&id| id == self.cfg.eos_token_id)
-                .unwrap_or(0)
-        }
-    }
-
     /// `ids [B, L]` (L at most `max_position_embeddings`) -> text features, see `ClipTextOutput`.
     pub fn forward(&self, ids: &[i64], batch: usize) -> Result<ClipTextOutput> {
         let (d, rows) = (self.cfg.hidden_size, self.vocab_rows());
-        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
-            return Err(Error::input(
-                "input_ids",
-                format!("{} ids do not form [B={batch}, L] with L > 0", ids.len()),
-            ));
-        }
-        let len = ids.len() / batch;
-        if len > self.cfg.max_position_embeddings {
-            return Err(Error::input(
-                "input_ids",
-                format!(
-                    "{len} tokens per row, but the text encoder has {} positions",
-                    self.cfg.max_position_embeddings
-                ),
-            ));
-        }
-        if let Some((i, id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id < 0 || id as usize >= rows)
-        {
-            return Err(Error::input(
-                "input_ids",
-                format!("id {id} at flat index {i} is outside the text encoder's 0..{rows}"),
-            ));
-        }
+        let len = self.cfg.check_ids(ids, batch, rows)?;
         let emb = &self.text_model.embeddings;
         let mut x = Vec::with_capacity(batch * len * d); // [B, L, D]
         for row in ids.chunks_exact(len) {
@@ -444,7 +451,7 @@ impl ClipTextModel {
             .chunks_exact(len)
             .enumerate()
             .flat_map(|(b, row)| {
-                let at = (b * len + self.eos_position(row)) * d;
+                let at = (b * len + self.cfg.eos_position(row)) * d;
                 last_hidden_state[at..at + d].to_vec()
             })
             .collect(); // [B, D]
@@ -473,10 +480,16 @@ pub fn load_text_encoder_with(dir: &Path, compute: Compute) -> Result<ClipTextMo
     let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::open_dir(&dir)?;
     let model = ClipTextModel::new(&cfg, &Vb::new(&weights).with_compute(compute))?;
+    ensure_all_used(&weights)?;
+    Ok(model)
+}
+
+/// [`Weights::ensure_all_used`] but for an old `position_ids` buffer.
+pub(crate) fn ensure_all_used(weights: &Weights) -> Result<()> {
     match weights.ensure_all_used() {
         Err(Error::UnexpectedWeights {
             count: 1, example, ..
-        }) if example == POSITION_IDS => Ok(model),
-        other => other.map(|()| model),
+        }) if example == POSITION_IDS => Ok(()),
+        other => other,
     }
 }

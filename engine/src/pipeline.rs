@@ -90,10 +90,8 @@ pub(crate) struct TextToImagePlan {
     pub layout: TokenLayout,
     /// `[rows, 5]`
     pub micro: Vec<f32>,
-    /// `[rows, 77, J]` penultimate text features and `[rows, P]` pooled vectors.
-    pub text: Vec<f32>,
-    pub pooled: Vec<f32>,
-    pub text_encode: Duration,
+    /// `[rows, 77]` CLIP ids of the model batch.
+    pub text_ids: Vec<i64>,
 }
 
 /// An image-to-text request: captioning without questions, VQA with them.
@@ -181,14 +179,13 @@ impl Pipeline {
         Ok((height / f, width / f))
     }
 
-    /// Text features of `texts`: (`[B, 77, J]` penultimate hidden states, `[B, P]` pooled).
-    fn encode_texts(&self, texts: &[&str]) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// CLIP ids of `texts`: `[B, 77]`.
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<i64>> {
         let mut ids = Vec::with_capacity(texts.len() * MAX_LEN);
         for t in texts {
             ids.extend(self.tokenizer.encode_padded(t)?);
         }
-        let out = self.text_encoder.forward(&ids, texts.len())?;
-        Ok((out.penultimate, out.text_embeds))
+        Ok(ids)
     }
 
     fn micro_conds(batch: usize, width: usize, height: usize) -> Vec<f32> {
@@ -197,8 +194,8 @@ impl Pipeline {
             .collect()
     }
 
-    /// Everything before the first step of a text-to-image run: checks, text encoding, the
-    /// sampler and its token layout. Shared by the CPU loop and the CUDA backend's.
+    /// Everything before the text encoder of a text-to-image run: checks, tokens, the sampler
+    /// and its token layout. Shared by the CPU loop and the CUDA backend's.
     pub(crate) fn plan_text_to_image(&self, req: &TextToImage) -> Result<TextToImagePlan> {
         if req.prompts.is_empty() {
             return Err(Error::input("prompt", "no prompt given"));
@@ -220,9 +217,7 @@ impl Pipeline {
                 .iter()
                 .flat_map(|p| std::iter::repeat_n(p.as_str(), req.images_per_prompt)),
         );
-        let start = Instant::now();
-        let (text, pooled) = self.encode_texts(&texts)?;
-        let text_encode = start.elapsed();
+        let text_ids = self.tokenize(&texts)?;
         let cfg = &self.transformer.cfg;
         let layout = TokenLayout::image(
             batch,
@@ -239,29 +234,30 @@ impl Pipeline {
             sampler,
             layout,
             micro: Self::micro_conds(texts.len(), req.width, req.height),
-            text,
-            pooled,
-            text_encode,
+            text_ids,
         })
     }
 
-    /// Decodes the final ids `[B, h, w]` of a plan to pixels clipped to `[0, 1]`.
+    /// Decodes the final ids `[B, h, w]` of a plan with `decode` (ids, B, h, w -> `[B, 3, H, W]`)
+    /// to pixels clipped to `[0, 1]`.
     pub(crate) fn finish_text_to_image(
         &self,
         plan: &TextToImagePlan,
         ids: Vec<u32>,
+        text_encode: Duration,
+        decode: impl FnOnce(&[i64], usize, usize, usize) -> Result<Vec<f32>>,
     ) -> Result<Images> {
         let (h, w) = plan.grid;
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         let start = Instant::now();
-        let mut pixels = self.vqvae.decode(&ids, plan.batch, h, w)?;
+        let mut pixels = decode(&ids, plan.batch, h, w)?;
         pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
         Ok(Images {
             batch: plan.batch,
             grid: plan.grid,
             ids,
             pixels,
-            text_encode: plan.text_encode,
+            text_encode,
             vq_decode: start.elapsed(),
         })
     }
@@ -273,6 +269,9 @@ impl Pipeline {
         on_step: &mut dyn FnMut(StepEvent),
     ) -> Result<Images> {
         let plan = self.plan_text_to_image(req)?;
+        let start = Instant::now();
+        let text = self.text_encoder.forward(&plan.text_ids, plan.rows)?;
+        let text_encode = start.elapsed();
         let (h, w) = plan.grid;
         let mut ids = plan.layout.all_masked()?;
         for step in 0..plan.sampler.steps() {
@@ -287,9 +286,9 @@ impl Pipeline {
                 batch: plan.rows,
                 height: h,
                 width: w,
-                encoder_hidden_states: &plan.text,
+                encoder_hidden_states: &text.penultimate,
                 text_len: MAX_LEN,
-                pooled_projections: &plan.pooled,
+                pooled_projections: &text.text_embeds,
                 timestep: plan.sampler.model_timestep(step)?,
                 micro_conds: &plan.micro,
             })?;
@@ -303,7 +302,9 @@ impl Pipeline {
                 sampler: t1.elapsed(),
             });
         }
-        self.finish_text_to_image(&plan, ids)
+        self.finish_text_to_image(&plan, ids, text_encode, |ids, b, h, w| {
+            self.vqvae.decode(ids, b, h, w)
+        })
     }
 
     /// Adds `<mask>` to the tokenizer and its embedding (from `mask_token_embedding.pth`) to the

@@ -105,7 +105,7 @@ const KNOWN_KEYS: [&str; 17] = [
 const EPS: f32 = 1e-6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
+pub(crate) enum Activation {
     Silu,
     Gelu,
     Relu,
@@ -228,7 +228,7 @@ impl VqConfig {
         Ok(())
     }
 
-    fn activation(&self) -> std::result::Result<Activation, String> {
+    pub(crate) fn activation(&self) -> std::result::Result<Activation, String> {
         match self.act_fn.as_str() {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu" => Ok(Activation::Gelu),
@@ -238,6 +238,31 @@ impl VqConfig {
                 "`act_fn` {other:?} is not supported (silu, swish, gelu, relu, mish)"
             )),
         }
+    }
+
+    /// Checks decoder input `ids [B, h, w]`: a non-empty grid of codebook ids.
+    pub(crate) fn check_ids(&self, ids: &[i64], batch: usize, h: usize, w: usize) -> Result<()> {
+        let v = self.num_vq_embeddings;
+        if batch == 0 || h == 0 || w == 0 || ids.len() != batch * h * w {
+            return Err(Error::input(
+                "tokens",
+                format!(
+                    "{} ids do not form a non-empty [B={batch}, {h}, {w}]",
+                    ids.len()
+                ),
+            ));
+        }
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id < 0 || id as usize >= v)
+        {
+            return Err(Error::input(
+                "tokens",
+                format!("id {id} at flat index {i} is outside the codebook's 0..{v}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Codebook width `E`.
@@ -924,26 +949,8 @@ impl VqModel {
 
     /// ids `[B, h, w]` -> image `[B, out_channels, h * f, w * f]`, not clipped.
     pub fn decode(&self, ids: &[i64], batch: usize, h: usize, w: usize) -> Result<Vec<f32>> {
-        let (e, v) = (self.cfg.embed_dim(), self.cfg.num_vq_embeddings);
-        if batch == 0 || h == 0 || w == 0 || ids.len() != batch * h * w {
-            return Err(Error::input(
-                "tokens",
-                format!(
-                    "{} ids do not form a non-empty [B={batch}, {h}, {w}]",
-                    ids.len()
-                ),
-            ));
-        }
-        if let Some((i, id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id < 0 || id as usize >= v)
-        {
-            return Err(Error::input(
-                "tokens",
-                format!("id {id} at flat index {i} is outside the codebook's 0..{v}"),
-            ));
-        }
+        let e = self.cfg.embed_dim();
+        self.cfg.check_ids(ids, batch, h, w)?;
         let mut data = Vec::with_capacity(ids.len() * e); // [B, h, w, E]
         for &id in ids {
             data.extend_from_slice(&self.codebook[id as usize * e..(id as usize + 1) * e]);

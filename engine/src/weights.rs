@@ -256,8 +256,18 @@ impl Weights {
 
     /// Fails if some stored tensor was never taken: the config describes a different model.
     pub fn ensure_all_used(&self) -> Result<()> {
+        self.ensure_all_used_but(&[])
+    }
+
+    /// [`Weights::ensure_all_used`] for a model that reads part of a checkpoint: tensors whose
+    /// names start with one of `skip` (e.g. the `encoder.` of a decoder-only load) may stay.
+    pub fn ensure_all_used_but(&self, skip: &[&str]) -> Result<()> {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let mut unused: Vec<&String> = self.entries.keys().filter(|n| !used.contains(*n)).collect();
+        let mut unused: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|n| !used.contains(*n) && !skip.iter().any(|p| n.starts_with(p)))
+            .collect();
         unused.sort();
         match unused.first() {
             None => Ok(()),

@@ -13,12 +13,13 @@ use muddit_kernels::cuda::{CudaDevice, CudaError, KernelTime};
 
 use crate::error::Result;
 
-/// Element types of device buffers: bf16 bits (`u16`), `f32`, `i32`, `u32`.
+/// Element types of device buffers: bf16 bits (`u16`), `f32`, `i32`, `u32`, `f64` (workspaces).
 pub trait Elem: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + 'static {}
 impl Elem for u16 {}
 impl Elem for f32 {}
 impl Elem for i32 {}
 impl Elem for u32 {}
+impl Elem for f64 {}
 
 enum Kind {
     Gpu(CudaDevice),

@@ -37,7 +37,7 @@ use crate::weights::{Vb, Weights};
 const SIN_DIM: usize = 256;
 
 /// A linear layer on the device: bf16 `[N, K]`, optional f32 bias `[N]`.
-struct DLinear {
+pub(super) struct DLinear {
     w: Buffer<u16>,
     bias: Option<Buffer<f32>>,
     n: usize,
@@ -45,7 +45,13 @@ struct DLinear {
 }
 
 impl DLinear {
-    fn new(dev: &Device, w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Result<Self> {
+    pub(super) fn new(
+        dev: &Device,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        k: usize,
+    ) -> Result<Self> {
         debug_assert_eq!(w.len(), n * k);
         Ok(DLinear {
             w: dev.upload(&to_bf16(w))?,
@@ -55,7 +61,7 @@ impl DLinear {
         })
     }
 
-    fn upload(dev: &Device, l: &Linear) -> Result<Self> {
+    pub(super) fn upload(dev: &Device, l: &Linear) -> Result<Self> {
         Self::new(
             dev,
             &l.weight.to_rows(),
@@ -65,7 +71,7 @@ impl DLinear {
         )
     }
 
-    fn mat(&self) -> Mat {
+    pub(super) fn mat(&self) -> Mat {
         Mat {
             w: self.w.ptr(),
             bias: self.bias.as_ref().map(|b| b.ptr()),
@@ -87,19 +93,35 @@ impl DLinear {
 
 /// Head layout: `H` heads of `Dh` values stored in `Dp`-wide slots.
 #[derive(Clone, Copy)]
-struct Heads {
-    h: usize,
-    dh: usize,
-    dp: usize,
+pub(super) struct Heads {
+    pub(super) h: usize,
+    pub(super) dh: usize,
+    pub(super) dp: usize,
 }
 
 impl Heads {
-    fn width(&self) -> usize {
+    /// `h` heads of `dh` values in the attention kernels' slots (64 or 128); `what` names the
+    /// config key in the error for wider heads.
+    pub(super) fn new(h: usize, dh: usize, what: &str) -> Result<Self> {
+        let dp = match dh {
+            1..=64 => 64,
+            65..=128 => 128,
+            _ => {
+                return Err(Error::input(
+                    what,
+                    format!("{dh}: the CUDA attention kernels take heads of at most 128"),
+                ))
+            }
+        };
+        Ok(Heads { h, dh, dp })
+    }
+
+    pub(super) fn width(&self) -> usize {
         self.h * self.dp
     }
 
     /// `[H * Dh, K]` (+ bias) -> `[H * Dp, K]` with zero rows (and zero bias) in the padding.
-    fn pad_out(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
+    pub(super) fn pad_out(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
         let (k, hd) = (l.in_dim, self.width());
         let mut w = vec![0.0; hd * k];
         let mut b = l.bias.as_ref().map(|_| vec![0.0; hd]);
@@ -118,7 +140,7 @@ impl Heads {
 
     /// `[N, H * Dh + rest]` -> `[N, H * Dp + rest]`: zero columns where the attention output
     /// holds padding (its first `H * Dh` input columns are the attention heads).
-    fn pad_in(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
+    pub(super) fn pad_in(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
         let (n, k) = (l.out_dim, l.in_dim);
         let rest = k - self.h * self.dh;
         let kp = self.width() + rest;
@@ -342,22 +364,11 @@ impl CudaMmdit {
     /// Builds the model from the same tensors [`crate::mmdit::Mmdit::new`] reads.
     pub fn new(dev: &Arc<Device>, cfg: &TransformerConfig, vb: &Vb) -> Result<Self> {
         let d = cfg.inner_dim();
-        let dh = cfg.attention_head_dim;
-        let dp = match dh {
-            1..=64 => 64,
-            65..=128 => 128,
-            _ => {
-                return Err(Error::input(
-                    "attention_head_dim",
-                    format!("{dh}: the CUDA attention kernels take heads of at most 128"),
-                ))
-            }
-        };
-        let heads = Heads {
-            h: cfg.num_attention_heads,
-            dh,
-            dp,
-        };
+        let heads = Heads::new(
+            cfg.num_attention_heads,
+            cfg.attention_head_dim,
+            "attention_head_dim",
+        )?;
         let pooled_in = cfg.pooled_projection_dim + MICRO_CONDS * SIN_DIM;
         let dev_ref: &Device = dev;
         let embed = vb.pp("embed");
@@ -618,6 +629,26 @@ impl CudaMmdit {
             .take(ws.shape.batch)
         {
             self.dev.write(&mut ws.cond, b * cw, row)?;
+        }
+        self.dev.write(&mut ws.micro, 0, micro)
+    }
+
+    /// The per-request inputs from device buffers (the device text encoder's outputs): text
+    /// features `[B, L, J]` and pooled vectors `[B, P]` f32, micro-conditions from the host.
+    pub(crate) fn set_conditions(
+        &self,
+        ws: &mut Workspace,
+        text: Ptr<f32>,
+        pooled: Ptr<f32>,
+        micro: &[f32],
+    ) -> Result<()> {
+        let s = ws.shape;
+        let p = self.cfg.pooled_projection_dim;
+        let cw = p + MICRO_CONDS * SIN_DIM;
+        let j = self.cfg.joint_attention_dim;
+        self.dev.copy(text, ws.ctx.ptr(), s.batch * s.text * j)?;
+        for b in 0..s.batch {
+            self.dev.copy(pooled.at(b * p)?, ws.cond.at(b * cw)?, p)?;
         }
         self.dev.write(&mut ws.micro, 0, micro)
     }

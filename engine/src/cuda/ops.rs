@@ -9,6 +9,9 @@ use super::device::{Device, Ptr};
 use crate::error::Result;
 use crate::nn::NORM_EPS;
 
+/// GroupNorm eps of every norm of the VQ-VAE family.
+const GROUP_NORM_EPS: f32 = 1e-6;
+
 /// Elements a `rows`-row strided matrix needs: `(last row) * stride + width`.
 fn span(rows: usize, stride: usize, width: usize) -> usize {
     match rows {
@@ -35,6 +38,16 @@ pub struct Mat {
     pub k: usize,
 }
 
+/// Geometry of one implicit-GEMM convolution: square kernel, stride, zero padding above and
+/// left (below and right follow from the output size `out_hw`).
+#[derive(Clone, Copy)]
+struct Conv {
+    ksize: usize,
+    stride: usize,
+    pad: usize,
+    out_hw: (usize, usize),
+}
+
 /// The row maps, strides, activation and gate of one GEMM; `Default` is dense and plain.
 #[derive(Clone, Copy)]
 pub struct GemmOpts {
@@ -47,6 +60,8 @@ pub struct GemmOpts {
     pub c_map: RowMap,
     /// Residual only: `(gate [items, gate_stride], gate_stride, rows_per_item)`.
     pub gate: Option<(Ptr<f32>, usize, usize)>,
+    /// `Bf16` only: a bf16 residual added after the activation, indexed as C (may be C).
+    pub res: Option<Ptr<u16>>,
 }
 
 impl Default for GemmOpts {
@@ -58,6 +73,7 @@ impl Default for GemmOpts {
             a_map: RowMap::IDENTITY,
             c_map: RowMap::IDENTITY,
             gate: None,
+            res: None,
         }
     }
 }
@@ -97,6 +113,10 @@ impl Device {
                 None => 0,
             },
             c: c.need(mapped_span(o.c_map, m, ldc, mat.n), OP, "C")?,
+            res: match o.res {
+                Some(r) => r.need(mapped_span(o.c_map, m, ldc, mat.n), OP, "res")?,
+                None => 0,
+            },
             m: m as i32,
             n: mat.n as i32,
             k: mat.k as i32,
@@ -121,7 +141,7 @@ impl Device {
         }
         for launch in ops::gemm_split(out, p, splits)? {
             // SAFETY: every address comes from a `Ptr` of this device, checked above to hold
-            // the rows the maps and strides reach (A, C), N x K (W), N (bias), the gate rows
+            // the rows the maps and strides reach (A, C, res), N x K (W), N (bias), the gate rows
             // and the split-K partials.
             unsafe { self.launch(&launch) }?;
         }
@@ -140,8 +160,55 @@ impl Device {
         stride: usize,
         out: Ptr<u16>,
     ) -> Result<()> {
+        let out_hw = (
+            (h.saturating_sub(ksize)) / stride.max(1) + 1,
+            (w.saturating_sub(ksize)) / stride.max(1) + 1,
+        );
+        let conv = Conv {
+            ksize,
+            stride,
+            pad: 0,
+            out_hw,
+        };
+        self.conv(mat, x, batch, (h, w, c), conv, None, out)
+    }
+
+    /// `out [B, h, w, N] = conv(x [B, h, w, c]) (+ bias) (+ res)`: an odd `ksize`, stride 1,
+    /// zero padding `ksize / 2` on every side (the VQ decoder's 3x3 convolutions); `res` bf16
+    /// `[B, h, w, N]` may be `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_same(
+        &self,
+        mat: Mat,
+        x: Ptr<u16>,
+        batch: usize,
+        (h, w, c): (usize, usize, usize),
+        ksize: usize,
+        res: Option<Ptr<u16>>,
+        out: Ptr<u16>,
+    ) -> Result<()> {
+        let conv = Conv {
+            ksize,
+            stride: 1,
+            pad: ksize / 2,
+            out_hw: (h, w),
+        };
+        self.conv(mat, x, batch, (h, w, c), conv, res, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &self,
+        mat: Mat,
+        x: Ptr<u16>,
+        batch: usize,
+        (h, w, c): (usize, usize, usize),
+        conv: Conv,
+        res: Option<Ptr<u16>>,
+        out: Ptr<u16>,
+    ) -> Result<()> {
         const OP: &str = "conv2d";
-        let (ho, wo) = ((h - ksize) / stride + 1, (w - ksize) / stride + 1);
+        let (ho, wo) = conv.out_hw;
         let m = batch * ho * wo;
         let p = GemmParams {
             a: x.need(batch * h * w * c, OP, "x")?,
@@ -151,20 +218,27 @@ impl Device {
                 None => 0,
             },
             c: out.need(m * mat.n, OP, "out")?,
+            res: match res {
+                Some(r) => r.need(m * mat.n, OP, "res")?,
+                None => 0,
+            },
             conv: ConvGeom {
                 h: h as i32,
                 w: w as i32,
                 c: c as i32,
                 ho: ho as i32,
                 wo: wo as i32,
-                ksize: ksize as i32,
-                stride: stride as i32,
+                ksize: conv.ksize as i32,
+                stride: conv.stride as i32,
+                pad_t: conv.pad as i32,
+                pad_l: conv.pad as i32,
                 ..ConvGeom::default()
             },
             ..GemmParams::dense(0, 0, 0, m, mat.n, mat.k)
         };
         let launch = ops::conv2d(p)?;
-        // SAFETY: image, weight, bias and output ranges checked above.
+        // SAFETY: image, weight, bias, residual and output ranges checked above; the kernel
+        // reads only pixels inside the image (padding taps are zero-filled).
         unsafe { self.launch(&launch) }
     }
 
@@ -229,6 +303,36 @@ impl Device {
         unsafe { self.launch(&launch) }
     }
 
+    /// LayerNorm of f32 rows `[rows, d]` to bf16 with affine f32 `weight`, `bias` `[d]` and
+    /// `eps` (CLIP's `nn.LayerNorm`).
+    pub fn layer_norm_affine(
+        &self,
+        x: Ptr<f32>,
+        out: Ptr<u16>,
+        rows: usize,
+        d: usize,
+        (weight, bias): (Ptr<f32>, Ptr<f32>),
+        eps: f32,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm";
+        let launch = ops::layer_norm(LayerNormParams {
+            x: x.need(rows * d, OP, "x")?,
+            out: out.need(rows * d, OP, "out")?,
+            scale: weight.need(d, OP, "weight")?,
+            shift: bias.need(d, OP, "bias")?,
+            rows: rows as i32,
+            d: d as i32,
+            x_stride: d as i32,
+            out_stride: d as i32,
+            rows_per_item: i32::MAX,
+            item_stride: 0,
+            scale_add: 0.0,
+            eps,
+        })?;
+        // SAFETY: rows x d elements of x and out, d of the weight and bias, checked above.
+        unsafe { self.launch(&launch) }
+    }
+
     /// Per-head RMSNorm (weight f32 `[head_dim]`) and rotary positions (`cos, sin [seq,
     /// head_dim]`) of `heads` heads at column `h * head_stride` of `rows` rows through `map`,
     /// in place. Heads narrower than their stride (zero-padded for attention) are one launch
@@ -286,12 +390,39 @@ impl Device {
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
+        qkv: (Ptr<u16>, Ptr<u16>, Ptr<u16>),
+        o: Ptr<u16>,
+        o_stride: usize,
+        shape: (usize, usize, usize),
+        dh: usize,
+        dp: usize,
+    ) -> Result<()> {
+        self.attention_masked(qkv, o, o_stride, shape, (dh, dp), false)
+    }
+
+    /// [`Device::attention`] with a causal mask (query `s` sees keys `0..=s`: CLIP's text
+    /// encoder).
+    #[allow(clippy::too_many_arguments)]
+    pub fn causal_attention(
+        &self,
+        qkv: (Ptr<u16>, Ptr<u16>, Ptr<u16>),
+        o: Ptr<u16>,
+        o_stride: usize,
+        shape: (usize, usize, usize),
+        dh: usize,
+        dp: usize,
+    ) -> Result<()> {
+        self.attention_masked(qkv, o, o_stride, shape, (dh, dp), true)
+    }
+
+    fn attention_masked(
+        &self,
         (q, k, v): (Ptr<u16>, Ptr<u16>, Ptr<u16>),
         o: Ptr<u16>,
         o_stride: usize,
         (batch, seq, heads): (usize, usize, usize),
-        dh: usize,
-        dp: usize,
+        (dh, dp): (usize, usize),
+        causal: bool,
     ) -> Result<()> {
         const OP: &str = "attention";
         let (rows, width) = (batch * seq, heads * dp);
@@ -310,6 +441,7 @@ impl Device {
                 k_stride: width as i32,
                 v_stride: width as i32,
                 o_stride: o_stride as i32,
+                causal: causal as i32,
                 ..AttnParams::default()
             },
         )?;
@@ -360,6 +492,33 @@ impl Device {
         unsafe { self.launch(&launch) }
     }
 
+    /// f32 rows `out [rows, d] = table[ids[r]] + pos[r % seq]` (bf16 tables `[vocab, d]` and
+    /// `[seq, d]`: CLIP's embeddings into its f32 residual stream); every id must be below
+    /// `vocab` (the caller checks).
+    pub fn embedding_pos(
+        &self,
+        ids: Ptr<u32>,
+        (table, vocab): (Ptr<u16>, usize),
+        (pos, seq): (Ptr<u16>, usize),
+        out: Ptr<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        let launch = ops::embedding(EmbeddingParams {
+            ids: ids.need(rows, OP, "ids")?,
+            table: table.need(vocab * d, OP, "table")?,
+            pos: pos.need(seq * d, OP, "pos")?,
+            out: out.need(rows * d, OP, "out")?,
+            rows: rows as i32,
+            d: d as i32,
+            seq: seq as i32,
+            out_f32: 1,
+        })?;
+        // SAFETY: ids, output and both tables checked above; ids below `vocab` by contract.
+        unsafe { self.launch(&launch) }
+    }
+
     /// `out[r, 0..2 half] = [cos(scale x_r f), sin(scale x_r f)]`, row stride `out_stride`.
     pub fn sin_embed(
         &self,
@@ -380,6 +539,70 @@ impl Device {
             scale,
         })?;
         // SAFETY: rows scalars in, rows strided rows of 2 half out (checked).
+        unsafe { self.launch(&launch) }
+    }
+
+    /// GroupNorm (eps 1e-6, then SiLU when `silu`) of bf16 `x [B, P, C]` into `out` (may be
+    /// `x`), affine f32 `weight`, `bias` `[C]`; `stats` holds
+    /// [`ops::group_norm_workspace`]`(B, P, groups)` f64.
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_norm(
+        &self,
+        x: Ptr<u16>,
+        out: Ptr<u16>,
+        (weight, bias): (Ptr<f32>, Ptr<f32>),
+        stats: Ptr<f64>,
+        (batch, pixels, channels): (usize, usize, usize),
+        groups: usize,
+        silu: bool,
+    ) -> Result<()> {
+        const OP: &str = "group_norm";
+        let n = batch * pixels * channels;
+        let (s, a) = ops::group_norm(GroupNormParams {
+            x: x.need(n, OP, "x")?,
+            out: out.need(n, OP, "out")?,
+            weight: weight.need(channels, OP, "weight")?,
+            bias: bias.need(channels, OP, "bias")?,
+            stats: stats.need(
+                ops::group_norm_workspace(batch, pixels, groups),
+                OP,
+                "stats",
+            )?,
+            batch: batch as i32,
+            pixels: pixels as i32,
+            channels: channels as i32,
+            groups: groups as i32,
+            silu: silu as i32,
+            eps: GROUP_NORM_EPS,
+            ..GroupNormParams::default()
+        })?;
+        // SAFETY: x and out hold B x P x C elements, weight and bias C, the workspace its size
+        // (checked above); the statistics launch is ordered before the apply launch.
+        unsafe {
+            self.launch(&s)?;
+            self.launch(&a)
+        }
+    }
+
+    /// Nearest 2x upsampling: bf16 `x [B, h, w, c]` to `out [B, 2h, 2w, c]`.
+    pub fn upsample2x(
+        &self,
+        x: Ptr<u16>,
+        out: Ptr<u16>,
+        batch: usize,
+        (h, w, c): (usize, usize, usize),
+    ) -> Result<()> {
+        const OP: &str = "upsample2x";
+        let n = batch * h * w * c;
+        let launch = ops::upsample2x(Upsample2xParams {
+            x: x.need(n, OP, "x")?,
+            out: out.need(4 * n, OP, "out")?,
+            batch: batch as i32,
+            h: h as i32,
+            w: w as i32,
+            c: c as i32,
+        })?;
+        // SAFETY: n elements in, 4 n out (checked above).
         unsafe { self.launch(&launch) }
     }
 }
