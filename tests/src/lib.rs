@@ -1,6 +1,7 @@
 //! Helpers for the workspace-level integration tests in `tests/tests/`.
 
 pub mod cuda_checks;
+pub mod cuda_pipeline_checks;
 
 use muddit_engine::tensor_io::TensorFile;
 use std::path::PathBuf;

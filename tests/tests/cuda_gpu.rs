@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use muddit_engine::cuda::{self, Device};
-use muddit_tests::cuda_checks as checks;
+use muddit_tests::{cuda_checks as checks, cuda_pipeline_checks as pipeline};
 
 /// GPU 0, or `None` (said on stderr) where there is none and none is required.
 fn gpu() -> Option<Arc<Device>> {
@@ -103,5 +103,54 @@ fn kernel_timings_cover_a_default_model_run() {
             t.is_some_and(|t| t.launches > 0 && t.total_ms > 0.0),
             "{kernel}: {t:?}"
         );
+    }
+}
+
+#[test]
+fn vq_decoder_three_levels_with_mid_attention_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::vq_decoder_three_levels_with_mid_attention_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn vq_decoder_gelu_padded_latents_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::vq_decoder_gelu_padded_latents_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn vq_decoder_refuses_spatial_norms_with_a_clear_error() {
+    if let Some(dev) = gpu() {
+        pipeline::vq_decoder_refuses_spatial_norms_with_a_clear_error(&dev);
+    }
+}
+
+#[test]
+fn clip_gelu_argmax_eos_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::clip_gelu_argmax_eos_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn clip_quick_gelu_first_eos_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::clip_quick_gelu_first_eos_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn default_model_text_encoder_and_decoder_match_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::default_model_text_encoder_and_decoder_match_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn whole_device_text_to_image_of_the_default_model_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::whole_device_text_to_image_of_the_default_model_matches_the_cpu(&dev);
     }
 }
