@@ -3,10 +3,12 @@
 folder: the same held-out set, step counts and guidance (from the model's muddit.json), the
 same checker (world.judge), caption exact match and attributes, VQA exact match. Shows the
 export is faithful when its numbers agree with the engine's within sampling noise (the two
-draw different random numbers).
+draw different random numbers). Greedy (`--greedy`, or `"greedy": true` in muddit.json):
+argmax draws and no Gumbel noise, by the fixtures' patches of the upstream scheduler
+(`tools/fixtures/make_pipeline_fixtures.py`, `Recorder`), as `muddit --greedy` draws.
 
     /work/pyenv/bin/python tools/shapes/eval_upstream.py --muddit-src /tmp/muddit-src \
-        --model models/shapes-64 --set models/shapes-eval [--limit N] [--json]
+        --model models/shapes-64 --set models/shapes-eval [--limit N] [--greedy] [--json]
 """
 
 import argparse
@@ -21,6 +23,9 @@ import torch
 from PIL import Image
 
 import world
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools/fixtures"))
+from make_pipeline_fixtures import Recorder  # noqa: E402
 
 
 def attributes(got, want):
@@ -44,6 +49,7 @@ def main():
     ap.add_argument("--set", type=Path, required=True)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--greedy", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -58,6 +64,9 @@ def main():
     t_all = time.time()
     root = args.model
     d = json.loads((root / "muddit.json").read_text())
+    greedy = args.greedy or d.get("greedy", False)
+    if greedy:
+        Recorder(scheduler_module, pipeline_module)
     doc = json.loads((args.set / "eval.json").read_text())
     prompts = doc["t2i"][: args.limit]
     images = doc["images"][: args.limit]
@@ -104,6 +113,7 @@ def main():
     vqa_s = time.time() - t0
     report = dict(
         model=str(root), pipeline="upstream UnifiedPipeline (PyTorch, f32)", seed=args.seed,
+        greedy=greedy,
         t2i=dict(n=len(prompts), steps=d["t2i_steps"], cfg=d["cfg"], full=t2i_ok / len(prompts)),
         caption=dict(n=len(images), steps=d["i2t_steps"], exact=exact / len(images),
                      attributes=sum(a for a, _ in attr) / sum(t for _, t in attr),
