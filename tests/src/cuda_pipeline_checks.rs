@@ -263,19 +263,22 @@ pub fn whole_device_text_to_image_of_the_default_model_matches_the_cpu(dev: &Arc
 /// (bf16 feature maps through ~ 15 convolutions, as the decoder). Measured: 1.7e-2, 1.1e-2 and
 /// 1.2e-2 on the side fixtures, 3.7e-3 on the default model's eval images.
 pub const VQ_ENC_REL_L2: f64 = 2.5e-2;
-/// Bound on every pixel's latent error relative to that latent's norm (asserted and printed).
-/// An id can differ from the CPU's only where another code is within the measured worst error
-/// of a tie (`near_ties`); every differing id must be such a near-tie.
-pub const TIE_REL: f64 = 4e-2;
+/// Bound on the largest latent error of a pixel, `|z_dev - z_cpu|`, as a fraction of the
+/// latents' RMS norm (asserted and printed). An id can differ from the CPU's only where another
+/// code is within that measured worst error of a tie (`near_ties`); every differing id must be
+/// such a near-tie. Measured: 4.1e-2, 2.0e-2 and 3.0e-2 on the side fixtures, 1.8e-2 on the
+/// default model (where 1011 of 1600 pixels are near-ties within that error).
+pub const TIE_REL: f64 = 0.1;
 /// At most this fraction of the ids may differ from the CPU's. The default model's codebook is
-/// dense: on its eval images most pixels have another code within 1% of a tie, and the flipped
-/// ones needed perturbations of 6e-7 to 7e-3 of the latent's norm, below the bf16 error of
-/// their pixels (2e-3 to 8e-3); measured 36 of 1600 ids (2.3%). A wrong layer changes most.
+/// dense: the 36 of its 1600 ids (2.3%) that flip on 25 eval images needed perturbations of
+/// 6e-7 to 7e-3 of their latent's norm to flip, below the bf16 error of those very pixels
+/// (2e-3 to 8e-3; the device ids are exactly the CPU's search on the device latents). One flip
+/// of 96 on the fixtures. A wrong layer changes most ids.
 pub const VQ_IDS_DIFFER: f64 = 5e-2;
 
-/// For each latent `z [P, E]` and its CPU id: whether some other code `b` could win under a
-/// perturbation `|dz| <= slack |z|`. `|z - e_b|^2 - |z - e_a|^2` moves by at most
-/// `2 |dz| |e_a - e_b|`, so a pixel is a near-tie when that gap is within `2 slack |z| |e_a - e_b|`
+/// For each latent `z [P, E]` and its CPU id `a`: whether some other code `b` could win under a
+/// perturbation `|dz| <= slack`. `|z - e_b|^2 - |z - e_a|^2` moves by at most
+/// `2 |dz| |e_a - e_b|`, so a pixel is a near-tie when that gap is within `2 slack |e_a - e_b|`
 /// (distances in f64).
 fn near_ties(z: &[f32], codebook: &[f32], e: usize, ids: &[i64], slack: f64) -> Vec<bool> {
     let dist = |x: &[f32], y: &[f32]| -> f64 {
@@ -288,10 +291,10 @@ fn near_ties(z: &[f32], codebook: &[f32], e: usize, ids: &[i64], slack: f64) -> 
         .zip(ids)
         .map(|(zr, &a)| {
             let ea = &codebook[a as usize * e..(a as usize + 1) * e];
-            let (da, norm) = (dist(zr, ea), dist(zr, &vec![0.0; e]).sqrt());
+            let da = dist(zr, ea);
             codebook.chunks_exact(e).any(|eb| {
                 let gap = dist(zr, eb) - da;
-                eb != ea && gap <= 2.0 * slack * norm * dist(ea, eb).sqrt()
+                eb != ea && gap <= 2.0 * slack * dist(ea, eb).sqrt()
             })
         })
         .collect()
@@ -325,19 +328,20 @@ fn check_vq_encoder(
         VQ_ENC_REL_L2,
         None,
     );
-    let norm = |x: &[f32]| x.iter().map(|&a| a as f64 * a as f64).sum::<f64>().sqrt();
+    let sq = |x: &[f32]| x.iter().map(|&a| a as f64 * a as f64).sum::<f64>();
+    let rms = (sq(&want.data) / (want.data.len() / e) as f64).sqrt();
     let worst = want
         .data
         .chunks_exact(e)
         .zip(got.data.chunks_exact(e))
-        .map(|(c, g)| {
-            let diff: Vec<f32> = c.iter().zip(g).map(|(a, b)| a - b).collect();
-            norm(&diff) / norm(c).max(1e-30)
-        })
+        .map(|(c, g)| sq(&c.iter().zip(g).map(|(a, b)| a - b).collect::<Vec<f32>>()).sqrt())
         .fold(0.0f64, f64::max);
-    println!("{what}: worst pixel's latent error {worst:.3e} of its norm (bar {TIE_REL:e})");
+    println!(
+        "{what}: worst pixel's latent error {worst:.3e} = {:.3e} of the RMS latent norm (bar {TIE_REL:e})",
+        worst / rms
+    );
     assert!(
-        worst <= TIE_REL,
+        worst <= TIE_REL * rms,
         "{what}: a pixel's latent error {worst:.3e}"
     );
 
@@ -478,7 +482,10 @@ fn check_image_to_text(dev: &Arc<Device>, what: &str, req: &ImageToText, expecte
 pub fn default_model_device_captions_match_the_cpu(dev: &Arc<Device>) {
     let entries: Vec<serde_json::Value> = eval_entries().into_iter().take(4).collect();
     let files: Vec<String> = entries.iter().map(file_of).collect();
-    let expected: Vec<String> = entries.iter().map(|e| e["caption"].to_string()).collect();
+    let expected: Vec<String> = entries
+        .iter()
+        .map(|e| e["caption"].as_str().expect("caption").to_string())
+        .collect();
     let req = i2t_request(eval_images(&files), files.len(), None);
     check_image_to_text(dev, "shapes-64/caption", &req, &expected);
 }
