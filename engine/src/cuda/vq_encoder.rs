@@ -168,7 +168,7 @@ impl CudaVqEncoder {
     /// The encoder and `quant_conv` on the device: f32 latents `[B, h, w, E]`.
     fn latents(&self, image: &[f32], batch: usize, height: usize, width: usize) -> Result<Latents> {
         let (c, f) = (self.cfg.in_channels, self.cfg.scale_factor());
-        if height == 0 || width == 0 || height % f != 0 || width % f != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(f) || !width.is_multiple_of(f) {
             return Err(Error::input(
                 "image",
                 format!("{height} x {width} pixels: both sides must be positive multiples of the VQ-VAE's scale factor {f}"),
