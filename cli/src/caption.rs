@@ -3,6 +3,7 @@
 use crate::{progress, Global};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
+use muddit_engine::cuda;
 use muddit_engine::image_io::load_image;
 use muddit_engine::pipeline::{ImageToText, Pipeline};
 use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
@@ -95,7 +96,14 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
         },
     };
     let bar = progress::steps_bar(steps, global.quiet, "i2t");
-    let answers = pipeline.image_to_text(&request, &mut |_| bar.inc(1))?;
+    // On `--device cuda` everything but the tokenizer runs on the GPU.
+    let answers = match &global.cuda {
+        None => pipeline.image_to_text(&request, &mut |_| bar.inc(1))?,
+        Some(device) => {
+            let mut models = cuda::CudaPipeline::load(device, &pipeline.root)?;
+            cuda::image_to_text(&mut pipeline, &mut models, &request, &mut |_| bar.inc(1))?
+        }
+    };
     bar.finish_and_clear();
     if global.json {
         let rows: Vec<serde_json::Value> = args

@@ -123,8 +123,11 @@ fn run(mut cli: Cli) -> Result<()> {
     if let Some(ordinal) = cuda_ordinal(&cli.global.device)? {
         let device = muddit_engine::cuda::open(ordinal)
             .map_err(|e| anyhow::anyhow!("--device {}: {e}", cli.global.device))?;
-        if !matches!(cli.command, Command::T2i(_) | Command::Bench(_)) {
-            anyhow::bail!("--device {}: only `t2i` and `bench` run on the CUDA backend so far; use --device cpu", cli.global.device);
+        if !matches!(
+            cli.command,
+            Command::T2i(_) | Command::Caption(_) | Command::Vqa(_) | Command::Bench(_)
+        ) {
+            anyhow::bail!("--device {}: only `t2i`, `caption`, `vqa` and `bench` run on the CUDA backend so far; use --device cpu", cli.global.device);
         }
         cli.global.cuda = Some(device);
     }

@@ -260,6 +260,23 @@ fn t2i_user_errors_exit_2() {
             "cuda",
         ),
         (
+            vec!["--model", "model", "--device", "cuda", "caption", "img.png"],
+            "--device cuda",
+        ),
+        (
+            vec![
+                "--model",
+                "model",
+                "--device",
+                "cuda:0",
+                "vqa",
+                "--question",
+                "what?",
+                "img.png",
+            ],
+            "--device cuda:0",
+        ),
+        (
             vec!["--model", "nowhere", "t2i", "--prompt", "x"],
             "nowhere",
         ),

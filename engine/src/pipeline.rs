@@ -13,7 +13,7 @@ use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
 use crate::vqvae::{load_vqvae_with, VqModel};
 use crate::Compute;
-use muddit_sampler::{MaskSchedule, Sampler, SamplerConfig, TokenLayout};
+use muddit_sampler::{MaskSchedule, Sampler, SamplerConfig, SamplerError, TokenLayout};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,23 @@ pub struct ImageToText {
     /// None: captioning. One question for all images, or one per image.
     pub questions: Option<Vec<String>>,
     pub sampler: SamplerConfig,
+}
+
+/// An image-to-text run prepared for its steps (`Pipeline::plan_image_to_text`).
+pub(crate) struct ImageToTextPlan {
+    /// Images `B`.
+    pub batch: usize,
+    /// Id grid `(h, w)` of the resolution.
+    pub grid: (usize, usize),
+    pub sampler: Sampler,
+    /// Text rows `[B, 77]` over the text head's vocabulary, masked with `<mask>`.
+    pub layout: TokenLayout,
+    /// `[B, 77]`: `<mask>`, each question's ids (start token, no end token) in front.
+    pub ids: Vec<u32>,
+    /// `[B]`: question tokens of each row (0 when captioning).
+    pub question_len: Vec<usize>,
+    /// `[B, 5]`
+    pub micro: Vec<f32>,
 }
 
 /// One generated text.
@@ -327,19 +344,17 @@ impl Pipeline {
         Ok(id)
     }
 
-    /// Captions images (no questions) or answers questions about them.
-    pub fn image_to_text(
-        &mut self,
-        req: &ImageToText,
-        on_step: &mut dyn FnMut(StepEvent),
-    ) -> Result<Vec<Answer>> {
+    /// Everything before the VQ encoding of an image-to-text run: `<mask>`, checks, the
+    /// question tokens, the sampler and its token layout. Shared by the CPU loop and the CUDA
+    /// backend's.
+    pub(crate) fn plan_image_to_text(&mut self, req: &ImageToText) -> Result<ImageToTextPlan> {
         let mask_id = self.prepare_captioning()?;
         let b = req.batch;
         if b == 0 {
             return Err(Error::input("image", "no image given"));
         }
         let r = req.resolution;
-        let (h, w) = self.grid(r, r)?;
+        let grid = self.grid(r, r)?;
         if req.images.len() != b * 3 * r * r {
             return Err(Error::input(
                 "image",
@@ -385,10 +400,74 @@ impl Pipeline {
                 question_len[i] = len;
             }
         }
+        // The sampler's own check of the first step, before any model runs.
+        if let Some(at) = ids
+            .iter()
+            .position(|&id| id != mask_id && id as usize >= vt)
+        {
+            return Err(SamplerError::IdOutOfRange {
+                row: at / MAX_LEN,
+                token: at % MAX_LEN,
+                id: ids[at],
+                vocab: vt,
+                mask_id,
+            }
+            .into());
+        }
+        Ok(ImageToTextPlan {
+            batch: b,
+            grid,
+            sampler,
+            layout: TokenLayout::text(b, MAX_LEN, vt, mask_id),
+            ids,
+            question_len,
+            micro: Self::micro_conds(b, r, r),
+        })
+    }
 
+    /// The answers of a plan from the argmax `[B, 77]` of the last step's text logits: the
+    /// tokens after each question, decoded and cleaned as upstream.
+    pub(crate) fn finish_image_to_text(
+        &self,
+        plan: &ImageToTextPlan,
+        best: &[u32],
+    ) -> Result<Vec<Answer>> {
+        if best.len() != plan.batch * MAX_LEN {
+            return Err(Error::input(
+                "text logits",
+                format!(
+                    "{} argmax ids for {} rows of {MAX_LEN}",
+                    best.len(),
+                    plan.batch
+                ),
+            ));
+        }
+        Ok((0..plan.batch)
+            .map(|i| {
+                let answer: Vec<i64> = best[i * MAX_LEN + plan.question_len[i]..(i + 1) * MAX_LEN]
+                    .iter()
+                    .map(|&id| id as i64)
+                    .collect();
+                let raw = self.tokenizer.decode(&answer, true);
+                Answer {
+                    text: keep_upto_last_period(&dedup_consecutive_words(&raw)),
+                    raw,
+                }
+            })
+            .collect())
+    }
+
+    /// Captions images (no questions) or answers questions about them.
+    pub fn image_to_text(
+        &mut self,
+        req: &ImageToText,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<Vec<Answer>> {
+        let plan = self.plan_image_to_text(req)?;
+        let (b, (h, w), r) = (plan.batch, plan.grid, req.resolution);
+        let sampler = &plan.sampler;
         let image_ids = self.vqvae.encode(&req.images, b, r, r)?;
-        let layout = TokenLayout::text(b, MAX_LEN, vt, mask_id);
-        let micro = Self::micro_conds(b, r, r);
+        let mut ids = plan.ids.clone();
         let mut last: Option<Vec<f32>> = None;
         for step in 0..sampler.steps() {
             let t0 = Instant::now();
@@ -404,11 +483,11 @@ impl Pipeline {
                 text_len: MAX_LEN,
                 pooled_projections: &enc.text_embeds,
                 timestep: sampler.model_timestep(step)?,
-                micro_conds: &micro,
+                micro_conds: &plan.micro,
             })?;
             let t2 = Instant::now();
             let logits = out.unwrap_or_default();
-            sampler.step(step, &mut ids, &logits, &layout)?;
+            sampler.step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
                 steps: sampler.steps(),
@@ -419,20 +498,12 @@ impl Pipeline {
             last = Some(logits);
         }
         let logits = last.unwrap_or_default(); // [B, 77, Vt]
-        Ok((0..b)
-            .map(|i| {
-                let answer: Vec<i64> = (question_len[i]..MAX_LEN)
-                    .map(|t| {
-                        argmax(&logits[(i * MAX_LEN + t) * vt..(i * MAX_LEN + t + 1) * vt]) as i64
-                    })
-                    .collect();
-                let raw = self.tokenizer.decode(&answer, true);
-                Answer {
-                    text: keep_upto_last_period(&dedup_consecutive_words(&raw)),
-                    raw,
-                }
-            })
-            .collect())
+        let vt = plan.layout.vocab.max(1);
+        let best: Vec<u32> = logits
+            .chunks_exact(vt)
+            .map(|row| argmax(row) as u32)
+            .collect();
+        self.finish_image_to_text(&plan, &best)
     }
 }
 

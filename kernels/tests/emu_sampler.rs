@@ -131,6 +131,16 @@ fn text_rows_match_the_cpu_sampler_bit_for_bit() {
     }
 }
 
+/// The text head's real width, as captioning and VQA run it: CLIP's 49,408 tokens plus
+/// `<mask>` as the last id inside the vocabulary; 49,409 = 16 x 3088 + 1 leaves a tail of one in
+/// the 16-lane exp-sum and a last draw block of one logit.
+#[test]
+fn full_text_vocabulary_rows_match_the_cpu_sampler_bit_for_bit() {
+    let layout = TokenLayout::text(2, 77, 49409, 49408);
+    run_all_steps(layout, Guidance::Off, DrawRule::Sample, 3, 5);
+    run_all_steps(layout, Guidance::Off, DrawRule::Greedy, 2, 6);
+}
+
 #[test]
 fn guided_image_rows_match_the_cpu_sampler_bit_for_bit() {
     let layout = TokenLayout::image(1, 16, 16, 1000, 1000).unwrap();

@@ -47,3 +47,33 @@ fn default_model_text_encoder_and_decoder_match_the_cpu() {
 fn whole_device_text_to_image_of_the_default_model_matches_the_cpu() {
     checks::whole_device_text_to_image_of_the_default_model_matches_the_cpu(&emulated());
 }
+
+#[test]
+fn vq_encoder_three_levels_with_mid_attention_matches_the_cpu() {
+    checks::vq_encoder_three_levels_with_mid_attention_matches_the_cpu(&emulated());
+}
+
+#[test]
+fn vq_encoder_gelu_padded_latents_matches_the_cpu() {
+    checks::vq_encoder_gelu_padded_latents_matches_the_cpu(&emulated());
+}
+
+#[test]
+fn vq_encoder_of_a_spatial_norm_model_matches_the_cpu() {
+    checks::vq_encoder_of_a_spatial_norm_model_matches_the_cpu(&emulated());
+}
+
+#[test]
+fn default_model_vq_encoder_matches_the_cpu_on_eval_images() {
+    checks::default_model_vq_encoder_matches_the_cpu_on_eval_images(&emulated());
+}
+
+#[test]
+fn default_model_device_captions_match_the_cpu() {
+    checks::default_model_device_captions_match_the_cpu(&emulated());
+}
+
+#[test]
+fn default_model_device_vqa_matches_the_cpu() {
+    checks::default_model_device_vqa_matches_the_cpu(&emulated());
+}

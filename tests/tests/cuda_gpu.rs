@@ -154,3 +154,45 @@ fn whole_device_text_to_image_of_the_default_model_matches_the_cpu() {
         pipeline::whole_device_text_to_image_of_the_default_model_matches_the_cpu(&dev);
     }
 }
+
+#[test]
+fn vq_encoder_three_levels_with_mid_attention_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::vq_encoder_three_levels_with_mid_attention_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn vq_encoder_gelu_padded_latents_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::vq_encoder_gelu_padded_latents_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn vq_encoder_of_a_spatial_norm_model_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::vq_encoder_of_a_spatial_norm_model_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn default_model_vq_encoder_matches_the_cpu_on_eval_images() {
+    if let Some(dev) = gpu() {
+        pipeline::default_model_vq_encoder_matches_the_cpu_on_eval_images(&dev);
+    }
+}
+
+#[test]
+fn default_model_device_captions_match_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::default_model_device_captions_match_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn default_model_device_vqa_matches_the_cpu() {
+    if let Some(dev) = gpu() {
+        pipeline::default_model_device_vqa_matches_the_cpu(&dev);
+    }
+}

@@ -174,7 +174,7 @@ impl CudaClipText {
     pub fn encode(&self, ids: &[i64], batch: usize) -> Result<ClipEncoding> {
         let dev = &self.dev;
         let cfg = &self.cfg;
-        let len = cfg.check_ids(ids, batch, cfg.vocab_size)?;
+        let len = cfg.check_ids(ids, batch, self.vocab_rows())?;
         let (d, rows, hd) = (cfg.hidden_size, batch * len, self.heads.width());
         let plain = GemmOpts::default();
         let ids32: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
@@ -269,6 +269,41 @@ impl CudaClipText {
         })
     }
 
+    /// Rows of the token embedding: `vocab_size`, plus one once `<mask>` is added.
+    pub fn vocab_rows(&self) -> usize {
+        self.token_embedding.len() / self.cfg.hidden_size
+    }
+
+    /// Sets the embedding row of token `id` (the `<mask>` row from `mask_token_embedding.pth`),
+    /// appending a row when `id` is one past the table, as
+    /// [`crate::clip_text::ClipTextModel::set_token_embedding`].
+    pub fn set_token_embedding(&mut self, id: usize, row: &[f32]) -> Result<()> {
+        let (d, rows) = (self.cfg.hidden_size, self.vocab_rows());
+        if row.len() != d {
+            return Err(Error::input(
+                "mask_token_embedding",
+                format!(
+                    "{} values, but the text encoder's hidden size is {d}",
+                    row.len()
+                ),
+            ));
+        }
+        let row = to_bf16(row);
+        match id.cmp(&rows) {
+            std::cmp::Ordering::Less => self.dev.write(&mut self.token_embedding, id * d, &row),
+            std::cmp::Ordering::Equal => {
+                let mut table = self.dev.read(&self.token_embedding, 0, rows * d)?;
+                table.extend_from_slice(&row);
+                self.token_embedding = self.dev.upload(&table)?;
+                Ok(())
+            }
+            std::cmp::Ordering::Greater => Err(Error::input(
+                "mask_token_embedding",
+                format!("token id {id} is more than one past the text encoder's {rows} embedding rows: the tokenizer and the text encoder do not belong together"),
+            )),
+        }
+    }
+
     fn eps(&self) -> f32 {
         self.cfg.layer_norm_eps as f32
     }
@@ -277,7 +312,7 @@ impl CudaClipText {
     fn embed(&self, ids: &Buffer<u32>, len: usize, x: &Buffer<f32>) -> Result<()> {
         self.dev.embedding_pos(
             ids.ptr(),
-            (self.token_embedding.ptr(), self.cfg.vocab_size),
+            (self.token_embedding.ptr(), self.vocab_rows()),
             (self.position_embedding.ptr(), len),
             x.ptr(),
             ids.len(),

@@ -316,7 +316,17 @@ pub(crate) struct Workspace {
     /// `[B, h, w, V]`
     pub(crate) logits: Buffer<f32>,
     /// `[B, L, Vt]`
-    text_logits: Buffer<f32>,
+    pub(crate) text_logits: Buffer<f32>,
+}
+
+/// The heads a forward runs ([`CudaMmdit::run`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Logits {
+    /// Image logits only (text-to-image).
+    Image,
+    /// Text logits only (image-to-text).
+    Text,
+    Both,
 }
 
 /// The MM-DiT on a CUDA device (or its emulator).
@@ -666,7 +676,7 @@ impl CudaMmdit {
         )?;
         let ids: Vec<u32> = x.image_tokens.iter().map(|&i| i as u32).collect();
         self.dev.write(&mut ws.ids, 0, &ids)?;
-        self.run(ws, x.timestep, true)?;
+        self.run(ws, x.timestep, Logits::Both)?;
         let image_logits = self.dev.read(&ws.logits, 0, ws.logits.len())?;
         let text_logits = match self.text_decoder {
             Some(_) => Some(self.dev.read(&ws.text_logits, 0, ws.text_logits.len())?),
@@ -679,9 +689,9 @@ impl CudaMmdit {
     }
 
     /// One forward on the workspace's ids (already on the device, every id below
-    /// `vocab_size`); logits stay on the device. The text head runs only when `text_head` is
-    /// set (text-to-image reads the image logits alone).
-    pub(crate) fn run(&self, ws: &mut Workspace, timestep: f32, text_head: bool) -> Result<()> {
+    /// `vocab_size`); the logits of `heads` stay on the device (text-to-image reads the image
+    /// logits alone, image-to-text the text logits alone).
+    pub(crate) fn run(&self, ws: &mut Workspace, timestep: f32, heads: Logits) -> Result<()> {
         self.dev.write(&mut ws.timestep, 0, &[timestep])?;
         let ws: &Workspace = ws;
         self.conditioning(ws)?;
@@ -700,7 +710,7 @@ impl CudaMmdit {
         for block in &self.single_transformer_blocks {
             self.single_block(block, ws)?;
         }
-        self.heads_out(ws, text_head)
+        self.heads_out(ws, heads)
     }
 
     /// `temb_silu [B, D]` bf16 (reference 2.1).
@@ -1030,14 +1040,18 @@ impl CudaMmdit {
         )
     }
 
-    /// Text logits `[B, L, Vt]` (when `text_head`) and image logits `[B, h, w, V]` from `X`
-    /// (reference 2.7).
-    fn heads_out(&self, ws: &Workspace, text_head: bool) -> Result<()> {
+    /// Text logits `[B, L, Vt]` and image logits `[B, h, w, V]` from `X` (reference 2.7), those
+    /// of `heads`.
+    fn heads_out(&self, ws: &Workspace, heads: Logits) -> Result<()> {
         let dev = &self.dev;
         let s = ws.shape;
         let (b, l, n, seq, d) = (s.batch, s.text, s.image(), s.seq(), self.cfg.inner_dim());
         let plain = GemmOpts::default();
-        if let Some(dec) = self.text_decoder.as_ref().filter(|_| text_head) {
+        if let Some(dec) = self
+            .text_decoder
+            .as_ref()
+            .filter(|_| heads != Logits::Image)
+        {
             for i in 0..b {
                 dev.layer_norm(ws.x.at(i * seq * d)?, ws.tl.at(i * l * d)?, l, d, None)?;
             }
@@ -1049,6 +1063,9 @@ impl CudaMmdit {
                 ws.text_logits.ptr(),
                 plain,
             )?;
+        }
+        if heads == Logits::Text {
+            return Ok(());
         }
         for i in 0..b {
             dev.act(

@@ -1,6 +1,6 @@
-//! The CUDA backend: text-to-image (CLIP text encoder, MM-DiT, sampler step, VQ decoder) on the
-//! kernels of `muddit_kernels::cuda`, on a GPU or (feature `emulate`) on the CPU emulator of
-//! the same CUDA sources.
+//! The CUDA backend: text-to-image and image-to-text (CLIP text encoder, MM-DiT, sampler step,
+//! VQ decoder and encoder) on the kernels of `muddit_kernels::cuda`, on a GPU or (feature
+//! `emulate`) on the CPU emulator of the same CUDA sources.
 //!
 //! Design (the least invasive one: the CPU path only shares its planning and its final clamp):
 //! - [`open`] returns a [`Device`] for a GPU ordinal, or the kernels' error (e.g. "no CUDA
@@ -13,11 +13,14 @@
 //! - [`DeviceSampler`] runs a sampler step on device logits with the host's seeded uniforms
 //!   ([`muddit_sampler::RandomSource::fill_step`]), so the device and [`muddit_sampler::Sampler`]
 //!   choose the same tokens for the same logits.
-//! - [`CudaClipText`] (`clip.rs`) and [`CudaVqDecoder`] (`vq.rs`): the CLIP text encoder and
-//!   the VQ-VAE decoder, loaded from the same checkpoint names as `clip_text.rs` and `vqvae.rs`,
-//!   every op on the existing kernels (affine `layer_norm`, causal attention, GEMMs with GELU
-//!   epilogues; `conv2d` with padding and a fused residual, `group_norm` + SiLU,
-//!   `upsample2x`). [`CudaPipeline`] holds the three models of a folder.
+//! - [`CudaClipText`] (`clip.rs`), [`CudaVqDecoder`] (`vq.rs`) and [`CudaVqEncoder`]
+//!   (`vq_encoder.rs`): the CLIP text encoder and the two halves of the VQ-VAE, loaded from the
+//!   same checkpoint names as `clip_text.rs` and `vqvae.rs`, every op on the existing kernels
+//!   (affine `layer_norm`, causal attention, GEMMs with GELU epilogues; `conv2d` with padding,
+//!   stride 2 and a fused residual, `group_norm` + SiLU, `upsample2x`, `vq_nearest`; the
+//!   encoder and decoder share the blocks' forwards, `vq::VqOps`). [`CudaPipeline`] holds the
+//!   models of a folder ([`load_vqvae`]: both VQ halves from one opening of the weights, every
+//!   tensor used by one of them).
 //! - [`text_to_image`] is the pipeline entry point: it takes a loaded [`Pipeline`] for the
 //!   tokenizer, configs and scheduler, and the device models ([`DeviceModels`]: a
 //!   [`CudaPipeline`], or a [`CudaMmdit`] alone, then CLIP and the decoder run on the
@@ -25,13 +28,20 @@
 //!   pixels come down (the decoder's `[B, H, W, 3]` bf16, laid out as NCHW and clamped to
 //!   `[0, 1]` on the host as the CPU path does). Inside the loop nothing but `k` per row and
 //!   a bad-logits flag (`B + 1` integers) comes back from the device per step.
+//! - [`image_to_text`] (captioning, VQA) with a [`CudaPipeline`]: the image goes up once and is
+//!   VQ-encoded on the device (ids stay there), `<mask>`'s embedding row is added to the device
+//!   text encoder once; per step CLIP, the transformer with its text head only
+//!   (`mmdit::Logits::Text`) and the sampler on the text layout (`B x 77` over the text
+//!   vocabulary, `<mask>` inside it) run on the device, and the `B x 77` text ids come down for
+//!   CLIP's host-side end-of-text choice; the answer is the argmax of the last text logits
+//!   (`DeviceSampler::argmax`, `B x 77` ids down). The planning and the answers' decoding and
+//!   clean-up are the CPU pipeline's (`plan_image_to_text`, `finish_image_to_text`).
 //!
-//! Missing: image-to-text on the device (the VQ encoder: `vq_nearest` exists, the encoder's
-//! stride-2 convolution and the CLIP re-run per step would follow the same patterns), the VQ
-//! decoder's `norm_type: "spatial"` and `relu`/`mish` activations (clear errors at load; no
-//! public Muddit checkpoint uses them), and a `Pipeline` that does not load the CPU
-//! transformer, text encoder and decoder when everything runs on the device (they stay loaded:
-//! making them optional would touch every CPU caller).
+//! Missing: the VQ decoder's `norm_type: "spatial"` and the `relu`/`mish` activations of both
+//! VQ halves (clear errors at load; no public Muddit checkpoint uses them), the end-of-text
+//! position chosen on the device (image-to-text downloads `B x 77` ids per step for it), and a
+//! `Pipeline` that does not load the CPU transformer, text encoder and VQ-VAE when everything
+//! runs on the device (they stay loaded: making them optional would touch every CPU caller).
 
 mod clip;
 mod device;
@@ -39,6 +49,7 @@ mod mmdit;
 mod ops;
 mod sampler;
 mod vq;
+mod vq_encoder;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -47,12 +58,15 @@ use std::time::{Duration, Instant};
 pub use clip::{ClipEncoding, CudaClipText};
 pub use device::{Buffer, Device, Elem, Ptr};
 pub use mmdit::CudaMmdit;
+use mmdit::Logits;
 pub use muddit_kernels::cuda::KernelTime;
 pub use sampler::DeviceSampler;
 pub use vq::CudaVqDecoder;
+pub use vq_encoder::{load_vqvae, CudaVqEncoder};
 
 use crate::error::{Error, Result};
-use crate::pipeline::{Images, Pipeline, StepEvent, TextToImage};
+use crate::pipeline::{Answer, ImageToText, Images, Pipeline, StepEvent, TextToImage};
+use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::MAX_LEN;
 
 /// Opens GPU `ordinal` (checking for the driver first): the kernels' error, never a panic.
@@ -60,20 +74,24 @@ pub fn open(ordinal: usize) -> Result<Arc<Device>> {
     Ok(Arc::new(Device::gpu(ordinal)?))
 }
 
-/// Every model of a text-to-image run on one device: transformer, text encoder, VQ decoder.
+/// Every model of a model folder on one device: transformer, text encoder, VQ decoder and
+/// VQ encoder.
 pub struct CudaPipeline {
     pub transformer: CudaMmdit,
     pub text_encoder: CudaClipText,
     pub vqvae: CudaVqDecoder,
+    pub vq_encoder: CudaVqEncoder,
+    /// The `<mask>` text id once its embedding row is on the device (`image_to_text`).
+    text_mask_id: Option<u32>,
 }
 
 impl CudaPipeline {
-    /// Loads the three models of a model folder onto `dev`, checking that they fit together
-    /// as [`Pipeline::load`] does.
+    /// Loads the models of a model folder onto `dev` (every tensor of the VQ-VAE used by its
+    /// encoder or decoder), checking that they fit together as [`Pipeline::load`] does.
     pub fn load(dev: &Arc<Device>, root: &Path) -> Result<Self> {
         let transformer = CudaMmdit::load(dev, root)?;
         let text_encoder = CudaClipText::load(dev, root)?;
-        let vqvae = CudaVqDecoder::load(dev, root)?;
+        let (vq_encoder, vqvae) = load_vqvae(dev, root)?;
         let (t, c, v) = (&transformer.cfg, &text_encoder.cfg, &vqvae.cfg);
         let fits = c.hidden_size == t.joint_attention_dim
             && c.projection_dim == t.pooled_projection_dim
@@ -92,7 +110,30 @@ impl CudaPipeline {
             transformer,
             text_encoder,
             vqvae,
+            vq_encoder,
+            text_mask_id: None,
         })
+    }
+
+    /// Puts the `<mask>` row `id` (from `mask_token_embedding.pth` of `root`) into the device
+    /// text encoder, once, as [`Pipeline::prepare_captioning`] does for the CPU one.
+    fn prepare_captioning(&mut self, root: &Path, id: u32) -> Result<()> {
+        if self.text_mask_id == Some(id) {
+            return Ok(());
+        }
+        if !self.transformer.has_text_head() {
+            return Err(Error::ModelFolder {
+                path: root.to_path_buf(),
+                message: "the device transformer has no text head: captioning and VQA need a Muddit model".into(),
+            });
+        }
+        let row = read_mask_embedding(
+            &mask_embedding_path(root)?,
+            self.text_encoder.cfg.hidden_size,
+        )?;
+        self.text_encoder.set_token_embedding(id as usize, &row)?;
+        self.text_mask_id = Some(id);
+        Ok(())
     }
 }
 
@@ -193,7 +234,7 @@ pub fn text_to_image<'a>(
             if plan.guided {
                 dev.copy(state.ids.ptr(), ws.ids.at(n)?, n)?;
             }
-            model.run(ws, state.sampler().model_timestep(step)?, false)?;
+            model.run(ws, state.sampler().model_timestep(step)?, Logits::Image)?;
             dev.sync()?;
             let t1 = Instant::now();
             state.step(&dev, step, ws.logits.ptr())?;
@@ -212,4 +253,61 @@ pub fn text_to_image<'a>(
         Some(vq) => vq.decode(ids, b, h, w),
         None => pipe.vqvae.decode(ids, b, h, w),
     })
+}
+
+/// Captioning (no questions) and VQA on the device: the VQ encoder, the text encoder re-run
+/// every step, the transformer's text head and the sampler over the text ids, all of
+/// `models`. Same request, results and step events as [`Pipeline::image_to_text`]; `pipe`
+/// gives the tokenizer (questions up, answers down), configs and scheduler. Per step the
+/// `B x 77` text ids come down (the text encoder picks each row's end-of-text position on the
+/// host, as [`CudaClipText::encode`] does) with `k` per row and the bad-logits flag; after the
+/// last step only the argmax ids `[B, 77]` of its text logits.
+pub fn image_to_text(
+    pipe: &mut Pipeline,
+    models: &mut CudaPipeline,
+    req: &ImageToText,
+    on_step: &mut dyn FnMut(StepEvent),
+) -> Result<Vec<Answer>> {
+    DeviceModels::from(&*models).check_one_device()?;
+    if !Arc::ptr_eq(models.vq_encoder.device(), models.transformer.device()) {
+        return Err(Error::input(
+            "device",
+            "the VQ encoder must be loaded on the transformer's device",
+        ));
+    }
+    let plan = pipe.plan_image_to_text(req)?;
+    models.prepare_captioning(&pipe.root, plan.layout.mask_id)?;
+    let models = &*models;
+    let (model, clip) = (&models.transformer, &models.text_encoder);
+    let (b, (h, w), r) = (plan.batch, plan.grid, req.resolution);
+    let dev = model.device().clone();
+    let image_ids = models.vq_encoder.encode_on_device(&req.images, b, r, r)?; // [B, h, w]
+    let mut state = DeviceSampler::new(&dev, plan.sampler.clone(), plan.layout, &plan.ids)?;
+    let steps = state.sampler().steps();
+    let best = model.with_workspace((b, MAX_LEN, h, w), |ws| {
+        dev.copy(image_ids.ptr(), ws.ids.ptr(), b * h * w)?;
+        for step in 0..steps {
+            let t0 = Instant::now();
+            let ids: Vec<i64> = state.ids(&dev)?.into_iter().map(i64::from).collect();
+            let enc = clip.encode(&ids, b)?;
+            let (text, pooled) = (enc.penultimate.ptr(), enc.text_embeds.ptr());
+            model.set_conditions(ws, text, pooled, &plan.micro)?;
+            // The copies finish before `enc` is freed.
+            dev.sync()?;
+            let t1 = Instant::now();
+            model.run(ws, state.sampler().model_timestep(step)?, Logits::Text)?;
+            dev.sync()?;
+            let t2 = Instant::now();
+            state.step(&dev, step, ws.text_logits.ptr())?;
+            on_step(StepEvent {
+                step,
+                steps,
+                text_encoder: t1 - t0,
+                transformer: t2 - t1,
+                sampler: t2.elapsed(),
+            });
+        }
+        state.argmax(&dev, ws.text_logits.ptr())
+    })?;
+    pipe.finish_image_to_text(&plan, &best)
 }

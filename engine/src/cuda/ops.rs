@@ -196,6 +196,30 @@ impl Device {
         self.conv(mat, x, batch, (h, w, c), conv, res, out)
     }
 
+    /// `out [B, ho, wo, N] = conv(x [B, h, w, c]) (+ bias)`: diffusers' `Downsample2D` of the
+    /// VQ encoder, a `ksize` kernel at stride 2 with zero padding 0 above and left and 1 below
+    /// and right, so `ho = (h + 1 - ksize) / 2 + 1` (`h / 2` for 3x3 and even `h`); returns
+    /// `(ho, wo)`.
+    pub fn conv2d_downsample(
+        &self,
+        mat: Mat,
+        x: Ptr<u16>,
+        batch: usize,
+        (h, w, c): (usize, usize, usize),
+        ksize: usize,
+        out: Ptr<u16>,
+    ) -> Result<(usize, usize)> {
+        let side = |n: usize| (n + 1).saturating_sub(ksize) / 2 + 1;
+        let conv = Conv {
+            ksize,
+            stride: 2,
+            pad: 0,
+            out_hw: (side(h), side(w)),
+        };
+        self.conv(mat, x, batch, (h, w, c), conv, None, out)?;
+        Ok(conv.out_hw)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &self,
@@ -582,6 +606,30 @@ impl Device {
             self.launch(&s)?;
             self.launch(&a)
         }
+    }
+
+    /// The nearest codebook entry (exact squared L2 in f64, lowest id on ties) of each f32
+    /// latent `z [P, E]` among the f32 `codebook [V, E]`: ids `[P]`.
+    pub fn vq_nearest(
+        &self,
+        z: Ptr<f32>,
+        (codebook, entries): (Ptr<f32>, usize),
+        ids: Ptr<u32>,
+        pixels: usize,
+        dim: usize,
+    ) -> Result<()> {
+        const OP: &str = "vq_nearest";
+        let launch = ops::vq_nearest(VqNearestParams {
+            z: z.need(pixels * dim, OP, "z")?,
+            codebook: codebook.need(entries * dim, OP, "codebook")?,
+            ids: ids.need(pixels, OP, "ids")?,
+            pixels: pixels as i32,
+            entries: entries as i32,
+            dim: dim as i32,
+            pad_: 0,
+        })?;
+        // SAFETY: P x E latents, V x E codebook rows and P ids, checked above.
+        unsafe { self.launch(&launch) }
     }
 
     /// Nearest 2x upsampling: bf16 `x [B, h, w, c]` to `out [B, 2h, 2w, c]`.

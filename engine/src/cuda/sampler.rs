@@ -10,6 +10,15 @@ use muddit_sampler::{DrawRule, Guidance, Sampler, SamplerError, TokenLayout};
 use super::device::{Buffer, Device, Ptr};
 use crate::error::Result;
 
+/// How `sample_tokens` draws: guidance, the greedy rule and the step's temperature.
+#[derive(Clone, Copy)]
+struct Draw {
+    guided: i32,
+    scale: f32,
+    greedy: bool,
+    temperature: f32,
+}
+
 /// Ids `[B, n]` on the device and the scratch of one step.
 pub struct DeviceSampler {
     sampler: Sampler,
@@ -72,33 +81,18 @@ impl DeviceSampler {
             .fill_step(step, b, n, &mut self.host_draw, &mut self.host_gumbel)?;
         dev.write(&mut self.draw_u, 0, &self.host_draw)?;
         dev.write(&mut self.gumbel_u, 0, &self.host_gumbel)?;
-        dev.write(&mut self.bad, 0, &[i32::MAX])?;
         let (guided, scale) = match cfg.guidance {
             Guidance::Off => (0, 0.0),
             Guidance::Cfg { scale } => (1, scale),
         };
-        const OP: &str = "sample_tokens";
-        let flat = b * n;
-        let launch = ops::sample_tokens(SampleParams {
-            logits: logits.need(layout.logits_len(cfg.guidance)?, OP, "logits")?,
-            ids: self.ids.ptr().need(flat, OP, "ids")?,
-            draw_u: self.draw_u.ptr().need(flat, OP, "draw")?,
-            gumbel_u: self.gumbel_u.ptr().need(flat, OP, "gumbel")?,
-            drawn: self.drawn.ptr().need(flat, OP, "drawn")?,
-            conf: self.conf.ptr().need(flat, OP, "conf")?,
-            bad: self.bad.ptr().need(1, OP, "bad")?,
-            batch: b as i32,
-            tokens: n as i32,
-            vocab: layout.vocab as i32,
-            mask_id: layout.mask_id,
+        let draw = Draw {
             guided,
             scale,
-            greedy: (cfg.draw == DrawRule::Greedy) as i32,
+            greedy: cfg.draw == DrawRule::Greedy,
             temperature: t,
-        })?;
-        // SAFETY: logits hold G * B * n * V floats, ids/draw/gumbel/drawn/conf B * n elements
-        // and bad one (all checked above), buffers of this device.
-        unsafe { dev.launch(&launch)? };
+        };
+        self.sample(dev, self.ids.ptr(), logits, draw)?;
+        let flat = b * n;
         let last = step + 1 == cfg.steps;
         let progress = (step + 1) as f32 / cfg.steps as f32;
         let raw = (n as f32 * cfg.schedule.mask_ratio(progress)).floor() as i32;
@@ -116,20 +110,77 @@ impl DeviceSampler {
         })?;
         // SAFETY: ids, drawn, conf hold B * n elements, mask_len B (checked above).
         unsafe { dev.launch(&launch)? };
-        let bad = dev.read(&self.bad, 0, 1)?[0];
-        if bad != i32::MAX {
-            let bad = bad as usize;
-            return Err(SamplerError::NonFiniteLogits {
-                row: bad / n,
-                token: bad % n,
-            }
-            .into());
-        }
+        self.check_bad(dev)?;
         Ok(dev
             .read(&self.mask_len, 0, b)?
             .into_iter()
             .map(|k| k.max(0) as usize)
             .collect())
+    }
+
+    /// The first index of the largest of each token's logits `[B, n, V]` (on the device, no
+    /// guidance): `[B, n]`, as the CPU pipeline's answer argmax; the greedy draw of
+    /// `sample_tokens` on all-masked ids. Logits without a finite maximum are an error.
+    pub fn argmax(&mut self, dev: &Device, logits: Ptr<f32>) -> Result<Vec<u32>> {
+        let flat = self.layout.ids_len()?;
+        let masked = dev.upload(&vec![self.layout.mask_id; flat])?;
+        let draw = Draw {
+            guided: 0,
+            scale: 0.0,
+            greedy: true,
+            temperature: 0.0,
+        };
+        self.sample(dev, masked.ptr(), logits, draw)?;
+        self.check_bad(dev)?;
+        dev.read(&self.drawn, 0, flat)
+    }
+
+    /// `sample_tokens` of `ids` `[B, n]` on `logits` into `drawn` and `conf`; `bad` is reset
+    /// first.
+    fn sample(&mut self, dev: &Device, ids: Ptr<u32>, logits: Ptr<f32>, d: Draw) -> Result<()> {
+        let layout = self.layout;
+        let (b, n) = (layout.batch, layout.tokens);
+        let guidance = match d.guided {
+            0 => Guidance::Off,
+            _ => Guidance::Cfg { scale: d.scale },
+        };
+        dev.write(&mut self.bad, 0, &[i32::MAX])?;
+        const OP: &str = "sample_tokens";
+        let flat = b * n;
+        let launch = ops::sample_tokens(SampleParams {
+            logits: logits.need(layout.logits_len(guidance)?, OP, "logits")?,
+            ids: ids.need(flat, OP, "ids")?,
+            draw_u: self.draw_u.ptr().need(flat, OP, "draw")?,
+            gumbel_u: self.gumbel_u.ptr().need(flat, OP, "gumbel")?,
+            drawn: self.drawn.ptr().need(flat, OP, "drawn")?,
+            conf: self.conf.ptr().need(flat, OP, "conf")?,
+            bad: self.bad.ptr().need(1, OP, "bad")?,
+            batch: b as i32,
+            tokens: n as i32,
+            vocab: layout.vocab as i32,
+            mask_id: layout.mask_id,
+            guided: d.guided,
+            scale: d.scale,
+            greedy: d.greedy as i32,
+            temperature: d.temperature,
+        })?;
+        // SAFETY: logits hold G * B * n * V floats, ids/draw/gumbel/drawn/conf B * n elements
+        // and bad one (all checked above), buffers of this device.
+        unsafe { dev.launch(&launch) }
+    }
+
+    /// The first token with bad logits of the last `sample`, as the CPU sampler's error.
+    fn check_bad(&self, dev: &Device) -> Result<()> {
+        let bad = dev.read(&self.bad, 0, 1)?[0];
+        if bad == i32::MAX {
+            return Ok(());
+        }
+        let (bad, n) = (bad as usize, self.layout.tokens);
+        Err(SamplerError::NonFiniteLogits {
+            row: bad / n,
+            token: bad % n,
+        }
+        .into())
     }
 
     /// The current ids `[B, n]` (a download).

@@ -17,6 +17,9 @@
 //! feature-map buffers of the largest map's size rotate through the forward. Only ids go up;
 //! the pixels come down once, as `[B, H, W, out_channels]` bf16.
 //!
+//! The blocks (`DConv`, `DGroupNorm`, `DResnet`, `DMidBlock`), the rotating buffers
+//! (`Scratch`) and their forwards (`VqOps`) are shared with the encoder (`vq_encoder.rs`).
+//!
 //! Not supported on the device (a clear error at load): `norm_type: "spatial"` and the `relu`
 //! and `mish` activations, which no public Muddit checkpoint uses.
 
@@ -29,19 +32,19 @@ use muddit_kernels::cuda::params::Act;
 
 use super::device::{to_bf16, Buffer, Device, Ptr};
 use super::mmdit::{DLinear, Heads};
-use super::ops::GemmOpts;
+use super::ops::{GemmOpts, Mat};
 use crate::error::{Error, Result};
 use crate::nn::Linear;
 use crate::vqvae::{vqvae_dir, Activation, VqConfig};
 use crate::weights::{Vb, Weights};
 
 /// Channels padded for the implicit GEMM (16-byte chunks of bf16).
-fn pad8(c: usize) -> usize {
+pub(super) fn pad8(c: usize) -> usize {
     c.next_multiple_of(8)
 }
 
 /// `nn.Conv2d` with bias: bf16 `[O', (k, k, C')]` with `C' >= C`, `O' >= O` zero-padded.
-struct DConv {
+pub(super) struct DConv {
     lin: DLinear,
     ksize: usize,
     c_in: usize,
@@ -50,7 +53,7 @@ struct DConv {
 impl DConv {
     /// A `ksize x ksize` convolution `c_in -> c_out`, stored for `c_in_pad` input and
     /// `c_out_pad` output channels.
-    fn new(
+    pub(super) fn new(
         dev: &Device,
         vb: &Vb,
         (c_in, c_in_pad): (usize, usize),
@@ -79,27 +82,32 @@ impl DConv {
     }
 
     /// 3x3, stride 1, padding 1, channels already multiples of 8.
-    fn same3(dev: &Device, vb: &Vb, c_in: usize, c_out: usize) -> Result<Self> {
+    pub(super) fn same3(dev: &Device, vb: &Vb, c_in: usize, c_out: usize) -> Result<Self> {
         Self::new(dev, vb, (c_in, c_in), (c_out, c_out), 3)
     }
 
-    fn pointwise(dev: &Device, vb: &Vb, c_in: usize, c_out: usize) -> Result<Self> {
+    pub(super) fn pointwise(dev: &Device, vb: &Vb, c_in: usize, c_out: usize) -> Result<Self> {
         Self::new(dev, vb, (c_in, c_in), (c_out, c_out), 1)
     }
 
-    fn c_out(&self) -> usize {
+    pub(super) fn c_out(&self) -> usize {
         self.lin.mat().n
+    }
+
+    /// The weight `[O', (k, k, C')]` and bias as one GEMM reads them.
+    pub(super) fn mat(&self) -> Mat {
+        self.lin.mat()
     }
 }
 
 /// `nn.GroupNorm(groups, C, eps=1e-6)`: f32 weight and bias `[C]`.
-struct DGroupNorm {
+pub(super) struct DGroupNorm {
     weight: Buffer<f32>,
     bias: Buffer<f32>,
 }
 
 impl DGroupNorm {
-    fn new(dev: &Device, vb: &Vb, c: usize) -> Result<Self> {
+    pub(super) fn new(dev: &Device, vb: &Vb, c: usize) -> Result<Self> {
         Ok(DGroupNorm {
             weight: dev.upload(&vb.get("weight", &[c])?)?,
             bias: dev.upload(&vb.get("bias", &[c])?)?,
@@ -108,7 +116,7 @@ impl DGroupNorm {
 }
 
 /// `ResnetBlock2D` without time embedding.
-struct DResnet {
+pub(super) struct DResnet {
     norm1: DGroupNorm,
     conv1: DConv,
     norm2: DGroupNorm,
@@ -117,7 +125,7 @@ struct DResnet {
 }
 
 impl DResnet {
-    fn new(dev: &Device, vb: &Vb, c_in: usize, c_out: usize) -> Result<Self> {
+    pub(super) fn new(dev: &Device, vb: &Vb, c_in: usize, c_out: usize) -> Result<Self> {
         Ok(DResnet {
             norm1: DGroupNorm::new(dev, &vb.pp("norm1"), c_in)?,
             conv1: DConv::same3(dev, &vb.pp("conv1"), c_in, c_out)?,
@@ -131,7 +139,7 @@ impl DResnet {
 }
 
 /// The mid block's single-head attention over pixels (one head of width C, padded to `Dp`).
-struct DAttention {
+pub(super) struct DAttention {
     group_norm: DGroupNorm,
     to_q: DLinear,
     to_k: DLinear,
@@ -156,9 +164,33 @@ impl DAttention {
 }
 
 /// `UNetMidBlock2D`: ResNet, (attention), ResNet.
-struct DMidBlock {
+pub(super) struct DMidBlock {
     resnets: Vec<DResnet>,
     attentions: Vec<DAttention>,
+}
+
+impl DMidBlock {
+    /// The mid block at `c` channels, with its attention when `attention`.
+    pub(super) fn new(dev: &Device, vb: &Vb, c: usize, attention: bool) -> Result<Self> {
+        Ok(DMidBlock {
+            resnets: (0..2)
+                .map(|i| DResnet::new(dev, &vb.pp("resnets").pp(i), c, c))
+                .collect::<Result<_>>()?,
+            attentions: if attention {
+                vec![DAttention::new(dev, &vb.pp("attentions.0"), c)?]
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// Elements of each of the attention's q, k, v, o buffers for `pixels` pixels (0 without
+    /// attention).
+    pub(super) fn attention_elements(&self, pixels: usize) -> usize {
+        self.attentions
+            .first()
+            .map_or(0, |a| pixels * a.heads.width())
+    }
 }
 
 /// `UpDecoderBlock2D`: ResNets, then (but on the last level) nearest 2x + 3x3 conv.
@@ -178,41 +210,195 @@ struct DDecoder {
 
 /// A feature map `[B, h, w, c]` in one of the rotating buffers.
 #[derive(Clone, Copy)]
-struct Map {
-    at: Ptr<u16>,
-    batch: usize,
-    h: usize,
-    w: usize,
-    c: usize,
+pub(super) struct Map {
+    pub(super) at: Ptr<u16>,
+    pub(super) batch: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) c: usize,
 }
 
 impl Map {
-    fn pixels(&self) -> usize {
+    pub(super) fn pixels(&self) -> usize {
         self.batch * self.h * self.w
     }
 
     /// The same geometry with `c` channels in buffer `at`.
-    fn into(self, at: Ptr<u16>, c: usize) -> Map {
+    pub(super) fn into(self, at: Ptr<u16>, c: usize) -> Map {
         Map { at, c, ..self }
     }
 }
 
-/// The buffers of one decode: four feature-map buffers (each op writes one that none of its
-/// inputs occupies), the attention's q, k, v, o `[B, h w, 1, Dp]` and the GroupNorm statistics.
-struct Scratch {
-    maps: [Ptr<u16>; 4],
+/// The buffers of one encode or decode: four feature-map buffers (each op writes one that none
+/// of its inputs occupies), the attention's q, k, v, o `[B, h w, 1, Dp]` and the GroupNorm
+/// statistics.
+pub(super) struct Scratch {
+    maps: [Buffer<u16>; 4],
     qkvo: Option<[Buffer<u16>; 4]>,
     stats: Buffer<f64>,
 }
 
 impl Scratch {
+    /// Four maps of `cap` elements, attention buffers of `attention` elements (none if 0) and
+    /// `stats` f64 of GroupNorm workspace.
+    pub(super) fn new(dev: &Device, cap: usize, attention: usize, stats: usize) -> Result<Self> {
+        let map = || dev.zeros::<u16>(cap);
+        let qkvo = || dev.zeros::<u16>(attention);
+        Ok(Scratch {
+            maps: [map()?, map()?, map()?, map()?],
+            qkvo: match attention {
+                0 => None,
+                _ => Some([qkvo()?, qkvo()?, qkvo()?, qkvo()?]),
+            },
+            stats: dev.zeros(stats)?,
+        })
+    }
+
     /// A feature-map buffer that none of `busy` occupies.
-    fn other(&self, busy: &[Map]) -> Result<Ptr<u16>> {
+    pub(super) fn other(&self, busy: &[Map]) -> Result<Ptr<u16>> {
         self.maps
             .iter()
+            .map(|b| b.ptr())
             .find(|p| busy.iter().all(|m| m.at.addr != p.addr))
-            .copied()
             .ok_or_else(|| Error::input("vqvae", "no free feature-map buffer"))
+    }
+
+    /// The buffer holding `m`.
+    pub(super) fn buffer_of(&self, m: Map) -> Result<&Buffer<u16>> {
+        self.maps
+            .iter()
+            .find(|b| b.ptr().addr == m.at.addr)
+            .ok_or_else(|| Error::input("vqvae", "feature map outside its buffers"))
+    }
+}
+
+/// The activation of the ResNet blocks on the device (`silu`, fused into the GroupNorm, or
+/// `gelu`), or a clear error naming `act_fn`.
+pub(super) fn device_act(cfg: &VqConfig, what: &str) -> Result<Act> {
+    let bad = |message: String| Error::Config {
+        path: "vqvae/config.json".into(),
+        message,
+    };
+    if let Some(c) = cfg.block_out_channels.iter().find(|c| *c % 8 != 0) {
+        return Err(bad(format!(
+            "block channels {c}: the CUDA {what} needs multiples of 8"
+        )));
+    }
+    match cfg.activation().map_err(bad)? {
+        Activation::Silu => Ok(Act::Silu),
+        Activation::Gelu => Ok(Act::GeluErf),
+        other => Err(bad(format!(
+            "`act_fn` {other:?} is not supported by the CUDA {what} (silu, gelu)"
+        ))),
+    }
+}
+
+/// The blocks' forwards on one device, shared by the encoder and the decoder: the model's
+/// activation and GroupNorm groups.
+#[derive(Clone, Copy)]
+pub(super) struct VqOps<'a> {
+    pub(super) dev: &'a Device,
+    pub(super) act: Act,
+    pub(super) groups: usize,
+}
+
+impl VqOps<'_> {
+    /// `ResnetBlock2D`: `x [B, h, w, C_in]` -> `[B, h, w, C_out]`.
+    pub(super) fn resnet(&self, r: &DResnet, x: Map, sc: &Scratch) -> Result<Map> {
+        let t = x.into(sc.other(&[x])?, x.c);
+        self.group_norm(&r.norm1, x, t, Some(self.act), sc)?;
+        let u = self.conv3(&r.conv1, t, sc.other(&[x, t])?, None)?;
+        self.group_norm(&r.norm2, u, u, Some(self.act), sc)?;
+        let skip = match &r.conv_shortcut {
+            Some(conv) => self.pointwise(conv, x, sc.other(&[x, t, u])?, None)?,
+            None => x,
+        };
+        // t is free again: conv2 reads u and the skip.
+        self.conv3(&r.conv2, u, t.at, Some(skip.at))
+    }
+
+    /// `UNetMidBlock2D`: `x [B, h, w, C]` -> `[B, h, w, C]`.
+    pub(super) fn mid_block(&self, mid: &DMidBlock, x: Map, sc: &Scratch) -> Result<Map> {
+        let x = self.resnet(&mid.resnets[0], x, sc)?;
+        for attn in &mid.attentions {
+            self.attention(attn, x, sc)?;
+        }
+        self.resnet(&mid.resnets[1], x, sc)
+    }
+
+    /// The mid block's attention, `x [B, h, w, C]` updated in place (residual in the epilogue).
+    fn attention(&self, a: &DAttention, x: Map, sc: &Scratch) -> Result<()> {
+        let dev = self.dev;
+        let t = x.into(sc.other(&[x])?, x.c);
+        self.group_norm(&a.group_norm, x, t, None, sc)?;
+        let Some([q, k, v, o]) = &sc.qkvo else {
+            return Err(Error::input("vqvae", "attention buffers missing"));
+        };
+        let (rows, plain) = (x.pixels(), GemmOpts::default());
+        for (lin, buf) in [(&a.to_q, q), (&a.to_k, k), (&a.to_v, v)] {
+            dev.gemm(GemmOut::Bf16, lin.mat(), t.at, rows, buf.ptr(), plain)?; // [B, P, 1, Dp]
+        }
+        let (hd, shape) = (a.heads.width(), (x.batch, x.h * x.w, 1));
+        let qkv = (q.ptr(), k.ptr(), v.ptr());
+        dev.attention(qkv, o.ptr(), hd, shape, a.heads.dh, a.heads.dp)?;
+        let residual = GemmOpts {
+            res: Some(x.at),
+            ..GemmOpts::default()
+        };
+        dev.gemm(GemmOut::Bf16, a.to_out.mat(), o.ptr(), rows, x.at, residual)
+    }
+
+    /// GroupNorm of `x` into `out` (may be `x`), then `act` (SiLU fused).
+    pub(super) fn group_norm(
+        &self,
+        n: &DGroupNorm,
+        x: Map,
+        out: Map,
+        act: Option<Act>,
+        sc: &Scratch,
+    ) -> Result<()> {
+        let silu = act == Some(Act::Silu);
+        let geom = (x.batch, x.h * x.w, x.c);
+        let affine = (n.weight.ptr(), n.bias.ptr());
+        let stats = sc.stats.ptr();
+        self.dev
+            .group_norm(x.at, out.at, affine, stats, geom, self.groups, silu)?;
+        match act {
+            Some(a) if !silu => self.dev.act(a, out.at, out.at, x.pixels() * x.c),
+            _ => Ok(()),
+        }
+    }
+
+    /// A 3x3 (same) convolution of `x` into `out`, `+ res` when given.
+    pub(super) fn conv3(
+        &self,
+        conv: &DConv,
+        x: Map,
+        out: Ptr<u16>,
+        res: Option<Ptr<u16>>,
+    ) -> Result<Map> {
+        debug_assert_eq!(x.c, conv.c_in);
+        let geom = (x.h, x.w, x.c);
+        self.dev
+            .conv2d_same(conv.mat(), x.at, x.batch, geom, conv.ksize, res, out)?;
+        Ok(x.into(out, conv.c_out()))
+    }
+
+    /// A 1x1 convolution (a GEMM over pixels) of `x` into `out`.
+    pub(super) fn pointwise(
+        &self,
+        conv: &DConv,
+        x: Map,
+        out: Ptr<u16>,
+        res: Option<Ptr<u16>>,
+    ) -> Result<Map> {
+        let opts = GemmOpts {
+            res,
+            ..GemmOpts::default()
+        };
+        self.dev
+            .gemm(GemmOut::Bf16, conv.mat(), x.at, x.pixels(), out, opts)?;
+        Ok(x.into(out, conv.c_out()))
     }
 }
 
@@ -231,41 +417,28 @@ pub struct CudaVqDecoder {
 
 impl CudaVqDecoder {
     /// Loads the decoder of `vqvae/` of a model folder (or that folder) onto `dev`: the config
-    /// checks of [`crate::vqvae::load_vqvae`], every tensor but the encoder's must be used.
+    /// checks of [`crate::vqvae::load_vqvae`]; every tensor but the encoder's (which
+    /// [`super::CudaVqEncoder`] reads) must be used.
     pub fn load(dev: &Arc<Device>, dir: &Path) -> Result<Self> {
         let dir = vqvae_dir(dir)?;
         let cfg = VqConfig::from_file(&dir.join("config.json"))?;
         let weights = Weights::open_dir(&dir)?;
         let model = Self::new(dev, &cfg, &Vb::new(&weights))?;
-        weights.ensure_all_used_but(&["encoder.", "quant_conv."])?;
+        weights.ensure_all_used_but(&super::vq_encoder::ENCODER_TENSORS)?;
         Ok(model)
     }
 
     /// Builds the decoder from the tensors [`crate::vqvae::VqModel::new`] reads for it.
     pub fn new(dev: &Arc<Device>, cfg: &VqConfig, vb: &Vb) -> Result<Self> {
-        let bad = |message: String| Error::Config {
-            path: "vqvae/config.json".into(),
-            message,
-        };
-        let act = match cfg.activation().map_err(bad)? {
-            Activation::Silu => Act::Silu,
-            Activation::Gelu => Act::GeluErf,
-            other => {
-                return Err(bad(format!(
-                    "`act_fn` {other:?} is not supported by the CUDA decoder (silu, gelu)"
-                )))
-            }
-        };
+        let act = device_act(cfg, "decoder")?;
         if cfg.norm_type != "group" {
-            return Err(bad(format!(
-                "`norm_type` {:?} is not supported by the CUDA decoder (\"group\")",
-                cfg.norm_type
-            )));
-        }
-        if let Some(c) = cfg.block_out_channels.iter().find(|c| *c % 8 != 0) {
-            return Err(bad(format!(
-                "block channels {c}: the CUDA decoder needs multiples of 8"
-            )));
+            return Err(Error::Config {
+                path: "vqvae/config.json".into(),
+                message: format!(
+                    "`norm_type` {:?} is not supported by the CUDA decoder (\"group\")",
+                    cfg.norm_type
+                ),
+            });
         }
         let (e, lat, v) = (cfg.embed_dim(), cfg.latent_channels, cfg.num_vq_embeddings);
         let (ep, latp) = (pad8(e), pad8(lat));
@@ -295,6 +468,14 @@ impl CudaVqDecoder {
         &self.dev
     }
 
+    fn ops(&self) -> VqOps<'_> {
+        VqOps {
+            dev: &self.dev,
+            act: self.act,
+            groups: self.cfg.norm_num_groups,
+        }
+    }
+
     /// ids `[B, h, w]` -> image `[B, out_channels, h * f, w * f]`, not clipped (as
     /// [`crate::vqvae::VqModel::decode`]); bad ids are errors.
     pub fn decode(&self, ids: &[i64], batch: usize, h: usize, w: usize) -> Result<Vec<f32>> {
@@ -302,31 +483,16 @@ impl CudaVqDecoder {
         let dev = &self.dev;
         let ids32: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         let ids = dev.upload(&ids32)?;
-        let cap = self.peak_elements(batch * h * w);
-        let maps = [
-            dev.zeros::<u16>(cap)?,
-            dev.zeros::<u16>(cap)?,
-            dev.zeros::<u16>(cap)?,
-            dev.zeros::<u16>(cap)?,
-        ];
         let f = self.cfg.scale_factor();
-        let sc = Scratch {
-            maps: [maps[0].ptr(), maps[1].ptr(), maps[2].ptr(), maps[3].ptr()],
-            qkvo: match self.decoder.mid_block.attentions.first() {
-                Some(a) => {
-                    let n = batch * h * w * a.heads.width();
-                    Some([dev.zeros(n)?, dev.zeros(n)?, dev.zeros(n)?, dev.zeros(n)?])
-                }
-                None => None,
-            },
-            stats: dev.zeros(group_norm_workspace(
-                batch,
-                h * f * w * f,
-                self.cfg.norm_num_groups,
-            ))?,
-        };
+        let px = batch * h * w;
+        let sc = Scratch::new(
+            dev,
+            self.peak_elements(px),
+            self.decoder.mid_block.attention_elements(px),
+            group_norm_workspace(batch, h * f * w * f, self.cfg.norm_num_groups),
+        )?;
         let q = Map {
-            at: maps[0].ptr(),
+            at: sc.other(&[])?,
             batch,
             h,
             w,
@@ -334,29 +500,21 @@ impl CudaVqDecoder {
         }; // [B, h, w, E']
         let v = self.cfg.num_vq_embeddings;
         dev.embedding(ids.ptr(), self.codebook.ptr(), v, q.at, q.pixels(), q.c)?;
-        let z = self.pointwise(&self.post_quant_conv, q, sc.other(&[q])?, None)?; // [B, h, w, lat']
+        let ops = self.ops();
+        let z = ops.pointwise(&self.post_quant_conv, q, sc.other(&[q])?, None)?; // [B, h, w, lat']
         let x = self.decoder_forward(z, &sc)?; // [B, H, W, out_channels]
-        let buf = maps
-            .iter()
-            .find(|b| b.ptr().addr == x.at.addr)
-            .ok_or_else(|| Error::input("vqvae", "decoder output outside its buffers"))?;
-        let out = dev.read(buf, 0, x.pixels() * x.c)?;
+        let out = dev.read(sc.buffer_of(x)?, 0, x.pixels() * x.c)?;
         Ok(to_nchw(&out, x))
     }
 
     /// The decoder on `z [B, h, w, lat']`: `[B, H, W, out_channels]`.
     fn decoder_forward(&self, z: Map, sc: &Scratch) -> Result<Map> {
-        let d = &self.decoder;
-        let mut x = self.conv3(&d.conv_in, z, sc.other(&[z])?, None)?;
-        let mid = &d.mid_block;
-        x = self.resnet(&mid.resnets[0], x, sc)?;
-        for attn in &mid.attentions {
-            self.attention(attn, x, sc)?;
-        }
-        x = self.resnet(&mid.resnets[1], x, sc)?;
+        let (d, ops) = (&self.decoder, self.ops());
+        let mut x = ops.conv3(&d.conv_in, z, sc.other(&[z])?, None)?;
+        x = ops.mid_block(&d.mid_block, x, sc)?;
         for block in &d.up_blocks {
             for r in &block.resnets {
-                x = self.resnet(r, x, sc)?;
+                x = ops.resnet(r, x, sc)?;
             }
             if let Some(conv) = &block.upsampler {
                 let up = Map {
@@ -365,92 +523,13 @@ impl CudaVqDecoder {
                     ..x.into(sc.other(&[x])?, x.c)
                 }; // [B, 2h, 2w, C]
                 self.dev.upsample2x(x.at, up.at, x.batch, (x.h, x.w, x.c))?;
-                x = self.conv3(conv, up, sc.other(&[up])?, None)?;
+                x = ops.conv3(conv, up, sc.other(&[up])?, None)?;
             }
         }
         // `conv_act` is always SiLU, whatever `act_fn` says.
         let t = x.into(sc.other(&[x])?, x.c);
-        self.group_norm(&d.conv_norm_out, x, t, Some(Act::Silu), sc)?;
-        self.conv3(&d.conv_out, t, sc.other(&[t])?, None)
-    }
-
-    /// `ResnetBlock2D`: `x [B, h, w, C_in]` -> `[B, h, w, C_out]`.
-    fn resnet(&self, r: &DResnet, x: Map, sc: &Scratch) -> Result<Map> {
-        let t = x.into(sc.other(&[x])?, x.c);
-        self.group_norm(&r.norm1, x, t, Some(self.act), sc)?;
-        let u = self.conv3(&r.conv1, t, sc.other(&[x, t])?, None)?;
-        self.group_norm(&r.norm2, u, u, Some(self.act), sc)?;
-        let skip = match &r.conv_shortcut {
-            Some(conv) => self.pointwise(conv, x, sc.other(&[x, t, u])?, None)?,
-            None => x,
-        };
-        // t is free again: conv2 reads u and the skip.
-        self.conv3(&r.conv2, u, t.at, Some(skip.at))
-    }
-
-    /// The mid block's attention, `x [B, h, w, C]` updated in place (residual in the epilogue).
-    fn attention(&self, a: &DAttention, x: Map, sc: &Scratch) -> Result<()> {
-        let dev = &self.dev;
-        let t = x.into(sc.other(&[x])?, x.c);
-        self.group_norm(&a.group_norm, x, t, None, sc)?;
-        let Some([q, k, v, o]) = &sc.qkvo else {
-            return Err(Error::input("vqvae", "attention buffers missing"));
-        };
-        let (rows, plain) = (x.pixels(), GemmOpts::default());
-        for (lin, buf) in [(&a.to_q, q), (&a.to_k, k), (&a.to_v, v)] {
-            dev.gemm(GemmOut::Bf16, lin.mat(), t.at, rows, buf.ptr(), plain)?; // [B, P, 1, Dp]
-        }
-        let (hd, shape) = (a.heads.width(), (x.batch, x.h * x.w, 1));
-        let qkv = (q.ptr(), k.ptr(), v.ptr());
-        dev.attention(qkv, o.ptr(), hd, shape, a.heads.dh, a.heads.dp)?;
-        let residual = GemmOpts {
-            res: Some(x.at),
-            ..GemmOpts::default()
-        };
-        dev.gemm(GemmOut::Bf16, a.to_out.mat(), o.ptr(), rows, x.at, residual)
-    }
-
-    /// GroupNorm of `x` into `out` (may be `x`), then `act` (SiLU fused).
-    fn group_norm(
-        &self,
-        n: &DGroupNorm,
-        x: Map,
-        out: Map,
-        act: Option<Act>,
-        sc: &Scratch,
-    ) -> Result<()> {
-        let silu = act == Some(Act::Silu);
-        let geom = (x.batch, x.h * x.w, x.c);
-        let affine = (n.weight.ptr(), n.bias.ptr());
-        let groups = self.cfg.norm_num_groups;
-        let stats = sc.stats.ptr();
-        self.dev
-            .group_norm(x.at, out.at, affine, stats, geom, groups, silu)?;
-        match act {
-            Some(a) if !silu => self.dev.act(a, out.at, out.at, x.pixels() * x.c),
-            _ => Ok(()),
-        }
-    }
-
-    /// A 3x3 (same) convolution of `x` into `out`, `+ res` when given.
-    fn conv3(&self, conv: &DConv, x: Map, out: Ptr<u16>, res: Option<Ptr<u16>>) -> Result<Map> {
-        debug_assert_eq!(x.c, conv.c_in);
-        let geom = (x.h, x.w, x.c);
-        self.dev
-            .conv2d_same(conv.lin.mat(), x.at, x.batch, geom, conv.ksize, res, out)?;
-        Ok(x.into(out, conv.c_out()))
-    }
-
-    /// A 1x1 convolution (a GEMM over pixels) of `x` into `out`.
-    fn pointwise(&self, conv: &DConv, x: Map, out: Ptr<u16>, res: Option<Ptr<u16>>) -> Result<Map> {
-        let opts = GemmOpts {
-            res,
-            ..GemmOpts::default()
-        };
-        let mat = conv.lin.mat();
-        self.dev
-            .gemm(GemmOut::Bf16, mat, x.at, x.pixels(), out, opts)?;
-        Ok(x.into(out, conv.c_out()))
+        ops.group_norm(&d.conv_norm_out, x, t, Some(Act::Silu), sc)?;
+        ops.conv3(&d.conv_out, t, sc.other(&[t])?, None)
     }
 
     /// Elements of the largest feature map of a decode of `px = B h w` ids (each of the four
@@ -502,16 +581,7 @@ impl DDecoder {
         let mid = vb.pp("mid_block");
         Ok(DDecoder {
             conv_in: DConv::new(dev, &vb.pp("conv_in"), (lat, pad8(lat)), (last, last), 3)?,
-            mid_block: DMidBlock {
-                resnets: (0..2)
-                    .map(|i| DResnet::new(dev, &mid.pp("resnets").pp(i), last, last))
-                    .collect::<Result<_>>()?,
-                attentions: if cfg.mid_block_add_attention {
-                    vec![DAttention::new(dev, &mid.pp("attentions.0"), last)?]
-                } else {
-                    Vec::new()
-                },
-            },
+            mid_block: DMidBlock::new(dev, &mid, last, cfg.mid_block_add_attention)?,
             up_blocks,
             conv_norm_out: DGroupNorm::new(dev, &vb.pp("conv_norm_out"), first)?,
             conv_out: DConv::new(

@@ -1,0 +1,335 @@
+//! The VQ-VAE encoder and quantizer on the CUDA kernels: the same checkpoint names and the same
+//! forward as the encoding half of [`crate::vqvae::VqModel`] (reference section 4), built from
+//! the blocks of `vq.rs` (ResNets, mid block, GroupNorm + SiLU, implicit-GEMM convolutions).
+//!
+//! One encode of an image `[B, 3, H, W]` in `[0, 1]`: the host lays it out as bf16
+//! `[B, H, W, C']` with the input channels zero-padded to `C' = pad8(in_channels)` (and
+//! `conv_in`'s weight columns for them zero) -> `conv_in` -> down blocks (ResNets, then but on the
+//! last level `Downsample2D`: a 3x3 stride-2 conv padded 0 above and left, 1 below and right) ->
+//! mid block -> `conv_norm_out` + SiLU -> `conv_out` (to `lat' = pad8(latent_channels)`, zero
+//! rows) -> `quant_conv`, a GEMM over pixels to f32 latents `z [B, h, w, E]` -> `vq_nearest`: the
+//! exact squared distance to each f32 codebook row in f64, lowest id on ties (the CPU's rule).
+//! The ids stay on the device for the transformer ([`CudaVqEncoder::encode_on_device`]).
+//!
+//! The feature maps are bf16 and every convolution rounds its output, so the latents differ
+//! from the CPU's f32 ones by about 1% (relative L2); an id differs only where two codebook
+//! entries are that close to a latent (see `tests/src/cuda_pipeline_checks.rs`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use muddit_kernels::cuda::ops::{group_norm_workspace, GemmOut};
+use muddit_kernels::cuda::params::Act;
+
+use super::device::{to_bf16, Buffer, Device};
+use super::ops::GemmOpts;
+use super::vq::{
+    device_act, pad8, CudaVqDecoder, DConv, DGroupNorm, DMidBlock, DResnet, Map, Scratch, VqOps,
+};
+use crate::error::{Error, Result};
+use crate::vqvae::{vqvae_dir, FeatureMap, VqConfig};
+use crate::weights::{Vb, Weights};
+
+/// Name prefixes of the tensors only the encoder reads (the decoder's loader excuses them).
+pub(super) const ENCODER_TENSORS: [&str; 2] = ["encoder.", "quant_conv."];
+/// Name prefixes of the tensors only the decoder reads (the encoder's loader excuses them).
+const DECODER_TENSORS: [&str; 2] = ["decoder.", "post_quant_conv."];
+
+/// `DownEncoderBlock2D`: ResNets, then (but on the last level) a stride-2 3x3 conv.
+struct DDownBlock {
+    resnets: Vec<DResnet>,
+    downsampler: Option<DConv>,
+}
+
+/// `encoder`.
+struct DEncoder {
+    /// `[C0, (3, 3, C')]`, input channels zero-padded.
+    conv_in: DConv,
+    down_blocks: Vec<DDownBlock>,
+    mid_block: DMidBlock,
+    conv_norm_out: DGroupNorm,
+    /// `[lat', (3, 3, C_last)]`
+    conv_out: DConv,
+}
+
+/// The encoding half of `VQModel` on a CUDA device (or its emulator): image to ids.
+pub struct CudaVqEncoder {
+    pub cfg: VqConfig,
+    dev: Arc<Device>,
+    /// `silu` (fused into the GroupNorm) or `gelu`.
+    act: Act,
+    encoder: DEncoder,
+    /// `[E, lat']`
+    quant_conv: DConv,
+    /// `quantize.embedding.weight` `[V, E]` f32: the search reads the CPU's exact values.
+    codebook: Buffer<f32>,
+}
+
+/// The device latents of one encode: f32 `[B, h, w, E]`.
+struct Latents {
+    z: Buffer<f32>,
+    batch: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CudaVqEncoder {
+    /// Loads the encoder of `vqvae/` of a model folder (or that folder) onto `dev`: the config
+    /// checks of [`crate::vqvae::load_vqvae`]; every tensor but the decoder's must be used.
+    pub fn load(dev: &Arc<Device>, dir: &Path) -> Result<Self> {
+        let dir = vqvae_dir(dir)?;
+        let cfg = VqConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open_dir(&dir)?;
+        let model = Self::new(dev, &cfg, &Vb::new(&weights))?;
+        weights.ensure_all_used_but(&DECODER_TENSORS)?;
+        Ok(model)
+    }
+
+    /// Builds the encoder and quantizer from the tensors [`crate::vqvae::VqModel::new`] reads
+    /// for them.
+    pub fn new(dev: &Arc<Device>, cfg: &VqConfig, vb: &Vb) -> Result<Self> {
+        let act = device_act(cfg, "encoder")?;
+        let (e, lat, v) = (cfg.embed_dim(), cfg.latent_channels, cfg.num_vq_embeddings);
+        let codebook = vb.pp("quantize.embedding").get("weight", &[v, e])?;
+        let dev_ref: &Device = dev;
+        Ok(CudaVqEncoder {
+            encoder: DEncoder::new(dev_ref, &vb.pp("encoder"), cfg)?,
+            quant_conv: DConv::new(dev_ref, &vb.pp("quant_conv"), (lat, pad8(lat)), (e, e), 1)?,
+            codebook: dev.upload(&codebook)?,
+            act,
+            cfg: cfg.clone(),
+            dev: dev.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+
+    fn ops(&self) -> VqOps<'_> {
+        VqOps {
+            dev: &self.dev,
+            act: self.act,
+            groups: self.cfg.norm_num_groups,
+        }
+    }
+
+    /// `image [B, in_channels, H, W]` in `[0, 1]` -> ids `[B, H / f, W / f]`, as
+    /// [`crate::vqvae::VqModel::encode`].
+    pub fn encode(
+        &self,
+        image: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Vec<i64>> {
+        let ids = self.encode_on_device(image, batch, height, width)?;
+        let ids = self.dev.read(&ids, 0, ids.len())?;
+        Ok(ids.into_iter().map(i64::from).collect())
+    }
+
+    /// [`CudaVqEncoder::encode`] with the ids `[B, h, w]` left on the device.
+    pub fn encode_on_device(
+        &self,
+        image: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<Buffer<u32>> {
+        let lat = self.latents(image, batch, height, width)?;
+        let px = lat.batch * lat.h * lat.w;
+        let ids = self.dev.zeros::<u32>(px)?;
+        let v = self.cfg.num_vq_embeddings;
+        let cb = (self.codebook.ptr(), v);
+        self.dev
+            .vq_nearest(lat.z.ptr(), cb, ids.ptr(), px, self.cfg.embed_dim())?;
+        Ok(ids)
+    }
+
+    /// `image [B, in_channels, H, W]` in `[0, 1]` -> the latents after `quant_conv`,
+    /// `[B, h, w, E]` channel-last, as [`crate::vqvae::VqModel::encode_latents`].
+    pub fn encode_latents(
+        &self,
+        image: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<FeatureMap> {
+        let lat = self.latents(image, batch, height, width)?;
+        Ok(FeatureMap {
+            data: self.dev.read(&lat.z, 0, lat.z.len())?,
+            batch: lat.batch,
+            h: lat.h,
+            w: lat.w,
+            c: self.cfg.embed_dim(),
+        })
+    }
+
+    /// The encoder and `quant_conv` on the device: f32 latents `[B, h, w, E]`.
+    fn latents(&self, image: &[f32], batch: usize, height: usize, width: usize) -> Result<Latents> {
+        let (c, f) = (self.cfg.in_channels, self.cfg.scale_factor());
+        if height == 0 || width == 0 || !height.is_multiple_of(f) || !width.is_multiple_of(f) {
+            return Err(Error::input(
+                "image",
+                format!("{height} x {width} pixels: both sides must be positive multiples of the VQ-VAE's scale factor {f}"),
+            ));
+        }
+        if batch == 0 || image.len() != batch * c * height * width {
+            return Err(Error::input(
+                "image",
+                format!(
+                    "{} values do not form [B={batch}, {c}, {height}, {width}]",
+                    image.len()
+                ),
+            ));
+        }
+        let dev = &self.dev;
+        let cp = pad8(c);
+        let x = dev.upload(&to_bf16(&to_nhwc_padded(
+            image,
+            batch,
+            c,
+            cp,
+            height * width,
+        )))?;
+        let x = Map {
+            at: x.ptr(),
+            batch,
+            h: height,
+            w: width,
+            c: cp,
+        }; // [B, H, W, C']
+        let px = batch * height * width;
+        let (h, w) = (height / f, width / f);
+        let sc = Scratch::new(
+            dev,
+            self.peak_elements(px),
+            self.encoder.mid_block.attention_elements(batch * h * w),
+            group_norm_workspace(batch, height * width, self.cfg.norm_num_groups),
+        )?;
+        let y = self.encoder_forward(x, &sc)?; // [B, h, w, lat']
+        let e = self.cfg.embed_dim();
+        let z = dev.zeros::<f32>(y.pixels() * e)?; // [B, h, w, E]
+        let plain = GemmOpts::default();
+        dev.gemm(
+            GemmOut::F32,
+            self.quant_conv.mat(),
+            y.at,
+            y.pixels(),
+            z.ptr(),
+            plain,
+        )?;
+        Ok(Latents {
+            z,
+            batch,
+            h: y.h,
+            w: y.w,
+        })
+    }
+
+    /// The encoder on `x [B, H, W, C']`: `[B, h, w, lat']`.
+    fn encoder_forward(&self, x: Map, sc: &Scratch) -> Result<Map> {
+        let (enc, ops) = (&self.encoder, self.ops());
+        let mut x = ops.conv3(&enc.conv_in, x, sc.other(&[x])?, None)?; // [B, H, W, C0]
+        for block in &enc.down_blocks {
+            for r in &block.resnets {
+                x = ops.resnet(r, x, sc)?;
+            }
+            if let Some(conv) = &block.downsampler {
+                let out = sc.other(&[x])?;
+                let geom = (x.h, x.w, x.c);
+                let (h, w) = self
+                    .dev
+                    .conv2d_downsample(conv.mat(), x.at, x.batch, geom, 3, out)?;
+                x = Map {
+                    h,
+                    w,
+                    ..x.into(out, conv.c_out())
+                }; // [B, h / 2, w / 2, C]
+            }
+        }
+        x = ops.mid_block(&enc.mid_block, x, sc)?;
+        // `conv_act` is always SiLU, whatever `act_fn` says.
+        let t = x.into(sc.other(&[x])?, x.c);
+        ops.group_norm(&enc.conv_norm_out, x, t, Some(Act::Silu), sc)?;
+        ops.conv3(&enc.conv_out, t, sc.other(&[t])?, None)
+    }
+
+    /// Elements of the largest feature map of an encode of `px = B H W` pixels (each of the
+    /// four rotating buffers holds one; the input has its own).
+    fn peak_elements(&self, px: usize) -> usize {
+        let ch = &self.cfg.block_out_channels;
+        let mut peak = px * ch[0];
+        for (i, &c_out) in ch.iter().enumerate() {
+            let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
+            peak = peak.max((px >> (2 * i)) * c_in.max(c_out));
+        }
+        let last = px >> (2 * (ch.len() - 1));
+        peak.max(last * pad8(self.cfg.latent_channels))
+    }
+}
+
+/// Loads both halves of `vqvae/` of a model folder (or that folder) onto `dev` from one
+/// opening of its weights: every tensor must be used by one or the other.
+pub fn load_vqvae(dev: &Arc<Device>, dir: &Path) -> Result<(CudaVqEncoder, CudaVqDecoder)> {
+    let dir = vqvae_dir(dir)?;
+    let cfg = VqConfig::from_file(&dir.join("config.json"))?;
+    let weights = Weights::open_dir(&dir)?;
+    let vb = Vb::new(&weights);
+    let pair = (
+        CudaVqEncoder::new(dev, &cfg, &vb)?,
+        CudaVqDecoder::new(dev, &cfg, &vb)?,
+    );
+    weights.ensure_all_used()?;
+    Ok(pair)
+}
+
+impl DEncoder {
+    fn new(dev: &Device, vb: &Vb, cfg: &VqConfig) -> Result<Self> {
+        let ch = &cfg.block_out_channels;
+        let down_blocks = ch
+            .iter()
+            .enumerate()
+            .map(|(i, &c_out)| {
+                let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
+                let vb = vb.pp("down_blocks").pp(i);
+                Ok(DDownBlock {
+                    resnets: (0..cfg.layers_per_block)
+                        .map(|j| {
+                            let c = if j == 0 { c_in } else { c_out };
+                            DResnet::new(dev, &vb.pp("resnets").pp(j), c, c_out)
+                        })
+                        .collect::<Result<_>>()?,
+                    downsampler: (i + 1 < ch.len())
+                        .then(|| {
+                            let conv = vb.pp("downsamplers.0.conv");
+                            DConv::new(dev, &conv, (c_out, c_out), (c_out, c_out), 3)
+                        })
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (first, last) = (ch[0], ch[ch.len() - 1]);
+        let (c, lat) = (cfg.in_channels, cfg.latent_channels);
+        Ok(DEncoder {
+            conv_in: DConv::new(dev, &vb.pp("conv_in"), (c, pad8(c)), (first, first), 3)?,
+            down_blocks,
+            mid_block: DMidBlock::new(dev, &vb.pp("mid_block"), last, cfg.mid_block_add_attention)?,
+            conv_norm_out: DGroupNorm::new(dev, &vb.pp("conv_norm_out"), last)?,
+            conv_out: DConv::new(dev, &vb.pp("conv_out"), (last, last), (lat, pad8(lat)), 3)?,
+        })
+    }
+}
+
+/// f32 `[B, C, H W]` -> `[B, H W, C']`, channels `C..C'` zero.
+fn to_nhwc_padded(x: &[f32], batch: usize, c: usize, cp: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0.0; batch * hw * cp];
+    for b in 0..batch {
+        for ci in 0..c {
+            for p in 0..hw {
+                out[(b * hw + p) * cp + ci] = x[(b * c + ci) * hw + p];
+            }
+        }
+    }
+    out
+}
