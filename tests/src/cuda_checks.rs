@@ -13,7 +13,8 @@
 //!   decisions have margins down to 2e-5, bf16 logits move by ~1e-2, so a few draws per step
 //!   flip and the flips cascade (printed). The teacher-forced checks bound every flip instead:
 //!   at each step of the CPU run, logits within the forward tolerance and any differing greedy
-//!   draw a near-tie of the CPU's guided logits (margin <= `flip_margin_bound`).
+//!   draw a near-tie of the CPU's guided logits (margin <= `flip_margin_bound` times the row's
+//!   logit scale).
 //! - Greedy text-to-image with the trained default model (`models/shapes-64`) against the CPU
 //!   backend's ids.
 
@@ -258,9 +259,17 @@ pub fn check_text_to_image(dev: &Arc<Device>, name: &str) {
 }
 
 /// Bound on the CPU's top-2 margin (in guided logits, `u + g (c - u)`) of any greedy draw the
-/// device makes differently: bf16 logit errors of ~1e-2, times `1 + 2g` under guidance.
+/// device makes differently, in units of the row's logit scale ([`logit_scale`]): bf16 logit
+/// errors of ~1e-2 of that scale, times `1 + 2g` under guidance.
 fn flip_margin_bound(scale: f32) -> f32 {
     0.015 * (1.0 + 2.0 * scale)
+}
+
+/// The scale bf16 errors of a row of logits are relative to: its RMS, at least 1 (the random
+/// fixtures' logits are of order 1; a trained model's reach tens, and so do their errors).
+fn logit_scale(row: &[f32]) -> f32 {
+    let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len().max(1) as f32;
+    ms.sqrt().max(1.0)
 }
 
 /// Teacher-forced steps of greedy text-to-image: at every step both backends run the
@@ -279,28 +288,43 @@ pub fn check_steps_teacher_forced(dev: &Arc<Device>, name: &str) {
         .find(|c| c["name"] == name)
         .expect("case");
     let pipe = Pipeline::load(&fixture("pipeline/model")).expect("pipeline");
+    let run = GreedyRun {
+        prompts: strings(&case["prompts"]),
+        negative_prompt: case["negative_prompt"].as_str().expect("neg").to_string(),
+        width: case["width"].as_u64().expect("w") as usize,
+        height: case["height"].as_u64().expect("h") as usize,
+        steps: case["steps"].as_u64().expect("steps") as usize,
+        scale: case["guidance_scale"].as_f64().expect("g") as f32,
+    };
+    steps_agree_up_to_near_ties(dev, &pipe, &run, name);
+}
+
+/// A greedy text-to-image run: prompts, size, steps and guidance scale.
+struct GreedyRun {
+    prompts: Vec<String>,
+    negative_prompt: String,
+    width: usize,
+    height: usize,
+    steps: usize,
+    scale: f32,
+}
+
+/// The teacher-forced check of [`check_steps_teacher_forced`] on any pipeline and run.
+fn steps_agree_up_to_near_ties(dev: &Arc<Device>, pipe: &Pipeline, run: &GreedyRun, name: &str) {
     let dev = dev.clone();
     let model = CudaMmdit::load(&dev, &pipe.root).expect("device model");
-    let steps = case["steps"].as_u64().expect("steps") as usize;
-    let scale = case["guidance_scale"].as_f64().expect("g") as f32;
+    let (steps, scale, prompts) = (run.steps, run.scale, &run.prompts);
     let mut config = SamplerConfig::new(steps);
     config.guidance = Guidance::from_scale(scale).expect("guidance");
     config.draw = DrawRule::Greedy;
     let sampler = Sampler::new(config).expect("sampler");
     let guided = config.guidance.needs_uncond();
-    let prompts = strings(&case["prompts"]);
-    let (width, height) = (
-        case["width"].as_u64().expect("w") as usize,
-        case["height"].as_u64().expect("h") as usize,
-    );
+    let (width, height) = (run.width, run.height);
     let (h, w) = pipe.grid(width, height).expect("grid");
     let b = prompts.len();
     let mut texts: Vec<String> = Vec::new();
     if guided {
-        texts.extend(std::iter::repeat_n(
-            case["negative_prompt"].as_str().expect("neg").to_string(),
-            b,
-        ));
+        texts.extend(std::iter::repeat_n(run.negative_prompt.clone(), b));
     }
     texts.extend(prompts.iter().cloned());
     let mut tok = Vec::new();
@@ -367,11 +391,11 @@ pub fn check_steps_teacher_forced(dev: &Arc<Device>, name: &str) {
             let (tc, td) = (argmax(&rc), argmax(&rd));
             if tc != td {
                 flips += 1;
-                worst = worst.max(rc[tc] - rc[td]);
+                worst = worst.max((rc[tc] - rc[td]) / logit_scale(&rc));
             }
         }
         println!(
-            "{name} step {step}: logits rel L2 {:.3e}; greedy draws: {flips} of {masked} differ, largest CPU margin of a differing draw {worst:.3e} (bound {bound:.2e})",
+            "{name} step {step}: logits rel L2 {:.3e}; greedy draws: {flips} of {masked} differ, largest CPU margin of a differing draw {worst:.3e} of its row's logit scale (bound {bound:.2e})",
             c.rel_l2
         );
         assert!(
@@ -390,20 +414,20 @@ pub fn check_steps_teacher_forced(dev: &Arc<Device>, name: &str) {
 }
 
 /// Greedy text-to-image with the embedded default model (`models/shapes-64`) at its defaults (16
-/// steps, no guidance): the emulated device run against the CPU backend's ids. A trained model's
-/// decisions mostly have margins far above the bf16 error, so the runs agree almost everywhere;
-/// where a decision is a near-tie the two can differ, and the difference then carries into later
-/// steps. Measured: the no-jitter model of commit 9b82eda gave identical ids (0 of 256); the
-/// jittered, less trained one gives 7 of 256 different ids (one image's worth of tokens is 64).
-/// Bar: at most 5% of the ids differ; a wrong kernel or sampler changes most of them.
-pub fn greedy_text_to_image_of_the_default_model_nearly_gives_the_cpu_ids(dev: &Arc<Device>) {
+/// steps, no guidance), teacher-forced as [`check_steps_teacher_forced`]: at every step of the
+/// CPU run the device logits are within the forward tolerance and every greedy draw the device
+/// makes differently is a near-tie of the CPU logits.
+///
+/// The whole free-running device run is compared too, and its differing ids are printed, not
+/// bounded: one near-tie flip early in an image changes what the later steps condition on, and
+/// the image then diverges wholesale (tens of ids), so a count of differing ids measures how
+/// often near-ties fall early, not whether the kernels are right. Measured with 4 prompts: the
+/// no-jitter model of commit 9b82eda, 0 of 256 ids; the first jittered model, 7; the current
+/// model (`tools/shapes/README.md`), printed by this check.
+pub fn greedy_text_to_image_of_the_default_model_agrees_up_to_near_ties(dev: &Arc<Device>) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-64");
     let pipe = Pipeline::load(&root).expect("default model");
-    let dev = dev.clone();
-    let model = CudaMmdit::load(&dev, &pipe.root).expect("device model");
-    let mut sampler = SamplerConfig::new(16);
-    sampler.draw = DrawRule::Greedy;
-    let req = TextToImage {
+    let run = GreedyRun {
         prompts: [
             "a red circle on the left",
             "a blue square at the top",
@@ -413,22 +437,35 @@ pub fn greedy_text_to_image_of_the_default_model_nearly_gives_the_cpu_ids(dev: &
         .map(String::from)
         .to_vec(),
         negative_prompt: String::new(),
-        images_per_prompt: 1,
         width: 64,
         height: 64,
+        steps: 16,
+        scale: 1.0,
+    };
+    steps_agree_up_to_near_ties(dev, &pipe, &run, "default model");
+
+    let model = CudaMmdit::load(dev, &pipe.root).expect("device model");
+    let mut sampler = SamplerConfig::new(run.steps);
+    sampler.draw = DrawRule::Greedy;
+    let req = TextToImage {
+        prompts: run.prompts.clone(),
+        negative_prompt: String::new(),
+        images_per_prompt: 1,
+        width: run.width,
+        height: run.height,
         sampler,
     };
     let gpu = cuda::text_to_image(&pipe, &model, &req, &mut |_| {}).expect("device run");
     let cpu = pipe.text_to_image(&req, &mut |_| {}).expect("CPU run");
-    let differ = gpu.ids.iter().zip(&cpu.ids).filter(|(a, b)| a != b).count();
-    println!(
-        "default model, 4 prompts, 16 greedy steps: {differ} of {} ids differ from the CPU backend",
-        cpu.ids.len()
-    );
     assert_eq!(gpu.ids.len(), cpu.ids.len(), "ids");
-    assert!(
-        differ * 20 <= cpu.ids.len(),
-        "{differ} of {} ids differ (more than 5%)",
-        cpu.ids.len()
+    let per_image = cpu.ids.len() / run.prompts.len();
+    let differ: Vec<usize> = gpu
+        .ids
+        .chunks(per_image)
+        .zip(cpu.ids.chunks(per_image))
+        .map(|(g, c)| g.iter().zip(c).filter(|(a, b)| a != b).count())
+        .collect();
+    println!(
+        "default model, free-running greedy runs: ids differing from the CPU backend per image {differ:?} (of {per_image} each)"
     );
 }
