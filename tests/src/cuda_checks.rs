@@ -156,36 +156,20 @@ fn strings(v: &Value) -> Vec<String> {
 /// are printed for comparison, not asserted: bf16 logits flip near-ties (see the teacher-forced
 /// tests below), and the flips cascade through later steps.
 pub fn check_text_to_image(dev: &Arc<Device>, name: &str) {
-    let dir = fixture("pipeline");
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("expected.json")).expect("expected.json"),
-    )
-    .expect("JSON");
-    let case = doc["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == name)
-        .expect("case");
-    let pipe = Pipeline::load(&fixture("pipeline/model")).expect("pipeline");
+    let (pipe, run, temperature) = fixture_case(name);
     let dev = dev.clone();
     let model = CudaMmdit::load(&dev, &pipe.root).expect("device model");
-    let t = &doc["temperature"];
-    let mut sampler = SamplerConfig::new(case["steps"].as_u64().expect("steps") as usize);
-    sampler.temperature = Temperature::Anneal {
-        start: t[0].as_f64().expect("t") as f32,
-        end: t[1].as_f64().expect("t") as f32,
-    };
+    let mut sampler = SamplerConfig::new(run.steps);
+    sampler.temperature = temperature;
     sampler.schedule = MaskSchedule::Cosine;
-    sampler.guidance =
-        Guidance::from_scale(case["guidance_scale"].as_f64().expect("g") as f32).expect("guidance");
+    sampler.guidance = Guidance::from_scale(run.scale).expect("guidance");
     sampler.draw = DrawRule::Greedy;
     let req = TextToImage {
-        prompts: strings(&case["prompts"]),
-        negative_prompt: case["negative_prompt"].as_str().expect("neg").to_string(),
+        prompts: run.prompts,
+        negative_prompt: run.negative_prompt,
         images_per_prompt: 1,
-        width: case["width"].as_u64().expect("width") as usize,
-        height: case["height"].as_u64().expect("height") as usize,
+        width: run.width,
+        height: run.height,
         sampler,
     };
     let mut events = Vec::new();
@@ -276,9 +260,15 @@ fn logit_scale(row: &[f32]) -> f32 {
 /// transformer on the CPU run's ids; the device logits must be within the forward tolerance and
 /// every greedy draw that differs must be a near-tie of the CPU logits.
 pub fn check_steps_teacher_forced(dev: &Arc<Device>, name: &str) {
-    let dir = fixture("pipeline");
+    let (pipe, run, _) = fixture_case(name);
+    steps_agree_up_to_near_ties(dev, &pipe, &run, name);
+}
+
+/// The pipeline fixture's model and its t2i case `name` (`pipeline/expected.json`), with the
+/// fixture's Gumbel temperature.
+fn fixture_case(name: &str) -> (Pipeline, GreedyRun, Temperature) {
     let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("expected.json")).expect("expected.json"),
+        &std::fs::read_to_string(fixture("pipeline").join("expected.json")).expect("expected.json"),
     )
     .expect("JSON");
     let case = doc["cases"]
@@ -287,7 +277,6 @@ pub fn check_steps_teacher_forced(dev: &Arc<Device>, name: &str) {
         .iter()
         .find(|c| c["name"] == name)
         .expect("case");
-    let pipe = Pipeline::load(&fixture("pipeline/model")).expect("pipeline");
     let run = GreedyRun {
         prompts: strings(&case["prompts"]),
         negative_prompt: case["negative_prompt"].as_str().expect("neg").to_string(),
@@ -296,7 +285,13 @@ pub fn check_steps_teacher_forced(dev: &Arc<Device>, name: &str) {
         steps: case["steps"].as_u64().expect("steps") as usize,
         scale: case["guidance_scale"].as_f64().expect("g") as f32,
     };
-    steps_agree_up_to_near_ties(dev, &pipe, &run, name);
+    let t = &doc["temperature"];
+    let temperature = Temperature::Anneal {
+        start: t[0].as_f64().expect("t") as f32,
+        end: t[1].as_f64().expect("t") as f32,
+    };
+    let pipe = Pipeline::load(&fixture("pipeline/model")).expect("pipeline");
+    (pipe, run, temperature)
 }
 
 /// A greedy text-to-image run: prompts, size, steps and guidance scale.
