@@ -20,7 +20,8 @@
 
 use std::sync::Arc;
 
-use crate::{compare, fixture};
+use crate::{assert_close, compare, fixture};
+use muddit_engine::clip_text::ClipTextOutput;
 use muddit_engine::cuda::{self, CudaMmdit, Device, DeviceSampler};
 use muddit_engine::model_dir::load_transformer;
 use muddit_engine::pipeline::{Pipeline, TextToImage};
@@ -73,19 +74,8 @@ pub fn forward_matches_the_cpu_forward_within_bf16_tolerance(dev: &Arc<Device>) 
     for (name, got, want) in pairs {
         let (got, want) = (got.expect(name), want.expect(name));
         assert_eq!(got.len(), want.len(), "{name}: length");
-        let c = compare(&got, &want);
-        println!(
-            "muddit_b2/{name} (emulated bf16 vs CPU f32): rel L2 {:.3e} ({:.1}% of tolerance {FORWARD_TOLERANCE:e}), worst abs {:.3e} at {}",
-            c.rel_l2,
-            100.0 * c.rel_l2 / FORWARD_TOLERANCE,
-            c.worst_abs,
-            c.worst_index
-        );
-        assert!(
-            c.rel_l2 <= FORWARD_TOLERANCE,
-            "{name}: rel L2 {:.3e}",
-            c.rel_l2
-        );
+        let what = format!("muddit_b2/{name} (device bf16 vs CPU f32)");
+        assert_close(&what, &got, &want, FORWARD_TOLERANCE);
     }
     // Bad inputs are errors, as on the CPU.
     let bad: Vec<i64> = x.image_tokens.iter().map(|_| 1000).collect();
@@ -185,42 +175,23 @@ pub fn check_text_to_image(dev: &Arc<Device>, name: &str) {
     let guided = req.sampler.guidance.needs_uncond();
     let (h, w) = gpu.grid;
     let b = req.prompts.len();
-    let mut texts: Vec<&str> = Vec::new();
-    if guided {
-        texts.extend(std::iter::repeat_n(req.negative_prompt.as_str(), b));
-    }
-    texts.extend(req.prompts.iter().map(String::as_str));
-    let mut tok = Vec::new();
-    for t in &texts {
-        tok.extend(pipe.tokenizer.encode_padded(t).expect("tokens"));
-    }
-    let enc = pipe.text_encoder.forward(&tok, texts.len()).expect("CLIP");
-    let micro: Vec<f32> = (0..texts.len())
-        .flat_map(|_| [req.width as f32, req.height as f32, 0.0, 0.0, 6.0])
-        .collect();
+    let cond = HostConditioning::new(
+        &pipe,
+        &req.prompts,
+        &req.negative_prompt,
+        guided,
+        (req.width, req.height),
+    );
     let cfg = &model.cfg;
     let layout =
         TokenLayout::image(b, h, w, cfg.codebook_size, cfg.mask_id() as u32).expect("layout");
     let cpu_sampler = Sampler::new(req.sampler).expect("sampler");
     let mut ids = layout.all_masked().expect("ids");
     for step in 0..req.sampler.steps {
-        let model_ids: Vec<i64> = ids
-            .iter()
-            .chain(if guided { ids.iter() } else { [].iter() })
-            .map(|&i| i as i64)
-            .collect();
+        let model_ids = model_ids(&ids, guided);
+        let t = cpu_sampler.model_timestep(step).expect("t");
         let out = model
-            .forward(&MmditInput {
-                image_tokens: &model_ids,
-                batch: texts.len(),
-                height: h,
-                width: w,
-                encoder_hidden_states: &enc.penultimate,
-                text_len: 77,
-                pooled_projections: &enc.text_embeds,
-                timestep: cpu_sampler.model_timestep(step).expect("t"),
-                micro_conds: &micro,
-            })
+            .forward(&cond.input(&model_ids, (h, w), t))
             .expect("device forward");
         cpu_sampler
             .step(step, &mut ids, &out.image_logits, &layout)
@@ -240,6 +211,68 @@ pub fn check_text_to_image(dev: &Arc<Device>, name: &str) {
     );
     assert_eq!(gpu.ids, host_loop, "{name}: device loop vs host loop");
     assert_eq!(gpu.pixels.len(), cpu.pixels.len(), "{name}: decoded pixels");
+}
+
+/// The transformer's conditioning of a t2i batch, made on the CPU: `[negatives; prompts]`
+/// under guidance, else the prompts.
+struct HostConditioning {
+    rows: usize,
+    enc: ClipTextOutput,
+    micro: Vec<f32>,
+}
+
+impl HostConditioning {
+    fn new(
+        pipe: &Pipeline,
+        prompts: &[String],
+        negative: &str,
+        guided: bool,
+        (width, height): (usize, usize),
+    ) -> Self {
+        let mut texts: Vec<&str> = Vec::new();
+        if guided {
+            texts.extend(std::iter::repeat_n(negative, prompts.len()));
+        }
+        texts.extend(prompts.iter().map(String::as_str));
+        let mut tok = Vec::new();
+        for t in &texts {
+            tok.extend(pipe.tokenizer.encode_padded(t).expect("tokens"));
+        }
+        let enc = pipe.text_encoder.forward(&tok, texts.len()).expect("CLIP");
+        let micro = (0..texts.len())
+            .flat_map(|_| [width as f32, height as f32, 0.0, 0.0, 6.0])
+            .collect();
+        HostConditioning {
+            rows: texts.len(),
+            enc,
+            micro,
+        }
+    }
+
+    /// The transformer input for the model's ids `[rows, h, w]` at timestep `t`.
+    fn input<'a>(&'a self, ids: &'a [i64], (h, w): (usize, usize), t: f32) -> MmditInput<'a> {
+        MmditInput {
+            image_tokens: ids,
+            batch: self.rows,
+            height: h,
+            width: w,
+            encoder_hidden_states: &self.enc.penultimate,
+            text_len: 77,
+            pooled_projections: &self.enc.text_embeds,
+            timestep: t,
+            micro_conds: &self.micro,
+        }
+    }
+}
+
+/// The sampler's ids as the model takes them: `[ids; ids]` under guidance.
+fn model_ids(ids: &[u32], guided: bool) -> Vec<i64> {
+    let copies = if guided { 2 } else { 1 };
+    ids.iter()
+        .cycle()
+        .take(copies * ids.len())
+        .map(|&i| i64::from(i))
+        .collect()
 }
 
 /// Bound on the CPU's top-2 margin (in guided logits, `u + g (c - u)`) of any greedy draw the
@@ -317,19 +350,7 @@ fn steps_agree_up_to_near_ties(dev: &Arc<Device>, pipe: &Pipeline, run: &GreedyR
     let (width, height) = (run.width, run.height);
     let (h, w) = pipe.grid(width, height).expect("grid");
     let b = prompts.len();
-    let mut texts: Vec<String> = Vec::new();
-    if guided {
-        texts.extend(std::iter::repeat_n(run.negative_prompt.clone(), b));
-    }
-    texts.extend(prompts.iter().cloned());
-    let mut tok = Vec::new();
-    for t in &texts {
-        tok.extend(pipe.tokenizer.encode_padded(t).expect("tokens"));
-    }
-    let enc = pipe.text_encoder.forward(&tok, texts.len()).expect("CLIP");
-    let micro: Vec<f32> = (0..texts.len())
-        .flat_map(|_| [width as f32, height as f32, 0.0, 0.0, 6.0])
-        .collect();
+    let cond = HostConditioning::new(pipe, prompts, &run.negative_prompt, guided, (width, height));
     let cfg = &model.cfg;
     let v = cfg.codebook_size;
     let layout = TokenLayout::image(b, h, w, v, cfg.mask_id() as u32).expect("layout");
@@ -337,22 +358,8 @@ fn steps_agree_up_to_near_ties(dev: &Arc<Device>, pipe: &Pipeline, run: &GreedyR
     let n = b * h * w;
     let bound = flip_margin_bound(if guided { scale } else { 0.0 });
     for step in 0..steps {
-        let model_ids: Vec<i64> = ids
-            .iter()
-            .chain(if guided { ids.iter() } else { [].iter() })
-            .map(|&i| i as i64)
-            .collect();
-        let x = MmditInput {
-            image_tokens: &model_ids,
-            batch: texts.len(),
-            height: h,
-            width: w,
-            encoder_hidden_states: &enc.penultimate,
-            text_len: 77,
-            pooled_projections: &enc.text_embeds,
-            timestep: sampler.model_timestep(step).expect("t"),
-            micro_conds: &micro,
-        };
+        let model_ids = model_ids(&ids, guided);
+        let x = cond.input(&model_ids, (h, w), sampler.model_timestep(step).expect("t"));
         let lc = pipe.transformer.forward(&x).expect("CPU").image_logits;
         let ld = model.forward(&x).expect("device").image_logits;
         let c = compare(&ld, &lc);
