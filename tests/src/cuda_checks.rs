@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use crate::{assert_close, compare, fixture};
+use crate::{assert_close, compare, fixture, strings};
 use muddit_engine::clip_text::ClipTextOutput;
 use muddit_engine::cuda::{self, CudaMmdit, Device, DeviceSampler};
 use muddit_engine::model_dir::load_transformer;
@@ -129,14 +129,6 @@ pub fn device_sampler_matches_the_cpu_sampler_on_device_logits(dev: &Arc<Device>
         "device sampler: {} steps, guided, categorical: ids identical to the CPU sampler",
         config.steps
     );
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("a list")
-        .iter()
-        .map(|s| s.as_str().expect("a string").to_string())
-        .collect()
 }
 
 /// Greedy text-to-image on the pipeline fixture through `cuda::text_to_image` (ids on the

@@ -75,3 +75,12 @@ pub fn i64_tensor(file: &TensorFile, name: &str) -> (Vec<usize>, Vec<i64>) {
         .expect("fixture tensor");
     (shape.to_vec(), values.to_vec())
 }
+
+/// A JSON list of strings (fixture files).
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}

@@ -11,7 +11,7 @@ use muddit_engine::image_io::load_image;
 use muddit_engine::pipeline::{ImageToText, Pipeline, TextToImage};
 use muddit_engine::tensor_io::TensorFile;
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
-use muddit_tests::{assert_close, f32_tensor, fixture, i64_tensor};
+use muddit_tests::{assert_close, f32_tensor, fixture, i64_tensor, strings};
 use serde_json::Value;
 
 /// Decoded pixels of identical ids: relative L2 error bound in f32.
@@ -70,14 +70,6 @@ fn greedy(fx: &Fixture, steps: usize, guidance_scale: f32) -> SamplerConfig {
 
 fn usize_of(v: &Value) -> usize {
     v.as_u64().expect("a non-negative integer") as usize
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("a list")
-        .iter()
-        .map(|s| s.as_str().expect("a string").to_string())
-        .collect()
 }
 
 /// Positions `(row, i, j)` where two `[B, h, w]` grids differ, at most `limit` of them.
