@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cuda_checks::decisive_case;
 use crate::{compare, f32_tensor, fixture, i64_tensor};
 use muddit_engine::clip_text::load_text_encoder;
 use muddit_engine::cuda::{self, CudaClipText, CudaPipeline, CudaVqDecoder, CudaVqEncoder, Device};
@@ -262,6 +263,31 @@ pub fn whole_device_text_to_image_of_the_default_model_matches_the_cpu(dev: &Arc
         whole.rel_l2,
         whole.worst_abs,
         start.elapsed().as_secs_f64()
+    );
+}
+
+/// The whole text-to-image on the device (`CudaPipeline`) with the decisive fixture
+/// (`cuda_checks::decisive_case`, whose decision gaps that module asserts): exactly the CPU
+/// backend's ids, and images equal to the CPU's within the VQ decoder's tolerance. Unlike the
+/// default model's check above, the bf16 text encoder's conditioning flips no decision here.
+pub fn whole_device_text_to_image_of_the_decisive_model_gives_the_cpu_ids(dev: &Arc<Device>) {
+    let (pipe, req) = decisive_case();
+    let dev = dev.clone();
+    let models = CudaPipeline::load(&dev, &pipe.root).expect("device models");
+    let gpu = cuda::text_to_image(&pipe, &models, &req, &mut |_| {}).expect("device run");
+    let cpu = pipe.text_to_image(&req, &mut |_| {}).expect("CPU run");
+    let differ = gpu.ids.iter().zip(&cpu.ids).filter(|(a, b)| a != b).count();
+    println!(
+        "decisive model, all on the device: {differ} of {} ids differ from the CPU backend",
+        cpu.ids.len()
+    );
+    assert_eq!(gpu.ids, cpu.ids, "device ids vs the CPU backend's");
+    check_close(
+        "decisive model: device images vs the CPU backend's",
+        &gpu.pixels,
+        &cpu.pixels,
+        VQ_REL_L2,
+        Some(VQ_MAX_ABS),
     );
 }
 

@@ -50,6 +50,11 @@ fn greedy_text_to_image_of_the_default_model_agrees_up_to_near_ties() {
 }
 
 #[test]
+fn greedy_text_to_image_of_a_decisive_model_gives_the_cpu_ids() {
+    checks::greedy_text_to_image_of_a_decisive_model_gives_the_cpu_ids(&emulated());
+}
+
+#[test]
 fn opening_a_gpu_without_a_driver_is_a_clear_error() {
     match cuda::open(0) {
         Ok(dev) => println!("a GPU is present: {}", dev.describe()),

@@ -49,6 +49,11 @@ fn whole_device_text_to_image_of_the_default_model_matches_the_cpu() {
 }
 
 #[test]
+fn whole_device_text_to_image_of_the_decisive_model_gives_the_cpu_ids() {
+    checks::whole_device_text_to_image_of_the_decisive_model_gives_the_cpu_ids(&emulated());
+}
+
+#[test]
 fn vq_encoder_three_levels_with_mid_attention_matches_the_cpu() {
     checks::vq_encoder_three_levels_with_mid_attention_matches_the_cpu(&emulated());
 }

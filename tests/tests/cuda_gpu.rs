@@ -65,6 +65,13 @@ fn greedy_text_to_image_of_the_default_model_agrees_up_to_near_ties() {
     }
 }
 
+#[test]
+fn greedy_text_to_image_of_a_decisive_model_gives_the_cpu_ids() {
+    if let Some(dev) = gpu() {
+        checks::greedy_text_to_image_of_a_decisive_model_gives_the_cpu_ids(&dev);
+    }
+}
+
 /// CUDA-event timings of a whole default-model text-to-image run: the GEMMs, attention and the
 /// sampler kernels all show up, with positive GPU times.
 #[test]
@@ -152,6 +159,13 @@ fn default_model_text_encoder_and_decoder_match_the_cpu() {
 fn whole_device_text_to_image_of_the_default_model_matches_the_cpu() {
     if let Some(dev) = gpu() {
         pipeline::whole_device_text_to_image_of_the_default_model_matches_the_cpu(&dev);
+    }
+}
+
+#[test]
+fn whole_device_text_to_image_of_the_decisive_model_gives_the_cpu_ids() {
+    if let Some(dev) = gpu() {
+        pipeline::whole_device_text_to_image_of_the_decisive_model_gives_the_cpu_ids(&dev);
     }
 }
 
