@@ -3,7 +3,6 @@
 use crate::Global;
 use anyhow::Result;
 use clap::Args;
-use muddit_engine::pipeline::Pipeline;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -31,7 +30,7 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
     let total = Instant::now();
     let root = crate::model::resolve(global.model.as_deref())?;
     let start = Instant::now();
-    let pipeline = Pipeline::load_with(&root, global.compute())?;
+    let models = crate::model::Models::load(&root, global)?;
     let load = start.elapsed();
     let request = crate::generate::default_request(
         &args.prompt,
@@ -39,7 +38,7 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
         args.cfg,
         args.width,
         args.height,
-        pipeline.schedule,
+        models.folder().schedule,
     )?;
     if args.kernel_timings {
         match &global.cuda {
@@ -50,7 +49,7 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
     let mut step_ms = Vec::new();
     let mut sampler_ms = Vec::new();
     let bar = crate::progress::steps_bar(args.steps, global.quiet, "bench");
-    let images = crate::generate::text_to_image(&pipeline, &request, global, &mut |e| {
+    let images = models.text_to_image(&request, &mut |e| {
         step_ms.push(ms(e.transformer));
         sampler_ms.push(ms(e.sampler));
         bar.inc(1);

@@ -3,9 +3,8 @@
 use crate::{progress, Global};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
-use muddit_engine::cuda;
 use muddit_engine::image_io::load_image;
-use muddit_engine::pipeline::{ImageToText, Pipeline};
+use muddit_engine::pipeline::ImageToText;
 use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
 use std::path::PathBuf;
 
@@ -76,7 +75,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
     for path in &args.images {
         pixels.extend(load_image(path, r, r)?.data);
     }
-    let mut pipeline = Pipeline::load_with(&root, global.compute())?;
+    let mut models = crate::model::Models::load(&root, global)?;
     let request = ImageToText {
         images: pixels,
         batch: args.images.len(),
@@ -84,7 +83,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
         questions: question.map(|q| vec![q]),
         sampler: SamplerConfig {
             steps,
-            schedule: pipeline.schedule,
+            schedule: models.folder().schedule,
             temperature,
             guidance: Guidance::Off,
             draw: if args.greedy || defaults.greedy {
@@ -97,13 +96,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
     };
     let bar = progress::steps_bar(steps, global.quiet, "i2t");
     // On `--device cuda` everything but the tokenizer runs on the GPU.
-    let answers = match &global.cuda {
-        None => pipeline.image_to_text(&request, &mut |_| bar.inc(1))?,
-        Some(device) => {
-            let mut models = cuda::CudaPipeline::load(device, &pipeline.root)?;
-            cuda::image_to_text(&mut pipeline, &mut models, &request, &mut |_| bar.inc(1))?
-        }
-    };
+    let answers = models.image_to_text(&request, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     if global.json {
         let rows: Vec<serde_json::Value> = args

@@ -4,8 +4,7 @@ use crate::png_meta::{self, GenerationParams};
 use crate::{progress, Global};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use muddit_engine::cuda;
-use muddit_engine::pipeline::{Images, Pipeline, StepEvent, TextToImage};
+use muddit_engine::pipeline::TextToImage;
 use muddit_engine::tensor_io::{self, HostTensor};
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
 use std::collections::BTreeMap;
@@ -180,7 +179,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         crate::refuse_overwrite(path, args.overwrite)?;
     }
 
-    let pipeline = Pipeline::load_with(&root, global.compute())?;
+    let models = crate::model::Models::load(&root, global)?;
     let schedule = match args
         .schedule
         .as_deref()
@@ -189,7 +188,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         Some(name) => {
             MaskSchedule::from_config_name(name).with_context(|| format!("--schedule {name}"))?
         }
-        None => pipeline.schedule,
+        None => models.folder().schedule,
     };
     let sampler = SamplerConfig {
         steps,
@@ -215,7 +214,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         eprintln!("seed: {seed}");
     }
     let bar = progress::steps_bar(steps, global.quiet, "t2i");
-    let images = pipeline.text_to_image(&request, &mut |e| {
+    let images = models.text_to_image(&request, &mut |e| {
         bar.set_message(format!(
             "t2i {:.2} s/step",
             e.transformer.as_secs_f64() + e.sampler.as_secs_f64()
@@ -271,23 +270,6 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
-}
-
-/// Runs a request on the CPU, or entirely on the GPU of `--device cuda` (text encoder,
-/// transformer, sampler and VQ decoder; the tokenizer on the host).
-pub fn text_to_image(
-    pipeline: &Pipeline,
-    request: &TextToImage,
-    global: &Global,
-    on_step: &mut dyn FnMut(StepEvent),
-) -> Result<Images> {
-    Ok(match &global.cuda {
-        None => pipeline.text_to_image(request, on_step)?,
-        Some(device) => {
-            let models = cuda::CudaPipeline::load(device, &pipeline.root)?;
-            cuda::text_to_image(pipeline, &models, request, on_step)?
-        }
-    })
 }
 
 /// Exposed for `bench`: the same defaults.

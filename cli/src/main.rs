@@ -34,7 +34,8 @@ pub struct Global {
     /// Model folder (the root of the public layout or its `transformer/` folder).
     #[arg(long, global = true, env = "MUDDIT_MODEL")]
     pub model: Option<PathBuf>,
-    /// Where to run: `cpu` (default) or `cuda[:N]`.
+    /// Where to run: `cpu` (default) or `cuda[:N]` (builds with the `emulate` feature also take
+    /// `emulated`: the CUDA backend on the CPU emulator of its kernels, for tests).
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
     /// Arithmetic of the matrix products: `f32`, or `bf16` (weights and activations rounded to
@@ -113,6 +114,23 @@ fn cuda_ordinal(device: &str) -> Result<Option<usize>> {
     }
 }
 
+/// The device `--device` names, opened; None for the CPU.
+fn open_device(device: &str) -> Result<Option<std::sync::Arc<muddit_engine::cuda::Device>>> {
+    #[cfg(feature = "emulate")]
+    if device == "emulated" {
+        return Ok(Some(std::sync::Arc::new(
+            muddit_engine::cuda::Device::emulated(),
+        )));
+    }
+    match cuda_ordinal(device)? {
+        None => Ok(None),
+        Some(ordinal) => Ok(Some(
+            muddit_engine::cuda::open(ordinal)
+                .map_err(|e| anyhow::anyhow!("--device {device}: {e}"))?,
+        )),
+    }
+}
+
 fn run(mut cli: Cli) -> Result<()> {
     if let Some(n) = cli.global.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
@@ -120,14 +138,15 @@ fn run(mut cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    if let Some(ordinal) = cuda_ordinal(&cli.global.device)? {
-        let device = muddit_engine::cuda::open(ordinal)
-            .map_err(|e| anyhow::anyhow!("--device {}: {e}", cli.global.device))?;
+    if let Some(device) = open_device(&cli.global.device)? {
         if !matches!(
             cli.command,
             Command::T2i(_) | Command::Caption(_) | Command::Vqa(_) | Command::Bench(_)
         ) {
             anyhow::bail!("--device {}: only `t2i`, `caption`, `vqa` and `bench` run on the CUDA backend so far; use --device cpu", cli.global.device);
+        }
+        if !cli.global.quiet {
+            eprintln!("device: {}", device.describe());
         }
         cli.global.cuda = Some(device);
     }

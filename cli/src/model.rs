@@ -3,7 +3,12 @@
 //! committed in this repository (`models/shapes-64/`, found through the path it was built from).
 //! A model root may hold `muddit.json` with the command defaults that suit it (see [`Defaults`]).
 
+use crate::Global;
 use anyhow::{bail, Context, Result};
+use muddit_engine::cuda::{self, CudaPipeline};
+use muddit_engine::pipeline::{
+    Answer, ImageToText, Images, ModelFolder, Pipeline, StepEvent, TextToImage,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -187,5 +192,61 @@ mod tests {
         let e = resolve(Some(Path::new("Org/Missing"))).expect_err("not cached");
         assert!(e.to_string().contains("huggingface-cli download"), "{e}");
         std::fs::remove_dir_all(&tmp).ok();
+    }
+}
+
+/// The models a command runs: the CPU pipeline, or with `--device cuda` the folder's configs,
+/// tokenizer and scheduler on the host and every model on the GPU (no CPU weights loaded).
+pub enum Models {
+    Cpu(Pipeline),
+    Cuda {
+        folder: ModelFolder,
+        models: CudaPipeline,
+    },
+}
+
+impl Models {
+    /// Loads the models of `root` where `--device` says.
+    pub fn load(root: &Path, global: &Global) -> Result<Self> {
+        Ok(match &global.cuda {
+            None => Models::Cpu(Pipeline::load_with(root, global.compute())?),
+            Some(device) => Models::Cuda {
+                folder: ModelFolder::open(root)?,
+                models: CudaPipeline::load(device, root)?,
+            },
+        })
+    }
+
+    pub fn folder(&self) -> &ModelFolder {
+        match self {
+            Models::Cpu(pipeline) => pipeline,
+            Models::Cuda { folder, .. } => folder,
+        }
+    }
+
+    pub fn text_to_image(
+        &self,
+        request: &TextToImage,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<Images> {
+        Ok(match self {
+            Models::Cpu(pipeline) => pipeline.text_to_image(request, on_step)?,
+            Models::Cuda { folder, models } => {
+                cuda::text_to_image(folder, models, request, on_step)?
+            }
+        })
+    }
+
+    pub fn image_to_text(
+        &mut self,
+        request: &ImageToText,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<Vec<Answer>> {
+        Ok(match self {
+            Models::Cpu(pipeline) => pipeline.image_to_text(request, on_step)?,
+            Models::Cuda { folder, models } => {
+                cuda::image_to_text(folder, models, request, on_step)?
+            }
+        })
     }
 }

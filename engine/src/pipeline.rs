@@ -5,13 +5,14 @@
 //! whole batch and hands the logits to the sampler; the sampler's seeded random source makes the
 //! result independent of thread counts.
 
-use crate::clip_text::{load_text_encoder_with, ClipTextModel};
+use crate::clip_text::{load_text_encoder_with, text_encoder_dir, ClipTextConfig, ClipTextModel};
+use crate::config::TransformerConfig;
 use crate::error::{Error, Result};
 use crate::mmdit::{Mmdit, MmditInput};
-use crate::model_dir::load_transformer_with;
+use crate::model_dir::{load_transformer_with, transformer_dir};
 use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
-use crate::vqvae::{load_vqvae_with, VqModel};
+use crate::vqvae::{load_vqvae_with, vqvae_dir, VqConfig, VqModel};
 use crate::Compute;
 use muddit_sampler::{MaskSchedule, Sampler, SamplerConfig, SamplerError, TokenLayout};
 use std::path::{Path, PathBuf};
@@ -26,17 +27,43 @@ struct SchedulerFile {
     masking_schedule: Option<String>,
 }
 
-/// Every component of a model folder in the public layout.
-pub struct Pipeline {
+/// What a model folder says besides its weights: the three configs, the tokenizer and the
+/// masking schedule. Enough to plan a run and to read its results; the CUDA backend runs on a
+/// `ModelFolder` and its device models, so the CPU weights are never loaded for it.
+pub struct ModelFolder {
     pub root: PathBuf,
-    pub transformer: Mmdit,
-    pub text_encoder: ClipTextModel,
+    pub transformer_cfg: TransformerConfig,
+    pub text_encoder_cfg: ClipTextConfig,
+    pub vqvae_cfg: VqConfig,
     pub tokenizer: ClipTokenizer,
-    pub vqvae: VqModel,
     /// From `scheduler/scheduler_config.json`.
     pub schedule: MaskSchedule,
-    /// The `<mask>` text id, once `prepare_captioning` has added it.
+    /// The `<mask>` text id, once [`ModelFolder::mask_token`] has added it to the tokenizer.
     text_mask_id: Option<u32>,
+}
+
+/// Every component of a model folder in the public layout, with the CPU models. Dereferences to
+/// its [`ModelFolder`] (`pipe.root`, `pipe.tokenizer`, `pipe.grid(..)`).
+pub struct Pipeline {
+    pub folder: ModelFolder,
+    pub transformer: Mmdit,
+    pub text_encoder: ClipTextModel,
+    pub vqvae: VqModel,
+    /// Whether the CPU text encoder holds the `<mask>` row (`prepare_captioning`).
+    mask_row_set: bool,
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = ModelFolder;
+    fn deref(&self) -> &ModelFolder {
+        &self.folder
+    }
+}
+
+impl std::ops::DerefMut for Pipeline {
+    fn deref_mut(&mut self) -> &mut ModelFolder {
+        &mut self.folder
+    }
 }
 
 /// What happened in one denoising step, for progress bars and benchmarks.
@@ -132,48 +159,28 @@ pub struct Answer {
     pub raw: String,
 }
 
-impl Pipeline {
-    /// Loads transformer, text encoder, tokenizer, VQ-VAE and scheduler config from `root`.
-    pub fn load(root: &Path) -> Result<Self> {
-        Self::load_with(root, Compute::F32)
-    }
-
-    /// [`Pipeline::load`] with every matrix product in `compute` arithmetic (`Compute::Bf16`:
-    /// bf16 weights and activations into the products, f32 accumulation).
-    pub fn load_with(root: &Path, compute: Compute) -> Result<Self> {
-        let transformer = load_transformer_with(root, compute)?;
-        let text_encoder = load_text_encoder_with(root, compute)?;
+impl ModelFolder {
+    /// Reads the configs, tokenizer and scheduler config of `root` (no weights), checking that
+    /// they fit together: the text encoder's widths are the transformer's, its vocabulary the
+    /// tokenizer's, and the VQ-VAE has the transformer's codes.
+    pub fn open(root: &Path) -> Result<Self> {
+        let transformer_cfg =
+            TransformerConfig::from_file(&transformer_dir(root)?.join("config.json"))?;
+        let text_encoder_cfg =
+            ClipTextConfig::from_file(&text_encoder_dir(root)?.join("config.json"))?;
+        let vqvae_cfg = VqConfig::from_file(&vqvae_dir(root)?.join("config.json"))?;
         let tokenizer = ClipTokenizer::from_dir(&tokenizer_dir(root)?)?;
-        tokenizer.check_text_encoder(text_encoder.cfg.vocab_size, text_encoder.vocab_rows())?;
-        let vqvae = load_vqvae_with(root, compute)?;
+        let vocab = text_encoder_cfg.vocab_size;
+        tokenizer.check_text_encoder(vocab, vocab)?;
         let schedule = read_schedule(root)?;
-        let cfg = &transformer.cfg;
-        if text_encoder.cfg.hidden_size != cfg.joint_attention_dim
-            || text_encoder.cfg.projection_dim != cfg.pooled_projection_dim
-        {
-            return Err(Error::ModelFolder {
-                path: root.to_path_buf(),
-                message: format!(
-                    "the text encoder gives {}-wide features and {}-wide pooled vectors, the transformer takes {} and {}",
-                    text_encoder.cfg.hidden_size, text_encoder.cfg.projection_dim, cfg.joint_attention_dim, cfg.pooled_projection_dim
-                ),
-            });
-        }
-        if vqvae.cfg.num_vq_embeddings != cfg.codebook_size {
-            return Err(Error::ModelFolder {
-                path: root.to_path_buf(),
-                message: format!(
-                    "the VQ-VAE has {} codes, the transformer predicts {}",
-                    vqvae.cfg.num_vq_embeddings, cfg.codebook_size
-                ),
-            });
-        }
-        Ok(Pipeline {
+        let (t, c, v) = (&transformer_cfg, &text_encoder_cfg, &vqvae_cfg);
+        check_fit(root, t, c, v)?;
+        Ok(ModelFolder {
             root: root.to_path_buf(),
-            transformer,
-            text_encoder,
+            transformer_cfg,
+            text_encoder_cfg,
+            vqvae_cfg,
             tokenizer,
-            vqvae,
             schedule,
             text_mask_id: None,
         })
@@ -182,8 +189,8 @@ impl Pipeline {
     /// The id grid for an image size: a multiple of the VQ scale factor, and of twice that when
     /// the transformer's down block halves the grid.
     pub fn grid(&self, width: usize, height: usize) -> Result<(usize, usize)> {
-        let f = self.vqvae.cfg.scale_factor();
-        let step = if self.transformer.cfg.downsample {
+        let f = self.vqvae_cfg.scale_factor();
+        let step = if self.transformer_cfg.downsample {
             2 * f
         } else {
             f
@@ -235,7 +242,7 @@ impl Pipeline {
                 .flat_map(|p| std::iter::repeat_n(p.as_str(), req.images_per_prompt)),
         );
         let text_ids = self.tokenize(&texts)?;
-        let cfg = &self.transformer.cfg;
+        let cfg = &self.transformer_cfg;
         let layout = TokenLayout::image(
             batch,
             grid.0,
@@ -279,67 +286,19 @@ impl Pipeline {
         })
     }
 
-    /// Generates images. `on_step` is called after every step.
-    pub fn text_to_image(
-        &self,
-        req: &TextToImage,
-        on_step: &mut dyn FnMut(StepEvent),
-    ) -> Result<Images> {
-        let plan = self.plan_text_to_image(req)?;
-        let start = Instant::now();
-        let text = self.text_encoder.forward(&plan.text_ids, plan.rows)?;
-        let text_encode = start.elapsed();
-        let (h, w) = plan.grid;
-        let mut ids = plan.layout.all_masked()?;
-        for step in 0..plan.sampler.steps() {
-            let t0 = Instant::now();
-            let model_ids: Vec<i64> = ids
-                .iter()
-                .chain(if plan.guided { ids.iter() } else { [].iter() })
-                .map(|&i| i as i64)
-                .collect();
-            let logits = self.transformer.forward_image(&MmditInput {
-                image_tokens: &model_ids,
-                batch: plan.rows,
-                height: h,
-                width: w,
-                encoder_hidden_states: &text.penultimate,
-                text_len: MAX_LEN,
-                pooled_projections: &text.text_embeds,
-                timestep: plan.sampler.model_timestep(step)?,
-                micro_conds: &plan.micro,
-            })?;
-            let t1 = Instant::now();
-            plan.sampler.step(step, &mut ids, &logits, &plan.layout)?;
-            on_step(StepEvent {
-                step,
-                steps: plan.sampler.steps(),
-                text_encoder: Duration::ZERO,
-                transformer: t1 - t0,
-                sampler: t1.elapsed(),
-            });
-        }
-        self.finish_text_to_image(&plan, ids, text_encode, |ids, b, h, w| {
-            self.vqvae.decode(ids, b, h, w)
-        })
-    }
-
-    /// Adds `<mask>` to the tokenizer and its embedding (from `mask_token_embedding.pth`) to the
-    /// text encoder, once; returns its id.
-    pub fn prepare_captioning(&mut self) -> Result<u32> {
+    /// Adds `<mask>` to the tokenizer, once; returns its id. Fails for a transformer without
+    /// a text head.
+    pub fn mask_token(&mut self) -> Result<u32> {
         if let Some(id) = self.text_mask_id {
             return Ok(id);
         }
-        if !self.transformer.has_text_head() {
+        if self.transformer_cfg.tokenizer_vocab_size.is_none() {
             return Err(Error::ModelFolder {
                 path: self.root.clone(),
                 message: "this transformer has no text head (a Meissonic `Transformer2DModel`): captioning and VQA need a Muddit model".into(),
             });
         }
-        let path = mask_embedding_path(&self.root)?;
-        let row = read_mask_embedding(&path, self.text_encoder.cfg.hidden_size)?;
         let id = self.tokenizer.add_mask_token();
-        self.text_encoder.set_token_embedding(id as usize, &row)?;
         self.text_mask_id = Some(id);
         Ok(id)
     }
@@ -348,7 +307,7 @@ impl Pipeline {
     /// question tokens, the sampler and its token layout. Shared by the CPU loop and the CUDA
     /// backend's.
     pub(crate) fn plan_image_to_text(&mut self, req: &ImageToText) -> Result<ImageToTextPlan> {
-        let mask_id = self.prepare_captioning()?;
+        let mask_id = self.mask_token()?;
         let b = req.batch;
         if b == 0 {
             return Err(Error::input("image", "no image given"));
@@ -365,7 +324,7 @@ impl Pipeline {
             return Err(Error::input("cfg", "image-to-text runs without guidance"));
         }
         let sampler = Sampler::new(req.sampler)?;
-        let vt = self.transformer.cfg.tokenizer_vocab_size.unwrap_or(0);
+        let vt = self.transformer_cfg.tokenizer_vocab_size.unwrap_or(0);
 
         // Text ids start as <mask>; a question (start token, no end token) fills the front.
         let mut ids = vec![mask_id; b * MAX_LEN];
@@ -456,6 +415,90 @@ impl Pipeline {
             })
             .collect())
     }
+}
+
+impl Pipeline {
+    /// Loads transformer, text encoder, tokenizer, VQ-VAE and scheduler config from `root`.
+    pub fn load(root: &Path) -> Result<Self> {
+        Self::load_with(root, Compute::F32)
+    }
+
+    /// [`Pipeline::load`] with every matrix product in `compute` arithmetic (`Compute::Bf16`:
+    /// bf16 weights and activations into the products, f32 accumulation).
+    pub fn load_with(root: &Path, compute: Compute) -> Result<Self> {
+        let folder = ModelFolder::open(root)?;
+        let transformer = load_transformer_with(root, compute)?;
+        let text_encoder = load_text_encoder_with(root, compute)?;
+        folder
+            .tokenizer
+            .check_text_encoder(text_encoder.cfg.vocab_size, text_encoder.vocab_rows())?;
+        let vqvae = load_vqvae_with(root, compute)?;
+        Ok(Pipeline {
+            folder,
+            transformer,
+            text_encoder,
+            vqvae,
+            mask_row_set: false,
+        })
+    }
+
+    /// Generates images. `on_step` is called after every step.
+    pub fn text_to_image(
+        &self,
+        req: &TextToImage,
+        on_step: &mut dyn FnMut(StepEvent),
+    ) -> Result<Images> {
+        let plan = self.plan_text_to_image(req)?;
+        let start = Instant::now();
+        let text = self.text_encoder.forward(&plan.text_ids, plan.rows)?;
+        let text_encode = start.elapsed();
+        let (h, w) = plan.grid;
+        let mut ids = plan.layout.all_masked()?;
+        for step in 0..plan.sampler.steps() {
+            let t0 = Instant::now();
+            let model_ids: Vec<i64> = ids
+                .iter()
+                .chain(if plan.guided { ids.iter() } else { [].iter() })
+                .map(|&i| i as i64)
+                .collect();
+            let logits = self.transformer.forward_image(&MmditInput {
+                image_tokens: &model_ids,
+                batch: plan.rows,
+                height: h,
+                width: w,
+                encoder_hidden_states: &text.penultimate,
+                text_len: MAX_LEN,
+                pooled_projections: &text.text_embeds,
+                timestep: plan.sampler.model_timestep(step)?,
+                micro_conds: &plan.micro,
+            })?;
+            let t1 = Instant::now();
+            plan.sampler.step(step, &mut ids, &logits, &plan.layout)?;
+            on_step(StepEvent {
+                step,
+                steps: plan.sampler.steps(),
+                text_encoder: Duration::ZERO,
+                transformer: t1 - t0,
+                sampler: t1.elapsed(),
+            });
+        }
+        self.finish_text_to_image(&plan, ids, text_encode, |ids, b, h, w| {
+            self.vqvae.decode(ids, b, h, w)
+        })
+    }
+
+    /// Adds `<mask>` to the tokenizer and its embedding (from `mask_token_embedding.pth`) to the
+    /// CPU text encoder, once; returns its id.
+    pub fn prepare_captioning(&mut self) -> Result<u32> {
+        let id = self.folder.mask_token()?;
+        if !self.mask_row_set {
+            let path = mask_embedding_path(&self.root)?;
+            let row = read_mask_embedding(&path, self.text_encoder.cfg.hidden_size)?;
+            self.text_encoder.set_token_embedding(id as usize, &row)?;
+            self.mask_row_set = true;
+        }
+        Ok(id)
+    }
 
     /// Captions images (no questions) or answers questions about them.
     pub fn image_to_text(
@@ -463,7 +506,8 @@ impl Pipeline {
         req: &ImageToText,
         on_step: &mut dyn FnMut(StepEvent),
     ) -> Result<Vec<Answer>> {
-        let plan = self.plan_image_to_text(req)?;
+        self.prepare_captioning()?;
+        let plan = self.folder.plan_image_to_text(req)?;
         let (b, (h, w), r) = (plan.batch, plan.grid, req.resolution);
         let sampler = &plan.sampler;
         let image_ids = self.vqvae.encode(&req.images, b, r, r)?;
@@ -505,6 +549,30 @@ impl Pipeline {
             .collect();
         self.finish_image_to_text(&plan, &best)
     }
+}
+
+/// Fails unless a text encoder and VQ-VAE of these configs fit the transformer's: its text and
+/// pooled widths, and its codebook.
+pub(crate) fn check_fit(
+    root: &Path,
+    t: &TransformerConfig,
+    c: &ClipTextConfig,
+    v: &VqConfig,
+) -> Result<()> {
+    if c.hidden_size == t.joint_attention_dim
+        && c.projection_dim == t.pooled_projection_dim
+        && v.num_vq_embeddings == t.codebook_size
+    {
+        return Ok(());
+    }
+    Err(Error::ModelFolder {
+        path: root.to_path_buf(),
+        message: format!(
+            "the text encoder gives {}-wide features and {}-wide pooled vectors and the VQ-VAE has {} codes; the transformer takes {}, {} and predicts {}",
+            c.hidden_size, c.projection_dim, v.num_vq_embeddings,
+            t.joint_attention_dim, t.pooled_projection_dim, t.codebook_size
+        ),
+    })
 }
 
 /// The masking schedule named by `scheduler/scheduler_config.json`.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::{assert_close, compare, fixture, strings};
 use muddit_engine::clip_text::ClipTextOutput;
-use muddit_engine::cuda::{self, CudaMmdit, Device, DeviceSampler};
+use muddit_engine::cuda::{self, CudaMmdit, Device, DeviceModels, DeviceSampler};
 use muddit_engine::model_dir::load_transformer;
 use muddit_engine::pipeline::{Pipeline, TextToImage};
 use muddit_engine::tensor_io::TensorFile;
@@ -158,8 +158,13 @@ pub fn check_text_to_image(dev: &Arc<Device>, name: &str) {
         sampler,
     };
     let mut events = Vec::new();
-    let gpu =
-        cuda::text_to_image(&pipe, &model, &req, &mut |e| events.push(e.step)).expect("device run");
+    let gpu = cuda::text_to_image(
+        &pipe,
+        DeviceModels::with_host(&model, &pipe),
+        &req,
+        &mut |e| events.push(e.step),
+    )
+    .expect("device run");
     assert_eq!(
         events,
         (0..req.sampler.steps).collect::<Vec<_>>(),
@@ -452,7 +457,13 @@ pub fn greedy_text_to_image_of_the_default_model_agrees_up_to_near_ties(dev: &Ar
         height: run.height,
         sampler,
     };
-    let gpu = cuda::text_to_image(&pipe, &model, &req, &mut |_| {}).expect("device run");
+    let gpu = cuda::text_to_image(
+        &pipe,
+        DeviceModels::with_host(&model, &pipe),
+        &req,
+        &mut |_| {},
+    )
+    .expect("device run");
     let cpu = pipe.text_to_image(&req, &mut |_| {}).expect("CPU run");
     assert_eq!(gpu.ids.len(), cpu.ids.len(), "ids");
     let per_image = cpu.ids.len() / run.prompts.len();
@@ -562,7 +573,13 @@ pub fn greedy_text_to_image_of_a_decisive_model_gives_the_cpu_ids(dev: &Arc<Devi
     let host: Vec<i64> = decisions.ids.iter().map(|&i| i64::from(i)).collect();
     assert_eq!(cpu.ids, host, "the CPU pipeline vs its host-stepped loop");
     let model = CudaMmdit::load(dev, &pipe.root).expect("device model");
-    let gpu = cuda::text_to_image(&pipe, &model, &req, &mut |_| {}).expect("device run");
+    let gpu = cuda::text_to_image(
+        &pipe,
+        DeviceModels::with_host(&model, &pipe),
+        &req,
+        &mut |_| {},
+    )
+    .expect("device run");
     let differ = gpu.ids.iter().zip(&cpu.ids).filter(|(a, b)| a != b).count();
     println!(
         "decisive model: {} of {} ids differ from the CPU backend",

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use muddit_engine::cuda::{self, Device};
+use muddit_engine::cuda::{self, Device, DeviceModels};
 use muddit_tests::{cuda_checks as checks, cuda_pipeline_checks as pipeline};
 
 /// GPU 0, or `None` (said on stderr) where there is none and none is required.
@@ -91,7 +91,13 @@ fn kernel_timings_cover_a_default_model_run() {
         sampler: muddit_sampler::SamplerConfig::new(16),
     };
     dev.start_kernel_timing();
-    cuda::text_to_image(&pipe, &model, &req, &mut |_| {}).expect("device run");
+    cuda::text_to_image(
+        &pipe,
+        DeviceModels::with_host(&model, &pipe),
+        &req,
+        &mut |_| {},
+    )
+    .expect("device run");
     let times = dev.kernel_times().expect("kernel times");
     for t in &times {
         println!(

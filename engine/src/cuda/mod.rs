@@ -21,10 +21,11 @@
 //!   encoder and decoder share the blocks' forwards, `vq::VqOps`). [`CudaPipeline`] holds the
 //!   models of a folder ([`load_vqvae`]: both VQ halves from one opening of the weights, every
 //!   tensor used by one of them).
-//! - [`text_to_image`] is the pipeline entry point: it takes a loaded [`Pipeline`] for the
-//!   tokenizer, configs and scheduler, and the device models ([`DeviceModels`]: a
-//!   [`CudaPipeline`], or a [`CudaMmdit`] alone, then CLIP and the decoder run on the
-//!   `Pipeline`'s CPU copies). With a [`CudaPipeline`] only the prompts' ids go up and the
+//! - [`text_to_image`] is the pipeline entry point: it takes a [`ModelFolder`] (tokenizer,
+//!   configs, scheduler: no weights, so nothing is loaded twice) and the models of the run
+//!   ([`DeviceModels`]: a [`CudaPipeline`], everything on the device, or for checks a
+//!   [`CudaMmdit`] with the CPU text encoder and decoder of a [`Pipeline`],
+//!   [`DeviceModels::with_host`]). With a [`CudaPipeline`] only the prompts' ids go up and the
 //!   pixels come down (the decoder's `[B, H, W, 3]` bf16, laid out as NCHW and clamped to
 //!   `[0, 1]` on the host as the CPU path does). Inside the loop nothing but `k` per row and
 //!   a bad-logits flag (`B + 1` integers) comes back from the device per step.
@@ -35,13 +36,11 @@
 //!   vocabulary, `<mask>` inside it) run on the device, and the `B x 77` text ids come down for
 //!   CLIP's host-side end-of-text choice; the answer is the argmax of the last text logits
 //!   (`DeviceSampler::argmax`, `B x 77` ids down). The planning and the answers' decoding and
-//!   clean-up are the CPU pipeline's (`plan_image_to_text`, `finish_image_to_text`).
+//!   clean-up are the [`ModelFolder`]'s (`plan_image_to_text`, `finish_image_to_text`).
 //!
 //! Missing: the VQ decoder's `norm_type: "spatial"` and the `relu`/`mish` activations of both
-//! VQ halves (clear errors at load; no public Muddit checkpoint uses them), the end-of-text
-//! position chosen on the device (image-to-text downloads `B x 77` ids per step for it), and a
-//! `Pipeline` that does not load the CPU transformer, text encoder and VQ-VAE when everything
-//! runs on the device (they stay loaded: making them optional would touch every CPU caller).
+//! VQ halves (clear errors at load; no public Muddit checkpoint uses them), and the end-of-text
+//! position chosen on the device (image-to-text downloads `B x 77` ids per step for it).
 
 mod clip;
 mod device;
@@ -64,10 +63,14 @@ pub use sampler::DeviceSampler;
 pub use vq::CudaVqDecoder;
 pub use vq_encoder::{load_vqvae, CudaVqEncoder};
 
+use crate::clip_text::ClipTextModel;
 use crate::error::{Error, Result};
-use crate::pipeline::{Answer, ImageToText, Images, Pipeline, StepEvent, TextToImage};
+use crate::pipeline::{
+    check_fit, Answer, ImageToText, Images, ModelFolder, Pipeline, StepEvent, TextToImage,
+};
 use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::MAX_LEN;
+use crate::vqvae::VqModel;
 
 /// Opens GPU `ordinal` (checking for the driver first): the kernels' error, never a panic.
 pub fn open(ordinal: usize) -> Result<Arc<Device>> {
@@ -92,20 +95,7 @@ impl CudaPipeline {
         let transformer = CudaMmdit::load(dev, root)?;
         let text_encoder = CudaClipText::load(dev, root)?;
         let (vq_encoder, vqvae) = load_vqvae(dev, root)?;
-        let (t, c, v) = (&transformer.cfg, &text_encoder.cfg, &vqvae.cfg);
-        let fits = c.hidden_size == t.joint_attention_dim
-            && c.projection_dim == t.pooled_projection_dim
-            && v.num_vq_embeddings == t.codebook_size;
-        if !fits {
-            return Err(Error::ModelFolder {
-                path: root.to_path_buf(),
-                message: format!(
-                    "the text encoder gives {}-wide features and {}-wide pooled vectors and the VQ-VAE has {} codes; the transformer takes {}, {} and predicts {}",
-                    c.hidden_size, c.projection_dim, v.num_vq_embeddings,
-                    t.joint_attention_dim, t.pooled_projection_dim, t.codebook_size
-                ),
-            });
-        }
+        check_fit(root, &transformer.cfg, &text_encoder.cfg, &vqvae.cfg)?;
         Ok(CudaPipeline {
             transformer,
             text_encoder,
@@ -116,7 +106,8 @@ impl CudaPipeline {
     }
 
     /// Puts the `<mask>` row `id` (from `mask_token_embedding.pth` of `root`) into the device
-    /// text encoder, once, as [`Pipeline::prepare_captioning`] does for the CPU one.
+    /// text encoder, once, as [`crate::pipeline::Pipeline::prepare_captioning`] does for the
+    /// CPU one.
     fn prepare_captioning(&mut self, root: &Path, id: u32) -> Result<()> {
         if self.text_mask_id == Some(id) {
             return Ok(());
@@ -137,32 +128,47 @@ impl CudaPipeline {
     }
 }
 
-/// The device models of one run: the transformer, and the text encoder and VQ decoder when
-/// they are on the device too (else the CPU ones of the [`Pipeline`] run). Made from a
-/// [`CudaPipeline`] (everything on the device) or a [`CudaMmdit`] (the transformer only).
+/// The models of one device run: the device transformer, and the text encoder and VQ decoder
+/// on the device ([`CudaPipeline`]) or, to check the device transformer alone against the
+/// CPU, the CPU ones of a [`Pipeline`] ([`DeviceModels::with_host`]).
 #[derive(Clone, Copy)]
 pub struct DeviceModels<'a> {
     pub transformer: &'a CudaMmdit,
-    pub text_encoder: Option<&'a CudaClipText>,
-    pub vqvae: Option<&'a CudaVqDecoder>,
+    pub text_encoder: TextEncoderOn<'a>,
+    pub vqvae: DecoderOn<'a>,
+}
+
+/// Where a run's text encoder is.
+#[derive(Clone, Copy)]
+pub enum TextEncoderOn<'a> {
+    Device(&'a CudaClipText),
+    Host(&'a ClipTextModel),
+}
+
+/// Where a run's VQ decoder is.
+#[derive(Clone, Copy)]
+pub enum DecoderOn<'a> {
+    Device(&'a CudaVqDecoder),
+    Host(&'a VqModel),
 }
 
 impl<'a> From<&'a CudaPipeline> for DeviceModels<'a> {
     fn from(p: &'a CudaPipeline) -> Self {
         DeviceModels {
             transformer: &p.transformer,
-            text_encoder: Some(&p.text_encoder),
-            vqvae: Some(&p.vqvae),
+            text_encoder: TextEncoderOn::Device(&p.text_encoder),
+            vqvae: DecoderOn::Device(&p.vqvae),
         }
     }
 }
 
-impl<'a> From<&'a CudaMmdit> for DeviceModels<'a> {
-    fn from(transformer: &'a CudaMmdit) -> Self {
+impl<'a> DeviceModels<'a> {
+    /// The device transformer with the CPU text encoder and VQ decoder of `pipe`.
+    pub fn with_host(transformer: &'a CudaMmdit, pipe: &'a Pipeline) -> Self {
         DeviceModels {
             transformer,
-            text_encoder: None,
-            vqvae: None,
+            text_encoder: TextEncoderOn::Host(&pipe.text_encoder),
+            vqvae: DecoderOn::Host(&pipe.vqvae),
         }
     }
 }
@@ -172,8 +178,14 @@ impl DeviceModels<'_> {
     fn check_one_device(&self) -> Result<()> {
         let dev = self.transformer.device();
         let others = [
-            self.text_encoder.map(|m| m.device()),
-            self.vqvae.map(|m| m.device()),
+            match self.text_encoder {
+                TextEncoderOn::Device(m) => Some(m.device()),
+                TextEncoderOn::Host(_) => None,
+            },
+            match self.vqvae {
+                DecoderOn::Device(m) => Some(m.device()),
+                DecoderOn::Host(_) => None,
+            },
         ];
         if others.into_iter().flatten().all(|d| Arc::ptr_eq(d, dev)) {
             Ok(())
@@ -187,12 +199,11 @@ impl DeviceModels<'_> {
 }
 
 /// Text-to-image with the transformer and the sampler on the device, and the text encoder and
-/// VQ decoder too when `models` has them (a [`CudaPipeline`]: only the tokenizer runs on the
-/// host, ids go up, pixels come down). Same request, results and step events as
-/// [`Pipeline::text_to_image`]; `pipe` gives the tokenizer, configs and scheduler (and the CPU
-/// text encoder and decoder for a [`CudaMmdit`] alone).
+/// VQ decoder too when `models` has them there (a [`CudaPipeline`]: only the tokenizer runs on
+/// the host, ids go up, pixels come down). Same request, results and step events as
+/// [`Pipeline::text_to_image`]; `folder` gives the tokenizer, configs and scheduler.
 pub fn text_to_image<'a>(
-    pipe: &Pipeline,
+    folder: &ModelFolder,
     models: impl Into<DeviceModels<'a>>,
     req: &TextToImage,
     on_step: &mut dyn FnMut(StepEvent),
@@ -200,7 +211,7 @@ pub fn text_to_image<'a>(
     let models = models.into();
     models.check_one_device()?;
     let model = models.transformer;
-    let plan = pipe.plan_text_to_image(req)?;
+    let plan = folder.plan_text_to_image(req)?;
     let (h, w) = plan.grid;
     let dev = model.device().clone();
     let mut state = DeviceSampler::new(
@@ -214,15 +225,15 @@ pub fn text_to_image<'a>(
     let text_encode = model.with_workspace((plan.rows, MAX_LEN, h, w), |ws| {
         let start = Instant::now();
         match models.text_encoder {
-            Some(clip) => {
+            TextEncoderOn::Device(clip) => {
                 let enc = clip.encode(&plan.text_ids, plan.rows)?;
                 let (text, pooled) = (enc.penultimate.ptr(), enc.text_embeds.ptr());
                 model.set_conditions(ws, text, pooled, &plan.micro)?;
                 // The copies finish before `enc` is freed.
                 dev.sync()?;
             }
-            None => {
-                let enc = pipe.text_encoder.forward(&plan.text_ids, plan.rows)?;
+            TextEncoderOn::Host(clip) => {
+                let enc = clip.forward(&plan.text_ids, plan.rows)?;
                 model.upload_conditions(ws, &enc.penultimate, &enc.text_embeds, &plan.micro)?;
             }
         }
@@ -249,21 +260,21 @@ pub fn text_to_image<'a>(
         Ok(text_encode)
     })?;
     let ids = state.ids(&dev)?;
-    pipe.finish_text_to_image(&plan, ids, text_encode, |ids, b, h, w| match models.vqvae {
-        Some(vq) => vq.decode(ids, b, h, w),
-        None => pipe.vqvae.decode(ids, b, h, w),
+    folder.finish_text_to_image(&plan, ids, text_encode, |ids, b, h, w| match models.vqvae {
+        DecoderOn::Device(vq) => vq.decode(ids, b, h, w),
+        DecoderOn::Host(vq) => vq.decode(ids, b, h, w),
     })
 }
 
 /// Captioning (no questions) and VQA on the device: the VQ encoder, the text encoder re-run
 /// every step, the transformer's text head and the sampler over the text ids, all of
-/// `models`. Same request, results and step events as [`Pipeline::image_to_text`]; `pipe`
+/// `models`. Same request, results and step events as [`Pipeline::image_to_text`]; `folder`
 /// gives the tokenizer (questions up, answers down), configs and scheduler. Per step the
 /// `B x 77` text ids come down (the text encoder picks each row's end-of-text position on the
 /// host, as [`CudaClipText::encode`] does) with `k` per row and the bad-logits flag; after the
 /// last step only the argmax ids `[B, 77]` of its text logits.
 pub fn image_to_text(
-    pipe: &mut Pipeline,
+    folder: &mut ModelFolder,
     models: &mut CudaPipeline,
     req: &ImageToText,
     on_step: &mut dyn FnMut(StepEvent),
@@ -275,8 +286,8 @@ pub fn image_to_text(
             "the VQ encoder must be loaded on the transformer's device",
         ));
     }
-    let plan = pipe.plan_image_to_text(req)?;
-    models.prepare_captioning(&pipe.root, plan.layout.mask_id)?;
+    let plan = folder.plan_image_to_text(req)?;
+    models.prepare_captioning(&folder.root, plan.layout.mask_id)?;
     let models = &*models;
     let (model, clip) = (&models.transformer, &models.text_encoder);
     let (b, (h, w), r) = (plan.batch, plan.grid, req.resolution);
@@ -309,5 +320,5 @@ pub fn image_to_text(
         }
         state.argmax(&dev, ws.text_logits.ptr())
     })?;
-    pipe.finish_image_to_text(&plan, &best)
+    folder.finish_image_to_text(&plan, &best)
 }
