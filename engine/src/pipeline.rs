@@ -1,9 +1,10 @@
 //! The pipelines of upstream `UnifiedPipeline` (reference section 5): text-to-image with
 //! classifier-free guidance, and image-to-text (captioning, VQA with the question as a prefix).
 //!
-//! A `Pipeline` holds every component of a model folder. Each step runs the transformer on the
-//! whole batch and hands the logits to the sampler; the sampler's seeded random source makes the
-//! result independent of thread counts.
+//! A [`ModelFolder`] holds what a folder says besides its weights (configs, tokenizer, schedule)
+//! and plans runs and reads their results; a [`Pipeline`] adds the CPU models. Each step runs
+//! the transformer on the whole batch and hands the logits to the sampler; the sampler's seeded
+//! random source makes the result independent of thread counts.
 
 use crate::clip_text::{load_text_encoder_with, text_encoder_dir, ClipTextConfig, ClipTextModel};
 use crate::config::TransformerConfig;

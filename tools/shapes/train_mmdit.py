@@ -88,7 +88,7 @@ class CompactHead(nn.Module):
         return torch.cat([logits, self.rest.expand(*logits.shape[:-1], 1)], dim=-1)
 
 
-def build(upstream_transformer, n_codes, used):
+def build(upstream_transformer, n_codes, used, layers=None):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
     clip = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP))
     with torch.no_grad():
@@ -97,12 +97,41 @@ def build(upstream_transformer, n_codes, used):
         keep[used] = True
         keep[MASK_TEXT] = True
         emb[~keep] = 0
-    cfg = dict(TRANSFORMER, vocab_size=n_codes + 1, codebook_size=n_codes,
+    shape = {} if layers is None else dict(num_layers=layers[0], num_single_layers=layers[1])
+    cfg = dict(TRANSFORMER, **shape, vocab_size=n_codes + 1, codebook_size=n_codes,
                joint_attention_dim=CLIP["hidden_size"], pooled_projection_dim=CLIP["projection_dim"],
                tokenizer_vocab_size=VT)
     tr = upstream_transformer.SymmetricTransformer2DModel(**cfg)
     tr.text_decoder[1] = CompactHead(tr.inner_dim, used)
     return clip, tr, cfg
+
+
+def grow_from(tr, state):
+    """Loads `state`, a transformer with fewer blocks, into `tr`: every tensor it has is copied,
+    and the blocks it lacks (appended after its dual and single blocks) start as the identity:
+    the gate rows of their AdaLN modulation are zero, so each adds gate * f(x) = 0 to the stream
+    and the grown model computes exactly what the smaller one did."""
+    missing, unexpected = tr.load_state_dict(state, strict=False)
+    assert not unexpected, f"the warm start has tensors the model lacks: {unexpected[:4]}"
+    new = sorted({".".join(k.split(".")[:2]) for k in missing})
+    assert all(b.startswith(("transformer_blocks.", "single_transformer_blocks.")) for b in new), new
+    with torch.no_grad():
+        for name in new:
+            block = tr.get_submodule(name)
+            if name.startswith("single_"):
+                # AdaLayerNormZeroSingle: shift, scale, gate
+                gates = [block.norm.linear]
+                chunks, which = 3, [2]
+            else:
+                # AdaLayerNormZero: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
+                gates = [block.norm1.linear, block.norm1_context.linear]
+                chunks, which = 6, [2, 5]
+            for lin in gates:
+                d = lin.out_features // chunks
+                for c in which:
+                    lin.weight[c * d:(c + 1) * d] = 0
+                    lin.bias[c * d:(c + 1) * d] = 0
+    return new
 
 
 class Data:
@@ -297,6 +326,9 @@ def main():
     ap.add_argument("--init", type=Path, default=None,
                     help="warm start: the text encoder and transformer weights of this mmdit.pt "
                          "(a fresh optimizer, step 0)")
+    ap.add_argument("--layers", type=int, nargs=2, default=None, metavar=("DUAL", "SINGLE"),
+                    help="transformer blocks (default: TRANSFORMER's); with --init, blocks the warm "
+                         "start lacks are appended as identities (gates zero)")
     ap.add_argument("--heldout", type=Path,
                     default=Path(__file__).resolve().parents[2] / "models/shapes-eval",
                     help="evaluation set whose images training never draws")
@@ -327,7 +359,7 @@ def main():
     print(f"data: {args.images} renders encoded in {time.time() - t0:.0f}s ({data.redraws} redrawn "
           f"as held-out images); {len(used)} text ids", flush=True)
 
-    clip, tr, cfg = build(transformer_module, n_codes, used)
+    clip, tr, cfg = build(transformer_module, n_codes, used, args.layers)
     params = list(clip.parameters()) + list(tr.parameters())
     print(f"params: clip {sum(p.numel() for p in clip.parameters())/1e6:.2f}M, transformer "
           f"{sum(p.numel() for p in tr.parameters())/1e6:.2f}M (text head compact)", flush=True)
@@ -337,7 +369,12 @@ def main():
     if args.init and not args.resume:
         ck = torch.load(args.init)
         assert ck["used"] == used, "the warm start's text ids differ"
-        clip.load_state_dict(ck["clip"]); tr.load_state_dict(ck["transformer"])
+        clip.load_state_dict(ck["clip"])
+        if args.layers is None:
+            tr.load_state_dict(ck["transformer"])
+        else:
+            new = grow_from(tr, ck["transformer"])
+            print(f"grown from {args.init}: new identity blocks {new}", flush=True)
     if args.resume and (args.work / "mmdit.pt").exists():
         ck = torch.load(args.work / "mmdit.pt")
         clip.load_state_dict(ck["clip"]); tr.load_state_dict(ck["transformer"])
