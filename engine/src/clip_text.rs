@@ -478,8 +478,17 @@ pub fn load_text_encoder(dir: &Path) -> Result<ClipTextModel> {
 pub fn load_text_encoder_with(dir: &Path, compute: Compute) -> Result<ClipTextModel> {
     let dir = text_encoder_dir(dir)?;
     let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-    let weights = Weights::open_dir(&dir)?;
-    let model = ClipTextModel::new(&cfg, &Vb::new(&weights).with_compute(compute))?;
+    text_encoder_from(&dir, &cfg, compute)
+}
+
+/// The text encoder of the `text_encoder/` folder `dir` whose config is already read.
+pub(crate) fn text_encoder_from(
+    dir: &Path,
+    cfg: &ClipTextConfig,
+    compute: Compute,
+) -> Result<ClipTextModel> {
+    let weights = Weights::open_dir(dir)?;
+    let model = ClipTextModel::new(cfg, &Vb::new(&weights).with_compute(compute))?;
     ensure_all_used(&weights)?;
     Ok(model)
 }

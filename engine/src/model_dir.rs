@@ -42,8 +42,17 @@ pub fn load_transformer(dir: &Path) -> Result<Mmdit> {
 pub fn load_transformer_with(dir: &Path, compute: Compute) -> Result<Mmdit> {
     let dir = transformer_dir(dir)?;
     let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
-    let weights = Weights::open_dir(&dir)?;
-    let model = Mmdit::new(&cfg, &Vb::new(&weights).with_compute(compute))?;
+    transformer_from(&dir, &cfg, compute)
+}
+
+/// The transformer of the `transformer/` folder `dir` whose config is already read.
+pub(crate) fn transformer_from(
+    dir: &Path,
+    cfg: &TransformerConfig,
+    compute: Compute,
+) -> Result<Mmdit> {
+    let weights = Weights::open_dir(dir)?;
+    let model = Mmdit::new(cfg, &Vb::new(&weights).with_compute(compute))?;
     weights.ensure_all_used()?;
     Ok(model)
 }

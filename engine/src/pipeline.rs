@@ -6,14 +6,14 @@
 //! the transformer on the whole batch and hands the logits to the sampler; the sampler's seeded
 //! random source makes the result independent of thread counts.
 
-use crate::clip_text::{load_text_encoder_with, text_encoder_dir, ClipTextConfig, ClipTextModel};
+use crate::clip_text::{text_encoder_dir, text_encoder_from, ClipTextConfig, ClipTextModel};
 use crate::config::TransformerConfig;
 use crate::error::{Error, Result};
 use crate::mmdit::{Mmdit, MmditInput};
-use crate::model_dir::{load_transformer_with, transformer_dir};
+use crate::model_dir::{transformer_dir, transformer_from};
 use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
-use crate::vqvae::{load_vqvae_with, vqvae_dir, VqConfig, VqModel};
+use crate::vqvae::{vqvae_dir, vqvae_from, VqConfig, VqModel};
 use crate::Compute;
 use muddit_sampler::{MaskSchedule, Sampler, SamplerConfig, SamplerError, TokenLayout};
 use std::path::{Path, PathBuf};
@@ -427,13 +427,16 @@ impl Pipeline {
     /// [`Pipeline::load`] with every matrix product in `compute` arithmetic (`Compute::Bf16`:
     /// bf16 weights and activations into the products, f32 accumulation).
     pub fn load_with(root: &Path, compute: Compute) -> Result<Self> {
+        // The configs are read once, by the folder; the loaders take them from there.
         let folder = ModelFolder::open(root)?;
-        let transformer = load_transformer_with(root, compute)?;
-        let text_encoder = load_text_encoder_with(root, compute)?;
+        let transformer =
+            transformer_from(&transformer_dir(root)?, &folder.transformer_cfg, compute)?;
+        let text_encoder =
+            text_encoder_from(&text_encoder_dir(root)?, &folder.text_encoder_cfg, compute)?;
         folder
             .tokenizer
             .check_text_encoder(text_encoder.cfg.vocab_size, text_encoder.vocab_rows())?;
-        let vqvae = load_vqvae_with(root, compute)?;
+        let vqvae = vqvae_from(&vqvae_dir(root)?, &folder.vqvae_cfg, compute)?;
         Ok(Pipeline {
             folder,
             transformer,

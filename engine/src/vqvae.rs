@@ -984,8 +984,13 @@ pub fn load_vqvae(dir: &Path) -> Result<VqModel> {
 pub fn load_vqvae_with(dir: &Path, compute: Compute) -> Result<VqModel> {
     let dir = vqvae_dir(dir)?;
     let cfg = VqConfig::from_file(&dir.join("config.json"))?;
-    let weights = Weights::open_dir(&dir)?;
-    let model = VqModel::new(&cfg, &Vb::new(&weights).with_compute(compute))?;
+    vqvae_from(&dir, &cfg, compute)
+}
+
+/// The VQ-VAE of the `vqvae/` folder `dir` whose config is already read.
+pub(crate) fn vqvae_from(dir: &Path, cfg: &VqConfig, compute: Compute) -> Result<VqModel> {
+    let weights = Weights::open_dir(dir)?;
+    let model = VqModel::new(cfg, &Vb::new(&weights).with_compute(compute))?;
     weights.ensure_all_used()?;
     Ok(model)
 }

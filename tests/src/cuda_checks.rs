@@ -509,14 +509,13 @@ fn cpu_decisions(pipe: &Pipeline, run: &GreedyRun) -> Decisions {
             let (mut lowest_kept, mut highest_masked) = (f32::INFINITY, f32::NEG_INFINITY);
             for t in (0..h * w).filter(|&t| was[t] == mask_id) {
                 let row = &logits[(image * h * w + t) * v..][..v];
-                let mut sorted = row.to_vec();
-                sorted.sort_by(|a, b| b.total_cmp(a));
-                let log_p = -row.iter().map(|x| (x - sorted[0]).exp()).sum::<f32>().ln();
+                let (first, second) = top_two(row);
+                let log_p = -row.iter().map(|x| (x - first).exp()).sum::<f32>().ln();
                 if now[t] == mask_id {
                     highest_masked = highest_masked.max(log_p);
                 } else {
                     lowest_kept = lowest_kept.min(log_p);
-                    draw_gap = draw_gap.min((sorted[0] - sorted[1]) / logit_scale(row));
+                    draw_gap = draw_gap.min((first - second) / logit_scale(row));
                 }
             }
             if highest_masked > f32::NEG_INFINITY {
@@ -529,6 +528,18 @@ fn cpu_decisions(pipe: &Pipeline, run: &GreedyRun) -> Decisions {
         draw_gap,
         cutoff_gap,
     }
+}
+
+/// The largest and second largest value of a row.
+fn top_two(row: &[f32]) -> (f32, f32) {
+    row.iter()
+        .fold((f32::NEG_INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            if x > a {
+                (x, a)
+            } else {
+                (a, b.max(x))
+            }
+        })
 }
 
 /// The top-2 gap every kept greedy draw of the fixture `decisive/model` must have, in units of
