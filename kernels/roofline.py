@@ -1,7 +1,7 @@
 """The numbers of kernels/ROOFLINE.md: one guided step of the public 1B model on an H100 SXM.
 
 Run by hand (`python3 kernels/roofline.py`); prints the markdown of the 512 px and 1024 px
-GEMM tables. The split-K choice mirrors `muddit_kernels::cuda::ops::split_k` (same cost model,
+GEMM tables and the table of the step under each remaining GEMM change. The split-K choice mirrors `muddit_kernels::cuda::ops::split_k` (same cost model,
 same constants); `ops.rs`'s unit test pins the choices at the 512 px shapes.
 """
 
@@ -93,8 +93,31 @@ def table(image_tokens, ids):
           f"**{tot[2] * 1e3:.2f} ms** | **{tot[3] * 1e3:.2f} ms** | **{tot[4] * 1e3:.2f} ms** |")
 
 
+def bar_scenarios(image_tokens, ids, others_s):
+    """The step under each remaining GEMM change: every block slot busy (a perfect stream-K
+    schedule), with and without padded 128-row tiles, and a wgmma kernel at 65% / 70%.
+    `others_s`: the non-GEMM kernels of the step (attention, norms, sampler), in seconds."""
+    rows = step_gemms(image_tokens, ids)
+    padded = sum(n_l * math.ceil(m / TILE) * math.ceil(n / TILE) * TILE * TILE * 2 * k
+                 for _, n_l, m, n, k, _ in rows)
+    exact = sum(n_l * 2 * m * n * k for _, n_l, m, n, k, _ in rows)
+    print("| GEMM kernel | schedule | GEMMs | step |")
+    print("|---|---|---|---|")
+    for kernel, eff, schedule, flops in (
+        ("mma.sync", GEMM_EFF, "every block slot busy (stream-K), 128-row tiles padded", padded),
+        ("mma.sync", GEMM_EFF, "every slot busy, no padding", exact),
+        ("wgmma", 0.65, "every slot busy, no padding", exact),
+        ("wgmma", 0.70, "every slot busy, no padding", exact),
+    ):
+        t = flops / (PEAK * eff)
+        print(f"| {kernel} at {eff:.0%} | {schedule} | {t * 1e3:.2f} ms | "
+              f"{(t + others_s) * 1e3:.2f} ms |")
+
+
 if __name__ == "__main__":
     print("512 px (256 image tokens, 1024 ids):")
     table(256, 1024)
     print("\n1024 px (1024 image tokens, 4096 ids):")
     table(1024, 4096)
+    print("\n512 px, the step under each remaining GEMM change (other kernels 0.37 ms):")
+    bar_scenarios(256, 1024, 0.373e-3)
