@@ -1,8 +1,9 @@
 """The numbers of kernels/ROOFLINE.md: one guided step of the public 1B model on an H100 SXM.
 
 Run by hand (`python3 kernels/roofline.py`); prints the markdown of the 512 px and 1024 px
-GEMM tables and the table of the step under each remaining GEMM change. The split-K choice mirrors `muddit_kernels::cuda::ops::split_k` (same cost model,
-same constants); `ops.rs`'s unit test pins the choices at the 512 px shapes.
+GEMM tables and of the 512 px step under each remaining GEMM change. The split-K choice
+mirrors `muddit_kernels::cuda::ops::split_k` (same cost model, same constants); `ops.rs`'s
+unit test pins the choices at the 512 px shapes.
 """
 
 import math
