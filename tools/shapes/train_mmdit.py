@@ -14,6 +14,11 @@ The masked fraction is cos(u pi/2) with u ~ U(0,1) and the transformer timestep 
 pair the pipelines see at step i = u S. For text, k = clamp(floor(77 cos(u pi/2)), 1, unknown)
 positions are masked, as the scheduler re-masks.
 
+With --short-text L, the first part of the budget trains on the first L text positions only
+(every world text and its end token fit in L = 24): the 77 positions are 5/6 of the tokens each
+step, and the rest of the budget, on all 77, adapts the model to the padding it reads at
+inference.
+
 Text head: only the rows of the token ids the world uses are trained; all other rows are
 exported as zeros (logit exactly 0), and training adds one logit of value log(Vt - n_used) for
 them, so the training softmax equals the exported full-vocabulary softmax. Same for the unused
@@ -188,10 +193,11 @@ def pad_after_end(ids):
     return is_end & (is_end.long().cumsum(1) > 1)
 
 
-def mask_text(ids, q_len, u, gen):
-    """ids [77] -> (masked ids, bool mask of masked positions)."""
-    unknown = TEXT_LEN - q_len
-    k = int(math.floor(TEXT_LEN * math.cos(u * math.pi / 2)))
+def mask_text(ids, q_len, u, gen, text_len):
+    """ids [77] -> (masked ids, bool mask of masked positions), both [77]; only the first
+    text_len positions are masked, in the fraction the pipelines mask of all 77."""
+    unknown = text_len - q_len
+    k = int(math.floor(text_len * math.cos(u * math.pi / 2)))
     k = max(1, min(k, unknown))
     perm = torch.randperm(unknown, generator=gen)[:k] + q_len
     m = torch.zeros(TEXT_LEN, dtype=torch.bool)
@@ -201,7 +207,8 @@ def mask_text(ids, q_len, u, gen):
     return out, m
 
 
-def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids, uncond_frac):
+def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids, uncond_frac, text_len):
+    """Text ids and targets come out [B, text_len]: the first text_len of the 77 positions."""
     n = len(data.keys)
     B = b_t2i + b_cap + b_vqa
     img = torch.empty(B, 8, 8, dtype=torch.long)
@@ -234,12 +241,12 @@ def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids, uncond_frac)
             else:
                 qa = data.qa[i]
                 full, q_len = qa[int(torch.randint(len(qa), (1,), generator=gen))][1]
-            masked, m = mask_text(full, q_len, u, gen)
+            masked, m = mask_text(full, q_len, u, gen, text_len)
             txt[j] = masked
             # Every position after the question is a target, masked or not: the pipelines read
             # the answer from the argmax of the last step's logits, known positions included.
             txt_tgt[j, q_len:] = full[q_len:]
-    return img, txt, img_tgt, txt_tgt, t
+    return img, txt[:, :text_len], img_tgt, txt_tgt[:, :text_len], t
 
 
 def forward(clip, tr, img_pos, img, txt, t):
@@ -247,7 +254,7 @@ def forward(clip, tr, img_pos, img, txt, t):
     pooled, feats = out.text_embeds, out.hidden_states[-2]
     B = img.shape[0]
     micro = torch.tensor([64.0, 64.0, 0.0, 0.0, 6.0]).expand(B, 5)
-    txt_pos = torch.zeros(TEXT_LEN, 3)
+    txt_pos = torch.zeros(txt.shape[1], 3)
     return tr(hidden_states=img, encoder_hidden_states=feats, pooled_projections=pooled,
               timestep=t, img_ids=img_pos, txt_ids=txt_pos, micro_conds=micro)
 
@@ -334,6 +341,11 @@ def main():
                     help="evaluation set whose images training never draws")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 wastes no time spinning when the machine is shared")
+    ap.add_argument("--short-text", type=int, default=None, metavar="L",
+                    help="train on the first L of the 77 text positions (every world text and "
+                         "its end token fit) until --short-until of the budget, then on all 77")
+    ap.add_argument("--short-until", type=float, default=0.8,
+                    help="fraction of the budget trained on --short-text positions")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -356,6 +368,11 @@ def main():
     exclude = world.heldout_hashes(args.heldout)
     data = Data(tok, vq, args.images, args.seed, exclude)
     val = Data(tok, vq, 48, args.seed + 1, exclude)
+    longest = max(int((data.caption != EOT).sum(1).max()),
+                  max(int((full != EOT).sum()) for qa in data.qa for _, (full, _) in qa)) + 1
+    if args.short_text is not None and not longest <= args.short_text <= TEXT_LEN:
+        sys.exit(f"--short-text {args.short_text}: the longest text with its end token is "
+                 f"{longest} ids, the model reads {TEXT_LEN}")
     print(f"data: {args.images} renders encoded in {time.time() - t0:.0f}s ({data.redraws} redrawn "
           f"as held-out images); {len(used)} text ids", flush=True)
 
@@ -399,8 +416,10 @@ def main():
         warm = min(1.0, (step + 1) / args.warmup)
         for g in opt.param_groups:
             g["lr"] = args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        short = args.short_text is not None and frac < args.short_until
+        text_len = args.short_text if short else TEXT_LEN
         img, txt, img_tgt, txt_tgt, t = make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids,
-                                                  args.uncond)
+                                                  args.uncond, text_len)
         full_txt = torch.where(txt_tgt >= 0, txt_tgt, txt)
         img_logits, txt_logits = forward(clip, tr, img_pos, img, txt, t)
         li = F.cross_entropy(img_logits, img_tgt, ignore_index=-100)
@@ -419,7 +438,7 @@ def main():
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 25 == 0:
-            print(f"step {step} {time.time() - t_start:.0f}s lr {opt.param_groups[0]['lr']:.2e} "
+            print(f"step {step} {time.time() - t_start:.0f}s text {text_len} lr {opt.param_groups[0]['lr']:.2e} "
                   f"loss {ema:.3f} (img {li.item():.3f} txt {lt.item():.3f})", flush=True)
         if time.time() - last_eval > args.eval_every * 60:
             save()

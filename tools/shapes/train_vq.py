@@ -80,10 +80,15 @@ def main():
     ap.add_argument("--decoder-only", action="store_true",
                     help="continue OUT/vqvae.pt training only the decoder (and post_quant_conv): "
                          "the ids of every image stay the same, so it may run beside train_mmdit.py")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: 2, and 1 with --decoder-only, which runs beside "
+                         "train_mmdit.py)")
     args = ap.parse_args()
+    if args.threads is None:
+        args.threads = 1 if args.decoder_only else 2
     if args.decoder_only:
         return decoder_only(args)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from diffusers import VQModel
 
@@ -135,7 +140,7 @@ def main():
 
 
 def decoder_only(args):
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from diffusers import VQModel
     ck = torch.load(args.out / "vqvae.pt")
