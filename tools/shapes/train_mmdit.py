@@ -193,14 +193,15 @@ def pad_after_end(ids):
     return is_end & (is_end.long().cumsum(1) > 1)
 
 
-def mask_text(ids, q_len, u, gen, text_len):
-    """ids [77] -> (masked ids, bool mask of masked positions), both [77]; only the first
-    text_len positions are masked, in the fraction the pipelines mask of all 77."""
+def mask_text(ids, q_len, u, gen):
+    """ids [L] -> (masked ids, bool mask of masked positions), in the fraction the pipelines
+    mask of their 77."""
+    text_len = len(ids)
     unknown = text_len - q_len
     k = int(math.floor(text_len * math.cos(u * math.pi / 2)))
     k = max(1, min(k, unknown))
     perm = torch.randperm(unknown, generator=gen)[:k] + q_len
-    m = torch.zeros(TEXT_LEN, dtype=torch.bool)
+    m = torch.zeros(text_len, dtype=torch.bool)
     m[perm] = True
     out = ids.clone()
     out[m] = MASK_TEXT
@@ -212,9 +213,9 @@ def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids, uncond_frac,
     n = len(data.keys)
     B = b_t2i + b_cap + b_vqa
     img = torch.empty(B, 8, 8, dtype=torch.long)
-    txt = torch.empty(B, TEXT_LEN, dtype=torch.long)
+    txt = torch.empty(B, text_len, dtype=torch.long)
     img_tgt = torch.full((B, 8, 8), -100, dtype=torch.long)
-    txt_tgt = torch.full((B, TEXT_LEN), -100, dtype=torch.long)
+    txt_tgt = torch.full((B, text_len), -100, dtype=torch.long)
     t = torch.empty(B)
     idx = torch.randint(n, (B,), generator=gen)
     us = torch.rand(B, generator=gen)
@@ -233,7 +234,7 @@ def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids, uncond_frac,
             img[j] = torch.where(m, n_codes, ids)
             img_tgt[j] = torch.where(m, ids, -100)
             drop = torch.rand(1, generator=gen).item() < uncond_frac
-            txt[j] = uncond_ids if drop else data.caption[i]
+            txt[j] = (uncond_ids if drop else data.caption[i])[:text_len]
         else:
             img[j] = data.ids[i]
             if j < b_t2i + b_cap:
@@ -241,12 +242,13 @@ def make_batch(data, b_t2i, b_cap, b_vqa, n_codes, gen, uncond_ids, uncond_frac,
             else:
                 qa = data.qa[i]
                 full, q_len = qa[int(torch.randint(len(qa), (1,), generator=gen))][1]
-            masked, m = mask_text(full, q_len, u, gen, text_len)
+            full = full[:text_len]
+            masked, m = mask_text(full, q_len, u, gen)
             txt[j] = masked
             # Every position after the question is a target, masked or not: the pipelines read
             # the answer from the argmax of the last step's logits, known positions included.
             txt_tgt[j, q_len:] = full[q_len:]
-    return img, txt[:, :text_len], img_tgt, txt_tgt[:, :text_len], t
+    return img, txt, img_tgt, txt_tgt, t
 
 
 def forward(clip, tr, img_pos, img, txt, t):
