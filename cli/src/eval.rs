@@ -38,6 +38,9 @@ pub struct EvalArgs {
     /// Argmax draws and no noise [default: the model's `muddit.json`].
     #[arg(long)]
     greedy: bool,
+    /// Sampled draws even where the model's `muddit.json` asks for greedy ones.
+    #[arg(long, conflicts_with = "greedy")]
+    sample: bool,
     /// Gumbel temperature of the re-masking confidence: `START,END` or one value [default: 2,0].
     #[arg(long)]
     temperature: Option<String>,
@@ -197,7 +200,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         world,
         set_dir,
         args: &args,
-        greedy: args.greedy || defaults.greedy,
+        greedy: !args.sample && (args.greedy || defaults.greedy),
         quiet: global.quiet,
         temperature: match &args.temperature {
             Some(t) => crate::generate::parse_temperature(t)?,

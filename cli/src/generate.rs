@@ -42,9 +42,14 @@ pub struct T2iArgs {
     /// Images per prompt [default: 1].
     #[arg(long)]
     batch: Option<usize>,
-    /// Argmax draws and no noise: deterministic, seed-independent output.
+    /// Argmax draws and no noise: deterministic, seed-independent output [default: the model's
+    /// `muddit.json`, or the PNG given to --from-png].
     #[arg(long)]
     greedy: bool,
+    /// Sampled draws even where the model's `muddit.json` or the PNG given to --from-png asks for
+    /// greedy ones.
+    #[arg(long, conflicts_with = "greedy")]
+    sample: bool,
     /// Output PNG; with several images, a pattern with `%d` (the image's index) [default: out.png, or out-%d.png].
     #[arg(long, short)]
     output: Option<String>,
@@ -126,7 +131,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .clone()
         .or(stored.as_ref().map(|p| p.negative_prompt.clone()))
         .unwrap_or_default();
-    let greedy = args.greedy || stored.as_ref().map_or(defaults.greedy, |p| p.greedy);
+    let greedy =
+        !args.sample && (args.greedy || stored.as_ref().map_or(defaults.greedy, |p| p.greedy));
     let seed = args
         .seed
         .or(stored.as_ref().map(|p| p.seed))

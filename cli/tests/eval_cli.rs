@@ -101,3 +101,87 @@ fn eval_errors_name_the_argument() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--limit"), "{}", stderr(&o));
 }
+
+/// A model whose `muddit.json` asks for greedy draws: the default model's files linked beside a
+/// `muddit.json` with `"greedy": true`.
+#[cfg(unix)]
+fn greedy_default_model(dir: &Path) -> std::path::PathBuf {
+    let shapes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-64");
+    let model = dir.join("greedy-model");
+    std::fs::create_dir(&model).expect("model dir");
+    for entry in std::fs::read_dir(&shapes).expect("models/shapes-64") {
+        let entry = entry.expect("entry");
+        if entry.file_name() != "muddit.json" {
+            std::os::unix::fs::symlink(entry.path(), model.join(entry.file_name())).expect("link");
+        }
+    }
+    let mut defaults: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shapes.join("muddit.json")).expect("muddit.json"),
+    )
+    .expect("muddit.json is json");
+    defaults["greedy"] = serde_json::Value::Bool(true);
+    std::fs::write(model.join("muddit.json"), defaults.to_string()).expect("write muddit.json");
+    model
+}
+
+/// `--sample` takes back the sampled draws a model's `muddit.json` turned off, and cannot be
+/// given with `--greedy`.
+#[cfg(unix)]
+#[test]
+fn sample_overrides_a_greedy_model_default() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = greedy_default_model(tmp.path());
+    let model = model.to_str().expect("utf-8 path");
+    let greedy_of = |extra: &[&str]| {
+        let mut args = vec![
+            "eval", "--model", model, "--limit", "1", "--tasks", "caption", "--json", "-q",
+        ];
+        args.extend_from_slice(extra);
+        let o = muddit(&args, tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let got: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json");
+        got["greedy"].as_bool().expect("greedy field")
+    };
+    assert!(
+        greedy_of(&[]),
+        "muddit.json's greedy default was not applied"
+    );
+    assert!(!greedy_of(&["--sample"]), "--sample did not override it");
+
+    let t2i = |extra: &[&str]| {
+        let mut args = vec![
+            "t2i",
+            "--model",
+            model,
+            "--prompt",
+            "a red circle on the left",
+            "--seed",
+            "1",
+            "--steps",
+            "2",
+            "--overwrite",
+            "--output",
+            "out.png",
+        ];
+        args.extend_from_slice(extra);
+        let o = muddit(&args, tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let seed_note = "--seed has no effect with --greedy";
+    assert!(
+        t2i(&[]).contains(seed_note),
+        "t2i did not take the greedy default"
+    );
+    assert!(
+        !t2i(&["--sample"]).contains(seed_note),
+        "t2i --sample stayed greedy"
+    );
+
+    let o = muddit(
+        &["eval", "--model", model, "--greedy", "--sample"],
+        tmp.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--sample"), "{}", stderr(&o));
+}

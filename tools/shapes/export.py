@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--t2i-steps", type=int, default=DEFAULTS["t2i_steps"])
     ap.add_argument("--i2t-steps", type=int, default=DEFAULTS["i2t_steps"])
     ap.add_argument("--cfg", type=float, default=DEFAULTS["cfg"])
+    ap.add_argument("--greedy", action="store_true",
+                    help="muddit.json asks for argmax draws (the CLI's --sample overrides it)")
     args = ap.parse_args()
     sys.path.insert(0, str(args.muddit_src.resolve()))
     import src.scheduler as scheduler_module
@@ -84,6 +86,8 @@ def main():
                                masking_schedule="cosine").save_pretrained(out / "scheduler")
     clip_tokenizer.write(out / "tokenizer")
     defaults = dict(DEFAULTS, t2i_steps=args.t2i_steps, i2t_steps=args.i2t_steps, cfg=args.cfg)
+    if args.greedy:
+        defaults["greedy"] = True
     (out / "muddit.json").write_text(json.dumps(defaults, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported step {ck['step']} ({ck['spent']:.0f} s of training) to {out}: {size / 1e6:.2f} MB")

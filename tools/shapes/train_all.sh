@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The default model's world trained from scratch in one sitting of about two hours on the
 # 2-core machine, left alone while it runs: VQ-VAE (8 min), its decoder alone (5 min),
-# MM-DiT + text encoder (103 min, the first 80% on 24 text positions), export. Prints each
-# stage's wall time; the model lands in OUT, then `muddit eval --model OUT` judges it.
+# MM-DiT + text encoder (103 min, the first 80% on 24 text positions), export with greedy
+# draws and 24 text-to-image steps as the model's defaults (`--sample` gives sampled ones).
+# Prints each stage's wall time; the model lands in OUT, then `muddit eval --model OUT` judges it.
 #
 #   bash tools/shapes/train_all.sh WORK OUT [PYTHON] [MUDDIT_SRC]
 set -euo pipefail
@@ -32,5 +33,5 @@ stage "MM-DiT + text encoder"
     --images 20000 --batch 24 4 4 --lr 1.5e-3 --warmup 200 --uncond 0.1 --eval-every 20 \
     --seed 7 --threads 2 --short-text 24 --short-until 0.8
 stage "export"
-"$py" export.py --muddit-src "$src" --work "$work" --out "$out"
+"$py" export.py --muddit-src "$src" --work "$work" --out "$out" --greedy --t2i-steps 24
 stage "done"
