@@ -19,12 +19,8 @@ pub struct CaptionArgs {
     /// Images are resized to this many pixels square [default: the model's, else 512].
     #[arg(long)]
     resolution: Option<usize>,
-    /// Argmax draws and no noise [default: the model's `muddit.json`].
-    #[arg(long)]
-    greedy: bool,
-    /// Sampled draws even where the model's `muddit.json` asks for greedy ones.
-    #[arg(long, conflicts_with = "greedy")]
-    sample: bool,
+    #[command(flatten)]
+    draws: crate::model::DrawFlags,
     /// Seed of the sampler's random draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -89,7 +85,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
             schedule: models.folder().schedule,
             temperature,
             guidance: Guidance::Off,
-            draw: if !args.sample && (args.greedy || defaults.greedy) {
+            draw: if args.draws.greedy(defaults.greedy) {
                 DrawRule::Greedy
             } else {
                 DrawRule::Sample

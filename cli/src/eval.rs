@@ -35,12 +35,8 @@ pub struct EvalArgs {
     /// Guidance scale for text-to-image [default: the model's `muddit.json`].
     #[arg(long)]
     cfg: Option<f32>,
-    /// Argmax draws and no noise [default: the model's `muddit.json`].
-    #[arg(long)]
-    greedy: bool,
-    /// Sampled draws even where the model's `muddit.json` asks for greedy ones.
-    #[arg(long, conflicts_with = "greedy")]
-    sample: bool,
+    #[command(flatten)]
+    draws: crate::model::DrawFlags,
     /// Gumbel temperature of the re-masking confidence: `START,END` or one value [default: 2,0].
     #[arg(long)]
     temperature: Option<String>,
@@ -200,7 +196,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         world,
         set_dir,
         args: &args,
-        greedy: !args.sample && (args.greedy || defaults.greedy),
+        greedy: args.draws.greedy(defaults.greedy),
         quiet: global.quiet,
         temperature: match &args.temperature {
             Some(t) => crate::generate::parse_temperature(t)?,

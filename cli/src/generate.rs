@@ -42,14 +42,8 @@ pub struct T2iArgs {
     /// Images per prompt [default: 1].
     #[arg(long)]
     batch: Option<usize>,
-    /// Argmax draws and no noise: deterministic, seed-independent output [default: the model's
-    /// `muddit.json`, or the PNG given to --from-png].
-    #[arg(long)]
-    greedy: bool,
-    /// Sampled draws even where the model's `muddit.json` or the PNG given to --from-png asks for
-    /// greedy ones.
-    #[arg(long, conflicts_with = "greedy")]
-    sample: bool,
+    #[command(flatten)]
+    draws: crate::model::DrawFlags,
     /// Output PNG; with several images, a pattern with `%d` (the image's index) [default: out.png, or out-%d.png].
     #[arg(long, short)]
     output: Option<String>,
@@ -131,8 +125,9 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .clone()
         .or(stored.as_ref().map(|p| p.negative_prompt.clone()))
         .unwrap_or_default();
-    let greedy =
-        !args.sample && (args.greedy || stored.as_ref().map_or(defaults.greedy, |p| p.greedy));
+    let greedy = args
+        .draws
+        .greedy(stored.as_ref().map_or(defaults.greedy, |p| p.greedy));
     let seed = args
         .seed
         .or(stored.as_ref().map(|p| p.seed))

@@ -67,6 +67,26 @@ pub fn defaults(root: &Path) -> Result<Defaults> {
     Ok(d)
 }
 
+/// `--greedy` / `--sample`, shared by `t2i`, `caption`, `vqa` and `eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DrawFlags {
+    /// Argmax draws and no noise: deterministic, seed-independent output [default: the model's
+    /// `muddit.json`, or for `t2i` the PNG given to --from-png].
+    #[arg(long)]
+    greedy: bool,
+    /// Sampled draws even where the model's `muddit.json` (or the PNG given to --from-png) asks
+    /// for greedy ones.
+    #[arg(long, conflicts_with = "greedy")]
+    sample: bool,
+}
+
+impl DrawFlags {
+    /// Greedy draws or not, given the default (`muddit.json`'s or a stored PNG's).
+    pub fn greedy(&self, default: bool) -> bool {
+        !self.sample && (self.greedy || default)
+    }
+}
+
 /// What to tell a user who has no model.
 const HOW_TO_GET_ONE: &str = "pass --model DIR (a folder in the public layout), a Hugging Face repo id already in your local cache \
 (e.g. `--model MeissonFlow/Muddit/512` after `huggingface-cli download MeissonFlow/Muddit`), or set MUDDIT_MODEL; \
