@@ -9,7 +9,9 @@ Run by hand (never by CI), alternating with our runs in one sitting, e.g.
 
 `--what step`: one guided text-to-image transformer call (batch 2: unconditional and conditional,
 77 text tokens, the id grid of `--size` px), as `UnifiedPipeline` makes it; prints the median of
-`--runs` after one warm-up. `--what pipeline`: a whole `UnifiedPipeline` text-to-image run (load,
+`--runs` after one warm-up. `--what vq`: the VQ decode of a random id grid (`--size` / 16 per side; 32 x 32 -> 512 px) as
+`UnifiedPipeline` calls it (`VQModel.decode` with `force_not_quantize=True`), median of `--runs`
+after one warm-up. `--what pipeline`: a whole `UnifiedPipeline` text-to-image run (load,
 text encoding, `--steps` guided steps, VQ decode, PIL image) timed from the first `from_pretrained`
 call; prints the wall time and the peak resident memory of the process.
 
@@ -73,6 +75,24 @@ def bench_step(transformer_module, model: Path, dtype, size: int, runs: int) -> 
     return {"what": "step", "median_s": statistics.median(times), "runs_s": times}
 
 
+def bench_vq(model: Path, dtype, size: int, runs: int) -> dict:
+    from diffusers import VQModel
+    vq = VQModel.from_pretrained(model, subfolder="vqvae").to(dtype).eval()
+    cfg = vq.config
+    grid = size // 2 ** (len(cfg.block_out_channels) - 1)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.num_vq_embeddings, (1, grid, grid), generator=gen)
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 1):
+            start = time.perf_counter()
+            vq.decode(ids, force_not_quantize=True,
+                      shape=(1, grid, grid, cfg.latent_channels)).sample.clip(0, 1)
+            if i > 0:
+                times.append(time.perf_counter() - start)
+    return {"what": "vq", "median_s": statistics.median(times), "runs_s": times}
+
+
 def bench_pipeline(upstream, model: Path, dtype, size: int, steps: int) -> dict:
     from diffusers import VQModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
@@ -105,7 +125,7 @@ def main() -> None:
     ap.add_argument("--muddit-src", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
-    ap.add_argument("--what", choices=["step", "pipeline"], default="step")
+    ap.add_argument("--what", choices=["step", "vq", "pipeline"], default="step")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
@@ -116,6 +136,8 @@ def main() -> None:
     upstream = import_upstream(args.muddit_src)
     if args.what == "step":
         result = bench_step(upstream[2], args.model, dtype, args.size, args.runs)
+    elif args.what == "vq":
+        result = bench_vq(args.model, dtype, args.size, args.runs)
     else:
         result = bench_pipeline(upstream, args.model, dtype, args.size, args.steps)
     result.update(dtype=args.dtype, size=args.size, threads=args.threads, torch=torch.__version__)

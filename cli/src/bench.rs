@@ -83,6 +83,9 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
         "device": global.device,
         "dtype": dtype,
         "threads": threads,
+        "cpu_kernels": muddit_engine::isa::kernels().iter().map(|(dtype, level, instruction)| {
+            (dtype.to_string(), serde_json::json!({ "isa": level, "instruction": instruction }))
+        }).collect::<serde_json::Map<_, _>>(),
         "kernels": kernels.iter().map(|k| serde_json::json!({
             "kernel": k.kernel, "launches": k.launches, "total_ms": k.total_ms,
         })).collect::<Vec<_>>(),
@@ -111,6 +114,9 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
             threads,
             global.device
         );
+        if global.device == "cpu" {
+            println!("cpu kernels  {}", muddit_engine::isa::describe());
+        }
         for k in &kernels {
             println!(
                 "  {:<24} {:>6} launches {:>10.3} ms ({:.1} us each)",

@@ -52,6 +52,9 @@ pub struct Global {
     /// No progress or informational messages on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// More on stderr: the instruction set the CPU products use for each dtype.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
     /// The GPU opened for `--device cuda[:N]`.
     #[arg(skip)]
     pub cuda: Option<std::sync::Arc<muddit_engine::cuda::Device>>,
@@ -132,6 +135,10 @@ fn open_device(device: &str) -> Result<Option<std::sync::Arc<muddit_engine::cuda
 }
 
 fn run(mut cli: Cli) -> Result<()> {
+    muddit_engine::isa::check_env().map_err(anyhow::Error::msg)?;
+    if cli.global.verbose {
+        eprintln!("cpu kernels: {}", muddit_engine::isa::describe());
+    }
     if let Some(n) = cli.global.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()

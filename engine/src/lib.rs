@@ -33,4 +33,5 @@ pub mod weights;
 pub use config::{ModelClass, TransformerConfig};
 pub use error::{Error, Result};
 pub use mmdit::{Mmdit, MmditInput, MmditOutput};
+pub use muddit_kernels::cpu::isa;
 pub use muddit_kernels::cpu::packed::Compute;

@@ -2,7 +2,7 @@
 
 #[cfg(target_arch = "x86_64")]
 fn vectorised(x: &mut [f32], op: super::avx512::Op) -> bool {
-    use super::packed::Isa;
+    use super::isa::Isa;
     if Isa::detect() < Isa::Avx512 {
         return false;
     }

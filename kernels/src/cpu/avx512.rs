@@ -1,6 +1,6 @@
 //! AVX-512 micro-kernels for the packed matrix products (`packed.rs`) and vectorised element-wise
 //! maths. Every function here needs `avx512f` (the bf16 ones also `avx512bf16`); callers check
-//! with [`super::packed::Isa::detect`] first.
+//! with [`super::isa::Isa::detect`] first.
 //!
 //! Register tile: `MR x NR = 12 x 32` f32 accumulators (24 zmm registers), two zmm loads of the
 //! packed weights and twelve broadcasts of the packed activations per step of `k` (per pair of `k`
@@ -8,29 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::packed::{MR, NR};
-
-/// How the accumulators start.
-#[derive(Clone, Copy)]
-pub enum Init {
-    Zero,
-    /// Continue the partial sums already in `c`.
-    Load,
-    /// Start from a bias row (`cols` valid values).
-    Bias(*const f32),
-}
-
-/// Where a finished register tile goes: `rows x cols` of `c` at row stride `ldc`, how the
-/// accumulators start, and whether GELU-tanh is applied on the way out.
-#[derive(Clone, Copy)]
-pub struct Tile {
-    pub c: *mut f32,
-    pub ldc: usize,
-    pub rows: usize,
-    pub cols: usize,
-    pub init: Init,
-    pub gelu: bool,
-}
+use super::tile::{Init, Tile, MR, NR};
 
 #[inline(always)]
 fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
@@ -179,7 +157,7 @@ pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
         i += 32;
     }
     for j in i..n {
-        dst[j] = super::packed::bf16_bits(src[j]);
+        dst[j] = super::bf16::bits(src[j]);
     }
 }
 

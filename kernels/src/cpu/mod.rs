@@ -3,13 +3,18 @@
 pub mod act;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod bf16;
 pub mod conv;
 pub mod group_norm;
+pub mod isa;
 pub mod matmul;
 pub mod norm;
 pub mod packed;
 pub mod rope;
+pub mod tile;
 
 /// Naive f64 references the kernels' unit tests compare with.
 #[cfg(test)]
