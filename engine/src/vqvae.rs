@@ -18,7 +18,7 @@ use crate::model_dir::component_dir;
 use crate::nn::Linear;
 use crate::weights::{Vb, Weights};
 use crate::Compute;
-use muddit_kernels::cpu::conv::{conv2d, patch_major_weight, upsample_nearest_2x, Conv2dShape};
+use muddit_kernels::cpu::conv::{conv2d, conv2d_upsampled_2x, patch_major_weight, Conv2dShape};
 use muddit_kernels::cpu::group_norm::group_norm_;
 use muddit_kernels::cpu::packed::PackedMatrix;
 use muddit_kernels::cpu::{act, attention::attention_with, matmul::linear};
@@ -445,10 +445,21 @@ impl Conv2d {
 
     /// `[B, H, W, C] -> [B, Ho, Wo, O]`
     fn forward(&self, x: &FeatureMap) -> FeatureMap {
+        self.forward_scaled(x, 1)
+    }
+
+    /// `[B, H, W, C] -> [B, Ho, Wo, O]` on `x` upsampled 2x (nearest), without writing the
+    /// upsampled map.
+    fn forward_upsampled_2x(&self, x: &FeatureMap) -> FeatureMap {
+        self.forward_scaled(x, 2)
+    }
+
+    /// On `x` upsampled `up` times per side (1 or 2).
+    fn forward_scaled(&self, x: &FeatureMap, up: usize) -> FeatureMap {
         let shape = Conv2dShape {
             batch: x.batch,
-            height: x.h,
-            width: x.w,
+            height: up * x.h,
+            width: up * x.w,
             c_in: self.c_in,
             c_out: self.c_out,
             kernel: self.kernel,
@@ -457,7 +468,11 @@ impl Conv2d {
         };
         let (h, w) = shape.out_hw();
         let mut data = vec![0.0; x.batch * h * w * self.c_out];
-        conv2d(&x.data, &self.weight, Some(&self.bias), &shape, &mut data);
+        let bias = Some(&self.bias[..]);
+        match up {
+            1 => conv2d(&x.data, &self.weight, bias, &shape, &mut data),
+            _ => conv2d_upsampled_2x(&x.data, &self.weight, bias, &shape, &mut data),
+        }
         FeatureMap {
             data,
             batch: x.batch,
@@ -788,13 +803,7 @@ impl Decoder {
                 x = resnet.forward(x, ctx);
             }
             if let Some(conv) = &block.upsampler {
-                let up = FeatureMap {
-                    data: upsample_nearest_2x(&x.data, x.batch, x.h, x.w, x.c),
-                    h: 2 * x.h,
-                    w: 2 * x.w,
-                    ..x
-                };
-                x = conv.forward(&up);
+                x = conv.forward_upsampled_2x(&x);
             }
         }
         // `conv_act` is always SiLU, whatever `act_fn` says.

@@ -7,7 +7,9 @@
 //! product's packing step gathers them (runs of `C` channels, zeros outside the image) straight
 //! into its row tiles (`Fields`, a [`RowSource`]), rounding to bf16 there for bf16 products.
 //! Output rows go in bands whose packed rows stay under `BAND_BYTES`. A 1x1 stride-1
-//! convolution is the plain product on the image.
+//! convolution is the plain product on the image. A convolution of a nearest-2x-upsampled image
+//! ([`conv2d_upsampled_2x`], the VQ decoder's upsamplers) gathers straight from the small image:
+//! the 4x larger one is never written.
 
 use super::packed::{linear, linear_rows, Epilogue, PackedMatrix, RowSource};
 use rayon::prelude::*;
@@ -71,6 +73,8 @@ pub fn patch_major_weight(w: &[f32], c_out: usize, c_in: usize, kernel: usize) -
 struct Fields<'a> {
     x: &'a [f32],
     s: &'a Conv2dShape,
+    /// `x` is the input shrunk by this factor (1, or 2 for a nearest-upsampled input).
+    up: usize,
     y0: usize,
     rows: usize,
     wo: usize,
@@ -95,7 +99,8 @@ impl RowSource for Fields<'_> {
             if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
                 head.fill(0.0);
             } else {
-                let at = (iy as usize * s.width + ix as usize) * c + c0;
+                let (sy, sx) = (iy as usize / self.up, ix as usize / self.up);
+                let at = (sy * (s.width / self.up) + sx) * c + c0;
                 head.copy_from_slice(&self.x[at..at + run]);
             }
             out = rest;
@@ -107,8 +112,36 @@ impl RowSource for Fields<'_> {
 /// `out [B, Ho, Wo, O] = conv(x [B, H, W, C])` with the patch-major packed weight `w`
 /// `[O, (k, k, C)]` and `bias [O]`.
 pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape, out: &mut [f32]) {
+    convolve(x, 1, w, bias, s, out)
+}
+
+/// [`conv2d`] of `upsample_nearest_2x(x)`: `s` is the shape of the upsampled input (even height
+/// and width), `x [B, H/2, W/2, C]`.
+pub fn conv2d_upsampled_2x(
+    x: &[f32],
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    s: &Conv2dShape,
+    out: &mut [f32],
+) {
+    assert!(
+        s.height % 2 == 0 && s.width % 2 == 0,
+        "conv2d_upsampled_2x: the upsampled size is odd"
+    );
+    convolve(x, 2, w, bias, s, out)
+}
+
+/// [`conv2d`] on an input stored `up` times smaller per side (nearest upsampling).
+fn convolve(
+    x: &[f32],
+    up: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    s: &Conv2dShape,
+    out: &mut [f32],
+) {
     let (ho, wo) = s.out_hw();
-    let image = s.height * s.width * s.c_in;
+    let image = s.height * s.width * s.c_in / (up * up);
     assert_eq!(x.len(), s.batch * image, "conv2d: x is not [B, H, W, C]");
     assert!(
         w.n() == s.c_out && w.k() == s.patch(),
@@ -119,7 +152,7 @@ pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape
         s.batch * ho * wo * s.c_out,
         "conv2d: out is not [B, Ho, Wo, O]"
     );
-    if s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
+    if up == 1 && s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
         linear(x, w, bias, Epilogue::None, out);
         return;
     }
@@ -133,6 +166,7 @@ pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape
             let fields = Fields {
                 x: xb,
                 s,
+                up,
                 y0,
                 rows,
                 wo,
@@ -215,6 +249,43 @@ mod tests {
                 ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    /// The fused upsampling reads the same values as the explicit one, so the outputs are equal
+    /// to the bit, f32 and bf16, on odd sizes and batches.
+    #[test]
+    fn upsampled_conv_equals_conv_of_the_upsampled_image() {
+        for (b, h, w, c, o) in [(1, 1, 1, 1, 1), (2, 3, 5, 7, 9), (1, 6, 4, 33, 40)] {
+            let x = pseudo(b * h * w * c, 4);
+            let wt = pseudo(o * c * 9, 5);
+            let bias = pseudo(o, 6);
+            let s = Conv2dShape {
+                batch: b,
+                height: 2 * h,
+                width: 2 * w,
+                c_in: c,
+                c_out: o,
+                kernel: 3,
+                stride: 1,
+                pad: [1; 4],
+            };
+            let up = upsample_nearest_2x(&x, b, h, w, c);
+            for (storage, compute) in [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)]
+            {
+                let packed = PackedMatrix::new(
+                    &patch_major_weight(&wt, o, c, 3),
+                    o,
+                    9 * c,
+                    storage,
+                    compute,
+                );
+                let mut want = vec![0.0; b * 4 * h * w * o];
+                conv2d(&up, &packed, Some(&bias), &s, &mut want);
+                let mut got = vec![f32::NAN; want.len()];
+                conv2d_upsampled_2x(&x, &packed, Some(&bias), &s, &mut got);
+                assert_eq!(got, want, "({b}, {h}, {w}, {c}, {o}) {compute:?}");
+            }
+        }
     }
 
     #[test]

@@ -215,7 +215,9 @@ fn request_amx() -> Result<(), &'static str> {
 /// Raptor Cove servers (family 6: Sapphire Rapids model 143, Emerald Rapids 207) at half of it,
 /// so Intel CPUs widen (their bf16 products go to AMX when the OS grants it).
 fn dot_is_fast() -> bool {
-    !matches!(cpu_family(), Some((Vendor::Intel, _, _)))
+    // Read once: CPUID is slow, and a virtual machine exits to the host on every one.
+    static FAST: OnceLock<bool> = OnceLock::new();
+    *FAST.get_or_init(|| !matches!(cpu_family(), Some((Vendor::Intel, _, _))))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

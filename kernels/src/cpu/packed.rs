@@ -186,6 +186,16 @@ impl PackedMatrix {
             !(compute == Compute::Bf16 && storage == Storage::F32),
             "PackedMatrix: bf16 products need bf16 storage"
         );
+        // f32 values kept as bf16 are rounded in one vector pass first (the panels' scatter
+        // below then moves bits only).
+        let rounded;
+        let w = match (w, storage) {
+            (Source::F32(values), Storage::Bf16) if isa != Isa::Portable => {
+                rounded = bf16_bits_of(values);
+                Source::Bf16(&rounded)
+            }
+            _ => w,
+        };
         let layout = if isa == Isa::Portable {
             Layout::Rows(
                 (0..n * k)
@@ -298,6 +308,25 @@ impl PackedMatrix {
     }
 }
 
+/// `x` rounded to bf16 bits, in parallel, with `vcvtne2ps2bf16` where the CPU has it.
+fn bf16_bits_of(x: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(dst, src)| {
+            #[cfg(target_arch = "x86_64")]
+            if Isa::detect() >= Isa::Avx512Bf16 {
+                // SAFETY: avx512bf16 is present (checked above).
+                unsafe { avx512::to_bf16(src, dst) };
+                return;
+            }
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(d, &v)| *d = bf16::bits(v));
+        });
+    out
+}
+
 /// What happens to the finished values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Epilogue {
@@ -330,6 +359,11 @@ pub trait RowSource: Sync {
     fn rows(&self) -> usize;
     /// Writes values `k0..k0 + dst.len()` of row `row` into `dst`.
     fn fill(&self, row: usize, k0: usize, dst: &mut [f32]);
+    /// Values `k0..k0 + len` of row `row` where they already lie in memory, so packing can
+    /// convert them without a copy first.
+    fn slice(&self, _row: usize, _k0: usize, _len: usize) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// A row-major `[M, K]` matrix.
@@ -344,6 +378,9 @@ impl RowSource for Matrix<'_> {
     }
     fn fill(&self, row: usize, k0: usize, dst: &mut [f32]) {
         dst.copy_from_slice(&self.x[row * self.k + k0..][..dst.len()]);
+    }
+    fn slice(&self, row: usize, k0: usize, len: usize) -> Option<&[f32]> {
+        Some(&self.x[row * self.k + k0..][..len])
     }
 }
 
@@ -683,12 +720,16 @@ fn pack_rows(
     let tile_len = layout.len();
     let tiles = m.div_ceil(MR);
     // The valid part of row `row`'s slice at `pc`, filled into `d` (`kc` values).
-    let fill_f32 = |row: usize, pc: usize, kc: usize, d: &mut [f32]| {
-        let len = if row < m {
+    // How many of the `kc` values of row `row`'s slice at `pc` are inside x.
+    let valid = |row: usize, pc: usize, kc: usize| {
+        if row < m {
             k.saturating_sub(pc).min(kc)
         } else {
             0
-        };
+        }
+    };
+    let fill_f32 = |row: usize, pc: usize, kc: usize, d: &mut [f32]| {
+        let len = valid(row, pc, kc);
         if len > 0 {
             x.fill(row, pc, &mut d[..len]);
         }
@@ -702,10 +743,23 @@ fn pack_rows(
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
                 for r in 0..MR {
-                    fill_f32(t * MR + r, pc, kc, &mut tmp);
+                    let row = t * MR + r;
                     let base = layout.slice(pc) + r * layout.stride(kc);
-                    // SAFETY: bf16 products are only planned when avx512bf16 is present.
-                    unsafe { avx512::to_bf16(&tmp[..kc], &mut d[base..base + kc]) };
+                    let dst = &mut d[base..base + kc];
+                    let len = valid(row, pc, kc);
+                    // SAFETY (both calls): bf16 rows are only planned with avx512bf16 present.
+                    let whole = if len == kc {
+                        x.slice(row, pc, len)
+                    } else {
+                        None
+                    };
+                    match whole {
+                        Some(src) => unsafe { avx512::to_bf16(src, dst) },
+                        _ => {
+                            fill_f32(row, pc, kc, &mut tmp);
+                            unsafe { avx512::to_bf16(&tmp[..kc], dst) }
+                        }
+                    }
                 }
                 pc += kc;
             }
