@@ -18,21 +18,21 @@
 //!
 //! Per step of 32 values of `k`: two A loads, two B loads, four `TDPBF16PS`, each `16 x 16 x 32`
 //! multiply-adds of bf16 pairs with f32 accumulation. At the end of the slice the C tiles are
-//! stored to a 4 KiB scratch block ([`Acc`]) and the epilogue ([`finish`]) combines them with the
-//! output (bias, or the partial sums of earlier slices), applies GELU-tanh on the last slice and
-//! writes the `rows x cols` that exist.
+//! stored to a 4 KiB scratch block ([`Acc`]) and the epilogue ([`finish`], AVX-512 where the CPU
+//! has it) combines them with the output (bias, or the partial sums of earlier slices), applies
+//! GELU-tanh on the last slice and writes the `rows x cols` that exist.
 //!
-//! Limits (from Intel's published figures for Sapphire Rapids, not measured here: this machine
-//! has no AMX): a full-size `TDPBF16PS` issues every 16 cycles, so the four per step take 64
-//! cycles for 4 KiB of tile loads (64 B/cycle): the B panel slice must stay in L1 (`kc = 512`
-//! gives 32 KiB) while row tiles stream past it from L2. Peak is 1024 bf16 flop/cycle/core, eight
-//! times AVX512-BF16's 128. Small `m` wastes work: a block is at least 16 rows.
+//! Limits (Intel's published figures for Sapphire Rapids, not measured here: this machine has no
+//! AMX): a full-size `TDPBF16PS` issues every 16 cycles, 1024 bf16 flop/cycle/core, at least
+//! eight times the AVX-512 rate. The four per step take 64 cycles and load 4 KiB of tiles: the
+//! B panel slice stays in L1 (`kc = 512` gives 32 KiB, `packed.rs`) while the row tiles stream
+//! from L2 at 32 B/cycle. By estimate the epilogue costs about a tenth of a 32 x 32 x 512 block,
+//! more for short `k`. Small `m` wastes work: a block is at least 16 rows.
 //!
 //! Using AMX on Linux needs the tile data state granted to the process: `isa.rs` asks once
-//! ([`super::isa::amx_status`]); the hardware unit [`Amx`] exists only after a yes.
+//! ([`super::isa::amx_status`]); the hardware unit `Amx` exists only after a yes.
 
-use super::tile::NR;
-use super::tile::{Init, Tile};
+use super::tile::{Init, Tile, NR};
 
 /// Rows of a packed activation tile (two A tiles).
 pub const MR: usize = 32;
@@ -163,7 +163,7 @@ pub unsafe fn product<U: TileUnit, const H: usize>(
     b: *const u16,
     acc: &mut Acc,
 ) {
-    debug_assert!(kc % KSTEP == 0 && (1..=2).contains(&H));
+    debug_assert!(kc.is_multiple_of(KSTEP) && (1..=2).contains(&H));
     for row in &C[..H] {
         for &c in row {
             u.zero(c);
@@ -191,12 +191,25 @@ pub unsafe fn product<U: TileUnit, const H: usize>(
 }
 
 /// Combines the block `acc` with the output as `t` says (`out = init + acc`), applies GELU-tanh
-/// when asked, and writes `t.rows x t.cols` of `t.c`.
+/// when asked, and writes `t.rows x t.cols` of `t.c`: with AVX-512 when the CPU has it (always
+/// where AMX is), else element by element.
 ///
 /// # Safety
 /// `t.c` holds `t.rows` rows of `t.cols` values at stride `t.ldc`, written by nobody else during
 /// the call; a bias holds `t.cols` values; `t.rows <= MR`, `t.cols <= NR`.
 pub unsafe fn finish(acc: &Acc, t: &Tile) {
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::Isa::detect() >= super::isa::Isa::Avx512 {
+        return finish_avx512(acc, t);
+    }
+    finish_scalar(acc, t)
+}
+
+/// [`finish`] element by element (GELU through `act::gelu_tanh_`).
+///
+/// # Safety
+/// As [`finish`].
+unsafe fn finish_scalar(acc: &Acc, t: &Tile) {
     for r in 0..t.rows {
         let src = &acc.0[r * NR..r * NR + t.cols];
         let dst = std::slice::from_raw_parts_mut(t.c.add(r * t.ldc), t.cols);
@@ -207,11 +220,48 @@ pub unsafe fn finish(acc: &Acc, t: &Tile) {
                 let b = std::slice::from_raw_parts(b, t.cols);
                 dst.iter_mut()
                     .zip(src.iter().zip(b))
-                    .for_each(|(d, (s, b))| *d = b + s);
+                    .for_each(|(d, (s, b))| *d = s + b);
             }
         }
         if t.gelu {
             super::act::gelu_tanh_(dst);
+        }
+    }
+}
+
+/// [`finish`] on two zmm vectors per row, the columns past `t.cols` masked off.
+///
+/// # Safety
+/// As [`finish`]; `avx512f` present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_avx512(acc: &Acc, t: &Tile) {
+    use super::avx512::gelu_tanh;
+    use std::arch::x86_64::*;
+    let mask = |cols: usize| ((1u32 << cols.min(16)) - 1) as __mmask16;
+    let m = [mask(t.cols), mask(t.cols.saturating_sub(16))];
+    let bias = match t.init {
+        Init::Bias(b) => [
+            _mm512_maskz_loadu_ps(m[0], b),
+            _mm512_maskz_loadu_ps(m[1], b.add(16)),
+        ],
+        _ => [_mm512_setzero_ps(); 2],
+    };
+    for r in 0..t.rows {
+        let row = t.c.add(r * t.ldc);
+        for h in 0..2 {
+            let mut v = _mm512_load_ps(acc.0.as_ptr().add(r * NR + 16 * h));
+            match t.init {
+                Init::Zero => {}
+                Init::Load => {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m[h], row.add(16 * h)));
+                }
+                Init::Bias(_) => v = _mm512_add_ps(v, bias[h]),
+            }
+            if t.gelu {
+                v = gelu_tanh(v);
+            }
+            _mm512_mask_storeu_ps(row.add(16 * h), m[h], v);
         }
     }
 }
@@ -236,6 +286,77 @@ pub unsafe fn block<U: TileUnit>(
         product::<U, 1>(u, kc, a, lda, b, acc);
     }
     finish(acc, t);
+}
+
+/// The micro-kernel on a configured tile unit, for one thread's share of a product: configured
+/// with [`TileConfig::full`] when made, released when dropped. Tile state belongs to the thread,
+/// so a `Kernel` stays on the thread that made it (not `Send`).
+pub struct Kernel {
+    unit: Unit,
+    acc: Acc,
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+enum Unit {
+    #[cfg(target_arch = "x86_64")]
+    Hardware(Amx),
+    Model(TileModel),
+}
+
+impl Kernel {
+    /// On this CPU's tiles; `None` when AMX is not usable.
+    #[cfg(target_arch = "x86_64")]
+    pub fn hardware() -> Option<Kernel> {
+        Amx::new().map(|u| Kernel::configured(Unit::Hardware(u)))
+    }
+
+    /// On the software model (any CPU).
+    pub fn model() -> Kernel {
+        Kernel::configured(Unit::Model(TileModel::default()))
+    }
+
+    fn configured(mut unit: Unit) -> Kernel {
+        let cfg = TileConfig::full();
+        // SAFETY: the full configuration is valid for palette 1.
+        unsafe {
+            match &mut unit {
+                #[cfg(target_arch = "x86_64")]
+                Unit::Hardware(u) => u.configure(&cfg),
+                Unit::Model(u) => u.configure(&cfg),
+            }
+        }
+        Kernel {
+            unit,
+            acc: Acc::default(),
+            _thread: std::marker::PhantomData,
+        }
+    }
+
+    /// [`block`] on this kernel's unit.
+    ///
+    /// # Safety
+    /// As [`block`].
+    #[inline(always)]
+    pub unsafe fn block(&mut self, kc: usize, a: *const u16, lda: usize, b: *const u16, t: &Tile) {
+        match &mut self.unit {
+            #[cfg(target_arch = "x86_64")]
+            Unit::Hardware(u) => block(u, kc, a, lda, b, &mut self.acc, t),
+            Unit::Model(u) => block(u, kc, a, lda, b, &mut self.acc, t),
+        }
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        // SAFETY: releasing needs nothing; the unit was configured on this thread.
+        unsafe {
+            match &mut self.unit {
+                #[cfg(target_arch = "x86_64")]
+                Unit::Hardware(u) => u.release(),
+                Unit::Model(u) => u.release(),
+            }
+        }
+    }
 }
 
 /// The hardware tile unit. A value exists only when AMX is usable ([`super::isa::amx_status`]).
@@ -395,7 +516,7 @@ impl TileUnit for TileModel {
             assert!(
                 rows <= TILE_ROWS
                     && colsb <= TILE_BYTES
-                    && colsb % 4 == 0
+                    && colsb.is_multiple_of(4)
                     && (rows == 0) == (colsb == 0),
                 "LDTILECFG: tmm{t} shaped {rows} x {colsb} bytes"
             );
@@ -688,6 +809,46 @@ mod tests {
             }
         }
         println!("block: worst error {worst:.3} of tolerance (2e-6 sqrt(k) (1 + |ref|))");
+    }
+
+    /// The AVX-512 epilogue writes bit for bit what the scalar one writes, and nothing outside
+    /// `rows x cols`, for every start, with and without GELU.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn epilogues_agree() {
+        use crate::cpu::isa::Isa;
+        if Isa::detect() < Isa::Avx512 {
+            println!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let mut acc = Acc::default();
+        acc.0.copy_from_slice(&pseudo(MR * NR, 40));
+        let bias = pseudo(NR, 41);
+        let ldc = NR + 5;
+        let before = pseudo(MR * ldc, 42);
+        for (rows, cols) in [(1, 1), (13, 19), (16, 16), (17, 31), (32, 32)] {
+            for init in [Init::Zero, Init::Load, Init::Bias(bias.as_ptr())] {
+                for gelu in [false, true] {
+                    let (mut a, mut b) = (before.clone(), before.clone());
+                    let tile = |c: &mut Vec<f32>| Tile {
+                        c: c.as_mut_ptr(),
+                        ldc,
+                        rows,
+                        cols,
+                        init,
+                        gelu,
+                    };
+                    // SAFETY: both outputs hold MR rows of ldc >= cols values; AVX-512 checked.
+                    unsafe {
+                        finish_scalar(&acc, &tile(&mut a));
+                        finish_avx512(&acc, &tile(&mut b));
+                    }
+                    assert_eq!(a, b, "rows {rows} cols {cols} gelu {gelu}");
+                    let untouched = (0..MR * ldc).filter(|&i| i / ldc >= rows || i % ldc >= cols);
+                    assert!(untouched.into_iter().all(|i| b[i] == before[i]));
+                }
+            }
+        }
     }
 
     #[test]
