@@ -1,6 +1,7 @@
 //! CPU operations on row-major `f32` slices.
 
 pub mod act;
+pub mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

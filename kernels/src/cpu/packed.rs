@@ -1,22 +1,24 @@
 //! Matrix products against weights packed once at load time.
 //!
 //! A [`PackedMatrix`] holds an `nn.Linear` weight `[N, K]` in the layout the x86 micro-kernels
-//! (`avx512.rs`, `avx2.rs`) stream: panels of [`NR`] output columns, each `[K][NR]` for f32 or `[K/2][NR][2]`
-//! (pairs of `k`) for bf16, 64-byte aligned. [`linear`] computes `x[M,K] · Wᵀ (+ bias)` with
+//! (`avx512.rs`, `avx2.rs`, `amx.rs`) stream: panels of [`NR`] output columns, each `[K][NR]` for
+//! f32 or `[K/2][NR][2]` (pairs of `k`) for bf16, 64-byte aligned (for AMX products `K` is padded
+//! with zeros to a multiple of 32, one tile step). [`linear`] computes `x[M,K] · Wᵀ (+ bias)` with
 //! optional GELU-tanh over all cores: the activations are copied once per call into row tiles
-//! of [`MR`] rows (rounded to bf16 for bf16 products), then blocks of `MC` rows x `NC` columns are
-//! shared out to the threads; inside a block, for each `KC` slice of `k`, one weight panel stays in
-//! L1 while the row tiles stream past it.
+//! of [`MR`] rows (32 rows for AMX; rounded to bf16 for bf16 products), then blocks of `MC` rows x
+//! `NC` columns are shared out to the threads; inside a block, for each `KC` slice of `k`, one
+//! weight panel stays in L1 while the row tiles stream past it.
 //!
 //! Arithmetic: [`Compute::F32`] is f32 multiply-add (bf16-stored weights are widened exactly, one
 //! panel slice at a time); [`Compute::Bf16`] rounds the activations to bf16 (nearest even) and
 //! multiplies bf16 values with f32 accumulation, by the instruction [`Isa::bf16_path`] picks for
-//! this CPU: `vdpbf16ps` on bf16 pairs, or the f32 kernels on the rounded activations and the
-//! widened weights (exact products, so the same arithmetic up to the order of the sums). The
-//! micro-kernel is AVX-512 or AVX2 + FMA by [`Isa::detect`] (`isa.rs`, `MUDDIT_ISA` caps it);
-//! at the portable level the weights stay `[N, K]` f32 and the `gemm` crate does the product
-//! (for bf16, on the same bf16-rounded values). Other architectures than x86_64 always take that
-//! portable path (so the blocking constants and panel helpers below go unused there).
+//! this CPU: AMX `tdpbf16ps` on tiles (`amx.rs`), `vdpbf16ps` on bf16 pairs, or the f32 kernels
+//! on the rounded activations and the widened weights (exact products, so the same arithmetic up
+//! to the order of the sums). The other micro-kernels are AVX-512 or AVX2 + FMA by
+//! [`Isa::detect`] (`isa.rs`, `MUDDIT_ISA` caps it); at the portable level the weights stay
+//! `[N, K]` f32 and the `gemm` crate does the product (for bf16, on the same bf16-rounded
+//! values). Other architectures than x86_64 always take that portable path (so the blocking
+//! constants and panel helpers below go unused there).
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use super::bf16;
@@ -25,7 +27,7 @@ pub use super::isa::Isa;
 pub use super::tile::{MR, NR};
 #[cfg(target_arch = "x86_64")]
 use super::{
-    avx2, avx512,
+    amx, avx2, avx512,
     tile::{Init, Tile},
 };
 use rayon::prelude::*;
@@ -36,8 +38,13 @@ use std::cell::Cell;
 const KC_F32: usize = 512;
 /// `k` per slice for bf16 products (same bytes).
 const KC_BF16: usize = 1024;
-/// Rows per block (a multiple of `MR`).
+/// `k` per slice for AMX products: a `KC x NR` bf16 panel is 32 KiB, under L1, so the B tiles
+/// reload from L1 (a multiple of the tile step, 32).
+const KC_AMX: usize = 512;
+/// Rows per block (a multiple of `MR` and of the AMX row tile, 32).
 const MC: usize = MR * 24;
+const _: () =
+    assert!(MC.is_multiple_of(super::amx::MR) && KC_AMX.is_multiple_of(super::amx::KSTEP));
 /// Padding after each packed row of activations, in elements (64 bytes): rows `kc` apart would
 /// fall into the same L1 sets (a 4 KiB period) when `kc` is a multiple of 1024 bytes.
 const PAD_F32: usize = 16;
@@ -104,8 +111,9 @@ enum Layout {
     Rows(Vec<f32>),
     /// Panels `[N/NR][K][NR]` f32.
     PanelsF32(Aligned),
-    /// Panels `[N/NR][K/2][NR][2]` bf16 bits (`K` rounded up to even, zero-padded).
-    PanelsBf16(Aligned),
+    /// Panels `[N/NR][kp/2][NR][2]` bf16 bits, `K` zero-padded to `kp` (even; a multiple of 32
+    /// for AMX products).
+    PanelsBf16 { buf: Aligned, kp: usize },
 }
 
 /// The values a [`PackedMatrix`] is packed from, `[N, K]` row-major.
@@ -150,6 +158,8 @@ pub struct PackedMatrix {
     compute: Compute,
     /// The level the products run at (this CPU's, or lower for tests).
     isa: Isa,
+    /// AMX products run on the software tile model (`amx::TileModel`; tests on any x86 CPU).
+    tile_model: bool,
     layout: Layout,
 }
 
@@ -180,7 +190,25 @@ impl PackedMatrix {
         compute: Compute,
         isa: Isa,
     ) -> Self {
-        let isa = isa.min(Isa::detect());
+        Self::pack(w, n, k, storage, compute, isa.min(Isa::detect()), false)
+    }
+
+    /// A bf16 weight whose products take the AMX path (`Isa::Amx`) with every tile instruction
+    /// run by the software model, whatever this CPU has: tests of the AMX blocking and packing.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    pub(crate) fn on_tile_model(w: Source, n: usize, k: usize) -> Self {
+        Self::pack(w, n, k, Storage::Bf16, Compute::Bf16, Isa::Amx, true)
+    }
+
+    fn pack(
+        w: Source,
+        n: usize,
+        k: usize,
+        storage: Storage,
+        compute: Compute,
+        isa: Isa,
+        tile_model: bool,
+    ) -> Self {
         assert_eq!(w.len(), n * k, "PackedMatrix: weight is not [N,K]");
         assert!(
             !(compute == Compute::Bf16 && storage == Storage::F32),
@@ -222,7 +250,12 @@ impl PackedMatrix {
                     Layout::PanelsF32(buf)
                 }
                 Storage::Bf16 => {
-                    let k2 = k_even(k) / 2;
+                    let kp = if compute == Compute::Bf16 && isa.bf16_path() == Bf16Path::Tiles {
+                        k.div_ceil(super::amx::KSTEP) * super::amx::KSTEP
+                    } else {
+                        k_even(k)
+                    };
+                    let k2 = kp / 2;
                     let mut buf = Aligned::zeroed(panels * k2 * NR * 2 * 2);
                     let dst = &mut buf.u16s_mut()[..panels * k2 * NR * 2];
                     dst.par_chunks_mut(k2 * NR * 2)
@@ -235,7 +268,7 @@ impl PackedMatrix {
                                 }
                             }
                         });
-                    Layout::PanelsBf16(buf)
+                    Layout::PanelsBf16 { buf, kp }
                 }
             }
         };
@@ -244,6 +277,7 @@ impl PackedMatrix {
             k,
             compute,
             isa,
+            tile_model,
             layout,
         }
     }
@@ -265,6 +299,7 @@ impl PackedMatrix {
     /// How the products with this weight multiply, e.g. `avx512bf16 (vdpbf16ps)`.
     pub fn kernel(&self) -> String {
         match self.compute {
+            Compute::Bf16 if self.tile_model => format!("{} (tile model)", self.isa.name()),
             Compute::Bf16 => format!("{} ({})", self.isa.name(), self.isa.bf16_path().name()),
             Compute::F32 => format!("{} (f32 FMA)", self.isa.min(Isa::Avx512).name()),
         }
@@ -285,9 +320,9 @@ impl PackedMatrix {
                     }
                 }
             }
-            Layout::PanelsBf16(buf) => {
+            Layout::PanelsBf16 { buf, kp } => {
                 let src = buf.u16s();
-                let k2 = k_even(k) / 2;
+                let k2 = kp / 2;
                 for (col, row) in out.chunks_exact_mut(k).enumerate() {
                     let (p, j) = (col / NR, col % NR);
                     for (kk, v) in row.iter_mut().enumerate() {
@@ -303,7 +338,7 @@ impl PackedMatrix {
     pub fn bytes(&self) -> usize {
         match &self.layout {
             Layout::Rows(w) => w.len() * 4,
-            Layout::PanelsF32(b) | Layout::PanelsBf16(b) => b.bytes(),
+            Layout::PanelsF32(b) | Layout::PanelsBf16 { buf: b, .. } => b.bytes(),
         }
     }
 }
@@ -441,9 +476,10 @@ pub fn linear_rows(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    let product = |panels, rows| Product {
+    let product = |panels, rows, kp| Product {
         panels,
         rows,
+        kp,
         avx512: w.isa >= Isa::Avx512,
     };
     match &w.layout {
@@ -451,7 +487,7 @@ pub fn linear_rows(
         #[cfg(target_arch = "x86_64")]
         Layout::PanelsF32(buf) => blocked(
             x,
-            product(Panels::F32(buf.f32s()), Rows::F32),
+            product(Panels::F32(buf.f32s()), Rows::F32, k),
             bias,
             epilogue,
             m,
@@ -460,17 +496,21 @@ pub fn linear_rows(
             out,
         ),
         #[cfg(target_arch = "x86_64")]
-        Layout::PanelsBf16(buf) => {
-            let p = buf.u16s();
+        Layout::PanelsBf16 { buf, kp } => {
+            let (p, kp) = (buf.u16s(), *kp);
             let plan = match (w.compute, w.isa.bf16_path()) {
-                (Compute::F32, _) => product(Panels::Bf16Widened(p), Rows::F32),
-                (Compute::Bf16, Bf16Path::Dot) => product(Panels::Bf16(p), Rows::Bf16),
-                (Compute::Bf16, _) => product(Panels::Bf16Widened(p), Rows::F32Rounded),
+                (Compute::F32, _) => product(Panels::Bf16Widened(p), Rows::F32, kp),
+                (Compute::Bf16, Bf16Path::Tiles) => {
+                    let model = w.tile_model;
+                    product(Panels::Tiles { w: p, model }, Rows::Bf16, kp)
+                }
+                (Compute::Bf16, Bf16Path::Dot) => product(Panels::Bf16(p), Rows::Bf16, kp),
+                (Compute::Bf16, _) => product(Panels::Bf16Widened(p), Rows::F32Rounded, kp),
             };
             blocked(x, plan, bias, epilogue, m, k, n, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        Layout::PanelsF32(_) | Layout::PanelsBf16(_) => {
+        Layout::PanelsF32(_) | Layout::PanelsBf16 { .. } => {
             unreachable!("weights are packed into panels only on x86_64 (Isa::detect)")
         }
     }
@@ -509,6 +549,11 @@ enum Panels<'a> {
     Bf16Widened(&'a [u16]),
     /// bf16 pairs for `vdpbf16ps`.
     Bf16(&'a [u16]),
+    /// bf16 pairs as AMX B tiles (`k` padded to 32), on the hardware or the tile model.
+    Tiles {
+        w: &'a [u16],
+        model: bool,
+    },
 }
 
 /// How the activations are packed.
@@ -518,7 +563,7 @@ enum Rows {
     F32,
     /// f32 holding bf16-rounded values (bf16 arithmetic on the f32 kernels).
     F32Rounded,
-    /// bf16 bits, for `vdpbf16ps`.
+    /// bf16 bits, for `vdpbf16ps` and AMX.
     Bf16,
 }
 
@@ -528,6 +573,8 @@ enum Rows {
 struct Product<'a> {
     panels: Panels<'a>,
     rows: Rows,
+    /// `k` as stored in the panels (`K` padded).
+    kp: usize,
     /// AVX-512 kernels, else AVX2 + FMA.
     avx512: bool,
 }
@@ -547,28 +594,30 @@ fn blocked(
     let Product {
         panels,
         rows: row_kind,
+        kp,
         avx512,
     } = plan;
     let bf16 = row_kind == Rows::Bf16;
-    // k as stored in the panels, and per slice.
-    let kp = match panels {
-        Panels::F32(_) => k,
-        _ => k_even(k),
-    };
+    let amx = matches!(panels, Panels::Tiles { .. });
     let tiles = RowTiles {
+        rows: if amx { amx::MR } else { MR },
         kp,
-        kc_max: if bf16 { KC_BF16 } else { KC_F32 },
+        kc_max: match (amx, bf16) {
+            (true, _) => KC_AMX,
+            (false, true) => KC_BF16,
+            (false, false) => KC_F32,
+        },
         pad: if bf16 { PAD_BF16 } else { PAD_F32 },
     };
-    let kc_max = tiles.kc_max;
+    let (mr, kc_max) = (tiles.rows, tiles.kc_max);
     let elem = if bf16 { 2 } else { 4 };
     let mut rows = ROWS.take();
-    rows.ensure(m.div_ceil(MR) * tiles.len() * elem);
+    rows.ensure(m.div_ceil(mr) * tiles.len() * elem);
     pack_rows(x, m, k, tiles, row_kind, &mut rows);
 
     // Blocks of about equal size: the tasks then share out evenly over the threads.
     let m_blocks = m.div_ceil(MC);
-    let mc = m.div_ceil(m_blocks).div_ceil(MR) * MR;
+    let mc = m.div_ceil(m_blocks).div_ceil(mr) * mr;
     let n_blocks = n.div_ceil(NC);
     let nc = n.div_ceil(n_blocks).div_ceil(NR) * NR;
     let flops = 2 * m * n * k;
@@ -582,6 +631,14 @@ fn blocked(
         if matches!(panels, Panels::Bf16Widened(_)) {
             panel.ensure(KC_F32 * NR * 4);
         }
+        // Configured here and released at the end of the task, on this thread.
+        let mut tile_kernel = match panels {
+            Panels::Tiles { model: true, .. } => Some(amx::Kernel::model()),
+            Panels::Tiles { model: false, .. } => Some(
+                amx::Kernel::hardware().expect("AMX products are planned only when AMX is usable"),
+            ),
+            _ => None,
+        };
         let o = o;
         let mut pc = 0;
         while pc < kp {
@@ -599,6 +656,7 @@ fn blocked(
                 let wp = match panels {
                     Panels::F32(w) => WeightSlice::F32(w[(p * kp + pc) * NR..].as_ptr()),
                     Panels::Bf16(w) => WeightSlice::Bf16(w[(p * kp + pc) * NR..].as_ptr()),
+                    Panels::Tiles { w, .. } => WeightSlice::Tiles(w[(p * kp + pc) * NR..].as_ptr()),
                     Panels::Bf16Widened(w) => {
                         let src = w[(p * kp + pc) * NR..].as_ptr();
                         let dst = panel.f32s_mut().as_mut_ptr();
@@ -615,13 +673,14 @@ fn blocked(
                         WeightSlice::F32(panel.f32s().as_ptr())
                     }
                 };
-                for tile in m0 / MR..m1.div_ceil(MR) {
-                    let r0 = tile * MR;
-                    let nrows = (m1 - r0).min(MR);
+                for tile in m0 / mr..m1.div_ceil(mr) {
+                    let r0 = tile * mr;
+                    let nrows = (m1 - r0).min(mr);
                     let a_off = tile * tiles.len() + tiles.slice(pc);
-                    // SAFETY: the packed rows hold MR * kc values at a_off, the weight slice
-                    // kc * NR; rows r0..r0+nrows and columns c0..c0+cols of out are inside
-                    // [m, n] and belong to this task's block alone.
+                    // SAFETY: the packed rows hold mr rows of kc values at a_off (kc a multiple
+                    // of 32 for AMX, zero padded), the weight slice kc * NR; rows r0..r0+nrows
+                    // and columns c0..c0+cols of out are inside [m, n] and belong to this
+                    // task's block alone.
                     unsafe {
                         let tile = Tile {
                             c: o.0.add(r0 * n + c0),
@@ -653,12 +712,22 @@ fn blocked(
                                 b,
                                 tile,
                             ),
+                            WeightSlice::Tiles(b) => {
+                                tile_kernel.as_mut().expect("made for tile products").block(
+                                    kc,
+                                    rows_ref.u16s()[a_off..].as_ptr(),
+                                    tiles.stride(kc),
+                                    b,
+                                    &tile,
+                                )
+                            }
                         }
                     }
                 }
             }
             pc += kc;
         }
+        drop(tile_kernel);
         PANEL.set(panel);
     };
     let tasks = m_blocks * n_blocks;
@@ -675,13 +744,16 @@ fn blocked(
 enum WeightSlice {
     F32(*const f32),
     Bf16(*const u16),
+    Tiles(*const u16),
 }
 
-/// The layout of the packed activations: per tile of `MR` rows, per slice of `kc <= kc_max`
-/// values of `k` (from `0` to `kp`), `MR` rows of `kc` values `kc + pad` apart.
+/// The layout of the packed activations: per tile of `rows` rows ([`MR`], or 32 for AMX), per
+/// slice of `kc <= kc_max` values of `k` (from `0` to `kp`), `rows` rows of `kc` values
+/// `kc + pad` apart.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct RowTiles {
+    rows: usize,
     kp: usize,
     kc_max: usize,
     pad: usize,
@@ -691,12 +763,12 @@ struct RowTiles {
 impl RowTiles {
     /// Elements per tile.
     fn len(&self) -> usize {
-        MR * (self.kp + self.kp.div_ceil(self.kc_max) * self.pad)
+        self.rows * (self.kp + self.kp.div_ceil(self.kc_max) * self.pad)
     }
 
     /// Where, in a tile, the slice starting at `pc` begins.
     fn slice(&self, pc: usize) -> usize {
-        MR * (pc + (pc / self.kc_max) * self.pad)
+        self.rows * (pc + (pc / self.kc_max) * self.pad)
     }
 
     /// Distance between the rows of a slice of `kc` values.
@@ -716,10 +788,14 @@ fn pack_rows(
     kind: Rows,
     rows: &mut Aligned,
 ) {
-    let RowTiles { kp, kc_max, .. } = layout;
+    let RowTiles {
+        rows: mr,
+        kp,
+        kc_max,
+        ..
+    } = layout;
     let tile_len = layout.len();
-    let tiles = m.div_ceil(MR);
-    // The valid part of row `row`'s slice at `pc`, filled into `d` (`kc` values).
+    let tiles = m.div_ceil(mr);
     // How many of the `kc` values of row `row`'s slice at `pc` are inside x.
     let valid = |row: usize, pc: usize, kc: usize| {
         if row < m {
@@ -728,6 +804,7 @@ fn pack_rows(
             0
         }
     };
+    // The valid part of row `row`'s slice at `pc`, filled into `d` (`kc` values).
     let fill_f32 = |row: usize, pc: usize, kc: usize, d: &mut [f32]| {
         let len = valid(row, pc, kc);
         if len > 0 {
@@ -736,29 +813,39 @@ fn pack_rows(
         d[len..kc].fill(0.0);
     };
     if kind == Rows::Bf16 {
+        // bf16 rows are packed for vdpbf16ps (AVX512-BF16 present) or AMX (present too, except
+        // on the tile model in tests).
+        let vector_bf16 = Isa::detect() >= Isa::Avx512Bf16;
         let buf = &mut rows.u16s_mut()[..tiles * tile_len];
         buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
             let mut tmp = [0.0f32; KC_BF16];
             let mut pc = 0;
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
-                for r in 0..MR {
-                    let row = t * MR + r;
+                for r in 0..mr {
+                    let row = t * mr + r;
                     let base = layout.slice(pc) + r * layout.stride(kc);
                     let dst = &mut d[base..base + kc];
                     let len = valid(row, pc, kc);
-                    // SAFETY (both calls): bf16 rows are only planned with avx512bf16 present.
                     let whole = if len == kc {
                         x.slice(row, pc, len)
                     } else {
                         None
                     };
-                    match whole {
-                        Some(src) => unsafe { avx512::to_bf16(src, dst) },
-                        _ => {
+                    let src = match whole {
+                        Some(src) => src,
+                        None => {
                             fill_f32(row, pc, kc, &mut tmp);
-                            unsafe { avx512::to_bf16(&tmp[..kc], dst) }
+                            &tmp[..kc]
                         }
+                    };
+                    if vector_bf16 {
+                        // SAFETY: avx512f and avx512bf16 are present (checked above).
+                        unsafe { avx512::to_bf16(src, dst) };
+                    } else {
+                        dst.iter_mut()
+                            .zip(src)
+                            .for_each(|(h, &v)| *h = bf16::bits(v));
                     }
                 }
                 pc += kc;
@@ -770,10 +857,10 @@ fn pack_rows(
             let mut pc = 0;
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
-                for r in 0..MR {
+                for r in 0..mr {
                     let base = layout.slice(pc) + r * layout.stride(kc);
                     let row = &mut d[base..base + kc];
-                    fill_f32(t * MR + r, pc, kc, row);
+                    fill_f32(t * mr + r, pc, kc, row);
                     if kind == Rows::F32Rounded {
                         // SAFETY: every x86 level with panels has AVX2 (Isa::detect).
                         unsafe { avx2::round_bf16_(row) };
@@ -814,6 +901,44 @@ mod tests {
         x[0]
     }
 
+    /// `linear` with `pw` against `naive_linear` on the values the product uses (`wv`, the
+    /// weight as stored), without and with bias, with GELU; returns the worst error as a
+    /// fraction of the tolerance.
+    fn check_linear(label: &str, pw: &PackedMatrix, x: &[f32], wv: &[f32], b: &[f32]) -> f32 {
+        let (n, k) = (pw.n(), pw.k());
+        let m = x.len() / k;
+        assert_eq!(pw.to_rows(), wv, "{label}: unpack");
+        let xv = if pw.compute == Compute::Bf16 {
+            round(x)
+        } else {
+            x.to_vec()
+        };
+        let mut worst = 0.0f32;
+        for (bias, epi) in [
+            (None, Epilogue::None),
+            (Some(b), Epilogue::None),
+            (Some(b), Epilogue::GeluTanh),
+        ] {
+            let mut out = vec![f32::NAN; m * n];
+            linear(x, pw, bias, epi, &mut out);
+            let mut want = naive_linear(&xv, wv, bias, m, k, n);
+            if epi == Epilogue::GeluTanh {
+                want.iter_mut().for_each(|v| *v = gelu(*v));
+            }
+            let scale = (k as f32).sqrt();
+            for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                let err = (g - r).abs() / (2e-6 * scale * (1.0 + r.abs()));
+                worst = worst.max(err);
+                assert!(
+                    err <= 1.0,
+                    "{label} ({m},{k},{n}) {epi:?} bias {} element {i}: {g} vs {r}",
+                    bias.is_some()
+                );
+            }
+        }
+        worst
+    }
+
     /// Every instruction set this CPU has, every storage/arithmetic pair, shapes that cut the
     /// register tile, the k slices and the blocks at odd places.
     #[test]
@@ -844,46 +969,49 @@ mod tests {
             (37, 1030, 545),
         ];
         for isa in isas.into_iter().filter(|&i| i <= Isa::detect()) {
+            let mut worst = 0.0f32;
             for (storage, compute) in modes {
                 for &(m, k, n) in &shapes {
-                    let x = pseudo(m * k, 1);
-                    let w = pseudo(n * k, 2);
-                    let b = pseudo(n, 3);
+                    let (x, w, b) = (pseudo(m * k, 1), pseudo(n * k, 2), pseudo(n, 3));
                     let pw = PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa);
-                    let wv = if storage == Storage::Bf16 {
-                        round(&w)
-                    } else {
-                        w.clone()
+                    let wv = match storage {
+                        Storage::F32 => w,
+                        Storage::Bf16 => round(&w),
                     };
-                    assert_eq!(pw.to_rows(), wv, "{isa:?} {storage:?} unpack");
-                    let xv = if compute == Compute::Bf16 {
-                        round(&x)
-                    } else {
-                        x.clone()
-                    };
-                    for (bias, epi) in [
-                        (None, Epilogue::None),
-                        (Some(&b[..]), Epilogue::None),
-                        (Some(&b[..]), Epilogue::GeluTanh),
-                    ] {
-                        let mut out = vec![f32::NAN; m * n];
-                        linear(&x, &pw, bias, epi, &mut out);
-                        let mut want = naive_linear(&xv, &wv, bias, m, k, n);
-                        if epi == Epilogue::GeluTanh {
-                            want.iter_mut().for_each(|v| *v = gelu(*v));
-                        }
-                        let scale = (k as f32).sqrt();
-                        for (i, (g, r)) in out.iter().zip(&want).enumerate() {
-                            assert!(
-                                (g - r).abs() <= 2e-6 * scale * (1.0 + r.abs()),
-                                "{isa:?} {storage:?}/{compute:?} ({m},{k},{n}) {epi:?} bias {} element {i}: {g} vs {r}",
-                                bias.is_some()
-                            );
-                        }
-                    }
+                    let label = format!("{isa:?} {storage:?}/{compute:?}");
+                    worst = worst.max(check_linear(&label, &pw, &x, &wv, &b));
                 }
             }
+            println!("{isa:?}: worst error {worst:.3} of tolerance");
         }
+    }
+
+    /// The whole AMX path (activations packed into 32-row bf16 tiles, weight panels padded to
+    /// 32 values of k, blocks over threads, k slices, the 16- and 32-row kernels) with every tile
+    /// instruction run by the software model: rows 1, 13, 16, 17, 33, 300 and 700 (m blocks),
+    /// columns not a multiple of 32, k not a multiple of 32 and over one or two slice bounds.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_path_on_the_tile_model_matches_naive() {
+        let shapes = [
+            (1, 1, 1),
+            (13, 7, 33),
+            (16, 64, 32),
+            (17, 40, 31),
+            (33, 513, 65),
+            (300, 300, 100),
+            (29, 601, 40),
+            (37, 1030, 545),
+            (700, 96, 70),
+        ];
+        let mut worst = 0.0f32;
+        for &(m, k, n) in &shapes {
+            let (x, w, b) = (pseudo(m * k, 1), pseudo(n * k, 2), pseudo(n, 3));
+            let pw = PackedMatrix::on_tile_model(Source::F32(&w), n, k);
+            assert_eq!(pw.kernel(), "amx (tile model)");
+            worst = worst.max(check_linear("AMX tile model", &pw, &x, &round(&w), &b));
+        }
+        println!("AMX on the tile model: worst error {worst:.3} of tolerance");
     }
 
     #[test]
