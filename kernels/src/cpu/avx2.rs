@@ -145,8 +145,11 @@ pub unsafe fn round_bf16_(x: &mut [f32]) {
         _mm256_storeu_ps(p.add(i), _mm256_castsi256_ps(out));
         i += 8;
     }
-    for v in &mut x[i..] {
-        *v = super::bf16::round(*v);
+    if i < n {
+        let mut tail = [0.0f32; 8];
+        tail[..n - i].copy_from_slice(&x[i..]);
+        round_bf16_(&mut tail);
+        x[i..].copy_from_slice(&tail[..n - i]);
     }
 }
 

@@ -144,8 +144,8 @@ pub unsafe fn widen_panel(kc: usize, src: *const u16, dst: *mut f32) {
 /// Rounds `src` to bf16 (nearest even, as `vcvtne2ps2bf16`) into `dst`, `dst.len() == src.len()`.
 ///
 /// # Safety
-/// `avx512f` and `avx512bf16` present.
-#[target_feature(enable = "avx512f,avx512bf16")]
+/// `avx512f`, `avx512bw` and `avx512bf16` present.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
     let n = src.len().min(dst.len());
     let mut i = 0;
@@ -156,8 +156,14 @@ pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
         _mm512_storeu_si512(dst.as_mut_ptr().add(i) as *mut __m512i, v);
         i += 32;
     }
-    for j in i..n {
-        dst[j] = super::bf16::bits(src[j]);
+    if i < n {
+        let m: __mmask16 = ((1u32 << (n - i).min(16)) - 1) as u16;
+        let m2: __mmask16 = ((1u32 << (n - i).saturating_sub(16)) - 1) as u16;
+        let lo = _mm512_maskz_loadu_ps(m, src.as_ptr().add(i));
+        let hi = _mm512_maskz_loadu_ps(m2, src.as_ptr().add(i + 16));
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        let mask: __mmask32 = ((1u64 << (n - i)) - 1) as u32;
+        _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i) as *mut i16, mask, v);
     }
 }
 

@@ -16,6 +16,29 @@ pub fn round(x: f32) -> f32 {
     value(bits(x))
 }
 
+/// `src` rounded to bf16 bits into `dst` (`vcvtne2ps2bf16` where the CPU has it).
+pub fn round_into(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "bf16::round_into: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::Isa::detect() >= super::isa::Isa::Avx512Bf16 {
+        // SAFETY: avx512f, avx512bw and avx512bf16 are present (Isa::detect checks them).
+        unsafe { super::avx512::to_bf16(src, dst) };
+        return;
+    }
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = bits(v));
+}
+
+/// Every value of `x` rounded to the nearest bf16, in place (AVX2 where the CPU has it).
+pub fn round_(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::Isa::detect() >= super::isa::Isa::Avx2 {
+        // SAFETY: avx2 is present (Isa::detect checks it for every level from avx2 up).
+        unsafe { super::avx2::round_bf16_(x) };
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = round(*v));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,11 +7,20 @@
 //! product's packing step gathers them (runs of `C` channels, zeros outside the image) straight
 //! into its row tiles (`Fields`, a [`RowSource`]), rounding to bf16 there for bf16 products.
 //! Output rows go in bands whose packed rows stay under `BAND_BYTES`. A 1x1 stride-1
-//! convolution is the plain product on the image. A convolution of a nearest-2x-upsampled image
+//! convolution is the plain product on the image.
+//!
+//! Same-padded stride-1 convolutions (the VQ-VAE's 3x3 ones) skip the gathering where the
+//! product allows ([`window_elements`]): the image is copied once with a zero border (in the
+//! product's element type, bf16 for bf16 products), and for kernel row `ky` the fields of a row
+//! of output pixels are `k * C` consecutive values starting at each pixel's neighbour, so the
+//! micro-kernels read them in place ([`linear_windows`]) instead of from 9x larger packed rows. A convolution of a nearest-2x-upsampled image
 //! ([`conv2d_upsampled_2x`], the VQ decoder's upsamplers) gathers straight from the small image:
 //! the 4x larger one is never written.
 
-use super::packed::{linear, linear_rows, Epilogue, PackedMatrix, RowSource};
+use super::packed::{
+    linear, linear_rows, linear_windows, window_elements, Epilogue, PackedMatrix, RowSource,
+    WindowData, WindowElements, Windows,
+};
 use rayon::prelude::*;
 
 /// Largest band of gathered fields, in bytes (as f32).
@@ -112,7 +121,7 @@ impl RowSource for Fields<'_> {
 /// `out [B, Ho, Wo, O] = conv(x [B, H, W, C])` with the patch-major packed weight `w`
 /// `[O, (k, k, C)]` and `bias [O]`.
 pub fn conv2d(x: &[f32], w: &PackedMatrix, bias: Option<&[f32]>, s: &Conv2dShape, out: &mut [f32]) {
-    convolve(x, 1, w, bias, s, out)
+    convolve(x, 1, w, bias, s, out, true)
 }
 
 /// [`conv2d`] of `upsample_nearest_2x(x)`: `s` is the shape of the upsampled input (even height
@@ -128,10 +137,11 @@ pub fn conv2d_upsampled_2x(
         s.height % 2 == 0 && s.width % 2 == 0,
         "conv2d_upsampled_2x: the upsampled size is odd"
     );
-    convolve(x, 2, w, bias, s, out)
+    convolve(x, 2, w, bias, s, out, true)
 }
 
-/// [`conv2d`] on an input stored `up` times smaller per side (nearest upsampling).
+/// [`conv2d`] on an input stored `up` times smaller per side (nearest upsampling); `in_place`
+/// allows reading the fields in place where the shape and product allow (tests compare both).
 fn convolve(
     x: &[f32],
     up: usize,
@@ -139,6 +149,7 @@ fn convolve(
     bias: Option<&[f32]>,
     s: &Conv2dShape,
     out: &mut [f32],
+    in_place: bool,
 ) {
     let (ho, wo) = s.out_hw();
     let image = s.height * s.width * s.c_in / (up * up);
@@ -154,6 +165,14 @@ fn convolve(
     );
     if up == 1 && s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
         linear(x, w, bias, Epilogue::None, out);
+        return;
+    }
+    if let Some(elements) = in_place.then(|| in_place_elements(w, s)).flatten() {
+        for b in 0..s.batch {
+            let xb = &x[b * image..(b + 1) * image];
+            let ob = &mut out[b * ho * wo * s.c_out..(b + 1) * ho * wo * s.c_out];
+            same_in_place(xb, up, w, bias, s, elements, ob);
+        }
         return;
     }
     let row_bytes = 4 * wo * s.patch();
@@ -173,6 +192,81 @@ fn convolve(
             };
             let dst = &mut ob[y0 * wo * s.c_out..(y0 + rows) * wo * s.c_out];
             linear_rows(&fields, w, bias, Epilogue::None, dst);
+        }
+    }
+}
+
+/// The element type to read a convolution's fields in place, when its shape and product allow.
+fn in_place_elements(w: &PackedMatrix, s: &Conv2dShape) -> Option<WindowElements> {
+    let p = s.kernel / 2;
+    let same = s.stride == 1 && s.kernel % 2 == 1 && s.pad == [p; 4];
+    same.then(|| window_elements(w, s.kernel * s.c_in))
+        .flatten()
+}
+
+/// One image `x [H/up, W/up, C]` (nearest-upsampled `up` times) convolved into `out [H, W, O]`
+/// through [`linear_windows`]: the image copied once with its zero border, in `elements`.
+fn same_in_place(
+    x: &[f32],
+    up: usize,
+    w: &PackedMatrix,
+    bias: Option<&[f32]>,
+    s: &Conv2dShape,
+    elements: WindowElements,
+    out: &mut [f32],
+) {
+    let (c, p) = (s.c_in, s.kernel / 2);
+    let pitch = s.width + 2 * p;
+    let windows = |data| Windows {
+        data,
+        height: s.height,
+        width: s.width,
+        pitch,
+        step: c,
+        segments: s.kernel,
+    };
+    let needed = windows(WindowData::F32(&[])).needed(w.k());
+    // Bordered row `py` of the image, each pixel's C values as f32 (before conversion).
+    let source_pixel = |py: usize, px: usize| -> Option<&[f32]> {
+        let (iy, ix) = (py.checked_sub(p)?, px.checked_sub(p)?);
+        if iy >= s.height || ix >= s.width {
+            return None;
+        }
+        let at = ((iy / up) * (s.width / up) + ix / up) * c;
+        Some(&x[at..at + c])
+    };
+    let rows = s.height + 2 * p;
+    match elements {
+        WindowElements::Bf16 => {
+            let mut data = vec![0u16; needed];
+            data[..rows * pitch * c]
+                .par_chunks_mut(pitch * c)
+                .enumerate()
+                .for_each(|(py, row)| {
+                    for (px, dst) in row.chunks_exact_mut(c).enumerate() {
+                        if let Some(src) = source_pixel(py, px) {
+                            super::bf16::round_into(src, dst);
+                        }
+                    }
+                });
+            linear_windows(&windows(WindowData::Bf16(&data)), w, bias, out);
+        }
+        WindowElements::F32 | WindowElements::F32Rounded => {
+            let mut data = vec![0f32; needed];
+            data[..rows * pitch * c]
+                .par_chunks_mut(pitch * c)
+                .enumerate()
+                .for_each(|(py, row)| {
+                    for (px, dst) in row.chunks_exact_mut(c).enumerate() {
+                        if let Some(src) = source_pixel(py, px) {
+                            dst.copy_from_slice(src);
+                        }
+                    }
+                    if elements == WindowElements::F32Rounded {
+                        super::bf16::round_(row);
+                    }
+                });
+            linear_windows(&windows(WindowData::F32(&data)), w, bias, out);
         }
     }
 }
@@ -285,6 +379,72 @@ mod tests {
                 conv2d_upsampled_2x(&x, &packed, Some(&bias), &s, &mut got);
                 assert_eq!(got, want, "({b}, {h}, {w}, {c}, {o}) {compute:?}");
             }
+        }
+    }
+
+    /// Reading the fields in place sums the same products in the same order as gathering them,
+    /// so the outputs are equal to the bit: every level this CPU has, every arithmetic, odd and
+    /// even channel counts (bf16 weights need an even C in place), upsampled or not, and rows
+    /// that end inside a register tile.
+    #[test]
+    fn fields_in_place_equal_gathered_fields() {
+        use crate::cpu::isa::Isa;
+        use crate::cpu::packed::Source;
+        let levels = [Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+        let modes = [
+            (Storage::F32, Compute::F32),
+            (Storage::Bf16, Compute::F32),
+            (Storage::Bf16, Compute::Bf16),
+        ];
+        let mut in_place = 0;
+        for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
+            for (storage, compute) in modes {
+                for (b, h, w, c, o, up) in [
+                    (1, 1, 1, 2, 1, 1),
+                    (2, 5, 13, 6, 33, 1),
+                    (1, 3, 7, 5, 40, 2),
+                    (2, 4, 9, 64, 70, 2),
+                    (1, 2, 3, 520, 8, 1),
+                ] {
+                    let x = pseudo(b * h * w * c, 7);
+                    let wt = patch_major_weight(&pseudo(o * c * 9, 8), o, c, 3);
+                    let bias = pseudo(o, 9);
+                    let s = Conv2dShape {
+                        batch: b,
+                        height: up * h,
+                        width: up * w,
+                        c_in: c,
+                        c_out: o,
+                        kernel: 3,
+                        stride: 1,
+                        pad: [1; 4],
+                    };
+                    let packed =
+                        PackedMatrix::with_isa(Source::F32(&wt), o, 9 * c, storage, compute, isa);
+                    in_place += in_place_elements(&packed, &s).is_some() as usize;
+                    let n = b * up * up * h * w * o;
+                    let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                    convolve(&x, up, &packed, Some(&bias), &s, &mut got, true);
+                    convolve(&x, up, &packed, Some(&bias), &s, &mut want, false);
+                    let differ: Vec<usize> = (0..n).filter(|&i| got[i] != want[i]).collect();
+                    if let Some(&i) = differ.first() {
+                        panic!(
+                            "{isa:?} {compute:?} ({b}, {h}, {w}, {c}, {o}) up {up}: {} of {n} \
+                             differ, first pixel {} channel {}: {} vs {}",
+                            differ.len(),
+                            i / o,
+                            i % o,
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+        println!("{in_place} cases read in place");
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() >= Isa::Avx2 {
+            assert!(in_place > 0, "no case took the in-place path");
         }
     }
 

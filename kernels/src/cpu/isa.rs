@@ -132,16 +132,19 @@ fn env_cap() -> Result<Option<Isa>, String> {
 
 #[cfg(target_arch = "x86_64")]
 fn hardware() -> Isa {
-    let avx512 = is_x86_feature_detected!("avx512f");
-    if avx512 && is_x86_feature_detected!("avx512bf16") {
-        if amx_status().is_ok() {
-            Isa::Amx
-        } else {
-            Isa::Avx512Bf16
-        }
+    // Each level includes the ones below it (every AVX-512 CPU has AVX2 + FMA, every one with
+    // AVX512-BF16 has AVX512-BW); checked all the same, so the kernels may rely on it.
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    let avx512 = avx2 && is_x86_feature_detected!("avx512f");
+    let bf16 =
+        avx512 && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16");
+    if bf16 && amx_status().is_ok() {
+        Isa::Amx
+    } else if bf16 {
+        Isa::Avx512Bf16
     } else if avx512 {
         Isa::Avx512
-    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    } else if avx2 {
         Isa::Avx2
     } else {
         Isa::Portable

@@ -343,22 +343,12 @@ impl PackedMatrix {
     }
 }
 
-/// `x` rounded to bf16 bits, in parallel, with `vcvtne2ps2bf16` where the CPU has it.
+/// `x` rounded to bf16 bits, in parallel.
 fn bf16_bits_of(x: &[f32]) -> Vec<u16> {
     let mut out = vec![0u16; x.len()];
     out.par_chunks_mut(1 << 14)
         .zip(x.par_chunks(1 << 14))
-        .for_each(|(dst, src)| {
-            #[cfg(target_arch = "x86_64")]
-            if Isa::detect() >= Isa::Avx512Bf16 {
-                // SAFETY: avx512bf16 is present (checked above).
-                unsafe { avx512::to_bf16(src, dst) };
-                return;
-            }
-            dst.iter_mut()
-                .zip(src)
-                .for_each(|(d, &v)| *d = bf16::bits(v));
-        });
+        .for_each(|(dst, src)| bf16::round_into(src, dst));
     out
 }
 
@@ -475,44 +465,47 @@ pub fn linear_rows(
         }
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    let product = |panels, rows, kp| Product {
-        panels,
-        rows,
-        kp,
-        avx512: w.isa >= Isa::Avx512,
-    };
     match &w.layout {
         Layout::Rows(wr) => portable(x, wr, w.compute, bias, epilogue, m, k, n, out),
         #[cfg(target_arch = "x86_64")]
-        Layout::PanelsF32(buf) => blocked(
-            x,
-            product(Panels::F32(buf.f32s()), Rows::F32, k),
-            bias,
-            epilogue,
-            m,
-            k,
-            n,
-            out,
-        ),
-        #[cfg(target_arch = "x86_64")]
-        Layout::PanelsBf16 { buf, kp } => {
-            let (p, kp) = (buf.u16s(), *kp);
-            let plan = match (w.compute, w.isa.bf16_path()) {
-                (Compute::F32, _) => product(Panels::Bf16Widened(p), Rows::F32, kp),
-                (Compute::Bf16, Bf16Path::Tiles) => {
-                    let model = w.tile_model;
-                    product(Panels::Tiles { w: p, model }, Rows::Bf16, kp)
-                }
-                (Compute::Bf16, Bf16Path::Dot) => product(Panels::Bf16(p), Rows::Bf16, kp),
-                (Compute::Bf16, _) => product(Panels::Bf16Widened(p), Rows::F32Rounded, kp),
-            };
+        _ => {
+            let plan = w.plan().expect("panels have a plan");
             blocked(x, plan, bias, epilogue, m, k, n, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         Layout::PanelsF32(_) | Layout::PanelsBf16 { .. } => {
             unreachable!("weights are packed into panels only on x86_64 (Isa::detect)")
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PackedMatrix {
+    /// How products with this weight run: panels, activation packing, kernel width (`None` for
+    /// the portable layout).
+    fn plan(&self) -> Option<Product<'_>> {
+        let product = |panels, rows, kp| Product {
+            panels,
+            rows,
+            kp,
+            avx512: self.isa >= Isa::Avx512,
+        };
+        Some(match &self.layout {
+            Layout::Rows(_) => return None,
+            Layout::PanelsF32(buf) => product(Panels::F32(buf.f32s()), Rows::F32, self.k),
+            Layout::PanelsBf16 { buf, kp } => {
+                let (p, kp) = (buf.u16s(), *kp);
+                match (self.compute, self.isa.bf16_path()) {
+                    (Compute::F32, _) => product(Panels::Bf16Widened(p), Rows::F32, kp),
+                    (Compute::Bf16, Bf16Path::Tiles) => {
+                        let model = self.tile_model;
+                        product(Panels::Tiles { w: p, model }, Rows::Bf16, kp)
+                    }
+                    (Compute::Bf16, Bf16Path::Dot) => product(Panels::Bf16(p), Rows::Bf16, kp),
+                    (Compute::Bf16, _) => product(Panels::Bf16Widened(p), Rows::F32Rounded, kp),
+                }
+            }
+        })
     }
 }
 
@@ -628,9 +621,6 @@ fn blocked(
         let (m0, n0) = (mb * mc, nb * nc);
         let (m1, n1) = ((m0 + mc).min(m), (n0 + nc).min(n));
         let mut panel = PANEL.take();
-        if matches!(panels, Panels::Bf16Widened(_)) {
-            panel.ensure(KC_F32 * NR * 4);
-        }
         // Configured here and released at the end of the task, on this thread.
         let mut tile_kernel = match panels {
             Panels::Tiles { model: true, .. } => Some(amx::Kernel::model()),
@@ -653,26 +643,7 @@ fn blocked(
                     (true, None) => Init::Zero,
                 };
                 let gelu = last && epilogue == Epilogue::GeluTanh;
-                let wp = match panels {
-                    Panels::F32(w) => WeightSlice::F32(w[(p * kp + pc) * NR..].as_ptr()),
-                    Panels::Bf16(w) => WeightSlice::Bf16(w[(p * kp + pc) * NR..].as_ptr()),
-                    Panels::Tiles { w, .. } => WeightSlice::Tiles(w[(p * kp + pc) * NR..].as_ptr()),
-                    Panels::Bf16Widened(w) => {
-                        let src = w[(p * kp + pc) * NR..].as_ptr();
-                        let dst = panel.f32s_mut().as_mut_ptr();
-                        // SAFETY: the level's instructions are present (panels are only built
-                        // at avx2 and above, avx512 only when the CPU has it); the source
-                        // slice holds kc * NR values, the panel buffer room for as many.
-                        unsafe {
-                            if avx512 {
-                                avx512::widen_panel(kc, src, dst)
-                            } else {
-                                avx2::widen_panel(kc, src, dst)
-                            }
-                        };
-                        WeightSlice::F32(panel.f32s().as_ptr())
-                    }
-                };
+                let wp = panels.slice((p * kp + pc) * NR, kc, avx512, &mut panel);
                 for tile in m0 / mr..m1.div_ceil(mr) {
                     let r0 = tile * mr;
                     let nrows = (m1 - r0).min(mr);
@@ -690,28 +661,16 @@ fn blocked(
                             init: init(pc == 0, c0),
                             gelu,
                         };
+                        let lda = tiles.stride(kc);
                         match wp {
-                            WeightSlice::F32(b) if avx512 => avx512::kernel_f32(
-                                kc,
-                                rows_ref.f32s()[a_off..].as_ptr(),
-                                tiles.stride(kc),
-                                b,
-                                tile,
-                            ),
-                            WeightSlice::F32(b) => avx2::kernel_f32(
-                                kc,
-                                rows_ref.f32s()[a_off..].as_ptr(),
-                                tiles.stride(kc),
-                                b,
-                                tile,
-                            ),
-                            WeightSlice::Bf16(b) => avx512::kernel_bf16(
-                                kc,
-                                rows_ref.u16s()[a_off..].as_ptr(),
-                                tiles.stride(kc),
-                                b,
-                                tile,
-                            ),
+                            WeightSlice::F32(b) => {
+                                let a = rows_ref.f32s()[a_off..].as_ptr();
+                                f32_kernel(avx512)(kc, a, lda, b, tile)
+                            }
+                            WeightSlice::Bf16(b) => {
+                                let a = rows_ref.u16s()[a_off..].as_ptr();
+                                avx512::kernel_bf16(kc, a, lda, b, tile)
+                            }
                             WeightSlice::Tiles(b) => {
                                 tile_kernel.as_mut().expect("made for tile products").block(
                                     kc,
@@ -740,11 +699,225 @@ fn blocked(
 }
 
 #[cfg(target_arch = "x86_64")]
+impl Panels<'_> {
+    /// The weight slice of one panel starting at element `at` (`(panel * kp + k0) * NR`), `kc`
+    /// values of `k` long, as the micro-kernels read it: in place, or widened to f32 into `buf`.
+    fn slice(&self, at: usize, kc: usize, avx512: bool, buf: &mut Aligned) -> WeightSlice {
+        match *self {
+            Panels::F32(w) => WeightSlice::F32(w[at..].as_ptr()),
+            Panels::Bf16(w) => WeightSlice::Bf16(w[at..].as_ptr()),
+            Panels::Tiles { w, .. } => WeightSlice::Tiles(w[at..].as_ptr()),
+            Panels::Bf16Widened(w) => {
+                buf.ensure(kc * NR * 4);
+                let (src, dst) = (w[at..].as_ptr(), buf.f32s_mut().as_mut_ptr());
+                // SAFETY: the level's instructions are present (panels are only built at avx2
+                // and above, avx512 only when the CPU has it); the source slice holds kc * NR
+                // values, the buffer room for as many.
+                unsafe {
+                    if avx512 {
+                        avx512::widen_panel(kc, src, dst)
+                    } else {
+                        avx2::widen_panel(kc, src, dst)
+                    }
+                };
+                WeightSlice::F32(buf.f32s().as_ptr())
+            }
+        }
+    }
+}
+
+/// The f32 micro-kernel of the level.
+#[cfg(target_arch = "x86_64")]
+type F32Kernel = unsafe fn(usize, *const f32, usize, *const f32, Tile);
+
+#[cfg(target_arch = "x86_64")]
+fn f32_kernel(avx512: bool) -> F32Kernel {
+    if avx512 {
+        avx512::kernel_f32
+    } else {
+        avx2::kernel_f32
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 enum WeightSlice {
     F32(*const f32),
     Bf16(*const u16),
     Tiles(*const u16),
+}
+
+/// Element types [`linear_windows`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowElements {
+    F32,
+    /// f32 holding bf16-rounded values.
+    F32Rounded,
+    /// bf16 bits.
+    Bf16,
+}
+
+/// The values of a [`Windows`] operand.
+#[derive(Clone, Copy)]
+pub enum WindowData<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+/// The left operand of [`linear_windows`], read in place from an image instead of packed: the
+/// rows are the `height x width` output pixels in row-major order, and row `(y, x)` is the
+/// concatenation of `segments` runs of `K / segments` values, run `g` starting at element
+/// `((y + g) * pitch + x) * step` of `data`. A same-padded `k x k` stride-1 convolution of an
+/// image with a zero border of `k / 2` pixels (`pitch` pixels per bordered row, `step = C`
+/// channels per pixel) is this with `segments = k`: run `g` is kernel row `g`, `k` neighbouring
+/// pixels of `C` channels, which lie next to each other in memory. Windows of neighbouring
+/// pixels overlap; nothing is copied.
+#[derive(Clone, Copy)]
+pub struct Windows<'a> {
+    pub data: WindowData<'a>,
+    pub height: usize,
+    pub width: usize,
+    pub pitch: usize,
+    pub step: usize,
+    pub segments: usize,
+}
+
+impl Windows<'_> {
+    /// Elements `data` must hold: the last row's last run, plus the rows a register tile reads
+    /// past the end of an image row.
+    pub fn needed(&self, k: usize) -> usize {
+        ((self.height + self.segments - 1) * self.pitch + MR) * self.step + k / self.segments
+    }
+}
+
+/// The element type [`linear_windows`] needs for products with `w` on runs of `run` values, or
+/// `None` when they need packed rows and [`linear_rows`] must be used: the portable level, AMX
+/// tiles, and odd runs over bf16 weights (stored in pairs of `k`, a run must start on a pair).
+pub fn window_elements(w: &PackedMatrix, run: usize) -> Option<WindowElements> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(plan) = w.plan() {
+        let pairs = !matches!(plan.panels, Panels::F32(_));
+        if pairs && run % 2 == 1 {
+            return None;
+        }
+        return match (plan.panels, plan.rows) {
+            (Panels::Tiles { .. }, _) => None,
+            (_, Rows::F32) => Some(WindowElements::F32),
+            (_, Rows::F32Rounded) => Some(WindowElements::F32Rounded),
+            (_, Rows::Bf16) => Some(WindowElements::Bf16),
+        };
+    }
+    let _ = (w, run);
+    None
+}
+
+/// `out[M, N] = a · wᵀ (+ bias)` with `a` read in place ([`Windows`], `M = height x width`),
+/// over all cores by output rows of the image. `a.data` must be of [`window_elements`]'s type
+/// for `w` and its run length, and hold [`Windows::needed`] elements.
+pub fn linear_windows(a: &Windows, w: &PackedMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    let m = a.height * a.width;
+    assert_eq!(out.len(), m * n, "linear_windows: out is not [M,N]");
+    assert!(
+        a.segments > 0 && k % a.segments == 0,
+        "linear_windows: K is not a whole number of runs"
+    );
+    let len = match a.data {
+        WindowData::F32(d) => d.len(),
+        WindowData::Bf16(d) => d.len(),
+    };
+    assert!(len >= a.needed(k), "linear_windows: data is too short");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear_windows: bias is not [N]");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(plan) = w.plan() {
+        return windows(a, plan, bias, k, n, out);
+    }
+    unreachable!("linear_windows: no window plan for this weight (see window_elements)");
+}
+
+#[cfg(target_arch = "x86_64")]
+fn windows(a: &Windows, plan: Product, bias: Option<&[f32]>, k: usize, n: usize, out: &mut [f32]) {
+    let Product {
+        panels,
+        rows,
+        kp,
+        avx512,
+    } = plan;
+    let seg = k / a.segments;
+    assert!(
+        matches!(panels, Panels::F32(_)) || seg % 2 == 0,
+        "linear_windows: runs over bf16 weights must have even length"
+    );
+    let (kc_max, elements) = match (a.data, rows) {
+        (WindowData::Bf16(d), Rows::Bf16) => (KC_BF16, WindowData::Bf16(d)),
+        (WindowData::F32(d), Rows::F32 | Rows::F32Rounded) => (KC_F32, WindowData::F32(d)),
+        _ => panic!("linear_windows: data of the wrong element type for this weight"),
+    };
+    let n_blocks = n.div_ceil(NC);
+    let nc = n.div_ceil(n_blocks).div_ceil(NR) * NR;
+    let o = OutPtr(out.as_mut_ptr());
+    // One task: output row `y` of the image, columns of block `nb`. For each kernel row `g`,
+    // panel and slice of the run, the weight slice stays in L1 while the row's pixels stream
+    // past it in register tiles of MR pixels.
+    let task = |t: usize| {
+        let (y, nb) = (t / n_blocks, t % n_blocks);
+        let (n0, n1) = (nb * nc, ((nb + 1) * nc).min(n));
+        let mut panel = PANEL.take();
+        let o = o;
+        for g in 0..a.segments {
+            for p in n0 / NR..n1.div_ceil(NR) {
+                let c0 = p * NR;
+                let cols = (n1 - c0).min(NR);
+                let mut pc = 0;
+                while pc < seg {
+                    let kc = kc_max.min(seg - pc);
+                    let first = g == 0 && pc == 0;
+                    let init = match (first, bias) {
+                        (false, _) => Init::Load,
+                        (true, Some(b)) => Init::Bias(b[c0..].as_ptr()),
+                        (true, None) => Init::Zero,
+                    };
+                    let wp = panels.slice((p * kp + g * seg + pc) * NR, kc, avx512, &mut panel);
+                    for x0 in (0..a.width).step_by(MR) {
+                        let at = ((y + g) * a.pitch + x0) * a.step + pc;
+                        // SAFETY: `needed` elements exist (asserted), so the MR rows of kc
+                        // values at `at`, `step` apart, are inside data; the weight slice holds
+                        // kc * NR values; rows y * width + x0.. (at most MR, inside the image
+                        // row) and columns c0..c0 + cols of out belong to this task alone.
+                        unsafe {
+                            let tile = Tile {
+                                c: o.0.add((y * a.width + x0) * n + c0),
+                                ldc: n,
+                                rows: (a.width - x0).min(MR),
+                                cols,
+                                init,
+                                gelu: false,
+                            };
+                            match (wp, elements) {
+                                (WeightSlice::F32(b), WindowData::F32(d)) => {
+                                    f32_kernel(avx512)(kc, d[at..].as_ptr(), a.step, b, tile)
+                                }
+                                (WeightSlice::Bf16(b), WindowData::Bf16(d)) => {
+                                    avx512::kernel_bf16(kc, d[at..].as_ptr(), a.step, b, tile)
+                                }
+                                _ => unreachable!("the element type follows the plan"),
+                            }
+                        }
+                    }
+                    pc += kc;
+                }
+            }
+        }
+        PANEL.set(panel);
+    };
+    let tasks = a.height * n_blocks;
+    if 2 * a.height * a.width * n * k < 1 << 21 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
 }
 
 /// The layout of the packed activations: per tile of `rows` rows ([`MR`], or 32 for AMX), per
@@ -815,7 +988,6 @@ fn pack_rows(
     if kind == Rows::Bf16 {
         // bf16 rows are packed for vdpbf16ps (AVX512-BF16 present) or AMX (present too, except
         // on the tile model in tests).
-        let vector_bf16 = Isa::detect() >= Isa::Avx512Bf16;
         let buf = &mut rows.u16s_mut()[..tiles * tile_len];
         buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
             let mut tmp = [0.0f32; KC_BF16];
@@ -839,14 +1011,7 @@ fn pack_rows(
                             &tmp[..kc]
                         }
                     };
-                    if vector_bf16 {
-                        // SAFETY: avx512f and avx512bf16 are present (checked above).
-                        unsafe { avx512::to_bf16(src, dst) };
-                    } else {
-                        dst.iter_mut()
-                            .zip(src)
-                            .for_each(|(h, &v)| *h = bf16::bits(v));
-                    }
+                    bf16::round_into(src, dst);
                 }
                 pc += kc;
             }
@@ -862,8 +1027,7 @@ fn pack_rows(
                     let row = &mut d[base..base + kc];
                     fill_f32(t * mr + r, pc, kc, row);
                     if kind == Rows::F32Rounded {
-                        // SAFETY: every x86 level with panels has AVX2 (Isa::detect).
-                        unsafe { avx2::round_bf16_(row) };
+                        bf16::round_(row);
                     }
                 }
                 pc += kc;
