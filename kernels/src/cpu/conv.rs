@@ -236,39 +236,60 @@ fn same_in_place(
         Some(&x[at..at + c])
     };
     let rows = s.height + 2 * p;
+    // Every element is written: border pixels and the slack after the image with zeros, the
+    // others from x. The buffers are kept per thread and only ever grow, so a decoder's
+    // convolutions neither zero nor first-touch a new image-sized buffer each time.
     match elements {
         WindowElements::Bf16 => {
-            let mut data = vec![0u16; needed];
+            let mut data = BORDERED_BF16.take();
+            if data.len() < needed {
+                data.resize(needed, 0);
+            }
+            data[rows * pitch * c..needed].fill(0);
             data[..rows * pitch * c]
                 .par_chunks_mut(pitch * c)
                 .enumerate()
                 .for_each(|(py, row)| {
                     for (px, dst) in row.chunks_exact_mut(c).enumerate() {
-                        if let Some(src) = source_pixel(py, px) {
-                            super::bf16::round_into(src, dst);
+                        match source_pixel(py, px) {
+                            Some(src) => super::bf16::round_into(src, dst),
+                            None => dst.fill(0),
                         }
                     }
                 });
-            linear_windows(&windows(WindowData::Bf16(&data)), w, bias, out);
+            linear_windows(&windows(WindowData::Bf16(&data[..needed])), w, bias, out);
+            BORDERED_BF16.set(data);
         }
         WindowElements::F32 | WindowElements::F32Rounded => {
-            let mut data = vec![0f32; needed];
+            let mut data = BORDERED_F32.take();
+            if data.len() < needed {
+                data.resize(needed, 0.0);
+            }
+            data[rows * pitch * c..needed].fill(0.0);
             data[..rows * pitch * c]
                 .par_chunks_mut(pitch * c)
                 .enumerate()
                 .for_each(|(py, row)| {
                     for (px, dst) in row.chunks_exact_mut(c).enumerate() {
-                        if let Some(src) = source_pixel(py, px) {
-                            dst.copy_from_slice(src);
+                        match source_pixel(py, px) {
+                            Some(src) => dst.copy_from_slice(src),
+                            None => dst.fill(0.0),
                         }
                     }
                     if elements == WindowElements::F32Rounded {
                         super::bf16::round_(row);
                     }
                 });
-            linear_windows(&windows(WindowData::F32(&data)), w, bias, out);
+            linear_windows(&windows(WindowData::F32(&data[..needed])), w, bias, out);
+            BORDERED_F32.set(data);
         }
     }
+}
+
+thread_local! {
+    /// The bordered copies of [`same_in_place`], reused across calls (taken out while in use).
+    static BORDERED_BF16: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+    static BORDERED_F32: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Nearest-neighbour 2x upsampling (`F.interpolate(scale_factor=2, mode="nearest")`):

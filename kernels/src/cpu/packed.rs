@@ -857,12 +857,21 @@ fn windows(a: &Windows, plan: Product, bias: Option<&[f32]>, k: usize, n: usize,
     };
     let n_blocks = n.div_ceil(NC);
     let nc = n.div_ceil(n_blocks).div_ceil(NR) * NR;
+    // Image rows in chunks of about MC pixels, so a chunk's input rows and outputs stay in L2
+    // while every panel passes over them.
+    let x_chunks = a.width.div_ceil(MC);
+    let xc = a.width.div_ceil(x_chunks).div_ceil(MR) * MR;
     let o = OutPtr(out.as_mut_ptr());
-    // One task: output row `y` of the image, columns of block `nb`. For each kernel row `g`,
-    // panel and slice of the run, the weight slice stays in L1 while the row's pixels stream
-    // past it in register tiles of MR pixels.
+    // One task: a chunk of output row `y` of the image, columns of block `nb`. For each kernel
+    // row `g`, panel and slice of the run, the weight slice stays in L1 while the chunk's
+    // pixels stream past it in register tiles of MR pixels.
     let task = |t: usize| {
-        let (y, nb) = (t / n_blocks, t % n_blocks);
+        let (y, xi, nb) = (
+            t / (x_chunks * n_blocks),
+            (t / n_blocks) % x_chunks,
+            t % n_blocks,
+        );
+        let (x_start, x_end) = (xi * xc, ((xi + 1) * xc).min(a.width));
         let (n0, n1) = (nb * nc, ((nb + 1) * nc).min(n));
         let mut panel = PANEL.take();
         let o = o;
@@ -880,7 +889,7 @@ fn windows(a: &Windows, plan: Product, bias: Option<&[f32]>, k: usize, n: usize,
                         (true, None) => Init::Zero,
                     };
                     let wp = panels.slice((p * kp + g * seg + pc) * NR, kc, avx512, &mut panel);
-                    for x0 in (0..a.width).step_by(MR) {
+                    for x0 in (x_start..x_end).step_by(MR) {
                         let at = ((y + g) * a.pitch + x0) * a.step + pc;
                         // SAFETY: `needed` elements exist (asserted), so the MR rows of kc
                         // values at `at`, `step` apart, are inside data; the weight slice holds
@@ -890,7 +899,7 @@ fn windows(a: &Windows, plan: Product, bias: Option<&[f32]>, k: usize, n: usize,
                             let tile = Tile {
                                 c: o.0.add((y * a.width + x0) * n + c0),
                                 ldc: n,
-                                rows: (a.width - x0).min(MR),
+                                rows: (x_end - x0).min(MR),
                                 cols,
                                 init,
                                 gelu: false,
@@ -912,7 +921,7 @@ fn windows(a: &Windows, plan: Product, bias: Option<&[f32]>, k: usize, n: usize,
         }
         PANEL.set(panel);
     };
-    let tasks = a.height * n_blocks;
+    let tasks = a.height * x_chunks * n_blocks;
     if 2 * a.height * a.width * n * k < 1 << 21 {
         (0..tasks).for_each(task);
     } else {
