@@ -224,6 +224,7 @@ fn dot_is_fast() -> bool {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Vendor {
     Intel,
     Amd,
