@@ -180,10 +180,12 @@ fn keep_freed_memory() {
         fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
     }
     // SAFETY: mallopt only changes glibc's allocation policy; called before any thread starts.
-    // Allocations the heap cannot serve still fall back to mmap inside glibc.
+    // Allocations the heap cannot serve still fall back to mmap inside glibc. glibc stores the
+    // trim threshold as a size_t converted from the int: -1 means never trim (a 2 GiB threshold
+    // still trims a decode's peak, measured: VQ decode 3.5-3.9 s against 2.7-2.8 s).
     unsafe {
         mallopt(M_MMAP_MAX, 0);
-        mallopt(M_TRIM_THRESHOLD, std::ffi::c_int::MAX);
+        mallopt(M_TRIM_THRESHOLD, -1);
     }
 }
 
