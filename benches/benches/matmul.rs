@@ -2,19 +2,26 @@
 //! 666 rows (2 x (77 text + 256 image tokens)) against the block weights.
 //!
 //! `matmul/{f32,bf16w_f32,bf16}/MxKxN`: f32 weights and products; bf16-stored weights with f32
-//! products; bf16 products (`vdpbf16ps`). `gemm_crate/MxKxN` is the `gemm` crate on the same
-//! f32 operands (the previous implementation). Throughput is reported in elements = FLOPs
+//! products; bf16 products on the path this CPU's table picks (`isa::Isa::bf16_path`).
+//! `bf16_widened` and `bf16_dot` are the two AVX-512 bf16 paths forced (bf16 widened to f32 FMAs
+//! at the `avx512` level; `vdpbf16ps` at `avx512bf16`, where the CPU has it): the benchmark that
+//! checks the per-family table. `f32_avx2` is the AVX2 + FMA kernel. `gemm_crate/MxKxN` is the
+//! `gemm` crate on the same f32 operands (the portable level). Throughput is reported in elements = FLOPs
 //! (`2 M N K`), so criterion's "elem/s" reads as FLOP/s.
 //!
 //! `ceiling/{f32_fma,bf16_dot}`: the machine's ceiling in the same sitting, from a loop of
 //! independent register-only `vfmadd231ps` / `vdpbf16ps` on every rayon thread (24 accumulators
 //! each); the ratio of a product's FLOP/s to its dtype's ceiling is what BENCHMARKS.md quotes.
 //!
-//! Run: `cargo bench -p muddit-benches --bench matmul` (`MUDDIT_BENCH_MODES=f32,bf16` to pick).
+//! Run: `cargo bench -p muddit-benches --bench matmul` (`MUDDIT_BENCH_MODES=f32,bf16` to pick;
+//! every mode: `f32,bf16w_f32,bf16,bf16_widened,bf16_dot,f32_avx2,gemm_crate`).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use muddit_kernels::cpu::isa::Isa;
 use muddit_kernels::cpu::matmul;
-use muddit_kernels::cpu::packed::{linear, Compute, Epilogue, PackedMatrix, Storage};
+use muddit_kernels::cpu::packed::{
+    linear, Bf16Path, Compute, Epilogue, PackedMatrix, Source, Storage,
+};
 
 const SHAPES: [(usize, usize, usize); 4] = [
     (666, 1024, 4096),
@@ -90,7 +97,7 @@ fn bench_ceiling(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallT
 
 fn bench(c: &mut Criterion) {
     let only = std::env::var("MUDDIT_BENCH_MODES")
-        .unwrap_or_else(|_| "f32,bf16w_f32,bf16,gemm_crate".into());
+        .unwrap_or_else(|_| "f32,bf16w_f32,bf16,bf16_widened,bf16_dot,gemm_crate".into());
     let mut g = c.benchmark_group("matmul");
     g.sample_size(20);
     #[cfg(target_arch = "x86_64")]
@@ -102,15 +109,35 @@ fn bench(c: &mut Criterion) {
         let mut out = vec![0.0; m * n];
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         let id = format!("{m}x{k}x{n}");
-        for (name, storage, compute) in [
-            ("f32", Storage::F32, Compute::F32),
-            ("bf16w_f32", Storage::Bf16, Compute::F32),
-            ("bf16", Storage::Bf16, Compute::Bf16),
+        let best = Isa::detect();
+        for (name, storage, compute, isa, path) in [
+            ("f32", Storage::F32, Compute::F32, best, None),
+            ("bf16w_f32", Storage::Bf16, Compute::F32, best, None),
+            ("bf16", Storage::Bf16, Compute::Bf16, best, None),
+            (
+                "bf16_widened",
+                Storage::Bf16,
+                Compute::Bf16,
+                Isa::Avx512,
+                Some(Bf16Path::Widened),
+            ),
+            (
+                "bf16_dot",
+                Storage::Bf16,
+                Compute::Bf16,
+                Isa::Avx512Bf16,
+                Some(Bf16Path::Dot),
+            ),
+            ("f32_avx2", Storage::F32, Compute::F32, Isa::Avx2, None),
         ] {
-            if !only.split(',').any(|o| o == name) {
+            // A forced level or path this CPU lacks is skipped.
+            if !only.split(',').any(|o| o == name) || isa > best {
                 continue;
             }
-            let pw = PackedMatrix::new(&w, n, k, storage, compute);
+            let mut pw = PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa);
+            if let Some(path) = path {
+                pw = pw.with_bf16_path(path);
+            }
             g.bench_function(format!("{name}/{id}"), |b| {
                 b.iter(|| linear(&x, &pw, Some(&bias), Epilogue::None, &mut out))
             });

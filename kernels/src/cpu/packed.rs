@@ -22,7 +22,7 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use super::bf16;
-use super::isa::Bf16Path;
+pub use super::isa::Bf16Path;
 pub use super::isa::Isa;
 pub use super::tile::{MR, NR};
 #[cfg(target_arch = "x86_64")]
@@ -160,6 +160,8 @@ pub struct PackedMatrix {
     isa: Isa,
     /// AMX products run on the software tile model (`amx::TileModel`; tests on any x86 CPU).
     tile_model: bool,
+    /// How bf16 products multiply: the level's choice (`Isa::bf16_path`) unless forced.
+    bf16_path: Bf16Path,
     layout: Layout,
 }
 
@@ -278,8 +280,26 @@ impl PackedMatrix {
             compute,
             isa,
             tile_model,
+            bf16_path: isa.bf16_path(),
             layout,
         }
+    }
+
+    /// The same weight with its bf16 products on `path` instead of the level's choice, for the
+    /// benchmark that checks the per-family table (`benches/benches/matmul.rs`): `Dot` needs
+    /// AVX512-BF16 on this CPU, `Widened` AVX2; the AMX and portable layouts keep theirs.
+    pub fn with_bf16_path(mut self, path: Bf16Path) -> Self {
+        let panels = matches!(self.layout, Layout::PanelsBf16 { .. });
+        let keeps = matches!(self.bf16_path, Bf16Path::Tiles | Bf16Path::Portable);
+        let allowed = match path {
+            Bf16Path::Dot => Isa::detect() >= Isa::Avx512Bf16,
+            Bf16Path::Widened => Isa::detect() >= Isa::Avx2,
+            Bf16Path::Tiles | Bf16Path::Portable => false,
+        };
+        if panels && !keeps && allowed {
+            self.bf16_path = path;
+        }
+        self
     }
 
     /// Output features `N`.
@@ -300,7 +320,7 @@ impl PackedMatrix {
     pub fn kernel(&self) -> String {
         match self.compute {
             Compute::Bf16 if self.tile_model => format!("{} (tile model)", self.isa.name()),
-            Compute::Bf16 => format!("{} ({})", self.isa.name(), self.isa.bf16_path().name()),
+            Compute::Bf16 => format!("{} ({})", self.isa.name(), self.bf16_path.name()),
             Compute::F32 => format!("{} (f32 FMA)", self.isa.min(Isa::Avx512).name()),
         }
     }
@@ -495,7 +515,7 @@ impl PackedMatrix {
             Layout::PanelsF32(buf) => product(Panels::F32(buf.f32s()), Rows::F32, self.k),
             Layout::PanelsBf16 { buf, kp } => {
                 let (p, kp) = (buf.u16s(), *kp);
-                match (self.compute, self.isa.bf16_path()) {
+                match (self.compute, self.bf16_path) {
                     (Compute::F32, _) => product(Panels::Bf16Widened(p), Rows::F32, kp),
                     (Compute::Bf16, Bf16Path::Tiles) => {
                         let model = self.tile_model;
@@ -1110,6 +1130,32 @@ mod tests {
             }
         }
         worst
+    }
+
+    /// `vdpbf16ps` and widened bf16 (the two AVX-512 bf16 paths) both exact up to the order of
+    /// the sums, whichever one the CPU family table picks.
+    #[test]
+    fn both_bf16_paths_match_naive_whatever_the_table_says() {
+        if Isa::detect() < Isa::Avx512Bf16 {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for path in [Bf16Path::Dot, Bf16Path::Widened] {
+            for &(m, k, n) in &[(1, 1, 1), (13, 7, 33), (37, 1030, 545)] {
+                let (x, w, b) = (pseudo(m * k, 1), pseudo(n * k, 2), pseudo(n, 3));
+                let pw = PackedMatrix::with_isa(
+                    Source::F32(&w),
+                    n,
+                    k,
+                    Storage::Bf16,
+                    Compute::Bf16,
+                    Isa::Avx512Bf16,
+                )
+                .with_bf16_path(path);
+                assert!(pw.kernel().contains(path.name()), "{}", pw.kernel());
+                check_linear(&format!("{path:?}"), &pw, &x, &round(&w), &b);
+            }
+        }
     }
 
     /// Every instruction set this CPU has, every storage/arithmetic pair, shapes that cut the
