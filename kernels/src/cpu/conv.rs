@@ -236,54 +236,60 @@ fn same_in_place(
         Some(&x[at..at + c])
     };
     let rows = s.height + 2 * p;
-    // Every element is written: border pixels and the slack after the image with zeros, the
-    // others from x. The buffers are kept per thread and only ever grow, so a decoder's
-    // convolutions neither zero nor first-touch a new image-sized buffer each time.
     match elements {
         WindowElements::Bf16 => {
-            let mut data = BORDERED_BF16.take();
-            if data.len() < needed {
-                data.resize(needed, 0);
-            }
-            data[rows * pitch * c..needed].fill(0);
-            data[..rows * pitch * c]
-                .par_chunks_mut(pitch * c)
-                .enumerate()
-                .for_each(|(py, row)| {
-                    for (px, dst) in row.chunks_exact_mut(c).enumerate() {
-                        match source_pixel(py, px) {
-                            Some(src) => super::bf16::round_into(src, dst),
-                            None => dst.fill(0),
-                        }
-                    }
-                });
+            let data = BORDERED_BF16.take();
+            let data = bordered(data, needed, rows, pitch, c, source_pixel, |src, dst| {
+                super::bf16::round_into(src, dst)
+            });
             linear_windows(&windows(WindowData::Bf16(&data[..needed])), w, bias, out);
             BORDERED_BF16.set(data);
         }
         WindowElements::F32 | WindowElements::F32Rounded => {
-            let mut data = BORDERED_F32.take();
-            if data.len() < needed {
-                data.resize(needed, 0.0);
-            }
-            data[rows * pitch * c..needed].fill(0.0);
-            data[..rows * pitch * c]
-                .par_chunks_mut(pitch * c)
-                .enumerate()
-                .for_each(|(py, row)| {
-                    for (px, dst) in row.chunks_exact_mut(c).enumerate() {
-                        match source_pixel(py, px) {
-                            Some(src) => dst.copy_from_slice(src),
-                            None => dst.fill(0.0),
-                        }
-                    }
-                    if elements == WindowElements::F32Rounded {
-                        super::bf16::round_(row);
-                    }
-                });
+            let rounded = elements == WindowElements::F32Rounded;
+            let data = BORDERED_F32.take();
+            let data = bordered(data, needed, rows, pitch, c, source_pixel, |src, dst| {
+                dst.copy_from_slice(src);
+                if rounded {
+                    super::bf16::round_(dst);
+                }
+            });
             linear_windows(&windows(WindowData::F32(&data[..needed])), w, bias, out);
             BORDERED_F32.set(data);
         }
     }
+}
+
+/// Writes the bordered image into `data` (grown to `needed` elements if shorter): `rows` rows
+/// of `pitch` pixels of `c` values, pixel `(py, px)` converted from `source(py, px)` or zero on
+/// the border, then zeros up to `needed`. Every element is written, so a buffer kept per thread
+/// (only ever grown) is neither zeroed nor first-touched again by later calls.
+#[allow(clippy::too_many_arguments)]
+fn bordered<'a, T: Copy + Default + Send + Sync>(
+    mut data: Vec<T>,
+    needed: usize,
+    rows: usize,
+    pitch: usize,
+    c: usize,
+    source: impl Fn(usize, usize) -> Option<&'a [f32]> + Sync,
+    convert: impl Fn(&[f32], &mut [T]) + Sync,
+) -> Vec<T> {
+    if data.len() < needed {
+        data.resize(needed, T::default());
+    }
+    data[rows * pitch * c..needed].fill(T::default());
+    data[..rows * pitch * c]
+        .par_chunks_mut(pitch * c)
+        .enumerate()
+        .for_each(|(py, row)| {
+            for (px, dst) in row.chunks_exact_mut(c).enumerate() {
+                match source(py, px) {
+                    Some(src) => convert(src, dst),
+                    None => dst.fill(T::default()),
+                }
+            }
+        });
+    data
 }
 
 thread_local! {
