@@ -134,7 +134,7 @@ pub fn conv2d_upsampled_2x(
     out: &mut [f32],
 ) {
     assert!(
-        s.height % 2 == 0 && s.width % 2 == 0,
+        s.height.is_multiple_of(2) && s.width.is_multiple_of(2),
         "conv2d_upsampled_2x: the upsampled size is odd"
     );
     convolve(x, 2, w, bias, s, out, true)
