@@ -459,3 +459,54 @@ fn caption_user_errors_exit_2() {
         stderr(&o)
     );
 }
+
+/// `muddit ARGS` with `MUDDIT_ISA` set.
+fn muddit_isa(isa: &str, args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_muddit"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MUDDIT_MODEL")
+        .env("MUDDIT_ISA", isa)
+        .output()
+        .expect("spawn muddit")
+}
+
+#[test]
+fn the_cpu_level_is_named_capped_and_checked() {
+    let tmp = with_model();
+    let dir = tmp.path();
+    let bench = [
+        "--model", "model", "--json", "bench", "--width", "64", "--height", "64", "--steps", "1",
+    ];
+    let o = muddit(&bench, dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    for dtype in ["f32", "bf16"] {
+        let level = r["cpu_kernels"][dtype]["isa"].as_str().expect("isa");
+        assert!(
+            ["portable", "avx2", "avx512", "avx512bf16", "amx"].contains(&level),
+            "{r}"
+        );
+        assert!(r["cpu_kernels"][dtype]["instruction"].is_string(), "{r}");
+    }
+    // Capped to the portable level, every dtype says so (and still runs).
+    let o = muddit_isa("portable", &bench, dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(r["cpu_kernels"]["bf16"]["isa"], "portable", "{r}");
+    assert_eq!(r["cpu_kernels"]["f32"]["instruction"], "gemm crate", "{r}");
+    // An unknown level is an error naming the variable and the accepted values.
+    let o = muddit_isa("avx1024", &bench, dir);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("MUDDIT_ISA") && e.contains("avx512bf16"), "{e}");
+    // -v names the choice on stderr.
+    let o = muddit(
+        &[
+            "-v", "--model", "model", "bench", "--width", "64", "--height", "64", "--steps", "1",
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cpu kernels: f32: "), "{}", stderr(&o));
+}
