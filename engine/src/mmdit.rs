@@ -390,12 +390,9 @@ impl SingleBlock {
         let mlp = self.proj_mlp.forward_gelu(&y); // [B, S, 4D]
         let (q, k, v) = self.attn.forward(&y);
         let attn = model.attend(q, k, v, g); // [B, S, D]
-        let mut cat = Vec::with_capacity(x.len() * 5); // [B, S, 5D]
-        for (a, m) in attn.chunks_exact(d).zip(mlp.chunks_exact(4 * d)) {
-            cat.extend_from_slice(a);
-            cat.extend_from_slice(m);
-        }
-        gated_add_(x, &self.proj_out.forward(&cat), &mods, 2, d, g.batch);
+                                             // proj_out of [attn; mlp] ([B, S, 5D]), read side by side.
+        let out = self.proj_out.forward_concat(&attn, d, &mlp);
+        gated_add_(x, &out, &mods, 2, d, g.batch);
     }
 }
 

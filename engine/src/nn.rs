@@ -85,6 +85,23 @@ impl Linear {
         self.forward_with(x, Epilogue::GeluTanh)
     }
 
+    /// `a [M, ka]` and `b [M, in - ka]` side by side `-> [M, out]`, without writing their
+    /// concatenation.
+    pub fn forward_concat(&self, a: &[f32], ka: usize, b: &[f32]) -> Vec<f32> {
+        let (m, kb) = (a.len() / ka.max(1), self.in_dim - ka);
+        assert_eq!(b.len(), m * kb, "forward_concat: b is not [M, in - ka]");
+        let mut out = vec![0.0; m * self.out_dim];
+        let x = packed::Concat { a, ka, b, kb };
+        packed::linear_rows(
+            &x,
+            &self.weight,
+            self.bias.as_deref(),
+            Epilogue::None,
+            &mut out,
+        );
+        out
+    }
+
     fn forward_with(&self, x: &[f32], epilogue: Epilogue) -> Vec<f32> {
         let m = x.len() / self.in_dim;
         let mut out = vec![0.0; m * self.out_dim];

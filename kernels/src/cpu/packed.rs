@@ -429,6 +429,42 @@ impl RowSource for Matrix<'_> {
     }
 }
 
+/// The rows of two row-major matrices side by side, `[M, Ka + Kb]` from `a [M, Ka]` and
+/// `b [M, Kb]`, never written out (a concatenation along features, read as it is packed).
+pub struct Concat<'a> {
+    pub a: &'a [f32],
+    pub ka: usize,
+    pub b: &'a [f32],
+    pub kb: usize,
+}
+
+impl RowSource for Concat<'_> {
+    fn rows(&self) -> usize {
+        self.a.len() / self.ka.max(1)
+    }
+    fn fill(&self, row: usize, k0: usize, dst: &mut [f32]) {
+        // Values k0.. of the row: first from a (while k < ka), the rest from b.
+        let in_a = self.ka.saturating_sub(k0).min(dst.len());
+        let (da, db) = dst.split_at_mut(in_a);
+        if in_a > 0 {
+            da.copy_from_slice(&self.a[row * self.ka + k0..][..in_a]);
+        }
+        if !db.is_empty() {
+            let kb0 = k0 + in_a - self.ka;
+            db.copy_from_slice(&self.b[row * self.kb + kb0..][..db.len()]);
+        }
+    }
+    fn slice(&self, row: usize, k0: usize, len: usize) -> Option<&[f32]> {
+        if k0 + len <= self.ka {
+            Some(&self.a[row * self.ka + k0..][..len])
+        } else if k0 >= self.ka {
+            Some(&self.b[row * self.kb + k0 - self.ka..][..len])
+        } else {
+            None
+        }
+    }
+}
+
 /// `out[M,N] = x[M,K] · wᵀ (+ bias[N])`, then `epilogue`.
 pub fn linear(
     x: &[f32],
@@ -1231,6 +1267,38 @@ mod tests {
             worst = worst.max(check_linear("AMX tile model", &pw, &x, &round(&w), &b));
         }
         println!("AMX on the tile model: worst error {worst:.3} of tolerance");
+    }
+
+    /// A product on two matrices side by side equals the product on their concatenation, to
+    /// the bit, for each arithmetic, with the seam inside and on a k slice bound.
+    #[test]
+    fn concat_rows_equal_the_concatenation() {
+        for (m, ka, kb, n) in [(3, 5, 7, 9), (29, 1024, 1100, 40), (13, 1000, 24, 33)] {
+            let (a, b, w) = (
+                pseudo(m * ka, 1),
+                pseudo(m * kb, 2),
+                pseudo(n * (ka + kb), 3),
+            );
+            let cat: Vec<f32> = a
+                .chunks_exact(ka)
+                .zip(b.chunks_exact(kb))
+                .flat_map(|(ra, rb)| ra.iter().chain(rb).copied())
+                .collect();
+            for (storage, compute) in [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)]
+            {
+                let pw = PackedMatrix::new(&w, n, ka + kb, storage, compute);
+                let (mut want, mut got) = (vec![0.0; m * n], vec![f32::NAN; m * n]);
+                linear(&cat, &pw, None, Epilogue::None, &mut want);
+                let x = Concat {
+                    a: &a,
+                    ka,
+                    b: &b,
+                    kb,
+                };
+                linear_rows(&x, &pw, None, Epilogue::None, &mut got);
+                assert_eq!(got, want, "({m}, {ka}, {kb}, {n}) {compute:?}");
+            }
+        }
     }
 
     #[test]
