@@ -163,16 +163,18 @@ fn convolve(
         s.batch * ho * wo * s.c_out,
         "conv2d: out is not [B, Ho, Wo, O]"
     );
-    if up == 1 && s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
-        linear(x, w, bias, Epilogue::None, out);
-        return;
-    }
+    // In place first: a 1x1 convolution then shares the bordered buffer with the 3x3 ones
+    // instead of growing the product's packed-row buffer to a whole image.
     if let Some(elements) = in_place.then(|| in_place_elements(w, s)).flatten() {
         for b in 0..s.batch {
             let xb = &x[b * image..(b + 1) * image];
             let ob = &mut out[b * ho * wo * s.c_out..(b + 1) * ho * wo * s.c_out];
             same_in_place(xb, up, w, bias, s, elements, ob);
         }
+        return;
+    }
+    if up == 1 && s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
+        linear(x, w, bias, Epilogue::None, out);
         return;
     }
     let row_bytes = 4 * wo * s.patch();
@@ -426,15 +428,17 @@ mod tests {
         let mut in_place = 0;
         for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
             for (storage, compute) in modes {
-                for (b, h, w, c, o, up) in [
-                    (1, 1, 1, 2, 1, 1),
-                    (2, 5, 13, 6, 33, 1),
-                    (1, 3, 7, 5, 40, 2),
-                    (2, 4, 9, 64, 70, 2),
-                    (1, 2, 3, 520, 8, 1),
+                for (b, h, w, c, o, up, k) in [
+                    (1, 1, 1, 2, 1, 1, 3),
+                    (2, 5, 13, 6, 33, 1, 3),
+                    (1, 3, 7, 5, 40, 2, 3),
+                    (2, 4, 9, 64, 70, 2, 3),
+                    (1, 2, 3, 520, 8, 1, 3),
+                    (2, 5, 13, 6, 33, 1, 1),
+                    (1, 3, 7, 1100, 40, 1, 1),
                 ] {
                     let x = pseudo(b * h * w * c, 7);
-                    let wt = patch_major_weight(&pseudo(o * c * 9, 8), o, c, 3);
+                    let wt = patch_major_weight(&pseudo(o * c * k * k, 8), o, c, k);
                     let bias = pseudo(o, 9);
                     let s = Conv2dShape {
                         batch: b,
@@ -442,12 +446,18 @@ mod tests {
                         width: up * w,
                         c_in: c,
                         c_out: o,
-                        kernel: 3,
+                        kernel: k,
                         stride: 1,
-                        pad: [1; 4],
+                        pad: [k / 2; 4],
                     };
-                    let packed =
-                        PackedMatrix::with_isa(Source::F32(&wt), o, 9 * c, storage, compute, isa);
+                    let packed = PackedMatrix::with_isa(
+                        Source::F32(&wt),
+                        o,
+                        s.patch(),
+                        storage,
+                        compute,
+                        isa,
+                    );
                     in_place += in_place_elements(&packed, &s).is_some() as usize;
                     let n = b * up * up * h * w * o;
                     let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
@@ -456,7 +466,7 @@ mod tests {
                     let differ: Vec<usize> = (0..n).filter(|&i| got[i] != want[i]).collect();
                     if let Some(&i) = differ.first() {
                         panic!(
-                            "{isa:?} {compute:?} ({b}, {h}, {w}, {c}, {o}) up {up}: {} of {n} \
+                            "{isa:?} {compute:?} ({b}, {h}, {w}, {c}, {o}) up {up} k {k}: {} of {n} \
                              differ, first pixel {} channel {}: {} vs {}",
                             differ.len(),
                             i / o,
