@@ -1,6 +1,6 @@
 //! `transformer/config.json`: the MM-DiT's shape, read through serde and checked.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -95,11 +95,7 @@ const KNOWN_KEYS: [&str; 16] = [
 impl TransformerConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(&text).map_err(|message| Error::Config {
-            path: path.to_path_buf(),
-            message,
-        })
+        crate::model_dir::read_config(path, Self::from_json)
     }
 
     /// Parses and validates a config; the message names the offending key.

@@ -2,16 +2,19 @@
 //!
 //! - [`weights`]: safetensors through mmap, sharded or not, f32/f16/bf16 widened to f32.
 //! - [`config`]: `transformer/config.json` with the upstream defaults and strict key checks.
-//! - [`mmdit`]: the MM-DiT forward of reference section 2 (CPU).
+//! - [`backend`]: the interface each model's layers are loaded through ([`Cpu`], `cuda::Cuda`).
+//! - [`mmdit`]: the MM-DiT of reference section 2 (structure once; CPU and CUDA forwards).
 //! - [`clip_text`], [`tokenizer`]: the CLIP text encoder and BPE tokenizer (section 3).
 //! - [`vqvae`]: the VQ-VAE encoder and decoder (section 4); [`image_io`]: image files.
 //! - [`pth`]: `mask_token_embedding.pth` read without Python.
 //! - [`pipeline`]: text-to-image, captioning and VQA (section 5).
-//! - [`cuda`]: the CUDA backend of the transformer and the sampler (a GPU, or the emulator).
+//! - [`cuda`]: the CUDA backend (a GPU, or the emulator): device, weight storage, launches,
+//!   the sampler and the device pipelines.
 //! - [`model_dir`]: finding the component folders of a model.
 //! - [`random`], [`random_sides`]: random checkpoints in the public layout, for tests and benches.
 //! - [`tensor_io`], [`debug`]: named-tensor files and the `muddit debug` forwards.
 
+pub mod backend;
 pub mod clip_text;
 pub mod config;
 pub mod cuda;
@@ -30,6 +33,7 @@ pub mod tokenizer;
 pub mod vqvae;
 pub mod weights;
 
+pub use backend::{Backend, Cpu};
 pub use config::{ModelClass, TransformerConfig};
 pub use error::{Error, Result};
 pub use mmdit::{Mmdit, MmditInput, MmditOutput};

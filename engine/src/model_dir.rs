@@ -32,17 +32,43 @@ pub fn transformer_dir(dir: &Path) -> Result<PathBuf> {
     component_dir(dir, "transformer")
 }
 
-/// Loads the transformer of a model folder: config, weights, and a check that the weights hold
-/// nothing the config does not account for.
-pub fn load_transformer(dir: &Path) -> Result<Mmdit> {
-    load_transformer_with(dir, Compute::F32)
+/// Reads the config file `path` with `parse` (its text -> the config, or a message naming the
+/// offending key); errors name the file.
+pub(crate) fn read_config<C>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> std::result::Result<C, String>,
+) -> Result<C> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text).map_err(|message| Error::Config {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
-/// [`load_transformer`] with the matrix products in `compute` arithmetic.
-pub fn load_transformer_with(dir: &Path, compute: Compute) -> Result<Mmdit> {
-    let dir = transformer_dir(dir)?;
-    let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
-    transformer_from(&dir, &cfg, compute)
+/// The component folder `name` of `dir` (see [`component_dir`]) and its config, read with
+/// `from_file`.
+pub(crate) fn open_config<C>(
+    dir: &Path,
+    name: &str,
+    from_file: fn(&Path) -> Result<C>,
+) -> Result<(PathBuf, C)> {
+    let dir = component_dir(dir, name)?;
+    let cfg = from_file(&dir.join("config.json"))?;
+    Ok((dir, cfg))
+}
+
+/// Builds a model with `build` from the weights of the folder `dir` (products in `compute`),
+/// then `check`s that it used them all.
+pub(crate) fn build_from<M>(
+    dir: &Path,
+    compute: Compute,
+    build: impl FnOnce(&Vb) -> Result<M>,
+    check: impl FnOnce(&Weights) -> Result<()>,
+) -> Result<M> {
+    let weights = Weights::open_dir(dir)?;
+    let model = build(&Vb::new(&weights).with_compute(compute))?;
+    check(&weights)?;
+    Ok(model)
 }
 
 /// The transformer of the `transformer/` folder `dir` whose config is already read.
@@ -51,8 +77,22 @@ pub(crate) fn transformer_from(
     cfg: &TransformerConfig,
     compute: Compute,
 ) -> Result<Mmdit> {
-    let weights = Weights::open_dir(dir)?;
-    let model = Mmdit::new(cfg, &Vb::new(&weights).with_compute(compute))?;
-    weights.ensure_all_used()?;
-    Ok(model)
+    build_from(
+        dir,
+        compute,
+        |vb| Mmdit::new(cfg, vb),
+        Weights::ensure_all_used,
+    )
+}
+
+/// Loads the transformer of a model folder: config, weights, and a check that the weights hold
+/// nothing the config does not account for.
+pub fn load_transformer(dir: &Path) -> Result<Mmdit> {
+    load_transformer_with(dir, Compute::F32)
+}
+
+/// [`load_transformer`] with the matrix products in `compute` arithmetic.
+pub fn load_transformer_with(dir: &Path, compute: Compute) -> Result<Mmdit> {
+    let (dir, cfg) = open_config(dir, "transformer", TransformerConfig::from_file)?;
+    transformer_from(&dir, &cfg, compute)
 }

@@ -1,9 +1,12 @@
 //! Small layers shared by the models: their fields are the checkpoint's tensors.
 
+use crate::backend::Conv2dSpec;
 use crate::error::Result;
+use crate::vqvae::FeatureMap;
 use crate::weights::Vb;
-use muddit_kernels::cpu::packed::{self, Epilogue, PackedMatrix};
-use muddit_kernels::cpu::{act, norm};
+use muddit_kernels::cpu::attention::attention_with;
+use muddit_kernels::cpu::conv::{conv2d, conv2d_upsampled_2x, patch_major_weight, Conv2dShape};
+use muddit_kernels::cpu::packed::{self, Compute, Epilogue, PackedMatrix};
 
 /// `nn.Linear` (and 1x1 convolutions, whose `[out, in, 1, 1]` weight is the same matrix).
 pub struct Linear {
@@ -110,48 +113,94 @@ impl Linear {
     }
 }
 
-/// RMSNorm with a weight, eps 1e-6 everywhere in this family.
-pub struct RmsNorm {
-    /// `[D]`
-    pub weight: Vec<f32>,
+/// `nn.Conv2d` with bias, weight held as `[O, (k, k, C)]`.
+pub struct Conv2d {
+    /// `[O, (kh, kw, C)]`, packed.
+    weight: PackedMatrix,
+    bias: Vec<f32>,
+    spec: Conv2dSpec,
 }
 
+impl Conv2d {
+    /// `weight [O, C, k, k]` and `bias [O]` of `vb` for `spec`.
+    pub fn new(vb: &Vb, spec: Conv2dSpec) -> Result<Self> {
+        let Conv2dSpec {
+            c_in,
+            c_out,
+            kernel,
+            ..
+        } = spec;
+        let w = vb.get("weight", &[c_out, c_in, kernel, kernel])?;
+        Ok(Conv2d {
+            weight: PackedMatrix::new(
+                &patch_major_weight(&w, c_out, c_in, kernel),
+                c_out,
+                kernel * kernel * c_in,
+                vb.storage("weight"),
+                vb.compute(),
+            ),
+            bias: vb.get("bias", &[c_out])?,
+            spec,
+        })
+    }
+
+    /// `[B, H, W, C] -> [B, Ho, Wo, O]`
+    pub fn forward(&self, x: &FeatureMap) -> FeatureMap {
+        self.forward_scaled(x, 1)
+    }
+
+    /// `[B, H, W, C] -> [B, Ho, Wo, O]` on `x` upsampled 2x (nearest), without writing the
+    /// upsampled map.
+    pub fn forward_upsampled_2x(&self, x: &FeatureMap) -> FeatureMap {
+        self.forward_scaled(x, 2)
+    }
+
+    /// On `x` upsampled `up` times per side (1 or 2).
+    fn forward_scaled(&self, x: &FeatureMap, up: usize) -> FeatureMap {
+        let s = self.spec;
+        let shape = Conv2dShape {
+            batch: x.batch,
+            height: up * x.h,
+            width: up * x.w,
+            c_in: s.c_in,
+            c_out: s.c_out,
+            kernel: s.kernel,
+            stride: s.stride,
+            pad: s.pad,
+        };
+        let (h, w) = shape.out_hw();
+        let mut data = vec![0.0; x.batch * h * w * s.c_out];
+        let bias = Some(&self.bias[..]);
+        match up {
+            1 => conv2d(&x.data, &self.weight, bias, &shape, &mut data),
+            _ => conv2d_upsampled_2x(&x.data, &self.weight, bias, &shape, &mut data),
+        }
+        FeatureMap {
+            data,
+            batch: x.batch,
+            h,
+            w,
+            c: s.c_out,
+        }
+    }
+}
+
+/// Softmax attention `q, k, v [B, S, H, Dh] -> [B, S, H * Dh]` over `shape = (B, S, H)`,
+/// causal when asked, with the products in `compute` arithmetic.
+pub fn attention(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (batch, seq, heads): (usize, usize, usize),
+    causal: bool,
+    compute: Compute,
+) -> Vec<f32> {
+    let dh = q.len() / (batch * seq * heads);
+    let mut out = vec![0.0; q.len()];
+    attention_with(q, k, v, batch, seq, heads, dh, causal, compute, &mut out);
+    out
+}
+
+/// The eps of every RMSNorm and LayerNorm in this family.
 pub const NORM_EPS: f32 = 1e-6;
-
-impl RmsNorm {
-    pub fn new(vb: &Vb, d: usize) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: vb.get("weight", &[d])?,
-        })
-    }
-
-    /// In place over rows of `x [M, D]`.
-    pub fn forward_(&self, x: &mut [f32]) {
-        norm::rms_norm_(x, &self.weight, NORM_EPS);
-    }
-}
-
-/// `linear_1 -> SiLU -> linear_2` (diffusers `TimestepEmbedding`, `PixArtAlphaTextProjection`).
-pub struct Mlp {
-    pub linear_1: Linear,
-    pub linear_2: Linear,
-}
-
-impl Mlp {
-    pub fn new(vb: &Vb, in_dim: usize, dim: usize, bias: bool) -> Result<Self> {
-        Ok(Mlp {
-            linear_1: Linear::new(&vb.pp("linear_1"), in_dim, dim, bias)?,
-            linear_2: Linear::new(&vb.pp("linear_2"), dim, dim, bias)?,
-        })
-    }
-
-    /// `[M, in] -> [M, dim]`
-    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let mut h = self.linear_1.forward(x);
-        act::silu_(&mut h);
-        self.linear_2.forward(&h)
-    }
-}
 
 /// The diffusers sinusoidal embedding (`get_timestep_embedding` with `flip_sin_to_cos=True`,
 /// `downscale_freq_shift=0`, max period 10000): `[cos(x f), sin(x f)]` with

@@ -289,7 +289,7 @@ enum Source<'a> {
     Record(&'a Mutex<Vec<(String, Vec<usize>)>>),
 }
 
-/// A view of a tensor source under a name prefix, as in `vb.pp("transformer_blocks").pp(3)`.
+/// A view of a tensor source under a name prefix, as in `vb.pp("attn").pp("to_q")`.
 #[derive(Clone)]
 pub struct Vb<'a> {
     source: Source<'a>,

@@ -624,3 +624,30 @@ pub fn decisive_case() -> (Pipeline, TextToImage) {
     };
     (pipe, req)
 }
+
+/// The checks above, one test each on `$device` (`emulated` or `gpu`, see
+/// [`crate::test_device`]): `muddit_tests::cuda_check_tests!(emulated);`.
+#[macro_export]
+macro_rules! cuda_check_tests {
+    ($device:ident) => {
+        use $crate::cuda_checks as checks;
+        $crate::test_device!($device;
+            forward_matches_the_cpu_forward_within_bf16_tolerance =>
+                checks::forward_matches_the_cpu_forward_within_bf16_tolerance,
+            device_sampler_matches_the_cpu_sampler_on_device_logits =>
+                checks::device_sampler_matches_the_cpu_sampler_on_device_logits,
+            greedy_text_to_image_with_guidance_device_loop_is_exact =>
+                |dev| checks::check_text_to_image(dev, "t2i_guided"),
+            greedy_text_to_image_without_guidance_device_loop_is_exact =>
+                |dev| checks::check_text_to_image(dev, "t2i_unguided"),
+            guided_steps_agree_with_the_cpu_up_to_near_ties =>
+                |dev| checks::check_steps_teacher_forced(dev, "t2i_guided"),
+            unguided_steps_agree_with_the_cpu_up_to_near_ties =>
+                |dev| checks::check_steps_teacher_forced(dev, "t2i_unguided"),
+            greedy_text_to_image_of_the_default_model_agrees_up_to_near_ties =>
+                checks::greedy_text_to_image_of_the_default_model_agrees_up_to_near_ties,
+            greedy_text_to_image_of_a_decisive_model_gives_the_cpu_ids =>
+                checks::greedy_text_to_image_of_a_decisive_model_gives_the_cpu_ids,
+        );
+    };
+}

@@ -533,3 +533,25 @@ pub fn default_model_device_vqa_matches_the_cpu(dev: &Arc<Device>) {
     let req = i2t_request(eval_images(&files), files.len(), Some(questions));
     check_image_to_text(dev, "shapes-64/vqa", &req, &expected);
 }
+
+/// The checks above, one test each on `$device` (`emulated` or `gpu`, see
+/// [`crate::test_device`]): `muddit_tests::cuda_pipeline_check_tests!(emulated);`.
+#[macro_export]
+macro_rules! cuda_pipeline_check_tests {
+    ($device:ident) => {
+        $crate::test_device!($device; cuda_pipeline_checks:
+            vq_decoder_three_levels_with_mid_attention_matches_the_cpu,
+            vq_decoder_gelu_padded_latents_matches_the_cpu,
+            vq_decoder_refuses_spatial_norms_with_a_clear_error,
+            clip_gelu_argmax_eos_matches_the_cpu, clip_quick_gelu_first_eos_matches_the_cpu,
+            default_model_text_encoder_and_decoder_match_the_cpu,
+            whole_device_text_to_image_of_the_default_model_matches_the_cpu,
+            whole_device_text_to_image_of_the_decisive_model_gives_the_cpu_ids,
+            vq_encoder_three_levels_with_mid_attention_matches_the_cpu,
+            vq_encoder_gelu_padded_latents_matches_the_cpu,
+            vq_encoder_of_a_spatial_norm_model_matches_the_cpu,
+            default_model_vq_encoder_matches_the_cpu_on_eval_images,
+            default_model_device_captions_match_the_cpu, default_model_device_vqa_matches_the_cpu,
+        );
+    };
+}

@@ -2,6 +2,7 @@
 
 pub mod cuda_checks;
 pub mod cuda_pipeline_checks;
+pub mod device;
 
 use muddit_engine::tensor_io::TensorFile;
 use std::path::PathBuf;

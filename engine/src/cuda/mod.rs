@@ -2,25 +2,30 @@
 //! VQ decoder and encoder) on the kernels of `muddit_kernels::cuda`, on a GPU or (feature
 //! `emulate`) on the CPU emulator of the same CUDA sources.
 //!
-//! Design (the least invasive one: the CPU path only shares its planning and its final clamp):
+//! Design: each model is described once (`crate::mmdit`, `crate::clip_text`, `crate::vqvae`:
+//! layer structs named like the checkpoint, generic over [`crate::backend::Backend`]); this
+//! module is the CUDA side of that interface and what runs on it:
 //! - [`open`] returns a [`Device`] for a GPU ordinal, or the kernels' error (e.g. "no CUDA
 //!   driver found (libcuda.so.1): ...") as [`crate::Error::Cuda`], never a panic.
 //!   [`Device::emulated`] (feature `emulate`) is the same device on the CPU, for tests.
-//! - [`CudaMmdit`] is built from the same checkpoint names as [`crate::mmdit::Mmdit`] (the
-//!   layers load through `nn::{Linear, Mlp, RmsNorm}` and `Vb`, then convert once: bf16
-//!   matrices, f32 vectors) and offers the same `forward(&MmditInput) -> MmditOutput`
-//!   (host in, host out: image logits `[B, h, w, V]` f32, text logits `[B, L, Vt]`).
+//! - [`Cuda`] (`backend.rs`): the weight storage on a device (bf16 matrices [`DLinear`] and
+//!   convolutions [`DConv`], f32 vectors, bf16 tables; attention heads padded to the kernels'
+//!   slots, convolution channels to multiples of 8). `ops.rs`: the launch wrappers that check
+//!   every buffer range.
+//! - [`CudaMmdit`] (`mmdit/cuda.rs`): an `Mmdit<Cuda>` and its workspace, with the CPU model's
+//!   `forward(&MmditInput) -> MmditOutput` (host in, host out: image logits `[B, h, w, V]`
+//!   f32, text logits `[B, L, Vt]`).
 //! - [`DeviceSampler`] runs a sampler step on device logits with the host's seeded uniforms
 //!   ([`muddit_sampler::RandomSource::fill_step`]), so the device and [`muddit_sampler::Sampler`]
 //!   choose the same tokens for the same logits.
-//! - [`CudaClipText`] (`clip.rs`), [`CudaVqDecoder`] (`vq.rs`) and [`CudaVqEncoder`]
-//!   (`vq_encoder.rs`): the CLIP text encoder and the two halves of the VQ-VAE, loaded from the
-//!   same checkpoint names as `clip_text.rs` and `vqvae.rs`, every op on the existing kernels
-//!   (affine `layer_norm`, causal attention, GEMMs with GELU epilogues; `conv2d` with padding,
-//!   stride 2 and a fused residual, `group_norm` + SiLU, `upsample2x`, `vq_nearest`; the
-//!   encoder and decoder share the blocks' forwards, `vq::VqOps`). [`CudaPipeline`] holds the
-//!   models of a folder ([`load_vqvae`]: both VQ halves from one opening of the weights, every
-//!   tensor used by one of them).
+//! - [`CudaClipText`] (`clip_text/cuda.rs`), [`CudaVqDecoder`] and [`CudaVqEncoder`]
+//!   (`vqvae/cuda/`): the CLIP text encoder and the two halves of the VQ-VAE on the same layer
+//!   structs as the CPU's, every op on the existing kernels (affine `layer_norm`, causal
+//!   attention, GEMMs with GELU epilogues; `conv2d` with padding, stride 2 and a fused residual,
+//!   `group_norm` + SiLU, `upsample2x`, `vq_nearest`; the encoder and decoder share the blocks'
+//!   forwards, `vqvae/cuda/blocks.rs`). [`CudaPipeline`] holds the models of a folder
+//!   ([`load_vqvae`]: both VQ halves from one opening of the weights, every tensor used by one
+//!   of them).
 //! - [`text_to_image`] is the pipeline entry point: it takes a [`ModelFolder`] (tokenizer,
 //!   configs, scheduler: no weights, so nothing is loaded twice) and the models of the run
 //!   ([`DeviceModels`]: a [`CudaPipeline`], everything on the device, or for checks a
@@ -42,26 +47,23 @@
 //! VQ halves (clear errors at load; no public Muddit checkpoint uses them), and the end-of-text
 //! position chosen on the device (image-to-text downloads `B x 77` ids per step for it).
 
-mod clip;
-mod device;
-mod mmdit;
-mod ops;
+pub(crate) mod backend;
+pub(crate) mod device;
+pub(crate) mod ops;
 mod sampler;
-mod vq;
-mod vq_encoder;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use clip::{ClipEncoding, CudaClipText};
+pub use crate::clip_text::cuda::{ClipEncoding, CudaClipText};
+pub use crate::mmdit::cuda::CudaMmdit;
+use crate::mmdit::cuda::Logits;
+pub use crate::vqvae::cuda::{load_vqvae, CudaVqDecoder, CudaVqEncoder};
+pub use backend::{Cuda, DConv, DLinear};
 pub use device::{Buffer, Device, Elem, Ptr};
-pub use mmdit::CudaMmdit;
-use mmdit::Logits;
 pub use muddit_kernels::cuda::KernelTime;
 pub use sampler::DeviceSampler;
-pub use vq::CudaVqDecoder;
-pub use vq_encoder::{load_vqvae, CudaVqEncoder};
 
 use crate::clip_text::ClipTextModel;
 use crate::error::{Error, Result};

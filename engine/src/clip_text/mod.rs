@@ -1,17 +1,22 @@
-//! The CLIP text encoder (`transformers` `CLIPTextModelWithProjection`), reference section 3:
-//! field names are the checkpoint's module paths (`text_model.encoder.layers.i.self_attn.q_proj`).
+//! The CLIP text encoder (`transformers` `CLIPTextModelWithProjection`), reference section 3,
+//! described once: the layer structs below, whose fields are the checkpoint's module paths
+//! (`text_model.encoder.layers.i.self_attn.q_proj`), are loaded and checked once by
+//! [`ClipTextModel::load`] for any [`Backend`]; `cpu.rs` runs them on the CPU kernels,
+//! `cuda.rs` ([`cuda::CudaClipText`]) on the CUDA kernels.
 //!
-//! Activations are row-major `f32` sequences `[B, L, D]`. The forward returns what Muddit uses:
+//! Activations are row-major sequences `[B, L, D]`. The forward returns what Muddit uses:
 //! the penultimate hidden state (the transformer's text features), the last hidden state after
 //! `final_layer_norm`, and `text_embeds`, the projection of the last hidden state at the
 //! end-of-text position (the pooled vector).
 
+mod cpu;
+pub(crate) mod cuda;
+
+use crate::backend::{Backend, Cpu, HeadSide};
 use crate::error::{Error, Result};
-use crate::model_dir::component_dir;
-use crate::nn::Linear;
+use crate::model_dir::{build_from, component_dir, open_config, read_config};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
-use muddit_kernels::cpu::{act, attention::attention_with, norm};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -83,14 +88,11 @@ impl ClipTextConfig {
 
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let bad = |message: String| Error::Config {
-            path: path.to_path_buf(),
-            message,
-        };
-        let cfg: ClipTextConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        cfg.validate().map_err(bad)?;
-        Ok(cfg)
+        read_config(path, |text| {
+            let cfg: ClipTextConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            cfg.validate()?;
+            Ok(cfg)
+        })
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
@@ -201,80 +203,93 @@ impl ClipTextConfig {
 }
 
 /// `nn.LayerNorm` with weight and bias.
-struct LayerNorm {
+pub(crate) struct LayerNorm<B: Backend> {
     /// `[D]`
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    eps: f32,
+    pub weight: B::Vector,
+    pub bias: B::Vector,
+    pub eps: f32,
 }
 
-impl LayerNorm {
-    fn new(vb: &Vb, d: usize, eps: f64) -> Result<Self> {
+impl<B: Backend> LayerNorm<B> {
+    fn new(b: &B, vb: &Vb, d: usize, eps: f64) -> Result<Self> {
         Ok(LayerNorm {
-            weight: vb.get("weight", &[d])?,
-            bias: vb.get("bias", &[d])?,
+            weight: b.vector(vb, "weight", d)?,
+            bias: b.vector(vb, "bias", d)?,
             eps: eps as f32,
         })
-    }
-
-    /// `[M, D] -> [M, D]`
-    fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let d = self.weight.len();
-        let mut y = x.to_vec();
-        norm::layer_norm_(&mut y, d, self.eps);
-        for row in y.chunks_exact_mut(d) {
-            for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
-                *v = *v * w + b;
-            }
-        }
-        y
     }
 }
 
 /// `text_model.embeddings`.
-struct Embeddings {
+pub(crate) struct Embeddings<B: Backend> {
     /// `[V, D]`; one row longer than the config's `vocab_size` once `<mask>` is appended.
-    token_embedding: Vec<f32>,
+    pub token_embedding: B::Table,
     /// `[max_position_embeddings, D]`
-    position_embedding: Vec<f32>,
+    pub position_embedding: B::Table,
 }
 
 /// `self_attn`: causal multi-head attention with biased projections.
-struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+pub(crate) struct SelfAttention<B: Backend> {
+    pub q_proj: B::Linear,
+    pub k_proj: B::Linear,
+    pub v_proj: B::Linear,
+    pub out_proj: B::Linear,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    fn new(b: &B, vb: &Vb, d: usize) -> Result<Self> {
+        Ok(SelfAttention {
+            q_proj: b.linear_heads(&vb.pp("q_proj"), HeadSide::Outputs, (d, d))?,
+            k_proj: b.linear_heads(&vb.pp("k_proj"), HeadSide::Outputs, (d, d))?,
+            v_proj: b.linear_heads(&vb.pp("v_proj"), HeadSide::Outputs, (d, d))?,
+            out_proj: b.linear_heads(&vb.pp("out_proj"), HeadSide::Inputs, (d, d))?,
+        })
+    }
 }
 
 /// `mlp`: `fc1 -> act -> fc2`.
-struct ClipMlp {
-    fc1: Linear,
-    fc2: Linear,
+pub(crate) struct ClipMlp<B: Backend> {
+    pub fc1: B::Linear,
+    pub fc2: B::Linear,
 }
 
 /// `text_model.encoder.layers.i`: pre-norm attention and MLP, each with a residual.
-struct EncoderLayer {
-    self_attn: SelfAttention,
-    layer_norm1: LayerNorm,
-    mlp: ClipMlp,
-    layer_norm2: LayerNorm,
+pub(crate) struct EncoderLayer<B: Backend> {
+    pub self_attn: SelfAttention<B>,
+    pub layer_norm1: LayerNorm<B>,
+    pub mlp: ClipMlp<B>,
+    pub layer_norm2: LayerNorm<B>,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    fn new(b: &B, vb: &Vb, cfg: &ClipTextConfig) -> Result<Self> {
+        let (d, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        Ok(EncoderLayer {
+            self_attn: SelfAttention::new(b, &vb.pp("self_attn"), d)?,
+            layer_norm1: LayerNorm::new(b, &vb.pp("layer_norm1"), d, eps)?,
+            mlp: ClipMlp {
+                fc1: b.linear(&vb.pp("mlp.fc1"), d, i, true)?,
+                fc2: b.linear(&vb.pp("mlp.fc2"), i, d, true)?,
+            },
+            layer_norm2: LayerNorm::new(b, &vb.pp("layer_norm2"), d, eps)?,
+        })
+    }
 }
 
 /// `text_model` (`CLIPTextTransformer`).
-struct ClipTextTransformer {
-    embeddings: Embeddings,
-    layers: Vec<EncoderLayer>,
-    final_layer_norm: LayerNorm,
+pub(crate) struct ClipTextTransformer<B: Backend> {
+    pub embeddings: Embeddings<B>,
+    pub layers: Vec<EncoderLayer<B>>,
+    pub final_layer_norm: LayerNorm<B>,
 }
 
-/// `CLIPTextModelWithProjection`.
-pub struct ClipTextModel {
+/// `CLIPTextModelWithProjection` with `B`'s weights (the CPU's by default).
+pub struct ClipTextModel<B: Backend = Cpu> {
     pub cfg: ClipTextConfig,
-    text_model: ClipTextTransformer,
+    pub(crate) text_model: ClipTextTransformer<B>,
     /// `[projection_dim, D]`, no bias.
-    text_projection: Linear,
-    activation: Activation,
+    pub(crate) text_projection: B::Linear,
+    pub(crate) activation: Activation,
 }
 
 /// One forward's outputs.
@@ -290,77 +305,18 @@ pub struct ClipTextOutput {
 /// A tensor that older checkpoints store and the forward does not need.
 const POSITION_IDS: &str = "text_model.embeddings.position_ids";
 
-impl SelfAttention {
-    fn new(vb: &Vb, d: usize) -> Result<Self> {
-        Ok(SelfAttention {
-            q_proj: Linear::new(&vb.pp("q_proj"), d, d, true)?,
-            k_proj: Linear::new(&vb.pp("k_proj"), d, d, true)?,
-            v_proj: Linear::new(&vb.pp("v_proj"), d, d, true)?,
-            out_proj: Linear::new(&vb.pp("out_proj"), d, d, true)?,
-        })
-    }
-
-    /// `[B, L, D] -> [B, L, D]`, causal, scale `1/sqrt(Dh)`.
-    fn forward(&self, x: &[f32], batch: usize, len: usize, heads: usize) -> Vec<f32> {
-        let d = self.q_proj.out_dim;
-        let (q, k, v) = (
-            self.q_proj.forward(x),
-            self.k_proj.forward(x),
-            self.v_proj.forward(x),
-        ); // [B, L, H, Dh] each
-        let mut out = vec![0.0; x.len()];
-        let compute = self.q_proj.compute();
-        attention_with(
-            &q,
-            &k,
-            &v,
-            batch,
-            len,
-            heads,
-            d / heads,
-            true,
-            compute,
-            &mut out,
-        );
-        self.out_proj.forward(&out)
-    }
-}
-
-impl EncoderLayer {
-    fn new(vb: &Vb, cfg: &ClipTextConfig) -> Result<Self> {
-        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
-        Ok(EncoderLayer {
-            self_attn: SelfAttention::new(&vb.pp("self_attn"), d)?,
-            layer_norm1: LayerNorm::new(&vb.pp("layer_norm1"), d, eps)?,
-            mlp: ClipMlp {
-                fc1: Linear::new(&vb.pp("mlp.fc1"), d, cfg.intermediate_size, true)?,
-                fc2: Linear::new(&vb.pp("mlp.fc2"), cfg.intermediate_size, d, true)?,
-            },
-            layer_norm2: LayerNorm::new(&vb.pp("layer_norm2"), d, eps)?,
-        })
-    }
-
-    /// `x [B, L, D]` updated in place.
-    fn forward(&self, x: &mut [f32], batch: usize, len: usize, heads: usize, act: Activation) {
-        let attn = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(x), batch, len, heads);
-        x.iter_mut().zip(&attn).for_each(|(v, a)| *v += a);
-        let mut h = self.mlp.fc1.forward(&self.layer_norm2.forward(x)); // [B, L, I]
-        match act {
-            Activation::GeluErf => act::gelu_erf_(&mut h),
-            Activation::QuickGelu => act::quick_gelu_(&mut h),
-            Activation::GeluTanh => act::gelu_tanh_(&mut h),
-        }
-        let mlp = self.mlp.fc2.forward(&h);
-        x.iter_mut().zip(&mlp).for_each(|(v, m)| *v += m);
-    }
-}
-
 impl ClipTextModel {
-    /// Builds the model from `vb` (the `text_encoder/` weights) for `cfg`.
+    /// Builds the model on the CPU from `vb` (the `text_encoder/` weights) for `cfg`.
     pub fn new(cfg: &ClipTextConfig, vb: &Vb) -> Result<Self> {
-        let d = cfg.hidden_size;
+        Self::load(&Cpu, cfg, vb)
+    }
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    /// Reads every layer of `cfg` from `vb` (the `text_encoder/` weights) into `backend`'s
+    /// storage; each name and shape is checked as it is read.
+    pub fn load(backend: &B, cfg: &ClipTextConfig, vb: &Vb) -> Result<Self> {
+        let (b, d) = (backend, cfg.hidden_size);
         let tm = vb.pp("text_model");
         let emb = tm.pp("embeddings");
         let activation = cfg.activation().map_err(|message| Error::Config {
@@ -370,96 +326,54 @@ impl ClipTextModel {
         Ok(ClipTextModel {
             text_model: ClipTextTransformer {
                 embeddings: Embeddings {
-                    token_embedding: emb
-                        .pp("token_embedding")
-                        .get("weight", &[cfg.vocab_size, d])?,
-                    position_embedding: emb
-                        .pp("position_embedding")
-                        .get("weight", &[cfg.max_position_embeddings, d])?,
+                    token_embedding: b.table(&emb.pp("token_embedding"), cfg.vocab_size, d)?,
+                    position_embedding: b.table(
+                        &emb.pp("position_embedding"),
+                        cfg.max_position_embeddings,
+                        d,
+                    )?,
                 },
                 layers: (0..cfg.num_hidden_layers)
-                    .map(|i| EncoderLayer::new(&tm.pp("encoder.layers").pp(i), cfg))
+                    .map(|i| EncoderLayer::new(b, &tm.pp("encoder.layers").pp(i), cfg))
                     .collect::<Result<_>>()?,
                 final_layer_norm: LayerNorm::new(
+                    b,
                     &tm.pp("final_layer_norm"),
                     d,
                     cfg.layer_norm_eps,
                 )?,
             },
-            text_projection: Linear::new(&vb.pp("text_projection"), d, cfg.projection_dim, false)?,
+            text_projection: b.linear(&vb.pp("text_projection"), d, cfg.projection_dim, false)?,
             activation,
             cfg: cfg.clone(),
         })
     }
+}
 
-    /// Rows of the token embedding: the config's `vocab_size`, plus one once `<mask>` is set.
-    pub fn vocab_rows(&self) -> usize {
-        self.text_model.embeddings.token_embedding.len() / self.cfg.hidden_size
+/// Where `set_token_embedding` puts the `d` values of `row` for token `id` in a table of
+/// `rows` rows: over row `id` (`Less`) or appended (`Equal`); more than one past is an error,
+/// as is a row of the wrong width.
+pub(crate) fn token_row_place(
+    d: usize,
+    rows: usize,
+    id: usize,
+    row: &[f32],
+) -> Result<std::cmp::Ordering> {
+    if row.len() != d {
+        return Err(Error::input(
+            "mask_token_embedding",
+            format!(
+                "{} values, but the text encoder's hidden size is {d}",
+                row.len()
+            ),
+        ));
     }
-
-    /// Sets the embedding row of token `id` (the `<mask>` row from `mask_token_embedding.pth`),
-    /// appending a row when `id` is one past the table, as `resize_token_embeddings` does.
-    pub fn set_token_embedding(&mut self, id: usize, row: &[f32]) -> Result<()> {
-        let (d, rows) = (self.cfg.hidden_size, self.vocab_rows());
-        if row.len() != d {
-            return Err(Error::input(
-                "mask_token_embedding",
-                format!(
-                    "{} values, but the text encoder's hidden size is {d}",
-                    row.len()
-                ),
-            ));
-        }
-        let table = &mut self.text_model.embeddings.token_embedding;
-        match id.cmp(&rows) {
-            std::cmp::Ordering::Less => table[id * d..(id + 1) * d].copy_from_slice(row),
-            std::cmp::Ordering::Equal => table.extend_from_slice(row),
-            std::cmp::Ordering::Greater => {
-                return Err(Error::input(
-                    "mask_token_embedding",
-                    format!("token id {id} is more than one past the text encoder's {rows} embedding rows: the tokenizer and the text encoder do not belong together"),
-                ))
-            }
-        }
-        Ok(())
-    }
-
-    /// `ids [B, L]` (L at most `max_position_embeddings`) -> text features, see `ClipTextOutput`.
-    pub fn forward(&self, ids: &[i64], batch: usize) -> Result<ClipTextOutput> {
-        let (d, rows) = (self.cfg.hidden_size, self.vocab_rows());
-        let len = self.cfg.check_ids(ids, batch, rows)?;
-        let emb = &self.text_model.embeddings;
-        let mut x = Vec::with_capacity(batch * len * d); // [B, L, D]
-        for row in ids.chunks_exact(len) {
-            for (p, &id) in row.iter().enumerate() {
-                let tok = &emb.token_embedding[id as usize * d..(id as usize + 1) * d];
-                let pos = &emb.position_embedding[p * d..(p + 1) * d];
-                x.extend(tok.iter().zip(pos).map(|(t, q)| t + q));
-            }
-        }
-        let n = self.text_model.layers.len();
-        let heads = self.cfg.num_attention_heads;
-        let mut penultimate = Vec::new();
-        for (i, layer) in self.text_model.layers.iter().enumerate() {
-            layer.forward(&mut x, batch, len, heads, self.activation);
-            if i + 2 == n {
-                penultimate = x.clone();
-            }
-        }
-        let last_hidden_state = self.text_model.final_layer_norm.forward(&x);
-        let pooled: Vec<f32> = ids
-            .chunks_exact(len)
-            .enumerate()
-            .flat_map(|(b, row)| {
-                let at = (b * len + self.cfg.eos_position(row)) * d;
-                last_hidden_state[at..at + d].to_vec()
-            })
-            .collect(); // [B, D]
-        Ok(ClipTextOutput {
-            text_embeds: self.text_projection.forward(&pooled),
-            penultimate,
-            last_hidden_state,
-        })
+    match id.cmp(&rows) {
+        std::cmp::Ordering::Greater => Err(Error::input(
+            "mask_token_embedding",
+            format!("token id {id} is more than one past the text encoder's {rows} embedding rows: the tokenizer and the text encoder do not belong together"),
+        )),
+        place => Ok(place),
     }
 }
 
@@ -476,8 +390,7 @@ pub fn load_text_encoder(dir: &Path) -> Result<ClipTextModel> {
 
 /// [`load_text_encoder`] with the matrix products in `compute` arithmetic.
 pub fn load_text_encoder_with(dir: &Path, compute: Compute) -> Result<ClipTextModel> {
-    let dir = text_encoder_dir(dir)?;
-    let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
+    let (dir, cfg) = open_config(dir, "text_encoder", ClipTextConfig::from_file)?;
     text_encoder_from(&dir, &cfg, compute)
 }
 
@@ -487,10 +400,8 @@ pub(crate) fn text_encoder_from(
     cfg: &ClipTextConfig,
     compute: Compute,
 ) -> Result<ClipTextModel> {
-    let weights = Weights::open_dir(dir)?;
-    let model = ClipTextModel::new(cfg, &Vb::new(&weights).with_compute(compute))?;
-    ensure_all_used(&weights)?;
-    Ok(model)
+    let build = |vb: &Vb| ClipTextModel::new(cfg, vb);
+    build_from(dir, compute, build, ensure_all_used)
 }
 
 /// [`Weights::ensure_all_used`] but for an old `position_ids` buffer.

@@ -1,10 +1,11 @@
-//! The CLIP text encoder on the CUDA kernels: the same checkpoint names and the same forward as
-//! [`crate::clip_text::ClipTextModel`] (reference section 3), with weights uploaded once.
+//! The CLIP text encoder on the CUDA kernels: the layers of [`ClipTextModel`] with [`Cuda`]
+//! weights (loaded once by [`ClipTextModel::load`]), the same forward as `cpu.rs` (reference
+//! section 3).
 //!
-//! Storage on the device: weight matrices and the embedding tables bf16, biases and norm weights
-//! f32; the residual stream `X [B, L, D]` f32, normalised rows and the MLP hidden bf16. Heads of
+//! Storage on the device (`cuda::backend`): weight matrices and the embedding tables bf16,
+//! biases and norm weights f32; the residual stream `X [B, L, D]` f32, normalised rows and the MLP hidden bf16. Heads of
 //! `Dh < 64` (the test fixtures, the default model's 12) are stored zero-padded to `Dp = 64`
-//! inside q, k, v and the attention output `[B, L, H, Dp]`, as in [`super::CudaMmdit`].
+//! inside q, k, v and the attention output `[B, L, H, Dp]`, as in [`crate::cuda::CudaMmdit`].
 //!
 //! One forward over ids `[B, L]`: `X = token_embedding[ids] + position_embedding[s]`; per layer
 //! `X += out_proj(causal_attention(q, k, v of layer_norm1(X)))`, then
@@ -19,51 +20,18 @@ use std::sync::Arc;
 use muddit_kernels::cuda::ops::GemmOut;
 use muddit_kernels::cuda::params::Act;
 
-use super::device::{to_bf16, Buffer, Device};
-use super::mmdit::{DLinear, Heads};
-use super::ops::GemmOpts;
-use crate::clip_text::{
-    ensure_all_used, text_encoder_dir, Activation, ClipTextConfig, ClipTextOutput,
+use super::{
+    ensure_all_used, token_row_place, Activation, ClipMlp, ClipTextConfig, ClipTextModel,
+    ClipTextOutput,
 };
+use crate::cuda::backend::{Cuda, Heads};
+use crate::cuda::device::to_bf16;
+use crate::cuda::ops::GemmOpts;
+use crate::cuda::{Buffer, Device};
 use crate::error::{Error, Result};
-use crate::nn::Linear;
-use crate::weights::{Vb, Weights};
-
-/// `nn.LayerNorm`: f32 weight and bias `[D]`.
-struct DLayerNorm {
-    weight: Buffer<f32>,
-    bias: Buffer<f32>,
-}
-
-impl DLayerNorm {
-    fn new(dev: &Device, vb: &Vb, d: usize) -> Result<Self> {
-        Ok(DLayerNorm {
-            weight: dev.upload(&vb.get("weight", &[d])?)?,
-            bias: dev.upload(&vb.get("bias", &[d])?)?,
-        })
-    }
-}
-
-/// `self_attn`: q, k, v padded to `Dp` per head, `out_proj` reading the padded heads.
-struct DSelfAttention {
-    q_proj: DLinear,
-    k_proj: DLinear,
-    v_proj: DLinear,
-    out_proj: DLinear,
-}
-
-struct DClipMlp {
-    fc1: DLinear,
-    fc2: DLinear,
-}
-
-/// `text_model.encoder.layers.i`.
-struct DEncoderLayer {
-    self_attn: DSelfAttention,
-    layer_norm1: DLayerNorm,
-    mlp: DClipMlp,
-    layer_norm2: DLayerNorm,
-}
+use crate::model_dir::{build_from, open_config};
+use crate::weights::Vb;
+use crate::Compute;
 
 /// The outputs the pipeline reads, on the device.
 pub struct ClipEncoding {
@@ -77,33 +45,24 @@ pub struct ClipEncoding {
 
 /// `CLIPTextModelWithProjection` on a CUDA device (or its emulator).
 pub struct CudaClipText {
+    /// The model's config (as `model.cfg`).
     pub cfg: ClipTextConfig,
+    model: ClipTextModel<Cuda>,
     dev: Arc<Device>,
     heads: Heads,
     act: Act,
-    /// `text_model.embeddings.token_embedding.weight` `[V, D]` bf16.
-    token_embedding: Buffer<u16>,
-    /// `text_model.embeddings.position_embedding.weight` `[max_position_embeddings, D]` bf16.
-    position_embedding: Buffer<u16>,
-    layers: Vec<DEncoderLayer>,
-    final_layer_norm: DLayerNorm,
-    /// `[projection_dim, D]`, no bias.
-    text_projection: DLinear,
 }
 
 impl CudaClipText {
     /// Loads `text_encoder/` of a model folder (or that folder) onto `dev`, with the checks of
     /// [`crate::clip_text::load_text_encoder`].
     pub fn load(dev: &Arc<Device>, dir: &Path) -> Result<Self> {
-        let dir = text_encoder_dir(dir)?;
-        let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open_dir(&dir)?;
-        let model = Self::new(dev, &cfg, &Vb::new(&weights))?;
-        ensure_all_used(&weights)?;
-        Ok(model)
+        let (dir, cfg) = open_config(dir, "text_encoder", ClipTextConfig::from_file)?;
+        let build = |vb: &Vb| Self::new(dev, &cfg, vb);
+        build_from(&dir, Compute::F32, build, ensure_all_used)
     }
 
-    /// Builds the model from the same tensors [`crate::clip_text::ClipTextModel::new`] reads.
+    /// Builds the model from the same tensors [`ClipTextModel::new`] reads.
     pub fn new(dev: &Arc<Device>, cfg: &ClipTextConfig, vb: &Vb) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         let bad = |message: String| Error::Config {
@@ -125,44 +84,13 @@ impl CudaClipText {
             d / cfg.num_attention_heads,
             "num_attention_heads",
         )?;
-        let dev_ref: &Device = dev;
-        let tm = vb.pp("text_model");
-        let emb = tm.pp("embeddings");
-        let linear = |vb: &Vb, i, o, bias| DLinear::upload(dev_ref, &Linear::new(vb, i, o, bias)?);
-        let layer = |n: usize| -> Result<DEncoderLayer> {
-            let vb = tm.pp("encoder.layers").pp(n);
-            let attn = vb.pp("self_attn");
-            let proj = |name: &str| Linear::new(&attn.pp(name), d, d, true);
-            Ok(DEncoderLayer {
-                self_attn: DSelfAttention {
-                    q_proj: heads.pad_out(dev_ref, &proj("q_proj")?)?,
-                    k_proj: heads.pad_out(dev_ref, &proj("k_proj")?)?,
-                    v_proj: heads.pad_out(dev_ref, &proj("v_proj")?)?,
-                    out_proj: heads.pad_in(dev_ref, &proj("out_proj")?)?,
-                },
-                layer_norm1: DLayerNorm::new(dev_ref, &vb.pp("layer_norm1"), d)?,
-                mlp: DClipMlp {
-                    fc1: linear(&vb.pp("mlp.fc1"), d, i, true)?,
-                    fc2: linear(&vb.pp("mlp.fc2"), i, d, true)?,
-                },
-                layer_norm2: DLayerNorm::new(dev_ref, &vb.pp("layer_norm2"), d)?,
-            })
-        };
-        let table = |name: &str, rows: usize| -> Result<Buffer<u16>> {
-            dev.upload(&to_bf16(&emb.pp(name).get("weight", &[rows, d])?))
-        };
+        let backend = Cuda::new(dev, Some(heads));
         Ok(CudaClipText {
-            token_embedding: table("token_embedding", cfg.vocab_size)?,
-            position_embedding: table("position_embedding", cfg.max_position_embeddings)?,
-            layers: (0..cfg.num_hidden_layers)
-                .map(layer)
-                .collect::<Result<_>>()?,
-            final_layer_norm: DLayerNorm::new(dev_ref, &tm.pp("final_layer_norm"), d)?,
-            text_projection: linear(&vb.pp("text_projection"), d, cfg.projection_dim, false)?,
+            cfg: cfg.clone(),
+            model: ClipTextModel::load(&backend, cfg, vb)?,
+            dev: dev.clone(),
             heads,
             act,
-            cfg: cfg.clone(),
-            dev: dev.clone(),
         })
     }
 
@@ -193,8 +121,8 @@ impl CudaClipText {
         );
         let hid = dev.zeros::<u16>(rows * cfg.intermediate_size)?; // [B, L, I]
         self.embed(&dev.upload(&ids32)?, len, &x)?;
-        let n = self.layers.len();
-        for (i, layer) in self.layers.iter().enumerate() {
+        let n = self.model.text_model.layers.len();
+        for (i, layer) in self.model.text_model.layers.iter().enumerate() {
             let attn = &layer.self_attn;
             let ln1 = (layer.layer_norm1.weight.ptr(), layer.layer_norm1.bias.ptr());
             dev.layer_norm_affine(x.ptr(), y.ptr(), rows, d, ln1, self.eps())?;
@@ -209,15 +137,15 @@ impl CudaClipText {
             dev.gemm(GemmOut::Residual, out_proj, o.ptr(), rows, x.ptr(), plain)?;
             let ln2 = (layer.layer_norm2.weight.ptr(), layer.layer_norm2.bias.ptr());
             dev.layer_norm_affine(x.ptr(), y.ptr(), rows, d, ln2, self.eps())?;
-            let fc1 = GemmOpts {
+            let with_act = GemmOpts {
                 act: self.act,
                 ..GemmOpts::default()
             };
-            let mlp = &layer.mlp;
-            dev.gemm(GemmOut::Bf16, mlp.fc1.mat(), y.ptr(), rows, hid.ptr(), fc1)?;
+            let ClipMlp { fc1, fc2 } = &layer.mlp;
+            dev.gemm(GemmOut::Bf16, fc1.mat(), y.ptr(), rows, hid.ptr(), with_act)?;
             dev.gemm(
                 GemmOut::Residual,
-                mlp.fc2.mat(),
+                fc2.mat(),
                 hid.ptr(),
                 rows,
                 x.ptr(),
@@ -227,7 +155,7 @@ impl CudaClipText {
                 dev.copy(x.ptr(), out.penultimate.ptr(), rows * d)?;
             }
         }
-        let fln = &self.final_layer_norm;
+        let fln = &self.model.text_model.final_layer_norm;
         let last = out.last_hidden_state.ptr();
         dev.layer_norm_affine(
             x.ptr(),
@@ -242,7 +170,7 @@ impl CudaClipText {
             let at = (b * len + cfg.eos_position(row)) * d;
             dev.copy(last.at(at)?, y.at(b * d)?, d)?;
         }
-        let proj = self.text_projection.mat();
+        let proj = self.model.text_projection.mat();
         dev.gemm(
             GemmOut::F32,
             proj,
@@ -254,7 +182,7 @@ impl CudaClipText {
         Ok(out)
     }
 
-    /// The forward with host inputs and outputs, as [`crate::clip_text::ClipTextModel::forward`].
+    /// The forward with host inputs and outputs, as [`ClipTextModel::forward`].
     pub fn forward(&self, ids: &[i64], batch: usize) -> Result<ClipTextOutput> {
         let out = self.encode(ids, batch)?;
         let dev = &self.dev;
@@ -271,36 +199,25 @@ impl CudaClipText {
 
     /// Rows of the token embedding: `vocab_size`, plus one once `<mask>` is added.
     pub fn vocab_rows(&self) -> usize {
-        self.token_embedding.len() / self.cfg.hidden_size
+        self.model.text_model.embeddings.token_embedding.len() / self.cfg.hidden_size
     }
 
     /// Sets the embedding row of token `id` (the `<mask>` row from `mask_token_embedding.pth`),
     /// appending a row when `id` is one past the table, as
-    /// [`crate::clip_text::ClipTextModel::set_token_embedding`].
+    /// [`ClipTextModel::set_token_embedding`].
     pub fn set_token_embedding(&mut self, id: usize, row: &[f32]) -> Result<()> {
         let (d, rows) = (self.cfg.hidden_size, self.vocab_rows());
-        if row.len() != d {
-            return Err(Error::input(
-                "mask_token_embedding",
-                format!(
-                    "{} values, but the text encoder's hidden size is {d}",
-                    row.len()
-                ),
-            ));
-        }
+        let place = token_row_place(d, rows, id, row)?;
         let row = to_bf16(row);
-        match id.cmp(&rows) {
-            std::cmp::Ordering::Less => self.dev.write(&mut self.token_embedding, id * d, &row),
-            std::cmp::Ordering::Equal => {
-                let mut table = self.dev.read(&self.token_embedding, 0, rows * d)?;
-                table.extend_from_slice(&row);
-                self.token_embedding = self.dev.upload(&table)?;
+        let table = &mut self.model.text_model.embeddings.token_embedding;
+        match place {
+            std::cmp::Ordering::Less => self.dev.write(table, id * d, &row),
+            _ => {
+                let mut values = self.dev.read(table, 0, rows * d)?;
+                values.extend_from_slice(&row);
+                *table = self.dev.upload(&values)?;
                 Ok(())
             }
-            std::cmp::Ordering::Greater => Err(Error::input(
-                "mask_token_embedding",
-                format!("token id {id} is more than one past the text encoder's {rows} embedding rows: the tokenizer and the text encoder do not belong together"),
-            )),
         }
     }
 
@@ -312,8 +229,14 @@ impl CudaClipText {
     fn embed(&self, ids: &Buffer<u32>, len: usize, x: &Buffer<f32>) -> Result<()> {
         self.dev.embedding_pos(
             ids.ptr(),
-            (self.token_embedding.ptr(), self.vocab_rows()),
-            (self.position_embedding.ptr(), len),
+            (
+                self.model.text_model.embeddings.token_embedding.ptr(),
+                self.vocab_rows(),
+            ),
+            (
+                self.model.text_model.embeddings.position_embedding.ptr(),
+                len,
+            ),
             x.ptr(),
             ids.len(),
             self.cfg.hidden_size,

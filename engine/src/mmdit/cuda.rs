@@ -1,16 +1,17 @@
-//! The MM-DiT forward on the CUDA kernels: the same checkpoint names and the same steps as
-//! [`crate::mmdit::Mmdit`] (reference section 2), with weights uploaded once.
+//! The MM-DiT forward on the CUDA kernels: the layers of [`Mmdit`] with [`Cuda`] weights
+//! (loaded once by [`Mmdit::load`], the same structure as the CPU forward's), the same steps as
+//! `cpu.rs` (reference section 2).
 //!
-//! Storage on the device: weight matrices bf16 `[N, K]` (PyTorch's layout is the GEMM's), biases
-//! and norm weights f32; activations bf16; the residual streams, modulations and logits f32.
+//! Storage on the device (`cuda::backend`): weight matrices bf16 `[N, K]`, biases and norm
+//! weights f32; activations bf16; the residual streams, modulations and logits f32.
 //! Convolutions: the 1x1 ones are GEMMs over pixels, the down block's 2x2 stride-2 conv is
 //! `conv2d_bf16` on the NHWC image, the up block's 2x2 transposed conv is four GEMMs (one per
 //! kernel tap) whose row maps scatter the pixels into the doubled grid.
 //!
 //! Heads of `Dh < 64` (the test fixtures) are stored zero-padded to `Dp = 64` inside the q, k, v
-//! and attention-output buffers `[B, S, H, Dp]`: q/k/v weights get zero rows, `to_out` and
-//! `proj_out` zero columns, per-head RMSNorm and RoPE run head by head on the first `Dh` values,
-//! and attention uses the `1 / sqrt(Dh)` scale. Public models have `Dh = 128`: no padding.
+//! and attention-output buffers `[B, S, H, Dp]` (`Backend::linear_heads` pads the weights);
+//! per-head RMSNorm and RoPE run head by head on the first `Dh` values, and attention uses the
+//! `1 / sqrt(Dh)` scale.
 //!
 //! One forward, for `[B, h, w]` ids and `L` text tokens (`N` image tokens after the down block,
 //! `S = L + N`): text residual `T [B, L, D]` and image residual `I [B, N, D]` through the dual
@@ -20,219 +21,46 @@
 
 use std::sync::{Arc, Mutex};
 
-use muddit_kernels::cpu::rope;
 use muddit_kernels::cuda::ops::GemmOut;
 use muddit_kernels::cuda::params::{Act, RowMap};
 
-use super::device::{to_bf16, Buffer, Device, Ptr};
-use super::ops::{GemmOpts, Mat};
+use super::{
+    rope_tables, DualBlock, Mmdit, MmditInput, MmditOutput, Modulation, Qkv, SingleBlock,
+    DUAL_ATTN, DUAL_MLP, MICRO_CONDS, SINGLE, SIN_DIM,
+};
 use crate::config::TransformerConfig;
-use crate::error::{Error, Result};
-use crate::mmdit::{MmditInput, MmditOutput, MICRO_CONDS};
-use crate::model_dir::transformer_dir;
-use crate::nn::{Linear, Mlp, RmsNorm};
+use crate::cuda::backend::{Cuda, Heads};
+use crate::cuda::ops::GemmOpts;
+use crate::cuda::{Buffer, Device, Ptr};
+use crate::error::Result;
+use crate::model_dir::{build_from, open_config};
 use crate::weights::{Vb, Weights};
+use crate::Compute;
 
-/// Width of the sinusoidal embeddings (as `mmdit::SIN_DIM`).
-const SIN_DIM: usize = 256;
-
-/// A linear layer on the device: bf16 `[N, K]`, optional f32 bias `[N]`.
-pub(super) struct DLinear {
-    w: Buffer<u16>,
-    bias: Option<Buffer<f32>>,
-    n: usize,
-    k: usize,
+/// `m`'s shift and scale in `mods [B, chunks * D]` as the modulated LayerNorm takes them:
+/// (shift, scale, row stride, rows per batch item).
+fn shift_scale(
+    mods: &Buffer<f32>,
+    m: Modulation,
+    d: usize,
+    per: usize,
+) -> Result<(Ptr<f32>, Ptr<f32>, usize, usize)> {
+    Ok((
+        mods.at(m.shift * d)?,
+        mods.at(m.scale * d)?,
+        m.chunks * d,
+        per,
+    ))
 }
 
-impl DLinear {
-    pub(super) fn new(
-        dev: &Device,
-        w: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-        k: usize,
-    ) -> Result<Self> {
-        debug_assert_eq!(w.len(), n * k);
-        Ok(DLinear {
-            w: dev.upload(&to_bf16(w))?,
-            bias: bias.map(|b| dev.upload(b)).transpose()?,
-            n,
-            k,
-        })
-    }
-
-    pub(super) fn upload(dev: &Device, l: &Linear) -> Result<Self> {
-        Self::new(
-            dev,
-            &l.weight.to_rows(),
-            l.bias.as_deref(),
-            l.out_dim,
-            l.in_dim,
-        )
-    }
-
-    pub(super) fn mat(&self) -> Mat {
-        Mat {
-            w: self.w.ptr(),
-            bias: self.bias.as_ref().map(|b| b.ptr()),
-            n: self.n,
-            k: self.k,
-        }
-    }
-
-    /// Output rows `r0..r0 + n` (no bias).
-    fn rows(&self, r0: usize, n: usize) -> Result<Mat> {
-        Ok(Mat {
-            w: self.w.at(r0 * self.k)?,
-            bias: None,
-            n,
-            k: self.k,
-        })
-    }
-}
-
-/// Head layout: `H` heads of `Dh` values stored in `Dp`-wide slots.
-#[derive(Clone, Copy)]
-pub(super) struct Heads {
-    pub(super) h: usize,
-    pub(super) dh: usize,
-    pub(super) dp: usize,
-}
-
-impl Heads {
-    /// `h` heads of `dh` values in the attention kernels' slots (64 or 128); `what` names the
-    /// config key in the error for wider heads.
-    pub(super) fn new(h: usize, dh: usize, what: &str) -> Result<Self> {
-        let dp = match dh {
-            1..=64 => 64,
-            65..=128 => 128,
-            _ => {
-                return Err(Error::input(
-                    what,
-                    format!("{dh}: the CUDA attention kernels take heads of at most 128"),
-                ))
-            }
-        };
-        Ok(Heads { h, dh, dp })
-    }
-
-    pub(super) fn width(&self) -> usize {
-        self.h * self.dp
-    }
-
-    /// `[H * Dh, K]` (+ bias) -> `[H * Dp, K]` with zero rows (and zero bias) in the padding.
-    pub(super) fn pad_out(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
-        let (k, hd) = (l.in_dim, self.width());
-        let mut w = vec![0.0; hd * k];
-        let mut b = l.bias.as_ref().map(|_| vec![0.0; hd]);
-        let lw = l.weight.to_rows();
-        for h in 0..self.h {
-            for j in 0..self.dh {
-                let (src, dst) = (h * self.dh + j, h * self.dp + j);
-                w[dst * k..(dst + 1) * k].copy_from_slice(&lw[src * k..(src + 1) * k]);
-                if let (Some(b), Some(lb)) = (b.as_mut(), l.bias.as_ref()) {
-                    b[dst] = lb[src];
-                }
-            }
-        }
-        DLinear::new(dev, &w, b.as_deref(), hd, k)
-    }
-
-    /// `[N, H * Dh + rest]` -> `[N, H * Dp + rest]`: zero columns where the attention output
-    /// holds padding (its first `H * Dh` input columns are the attention heads).
-    pub(super) fn pad_in(&self, dev: &Device, l: &Linear) -> Result<DLinear> {
-        let (n, k) = (l.out_dim, l.in_dim);
-        let rest = k - self.h * self.dh;
-        let kp = self.width() + rest;
-        let mut w = vec![0.0; n * kp];
-        let lw = l.weight.to_rows();
-        for r in 0..n {
-            let (src, dst) = (&lw[r * k..(r + 1) * k], &mut w[r * kp..(r + 1) * kp]);
-            for h in 0..self.h {
-                dst[h * self.dp..h * self.dp + self.dh]
-                    .copy_from_slice(&src[h * self.dh..(h + 1) * self.dh]);
-            }
-            dst[self.width()..].copy_from_slice(&src[self.h * self.dh..]);
-        }
-        DLinear::new(dev, &w, l.bias.as_deref(), n, kp)
-    }
-}
-
-struct DMlp {
-    linear_1: DLinear,
-    linear_2: DLinear,
-}
-
-impl DMlp {
-    fn new(dev: &Device, vb: &Vb, in_dim: usize, dim: usize, bias: bool) -> Result<Self> {
-        let m = Mlp::new(vb, in_dim, dim, bias)?;
-        Ok(DMlp {
-            linear_1: DLinear::upload(dev, &m.linear_1)?,
-            linear_2: DLinear::upload(dev, &m.linear_2)?,
-        })
-    }
-}
-
-fn norm(dev: &Device, vb: &Vb, d: usize) -> Result<Buffer<f32>> {
-    dev.upload(&RmsNorm::new(vb, d)?.weight)
-}
-
-fn linear(dev: &Device, vb: &Vb, i: usize, o: usize, bias: bool) -> Result<DLinear> {
-    DLinear::upload(dev, &Linear::new(vb, i, o, bias)?)
-}
-
-/// q, k, v (padded to `Dp` per head) and the per-head RMSNorm weights of q and k.
-struct DQkv {
-    q: DLinear,
-    k: DLinear,
-    v: DLinear,
-    norm_q: Buffer<f32>,
-    norm_k: Buffer<f32>,
-}
-
-impl DQkv {
-    fn new(dev: &Device, vb: &Vb, names: [&str; 5], d: usize, heads: Heads) -> Result<Self> {
-        let lin = |name: &str| Linear::new(&vb.pp(name), d, d, true);
-        Ok(DQkv {
-            q: heads.pad_out(dev, &lin(names[0])?)?,
-            k: heads.pad_out(dev, &lin(names[1])?)?,
-            v: heads.pad_out(dev, &lin(names[2])?)?,
-            norm_q: norm(dev, &vb.pp(names[3]), heads.dh)?,
-            norm_k: norm(dev, &vb.pp(names[4]), heads.dh)?,
-        })
-    }
-}
-
-struct DFeedForward {
-    proj: DLinear,
-    out: DLinear,
-}
-
-impl DFeedForward {
-    fn new(dev: &Device, vb: &Vb, d: usize) -> Result<Self> {
-        Ok(DFeedForward {
-            proj: linear(dev, &vb.pp("net.0.proj"), d, 4 * d, true)?,
-            out: linear(dev, &vb.pp("net.2"), 4 * d, d, true)?,
-        })
-    }
-}
-
-struct DDualBlock {
-    norm1: DLinear,
-    norm1_context: DLinear,
-    attn_image: DQkv,
-    attn_text: DQkv,
-    to_out: DLinear,
-    to_add_out: DLinear,
-    ff: DFeedForward,
-    ff_context: DFeedForward,
-}
-
-struct DSingleBlock {
-    norm: DLinear,
-    attn: DQkv,
-    proj_mlp: DLinear,
-    proj_out: DLinear,
+/// `m`'s gate in `mods` as a gated GEMM takes it: (gate, row stride, rows per batch item).
+fn gate(
+    mods: &Buffer<f32>,
+    m: Modulation,
+    d: usize,
+    per: usize,
+) -> Result<(Ptr<f32>, usize, usize)> {
+    Ok((mods.at(m.gate * d)?, m.chunks * d, per))
 }
 
 /// The shapes of one forward.
@@ -329,33 +157,14 @@ pub(crate) enum Logits {
     Both,
 }
 
-/// The MM-DiT on a CUDA device (or its emulator).
+/// The MM-DiT on a CUDA device (or its emulator): the layers, and the workspace of the last
+/// forward shape.
 pub struct CudaMmdit {
+    /// The model's config (as `model.cfg`).
     pub cfg: TransformerConfig,
+    pub(crate) model: Mmdit<Cuda>,
     dev: Arc<Device>,
     heads: Heads,
-    cond_embed: DMlp,
-    timestep_embedder: DMlp,
-    text_embedder: DMlp,
-    context_embedder: DLinear,
-    encoder_proj_layer_norm: Buffer<f32>,
-    embeddings: Buffer<u16>,
-    embed_norm: Buffer<f32>,
-    embed_conv: DLinear,
-    /// `down_block.downsample`: norm, conv `[D, (2, 2, D)]`.
-    down: Option<(Buffer<f32>, DLinear)>,
-    project_to_hidden_norm: Buffer<f32>,
-    project_to_hidden: DLinear,
-    transformer_blocks: Vec<DDualBlock>,
-    single_transformer_blocks: Vec<DSingleBlock>,
-    text_decoder: Option<DLinear>,
-    project_from_hidden_norm: Buffer<f32>,
-    project_from_hidden: DLinear,
-    /// `up_block.upsample`: norm, conv `[(2, 2, D), D]`.
-    up: Option<(Buffer<f32>, DLinear)>,
-    mlm_conv1: DLinear,
-    mlm_norm: Buffer<f32>,
-    mlm_conv2: DLinear,
     workspace: Mutex<Option<Workspace>>,
 }
 
@@ -363,163 +172,24 @@ impl CudaMmdit {
     /// Loads `transformer/` of a model folder (or that folder) onto `dev`, with the checks of
     /// [`crate::model_dir::load_transformer`].
     pub fn load(dev: &Arc<Device>, dir: &std::path::Path) -> Result<Self> {
-        let dir = transformer_dir(dir)?;
-        let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open_dir(&dir)?;
-        let model = Self::new(dev, &cfg, &Vb::new(&weights))?;
-        weights.ensure_all_used()?;
-        Ok(model)
+        let (dir, cfg) = open_config(dir, "transformer", TransformerConfig::from_file)?;
+        let build = |vb: &Vb| Self::new(dev, &cfg, vb);
+        build_from(&dir, Compute::F32, build, Weights::ensure_all_used)
     }
 
-    /// Builds the model from the same tensors [`crate::mmdit::Mmdit::new`] reads.
+    /// Builds the model from the same tensors as [`Mmdit::new`], onto `dev`.
     pub fn new(dev: &Arc<Device>, cfg: &TransformerConfig, vb: &Vb) -> Result<Self> {
-        let d = cfg.inner_dim();
         let heads = Heads::new(
             cfg.num_attention_heads,
             cfg.attention_head_dim,
             "attention_head_dim",
         )?;
-        let pooled_in = cfg.pooled_projection_dim + MICRO_CONDS * SIN_DIM;
-        let dev_ref: &Device = dev;
-        let embed = vb.pp("embed");
-        let mlm = vb.pp("mlm_layer");
-        let conv1x1 = |vb: &Vb, i, o| -> Result<DLinear> {
-            DLinear::upload(dev_ref, &Linear::conv1x1(vb, i, o)?)
-        };
-        let dual = |i: usize| -> Result<DDualBlock> {
-            let vb = vb.pp("transformer_blocks").pp(i);
-            let attn = vb.pp("attn");
-            Ok(DDualBlock {
-                norm1: linear(dev_ref, &vb.pp("norm1.linear"), d, 6 * d, true)?,
-                norm1_context: linear(dev_ref, &vb.pp("norm1_context.linear"), d, 6 * d, true)?,
-                attn_image: DQkv::new(
-                    dev_ref,
-                    &attn,
-                    ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
-                    d,
-                    heads,
-                )?,
-                attn_text: DQkv::new(
-                    dev_ref,
-                    &attn,
-                    [
-                        "add_q_proj",
-                        "add_k_proj",
-                        "add_v_proj",
-                        "norm_added_q",
-                        "norm_added_k",
-                    ],
-                    d,
-                    heads,
-                )?,
-                to_out: heads.pad_in(dev_ref, &Linear::new(&attn.pp("to_out.0"), d, d, true)?)?,
-                to_add_out: heads
-                    .pad_in(dev_ref, &Linear::new(&attn.pp("to_add_out"), d, d, true)?)?,
-                ff: DFeedForward::new(dev_ref, &vb.pp("ff"), d)?,
-                ff_context: DFeedForward::new(dev_ref, &vb.pp("ff_context"), d)?,
-            })
-        };
-        let single = |i: usize| -> Result<DSingleBlock> {
-            let vb = vb.pp("single_transformer_blocks").pp(i);
-            Ok(DSingleBlock {
-                norm: linear(dev_ref, &vb.pp("norm.linear"), d, 3 * d, true)?,
-                attn: DQkv::new(
-                    dev_ref,
-                    &vb.pp("attn"),
-                    ["to_q", "to_k", "to_v", "norm_q", "norm_k"],
-                    d,
-                    heads,
-                )?,
-                proj_mlp: linear(dev_ref, &vb.pp("proj_mlp"), d, 4 * d, true)?,
-                proj_out: heads
-                    .pad_in(dev_ref, &Linear::new(&vb.pp("proj_out"), 5 * d, d, true)?)?,
-            })
-        };
+        let backend = Cuda::new(dev, Some(heads));
         Ok(CudaMmdit {
-            cond_embed: DMlp::new(dev_ref, &vb.pp("cond_embed"), pooled_in, d, false)?,
-            timestep_embedder: DMlp::new(
-                dev_ref,
-                &vb.pp("time_text_embed.timestep_embedder"),
-                SIN_DIM,
-                d,
-                true,
-            )?,
-            text_embedder: DMlp::new(
-                dev_ref,
-                &vb.pp("time_text_embed.text_embedder"),
-                cfg.text_embedder_in(),
-                d,
-                true,
-            )?,
-            context_embedder: linear(
-                dev_ref,
-                &vb.pp("context_embedder"),
-                cfg.joint_attention_dim,
-                d,
-                true,
-            )?,
-            encoder_proj_layer_norm: norm(dev_ref, &vb.pp("encoder_proj_layer_norm"), d)?,
-            embeddings: dev.upload(&to_bf16(
-                &embed.pp("embeddings").get("weight", &[cfg.vocab_size, d])?,
-            ))?,
-            embed_norm: norm(dev_ref, &embed.pp("layer_norm"), d)?,
-            embed_conv: conv1x1(&embed.pp("conv"), d, d)?,
-            down: cfg
-                .downsample
-                .then(|| -> Result<_> {
-                    let vb = vb.pp("down_block.downsample");
-                    let w = vb.pp("conv").get("weight", &[d, d, 2, 2])?; // [O, C, kh, kw]
-                    let mut weight = vec![0.0; d * 4 * d]; // [O, (kh, kw, C)]
-                    for o in 0..d {
-                        for c in 0..d {
-                            for kk in 0..4 {
-                                weight[o * 4 * d + kk * d + c] = w[(o * d + c) * 4 + kk];
-                            }
-                        }
-                    }
-                    Ok((
-                        norm(dev_ref, &vb.pp("norm"), d)?,
-                        DLinear::new(dev_ref, &weight, None, d, 4 * d)?,
-                    ))
-                })
-                .transpose()?,
-            project_to_hidden_norm: norm(dev_ref, &vb.pp("project_to_hidden_norm"), d)?,
-            project_to_hidden: linear(dev_ref, &vb.pp("project_to_hidden"), d, d, false)?,
-            transformer_blocks: (0..cfg.num_layers).map(dual).collect::<Result<_>>()?,
-            single_transformer_blocks: (0..cfg.num_single_layers)
-                .map(single)
-                .collect::<Result<_>>()?,
-            text_decoder: cfg
-                .tokenizer_vocab_size
-                .map(|vt| linear(dev_ref, &vb.pp("text_decoder.1"), d, vt, false))
-                .transpose()?,
-            project_from_hidden_norm: norm(dev_ref, &vb.pp("project_from_hidden_norm"), d)?,
-            project_from_hidden: linear(dev_ref, &vb.pp("project_from_hidden"), d, d, false)?,
-            up: cfg
-                .upsample
-                .then(|| -> Result<_> {
-                    let vb = vb.pp("up_block.upsample");
-                    let w = vb.pp("conv").get("weight", &[d, d, 2, 2])?; // [C, O, kh, kw]
-                    let mut weight = vec![0.0; 4 * d * d]; // [(kh, kw, O), C]
-                    for c in 0..d {
-                        for o in 0..d {
-                            for kk in 0..4 {
-                                weight[(kk * d + o) * d + c] = w[(c * d + o) * 4 + kk];
-                            }
-                        }
-                    }
-                    Ok((
-                        norm(dev_ref, &vb.pp("norm"), d)?,
-                        DLinear::new(dev_ref, &weight, None, 4 * d, d)?,
-                    ))
-                })
-                .transpose()?,
-            mlm_conv1: conv1x1(&mlm.pp("conv1"), d, d)?,
-            mlm_norm: norm(dev_ref, &mlm.pp("layer_norm"), d)?,
-            mlm_conv2: conv1x1(&mlm.pp("conv2"), d, cfg.codebook_size)?,
-            heads,
             cfg: cfg.clone(),
+            model: Mmdit::load(&backend, cfg, vb)?,
             dev: dev.clone(),
+            heads,
             workspace: Mutex::new(None),
         })
     }
@@ -529,7 +199,7 @@ impl CudaMmdit {
     }
 
     pub fn has_text_head(&self) -> bool {
-        self.text_decoder.is_some()
+        self.model.has_text_head()
     }
 
     /// The workspace for a shape (allocated on first use, reused while the shape stays).
@@ -540,7 +210,7 @@ impl CudaMmdit {
         height: usize,
         width: usize,
     ) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
-        let (rows, cols) = crate::mmdit::blocks_grid(&self.cfg, height, width)?;
+        let (rows, cols) = super::blocks_grid(&self.cfg, height, width)?;
         let shape = Shape {
             batch,
             text,
@@ -564,10 +234,7 @@ impl CudaMmdit {
         let (n, seq, px) = (s.image(), s.seq(), s.pixels());
         let hd = self.heads.width();
         let cw = cfg.pooled_projection_dim + MICRO_CONDS * SIN_DIM;
-        // Rotary tables for [text; image]: text at (0, 0, 0), image token (i, j) at (0, i, j).
-        let mut ids = vec![[0.0f64; 3]; l];
-        ids.extend((0..s.rows).flat_map(|i| (0..s.cols).map(move |j| [0.0, i as f64, j as f64])));
-        let (cos, sin) = rope::rope_tables(&ids, &cfg.axes_dims_rope);
+        let (cos, sin) = rope_tables(cfg, l, s.rows, s.cols);
         Ok(Workspace {
             shape: s,
             ids: dev.zeros(px)?,
@@ -665,7 +332,7 @@ impl CudaMmdit {
 
     /// The whole forward with host inputs and outputs, as [`crate::mmdit::Mmdit::forward`].
     pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
-        crate::mmdit::check_input(&self.cfg, x)?;
+        super::check_input(&self.cfg, x)?;
         let mut guard = self.workspace(x.batch, x.text_len, x.height, x.width)?;
         let ws = guard.as_mut().expect("allocated above");
         self.upload_conditions(
@@ -678,7 +345,7 @@ impl CudaMmdit {
         self.dev.write(&mut ws.ids, 0, &ids)?;
         self.run(ws, x.timestep, Logits::Both)?;
         let image_logits = self.dev.read(&ws.logits, 0, ws.logits.len())?;
-        let text_logits = match self.text_decoder {
+        let text_logits = match self.model.text_decoder {
             Some(_) => Some(self.dev.read(&ws.text_logits, 0, ws.text_logits.len())?),
             None => None,
         };
@@ -696,7 +363,7 @@ impl CudaMmdit {
         let ws: &Workspace = ws;
         self.conditioning(ws)?;
         self.embed(ws)?;
-        for block in &self.transformer_blocks {
+        for block in &self.model.transformer_blocks {
             self.dual_block(block, ws)?;
         }
         let s = ws.shape;
@@ -707,7 +374,7 @@ impl CudaMmdit {
             self.dev
                 .copy(ws.i.at(b * n * d)?, ws.x.at((b * seq + l) * d)?, n * d)?;
         }
-        for block in &self.single_transformer_blocks {
+        for block in &self.model.single_transformer_blocks {
             self.single_block(block, ws)?;
         }
         self.heads_out(ws, heads)
@@ -738,9 +405,9 @@ impl CudaMmdit {
         };
         let plain = GemmOpts::default();
         let (ce, te, ts) = (
-            &self.cond_embed,
-            &self.text_embedder,
-            &self.timestep_embedder,
+            &self.model.cond_embed,
+            &self.model.time_text_embed.text_embedder,
+            &self.model.time_text_embed.timestep_embedder,
         );
         dev.gemm(
             GemmOut::Bf16,
@@ -813,35 +480,48 @@ impl CudaMmdit {
         let plain = GemmOpts::default();
         dev.embedding(
             ws.ids.ptr(),
-            self.embeddings.ptr(),
+            self.model.embed.embeddings.ptr(),
             self.cfg.vocab_size,
             ws.emb0.ptr(),
             px,
             d,
         )?;
-        dev.rms_norm(ws.emb0.ptr(), ws.emb0.ptr(), self.embed_norm.ptr(), px, d)?;
+        dev.rms_norm(
+            ws.emb0.ptr(),
+            ws.emb0.ptr(),
+            self.model.embed.layer_norm.weight.ptr(),
+            px,
+            d,
+        )?;
         dev.gemm(
             GemmOut::Bf16,
-            self.embed_conv.mat(),
+            self.model.embed.conv.mat(),
             ws.emb0.ptr(),
             px,
             ws.emb1.ptr(),
             plain,
         )?;
-        let h = match &self.down {
-            Some((norm, conv)) => {
-                dev.rms_norm(ws.emb1.ptr(), ws.emb1.ptr(), norm.ptr(), px, d)?;
+        let h = match &self.model.down_block {
+            Some(down) => {
+                let norm = down.norm.weight.ptr();
+                dev.rms_norm(ws.emb1.ptr(), ws.emb1.ptr(), norm, px, d)?;
                 let geom = (s.height, s.width, d);
-                dev.conv2d(conv.mat(), ws.emb1.ptr(), b, geom, 2, 2, ws.emb0.ptr())?;
+                dev.conv2d(down.conv.mat(), ws.emb1.ptr(), b, geom, 2, 2, ws.emb0.ptr())?;
                 &ws.emb0
             }
             None => &ws.emb1,
         };
         let n = b * s.image();
-        dev.rms_norm(h.ptr(), h.ptr(), self.project_to_hidden_norm.ptr(), n, d)?;
+        dev.rms_norm(
+            h.ptr(),
+            h.ptr(),
+            self.model.project_to_hidden_norm.weight.ptr(),
+            n,
+            d,
+        )?;
         dev.gemm(
             GemmOut::F32,
-            self.project_to_hidden.mat(),
+            self.model.project_to_hidden.mat(),
             h.ptr(),
             n,
             ws.i.ptr(),
@@ -850,7 +530,7 @@ impl CudaMmdit {
 
         let (rows, j) = (b * s.text, self.cfg.joint_attention_dim);
         dev.act(Act::None, ws.ctx.ptr(), ws.ctx_b.ptr(), rows * j)?;
-        let ce = self.context_embedder.mat();
+        let ce = self.model.context_embedder.mat();
         dev.gemm(
             GemmOut::Bf16,
             ce,
@@ -859,7 +539,7 @@ impl CudaMmdit {
             ws.tproj.ptr(),
             plain,
         )?;
-        let norm = self.encoder_proj_layer_norm.ptr();
+        let norm = self.model.encoder_proj_layer_norm.weight.ptr();
         dev.rms_norm(ws.tproj.ptr(), ws.tproj.ptr(), norm, rows, d)?;
         dev.act(Act::None, ws.tproj.ptr(), ws.t.ptr(), rows * d)
     }
@@ -868,7 +548,7 @@ impl CudaMmdit {
     /// normalised per head and rotated.
     fn qkv(
         &self,
-        attn: &DQkv,
+        attn: &Qkv<Cuda>,
         y: Ptr<u16>,
         rows: usize,
         map: RowMap,
@@ -883,8 +563,8 @@ impl CudaMmdit {
         let geom = (self.heads.h, self.heads.dh, self.heads.dp);
         let tables = (ws.cos.ptr(), ws.sin.ptr(), ws.shape.seq());
         for (lin, buf, norm) in [
-            (&attn.q, &ws.q, Some(&attn.norm_q)),
-            (&attn.k, &ws.k, Some(&attn.norm_k)),
+            (&attn.q, &ws.q, Some(&attn.norm_q.weight)),
+            (&attn.k, &ws.k, Some(&attn.norm_k.weight)),
             (&attn.v, &ws.v, None),
         ] {
             dev.gemm(GemmOut::Bf16, lin.mat(), y, rows, buf.ptr(), opts)?;
@@ -896,7 +576,7 @@ impl CudaMmdit {
     }
 
     /// `transformer_blocks.i`: `I` and `T` updated in place.
-    fn dual_block(&self, blk: &DDualBlock, ws: &Workspace) -> Result<()> {
+    fn dual_block(&self, blk: &DualBlock<Cuda>, ws: &Workspace) -> Result<()> {
         let dev = &self.dev;
         let s = ws.shape;
         let (b, l, n, seq, d) = (s.batch, s.text, s.image(), s.seq(), self.cfg.inner_dim());
@@ -925,9 +605,8 @@ impl CudaMmdit {
                 &blk.ff_context,
             ),
         ];
-        let chunk = |m: &Buffer<f32>, c: usize| m.at(c * d);
         for &(res, per, mods, offset, attn, _, _) in &streams {
-            let shift_scale = (chunk(mods, 0)?, chunk(mods, 1)?, 6 * d, per);
+            let shift_scale = shift_scale(mods, DUAL_ATTN, d, per)?;
             dev.layer_norm(res.ptr(), ws.y.ptr(), b * per, d, Some(shift_scale))?;
             self.qkv(
                 attn,
@@ -944,7 +623,7 @@ impl CudaMmdit {
             let attn_out = GemmOpts {
                 lda: hd,
                 a_map: RowMap::part(per, seq, offset),
-                gate: Some((chunk(mods, 2)?, 6 * d, per)),
+                gate: Some(gate(mods, DUAL_ATTN, d, per)?),
                 ..GemmOpts::default()
             };
             dev.gemm(
@@ -955,7 +634,7 @@ impl CudaMmdit {
                 res.ptr(),
                 attn_out,
             )?;
-            let shift_scale = (chunk(mods, 3)?, chunk(mods, 4)?, 6 * d, per);
+            let shift_scale = shift_scale(mods, DUAL_MLP, d, per)?;
             dev.layer_norm(res.ptr(), ws.y.ptr(), rows, d, Some(shift_scale))?;
             let gelu = GemmOpts {
                 act: Act::GeluTanh,
@@ -970,7 +649,7 @@ impl CudaMmdit {
                 gelu,
             )?;
             let gated = GemmOpts {
-                gate: Some((chunk(mods, 5)?, 6 * d, per)),
+                gate: Some(gate(mods, DUAL_MLP, d, per)?),
                 ..GemmOpts::default()
             };
             dev.gemm(
@@ -986,7 +665,7 @@ impl CudaMmdit {
     }
 
     /// `single_transformer_blocks.i`: `X` updated in place.
-    fn single_block(&self, blk: &DSingleBlock, ws: &Workspace) -> Result<()> {
+    fn single_block(&self, blk: &SingleBlock<Cuda>, ws: &Workspace) -> Result<()> {
         let dev = &self.dev;
         let s = ws.shape;
         let (b, seq, d) = (s.batch, s.seq(), self.cfg.inner_dim());
@@ -1000,7 +679,7 @@ impl CudaMmdit {
             ws.mods.ptr(),
             GemmOpts::default(),
         )?;
-        let shift_scale = (ws.mods.at(0)?, ws.mods.at(d)?, 3 * d, seq);
+        let shift_scale = shift_scale(&ws.mods, SINGLE, d, seq)?;
         dev.layer_norm(ws.x.ptr(), ws.y.ptr(), rows, d, Some(shift_scale))?;
         let cat_w = hd + 4 * d;
         let mlp = GemmOpts {
@@ -1027,7 +706,7 @@ impl CudaMmdit {
             self.heads.dp,
         )?;
         let gated = GemmOpts {
-            gate: Some((ws.mods.at(2 * d)?, 3 * d, seq)),
+            gate: Some(gate(&ws.mods, SINGLE, d, seq)?),
             ..GemmOpts::default()
         };
         dev.gemm(
@@ -1048,6 +727,7 @@ impl CudaMmdit {
         let (b, l, n, seq, d) = (s.batch, s.text, s.image(), s.seq(), self.cfg.inner_dim());
         let plain = GemmOpts::default();
         if let Some(dec) = self
+            .model
             .text_decoder
             .as_ref()
             .filter(|_| heads != Logits::Image)
@@ -1075,13 +755,13 @@ impl CudaMmdit {
                 n * d,
             )?;
         }
-        let norm = self.project_from_hidden_norm.ptr();
+        let norm = self.model.project_from_hidden_norm.weight.ptr();
         dev.rms_norm(ws.hb.ptr(), ws.hb.ptr(), norm, b * n, d)?;
-        let pfh = self.project_from_hidden.mat();
+        let pfh = self.model.project_from_hidden.mat();
         dev.gemm(GemmOut::Bf16, pfh, ws.hb.ptr(), b * n, ws.ph.ptr(), plain)?;
-        let h = match &self.up {
-            Some((norm, conv)) => {
-                dev.rms_norm(ws.ph.ptr(), ws.ph.ptr(), norm.ptr(), b * n, d)?;
+        let h = match &self.model.up_block {
+            Some(up) => {
+                dev.rms_norm(ws.ph.ptr(), ws.ph.ptr(), up.norm.weight.ptr(), b * n, d)?;
                 // Tap (ki, kj) of pixel (b, i, j) lands on (b, 2i + ki, 2j + kj): rows of two
                 // output pixels (2D wide), item rows r = b * rows + i at 2r + ki.
                 for kk in 0..4 {
@@ -1091,7 +771,7 @@ impl CudaMmdit {
                         c_map: RowMap::part(s.cols, 2 * s.cols, ki * s.cols),
                         ..GemmOpts::default()
                     };
-                    let tap = conv.rows(kk * d, d)?;
+                    let tap = up.conv.rows(kk * d, d)?;
                     dev.gemm(
                         GemmOut::Bf16,
                         tap,
@@ -1108,14 +788,20 @@ impl CudaMmdit {
         let px = s.pixels();
         dev.gemm(
             GemmOut::Bf16,
-            self.mlm_conv1.mat(),
+            self.model.mlm_layer.conv1.mat(),
             h.ptr(),
             px,
             ws.m1.ptr(),
             plain,
         )?;
-        dev.rms_norm(ws.m1.ptr(), ws.m1.ptr(), self.mlm_norm.ptr(), px, d)?;
-        let conv2 = self.mlm_conv2.mat();
+        dev.rms_norm(
+            ws.m1.ptr(),
+            ws.m1.ptr(),
+            self.model.mlm_layer.layer_norm.weight.ptr(),
+            px,
+            d,
+        )?;
+        let conv2 = self.model.mlm_layer.conv2.mat();
         dev.gemm(GemmOut::F32, conv2, ws.m1.ptr(), px, ws.logits.ptr(), plain)
     }
 }

@@ -1,6 +1,6 @@
-//! The VQ-VAE encoder and quantizer on the CUDA kernels: the same checkpoint names and the same
-//! forward as the encoding half of [`crate::vqvae::VqModel`] (reference section 4), built from
-//! the blocks of `vq.rs` (ResNets, mid block, GroupNorm + SiLU, implicit-GEMM convolutions).
+//! The VQ-VAE encoder and quantizer on the CUDA kernels: the layers of [`EncoderHalf`] with
+//! `Cuda` weights (loaded once, as the CPU's), the same forward as the encoding half of
+//! `cpu.rs` (reference section 4), on the blocks of `blocks.rs`.
 //!
 //! One encode of an image `[B, 3, H, W]` in `[0, 1]`: the host lays it out as bf16
 //! `[B, H, W, C']` with the input channels zero-padded to `C' = pad8(in_channels)` (and
@@ -21,47 +21,26 @@ use std::sync::Arc;
 use muddit_kernels::cuda::ops::{group_norm_workspace, GemmOut};
 use muddit_kernels::cuda::params::Act;
 
-use super::device::{to_bf16, Buffer, Device};
-use super::ops::GemmOpts;
-use super::vq::{
-    device_act, pad8, CudaVqDecoder, DConv, DGroupNorm, DMidBlock, DResnet, Map, Scratch, VqOps,
-};
-use crate::error::{Error, Result};
-use crate::vqvae::{vqvae_dir, FeatureMap, VqConfig};
+use super::blocks::{Map, Scratch, VqOps};
+use crate::cuda::backend::pad8;
+use crate::cuda::device::to_bf16;
+use crate::cuda::ops::GemmOpts;
+use crate::cuda::{Buffer, Cuda, Device};
+use crate::error::Result;
+use crate::model_dir::{build_from, open_config};
+use crate::vqvae::{read_codebook, EncoderHalf, FeatureMap, VqConfig, DECODER_TENSORS};
 use crate::weights::{Vb, Weights};
-
-/// Name prefixes of the tensors only the encoder reads (the decoder's loader excuses them).
-pub(super) const ENCODER_TENSORS: [&str; 2] = ["encoder.", "quant_conv."];
-/// Name prefixes of the tensors only the decoder reads (the encoder's loader excuses them).
-const DECODER_TENSORS: [&str; 2] = ["decoder.", "post_quant_conv."];
-
-/// `DownEncoderBlock2D`: ResNets, then (but on the last level) a stride-2 3x3 conv.
-struct DDownBlock {
-    resnets: Vec<DResnet>,
-    downsampler: Option<DConv>,
-}
-
-/// `encoder`.
-struct DEncoder {
-    /// `[C0, (3, 3, C')]`, input channels zero-padded.
-    conv_in: DConv,
-    down_blocks: Vec<DDownBlock>,
-    mid_block: DMidBlock,
-    conv_norm_out: DGroupNorm,
-    /// `[lat', (3, 3, C_last)]`
-    conv_out: DConv,
-}
+use crate::Compute;
 
 /// The encoding half of `VQModel` on a CUDA device (or its emulator): image to ids.
 pub struct CudaVqEncoder {
     pub cfg: VqConfig,
-    dev: Arc<Device>,
-    /// `silu` (fused into the GroupNorm) or `gelu`.
-    act: Act,
-    encoder: DEncoder,
-    /// `[E, lat']`
-    quant_conv: DConv,
-    /// `quantize.embedding.weight` `[V, E]` f32: the search reads the CPU's exact values.
+    /// The device, the activation and the attention heads.
+    ops: VqOps,
+    /// `encoder` (`conv_in` reading `C' = pad8(in_channels)`, `conv_out` writing `lat'`) and
+    /// `quant_conv` `[E, lat']`.
+    half: EncoderHalf<Cuda>,
+    /// The codebook `[V, E]` f32: the search reads the CPU's exact values.
     codebook: Buffer<f32>,
 }
 
@@ -77,41 +56,26 @@ impl CudaVqEncoder {
     /// Loads the encoder of `vqvae/` of a model folder (or that folder) onto `dev`: the config
     /// checks of [`crate::vqvae::load_vqvae`]; every tensor but the decoder's must be used.
     pub fn load(dev: &Arc<Device>, dir: &Path) -> Result<Self> {
-        let dir = vqvae_dir(dir)?;
-        let cfg = VqConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open_dir(&dir)?;
-        let model = Self::new(dev, &cfg, &Vb::new(&weights))?;
-        weights.ensure_all_used_but(&DECODER_TENSORS)?;
-        Ok(model)
+        let (dir, cfg) = open_config(dir, "vqvae", VqConfig::from_file)?;
+        let check = |w: &Weights| w.ensure_all_used_but(&DECODER_TENSORS);
+        build_from(&dir, Compute::F32, |vb| Self::new(dev, &cfg, vb), check)
     }
 
     /// Builds the encoder and quantizer from the tensors [`crate::vqvae::VqModel::new`] reads
     /// for them.
     pub fn new(dev: &Arc<Device>, cfg: &VqConfig, vb: &Vb) -> Result<Self> {
-        let act = device_act(cfg, "encoder")?;
-        let (e, lat, v) = (cfg.embed_dim(), cfg.latent_channels, cfg.num_vq_embeddings);
-        let codebook = vb.pp("quantize.embedding").get("weight", &[v, e])?;
-        let dev_ref: &Device = dev;
+        let codebook = read_codebook(vb, cfg)?;
+        let (ops, backend) = VqOps::new(dev, cfg, "encoder")?;
         Ok(CudaVqEncoder {
-            encoder: DEncoder::new(dev_ref, &vb.pp("encoder"), cfg)?,
-            quant_conv: DConv::new(dev_ref, &vb.pp("quant_conv"), (lat, pad8(lat)), (e, e), 1)?,
+            half: EncoderHalf::load(&backend, vb, cfg)?,
             codebook: dev.upload(&codebook)?,
-            act,
+            ops,
             cfg: cfg.clone(),
-            dev: dev.clone(),
         })
     }
 
     pub fn device(&self) -> &Arc<Device> {
-        &self.dev
-    }
-
-    fn ops(&self) -> VqOps<'_> {
-        VqOps {
-            dev: &self.dev,
-            act: self.act,
-            groups: self.cfg.norm_num_groups,
-        }
+        &self.ops.dev
     }
 
     /// `image [B, in_channels, H, W]` in `[0, 1]` -> ids `[B, H / f, W / f]`, as
@@ -124,7 +88,7 @@ impl CudaVqEncoder {
         width: usize,
     ) -> Result<Vec<i64>> {
         let ids = self.encode_on_device(image, batch, height, width)?;
-        let ids = self.dev.read(&ids, 0, ids.len())?;
+        let ids = self.ops.dev.read(&ids, 0, ids.len())?;
         Ok(ids.into_iter().map(i64::from).collect())
     }
 
@@ -138,10 +102,11 @@ impl CudaVqEncoder {
     ) -> Result<Buffer<u32>> {
         let lat = self.latents(image, batch, height, width)?;
         let px = lat.batch * lat.h * lat.w;
-        let ids = self.dev.zeros::<u32>(px)?;
+        let ids = self.ops.dev.zeros::<u32>(px)?;
         let v = self.cfg.num_vq_embeddings;
         let cb = (self.codebook.ptr(), v);
-        self.dev
+        self.ops
+            .dev
             .vq_nearest(lat.z.ptr(), cb, ids.ptr(), px, self.cfg.embed_dim())?;
         Ok(ids)
     }
@@ -157,7 +122,7 @@ impl CudaVqEncoder {
     ) -> Result<FeatureMap> {
         let lat = self.latents(image, batch, height, width)?;
         Ok(FeatureMap {
-            data: self.dev.read(&lat.z, 0, lat.z.len())?,
+            data: self.ops.dev.read(&lat.z, 0, lat.z.len())?,
             batch: lat.batch,
             h: lat.h,
             w: lat.w,
@@ -167,23 +132,9 @@ impl CudaVqEncoder {
 
     /// The encoder and `quant_conv` on the device: f32 latents `[B, h, w, E]`.
     fn latents(&self, image: &[f32], batch: usize, height: usize, width: usize) -> Result<Latents> {
-        let (c, f) = (self.cfg.in_channels, self.cfg.scale_factor());
-        if height == 0 || width == 0 || !height.is_multiple_of(f) || !width.is_multiple_of(f) {
-            return Err(Error::input(
-                "image",
-                format!("{height} x {width} pixels: both sides must be positive multiples of the VQ-VAE's scale factor {f}"),
-            ));
-        }
-        if batch == 0 || image.len() != batch * c * height * width {
-            return Err(Error::input(
-                "image",
-                format!(
-                    "{} values do not form [B={batch}, {c}, {height}, {width}]",
-                    image.len()
-                ),
-            ));
-        }
-        let dev = &self.dev;
+        let c = self.cfg.in_channels;
+        let (h, w) = self.cfg.check_image(image, batch, height, width)?;
+        let dev = &self.ops.dev;
         let cp = pad8(c);
         let x = dev.upload(&to_bf16(&to_nhwc_padded(
             image,
@@ -200,11 +151,10 @@ impl CudaVqEncoder {
             c: cp,
         }; // [B, H, W, C']
         let px = batch * height * width;
-        let (h, w) = (height / f, width / f);
         let sc = Scratch::new(
             dev,
             self.peak_elements(px),
-            self.encoder.mid_block.attention_elements(batch * h * w),
+            self.ops.attention_elements(batch * h * w),
             group_norm_workspace(batch, height * width, self.cfg.norm_num_groups),
         )?;
         let y = self.encoder_forward(x, &sc)?; // [B, h, w, lat']
@@ -213,7 +163,7 @@ impl CudaVqEncoder {
         let plain = GemmOpts::default();
         dev.gemm(
             GemmOut::F32,
-            self.quant_conv.mat(),
+            self.half.quant_conv.mat(),
             y.at,
             y.pixels(),
             z.ptr(),
@@ -229,7 +179,7 @@ impl CudaVqEncoder {
 
     /// The encoder on `x [B, H, W, C']`: `[B, h, w, lat']`.
     fn encoder_forward(&self, x: Map, sc: &Scratch) -> Result<Map> {
-        let (enc, ops) = (&self.encoder, self.ops());
+        let (enc, ops) = (&self.half.encoder, &self.ops);
         let mut x = ops.conv3(&enc.conv_in, x, sc.other(&[x])?, None)?; // [B, H, W, C0]
         for block in &enc.down_blocks {
             for r in &block.resnets {
@@ -238,7 +188,7 @@ impl CudaVqEncoder {
             if let Some(conv) = &block.downsampler {
                 let out = sc.other(&[x])?;
                 let geom = (x.h, x.w, x.c);
-                let (h, w) = self
+                let (h, w) = ops
                     .dev
                     .conv2d_downsample(conv.mat(), x.at, x.batch, geom, 3, out)?;
                 x = Map {
@@ -266,58 +216,6 @@ impl CudaVqEncoder {
         }
         let last = px >> (2 * (ch.len() - 1));
         peak.max(last * pad8(self.cfg.latent_channels))
-    }
-}
-
-/// Loads both halves of `vqvae/` of a model folder (or that folder) onto `dev` from one
-/// opening of its weights: every tensor must be used by one or the other.
-pub fn load_vqvae(dev: &Arc<Device>, dir: &Path) -> Result<(CudaVqEncoder, CudaVqDecoder)> {
-    let dir = vqvae_dir(dir)?;
-    let cfg = VqConfig::from_file(&dir.join("config.json"))?;
-    let weights = Weights::open_dir(&dir)?;
-    let vb = Vb::new(&weights);
-    let pair = (
-        CudaVqEncoder::new(dev, &cfg, &vb)?,
-        CudaVqDecoder::new(dev, &cfg, &vb)?,
-    );
-    weights.ensure_all_used()?;
-    Ok(pair)
-}
-
-impl DEncoder {
-    fn new(dev: &Device, vb: &Vb, cfg: &VqConfig) -> Result<Self> {
-        let ch = &cfg.block_out_channels;
-        let down_blocks = ch
-            .iter()
-            .enumerate()
-            .map(|(i, &c_out)| {
-                let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
-                let vb = vb.pp("down_blocks").pp(i);
-                Ok(DDownBlock {
-                    resnets: (0..cfg.layers_per_block)
-                        .map(|j| {
-                            let c = if j == 0 { c_in } else { c_out };
-                            DResnet::new(dev, &vb.pp("resnets").pp(j), c, c_out)
-                        })
-                        .collect::<Result<_>>()?,
-                    downsampler: (i + 1 < ch.len())
-                        .then(|| {
-                            let conv = vb.pp("downsamplers.0.conv");
-                            DConv::new(dev, &conv, (c_out, c_out), (c_out, c_out), 3)
-                        })
-                        .transpose()?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        let (first, last) = (ch[0], ch[ch.len() - 1]);
-        let (c, lat) = (cfg.in_channels, cfg.latent_channels);
-        Ok(DEncoder {
-            conv_in: DConv::new(dev, &vb.pp("conv_in"), (c, pad8(c)), (first, first), 3)?,
-            down_blocks,
-            mid_block: DMidBlock::new(dev, &vb.pp("mid_block"), last, cfg.mid_block_add_attention)?,
-            conv_norm_out: DGroupNorm::new(dev, &vb.pp("conv_norm_out"), last)?,
-            conv_out: DConv::new(dev, &vb.pp("conv_out"), (last, last), (lat, pad8(lat)), 3)?,
-        })
     }
 }
 
