@@ -18,8 +18,8 @@
 //! the 4x larger one is never written.
 
 use super::packed::{
-    linear, linear_rows, linear_windows, window_elements, Epilogue, PackedMatrix, RowSource,
-    WindowData, WindowElements, Windows,
+    linear, linear_rows, linear_windows, window_elements, Elements, Epilogue, PackedMatrix,
+    RowSource, WindowData, Windows,
 };
 use rayon::prelude::*;
 
@@ -199,7 +199,7 @@ fn convolve(
 }
 
 /// The element type to read a convolution's fields in place, when its shape and product allow.
-fn in_place_elements(w: &PackedMatrix, s: &Conv2dShape) -> Option<WindowElements> {
+fn in_place_elements(w: &PackedMatrix, s: &Conv2dShape) -> Option<Elements> {
     let p = s.kernel / 2;
     let same = s.stride == 1 && s.kernel % 2 == 1 && s.pad == [p; 4];
     same.then(|| window_elements(w, s.kernel * s.c_in))
@@ -214,7 +214,7 @@ fn same_in_place(
     w: &PackedMatrix,
     bias: Option<&[f32]>,
     s: &Conv2dShape,
-    elements: WindowElements,
+    elements: Elements,
     out: &mut [f32],
 ) {
     let (c, p) = (s.c_in, s.kernel / 2);
@@ -239,7 +239,7 @@ fn same_in_place(
     };
     let rows = s.height + 2 * p;
     match elements {
-        WindowElements::Bf16 => {
+        Elements::Bf16 => {
             let data = BORDERED_BF16.take();
             let data = bordered(data, needed, rows, pitch, c, source_pixel, |src, dst| {
                 super::bf16::round_into(src, dst)
@@ -247,8 +247,8 @@ fn same_in_place(
             linear_windows(&windows(WindowData::Bf16(&data[..needed])), w, bias, out);
             BORDERED_BF16.set(data);
         }
-        WindowElements::F32 | WindowElements::F32Rounded => {
-            let rounded = elements == WindowElements::F32Rounded;
+        Elements::F32 | Elements::F32Rounded => {
+            let rounded = elements == Elements::F32Rounded;
             let data = BORDERED_F32.take();
             let data = bordered(data, needed, rows, pitch, c, source_pixel, |src, dst| {
                 dst.copy_from_slice(src);

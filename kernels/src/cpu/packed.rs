@@ -548,17 +548,17 @@ impl PackedMatrix {
         };
         Some(match &self.layout {
             Layout::Rows(_) => return None,
-            Layout::PanelsF32(buf) => product(Panels::F32(buf.f32s()), Rows::F32, self.k),
+            Layout::PanelsF32(buf) => product(Panels::F32(buf.f32s()), Elements::F32, self.k),
             Layout::PanelsBf16 { buf, kp } => {
                 let (p, kp) = (buf.u16s(), *kp);
                 match (self.compute, self.bf16_path) {
-                    (Compute::F32, _) => product(Panels::Bf16Widened(p), Rows::F32, kp),
+                    (Compute::F32, _) => product(Panels::Bf16Widened(p), Elements::F32, kp),
                     (Compute::Bf16, Bf16Path::Tiles) => {
                         let model = self.tile_model;
-                        product(Panels::Tiles { w: p, model }, Rows::Bf16, kp)
+                        product(Panels::Tiles { w: p, model }, Elements::Bf16, kp)
                     }
-                    (Compute::Bf16, Bf16Path::Dot) => product(Panels::Bf16(p), Rows::Bf16, kp),
-                    (Compute::Bf16, _) => product(Panels::Bf16Widened(p), Rows::F32Rounded, kp),
+                    (Compute::Bf16, Bf16Path::Dot) => product(Panels::Bf16(p), Elements::Bf16, kp),
+                    (Compute::Bf16, _) => product(Panels::Bf16Widened(p), Elements::F32Rounded, kp),
                 }
             }
         })
@@ -605,23 +605,12 @@ enum Panels<'a> {
     },
 }
 
-/// How the activations are packed.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Rows {
-    F32,
-    /// f32 holding bf16-rounded values (bf16 arithmetic on the f32 kernels).
-    F32Rounded,
-    /// bf16 bits, for `vdpbf16ps` and AMX.
-    Bf16,
-}
-
 /// One product's plan: weight panels, activation packing, micro-kernel width.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Product<'a> {
     panels: Panels<'a>,
-    rows: Rows,
+    rows: Elements,
     /// `k` as stored in the panels (`K` padded).
     kp: usize,
     /// AVX-512 kernels, else AVX2 + FMA.
@@ -646,7 +635,7 @@ fn blocked(
         kp,
         avx512,
     } = plan;
-    let bf16 = row_kind == Rows::Bf16;
+    let bf16 = row_kind == Elements::Bf16;
     let amx = matches!(panels, Panels::Tiles { .. });
     let tiles = RowTiles {
         rows: if amx { amx::MR } else { MR },
@@ -693,11 +682,6 @@ fn blocked(
             for p in n0 / NR..n1.div_ceil(NR) {
                 let c0 = p * NR;
                 let cols = (n1 - c0).min(NR);
-                let init = |first: bool, c0: usize| match (first, bias) {
-                    (false, _) => Init::Load,
-                    (true, Some(b)) => Init::Bias(b[c0..].as_ptr()),
-                    (true, None) => Init::Zero,
-                };
                 let gelu = last && epilogue == Epilogue::GeluTanh;
                 let wp = panels.slice((p * kp + pc) * NR, kc, avx512, &mut panel);
                 for tile in m0 / mr..m1.div_ceil(mr) {
@@ -714,7 +698,7 @@ fn blocked(
                             ldc: n,
                             rows: nrows,
                             cols,
-                            init: init(pc == 0, c0),
+                            init: tile_init(pc == 0, bias, c0),
                             gelu,
                         };
                         let lda = tiles.stride(kc);
@@ -782,6 +766,17 @@ impl Panels<'_> {
     }
 }
 
+/// How a register tile at column `c0` starts: from the bias (or zero) on the first slice of
+/// `k`, from the partial sums in the output after that.
+#[cfg(target_arch = "x86_64")]
+fn tile_init(first: bool, bias: Option<&[f32]>, c0: usize) -> Init {
+    match (first, bias) {
+        (false, _) => Init::Load,
+        (true, Some(b)) => Init::Bias(b[c0..].as_ptr()),
+        (true, None) => Init::Zero,
+    }
+}
+
 /// The f32 micro-kernel of the level.
 #[cfg(target_arch = "x86_64")]
 type F32Kernel = unsafe fn(usize, *const f32, usize, *const f32, Tile);
@@ -803,13 +798,14 @@ enum WeightSlice {
     Tiles(*const u16),
 }
 
-/// Element types [`linear_windows`] reads.
+/// The element type of a product's left operand, packed ([`linear_rows`]) or read in place
+/// ([`linear_windows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WindowElements {
+pub enum Elements {
     F32,
-    /// f32 holding bf16-rounded values.
+    /// f32 holding bf16-rounded values (bf16 arithmetic on the f32 kernels).
     F32Rounded,
-    /// bf16 bits.
+    /// bf16 bits, for `vdpbf16ps` and AMX.
     Bf16,
 }
 
@@ -849,18 +845,16 @@ impl Windows<'_> {
 /// The element type [`linear_windows`] needs for products with `w` on runs of `run` values, or
 /// `None` when they need packed rows and [`linear_rows`] must be used: the portable level, AMX
 /// tiles, and odd runs over bf16 weights (stored in pairs of `k`, a run must start on a pair).
-pub fn window_elements(w: &PackedMatrix, run: usize) -> Option<WindowElements> {
+pub fn window_elements(w: &PackedMatrix, run: usize) -> Option<Elements> {
     #[cfg(target_arch = "x86_64")]
     if let Some(plan) = w.plan() {
         let pairs = !matches!(plan.panels, Panels::F32(_));
         if pairs && run % 2 == 1 {
             return None;
         }
-        return match (plan.panels, plan.rows) {
-            (Panels::Tiles { .. }, _) => None,
-            (_, Rows::F32) => Some(WindowElements::F32),
-            (_, Rows::F32Rounded) => Some(WindowElements::F32Rounded),
-            (_, Rows::Bf16) => Some(WindowElements::Bf16),
+        return match plan.panels {
+            Panels::Tiles { .. } => None,
+            _ => Some(plan.rows),
         };
     }
     let _ = (w, run);
@@ -907,8 +901,8 @@ fn windows(a: &Windows, plan: Product, bias: Option<&[f32]>, k: usize, n: usize,
         "linear_windows: runs over bf16 weights must have even length"
     );
     let (kc_max, elements) = match (a.data, rows) {
-        (WindowData::Bf16(d), Rows::Bf16) => (KC_BF16, WindowData::Bf16(d)),
-        (WindowData::F32(d), Rows::F32 | Rows::F32Rounded) => (KC_F32, WindowData::F32(d)),
+        (WindowData::Bf16(d), Elements::Bf16) => (KC_BF16, WindowData::Bf16(d)),
+        (WindowData::F32(d), Elements::F32 | Elements::F32Rounded) => (KC_F32, WindowData::F32(d)),
         _ => panic!("linear_windows: data of the wrong element type for this weight"),
     };
     let n_blocks = n.div_ceil(NC);
@@ -938,12 +932,7 @@ fn windows(a: &Windows, plan: Product, bias: Option<&[f32]>, k: usize, n: usize,
                 let mut pc = 0;
                 while pc < seg {
                     let kc = kc_max.min(seg - pc);
-                    let first = g == 0 && pc == 0;
-                    let init = match (first, bias) {
-                        (false, _) => Init::Load,
-                        (true, Some(b)) => Init::Bias(b[c0..].as_ptr()),
-                        (true, None) => Init::Zero,
-                    };
+                    let init = tile_init(g == 0 && pc == 0, bias, c0);
                     let wp = panels.slice((p * kp + g * seg + pc) * NR, kc, avx512, &mut panel);
                     for x0 in (x_start..x_end).step_by(MR) {
                         let at = ((y + g) * a.pitch + x0) * a.step + pc;
@@ -1023,7 +1012,7 @@ fn pack_rows(
     m: usize,
     k: usize,
     layout: RowTiles,
-    kind: Rows,
+    kind: Elements,
     rows: &mut Aligned,
 ) {
     let RowTiles {
@@ -1050,7 +1039,7 @@ fn pack_rows(
         }
         d[len..kc].fill(0.0);
     };
-    if kind == Rows::Bf16 {
+    if kind == Elements::Bf16 {
         // bf16 rows are packed for vdpbf16ps (AVX512-BF16 present) or AMX (present too, except
         // on the tile model in tests).
         let buf = &mut rows.u16s_mut()[..tiles * tile_len];
@@ -1091,7 +1080,7 @@ fn pack_rows(
                     let base = layout.slice(pc) + r * layout.stride(kc);
                     let row = &mut d[base..base + kc];
                     fill_f32(t * mr + r, pc, kc, row);
-                    if kind == Rows::F32Rounded {
+                    if kind == Elements::F32Rounded {
                         bf16::round_(row);
                     }
                 }
