@@ -280,6 +280,7 @@ fn text_to_image(
             steps,
             Guidance::from_scale(cfg).with_context(|| format!("--cfg {cfg}"))?,
         ),
+        edit: None,
     };
     let bar = progress::steps_bar(steps, ctx.quiet, "eval t2i");
     let generated = ctx.pipeline.text_to_image(&request, &mut |_| bar.inc(1))?;

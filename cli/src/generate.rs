@@ -210,6 +210,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         width,
         height,
         sampler,
+        edit: None,
     };
     if !global.quiet && args.seed.is_none() && stored.is_none() && !greedy {
         eprintln!("seed: {seed}");
@@ -296,5 +297,6 @@ pub fn default_request(
             draw: DrawRule::Sample,
             seed: 0,
         },
+        edit: None,
     })
 }

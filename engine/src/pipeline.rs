@@ -88,8 +88,96 @@ pub struct TextToImage {
     pub images_per_prompt: usize,
     pub width: usize,
     pub height: usize,
-    /// Steps, schedule, temperatures, guidance, draw rule and seed.
+    /// Steps, schedule, temperatures, guidance, draw rule and seed; image `b` of the batch
+    /// is seeded `seed + b` ([`Sampler::with_seed_per_row`]).
     pub sampler: SamplerConfig,
+    /// Start from existing ids instead of a fully masked grid: img2img, inpainting,
+    /// outpainting ([`EditIds`]). `None`: text-to-image.
+    pub edit: Option<EditIds>,
+}
+
+/// The starting point of an edit, on the run's id grid `h x w` (one grid for every image of
+/// the batch): which ids it starts from and which of them are never written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EditIds {
+    /// `[h, w]`: codes (an encoded image), or the mask id where nothing is known yet
+    /// (outpainting's new border).
+    pub ids: Vec<u32>,
+    /// `[h, w]`: true where the id is kept exactly (outside an inpainting mask, the old image
+    /// of an outpainting); kept positions must hold codes.
+    pub keep: Vec<bool>,
+    /// The fraction in (0, 1] of the editable tokens masked at the start (the choice follows
+    /// the seed); the run starts at the step whose schedule has that much masked
+    /// ([`Sampler::prepare_edit`]). 1 on a fully editable grid is text-to-image.
+    pub strength: f32,
+}
+
+impl EditIds {
+    /// An edit of `image` (ids `[gh, gw]` of an encoded image): the image is placed on a
+    /// canvas grown by `pads` tokens `(left, top, right, bottom)`, whose new tokens start
+    /// masked; of the image's own tokens those marked in `regenerate` (`[gh, gw]`, true =
+    /// regenerate; `None` = all of them when no pad is given, else none) are editable, the
+    /// others kept. Returns the canvas grid `(h, w)` and the edit.
+    pub fn place(
+        image: &[i64],
+        grid: (usize, usize),
+        regenerate: Option<&[bool]>,
+        pads: [usize; 4],
+        mask_id: u32,
+        strength: f32,
+    ) -> Result<((usize, usize), Self)> {
+        let (gh, gw) = grid;
+        if image.len() != gh * gw || regenerate.is_some_and(|r| r.len() != gh * gw) {
+            return Err(Error::input(
+                "edit",
+                format!("expected image ids and a mask of {gh} x {gw} tokens"),
+            ));
+        }
+        let [left, top, right, bottom] = pads;
+        let (h, w) = (gh + top + bottom, gw + left + right);
+        let padded = pads.iter().any(|&p| p > 0);
+        let mut ids = vec![mask_id; h * w];
+        let mut keep = vec![false; h * w];
+        for (i, &id) in image.iter().enumerate() {
+            let at = (i / gw + top) * w + i % gw + left;
+            ids[at] =
+                u32::try_from(id).map_err(|_| Error::input("edit", format!("image id {id}")))?;
+            keep[at] = match regenerate {
+                Some(r) => !r[i],
+                None => padded,
+            };
+        }
+        Ok((
+            (h, w),
+            EditIds {
+                ids,
+                keep,
+                strength,
+            },
+        ))
+    }
+}
+
+/// The token grid `[h, w]` of a pixel mask `[H, W]` (values in `[0, 1]`, white = regenerate)
+/// at `f` pixels per token: a token is marked when any of its pixels is `>= 0.5`.
+pub fn mask_tokens(mask: &[f32], height: usize, width: usize, f: usize) -> Result<Vec<bool>> {
+    if f == 0 || height % f != 0 || width % f != 0 || mask.len() != height * width {
+        return Err(Error::input(
+            "mask",
+            format!(
+                "{} values for a {width} x {height} mask in cells of {f} px",
+                mask.len()
+            ),
+        ));
+    }
+    let (h, w) = (height / f, width / f);
+    let mut tokens = vec![false; h * w];
+    for (p, &v) in mask.iter().enumerate() {
+        if v >= 0.5 {
+            tokens[(p / width / f) * w + (p % width) / f] = true;
+        }
+    }
+    Ok(tokens)
 }
 
 /// Text-to-image results: row `p * images_per_prompt + k` is image `k` of prompt `p`.
@@ -120,6 +208,12 @@ pub(crate) struct TextToImagePlan {
     pub micro: Vec<f32>,
     /// `[rows, 77]` CLIP ids of the model batch.
     pub text_ids: Vec<i64>,
+    /// `[B, n]`: the ids the first step reads (all masked for text-to-image).
+    pub start_ids: Vec<u32>,
+    /// `[n]`: positions never written (none for text-to-image).
+    pub keep: Vec<bool>,
+    /// The first step to run; `S` when an edit masked nothing (the start ids are the result).
+    pub start: usize,
 }
 
 /// An image-to-text request: captioning without questions, VQA with them.
@@ -229,7 +323,7 @@ impl ModelFolder {
             return Err(Error::input("batch", "at least one image per prompt"));
         }
         let grid = self.grid(req.width, req.height)?;
-        let sampler = Sampler::new(req.sampler)?;
+        let sampler = Sampler::new(req.sampler)?.with_seed_per_row();
         let guided = req.sampler.guidance.needs_uncond();
         let batch = req.prompts.len() * req.images_per_prompt;
         // Model batch: [uncond; cond] under guidance, else cond.
@@ -251,6 +345,10 @@ impl ModelFolder {
             cfg.codebook_size,
             cfg.mask_id() as u32,
         )?;
+        let (start_ids, keep, start) = match &req.edit {
+            None => (layout.all_masked()?, vec![false; layout.tokens], 0),
+            Some(edit) => Self::start_of_edit(edit, &sampler, &layout)?,
+        };
         Ok(TextToImagePlan {
             batch,
             rows: texts.len(),
@@ -260,7 +358,34 @@ impl ModelFolder {
             layout,
             micro: Self::micro_conds(texts.len(), req.width, req.height),
             text_ids,
+            start_ids,
+            keep,
+            start,
         })
+    }
+
+    /// The start ids `[B, n]`, keep grid `[n]` and first step of an edit on `layout`.
+    fn start_of_edit(
+        edit: &EditIds,
+        sampler: &Sampler,
+        layout: &TokenLayout,
+    ) -> Result<(Vec<u32>, Vec<bool>, usize)> {
+        let n = layout.tokens;
+        if edit.ids.len() != n || edit.keep.len() != n {
+            return Err(Error::input(
+                "edit",
+                format!(
+                    "{} ids and {} keep flags for a grid of {n} tokens",
+                    edit.ids.len(),
+                    edit.keep.len()
+                ),
+            ));
+        }
+        let mut ids: Vec<u32> = (0..layout.batch)
+            .flat_map(|_| edit.ids.iter().copied())
+            .collect();
+        let start = sampler.prepare_edit(&mut ids, &edit.keep, edit.strength, layout)?;
+        Ok((ids, edit.keep.clone(), start.unwrap_or(sampler.steps())))
     }
 
     /// Decodes the final ids `[B, h, w]` of a plan with `decode` (ids, B, h, w -> `[B, 3, H, W]`)
@@ -457,8 +582,8 @@ impl Pipeline {
         let text = self.text_encoder.forward(&plan.text_ids, plan.rows)?;
         let text_encode = start.elapsed();
         let (h, w) = plan.grid;
-        let mut ids = plan.layout.all_masked()?;
-        for step in 0..plan.sampler.steps() {
+        let mut ids = plan.start_ids.clone();
+        for step in plan.start..plan.sampler.steps() {
             let t0 = Instant::now();
             let model_ids: Vec<i64> = ids
                 .iter()
@@ -477,7 +602,8 @@ impl Pipeline {
                 micro_conds: &plan.micro,
             })?;
             let t1 = Instant::now();
-            plan.sampler.step(step, &mut ids, &logits, &plan.layout)?;
+            plan.sampler
+                .step_keeping(step, &mut ids, &logits, &plan.layout, &plan.keep)?;
             on_step(StepEvent {
                 step,
                 steps: plan.sampler.steps(),

@@ -74,6 +74,23 @@ pub enum SamplerError {
         value: f32,
     },
 
+    /// An edit's strength outside (0, 1].
+    #[error("the edit strength must be in (0, 1], got {strength}")]
+    InvalidStrength { strength: f32 },
+
+    /// A kept position of an edit must hold a code, never the mask id.
+    #[error("kept token {token} of row {row} holds {id}, not a code below {vocab}")]
+    KeptTokenNotACode {
+        row: usize,
+        token: usize,
+        id: u32,
+        vocab: usize,
+    },
+
+    /// An edit whose keep grid keeps every position.
+    #[error("the edit keeps every token: nothing to regenerate")]
+    NothingEditable,
+
     /// A step that re-masks cannot work on rows of a single token (upstream fails there too).
     #[error("a step that re-masks needs at least 2 tokens per row, got {tokens}")]
     TooFewTokens { tokens: usize },

@@ -50,33 +50,85 @@ pub struct TokenUniforms {
     pub gumbel: f32,
 }
 
+/// How the rows of a batch share the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Row `b` uses key `seed` and counter word 1 = `b` (captioning and VQA, the reference
+    /// fixtures' layout).
+    InCounter,
+    /// Row `b` uses key `seed + b` (wrapping) and counter word 1 = 0, so row `b` of a batch
+    /// draws exactly what row 0 of a run seeded `seed + b` draws (each image reproducible alone).
+    InKey,
+}
+
 /// The seeded random source of the sampler.
 ///
 /// Token `token` of batch row `row` at step `step` (0-based, the step index, not the
 /// timestep) uses the Philox4x32-10 block of counter `[token, row, step, 0]` and key
-/// `[seed as u32, (seed >> 32) as u32]`; output word 0 gives the draw uniform and word 1 the
-/// Gumbel uniform, each through [`uniform_from_bits`]. Words 2 and 3 are unused. Under
-/// guidance `row` indexes the combined batch `B`, not `2B`.
+/// `[seed as u32, (seed >> 32) as u32]` ([`RandomSource::new`]), or with
+/// [`RandomSource::per_row`] the block of counter `[token, 0, step, 0]` and the key of
+/// `seed + row`; output word 0 gives the draw uniform and word 1 the Gumbel uniform, each
+/// through [`uniform_from_bits`]. Words 2 and 3 are unused. Under guidance `row` indexes the
+/// combined batch `B`, not `2B`. The choice of the tokens an edit masks at its start uses the
+/// block of counter `[token, row, 0, 1]` (or `[token, 0, 0, 1]` per row), word 0
+/// ([`RandomSource::edit_uniform`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RandomSource {
-    key: [u32; 2],
+    seed: u64,
+    rows: Rows,
 }
 
 impl RandomSource {
-    /// The source for `seed`.
+    /// The source for `seed`, rows told apart by the counter.
     pub fn new(seed: u64) -> Self {
         Self {
-            key: [seed as u32, (seed >> 32) as u32],
+            seed,
+            rows: Rows::InCounter,
         }
+    }
+
+    /// The source for `seed` where row `b` is seeded `seed + b` (wrapping).
+    pub fn per_row(seed: u64) -> Self {
+        Self {
+            seed,
+            rows: Rows::InKey,
+        }
+    }
+
+    /// The seed of row `row`: `seed`, or `seed + row` per row.
+    pub fn row_seed(&self, row: u32) -> u64 {
+        match self.rows {
+            Rows::InCounter => self.seed,
+            Rows::InKey => self.seed.wrapping_add(u64::from(row)),
+        }
+    }
+
+    /// The block of `[token, row, word2, word3]`, the row placed as the source says.
+    fn block(&self, token: u32, row: u32, word2: u32, word3: u32) -> [u32; 4] {
+        let seed = self.row_seed(row);
+        let row_word = match self.rows {
+            Rows::InCounter => row,
+            Rows::InKey => 0,
+        };
+        philox4x32_10(
+            [token, row_word, word2, word3],
+            [seed as u32, (seed >> 32) as u32],
+        )
     }
 
     /// The uniforms of one token.
     pub fn token_uniforms(&self, step: u32, row: u32, token: u32) -> TokenUniforms {
-        let w = philox4x32_10([token, row, step, 0], self.key);
+        let w = self.block(token, row, step, 0);
         TokenUniforms {
             draw: uniform_from_bits(w[0]),
             gumbel: uniform_from_bits(w[1]),
         }
+    }
+
+    /// The uniform that ranks token `token` of row `row` when an edit picks the tokens it
+    /// masks at its start (the lowest are masked).
+    pub fn edit_uniform(&self, row: u32, token: u32) -> f32 {
+        uniform_from_bits(self.block(token, row, 0, 1)[0])
     }
 
     /// Fills the uniforms of one step for `batch` rows of `tokens` tokens, e.g. to hand them
@@ -181,6 +233,37 @@ mod tests {
         assert!(
             (mean - 0.5).abs() < 0.05,
             "mean of the draw uniforms {mean}"
+        );
+    }
+
+    #[test]
+    fn per_row_seeds_give_row_b_the_draws_of_seed_plus_b() {
+        let seed = u64::MAX - 1; // wraps at row 2
+        let batch = RandomSource::per_row(seed);
+        for row in 0..4u32 {
+            let alone = RandomSource::per_row(seed.wrapping_add(u64::from(row)));
+            assert_eq!(batch.row_seed(row), alone.row_seed(0));
+            for (step, token) in [(0, 0), (3, 17)] {
+                assert_eq!(
+                    batch.token_uniforms(step, row, token),
+                    alone.token_uniforms(step, 0, token)
+                );
+            }
+            assert_eq!(batch.edit_uniform(row, 5), alone.edit_uniform(0, 5));
+        }
+        // Row 0 is the shared source's row 0; other rows differ from it.
+        let shared = RandomSource::new(seed);
+        assert_eq!(
+            batch.token_uniforms(2, 0, 9),
+            shared.token_uniforms(2, 0, 9)
+        );
+        assert_ne!(
+            batch.token_uniforms(2, 1, 9),
+            shared.token_uniforms(2, 1, 9)
+        );
+        assert_ne!(
+            shared.edit_uniform(0, 9),
+            shared.token_uniforms(0, 0, 9).draw
         );
     }
 

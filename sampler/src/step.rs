@@ -66,6 +66,13 @@ impl Sampler {
         })
     }
 
+    /// This sampler with row `b` seeded `seed + b` ([`RandomSource::per_row`]): row `b` of a
+    /// batch then draws what a batch of one seeded `seed + b` draws. The image pipelines use it.
+    pub fn with_seed_per_row(mut self) -> Self {
+        self.random = RandomSource::per_row(self.config.seed);
+        self
+    }
+
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }
@@ -120,7 +127,76 @@ impl Sampler {
         logits: &[f32],
         layout: &TokenLayout,
     ) -> Result<StepReport, SamplerError> {
-        self.run(step, ids, logits, layout, Noise::Seeded(self.random))
+        self.run(step, ids, logits, layout, Noise::Seeded(self.random), None)
+    }
+
+    /// [`Sampler::step`] that never writes the positions where `keep` (`[n]`, one grid for
+    /// every row) is true: they hold codes below `V`, are never drawn nor re-masked, and the
+    /// schedule counts only the other tokens (`k` from `n - kept`, see [`Sampler::mask_len`]).
+    /// With no position kept it is [`Sampler::step`].
+    pub fn step_keeping(
+        &self,
+        step: usize,
+        ids: &mut [u32],
+        logits: &[f32],
+        layout: &TokenLayout,
+        keep: &[bool],
+    ) -> Result<StepReport, SamplerError> {
+        let noise = Noise::Seeded(self.random);
+        self.run(step, ids, logits, layout, noise, Some(keep))
+    }
+
+    /// The step an edit starts at when a fraction `masked` in (0, 1] of its editable tokens
+    /// is masked: the last step `i` whose schedule still has that much masked before it,
+    /// `mask_ratio(i / S) >= masked` (step 0 has ratio 1, so `masked = 1` starts at 0, as
+    /// text-to-image).
+    pub fn start_step(&self, masked: f32) -> usize {
+        let steps = self.config.steps;
+        let ratio = |i: usize| match i {
+            0 => 1.0,
+            _ => self.config.schedule.mask_ratio(i as f32 / steps as f32),
+        };
+        (0..steps).rev().find(|&i| ratio(i) >= masked).unwrap_or(0)
+    }
+
+    /// Prepares the ids `[B, n]` of an edit in place: in each row, of the editable tokens
+    /// (`keep` false, `[n]`) that hold a code, the ones with the lowest
+    /// [`RandomSource::edit_uniform`] are masked until `floor(strength * editable)` are masked
+    /// (more when more already hold the mask id: those stay masked). Returns the step to start
+    /// at ([`Sampler::start_step`] of the masked fraction), or `None` when nothing is masked
+    /// (the ids are the result). `strength` in (0, 1]; kept positions must hold codes.
+    pub fn prepare_edit(
+        &self,
+        ids: &mut [u32],
+        keep: &[bool],
+        strength: f32,
+        layout: &TokenLayout,
+    ) -> Result<Option<usize>, SamplerError> {
+        if !(strength > 0.0 && strength <= 1.0) {
+            return Err(SamplerError::InvalidStrength { strength });
+        }
+        layout.validate()?;
+        check_len("ids", ids.len(), layout.ids_len()?, || {
+            format!("[B={}, n={}]", layout.batch, layout.tokens)
+        })?;
+        let editable = check_keep(ids, keep, layout)?;
+        let mut masked_fraction = 0.0f32;
+        for (row, chunk) in ids.chunks_exact_mut(layout.tokens).enumerate() {
+            let target = (strength * editable as f32).floor() as usize;
+            let mut coded: Vec<(f32, usize)> = (0..layout.tokens)
+                .filter(|&t| !keep[t] && chunk[t] != layout.mask_id)
+                .map(|t| (self.random.edit_uniform(row as u32, t as u32), t))
+                .collect();
+            let already = editable - coded.len();
+            coded.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for &(_, t) in coded.iter().take(target.saturating_sub(already)) {
+                chunk[t] = layout.mask_id;
+            }
+            let masked = target.max(already);
+            masked_fraction = masked_fraction.max(masked as f32 / editable as f32);
+        }
+        // Rows that start with more masked tokens set the start step for all.
+        Ok((masked_fraction > 0.0).then(|| self.start_step(masked_fraction)))
     }
 
     /// [`Sampler::step`] with uniforms supplied by the caller (replays, device parity).
@@ -133,7 +209,7 @@ impl Sampler {
         uniforms: StepUniforms<'_>,
     ) -> Result<StepReport, SamplerError> {
         check_uniforms(&uniforms, layout)?;
-        self.run(step, ids, logits, layout, Noise::Given(uniforms))
+        self.run(step, ids, logits, layout, Noise::Given(uniforms), None)
     }
 
     fn check_step(&self, step: usize) -> Result<(), SamplerError> {
@@ -151,17 +227,22 @@ impl Sampler {
         logits: &[f32],
         layout: &TokenLayout,
         noise: Noise<'_>,
+        keep: Option<&[bool]>,
     ) -> Result<StepReport, SamplerError> {
         let unknown = self.check_inputs(step, ids, logits, layout)?;
+        let editable = match keep {
+            Some(keep) => check_keep(ids, keep, layout)?,
+            None => layout.tokens,
+        };
         let arch = pulp::Arch::new();
-        let (drawn, confidence) = self.draw_all(step, ids, logits, layout, noise, arch)?; // [B, n] each
+        let (drawn, confidence) = self.draw_all(step, ids, logits, layout, noise, keep, arch)?; // [B, n] each
         let last = step + 1 == self.config.steps;
         let mut mask_len = vec![0; layout.batch];
         if last {
             ids.copy_from_slice(&drawn);
         } else {
             for (row, k) in mask_len.iter_mut().enumerate() {
-                *k = self.mask_len(step, layout.tokens, unknown[row])?;
+                *k = self.mask_len(step, editable, unknown[row])?;
                 let span = row * layout.tokens..(row + 1) * layout.tokens;
                 remask_row(
                     &mut ids[span.clone()],
@@ -216,6 +297,8 @@ impl Sampler {
     /// Draws every token and its confidence, in parallel over tokens: `([B, n], [B, n])`.
     /// The result does not depend on the thread count: each token reads only its own logits
     /// and uniforms, nor on `arch`. On bad logits, reports the first bad token in row-major order.
+    /// Kept positions (`keep`, `[n]`) keep their id with confidence +inf, above every other.
+    #[allow(clippy::too_many_arguments)]
     fn draw_all(
         &self,
         step: usize,
@@ -223,6 +306,7 @@ impl Sampler {
         logits: &[f32],
         layout: &TokenLayout,
         noise: Noise<'_>,
+        keep: Option<&[bool]>,
         arch: pulp::Arch,
     ) -> Result<(Vec<u32>, Vec<f32>), SamplerError> {
         let len = ids.len();
@@ -234,6 +318,7 @@ impl Sampler {
             logits,
             layout,
             noise,
+            keep,
         };
         let first_bad = drawn
             .par_chunks_mut(TOKENS_PER_TASK)
@@ -274,6 +359,8 @@ struct TokenTask<'a> {
     logits: &'a [f32],
     layout: &'a TokenLayout,
     noise: Noise<'a>,
+    /// `[n]`: positions never written.
+    keep: Option<&'a [bool]>,
 }
 
 /// One parallel work item: [`TokenTask::run`] on a few tokens, compiled for the best
@@ -315,6 +402,10 @@ impl TokenTask<'_> {
         for (i, (d, c)) in drawn.iter_mut().zip(confidence).enumerate() {
             let flat = first + i;
             let (row, token) = (flat / n, flat % n);
+            if self.keep.is_some_and(|keep| keep[token]) {
+                (*d, *c) = (self.ids[flat], f32::INFINITY);
+                continue;
+            }
             let u = self.noise.at(self.step as u32, row, token, flat); // step < S <= u32::MAX
             let noise_term = match config.draw {
                 DrawRule::Sample => temperature * token::gumbel(u.gumbel),
@@ -401,6 +492,29 @@ fn check_len(
     }
 }
 
+/// Checks an edit's keep grid `[n]` against ids `[B, n]`: kept positions hold codes below
+/// `V`, and at least one position is editable. Returns the editable count.
+fn check_keep(ids: &[u32], keep: &[bool], layout: &TokenLayout) -> Result<usize, SamplerError> {
+    check_len("keep", keep.len(), layout.tokens, || {
+        format!("[n={}] keep grid", layout.tokens)
+    })?;
+    for (row, chunk) in ids.chunks_exact(layout.tokens).enumerate() {
+        let bad = (0..layout.tokens).find(|&t| keep[t] && chunk[t] as usize >= layout.vocab);
+        if let Some(token) = bad {
+            return Err(SamplerError::KeptTokenNotACode {
+                row,
+                token,
+                id: chunk[token],
+                vocab: layout.vocab,
+            });
+        }
+    }
+    match keep.iter().filter(|&&k| !k).count() {
+        0 => Err(SamplerError::NothingEditable),
+        editable => Ok(editable),
+    }
+}
+
 fn check_uniforms(uniforms: &StepUniforms<'_>, layout: &TokenLayout) -> Result<(), SamplerError> {
     let len = layout.ids_len()?;
     for (what, values) in [("draw", uniforms.draw), ("gumbel", uniforms.gumbel)] {
@@ -447,6 +561,7 @@ mod tests {
                             &logits,
                             &layout,
                             Noise::Seeded(sampler.random),
+                            None,
                             arch,
                         )
                         .unwrap()

@@ -156,6 +156,7 @@ pub fn check_text_to_image(dev: &Arc<Device>, name: &str) {
         width: run.width,
         height: run.height,
         sampler,
+        edit: None,
     };
     let mut events = Vec::new();
     let gpu = cuda::text_to_image(
@@ -456,6 +457,7 @@ pub fn greedy_text_to_image_of_the_default_model_agrees_up_to_near_ties(dev: &Ar
         width: run.width,
         height: run.height,
         sampler,
+        edit: None,
     };
     let (gpu, cpu) = device_and_cpu_runs(&model, &pipe, &req);
     assert_eq!(gpu.ids.len(), cpu.ids.len(), "ids");
@@ -621,6 +623,7 @@ pub fn decisive_case() -> (Pipeline, TextToImage) {
         width: 64,
         height: 64,
         sampler,
+        edit: None,
     };
     (pipe, req)
 }

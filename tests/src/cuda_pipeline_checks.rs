@@ -159,6 +159,7 @@ fn request(prompts: &[&str]) -> TextToImage {
         width: 64,
         height: 64,
         sampler,
+        edit: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn kernel_timings_cover_a_default_model_run() {
         width: 64,
         height: 64,
         sampler: muddit_sampler::SamplerConfig::new(16),
+        edit: None,
     };
     dev.start_kernel_timing();
     cuda::text_to_image(

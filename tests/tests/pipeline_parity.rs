@@ -116,6 +116,7 @@ fn check_text_to_image(name: &str) {
             usize_of(&case["steps"]),
             case["guidance_scale"].as_f64().expect("guidance_scale") as f32,
         ),
+        edit: None,
     };
     let out = pipe
         .text_to_image(&req, &mut |_| {})

@@ -216,12 +216,8 @@ pub fn text_to_image<'a>(
     let plan = folder.plan_text_to_image(req)?;
     let (h, w) = plan.grid;
     let dev = model.device().clone();
-    let mut state = DeviceSampler::new(
-        &dev,
-        plan.sampler.clone(),
-        plan.layout,
-        &plan.layout.all_masked()?,
-    )?;
+    let mut state = DeviceSampler::new(&dev, plan.sampler.clone(), plan.layout, &plan.start_ids)?
+        .keeping(plan.keep.clone())?;
     let steps = state.sampler().steps();
     let n = plan.batch * h * w;
     let text_encode = model.with_workspace((plan.rows, MAX_LEN, h, w), |ws| {
@@ -240,7 +236,7 @@ pub fn text_to_image<'a>(
             }
         }
         let text_encode = start.elapsed();
-        for step in 0..steps {
+        for step in plan.start..steps {
             let t0 = Instant::now();
             // The model's ids: [ids; ids] under guidance (a device copy, ids stay there).
             dev.copy(state.ids.ptr(), ws.ids.ptr(), n)?;

@@ -35,6 +35,8 @@ pub struct DeviceSampler {
     mask_len: Buffer<i32>,
     host_draw: Vec<f32>,
     host_gumbel: Vec<f32>,
+    /// `[n]`: positions never written ([`Sampler::step_keeping`]).
+    keep: Vec<bool>,
 }
 
 impl DeviceSampler {
@@ -63,7 +65,26 @@ impl DeviceSampler {
             mask_len: dev.zeros(layout.batch)?,
             host_draw: vec![0.0; n],
             host_gumbel: vec![0.0; n],
+            keep: vec![false; layout.tokens],
         })
+    }
+
+    /// This sampler never writing the positions where `keep` (`[n]`) is true, as
+    /// [`Sampler::step_keeping`]: the schedule counts the other tokens, and a kept token's
+    /// Gumbel uniform is set to the end that gives it the highest confidence any token can
+    /// have (known tokens keep their id), so the remask kernel never picks it.
+    pub fn keeping(mut self, keep: Vec<bool>) -> Result<Self> {
+        if keep.len() != self.layout.tokens {
+            return Err(SamplerError::ShapeMismatch {
+                what: "keep",
+                expected: self.layout.tokens,
+                got: keep.len(),
+                shape: format!("[n={}] keep grid", self.layout.tokens),
+            }
+            .into());
+        }
+        self.keep = keep;
+        Ok(self)
     }
 
     pub fn sampler(&self) -> &Sampler {
@@ -79,6 +100,14 @@ impl DeviceSampler {
         self.sampler
             .random()
             .fill_step(step, b, n, &mut self.host_draw, &mut self.host_gumbel)?;
+        // Gumbel uniform 1 gives the largest noise term (46.05 T), 0 the smallest (-3.83 T).
+        let top = if t >= 0.0 { 1.0 } else { 0.0 };
+        for (i, g) in self.host_gumbel.iter_mut().enumerate() {
+            if self.keep[i % n] {
+                *g = top;
+            }
+        }
+        let editable = self.keep.iter().filter(|&&k| !k).count();
         dev.write(&mut self.draw_u, 0, &self.host_draw)?;
         dev.write(&mut self.gumbel_u, 0, &self.host_gumbel)?;
         let (guided, scale) = match cfg.guidance {
@@ -95,7 +124,7 @@ impl DeviceSampler {
         let flat = b * n;
         let last = step + 1 == cfg.steps;
         let progress = (step + 1) as f32 / cfg.steps as f32;
-        let raw = (n as f32 * cfg.schedule.mask_ratio(progress)).floor() as i32;
+        let raw = (editable as f32 * cfg.schedule.mask_ratio(progress)).floor() as i32;
         let launch = ops::remask(RemaskParams {
             ids: self.ids.ptr().need(flat, "remask", "ids")?,
             drawn: self.drawn.ptr().need(flat, "remask", "drawn")?,
