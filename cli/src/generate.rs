@@ -30,9 +30,10 @@ pub struct T2iArgs {
     /// Image height in pixels [default: the model's, else 512].
     #[arg(long)]
     height: Option<usize>,
-    /// Seed of the sampler's random draws [default: a new one, printed and stored in the PNG].
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Seed of the sampler's random draws; image `i` of the batch uses seed + i, printed and
+    /// stored in its PNG. -1: a new one [default: a new one].
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_seed)]
+    seed: Option<Seed>,
     /// Gumbel temperature: `START,END` (linear ramp) or one value (ramped down to 0.01) [default: 2,0].
     #[arg(long)]
     temperature: Option<String>,
@@ -50,13 +51,32 @@ pub struct T2iArgs {
     /// Also write the final id grids (`ids`, i64 [B,h,w]) to this safetensors file.
     #[arg(long)]
     output_ids: Option<PathBuf>,
-    /// Regenerate the image a PNG from `muddit t2i` was made from (its stored parameters; flags
-    /// given here override them).
+    #[command(flatten)]
+    edit: crate::edit::EditFlags,
+    /// Regenerate the image a PNG from `muddit t2i` was made from, alone (its stored
+    /// parameters, edit inputs included: they must not have changed; flags given here override
+    /// them).
     #[arg(long)]
     from_png: Option<PathBuf>,
     /// Replace existing output files.
     #[arg(long)]
     overwrite: bool,
+}
+
+/// `--seed`: a seed, or -1 for a new one.
+#[derive(Clone, Copy, Debug)]
+pub enum Seed {
+    Fixed(u64),
+    Random,
+}
+
+fn parse_seed(text: &str) -> std::result::Result<Seed, String> {
+    match text.trim() {
+        "-1" => Ok(Seed::Random),
+        t => t.parse().map(Seed::Fixed).map_err(|_| {
+            format!("`{text}` is not a seed (0 to {}, or -1 for a new one)", u64::MAX)
+        }),
+    }
 }
 
 pub fn parse_temperature(text: &str) -> Result<Temperature> {
@@ -92,9 +112,11 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .as_deref()
         .map(png_meta::read_params)
         .transpose()?;
+    // --from-png alone redoes its one image: its prompt, its own seed, a batch of one.
+    let redo = stored.is_some() && args.prompt.is_empty() && args.batch.is_none();
     let prompts = match (&stored, args.prompt.is_empty()) {
         (_, false) => args.prompt.clone(),
-        (Some(p), true) => p.prompts.clone(),
+        (Some(p), true) => vec![p.prompt().to_string()],
         (None, true) => bail!("no prompt: pass --prompt TEXT (repeat it for several prompts)"),
     };
     ensure!(
@@ -115,7 +137,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     let steps = pick(args.steps, |p| p.steps, defaults.t2i_steps);
     let width = pick(args.width, |p| p.width, defaults.width);
     let height = pick(args.height, |p| p.height, defaults.height);
-    let images_per_prompt = pick(args.batch, |p| p.images_per_prompt, 1);
+    let images_per_prompt = args.batch.unwrap_or(1);
     let cfg = args
         .cfg
         .or(stored.as_ref().map(|p| p.cfg))
@@ -128,15 +150,15 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     let greedy = args
         .draws
         .greedy(stored.as_ref().map_or(defaults.greedy, |p| p.greedy));
-    let seed = args
-        .seed
-        .or(stored.as_ref().map(|p| p.seed))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        });
+    let seed = match (args.seed, &stored) {
+        (Some(Seed::Fixed(s)), _) => s,
+        (None, Some(p)) => p.seed,
+        (Some(Seed::Random), _) | (None, None) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    };
+    let random_seed = !matches!(args.seed, Some(Seed::Fixed(_))) && stored.is_none();
     let temperature = match (&args.temperature, &stored) {
         (Some(t), _) => parse_temperature(t)?,
         (None, Some(p)) => Temperature::Anneal {
@@ -161,15 +183,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             "out-%d.png".into()
         }
     });
-    // With --from-png, only the stored image is written; the rest of its batch is recomputed.
-    let wanted: Vec<usize> = match (&stored, args.prompt.is_empty() && args.batch.is_none()) {
-        (Some(p), true) => vec![p.index],
-        _ => (0..batch).collect(),
-    };
-    ensure!(
-        wanted.iter().all(|&i| i < batch),
-        "the PNG's stored index is outside its batch"
-    );
+    let wanted: Vec<usize> = (0..batch).collect();
     let outputs: Vec<PathBuf> = wanted
         .iter()
         .map(|&i| output_path(&pattern, i, wanted.len()))
@@ -191,6 +205,13 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         }
         None => models.folder().schedule,
     };
+    let stored_edit = stored.as_ref().filter(|_| redo).and_then(|p| p.edit.as_ref());
+    let size = match stored.as_ref().filter(|_| stored_edit.is_some()) {
+        Some(p) => (args.width.or(Some(p.width)), args.height.or(Some(p.height))),
+        None => (args.width, args.height),
+    };
+    let edit = crate::edit::prepare(&args.edit, stored_edit, size, &models)?;
+    let (width, height) = edit.as_ref().map_or((width, height), |e| (e.width, e.height));
     let sampler = SamplerConfig {
         steps,
         schedule,
@@ -210,13 +231,13 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         width,
         height,
         sampler,
-        edit: None,
+        edit: edit.as_ref().map(|e| e.ids.clone()),
     };
-    if !global.quiet && args.seed.is_none() && stored.is_none() && !greedy {
+    if !global.quiet && random_seed && !greedy {
         eprintln!("seed: {seed}");
     }
     let bar = progress::steps_bar(steps, global.quiet, "t2i");
-    let images = models.text_to_image(&request, &mut |e| {
+    let mut images = models.text_to_image(&request, &mut |e| {
         bar.set_message(format!(
             "t2i {:.2} s/step",
             e.transformer.as_secs_f64() + e.sampler.as_secs_f64()
@@ -224,8 +245,12 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         bar.inc(1);
     })?;
     bar.finish_and_clear();
+    if let Some(edit) = &edit {
+        edit.paste_into(&mut images.pixels);
+    }
 
     let (h, w) = images.grid;
+    let model_hash = crate::edit::model_hash(&root)?;
     let (start, end) = temperature.endpoints();
     let model_name = model_arg
         .as_deref()
@@ -243,7 +268,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             negative_prompt: negative_prompt.clone(),
             images_per_prompt,
             index: i,
-            seed,
+            seed: seed.wrapping_add(i as u64),
             steps,
             cfg,
             temperature: [start, end],
@@ -253,12 +278,18 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             height,
             model: model_name.clone(),
             engine_version: env!("CARGO_PKG_VERSION").to_string(),
+            model_name: root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            model_hash: model_hash.clone(),
+            edit: edit.as_ref().map(|e| e.record.clone()),
         };
         png_meta::write_png(path, &rgb, width, height, &params)?;
         if !global.quiet {
-            eprintln!("wrote {}", path.display());
+            eprintln!("wrote {} (seed {})", path.display(), params.seed);
         }
-        written.push(serde_json::json!({ "path": path.display().to_string(), "index": i, "prompt": prompts[i / images_per_prompt], "seed": seed }));
+        written.push(serde_json::json!({ "path": path.display().to_string(), "index": i, "prompt": prompts[i / images_per_prompt], "seed": params.seed }));
     }
     if let Some(path) = &args.output_ids {
         let ids = BTreeMap::from([(

@@ -3,6 +3,7 @@
 mod bench;
 mod caption;
 mod debug;
+mod edit;
 mod eval;
 mod generate;
 mod model;

@@ -257,6 +257,14 @@ impl Models {
         })
     }
 
+    /// VQ-encodes one image `[3, H, W]` in `[0, 1]` on the run's backend: ids `[H / f, W / f]`.
+    pub fn encode(&self, image: &[f32], height: usize, width: usize) -> Result<Vec<i64>> {
+        Ok(match self {
+            Models::Cpu(pipeline) => pipeline.vqvae.encode(image, 1, height, width)?,
+            Models::Cuda { models, .. } => models.vq_encoder.encode(image, 1, height, width)?,
+        })
+    }
+
     pub fn image_to_text(
         &mut self,
         request: &ImageToText,

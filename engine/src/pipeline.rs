@@ -281,15 +281,20 @@ impl ModelFolder {
         })
     }
 
-    /// The id grid for an image size: a multiple of the VQ scale factor, and of twice that when
-    /// the transformer's down block halves the grid.
+    /// The pixels image sizes come in: the VQ scale factor, twice that when the transformer's
+    /// down block halves the grid.
+    pub fn size_step(&self) -> usize {
+        let f = self.vqvae_cfg.scale_factor();
+        match self.transformer_cfg.downsample {
+            true => 2 * f,
+            false => f,
+        }
+    }
+
+    /// The id grid for an image size: a multiple of [`ModelFolder::size_step`].
     pub fn grid(&self, width: usize, height: usize) -> Result<(usize, usize)> {
         let f = self.vqvae_cfg.scale_factor();
-        let step = if self.transformer_cfg.downsample {
-            2 * f
-        } else {
-            f
-        };
+        let step = self.size_step();
         for (name, v) in [("width", width), ("height", height)] {
             if v == 0 || v % step != 0 {
                 return Err(Error::input(name, format!("{v} px: this model makes sizes that are positive multiples of {step} px (VQ scale {f}{})", if step > f { " x 2 for the down block" } else { "" })));
