@@ -176,7 +176,10 @@ pub fn prepare(
             || flags.mask.is_some()
             || flags.outpaint.is_some()
             || flags.keep_unmasked_pixels;
-        ensure!(!used, "--strength, --mask, --outpaint and --keep-unmasked-pixels need --init-image");
+        ensure!(
+            !used,
+            "--strength, --mask, --outpaint and --keep-unmasked-pixels need --init-image"
+        );
         return Ok(None);
     };
     let from_stored = flags.init_image.is_none();
@@ -260,7 +263,13 @@ pub fn prepare(
         "--keep-unmasked-pixels needs --mask or --outpaint (img2img regenerates everywhere)"
     );
     let paste = keep_pixels.then(|| {
-        canvas_paste(&image.data, mask_pixels.as_deref(), (inner_w, inner_h), pads, (width, height))
+        canvas_paste(
+            &image.data,
+            mask_pixels.as_deref(),
+            (inner_w, inner_h),
+            pads,
+            (width, height),
+        )
     });
     let record = EditRecord {
         init_image: image_path.display().to_string(),

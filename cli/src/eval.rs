@@ -43,10 +43,11 @@ pub struct EvalArgs {
     /// Seed of the sampler's draws (the same seed gives the same numbers).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Also write each generated image here as `t2i-NNN.png`.
+    /// Also write each generated image here as `t2i-NNN.png` (`inpaint-`, `img2img-`,
+    /// `outpaint-NNN.png` for the edit task).
     #[arg(long)]
-    save_images: Option<PathBuf>,
-    /// Only these tasks, comma-separated [default: all three].
+    pub save_images: Option<PathBuf>,
+    /// Only these tasks, comma-separated [default: all four].
     #[arg(long, value_enum, value_delimiter = ',')]
     tasks: Vec<Task>,
 }
@@ -65,9 +66,9 @@ struct PromptItem {
 }
 
 #[derive(Deserialize)]
-struct ImageItem {
-    file: String,
-    key: Vec<String>,
+pub(crate) struct ImageItem {
+    pub file: String,
+    pub key: Vec<String>,
     caption: String,
     qa: Vec<QaItem>,
 }
@@ -79,7 +80,7 @@ struct QaItem {
 }
 
 /// Fraction, as a number in [0, 1]; 0 for an empty set.
-fn frac(n: usize, of: usize) -> f64 {
+pub(crate) fn frac(n: usize, of: usize) -> f64 {
     if of == 0 {
         0.0
     } else {
@@ -105,27 +106,29 @@ fn attributes(got: Option<&Scene>, want: &Scene) -> (usize, usize) {
     (n, total)
 }
 
-/// One of the three scored tasks.
+/// One of the scored tasks.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Task {
     T2i,
     Caption,
     Vqa,
+    /// Inpainting, img2img and outpainting of the two-object scenes (`crate::eval_edit`).
+    Edit,
 }
 
 /// What every task needs: the loaded pipeline, the world, the sampler settings.
-struct Ctx<'a> {
-    pipeline: Pipeline,
-    world: World,
-    set_dir: PathBuf,
-    args: &'a EvalArgs,
+pub(crate) struct Ctx<'a> {
+    pub pipeline: Pipeline,
+    pub world: World,
+    pub set_dir: PathBuf,
+    pub args: &'a EvalArgs,
     greedy: bool,
-    quiet: bool,
+    pub quiet: bool,
     temperature: Temperature,
 }
 
 impl Ctx<'_> {
-    fn sampler(&self, steps: usize, guidance: Guidance) -> SamplerConfig {
+    pub fn sampler(&self, steps: usize, guidance: Guidance) -> SamplerConfig {
         SamplerConfig {
             steps,
             schedule: self.pipeline.schedule,
@@ -173,7 +176,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         .collect::<Result<_>>()
         .with_context(|| format!("{}", json_path.display()))?;
     let tasks = if args.tasks.is_empty() {
-        vec![Task::T2i, Task::Caption, Task::Vqa]
+        vec![Task::T2i, Task::Caption, Task::Vqa, Task::Edit]
     } else {
         args.tasks.clone()
     };
@@ -242,13 +245,20 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         seconds["vqa"] = start.elapsed().as_secs_f64().into();
         lines.push(line);
     }
+    if tasks.contains(&Task::Edit) {
+        let start = Instant::now();
+        let (section, line) = crate::eval_edit::edits(&mut ctx, &images, t2i_steps, cfg)?;
+        report["edit"] = section;
+        seconds["edit"] = start.elapsed().as_secs_f64().into();
+        lines.push(line);
+    }
     let total_s = total_start.elapsed().as_secs_f64();
     seconds["total"] = total_s.into();
     if global.json {
         report["seconds"] = seconds;
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let parts: Vec<String> = ["t2i", "caption", "vqa"]
+        let parts: Vec<String> = ["t2i", "caption", "vqa", "edit"]
             .iter()
             .filter_map(|k| seconds[k].as_f64().map(|s| format!("{k} {s:.1}")))
             .collect();

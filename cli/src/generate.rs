@@ -74,7 +74,10 @@ fn parse_seed(text: &str) -> std::result::Result<Seed, String> {
     match text.trim() {
         "-1" => Ok(Seed::Random),
         t => t.parse().map(Seed::Fixed).map_err(|_| {
-            format!("`{text}` is not a seed (0 to {}, or -1 for a new one)", u64::MAX)
+            format!(
+                "`{text}` is not a seed (0 to {}, or -1 for a new one)",
+                u64::MAX
+            )
         }),
     }
 }
@@ -205,13 +208,18 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         }
         None => models.folder().schedule,
     };
-    let stored_edit = stored.as_ref().filter(|_| redo).and_then(|p| p.edit.as_ref());
+    let stored_edit = stored
+        .as_ref()
+        .filter(|_| redo)
+        .and_then(|p| p.edit.as_ref());
     let size = match stored.as_ref().filter(|_| stored_edit.is_some()) {
         Some(p) => (args.width.or(Some(p.width)), args.height.or(Some(p.height))),
         None => (args.width, args.height),
     };
     let edit = crate::edit::prepare(&args.edit, stored_edit, size, &models)?;
-    let (width, height) = edit.as_ref().map_or((width, height), |e| (e.width, e.height));
+    let (width, height) = edit
+        .as_ref()
+        .map_or((width, height), |e| (e.width, e.height));
     let sampler = SamplerConfig {
         steps,
         schedule,

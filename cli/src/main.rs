@@ -5,6 +5,7 @@ mod caption;
 mod debug;
 mod edit;
 mod eval;
+mod eval_edit;
 mod generate;
 mod model;
 mod png_meta;
@@ -86,7 +87,8 @@ enum Command {
     /// Answer a question about images, one answer per image on stdout.
     Vqa(caption::VqaArgs),
     /// Score a model on the shapes world's held-out set: text-to-image judged by a pixel
-    /// checker, caption exact match and attributes, VQA accuracy.
+    /// checker, caption exact match and attributes, VQA accuracy, and editing (inpainting,
+    /// img2img, outpainting) judged by the checker.
     Eval(eval::EvalArgs),
     /// Time one text-to-image run: load, text encoding, steps, sampler, VQ decoding.
     Bench(bench::BenchArgs),

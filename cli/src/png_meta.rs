@@ -119,7 +119,11 @@ pub fn read_parameters_text(path: &Path) -> Result<Option<String>> {
         .read_info()
         .with_context(|| format!("{}: not a readable PNG", path.display()))?;
     let info = reader.info();
-    if let Some(c) = info.uncompressed_latin1_text.iter().find(|c| c.keyword == TEXT_KEYWORD) {
+    if let Some(c) = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == TEXT_KEYWORD)
+    {
         return Ok(Some(c.text.clone()));
     }
     let utf8 = info.utf8_text.iter().find(|c| c.keyword == TEXT_KEYWORD);
@@ -188,7 +192,9 @@ mod tests {
         let path = std::env::temp_dir().join(format!("muddit-meta-{}.png", std::process::id()));
         write_png(&path, &vec![7u8; 64 * 32 * 3], 64, 32, &params).expect("write");
         assert_eq!(read_params(&path).expect("read"), params);
-        let text = read_parameters_text(&path).expect("read").expect("a parameters chunk");
+        let text = read_parameters_text(&path)
+            .expect("read")
+            .expect("a parameters chunk");
         assert_eq!(
             text,
             "ünïcode \"quotes\"\nNegative prompt: blurry\nSteps: 16, Sampler: muddit cosine sample, CFG scale: 9, Seed: 18446744073709551615, Size: 64x32, Model hash: 0123456789, Model: x, Denoising strength: 1, Outpaint: 0,0,32,0, Version: muddit 0.1.0"

@@ -116,8 +116,8 @@ impl World {
         Ok(w)
     }
 
-    /// The caption the world writes for a scene (the tests check the generator's against it).
-    #[cfg(test)]
+    /// The caption the world writes for a scene (the tests check the generator's against it;
+    /// the edit task prompts with it).
     pub fn caption(&self, scene: &Scene) -> String {
         match scene {
             Scene::Single {

@@ -100,8 +100,8 @@ pub struct TextToImage {
 /// the batch): which ids it starts from and which of them are never written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EditIds {
-    /// `[h, w]`: codes (an encoded image), or the mask id where nothing is known yet
-    /// (outpainting's new border).
+    /// `[h, w]` for every image, or `[B, h, w]` one grid per image: codes (an encoded
+    /// image), or the mask id where nothing is known yet (outpainting's new border).
     pub ids: Vec<u32>,
     /// `[h, w]`: true where the id is kept exactly (outside an inpainting mask, the old image
     /// of an outpainting); kept positions must hold codes.
@@ -375,20 +375,22 @@ impl ModelFolder {
         sampler: &Sampler,
         layout: &TokenLayout,
     ) -> Result<(Vec<u32>, Vec<bool>, usize)> {
-        let n = layout.tokens;
-        if edit.ids.len() != n || edit.keep.len() != n {
+        let (n, b) = (layout.tokens, layout.batch);
+        let per_image = edit.ids.len() == b * n;
+        if !(edit.ids.len() == n || per_image) || edit.keep.len() != n {
             return Err(Error::input(
                 "edit",
                 format!(
-                    "{} ids and {} keep flags for a grid of {n} tokens",
+                    "{} ids and {} keep flags for {b} images of {n} tokens (ids [h, w] or [B, h, w], keep [h, w])",
                     edit.ids.len(),
                     edit.keep.len()
                 ),
             ));
         }
-        let mut ids: Vec<u32> = (0..layout.batch)
-            .flat_map(|_| edit.ids.iter().copied())
-            .collect();
+        let mut ids = match per_image {
+            true => edit.ids.clone(),
+            false => (0..b).flat_map(|_| edit.ids.iter().copied()).collect(),
+        };
         let start = sampler.prepare_edit(&mut ids, &edit.keep, edit.strength, layout)?;
         Ok((ids, edit.keep.clone(), start.unwrap_or(sampler.steps())))
     }
