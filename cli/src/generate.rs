@@ -271,11 +271,16 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         let rgb: Vec<u8> = (0..plane)
             .flat_map(|p| (0..3).map(move |c| (px[c * plane + p] * 255.0).round() as u8))
             .collect();
+        // A redone image keeps its batch's record: the same PNG again, byte for byte.
+        let (batch_prompts, per_prompt, index) = match stored.as_ref().filter(|_| redo) {
+            Some(p) => (p.prompts.clone(), p.images_per_prompt, p.index),
+            None => (prompts.clone(), images_per_prompt, i),
+        };
         let params = GenerationParams {
-            prompts: prompts.clone(),
+            prompts: batch_prompts,
             negative_prompt: negative_prompt.clone(),
-            images_per_prompt,
-            index: i,
+            images_per_prompt: per_prompt,
+            index,
             seed: seed.wrapping_add(i as u64),
             steps,
             cfg,

@@ -1,4 +1,4 @@
-//! The GPU suite: the checks of `muddit_tests::cuda_checks` and `cuda_pipeline_checks` on
+//! The GPU suite: the checks of `muddit_tests::cuda_checks`, `cuda_pipeline_checks` and `edit_checks` on
 //! GPU 0, the same lists the emulator passes in CI (`cuda_emulated.rs`,
 //! `cuda_emulated_pipeline.rs`), plus CUDA-event kernel timings. Without a driver or a GPU
 //! each test says so and passes, unless `MUDDIT_REQUIRE_CUDA=1`, which turns a missing GPU
@@ -11,6 +11,7 @@ use muddit_tests::device::gpu;
 
 muddit_tests::cuda_check_tests!(gpu);
 muddit_tests::cuda_pipeline_check_tests!(gpu);
+muddit_tests::edit_check_tests!(gpu);
 
 /// CUDA-event timings of a whole default-model text-to-image run: the GEMMs, attention and the
 /// sampler kernels all show up, with positive GPU times.
