@@ -317,11 +317,7 @@ fn text_to_image(
             *slot += usize::from(ok);
         }
         if !a.full {
-            let seen: Vec<String> = judged
-                .shapes
-                .iter()
-                .map(|s| format!("{} {} of {} px in {:?}", s.color, s.kind, s.area, s.bbox))
-                .collect();
+            let seen = judged.describe();
             failures
                 .push(serde_json::json!({ "index": i, "prompt": prompts[i].prompt, "seen": seen }));
         }

@@ -290,11 +290,7 @@ fn judge(
             unchanged += usize::from(diff < UNCHANGED_LEVELS);
         }
         if !ok {
-            let seen: Vec<String> = judged
-                .shapes
-                .iter()
-                .map(|s| format!("{} {} of {} px in {:?}", s.color, s.kind, s.area, s.bbox))
-                .collect();
+            let seen = judged.describe();
             failures
                 .push(serde_json::json!({ "index": i, "prompt": part.prompts[i], "seen": seen }));
         }

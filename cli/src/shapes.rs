@@ -345,6 +345,12 @@ impl Judgement {
     /// (kinds) equal the scene's (with the count right). Position: the judged scene's position
     /// equals the expected one (a pair is judged side by side or not at all). Full: the judged
     /// scene is the expected scene.
+    /// Every region found, as `"red circle of 300 px in [x0, y0, x1, y1]"`.
+    pub fn describe(&self) -> Vec<String> {
+        let shape = |s: &Shape| format!("{} {} of {} px in {:?}", s.color, s.kind, s.area, s.bbox);
+        self.shapes.iter().map(shape).collect()
+    }
+
     pub fn agreement(&self, want: &Scene) -> Agreement {
         let mut shapes: Vec<&Shape> = self.shapes.iter().collect();
         shapes.sort_by(|a, b| a.center().0.total_cmp(&b.center().0));

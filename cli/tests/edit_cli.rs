@@ -5,29 +5,13 @@
 
 mod common;
 
-use common::{muddit, stderr, stdout};
-use muddit_engine::tensor_io::{TensorFile, Values};
+use common::{edit_inputs, encoding, muddit, output_ids as ids, stderr, stdout, EVAL_IMAGE};
 use std::path::Path;
 
-const EVAL_IMAGE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/shapes-eval/images/003.png"
-);
-
-/// A folder with `in.png` (an eval scene), `mask.png` (its left half white) and `crop.png`
-/// (its left 32 columns).
+/// A folder with the edit inputs (`common::edit_inputs`).
 fn inputs() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path();
-    std::fs::copy(EVAL_IMAGE, dir.join("in.png")).expect("copy");
-    let mask =
-        image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 255 } else { 0 }]));
-    mask.save(dir.join("mask.png")).expect("mask");
-    let scene = image::open(EVAL_IMAGE).expect("eval image").to_rgb8();
-    image::imageops::crop_imm(&scene, 0, 0, 32, 64)
-        .to_image()
-        .save(dir.join("crop.png"))
-        .expect("crop");
+    edit_inputs(tmp.path());
     tmp
 }
 
@@ -35,16 +19,6 @@ fn run_ok(args: &[&str], dir: &Path) -> std::process::Output {
     let o = muddit(args, dir);
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
     o
-}
-
-/// The ids `[B, h, w]` of an `--output-ids` file: (shape, values).
-fn ids(path: &Path) -> (Vec<usize>, Vec<i64>) {
-    let file = TensorFile::read(path).expect("ids file");
-    let t = file.get("ids").expect("`ids`");
-    let Values::I64(v) = &t.values else {
-        panic!("ids must be i64")
-    };
-    (t.shape.clone(), v.clone())
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -67,22 +41,7 @@ fn inpainting_keeps_the_unmasked_tokens_and_from_png_redoes_it() {
     let tmp = inputs();
     let dir = tmp.path();
     // A tiny strength returns the encoding itself.
-    let enc = [
-        "t2i",
-        "-i",
-        "in.png",
-        "--strength",
-        "0.001",
-        "--prompt",
-        "x",
-        "--seed",
-        "1",
-    ];
-    run_ok(
-        &[&enc[..], &["-o", "enc.png", "--output-ids", "enc.st", "-q"]].concat(),
-        dir,
-    );
-    let (shape, encoded) = ids(&dir.join("enc.st"));
+    let (shape, encoded) = encoding(dir, &[], "in.png", "enc.st");
     assert_eq!(shape, [1, 8, 8]);
     let o = run_ok(
         &[
@@ -226,26 +185,7 @@ fn img2img_and_outpainting_write_the_asked_sizes() {
     assert_eq!(read(&dir.join("i2i.png")), read(&dir.join("i2i-again.png")));
 
     // The crop's own encoding, then the crop grown by 32 px on the right.
-    let enc = [
-        "t2i",
-        "-i",
-        "crop.png",
-        "--strength",
-        "0.001",
-        "--prompt",
-        "x",
-        "--seed",
-        "1",
-    ];
-    run_ok(
-        &[
-            &enc[..],
-            &["-o", "crop-enc.png", "--output-ids", "crop.st", "-q"],
-        ]
-        .concat(),
-        dir,
-    );
-    let (shape, crop_ids) = ids(&dir.join("crop.st"));
+    let (shape, crop_ids) = encoding(dir, &[], "crop.png", "crop.st");
     assert_eq!(shape, [1, 8, 4]);
     run_ok(
         &[

@@ -6,23 +6,8 @@
 
 mod common;
 
-use common::{muddit, stderr};
+use common::{edit_inputs, encoding, muddit, output_ids, stderr};
 use std::path::Path;
-
-const EVAL_IMAGE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../models/shapes-eval/images/003.png"
-);
-
-/// The `ids` `[B, h, w]` of a `--output-ids` file, as i64.
-fn ids(path: &Path) -> Vec<i64> {
-    let bytes = std::fs::read(path).expect("ids file");
-    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let data = file.tensor("ids").expect("ids").data().to_vec();
-    data.chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .collect()
-}
 
 fn run_ok(args: &[&str], dir: &Path) {
     let o = muddit(args, dir);
@@ -33,76 +18,40 @@ fn run_ok(args: &[&str], dir: &Path) {
 fn device_inpainting_and_outpainting_keep_the_device_encoding() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    std::fs::copy(EVAL_IMAGE, dir.join("in.png")).expect("copy");
-    let mask =
-        image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 255 } else { 0 }]));
-    mask.save(dir.join("mask.png")).expect("mask");
-    let scene = image::open(EVAL_IMAGE).expect("eval image").to_rgb8();
-    let crop = image::imageops::crop_imm(&scene, 0, 0, 32, 64).to_image();
-    crop.save(dir.join("crop.png")).expect("crop");
-    let common = [
-        "--device", "emulated", "t2i", "--steps", "4", "--seed", "2", "-q",
-    ];
+    edit_inputs(dir);
+    let device = ["--device", "emulated"];
+    let common = [&device[..], &["t2i", "--steps", "4", "--seed", "2", "-q"]].concat();
     let run = |extra: &[&str]| run_ok(&[&common[..], extra].concat(), dir);
     let prompt = "a green square to the left of a blue circle";
-    run(&[
-        "-i",
-        "in.png",
-        "--strength",
-        "0.001",
-        "--prompt",
-        "x",
-        "-o",
-        "e.png",
-        "--output-ids",
-        "enc.st",
-    ]);
-    run(&[
-        "-i",
-        "in.png",
-        "--mask",
-        "mask.png",
+    let (_, enc) = encoding(dir, &device, "in.png", "enc.st");
+    let guided = [
         "--cfg",
         "3",
         "--negative-prompt",
         "a red circle",
         "--prompt",
         prompt,
+    ];
+    let mask = [
+        "-i",
+        "in.png",
+        "--mask",
+        "mask.png",
         "-o",
         "i.png",
         "--output-ids",
         "inp.st",
-    ]);
-    let (enc, inp) = (ids(&dir.join("enc.st")), ids(&dir.join("inp.st")));
+    ];
+    run(&[&mask[..], &guided[..]].concat());
+    let (_, inp) = output_ids(&dir.join("inp.st"));
     assert_eq!((enc.len(), inp.len()), (64, 64));
     for t in (0..64).filter(|t| t % 8 >= 4) {
         assert_eq!(inp[t], enc[t], "unmasked token {t}");
     }
-    run(&[
-        "-i",
-        "crop.png",
-        "--strength",
-        "0.001",
-        "--prompt",
-        "x",
-        "-o",
-        "ce.png",
-        "--output-ids",
-        "crop.st",
-    ]);
-    run(&[
-        "-i",
-        "crop.png",
-        "--outpaint",
-        "0,0,32,0",
-        "--prompt",
-        prompt,
-        "-o",
-        "o.png",
-        "--output-ids",
-        "out.st",
-    ]);
-    let (crop, out) = (ids(&dir.join("crop.st")), ids(&dir.join("out.st")));
+    let (_, crop) = encoding(dir, &device, "crop.png", "crop.st");
+    let pads = ["-i", "crop.png", "--outpaint", "0,0,32,0", "-o", "o.png"];
+    run(&[&pads[..], &["--prompt", prompt, "--output-ids", "out.st"]].concat());
+    let (_, out) = output_ids(&dir.join("out.st"));
     assert_eq!((crop.len(), out.len()), (32, 64));
     for (i, &id) in crop.iter().enumerate() {
         assert_eq!(out[(i / 4) * 8 + i % 4], id, "old token {i}");
