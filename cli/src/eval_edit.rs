@@ -306,7 +306,7 @@ fn judge(
     let n = part.want.len();
     let mut report = serde_json::json!({
         "correct": frac(correct, n),
-        "strength": part.edit.strength,
+        "strength": format!("{}", part.edit.strength).parse::<f64>().unwrap_or(f64::NAN),
         "failures": failures,
     });
     if !diffs.is_empty() {
