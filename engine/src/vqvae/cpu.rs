@@ -86,22 +86,35 @@ impl Norm<Cpu> {
 }
 
 impl ResnetBlock2D<Cpu> {
-    /// `[B, H, W, C_in] -> [B, H, W, C_out]`
+    /// `[B, H, W, C_in] -> [B, H, W, C_out]`. Each map is freed as soon as it is used up (the
+    /// normed input after `conv1`, the input after the shortcut), which keeps the decoder's peak
+    /// at the 512 px level to about three maps of the widest there.
     fn forward(&self, x: FeatureMap, ctx: Ctx) -> FeatureMap {
+        let mut h = self.conv1.forward(&self.normed(&x, ctx));
+        self.norm2.forward_(&mut h, ctx.zq, Some(ctx.act));
+        let skip = self.skip(x);
+        let mut out = self.conv2.forward(&h);
+        drop(h);
+        out.data.iter_mut().zip(&skip).for_each(|(v, s)| *v += s);
+        out
+    }
+
+    /// `norm1` and the activation of a copy of `x`.
+    fn normed(&self, x: &FeatureMap, ctx: Ctx) -> FeatureMap {
         let mut h = FeatureMap {
             data: x.data.clone(),
-            ..x
+            ..*x
         };
         self.norm1.forward_(&mut h, ctx.zq, Some(ctx.act));
-        let mut h = self.conv1.forward(&h);
-        self.norm2.forward_(&mut h, ctx.zq, Some(ctx.act));
-        let mut h = self.conv2.forward(&h);
-        let skip = match &self.conv_shortcut {
+        h
+    }
+
+    /// The residual branch: `x`, or `conv_shortcut(x)` when the width changes.
+    fn skip(&self, x: FeatureMap) -> Vec<f32> {
+        match &self.conv_shortcut {
             Some(conv) => conv.forward(&x).data,
             None => x.data,
-        };
-        h.data.iter_mut().zip(&skip).for_each(|(v, s)| *v += s);
-        h
+        }
     }
 }
 
