@@ -182,69 +182,40 @@ pub fn prepare(
         );
         return Ok(None);
     };
-    let from_stored = flags.init_image.is_none();
-    let stored_mask = stored
-        .filter(|_| from_stored)
-        .and_then(|r| r.mask.as_deref().zip(r.mask_sha256.as_deref()));
+    // Each stored part applies unless its flag is given.
+    let stored_mask = stored.and_then(|r| r.mask.as_deref().zip(r.mask_sha256.as_deref()));
     let mask_file = input_file(flags.mask.as_deref(), stored_mask, "mask")?;
     let folder = models.folder();
     let f = folder.vqvae_cfg.scale_factor();
-    let cell = folder.size_step();
-    let pads = match (&flags.outpaint, stored.filter(|_| from_stored)) {
+    let pads = match (&flags.outpaint, stored) {
         (Some(text), _) => parse_pads(text)?,
         (None, Some(r)) => r.outpaint,
         (None, None) => [0; 4],
-    }
-    .map(|p| p.div_ceil(cell) * cell);
-    let (own_w, own_h) = image::image_dimensions(&image_path)
-        .with_context(|| format!("--init-image {}", image_path.display()))?;
-    let inner = |flag: Option<usize>, own: u32, before: usize, after: usize, name: &str| {
-        let Some(total) = flag else {
-            return Ok(round_to(own as usize, cell));
-        };
-        match total.checked_sub(before + after) {
-            Some(v) if v > 0 && v % cell == 0 => Ok(v),
-            _ => bail!("--{name} {total}: less the --outpaint pads ({before} + {after} px) it must leave a positive multiple of {cell} px for the input image"),
-        }
     };
-    let inner_w = inner(size.0, own_w, pads[0], pads[2], "width")?;
-    let inner_h = inner(size.1, own_h, pads[1], pads[3], "height")?;
-    let (width, height) = (inner_w + pads[0] + pads[2], inner_h + pads[1] + pads[3]);
+    let canvas = Canvas::new(&image_path, pads, size, folder.size_step())?;
+    let (pads, (inner_w, inner_h), (width, height)) = (canvas.pads, canvas.inner, canvas.size);
     folder.grid(width, height)?;
+    let editing_part = mask_file.is_some() || pads.iter().any(|&p| p > 0);
+    let strength = flags
+        .strength
+        .or(stored.map(|r| r.strength))
+        .unwrap_or(if editing_part { 1.0 } else { IMG2IMG_STRENGTH });
+    ensure!(
+        strength > 0.0 && strength <= 1.0,
+        "--strength {strength}: must be in (0, 1]"
+    );
 
     let image = load_image(&image_path, inner_h, inner_w)
         .with_context(|| format!("--init-image {}", image_path.display()))?;
     let ids = models.encode(&image.data, inner_h, inner_w)?;
     let mask_pixels = match &mask_file {
-        Some((path, _)) => {
-            let m = load_image(path, inner_h, inner_w)
-                .with_context(|| format!("--mask {}", path.display()))?;
-            let plane = inner_h * inner_w;
-            let luma: Vec<f32> = (0..plane)
-                .map(|p| (m.data[p] + m.data[plane + p] + m.data[2 * plane + p]) / 3.0)
-                .collect();
-            ensure!(
-                luma.iter().any(|&v| v >= 0.5) || pads.iter().any(|&p| p > 0),
-                "--mask {}: no white pixel, nothing to regenerate",
-                path.display()
-            );
-            Some(luma)
-        }
+        Some((path, _)) => Some(load_mask(path, canvas.inner, pads)?),
         None => None,
     };
     let regenerate = mask_pixels
         .as_deref()
         .map(|m| mask_tokens(m, inner_h, inner_w, f))
         .transpose()?;
-    let editing_part = mask_file.is_some() || pads.iter().any(|&p| p > 0);
-    let strength = flags
-        .strength
-        .or(stored.filter(|_| from_stored).map(|r| r.strength))
-        .unwrap_or(if editing_part { 1.0 } else { IMG2IMG_STRENGTH });
-    ensure!(
-        strength > 0.0 && strength <= 1.0,
-        "--strength {strength}: must be in (0, 1]"
-    );
     let token_pads = pads.map(|p| p / f);
     let mask_id = folder.transformer_cfg.mask_id() as u32;
     let (grid, edit_ids) = EditIds::place(
@@ -256,8 +227,7 @@ pub fn prepare(
         strength,
     )?;
     debug_assert_eq!(grid, (height / f, width / f));
-    let keep_pixels = flags.keep_unmasked_pixels
-        || (from_stored && stored.is_some_and(|r| r.keep_unmasked_pixels));
+    let keep_pixels = flags.keep_unmasked_pixels || stored.is_some_and(|r| r.keep_unmasked_pixels);
     ensure!(
         !keep_pixels || editing_part,
         "--keep-unmasked-pixels needs --mask or --outpaint (img2img regenerates everywhere)"
@@ -287,6 +257,63 @@ pub fn prepare(
         ids: edit_ids,
         paste,
     }))
+}
+
+/// Where the input goes: pads (rounded up to the size step), the input's size and the canvas's.
+struct Canvas {
+    /// Pixels per side: left, top, right, bottom.
+    pads: [usize; 4],
+    /// `(w, h)` the input is resized to.
+    inner: (usize, usize),
+    /// `(W, H)` of the output.
+    size: (usize, usize),
+}
+
+impl Canvas {
+    /// `size`: `--width`, `--height` if given (the canvas, pads included); else the input's
+    /// own size rounded to `step`, plus the pads.
+    fn new(
+        image: &Path,
+        pads: [usize; 4],
+        size: (Option<usize>, Option<usize>),
+        step: usize,
+    ) -> Result<Self> {
+        let pads = pads.map(|p| p.div_ceil(step) * step);
+        let (own_w, own_h) = image::image_dimensions(image)
+            .with_context(|| format!("--init-image {}", image.display()))?;
+        let inner = |flag: Option<usize>, own: u32, before: usize, after: usize, name: &str| {
+            let Some(total) = flag else {
+                return Ok(round_to(own as usize, step));
+            };
+            match total.checked_sub(before + after) {
+                Some(v) if v > 0 && v % step == 0 => Ok(v),
+                _ => bail!("--{name} {total}: less the --outpaint pads ({before} + {after} px) it must leave a positive multiple of {step} px for the input image"),
+            }
+        };
+        let w = inner(size.0, own_w, pads[0], pads[2], "width")?;
+        let h = inner(size.1, own_h, pads[1], pads[3], "height")?;
+        Ok(Canvas {
+            pads,
+            inner: (w, h),
+            size: (w + pads[0] + pads[2], h + pads[1] + pads[3]),
+        })
+    }
+}
+
+/// The mask's luma `[h, w]` in `[0, 1]` at the input's size `(w, h)`; without pads it must
+/// have a white pixel.
+fn load_mask(path: &Path, (w, h): (usize, usize), pads: [usize; 4]) -> Result<Vec<f32>> {
+    let m = load_image(path, h, w).with_context(|| format!("--mask {}", path.display()))?;
+    let plane = h * w;
+    let luma: Vec<f32> = (0..plane)
+        .map(|p| (m.data[p] + m.data[plane + p] + m.data[2 * plane + p]) / 3.0)
+        .collect();
+    ensure!(
+        luma.iter().any(|&v| v >= 0.5) || pads.iter().any(|&p| p > 0),
+        "--mask {}: no white pixel, nothing to regenerate",
+        path.display()
+    );
+    Ok(luma)
 }
 
 /// The input `[3, h, w]` placed on the canvas `[3, H, W]` at the pads, and which canvas pixels

@@ -208,10 +208,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         }
         None => models.folder().schedule,
     };
-    let stored_edit = stored
-        .as_ref()
-        .filter(|_| redo)
-        .and_then(|p| p.edit.as_ref());
+    // The PNG's edit applies with new prompts too; flags override its parts.
+    let stored_edit = stored.as_ref().and_then(|p| p.edit.as_ref());
     let size = match stored.as_ref().filter(|_| stored_edit.is_some()) {
         Some(p) => (args.width.or(Some(p.width)), args.height.or(Some(p.height))),
         None => (args.width, args.height),
