@@ -48,6 +48,33 @@ struct Part {
     kept: Option<Half>,
 }
 
+impl Part {
+    /// A part prompting each image with the caption of the scene it must show.
+    fn new(
+        ctx: &Ctx,
+        name: &'static str,
+        want: Vec<Scene>,
+        edit: EditIds,
+        kept: Option<Half>,
+    ) -> Self {
+        let prompts = want.iter().map(|s| ctx.world.caption(s)).collect();
+        Part {
+            name,
+            prompts,
+            want,
+            edit,
+            kept,
+        }
+    }
+}
+
+impl Item {
+    /// The scene the input shows.
+    fn scene(&self) -> Scene {
+        pair(self.left.clone(), self.right.clone())
+    }
+}
+
 /// A half of a square image.
 #[derive(Clone, Copy)]
 enum Half {
@@ -123,7 +150,7 @@ fn roundtrip_correct(ctx: &Ctx, items: &[Item], size: usize) -> Result<f64> {
     let plane = size * size;
     let right = items.iter().enumerate().filter(|(i, item)| {
         let rgb = to_rgb8(&pixels[i * 3 * plane..(i + 1) * 3 * plane], plane);
-        let want = pair(item.left.clone(), item.right.clone());
+        let want = item.scene();
         ctx.world.judge(&rgb, size, size).scene == Some(want)
     });
     Ok(frac(right.count(), items.len()))
@@ -214,13 +241,7 @@ fn inpaint_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
         .iter()
         .map(|i| pair(new_left(ctx, i), i.right.clone()))
         .collect();
-    Ok(Part {
-        name: "inpaint",
-        prompts: want.iter().map(|s| ctx.world.caption(s)).collect(),
-        want,
-        edit,
-        kept: Some(Half::Right),
-    })
+    Ok(Part::new(ctx, "inpaint", want, edit, Some(Half::Right)))
 }
 
 fn img2img_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
@@ -229,17 +250,8 @@ fn img2img_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
     let mask_id = ctx.pipeline.transformer_cfg.mask_id() as u32;
     let grid = (size / f, size / f);
     let edit = batch_edit(&ids, grid, None, [0; 4], mask_id, IMG2IMG_STRENGTH)?;
-    let want: Vec<Scene> = items
-        .iter()
-        .map(|i| pair(i.left.clone(), i.right.clone()))
-        .collect();
-    Ok(Part {
-        name: "img2img",
-        prompts: want.iter().map(|s| ctx.world.caption(s)).collect(),
-        want,
-        edit,
-        kept: None,
-    })
+    let want = items.iter().map(Item::scene).collect();
+    Ok(Part::new(ctx, "img2img", want, edit, None))
 }
 
 fn outpaint_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
@@ -249,17 +261,8 @@ fn outpaint_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
     let mask_id = ctx.pipeline.transformer_cfg.mask_id() as u32;
     let pads = [0, 0, half / f, 0];
     let edit = batch_edit(&ids, (size / f, half / f), None, pads, mask_id, 1.0)?;
-    let want: Vec<Scene> = items
-        .iter()
-        .map(|i| pair(i.left.clone(), i.right.clone()))
-        .collect();
-    Ok(Part {
-        name: "outpaint",
-        prompts: want.iter().map(|s| ctx.world.caption(s)).collect(),
-        want,
-        edit,
-        kept: Some(Half::Left),
-    })
+    let want = items.iter().map(Item::scene).collect();
+    Ok(Part::new(ctx, "outpaint", want, edit, Some(Half::Left)))
 }
 
 /// Judges a part's outputs `[B, 3, S, S]`: its report and its piece of the summary line.

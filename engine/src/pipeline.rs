@@ -161,7 +161,11 @@ impl EditIds {
 /// The token grid `[h, w]` of a pixel mask `[H, W]` (values in `[0, 1]`, white = regenerate)
 /// at `f` pixels per token: a token is marked when any of its pixels is `>= 0.5`.
 pub fn mask_tokens(mask: &[f32], height: usize, width: usize, f: usize) -> Result<Vec<bool>> {
-    if f == 0 || !height.is_multiple_of(f) || !width.is_multiple_of(f) || mask.len() != height * width {
+    if f == 0
+        || !height.is_multiple_of(f)
+        || !width.is_multiple_of(f)
+        || mask.len() != height * width
+    {
         return Err(Error::input(
             "mask",
             format!(
