@@ -57,7 +57,17 @@ fn convs(c: &mut Criterion) {
                 })
             });
             group.bench_function(format!("winograd_{name}/{tag}"), |b| {
-                b.iter(|| conv3x3(&x, up, &winograd, Some(&bias), (1, side, side), &mut out))
+                b.iter(|| {
+                    conv3x3(
+                        &x,
+                        up,
+                        None,
+                        &winograd,
+                        Some(&bias),
+                        (1, side, side),
+                        &mut out,
+                    )
+                })
             });
         }
         group.finish();

@@ -89,7 +89,31 @@ impl Winograd3x3 {
     }
 }
 
-/// One image `[H/up, W/up, C]` read as its nearest `up`-times upsampling `[H, W, C]`.
+/// A per-channel map `x * scale + shift`, then SiLU when `silu`, applied to the input as the
+/// convolution reads it (a group norm and its activation folded in, so the normed map is never
+/// written): `scale, shift [B, C]`. The zero padding stays zero.
+#[derive(Clone, Copy)]
+pub struct Prologue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub silu: bool,
+}
+
+impl Prologue<'_> {
+    /// Channel `l` of a pixel.
+    #[inline(always)]
+    fn apply(&self, v: f32, l: usize) -> f32 {
+        let y = v * self.scale[l] + self.shift[l];
+        if self.silu {
+            y / (1.0 + (-y).exp())
+        } else {
+            y
+        }
+    }
+}
+
+/// One image `[H/up, W/up, C]` read as its nearest `up`-times upsampling `[H, W, C]`, through
+/// the prologue (its `[C]` rows for this image) if any.
 #[derive(Clone, Copy)]
 struct Image<'a> {
     x: &'a [f32],
@@ -97,6 +121,7 @@ struct Image<'a> {
     width: usize,
     c: usize,
     up: usize,
+    prologue: Option<Prologue<'a>>,
 }
 
 impl<'a> Image<'a> {
@@ -112,11 +137,12 @@ impl<'a> Image<'a> {
     }
 }
 
-/// `out [B, H, W, O] = conv3x3(x)`, same padding, stride 1, with `bias [O]`: `x` is
+/// `out [B, H, W, O] = conv3x3(prologue(x))`, same padding, stride 1, with `bias [O]`: `x` is
 /// `[B, H/up, W/up, C]`, read as its nearest `up`-times upsampling (`up` 1 or 2).
 pub fn conv3x3(
     x: &[f32],
     up: usize,
+    prologue: Option<Prologue>,
     w: &Winograd3x3,
     bias: Option<&[f32]>,
     (batch, height, width): (usize, usize, usize),
@@ -142,18 +168,41 @@ pub fn conv3x3(
     if let Some(b) = bias {
         assert_eq!(b.len(), o, "winograd: bias is not [O]");
     }
-    if out.is_empty() {
-        return;
+    if let Some(p) = prologue {
+        assert!(
+            p.scale.len() == batch * c && p.shift.len() == batch * c,
+            "winograd: the prologue is not [B, C]"
+        );
     }
+    if !out.is_empty() {
+        convolve(x, up, prologue, w, bias, (height, width), out, CHUNK_BYTES);
+    }
+}
+
+/// [`conv3x3`] (arguments checked) with chunks of tiles within `chunk_bytes`.
+#[allow(clippy::too_many_arguments)]
+fn convolve(
+    x: &[f32],
+    up: usize,
+    prologue: Option<Prologue>,
+    w: &Winograd3x3,
+    bias: Option<&[f32]>,
+    (height, width): (usize, usize),
+    out: &mut [f32],
+    chunk_bytes: usize,
+) {
+    let (c, o) = (w.c_in, w.c_out);
+    let image_len = height * width * c / (up * up);
     let zero = vec![0.0; o];
     let bias = bias.unwrap_or(&zero);
     let (tiles_y, tiles_x) = (height.div_ceil(2), width.div_ceil(2));
     // Two bands per thread where the image allows; chunks of tiles within budget.
     let band_rows = tiles_y.div_ceil(2 * rayon::current_num_threads()).max(1);
-    let chunk = (CHUNK_BYTES / (16 * 4 * (c + o))).max(1);
-    for (xb, ob) in x
+    let chunk = (chunk_bytes / (16 * 4 * (c + o))).max(1);
+    for (b, (xb, ob)) in x
         .chunks_exact(image_len)
         .zip(out.chunks_exact_mut(height * width * o))
+        .enumerate()
     {
         let image = Image {
             x: xb,
@@ -161,6 +210,11 @@ pub fn conv3x3(
             width,
             c,
             up,
+            prologue: prologue.map(|p| Prologue {
+                scale: &p.scale[b * c..(b + 1) * c],
+                shift: &p.shift[b * c..(b + 1) * c],
+                silu: p.silu,
+            }),
         };
         let bands: Vec<(usize, &mut [f32])> = ob
             .chunks_mut(2 * band_rows * width * o)
@@ -211,11 +265,15 @@ fn transform_inputs(image: &Image, t0: usize, tiles_x: usize, u: &mut [f32]) {
         while vector && c0 + 16 <= c {
             // SAFETY: AVX-512 is present (`vector_lanes`); every pixel holds `c` values and
             // every row of `u` `n * c`, so channels c0..c0 + 16 are inside both.
-            unsafe { simd::input_tile(&patch, c0, u, base + c0, n * c) };
+            unsafe { simd::input_tile(&patch, c0, image.prologue, u, base + c0, n * c) };
             c0 += 16;
         }
         for l in c0..c {
-            let mut v = patch.map(|p| p.map_or(0.0, |p| p[l]));
+            let mut v = patch.map(|p| match (p, image.prologue) {
+                (Some(p), Some(pro)) => pro.apply(p[l], l),
+                (Some(p), None) => p[l],
+                (None, _) => 0.0,
+            });
             for r in 0..4 {
                 bt(&mut v, [4 * r, 4 * r + 1, 4 * r + 2, 4 * r + 3]);
             }
@@ -329,19 +387,35 @@ mod simd {
     /// into `u[j * stride + at..][..16]` for the 16 positions `j`.
     ///
     /// # Safety
-    /// AVX-512F present; each pixel holds `c0 + 16` values; `u` holds `15 * stride + at + 16`.
+    /// AVX-512F present; each pixel, and the prologue's rows, hold `c0 + 16` values; `u` holds
+    /// `15 * stride + at + 16`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn input_tile(
         patch: &[Option<&[f32]>; 16],
         c0: usize,
+        prologue: Option<super::Prologue>,
         u: &mut [f32],
         at: usize,
         stride: usize,
     ) {
-        let mut v = patch.map(|p| match p {
-            Some(p) => unsafe { _mm512_loadu_ps(p.as_ptr().add(c0)) },
-            None => _mm512_setzero_ps(),
-        });
+        let load = |p: &[f32]| unsafe { _mm512_loadu_ps(p.as_ptr().add(c0)) };
+        let mut v = match prologue {
+            None => patch.map(|p| p.map_or(_mm512_setzero_ps(), load)),
+            Some(pro) => {
+                let (a, b) = (load(pro.scale), load(pro.shift));
+                patch.map(|p| match p {
+                    Some(p) => {
+                        let y = _mm512_fmadd_ps(load(p), a, b);
+                        if pro.silu {
+                            unsafe { crate::cpu::avx512::silu(y) }
+                        } else {
+                            y
+                        }
+                    }
+                    None => _mm512_setzero_ps(),
+                })
+            }
+        };
         for r in 0..4 {
             bt(&mut v, [4 * r, 4 * r + 1, 4 * r + 2, 4 * r + 3]);
         }
@@ -416,6 +490,45 @@ mod tests {
         (err / norm.max(1e-30)).sqrt()
     }
 
+    /// A prologue gives the convolution of the mapped image (written out first here): batches
+    /// (each image its own scale and shift), channel tails past the vector width, upsampled
+    /// inputs, with and without SiLU.
+    #[test]
+    fn the_prologue_equals_mapping_the_image_first() {
+        for (b, h, w, c, o, up) in [
+            (2, 5, 7, 33, 20, 1),
+            (1, 4, 3, 16, 16, 2),
+            (2, 3, 3, 5, 17, 1),
+        ] {
+            let (hh, ww) = (h * up, w * up);
+            let x = pseudo(b * h * w * c, 7);
+            let (scale, shift) = (pseudo(b * c, 8), pseudo(b * c, 9));
+            let wg = Winograd3x3::new(&pseudo(o * c * 9, 10), o, c, Compute::F32);
+            let bias = pseudo(o, 11);
+            for silu in [false, true] {
+                let pro = Prologue {
+                    scale: &scale,
+                    shift: &shift,
+                    silu,
+                };
+                let mapped: Vec<f32> = x
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| pro.apply(v, (i / (h * w * c)) * c + i % c))
+                    .collect();
+                let mut want = vec![0.0; b * hh * ww * o];
+                conv3x3(&mapped, up, None, &wg, Some(&bias), (b, hh, ww), &mut want);
+                let mut got = vec![f32::NAN; want.len()];
+                conv3x3(&x, up, Some(pro), &wg, Some(&bias), (b, hh, ww), &mut got);
+                let err = distance(&got, &want);
+                assert!(
+                    err < 1e-5,
+                    "({b}, {h}x{w}, {c}->{o}, up {up}, silu {silu}): {err}"
+                );
+            }
+        }
+    }
+
     /// Against the direct convolution (itself checked against an f64 reference in `conv`) of
     /// the explicitly upsampled image: odd and single-pixel sizes (tiles past the edge),
     /// batches, several bands, upsampled inputs. In f32 the two agree to f32 rounding; in bf16
@@ -467,10 +580,32 @@ mod tests {
             let winograd = |compute| {
                 let mut out = vec![f32::NAN; b * hh * ww * o];
                 let wg = Winograd3x3::new(&wt, o, c, compute);
-                conv3x3(&x, up, &wg, Some(&bias), (b, hh, ww), &mut out);
+                conv3x3(&x, up, None, &wg, Some(&bias), (b, hh, ww), &mut out);
                 out
             };
             let want = direct(Storage::F32, Compute::F32);
+            // Chunks of one tile and of a few: the same sums, so the same bits.
+            let whole = winograd(Compute::Bf16);
+            for chunk_tiles in [1, 3] {
+                let mut got = vec![f32::NAN; whole.len()];
+                let wg = Winograd3x3::new(&wt, o, c, Compute::Bf16);
+                let bytes = chunk_tiles * 16 * 4 * (c + o);
+                convolve(
+                    &x,
+                    up,
+                    None,
+                    &wg,
+                    Some(&bias),
+                    (hh, ww),
+                    &mut got[..hh * ww * o],
+                    bytes,
+                );
+                assert_eq!(
+                    got[..hh * ww * o],
+                    whole[..hh * ww * o],
+                    "{chunk_tiles} tiles a chunk"
+                );
+            }
             let case = format!("(B {b}, {hh}x{ww}, C {c}, O {o}, up {up})");
             let f32_err = distance(&winograd(Compute::F32), &want);
             assert!(f32_err < 1e-6, "{case}: f32 relative L2 error {f32_err}");
