@@ -225,34 +225,14 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     bar.finish_and_clear();
 
     let (h, w) = images.grid;
-    let (start, end) = temperature.endpoints();
     let model_name = model_arg
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let mut written = Vec::new();
     for (&i, path) in wanted.iter().zip(&outputs) {
-        let plane = width * height;
-        let px = &images.pixels[i * 3 * plane..(i + 1) * 3 * plane];
-        let rgb: Vec<u8> = (0..plane)
-            .flat_map(|p| (0..3).map(move |c| (px[c * plane + p] * 255.0).round() as u8))
-            .collect();
-        let params = GenerationParams {
-            prompts: prompts.clone(),
-            negative_prompt: negative_prompt.clone(),
-            images_per_prompt,
-            index: i,
-            seed,
-            steps,
-            cfg,
-            temperature: [start, end],
-            schedule: schedule.config_name().to_string(),
-            greedy,
-            width,
-            height,
-            model: model_name.clone(),
-            engine_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
+        let rgb = rgb8(&images.pixels, i, width, height);
+        let params = generation_params(&request, cfg, i, &model_name);
         png_meta::write_png(path, &rgb, width, height, &params)?;
         if !global.quiet {
             eprintln!("wrote {}", path.display());
@@ -271,6 +251,43 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// Image `i` of pixels `[B, 3, H, W]` in `[0, 1]` as 8-bit `[H, W, 3]`.
+pub fn rgb8(pixels: &[f32], i: usize, width: usize, height: usize) -> Vec<u8> {
+    let plane = width * height;
+    let px = &pixels[i * 3 * plane..(i + 1) * 3 * plane];
+    (0..plane)
+        .flat_map(|p| (0..3).map(move |c| (px[c * plane + p] * 255.0).round() as u8))
+        .collect()
+}
+
+/// What the PNG of image `index` of `request` stores: everything `--from-png` needs (`cfg` as
+/// given: guidance at 1 or less is stored as off in the request).
+pub fn generation_params(
+    request: &TextToImage,
+    cfg: f32,
+    index: usize,
+    model: &str,
+) -> GenerationParams {
+    let sampler = &request.sampler;
+    let (start, end) = sampler.temperature.endpoints();
+    GenerationParams {
+        prompts: request.prompts.clone(),
+        negative_prompt: request.negative_prompt.clone(),
+        images_per_prompt: request.images_per_prompt,
+        index,
+        seed: sampler.seed,
+        steps: sampler.steps,
+        cfg,
+        temperature: [start, end],
+        schedule: sampler.schedule.config_name().to_string(),
+        greedy: sampler.draw == DrawRule::Greedy,
+        width: request.width,
+        height: request.height,
+        model: model.to_string(),
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
 }
 
 /// Exposed for `bench`: the same defaults.

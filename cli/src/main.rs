@@ -8,6 +8,7 @@ mod generate;
 mod model;
 mod png_meta;
 mod progress;
+mod serve;
 mod shapes;
 
 use anyhow::Result;
@@ -89,6 +90,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time one text-to-image run: load, text encoding, steps, sampler, VQ decoding.
     Bench(bench::BenchArgs),
+    /// Load the model once and serve it over HTTP (OpenAI's images API, captions, VQA).
+    Serve(serve::ServeArgs),
     /// Tools for people converting or checking checkpoints.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -148,9 +151,13 @@ fn run(mut cli: Cli) -> Result<()> {
     if let Some(device) = open_device(&cli.global.device)? {
         if !matches!(
             cli.command,
-            Command::T2i(_) | Command::Caption(_) | Command::Vqa(_) | Command::Bench(_)
+            Command::T2i(_)
+                | Command::Caption(_)
+                | Command::Vqa(_)
+                | Command::Bench(_)
+                | Command::Serve(_)
         ) {
-            anyhow::bail!("--device {}: only `t2i`, `caption`, `vqa` and `bench` run on the CUDA backend so far; use --device cpu", cli.global.device);
+            anyhow::bail!("--device {}: only `t2i`, `caption`, `vqa`, `bench` and `serve` run on the CUDA backend so far; use --device cpu", cli.global.device);
         }
         if !cli.global.quiet {
             eprintln!("device: {}", device.describe());
@@ -162,6 +169,7 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Caption(args) => caption::caption(args, &cli.global),
         Command::Vqa(args) => caption::vqa(args, &cli.global),
         Command::Bench(args) => bench::run(args, &cli.global),
+        Command::Serve(args) => serve::run(args, &cli.global),
         Command::Eval(args) => eval::run(args, &cli.global),
         Command::Debug(cmd) => debug::run(cmd, &cli.global),
     }

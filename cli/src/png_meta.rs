@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
 /// The iTXt keyword under which the parameters are stored (JSON).
@@ -41,19 +41,36 @@ pub fn write_png(
     params: &GenerationParams,
 ) -> Result<()> {
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
+    encode_png(BufWriter::new(file), rgb, width, height, params)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The PNG bytes `write_png` would write to a file (`muddit serve` sends them).
+pub fn png_bytes(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    params: &GenerationParams,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    encode_png(&mut bytes, rgb, width, height, params)?;
+    Ok(bytes)
+}
+
+fn encode_png(
+    out: impl Write,
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    params: &GenerationParams,
+) -> Result<()> {
+    let mut encoder = png::Encoder::new(out, width as u32, height as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.add_itxt_chunk(KEYWORD.to_string(), serde_json::to_string(params)?)?;
-    let mut writer = encoder
-        .write_header()
-        .with_context(|| format!("writing {}", path.display()))?;
-    writer
-        .write_image_data(rgb)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writer
-        .finish()
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
     Ok(())
 }
 
