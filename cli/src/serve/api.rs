@@ -112,14 +112,18 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let message = e.inner().to_string();
+        if !matches!(e.inner().classify(), serde_json::error::Category::Data) {
+            return ApiError::field("body", format!("not JSON: {message}"));
+        }
         let path = e.path().to_string();
         // Unknown and missing fields are reported at the object holding them.
         let named = ["unknown field `", "missing field `"]
             .iter()
             .find_map(|p| message.strip_prefix(p))
-            .and_then(|rest| rest.split('`').next());
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
         match (path.as_str(), named) {
-            (".", Some(name)) => ApiError::field(name, message),
+            (".", Some(name)) => ApiError::field(&name, message),
             (".", None) => ApiError::field("body", format!("{message} (expected a JSON object)")),
             _ => ApiError::field(&path, message),
         }

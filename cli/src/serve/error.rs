@@ -30,6 +30,7 @@ impl ApiError {
 
     /// 400: field `param` of the request is malformed or out of range.
     pub fn field(param: &str, message: impl Into<String>) -> Self {
+        let message = format!("`{param}`: {}", message.into());
         ApiError {
             param: Some(param.to_string()),
             ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)

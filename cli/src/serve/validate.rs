@@ -72,7 +72,7 @@ fn steps(value: Option<usize>, default: usize) -> Result<usize, ApiError> {
     if !(1..=MAX_STEPS).contains(&steps) {
         return Err(ApiError::field(
             "steps",
-            format!("{steps}: between 1 and {MAX_STEPS}"),
+            format!("{steps} is not between 1 and {MAX_STEPS}"),
         ));
     }
     Ok(steps)
@@ -132,7 +132,7 @@ impl Checks<'_> {
         if !(1..=MAX_IMAGES).contains(&n) {
             return Err(ApiError::field(
                 "n",
-                format!("{n}: between 1 and {MAX_IMAGES}"),
+                format!("{n} is not between 1 and {MAX_IMAGES}"),
             ));
         }
         match body.response_format.as_deref() {

@@ -139,7 +139,8 @@ fn merged_request(jobs: &[T2iJob]) -> TextToImage {
     request
 }
 
-/// A seed no earlier batch of this process used, mixed from the clock.
+/// A fresh seed mixed from the clock and a counter, below 2^53 so that JSON clients that read
+/// numbers as doubles (JavaScript) get it back exactly.
 fn fresh_seed() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -151,5 +152,5 @@ fn fresh_seed() -> u64 {
     let mut z = nanos ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    (z ^ (z >> 31)) >> 11
 }
