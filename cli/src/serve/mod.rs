@@ -8,6 +8,7 @@
 
 mod api;
 mod error;
+pub mod load;
 mod metrics;
 mod queue;
 mod validate;
