@@ -1,11 +1,13 @@
 //! `muddit t2i`: text-to-image.
 
+use crate::output::{self, ImageFormat, Outputs};
 use crate::png_meta::{self, GenerationParams};
 use crate::{progress, Global};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use muddit_engine::limits::ModelShape;
 use muddit_engine::pipeline::TextToImage;
-use muddit_engine::tensor_io::{self, HostTensor};
+use muddit_engine::tensor_io::HostTensor;
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -152,8 +154,9 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         eprintln!("note: --seed has no effect with --greedy (no random draws)");
     }
     ensure!(images_per_prompt > 0, "--batch must be at least 1");
+    let batch = prompts.len().saturating_mul(images_per_prompt);
+    muddit_engine::limits::check_images("batch", batch)?;
 
-    let batch = prompts.len() * images_per_prompt;
     let pattern = args.output.clone().unwrap_or_else(|| {
         if batch == 1 {
             "out.png".into()
@@ -174,13 +177,15 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .iter()
         .map(|&i| output_path(&pattern, i, wanted.len()))
         .collect::<Result<_>>()?;
-    let mut all_outputs = outputs.clone();
-    all_outputs.extend(args.output_ids.clone());
-    for path in &all_outputs {
-        crate::refuse_overwrite(path, args.overwrite)?;
+    let mut targets = Outputs::new(args.overwrite);
+    for path in &outputs {
+        targets.plan("--output", path)?;
+        ImageFormat::of("--output", path)?;
+    }
+    if let Some(path) = &args.output_ids {
+        targets.plan("--output-ids", path)?;
     }
 
-    let models = crate::model::Models::load(&root, global)?;
     let schedule = match args
         .schedule
         .as_deref()
@@ -189,7 +194,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         Some(name) => {
             MaskSchedule::from_config_name(name).with_context(|| format!("--schedule {name}"))?
         }
-        None => models.folder().schedule,
+        None => muddit_engine::pipeline::read_schedule(&root)?,
     };
     let sampler = SamplerConfig {
         steps,
@@ -211,6 +216,12 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         height,
         sampler,
     };
+    let checked = ModelShape::read(&root)?.check_text_to_image(&request);
+    match &args.from_png {
+        Some(png) => checked.with_context(|| format!("{}: stored parameters", png.display()))?,
+        None => checked?,
+    }
+    let models = crate::model::Models::load(&root, global)?;
     if !global.quiet && args.seed.is_none() && stored.is_none() && !greedy {
         eprintln!("seed: {seed}");
     }
@@ -253,7 +264,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             model: model_name.clone(),
             engine_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        png_meta::write_png(path, &rgb, width, height, &params)?;
+        output::write_image(path, args.overwrite, &rgb, width, height, Some(&params))
+            .map_err(|e| partial_failure(e, &written))?;
         if !global.quiet {
             eprintln!("wrote {}", path.display());
         }
@@ -264,13 +276,23 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             "ids".to_string(),
             HostTensor::i64(vec![images.batch, h, w], images.ids.clone()),
         )]);
-        tensor_io::write(path, &ids)?;
+        output::write_tensors(path, args.overwrite, &ids)
+            .map_err(|e| partial_failure(e, &written))?;
     }
     if global.json {
         let report = serde_json::json!({ "images": written, "ids": args.output_ids.as_ref().map(|p| p.display().to_string()), "text_encode_ms": images.text_encode.as_secs_f64() * 1e3, "vq_decode_ms": images.vq_decode.as_secs_f64() * 1e3 });
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// A write that failed after `written` images were: the error, and which files are there.
+fn partial_failure(e: anyhow::Error, written: &[serde_json::Value]) -> anyhow::Error {
+    let paths: Vec<&str> = written.iter().filter_map(|w| w["path"].as_str()).collect();
+    if paths.is_empty() {
+        return e;
+    }
+    anyhow::anyhow!("{e:#}; written before it: {}", paths.join(", "))
 }
 
 /// Exposed for `bench`: the same defaults.

@@ -6,6 +6,7 @@ mod debug;
 mod eval;
 mod generate;
 mod model;
+mod output;
 mod png_meta;
 mod progress;
 mod shapes;
@@ -94,17 +95,6 @@ enum Command {
     Debug(debug::DebugCommand),
 }
 
-/// Fails if `path` exists and `--overwrite` was not given: nothing is replaced unasked.
-pub fn refuse_overwrite(path: &std::path::Path, overwrite: bool) -> Result<()> {
-    if path.exists() && !overwrite {
-        anyhow::bail!(
-            "{} already exists; pass --overwrite to replace it",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 /// `cpu` -> None, `cuda` -> Some(0), `cuda:N` -> Some(N).
 fn cuda_ordinal(device: &str) -> Result<Option<usize>> {
     match device {
@@ -140,7 +130,7 @@ fn run(mut cli: Cli) -> Result<()> {
         eprintln!("cpu kernels: {}", muddit_engine::isa::describe());
     }
     if let Some(n) = cli.global.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        muddit_engine::limits::check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
