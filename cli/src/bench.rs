@@ -28,7 +28,7 @@ fn ms(d: Duration) -> f64 {
 
 pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
     let total = Instant::now();
-    let root = crate::model::resolve(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref())?;
     let request = crate::generate::default_request(
         &args.prompt,
         args.steps,

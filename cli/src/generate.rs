@@ -109,7 +109,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             .filter(|p| !p.model.is_empty())
             .map(|p| PathBuf::from(&p.model))
     });
-    let root = crate::model::resolve(model_arg.as_deref())?;
+    let root = crate::model::resolve_root(model_arg.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
     let pick = |flag: Option<usize>, from: fn(&GenerationParams) -> usize, default: usize| {
         flag.or(stored.as_ref().map(from)).unwrap_or(default)
@@ -155,7 +155,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     }
     ensure!(images_per_prompt > 0, "--batch must be at least 1");
     let batch = prompts.len().saturating_mul(images_per_prompt);
-    muddit_engine::limits::check_images("batch", batch)?;
+    let stored_batch = args.from_png.as_deref().filter(|_| args.batch.is_none());
+    stored_check(muddit_engine::limits::check_images("batch", batch), stored_batch)?;
 
     let pattern = args.output.clone().unwrap_or_else(|| {
         if batch == 1 {
@@ -216,11 +217,10 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         height,
         sampler,
     };
-    let checked = ModelShape::read(&root)?.check_text_to_image(&request);
-    match &args.from_png {
-        Some(png) => checked.with_context(|| format!("{}: stored parameters", png.display()))?,
-        None => checked?,
-    }
+    stored_check(
+        ModelShape::read(&root)?.check_text_to_image(&request),
+        args.from_png.as_deref(),
+    )?;
     let models = crate::model::Models::load(&root, global)?;
     if !global.quiet && args.seed.is_none() && stored.is_none() && !greedy {
         eprintln!("seed: {seed}");
@@ -284,6 +284,15 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// A check of numbers that may come from the parameters stored in the PNG `png`: its error
+/// names the PNG.
+fn stored_check(checked: muddit_engine::Result<()>, png: Option<&std::path::Path>) -> Result<()> {
+    match png {
+        Some(png) => checked.with_context(|| format!("{}: stored parameters", png.display())),
+        None => Ok(checked?),
+    }
 }
 
 /// A write that failed after `written` images were: the error, and which files are there.

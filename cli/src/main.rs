@@ -33,7 +33,7 @@ struct Cli {
 #[derive(clap::Args)]
 pub struct Global {
     /// Model folder (the root of the public layout or its `transformer/` folder).
-    #[arg(long, global = true, env = "MUDDIT_MODEL")]
+    #[arg(long, global = true, env = "MUDDIT_MODEL", value_parser = any_path)]
     pub model: Option<PathBuf>,
     /// Where to run: `cpu` (default) or `cuda[:N]` (builds with the `emulate` feature also take
     /// `emulated`: the CUDA backend on the CPU emulator of its kernels, for tests).
@@ -59,6 +59,11 @@ pub struct Global {
     /// The GPU opened for `--device cuda[:N]`.
     #[arg(skip)]
     pub cuda: Option<std::sync::Arc<muddit_engine::cuda::Device>>,
+}
+
+/// A path as given, empty included: `model::resolve` says what an empty `--model` means.
+fn any_path(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(text))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

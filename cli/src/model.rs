@@ -167,6 +167,27 @@ fn model_subfolders(dir: &Path) -> Vec<String> {
     subs
 }
 
+/// The model root of a command that runs the whole model (`t2i`, `caption`, `vqa`, `bench`,
+/// `eval`): a component folder (`transformer/`, `vqvae/`) is refused with its root named.
+pub fn resolve_root(arg: Option<&Path>) -> Result<PathBuf> {
+    let dir = resolve(arg)?;
+    if !dir.join("transformer").is_dir() && dir.join("config.json").is_file() {
+        let parent = dir.parent().filter(|p| p.join("transformer").is_dir());
+        match parent {
+            Some(root) => bail!(
+                "--model {}: one component of a model; this command needs the model root: --model {}",
+                dir.display(),
+                root.display()
+            ),
+            None => bail!(
+                "--model {}: a lone component folder; this command needs a model root holding transformer/, text_encoder/, vqvae/, tokenizer/ and scheduler/",
+                dir.display()
+            ),
+        }
+    }
+    Ok(dir)
+}
+
 /// The model root (or component folder) to load.
 pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
     let Some(arg) = arg else {
@@ -179,6 +200,9 @@ pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
             default.display()
         )
     };
+    if arg.as_os_str().is_empty() {
+        bail!("--model is empty (or MUDDIT_MODEL is set to nothing): name a model folder, or leave both out for the default model");
+    }
     let dir = if arg.exists() {
         arg.to_path_buf()
     } else {

@@ -23,6 +23,10 @@ pub const MAX_STEPS: usize = 1000;
 pub const MAX_THREADS: usize = 1024;
 /// Longest prompt, negative prompt or question in bytes (CLIP reads the first 77 tokens).
 pub const MAX_PROMPT_BYTES: usize = 4096;
+/// Largest side of an input image in pixels, read from its header before decoding.
+pub const MAX_INPUT_SIDE: usize = 16384;
+/// Most bytes the decoder of one input image may allocate.
+pub const MAX_INPUT_BYTES: u64 = 1 << 30;
 /// Largest size, width or count a model config may state (layers, heads, channels, vocabularies).
 pub const MAX_CONFIG_SIZE: usize = 1 << 20;
 

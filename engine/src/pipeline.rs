@@ -266,6 +266,7 @@ impl ModelFolder {
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         let start = Instant::now();
         let mut pixels = decode(&ids, plan.batch, h, w)?;
+        Error::check_finite(|| "VQ decoder pixels".into(), &pixels)?;
         pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
         Ok(Images {
             batch: plan.batch,
@@ -443,6 +444,7 @@ impl Pipeline {
         let plan = self.plan_text_to_image(req)?;
         let start = Instant::now();
         let text = self.text_encoder.forward(&plan.text_ids, plan.rows)?;
+        Error::check_finite(|| "text encoder hidden states".into(), &text.penultimate)?;
         let text_encode = start.elapsed();
         let (h, w) = plan.grid;
         let mut ids = plan.layout.all_masked()?;
@@ -465,6 +467,7 @@ impl Pipeline {
                 micro_conds: &plan.micro,
             })?;
             let t1 = Instant::now();
+            Error::check_finite(|| format!("transformer image logits of step {step}"), &logits)?;
             plan.sampler.step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
@@ -523,6 +526,7 @@ impl Pipeline {
             })?;
             let t2 = Instant::now();
             let logits = out.unwrap_or_default();
+            Error::check_finite(|| format!("transformer text logits of step {step}"), &logits)?;
             sampler.step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
