@@ -69,18 +69,19 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
         return serve(&args, url, global);
     }
     let total = Instant::now();
-    let root = crate::model::resolve(global.model.as_deref())?;
-    let start = Instant::now();
-    let models = crate::model::Models::load(&root, global)?;
-    let load = start.elapsed();
+    let root = crate::model::resolve_root(global.model.as_deref())?;
     let request = crate::generate::default_request(
         &args.prompt,
         args.steps,
         args.cfg,
         args.width,
         args.height,
-        models.folder().schedule,
+        muddit_engine::pipeline::read_schedule(&root)?,
     )?;
+    muddit_engine::limits::ModelShape::read(&root)?.check_text_to_image(&request)?;
+    let start = Instant::now();
+    let models = crate::model::Models::load(&root, global)?;
+    let load = start.elapsed();
     if args.kernel_timings {
         match &global.cuda {
             Some(dev) => dev.start_kernel_timing(),

@@ -1,11 +1,13 @@
 //! `muddit t2i`: text-to-image.
 
+use crate::output::{self, ImageFormat, Outputs};
 use crate::png_meta::{self, GenerationParams};
 use crate::{progress, Global};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use muddit_engine::limits::ModelShape;
 use muddit_engine::pipeline::TextToImage;
-use muddit_engine::tensor_io::{self, HostTensor};
+use muddit_engine::tensor_io::HostTensor;
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,7 +109,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             .filter(|p| !p.model.is_empty())
             .map(|p| PathBuf::from(&p.model))
     });
-    let root = crate::model::resolve(model_arg.as_deref())?;
+    let root = crate::model::resolve_root(model_arg.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
     let pick = |flag: Option<usize>, from: fn(&GenerationParams) -> usize, default: usize| {
         flag.or(stored.as_ref().map(from)).unwrap_or(default)
@@ -152,8 +154,10 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         eprintln!("note: --seed has no effect with --greedy (no random draws)");
     }
     ensure!(images_per_prompt > 0, "--batch must be at least 1");
+    let batch = prompts.len().saturating_mul(images_per_prompt);
+    let stored_batch = args.from_png.as_deref().filter(|_| args.batch.is_none());
+    stored_check(muddit_engine::limits::check_images("batch", batch), stored_batch)?;
 
-    let batch = prompts.len() * images_per_prompt;
     let pattern = args.output.clone().unwrap_or_else(|| {
         if batch == 1 {
             "out.png".into()
@@ -174,13 +178,15 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .iter()
         .map(|&i| output_path(&pattern, i, wanted.len()))
         .collect::<Result<_>>()?;
-    let mut all_outputs = outputs.clone();
-    all_outputs.extend(args.output_ids.clone());
-    for path in &all_outputs {
-        crate::refuse_overwrite(path, args.overwrite)?;
+    let mut targets = Outputs::new(args.overwrite);
+    for path in &outputs {
+        targets.plan("--output", path)?;
+        ImageFormat::of("--output", path)?;
+    }
+    if let Some(path) = &args.output_ids {
+        targets.plan("--output-ids", path)?;
     }
 
-    let models = crate::model::Models::load(&root, global)?;
     let schedule = match args
         .schedule
         .as_deref()
@@ -189,7 +195,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         Some(name) => {
             MaskSchedule::from_config_name(name).with_context(|| format!("--schedule {name}"))?
         }
-        None => models.folder().schedule,
+        None => muddit_engine::pipeline::read_schedule(&root)?,
     };
     let sampler = SamplerConfig {
         steps,
@@ -211,6 +217,11 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         height,
         sampler,
     };
+    stored_check(
+        ModelShape::read(&root)?.check_text_to_image(&request),
+        args.from_png.as_deref(),
+    )?;
+    let models = crate::model::Models::load(&root, global)?;
     if !global.quiet && args.seed.is_none() && stored.is_none() && !greedy {
         eprintln!("seed: {seed}");
     }
@@ -233,7 +244,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     for (&i, path) in wanted.iter().zip(&outputs) {
         let rgb = rgb8(&images.pixels, i, width, height);
         let params = generation_params(&request, cfg, i, &model_name);
-        png_meta::write_png(path, &rgb, width, height, &params)?;
+        output::write_image(path, args.overwrite, &rgb, width, height, Some(&params))
+            .map_err(|e| partial_failure(e, &written))?;
         if !global.quiet {
             eprintln!("wrote {}", path.display());
         }
@@ -244,7 +256,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             "ids".to_string(),
             HostTensor::i64(vec![images.batch, h, w], images.ids.clone()),
         )]);
-        tensor_io::write(path, &ids)?;
+        output::write_tensors(path, args.overwrite, &ids)
+            .map_err(|e| partial_failure(e, &written))?;
     }
     if global.json {
         let report = serde_json::json!({ "images": written, "ids": args.output_ids.as_ref().map(|p| p.display().to_string()), "text_encode_ms": images.text_encode.as_secs_f64() * 1e3, "vq_decode_ms": images.vq_decode.as_secs_f64() * 1e3 });
@@ -288,6 +301,24 @@ pub fn generation_params(
         model: model.to_string(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
     }
+}
+
+/// A check of numbers that may come from the parameters stored in the PNG `png`: its error
+/// names the PNG.
+fn stored_check(checked: muddit_engine::Result<()>, png: Option<&std::path::Path>) -> Result<()> {
+    match png {
+        Some(png) => checked.with_context(|| format!("{}: stored parameters", png.display())),
+        None => Ok(checked?),
+    }
+}
+
+/// A write that failed after `written` images were: the error, and which files are there.
+fn partial_failure(e: anyhow::Error, written: &[serde_json::Value]) -> anyhow::Error {
+    let paths: Vec<&str> = written.iter().filter_map(|w| w["path"].as_str()).collect();
+    if paths.is_empty() {
+        return e;
+    }
+    anyhow::anyhow!("{e:#}; written before it: {}", paths.join(", "))
 }
 
 /// Exposed for `bench`: the same defaults.

@@ -6,6 +6,7 @@ mod debug;
 mod eval;
 mod generate;
 mod model;
+mod output;
 mod png_meta;
 mod progress;
 mod serve;
@@ -33,7 +34,7 @@ struct Cli {
 #[derive(clap::Args)]
 pub struct Global {
     /// Model folder (the root of the public layout or its `transformer/` folder).
-    #[arg(long, global = true, env = "MUDDIT_MODEL")]
+    #[arg(long, global = true, env = "MUDDIT_MODEL", value_parser = any_path)]
     pub model: Option<PathBuf>,
     /// Where to run: `cpu` (default) or `cuda[:N]` (builds with the `emulate` feature also take
     /// `emulated`: the CUDA backend on the CPU emulator of its kernels, for tests).
@@ -59,6 +60,11 @@ pub struct Global {
     /// The GPU opened for `--device cuda[:N]`.
     #[arg(skip)]
     pub cuda: Option<std::sync::Arc<muddit_engine::cuda::Device>>,
+}
+
+/// A path as given, empty included: `model::resolve` says what an empty `--model` means.
+fn any_path(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(text))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,17 +103,6 @@ enum Command {
     Debug(debug::DebugCommand),
 }
 
-/// Fails if `path` exists and `--overwrite` was not given: nothing is replaced unasked.
-pub fn refuse_overwrite(path: &std::path::Path, overwrite: bool) -> Result<()> {
-    if path.exists() && !overwrite {
-        anyhow::bail!(
-            "{} already exists; pass --overwrite to replace it",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
 /// `cpu` -> None, `cuda` -> Some(0), `cuda:N` -> Some(N).
 fn cuda_ordinal(device: &str) -> Result<Option<usize>> {
     match device {
@@ -143,7 +138,7 @@ fn run(mut cli: Cli) -> Result<()> {
         eprintln!("cpu kernels: {}", muddit_engine::isa::describe());
     }
     if let Some(n) = cli.global.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        muddit_engine::limits::check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::path::Path;
 
 /// The iTXt keyword under which the parameters are stored (JSON).
@@ -32,42 +32,21 @@ pub struct GenerationParams {
     pub engine_version: String,
 }
 
-/// Writes `rgb` (`[H, W, 3]` bytes) as an 8-bit RGB PNG with `params` in an iTXt chunk.
-pub fn write_png(
-    path: &Path,
+/// Encodes `rgb` (`[H, W, 3]` bytes) as an 8-bit RGB PNG into `out`, with `params` in an
+/// iTXt chunk.
+pub fn encode_png(
+    out: &mut dyn Write,
     rgb: &[u8],
-    width: usize,
-    height: usize,
-    params: &GenerationParams,
+    width: u32,
+    height: u32,
+    params: Option<&GenerationParams>,
 ) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    encode_png(BufWriter::new(file), rgb, width, height, params)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// The PNG bytes `write_png` would write to a file (`muddit serve` sends them).
-pub fn png_bytes(
-    rgb: &[u8],
-    width: usize,
-    height: usize,
-    params: &GenerationParams,
-) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    encode_png(&mut bytes, rgb, width, height, params)?;
-    Ok(bytes)
-}
-
-fn encode_png(
-    out: impl Write,
-    rgb: &[u8],
-    width: usize,
-    height: usize,
-    params: &GenerationParams,
-) -> Result<()> {
-    let mut encoder = png::Encoder::new(out, width as u32, height as u32);
+    let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.add_itxt_chunk(KEYWORD.to_string(), serde_json::to_string(params)?)?;
+    if let Some(params) = params {
+        encoder.add_itxt_chunk(KEYWORD.to_string(), serde_json::to_string(params)?)?;
+    }
     let mut writer = encoder.write_header()?;
     writer.write_image_data(rgb)?;
     writer.finish()?;
@@ -121,7 +100,8 @@ mod tests {
             engine_version: "0.1.0".into(),
         };
         let path = std::env::temp_dir().join(format!("muddit-meta-{}.png", std::process::id()));
-        write_png(&path, &vec![7u8; 64 * 32 * 3], 64, 32, &params).expect("write");
+        let rgb = vec![7u8; 64 * 32 * 3];
+        crate::output::write_image(&path, true, &rgb, 64, 32, Some(&params)).expect("write");
         assert_eq!(read_params(&path).expect("read"), params);
         let img = image::open(&path).expect("a valid PNG").to_rgb8();
         assert_eq!((img.width(), img.height()), (64, 32));

@@ -14,6 +14,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use muddit_engine::limits::ModelShape;
 use muddit_engine::pipeline::ModelFolder;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The model's configs and tokenizer (no weights), for the checks before queueing.
     pub folder: ModelFolder,
+    /// Its sizes, for the shared limits (`muddit_engine::limits`).
+    pub shape: ModelShape,
     pub defaults: Defaults,
     /// The served model's id (its folder's name).
     pub model_id: String,
@@ -37,6 +40,16 @@ pub struct AppState {
     /// No log line per request.
     pub quiet: bool,
     pub next_id: AtomicU64,
+}
+
+impl AppState {
+    fn checks(&self) -> Checks<'_> {
+        Checks {
+            folder: &self.folder,
+            shape: &self.shape,
+            defaults: &self.defaults,
+        }
+    }
 }
 
 /// Queue wait and run time of a request that reached the model, for the log line.
@@ -166,11 +179,7 @@ fn with_timing(body: serde_json::Value, done: &Done) -> Response {
 
 async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let body: GenerationBody = parse_json(&body)?;
-    let checks = Checks {
-        folder: &state.folder,
-        defaults: &state.defaults,
-    };
-    let job = checks.t2i(body)?;
+    let job = state.checks().t2i(body)?;
     let prompt = job.request.prompts[0].clone();
     let done = submit(&state, Work::T2i(job)).await?;
     let Output::Images { pngs, seed } = &done.output else {
@@ -279,11 +288,7 @@ async fn read_i2t(state: &Arc<AppState>, request: Request) -> Result<I2tBody, Ap
 
 async fn image_to_text(state: Arc<AppState>, request: Request, vqa: bool) -> Result<Response, ApiError> {
     let body = read_i2t(&state, request).await?;
-    let checks = Checks {
-        folder: &state.folder,
-        defaults: &state.defaults,
-    };
-    let job = checks.i2t(body, vqa)?;
+    let job = state.checks().i2t(body, vqa)?;
     let done = submit(&state, Work::I2t(job)).await?;
     let Output::Text(text) = &done.output else {
         return Err(ApiError::internal("the worker answered image-to-text with images"));

@@ -17,6 +17,7 @@ mod worker;
 use crate::Global;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
+use muddit_engine::limits::ModelShape;
 use std::io::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -52,13 +53,9 @@ fn seconds(flag: &str, value: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("--{flag} {value}: not a duration"))
 }
 
-/// The served model's id: its folder's name (the model root's when given `transformer/`).
+/// The served model's id: its root folder's name.
 fn model_id(root: &std::path::Path) -> String {
-    let dir = match root.file_name().and_then(|n| n.to_str()) {
-        Some("transformer") => root.parent().unwrap_or(root),
-        _ => root,
-    };
-    dir.file_name()
+    root.file_name()
         .map_or("muddit".into(), |n| n.to_string_lossy().into_owned())
 }
 
@@ -67,9 +64,11 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
     ensure!(args.queue >= 1, "--queue must be at least 1");
     let request_timeout = seconds("request-timeout", args.request_timeout)?;
     let grace = seconds("shutdown-grace", args.shutdown_grace)?;
-    let root = crate::model::resolve(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
     let folder = muddit_engine::pipeline::ModelFolder::open(&root)?;
+    // The weights stay loaded: the memory check of a request counts only its run.
+    let shape = ModelShape::loaded(&folder.transformer_cfg, &folder.vqvae_cfg);
     let models = crate::model::Models::load(&root, global)?;
     let queue = Arc::new(queue::Queue::new(args.queue));
     let metrics = Arc::new(metrics::Metrics::default());
@@ -91,6 +90,7 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
         queue: queue.clone(),
         metrics,
         folder,
+        shape,
         defaults,
         model_id: model_id(&root),
         max_batch: args.max_batch,

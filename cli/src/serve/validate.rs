@@ -1,24 +1,15 @@
-//! Request bodies checked and turned into jobs, every refusal naming its field. The numeric
-//! limits are gathered here, in one place, so that they can follow the CLI's own checks.
+//! Request bodies checked and turned into jobs, every refusal naming its field. The numbers
+//! go through the one validation the CLI uses (`muddit_engine::limits`), so a request is
+//! refused exactly where `muddit t2i`, `caption` or `vqa` would refuse the same numbers.
 
 use super::error::ApiError;
 use super::queue::T2iJob;
 use crate::model::Defaults;
-use muddit_engine::image_io::{from_rgb8, resize_bilinear};
+use muddit_engine::image_io::decode_image;
+use muddit_engine::limits::{self, ModelShape};
 use muddit_engine::pipeline::{ImageToText, ModelFolder, TextToImage};
 use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
 use serde::Deserialize;
-
-/// Images one request may ask for (`n`).
-pub const MAX_IMAGES: usize = 16;
-/// Denoising steps.
-pub const MAX_STEPS: usize = 1000;
-/// Pixels on a side of a generated image.
-pub const MAX_SIDE: usize = 2048;
-/// Characters of a prompt, negative prompt or question (CLIP reads 75 tokens of it).
-pub const MAX_TEXT_CHARS: usize = 4000;
-/// Pixels on a side of an uploaded image, before resizing.
-pub const MAX_UPLOAD_SIDE: u32 = 8192;
 
 /// `POST /v1/images/generations`: OpenAI's fields, then ours.
 #[derive(Deserialize)]
@@ -51,30 +42,30 @@ pub struct I2tBody {
     pub greedy: Option<bool>,
 }
 
-/// What the checks read: the model's configs and tokenizer, and its command defaults.
+/// What the checks read: the model's configs, sizes and tokenizer, and its command defaults.
 pub struct Checks<'a> {
     pub folder: &'a ModelFolder,
+    pub shape: &'a ModelShape,
     pub defaults: &'a Defaults,
 }
 
-fn text(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::field(
-            field,
-            format!("longer than {MAX_TEXT_CHARS} characters"),
-        ));
-    }
-    Ok(())
+/// A refusal of the shared limits, named by the request's field: the engine's `width` and
+/// `height` are `size`, its `batch` is `n`; a run too large for the memory left is `n`'s.
+fn refused(e: muddit_engine::Error) -> ApiError {
+    let field = match &e {
+        muddit_engine::Error::InvalidInput { name, .. } => match name.as_str() {
+            "width" | "height" => "size",
+            "batch" => "n",
+            other => other,
+        },
+        _ => "n",
+    };
+    ApiError::field(field, e.to_string())
 }
 
 fn steps(value: Option<usize>, default: usize) -> Result<usize, ApiError> {
     let steps = value.unwrap_or(default);
-    if !(1..=MAX_STEPS).contains(&steps) {
-        return Err(ApiError::field(
-            "steps",
-            format!("{steps} is not between 1 and {MAX_STEPS}"),
-        ));
-    }
+    limits::check_steps(steps).map_err(refused)?;
     Ok(steps)
 }
 
@@ -86,20 +77,10 @@ fn size(value: Option<&str>, defaults: &Defaults) -> Result<(usize, usize), ApiE
     let parsed = text
         .split_once('x')
         .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)));
-    match parsed {
-        Some((w, h)) if (1..=MAX_SIDE).contains(&w) && (1..=MAX_SIDE).contains(&h) => Ok((w, h)),
-        Some(_) => Err(ApiError::field(
-            "size",
-            format!("{text}: each side between 1 and {MAX_SIDE} px"),
-        )),
-        None => Err(ApiError::field(
-            "size",
-            format!(
-                "{text}: expected WIDTHxHEIGHT, e.g. {}x{}",
-                defaults.width, defaults.height
-            ),
-        )),
-    }
+    parsed.ok_or_else(|| {
+        let example = format!("{}x{}", defaults.width, defaults.height);
+        ApiError::field("size", format!("{text}: expected WIDTHxHEIGHT, e.g. {example}"))
+    })
 }
 
 fn draw(greedy: Option<bool>, default: bool) -> DrawRule {
@@ -115,7 +96,7 @@ impl Checks<'_> {
         if !blank_ok && value.trim().is_empty() {
             return Err(ApiError::field(field, "empty"));
         }
-        text(field, value)?;
+        limits::check_text(field, value).map_err(refused)?;
         self.folder
             .tokenizer
             .encode_padded(value)
@@ -129,21 +110,13 @@ impl Checks<'_> {
         let negative_prompt = body.negative_prompt.unwrap_or_default();
         self.prompt("negative_prompt", &negative_prompt, true)?;
         let n = body.n.unwrap_or(1);
-        if !(1..=MAX_IMAGES).contains(&n) {
-            return Err(ApiError::field(
-                "n",
-                format!("{n} is not between 1 and {MAX_IMAGES}"),
-            ));
-        }
+        limits::check_images("n", n).map_err(refused)?;
         match body.response_format.as_deref() {
             None | Some("b64_json") => {}
             Some("url") => return Err(ApiError::field("response_format", "`url` is not offered: this server keeps no files; use `b64_json` (the default)")),
             Some(other) => return Err(ApiError::field("response_format", format!("`{other}`: only `b64_json`"))),
         }
         let (width, height) = size(body.size.as_deref(), self.defaults)?;
-        self.folder
-            .grid(width, height)
-            .map_err(|e| ApiError::field("size", e.to_string()))?;
         let cfg = body.cfg.unwrap_or(self.defaults.cfg);
         let guidance =
             Guidance::from_scale(cfg).map_err(|e| ApiError::field("cfg", e.to_string()))?;
@@ -155,15 +128,17 @@ impl Checks<'_> {
             draw: draw(body.greedy, self.defaults.greedy),
             seed: body.seed.unwrap_or(0),
         };
+        let request = TextToImage {
+            prompts: vec![body.prompt],
+            negative_prompt,
+            images_per_prompt: n,
+            width,
+            height,
+            sampler,
+        };
+        self.shape.check_text_to_image(&request).map_err(refused)?;
         Ok(T2iJob {
-            request: TextToImage {
-                prompts: vec![body.prompt],
-                negative_prompt,
-                images_per_prompt: n,
-                width,
-                height,
-                sampler,
-            },
+            request,
             cfg,
             seed: body.seed,
         })
@@ -187,9 +162,12 @@ impl Checks<'_> {
             (false, None) => None,
         };
         let r = self.defaults.resolution;
-        let pixels = decode_image(&body.image, r)?;
-        Ok(ImageToText {
-            images: pixels,
+        if body.image.is_empty() {
+            return Err(ApiError::field("image", "missing or empty"));
+        }
+        let image = decode_image(&body.image, r, r).map_err(refused)?;
+        let request = ImageToText {
+            images: image.data,
             batch: 1,
             resolution: r,
             questions,
@@ -201,29 +179,8 @@ impl Checks<'_> {
                 draw: draw(body.greedy, self.defaults.greedy),
                 seed: body.seed.unwrap_or(0),
             },
-        })
+        };
+        self.shape.check_image_to_text(&request).map_err(refused)?;
+        Ok(request)
     }
-}
-
-/// PNG, JPEG or WebP bytes -> `[3, r, r]` in `[0, 1]`, resized as `muddit caption` does.
-fn decode_image(bytes: &[u8], r: usize) -> Result<Vec<f32>, ApiError> {
-    let bad = |message: String| ApiError::field("image", message);
-    if bytes.is_empty() {
-        return Err(bad("missing or empty".into()));
-    }
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(bad("not a PNG, JPEG or WebP image".into()));
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_UPLOAD_SIDE);
-    limits.max_image_height = Some(MAX_UPLOAD_SIDE);
-    reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|e| bad(format!("cannot decode: {e}")))?
-        .to_rgb8();
-    Ok(from_rgb8(&resize_bilinear(img, r, r)).data)
 }

@@ -6,7 +6,7 @@ use super::metrics::Metrics;
 use super::queue::{Done, Job, Output, Queue, T2iJob, Work};
 use crate::generate::{generation_params, rgb8};
 use crate::model::Models;
-use crate::png_meta::png_bytes;
+use crate::png_meta::encode_png;
 use anyhow::Result;
 use muddit_engine::pipeline::{ImageToText, StepEvent, TextToImage};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,7 +94,9 @@ impl Worker {
             for _ in 0..job.images() {
                 let rgb = rgb8(&images.pixels, index, width, height);
                 let params = generation_params(&request, job.cfg, index, &self.model_name);
-                pngs.push(png_bytes(&rgb, width, height, &params)?);
+                let mut png = Vec::new();
+                encode_png(&mut png, &rgb, width as u32, height as u32, Some(&params))?;
+                pngs.push(png);
                 index += 1;
             }
             outputs.push(Output::Images {

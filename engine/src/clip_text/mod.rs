@@ -105,9 +105,7 @@ impl ClipTextConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("max_position_embeddings", self.max_position_embeddings),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("`{key}` must be positive"));
-        }
+        crate::limits::check_config_sizes(&positive)?;
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
                 "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
