@@ -58,6 +58,8 @@ struct Timing {
     queue_wait: Duration,
     run: Duration,
     batch_images: usize,
+    /// The seed of a generation's batch.
+    seed: Option<u64>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -169,10 +171,15 @@ async fn submit(state: &AppState, work: Work) -> Result<Done, ApiError> {
 
 fn with_timing(body: serde_json::Value, done: &Done) -> Response {
     let mut response = Json(body).into_response();
+    let seed = match &done.output {
+        Output::Images { seed, .. } => Some(*seed),
+        Output::Text(_) => None,
+    };
     response.extensions_mut().insert(Timing {
         queue_wait: done.queue_wait,
         run: done.run,
         batch_images: done.batch_images,
+        seed,
     });
     response
 }
@@ -338,6 +345,7 @@ async fn log_request(State(state): State<Arc<AppState>>, request: Request, next:
             "queue_wait_ms": timing.map(|t| ms(t.queue_wait)),
             "run_ms": timing.map(|t| ms(t.run)),
             "batch_images": timing.map(|t| t.batch_images),
+            "seed": timing.and_then(|t| t.seed),
             "total_ms": ms(start.elapsed()),
         });
         eprintln!("{line}");
