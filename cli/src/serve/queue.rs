@@ -198,3 +198,84 @@ impl Queue {
         Some(batch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muddit_sampler::{DrawRule, SamplerConfig};
+
+    fn t2i(prompt: &str, n: usize, width: usize, seed: Option<u64>) -> Work {
+        let mut sampler = SamplerConfig::new(16);
+        sampler.seed = seed.unwrap_or(0);
+        sampler.draw = DrawRule::Sample;
+        Work::T2i(T2iJob {
+            request: TextToImage {
+                prompts: vec![prompt.into()],
+                negative_prompt: String::new(),
+                images_per_prompt: n,
+                width,
+                height: 64,
+                sampler,
+            },
+            cfg: 1.0,
+            seed,
+        })
+    }
+
+    fn push(queue: &Queue, work: Work) -> oneshot::Receiver<Result<Done, ApiError>> {
+        let (tx, rx) = oneshot::channel();
+        assert!(queue.push(Job::new(work, tx)).is_ok());
+        rx
+    }
+
+    fn prompts(batch: &[Job]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|j| match &j.work {
+                Work::T2i(t) => t.request.prompts[0].clone(),
+                Work::I2t(_) => "i2t".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compatible_jobs_batch_up_to_the_image_limit_in_order() {
+        let queue = Queue::new(16);
+        let _r: Vec<_> = [
+            t2i("a", 2, 64, None),
+            t2i("other size", 1, 128, None),
+            t2i("b", 1, 64, None),
+            t2i("seeded", 1, 64, Some(5)),
+            t2i("too many", 2, 64, None),
+            t2i("c", 1, 64, None),
+        ]
+        .into_iter()
+        .map(|w| push(&queue, w))
+        .collect();
+        let first = queue.next_batch(4).expect("a batch");
+        assert_eq!(prompts(&first), ["a", "b", "c"]);
+        let next = queue.next_batch(4).expect("a batch");
+        assert_eq!(prompts(&next), ["other size"]);
+        assert_eq!(prompts(&queue.next_batch(4).expect("a batch")), ["seeded"]);
+        assert_eq!(prompts(&queue.next_batch(4).expect("a batch")), ["too many"]);
+        queue.close();
+        assert!(queue.next_batch(4).is_none());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_cancelled_jobs_free_their_place() {
+        let queue = Queue::new(2);
+        let kept = push(&queue, t2i("kept", 1, 64, None));
+        let gone = push(&queue, t2i("gone", 1, 64, None));
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(
+            queue.push(Job::new(t2i("refused", 1, 64, None), tx)),
+            Err(PushError::Full)
+        ));
+        drop(gone);
+        let _later = push(&queue, t2i("later", 1, 64, None));
+        assert_eq!(queue.depth_and_cancelled(), (2, 1));
+        assert_eq!(prompts(&queue.next_batch(8).expect("a batch")), ["kept", "later"]);
+        drop(kept);
+    }
+}
