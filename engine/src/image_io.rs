@@ -41,9 +41,7 @@ pub fn load_image(path: &Path, height: usize, width: usize) -> Result<RgbImage> 
         }
     };
     // The declared size, from the header alone: a decompression bomb is refused unread.
-    let (w, h) = open()?
-        .into_dimensions()
-        .map_err(|e| bad(e.to_string()))?;
+    let (w, h) = open()?.into_dimensions().map_err(|e| bad(e.to_string()))?;
     let side = MAX_INPUT_SIDE as u32;
     if w > side || h > side {
         return Err(bad(format!(
