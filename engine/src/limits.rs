@@ -315,7 +315,7 @@ mod tests {
             images_per_prompt: images,
             width,
             height,
-            sampler: SamplerConfig::default(),
+            sampler: SamplerConfig::new(16),
         }
     }
 
