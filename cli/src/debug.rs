@@ -1,11 +1,11 @@
 //! `muddit debug ...`: inspection forwards and random checkpoints.
 
+use crate::output::Outputs;
 use crate::{Dtype, Global};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use muddit_engine::config::TransformerConfig;
 use muddit_engine::random::{write_random_transformer, WeightDtype};
-use crate::output::Outputs;
 use muddit_engine::tensor_io::TensorFile;
 use muddit_engine::{debug, model_dir};
 use std::path::{Path, PathBuf};

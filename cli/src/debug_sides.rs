@@ -59,7 +59,13 @@ pub fn text(model: &Path, inputs: &Path, out: &Path, overwrite: bool, quiet: boo
 }
 
 /// `image` f32 `[B, 3, H, W]` in `[0, 1]` -> `tokens` i64 `[B, H/f, W/f]`.
-pub fn vq_encode(model: &Path, inputs: &Path, out: &Path, overwrite: bool, quiet: bool) -> Result<()> {
+pub fn vq_encode(
+    model: &Path,
+    inputs: &Path,
+    out: &Path,
+    overwrite: bool,
+    quiet: bool,
+) -> Result<()> {
     let vq = load_vqvae(model)?;
     let inputs = TensorFile::read(inputs)?;
     let (shape, image) = inputs.f32("image", 4, "[B,3,H,W]")?;
@@ -82,7 +88,13 @@ pub fn vq_encode(model: &Path, inputs: &Path, out: &Path, overwrite: bool, quiet
 }
 
 /// `tokens` i64 `[B, h, w]` -> `image` f32 `[B, 3, h f, w f]`, not clipped.
-pub fn vq_decode(model: &Path, inputs: &Path, out: &Path, overwrite: bool, quiet: bool) -> Result<()> {
+pub fn vq_decode(
+    model: &Path,
+    inputs: &Path,
+    out: &Path,
+    overwrite: bool,
+    quiet: bool,
+) -> Result<()> {
     let vq = load_vqvae(model)?;
     let inputs = TensorFile::read(inputs)?;
     let (shape, ids) = inputs.i64("tokens", 3, "[B,h,w]")?;

@@ -156,7 +156,10 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     ensure!(images_per_prompt > 0, "--batch must be at least 1");
     let batch = prompts.len().saturating_mul(images_per_prompt);
     let stored_batch = args.from_png.as_deref().filter(|_| args.batch.is_none());
-    stored_check(muddit_engine::limits::check_images("batch", batch), stored_batch)?;
+    stored_check(
+        muddit_engine::limits::check_images("batch", batch),
+        stored_batch,
+    )?;
 
     let pattern = args.output.clone().unwrap_or_else(|| {
         if batch == 1 {

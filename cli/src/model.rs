@@ -77,7 +77,11 @@ pub fn parse_defaults(text: &str) -> Result<Defaults> {
     for steps in [d.t2i_steps, d.i2t_steps] {
         limits::check_steps(steps)?;
     }
-    anyhow::ensure!(d.cfg.is_finite() && d.cfg >= 0.0, "`cfg` {} must be finite and >= 0", d.cfg);
+    anyhow::ensure!(
+        d.cfg.is_finite() && d.cfg >= 0.0,
+        "`cfg` {} must be finite and >= 0",
+        d.cfg
+    );
     Ok(d)
 }
 
@@ -203,7 +207,9 @@ pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
     if arg.as_os_str().is_empty() {
         bail!("--model is empty (or MUDDIT_MODEL is set to nothing): name a model folder, or leave both out for the default model");
     }
-    let dir = if arg.exists() {
+    let dir = if arg.is_file() {
+        bail!("--model {}: a file, not a model folder; {HOW_TO_GET_ONE}", arg.display());
+    } else if arg.exists() {
         arg.to_path_buf()
     } else {
         let text = arg.to_string_lossy();

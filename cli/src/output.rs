@@ -45,8 +45,13 @@ impl Outputs {
         }
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => bail!("{}: is a folder; name a file in it", at()),
-            Ok(m) if !m.is_file() => bail!("{}: not a regular file (a device or pipe?); name a file", at()),
-            Ok(_) if !self.overwrite => bail!("{}: already exists; pass --overwrite to replace it", at()),
+            Ok(m) if !m.is_file() => bail!(
+                "{}: not a regular file (a device or pipe?); name a file",
+                at()
+            ),
+            Ok(_) if !self.overwrite => {
+                bail!("{}: already exists; pass --overwrite to replace it", at())
+            }
             _ => {}
         }
         tempfile::Builder::new()
@@ -55,7 +60,10 @@ impl Outputs {
             .with_context(|| format!("{}: cannot write in {}", at(), folder.display()))?;
         let key = folder.join(&name);
         if let Some((_, other)) = self.planned.iter().find(|(k, _)| *k == key) {
-            bail!("{}: the same file as {other}; give each output its own name", at());
+            bail!(
+                "{}: the same file as {other}; give each output its own name",
+                at()
+            );
         }
         self.planned.push((key, at()));
         Ok(())
@@ -65,7 +73,10 @@ impl Outputs {
 /// Fails if `path` (a folder a command fills) exists and `--overwrite` was not given.
 pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
     if path.exists() && !overwrite {
-        bail!("{} already exists; pass --overwrite to replace it", path.display());
+        bail!(
+            "{} already exists; pass --overwrite to replace it",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -101,12 +112,17 @@ pub fn write_file(
         builder.permissions(std::fs::Permissions::from_mode(0o666));
     }
     let mut tmp = builder.tempfile_in(&dir).with_context(|| {
-        format!("{}: cannot create a file in {}", path.display(), dir.display())
+        format!(
+            "{}: cannot create a file in {}",
+            path.display(),
+            dir.display()
+        )
     })?;
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
         write(&mut w).with_context(|| format!("writing {}", path.display()))?;
-        w.flush().with_context(|| format!("writing {}", path.display()))?;
+        w.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     tmp.as_file()
         .sync_all()
@@ -174,8 +190,12 @@ pub fn write_image(
             ImageFormat::Png => png_meta::encode_png(out, rgb, w, h, params)?,
             ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(out, 95)
                 .encode(rgb, w, h, image::ExtendedColorType::Rgb8)?,
-            ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(out)
-                .encode(rgb, w, h, image::ExtendedColorType::Rgb8)?,
+            ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(out).encode(
+                rgb,
+                w,
+                h,
+                image::ExtendedColorType::Rgb8,
+            )?,
         }
         Ok(())
     })
@@ -200,14 +220,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let a = dir.path().join("a.png");
         let mut outputs = Outputs::new(false);
-        outputs.plan("-o", &a).expect("a new file in an existing folder");
+        outputs
+            .plan("-o", &a)
+            .expect("a new file in an existing folder");
         let same = dir.path().join(".").join("a.png");
-        assert!(outputs.plan("--output-ids", &same).unwrap_err().to_string().contains("same file"));
+        assert!(outputs
+            .plan("--output-ids", &same)
+            .unwrap_err()
+            .to_string()
+            .contains("same file"));
         assert!(outputs.plan("-o", dir.path()).is_err(), "a folder");
-        assert!(outputs.plan("-o", &dir.path().join("missing/x.png")).unwrap_err().to_string().contains("does not exist"));
-        assert!(outputs.plan("-o", Path::new("/dev/null")).unwrap_err().to_string().contains("regular file"));
+        assert!(outputs
+            .plan("-o", &dir.path().join("missing/x.png"))
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+        assert!(outputs
+            .plan("-o", Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string()
+            .contains("regular file"));
         write_file(&a, false, |w| Ok(w.write_all(b"first")?)).expect("write");
-        assert!(Outputs::new(false).plan("-o", &a).unwrap_err().to_string().contains("--overwrite"));
+        assert!(Outputs::new(false)
+            .plan("-o", &a)
+            .unwrap_err()
+            .to_string()
+            .contains("--overwrite"));
         let e = write_file(&a, false, |w| Ok(w.write_all(b"second")?)).expect_err("no clobber");
         assert!(e.to_string().contains("--overwrite"), "{e}");
         assert_eq!(std::fs::read(&a).expect("read"), b"first");
@@ -215,24 +253,48 @@ mod tests {
         assert_eq!(std::fs::read(&a).expect("read"), b"third");
         let e = write_file(&a, true, |_| bail!("encoder failed")).expect_err("failed write");
         assert!(format!("{e:#}").contains("encoder failed"));
-        assert_eq!(std::fs::read(&a).expect("read"), b"third", "a failed write leaves the old file");
+        assert_eq!(
+            std::fs::read(&a).expect("read"),
+            b"third",
+            "a failed write leaves the old file"
+        );
         let names: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
         assert_eq!(names.len(), 1, "no temporary file left behind");
     }
 
     #[test]
     fn image_format_follows_the_extension() {
-        assert_eq!(ImageFormat::of("-o", Path::new("x.PNG")).expect("png"), ImageFormat::Png);
-        assert_eq!(ImageFormat::of("-o", Path::new("x.jpeg")).expect("jpeg"), ImageFormat::Jpeg);
-        assert_eq!(ImageFormat::of("-o", Path::new("x.webp")).expect("webp"), ImageFormat::Webp);
-        assert!(ImageFormat::of("-o", Path::new("x.gif")).unwrap_err().to_string().contains(".gif"));
+        assert_eq!(
+            ImageFormat::of("-o", Path::new("x.PNG")).expect("png"),
+            ImageFormat::Png
+        );
+        assert_eq!(
+            ImageFormat::of("-o", Path::new("x.jpeg")).expect("jpeg"),
+            ImageFormat::Jpeg
+        );
+        assert_eq!(
+            ImageFormat::of("-o", Path::new("x.webp")).expect("webp"),
+            ImageFormat::Webp
+        );
+        assert!(ImageFormat::of("-o", Path::new("x.gif"))
+            .unwrap_err()
+            .to_string()
+            .contains(".gif"));
         assert!(ImageFormat::of("-o", Path::new("x")).is_err());
         let dir = tempfile::tempdir().expect("tmp");
-        for (name, format) in [("a.png", image::ImageFormat::Png), ("a.jpg", image::ImageFormat::Jpeg), ("a.webp", image::ImageFormat::WebP)] {
+        for (name, format) in [
+            ("a.png", image::ImageFormat::Png),
+            ("a.jpg", image::ImageFormat::Jpeg),
+            ("a.webp", image::ImageFormat::WebP),
+        ] {
             let path = dir.path().join(name);
             write_image(&path, false, &[200u8; 8 * 4 * 3], 8, 4, None).expect("write");
             let bytes = std::fs::read(&path).expect("read");
-            assert_eq!(image::guess_format(&bytes).expect("known"), format, "{name}");
+            assert_eq!(
+                image::guess_format(&bytes).expect("known"),
+                format,
+                "{name}"
+            );
         }
     }
 }

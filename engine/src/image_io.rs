@@ -63,9 +63,7 @@ fn decode_bounded<R: std::io::BufRead + std::io::Seek>(
         )),
     };
     // The declared size, from the header alone: a decompression bomb is refused unread.
-    let (w, h) = open()?
-        .into_dimensions()
-        .map_err(|e| bad(e.to_string()))?;
+    let (w, h) = open()?.into_dimensions().map_err(|e| bad(e.to_string()))?;
     let side = MAX_INPUT_SIDE as u32;
     if w > side || h > side {
         return Err(bad(format!(

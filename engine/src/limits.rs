@@ -47,11 +47,8 @@ impl ModelShape {
     /// The shape of the model folder `root` from its configs (no weights read), with the memory
     /// its weights will take once loaded (f32: twice the bytes of f16 and bf16 files).
     pub fn read(root: &Path) -> Result<Self> {
-        let (t_dir, transformer) = crate::model_dir::open_config(
-            root,
-            "transformer",
-            TransformerConfig::from_file,
-        )?;
+        let (t_dir, transformer) =
+            crate::model_dir::open_config(root, "transformer", TransformerConfig::from_file)?;
         let (v_dir, vqvae) = crate::model_dir::open_config(root, "vqvae", VqConfig::from_file)?;
         let weight_bytes = [t_dir, v_dir, root.join("text_encoder")]
             .iter()
@@ -110,7 +107,12 @@ impl ModelShape {
         check_images("batch", images)?;
         check_steps(req.sampler.steps)?;
         self.grid(req.width, req.height)?;
-        let rows = images * if req.sampler.guidance.needs_uncond() { 2 } else { 1 };
+        let rows = images
+            * if req.sampler.guidance.needs_uncond() {
+                2
+            } else {
+                1
+            };
         let bytes = self.text_to_image_bytes(images, rows, req.width, req.height);
         check_memory(bytes + self.weight_bytes as f64)
     }
@@ -288,7 +290,8 @@ pub fn available_memory() -> Option<u64> {
             .parse()
             .ok()
     };
-    let cgroup = read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
+    let cgroup =
+        read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
     match (available, cgroup) {
         (Some(a), Some(c)) => Some(a.min(c)),
         (a, c) => a.or(c),
@@ -312,7 +315,7 @@ mod tests {
             images_per_prompt: images,
             width,
             height,
-            sampler: SamplerConfig::default(),
+            sampler: SamplerConfig::new(16),
         }
     }
 
@@ -320,16 +323,32 @@ mod tests {
     fn sizes_batch_and_steps_are_bounded() {
         let s = shape();
         assert_eq!(s.grid(512, 256).expect("grid"), (16, 32));
-        for (w, h, n) in [(0, 512, 1), (1_000_000, 512, 1), (520, 512, 1), (512, 512, 0), (512, 512, MAX_IMAGES + 1)] {
-            let e = s.check_text_to_image(&request(w, h, n)).expect_err("refused");
+        for (w, h, n) in [
+            (0, 512, 1),
+            (1_000_000, 512, 1),
+            (520, 512, 1),
+            (512, 512, 0),
+            (512, 512, MAX_IMAGES + 1),
+        ] {
+            let e = s
+                .check_text_to_image(&request(w, h, n))
+                .expect_err("refused");
             assert!(matches!(e, Error::InvalidInput { .. }), "{e}");
         }
         let mut r = request(512, 512, 1);
         r.sampler.steps = MAX_STEPS + 1;
-        assert!(s.check_text_to_image(&r).expect_err("steps").to_string().contains("steps"));
+        assert!(s
+            .check_text_to_image(&r)
+            .expect_err("steps")
+            .to_string()
+            .contains("steps"));
         r.sampler.steps = 16;
         r.prompts = vec!["x".repeat(MAX_PROMPT_BYTES + 1)];
-        assert!(s.check_text_to_image(&r).expect_err("prompt").to_string().contains("prompt"));
+        assert!(s
+            .check_text_to_image(&r)
+            .expect_err("prompt")
+            .to_string()
+            .contains("prompt"));
         assert!(check_threads(0).is_err() && check_threads(MAX_THREADS + 1).is_err());
         assert!(check_threads(8).is_ok());
     }

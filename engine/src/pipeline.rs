@@ -467,7 +467,10 @@ impl Pipeline {
                 micro_conds: &plan.micro,
             })?;
             let t1 = Instant::now();
-            Error::check_finite(|| format!("transformer image logits of step {step}"), &logits)?;
+            Error::check_finite(
+                || format!("transformer image logits of step {step}"),
+                &logits,
+            )?;
             plan.sampler.step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
@@ -526,7 +529,10 @@ impl Pipeline {
             })?;
             let t2 = Instant::now();
             let logits = out.unwrap_or_default();
-            Error::check_finite(|| format!("transformer text logits of step {step}"), &logits)?;
+            Error::check_finite(
+                || format!("transformer text logits of step {step}"),
+                &logits,
+            )?;
             sampler.step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,

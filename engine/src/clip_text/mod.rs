@@ -88,11 +88,14 @@ impl ClipTextConfig {
 
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path, |text| {
-            let cfg: ClipTextConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
-            cfg.validate()?;
-            Ok(cfg)
-        })
+        read_config(path, Self::from_json)
+    }
+
+    /// Parses and validates a config; the message names the offending key.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let cfg: ClipTextConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {

@@ -167,7 +167,11 @@ impl VqConfig {
             ("norm_num_groups", self.norm_num_groups),
             ("vq_embed_dim", self.vq_embed_dim.unwrap_or(1)),
         ];
-        sizes.extend(self.block_out_channels.iter().map(|&c| ("block_out_channels", c)));
+        sizes.extend(
+            self.block_out_channels
+                .iter()
+                .map(|&c| ("block_out_channels", c)),
+        );
         crate::limits::check_config_sizes(&sizes)?;
         if levels == 0 {
             return Err("`block_out_channels` is empty".into());
