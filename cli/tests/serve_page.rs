@@ -45,8 +45,17 @@ fn chromium() -> Option<&'static str> {
 fn launch(binary: &str) -> Browser {
     let profile = tempfile::tempdir().expect("profile folder");
     let mut child = Command::new(binary)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        .args(["--no-first-run", "--remote-debugging-port=0", "--window-size=900,1000"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ])
+        .args([
+            "--no-first-run",
+            "--remote-debugging-port=0",
+            "--window-size=900,1000",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("about:blank")
         .stdout(Stdio::null())
@@ -180,7 +189,10 @@ fn the_page_generates_captions_and_answers_in_chromium() {
     let Some(binary) = chromium() else {
         let required = std::env::var_os("CI").is_some()
             || std::env::var_os("MUDDIT_REQUIRE_CHROMIUM").is_some();
-        assert!(!required, "chromium is not installed (apt-get install chromium)");
+        assert!(
+            !required,
+            "chromium is not installed (apt-get install chromium)"
+        );
         eprintln!("skipped: no chromium on this machine (apt-get install chromium)");
         return;
     };
@@ -205,8 +217,18 @@ fn the_page_generates_captions_and_answers_in_chromium() {
     );
     assert_eq!(generated["model"], "shapes-64", "{generated}");
     assert_eq!(generated["failed"], false, "{generated}");
-    assert!(generated["status"].as_str().expect("text").starts_with("seed "), "{generated}");
-    assert_eq!(generated["sizes"], json!([[64, 64], [64, 64]]), "{generated}");
+    assert!(
+        generated["status"]
+            .as_str()
+            .expect("text")
+            .starts_with("seed "),
+        "{generated}"
+    );
+    assert_eq!(
+        generated["sizes"],
+        json!([[64, 64], [64, 64]]),
+        "{generated}"
+    );
 
     let read = page.run(
         r##"
@@ -240,8 +262,14 @@ fn the_page_generates_captions_and_answers_in_chromium() {
         return [$("t2i-status").textContent, $("t2i-status").className];
         "##,
     );
-    assert_eq!(blank[1], "error", "a refused prompt is shown as an error: {blank}");
-    assert!(blank[0].as_str().expect("text").contains("empty"), "{blank}");
+    assert_eq!(
+        blank[1], "error",
+        "a refused prompt is shown as an error: {blank}"
+    );
+    assert!(
+        blank[0].as_str().expect("text").contains("empty"),
+        "{blank}"
+    );
 
     use base64::Engine as _;
     let png = base64::engine::general_purpose::STANDARD

@@ -100,9 +100,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let (depth, cancelled) = state.queue.depth_and_cancelled();
-    let text = state
-        .metrics
-        .render(depth, state.queue.capacity, cancelled);
+    let text = state.metrics.render(depth, state.queue.capacity, cancelled);
     (
         [(
             header::CONTENT_TYPE,
@@ -190,7 +188,9 @@ async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     let prompt = job.request.prompts[0].clone();
     let done = submit(&state, Work::T2i(job)).await?;
     let Output::Images { pngs, seed } = &done.output else {
-        return Err(ApiError::internal("the worker answered a generation with text"));
+        return Err(ApiError::internal(
+            "the worker answered a generation with text",
+        ));
     };
     let b64 = base64::engine::general_purpose::STANDARD;
     let data: Vec<_> = pngs
@@ -242,7 +242,10 @@ async fn read_multipart(mut form: Multipart) -> Result<I2tBody, ApiError> {
         let status = e.status();
         ApiError {
             status,
-            ..ApiError::field("body", format!("malformed multipart body: {}", e.body_text()))
+            ..ApiError::field(
+                "body",
+                format!("malformed multipart body: {}", e.body_text()),
+            )
         }
     };
     while let Some(field) = form.next_field().await.map_err(broken)? {
@@ -257,7 +260,12 @@ async fn read_multipart(mut form: Multipart) -> Result<I2tBody, ApiError> {
             "steps" => body.steps = Some(form_value(&name, &text)?),
             "seed" => body.seed = Some(form_value(&name, &text)?),
             "greedy" => body.greedy = Some(form_value(&name, &text)?),
-            _ => return Err(ApiError::field(&name, "unknown field; expected image, question, steps, seed, greedy")),
+            _ => {
+                return Err(ApiError::field(
+                    &name,
+                    "unknown field; expected image, question, steps, seed, greedy",
+                ))
+            }
         }
     }
     Ok(body)
@@ -293,18 +301,30 @@ async fn read_i2t(state: &Arc<AppState>, request: Request) -> Result<I2tBody, Ap
     })
 }
 
-async fn image_to_text(state: Arc<AppState>, request: Request, vqa: bool) -> Result<Response, ApiError> {
+async fn image_to_text(
+    state: Arc<AppState>,
+    request: Request,
+    vqa: bool,
+) -> Result<Response, ApiError> {
     let body = read_i2t(&state, request).await?;
     let job = state.checks().i2t(body, vqa)?;
     let done = submit(&state, Work::I2t(job)).await?;
     let Output::Text(text) = &done.output else {
-        return Err(ApiError::internal("the worker answered image-to-text with images"));
+        return Err(ApiError::internal(
+            "the worker answered image-to-text with images",
+        ));
     };
     let key = if vqa { "answer" } else { "text" };
-    Ok(with_timing(serde_json::json!({ key: text, "model": state.model_id }), &done))
+    Ok(with_timing(
+        serde_json::json!({ key: text, "model": state.model_id }),
+        &done,
+    ))
 }
 
-async fn caption(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+async fn caption(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
     image_to_text(state, request, false).await
 }
 

@@ -113,7 +113,11 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
     if !global.quiet {
         eprintln!(
             "muddit serve: stopped{}",
-            if finished { "" } else { " (requests still running were abandoned after --shutdown-grace)" }
+            if finished {
+                ""
+            } else {
+                " (requests still running were abandoned after --shutdown-grace)"
+            }
         );
     }
     Ok(())

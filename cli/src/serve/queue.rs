@@ -57,7 +57,10 @@ pub enum Work {
 
 pub enum Output {
     /// PNG files with their parameters, and the seed of the batch.
-    Images { pngs: Vec<Vec<u8>>, seed: u64 },
+    Images {
+        pngs: Vec<Vec<u8>>,
+        seed: u64,
+    },
     Text(String),
 }
 
@@ -257,7 +260,10 @@ mod tests {
         let next = queue.next_batch(4).expect("a batch");
         assert_eq!(prompts(&next), ["other size"]);
         assert_eq!(prompts(&queue.next_batch(4).expect("a batch")), ["seeded"]);
-        assert_eq!(prompts(&queue.next_batch(4).expect("a batch")), ["too many"]);
+        assert_eq!(
+            prompts(&queue.next_batch(4).expect("a batch")),
+            ["too many"]
+        );
         queue.close();
         assert!(queue.next_batch(4).is_none());
     }
@@ -275,7 +281,10 @@ mod tests {
         drop(gone);
         let _later = push(&queue, t2i("later", 1, 64, None));
         assert_eq!(queue.depth_and_cancelled(), (2, 1));
-        assert_eq!(prompts(&queue.next_batch(8).expect("a batch")), ["kept", "later"]);
+        assert_eq!(
+            prompts(&queue.next_batch(8).expect("a batch")),
+            ["kept", "later"]
+        );
         drop(kept);
     }
 }

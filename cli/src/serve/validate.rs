@@ -79,7 +79,10 @@ fn size(value: Option<&str>, defaults: &Defaults) -> Result<(usize, usize), ApiE
         .and_then(|(w, h)| Some((w.parse::<usize>().ok()?, h.parse::<usize>().ok()?)));
     parsed.ok_or_else(|| {
         let example = format!("{}x{}", defaults.width, defaults.height);
-        ApiError::field("size", format!("{text}: expected WIDTHxHEIGHT, e.g. {example}"))
+        ApiError::field(
+            "size",
+            format!("{text}: expected WIDTHxHEIGHT, e.g. {example}"),
+        )
     })
 }
 
@@ -113,8 +116,16 @@ impl Checks<'_> {
         limits::check_images("n", n).map_err(refused)?;
         match body.response_format.as_deref() {
             None | Some("b64_json") => {}
-            Some("url") => return Err(ApiError::field("response_format", "`url` is not offered: this server keeps no files; use `b64_json` (the default)")),
-            Some(other) => return Err(ApiError::field("response_format", format!("`{other}`: only `b64_json`"))),
+            Some("url") => return Err(ApiError::field(
+                "response_format",
+                "`url` is not offered: this server keeps no files; use `b64_json` (the default)",
+            )),
+            Some(other) => {
+                return Err(ApiError::field(
+                    "response_format",
+                    format!("`{other}`: only `b64_json`"),
+                ))
+            }
         }
         let (width, height) = size(body.size.as_deref(), self.defaults)?;
         let cfg = body.cfg.unwrap_or(self.defaults.cfg);

@@ -35,7 +35,10 @@ impl Worker {
         let waits: Vec<_> = jobs.iter().map(|j| start - j.enqueued).collect();
         let (works, replies): (Vec<Work>, Vec<_>) =
             jobs.into_iter().map(|j| (j.work, j.reply)).unzip();
-        let (outputs, images) = match self.run_works(works) {
+        // A panic in a run is answered as an error and the worker goes on with the next batch.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_works(works)));
+        let ran = ran.unwrap_or_else(|_| Err(anyhow::anyhow!("the model run panicked")));
+        let (outputs, images) = match ran {
             Ok(done) => done,
             Err(e) => {
                 let e = ApiError::from(e);
@@ -113,7 +116,11 @@ impl Worker {
             .models
             .image_to_text(request, &mut Self::on_step(&self.metrics))?;
         self.metrics.stage("image_to_text", start.elapsed());
-        let text = answers.into_iter().next().map(|a| a.text).unwrap_or_default();
+        let text = answers
+            .into_iter()
+            .next()
+            .map(|a| a.text)
+            .unwrap_or_default();
         Ok(Output::Text(text))
     }
 }

@@ -64,10 +64,21 @@ impl Server {
         self.log.lock().expect("log").clone()
     }
 
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    /// The first stderr line `wanted` accepts, waiting at most 2 s for the reader to see it.
+    pub fn log_line(&self, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        (0..40).find_map(|_| {
+            let found = self.log().into_iter().find(|l| wanted(l));
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            found
+        })
+    }
+
+    /// Sends `signal` (`TERM`, `INT`).
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
