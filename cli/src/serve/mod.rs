@@ -126,6 +126,7 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
 /// Serves until a signal, then until the requests in flight are answered or `grace` passed;
 /// true when they all were.
 async fn serve(args: &ServeArgs, state: Arc<api::AppState>, grace: Duration) -> Result<bool> {
+    let signal = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("listening on {}:{}", args.host, args.port))?;
@@ -135,7 +136,7 @@ async fn serve(args: &ServeArgs, state: Arc<api::AppState>, grace: Duration) -> 
     let stop = Arc::new(tokio::sync::Notify::new());
     let signalled = stop.clone();
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        signal.await;
         signalled.notify_one();
     });
     tokio::select! {
@@ -145,25 +146,30 @@ async fn serve(args: &ServeArgs, state: Arc<api::AppState>, grace: Duration) -> 
     Ok(true)
 }
 
-/// SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+const STOPPING: &str =
+    "muddit serve: stopping (no new connections; finishing the requests in flight)";
+
+/// Registers SIGINT and SIGTERM now (before the address is printed, so that a signal sent as
+/// soon as the server is seen stops it gracefully); the future ends at the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("registering SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("registering SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
-    }
-    eprintln!("muddit serve: stopping (no new connections; finishing the requests in flight)");
+        eprintln!("{STOPPING}");
+    })
+}
+
+/// Ctrl-C elsewhere.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("{STOPPING}");
+    })
 }
