@@ -6,8 +6,9 @@ mod common;
 mod serve_common;
 
 use base64::Engine as _;
+use reqwest::blocking::multipart::{Form, Part};
 use serde_json::{json, Value};
-use serve_common::{client, post, Server};
+use serve_common::{client, post, send, Server};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -279,41 +280,19 @@ fn malformed_requests_name_their_field_and_the_server_stays_healthy() {
         "question",
     );
     // Not JSON at all.
-    let response = client()
+    let request = client()
         .post(server.url(GENERATIONS))
         .header("content-type", "application/json")
-        .body("{\"prompt\": ")
-        .send()
-        .expect("POST");
-    let status = response.status().as_u16();
-    let answer: Value = response.json().expect("JSON error");
-    assert_eq!(error(status, &answer, 400)["param"], "body");
+        .body("{\"prompt\": ");
+    let (status, body) = send(request);
+    assert_eq!(error(status, &body, 400)["param"], "body");
     // A multipart field nobody asked for, and a broken image file.
-    let form = reqwest::blocking::multipart::Form::new().text("colour", "red");
-    let response = client()
-        .post(server.url("/v1/captions"))
-        .multipart(form)
-        .send()
-        .expect("POST");
-    let status = response.status().as_u16();
-    assert_eq!(
-        error(status, &response.json().expect("JSON"), 400)["param"],
-        "colour"
-    );
-    let form = reqwest::blocking::multipart::Form::new().part(
-        "image",
-        reqwest::blocking::multipart::Part::bytes(b"\x89PNG\r\n\x1a\nbroken".to_vec()),
-    );
-    let response = client()
-        .post(server.url("/v1/captions"))
-        .multipart(form)
-        .send()
-        .expect("POST");
-    let status = response.status().as_u16();
-    assert_eq!(
-        error(status, &response.json().expect("JSON"), 400)["param"],
-        "image"
-    );
+    let unknown = Form::new().text("colour", "red");
+    let broken = Form::new().part("image", Part::bytes(b"\x89PNG\r\n\x1a\nbroken".to_vec()));
+    for (form, field) in [(unknown, "colour"), (broken, "image")] {
+        let (status, body) = send(client().post(server.url("/v1/captions")).multipart(form));
+        assert_eq!(error(status, &body, 400)["param"], field);
+    }
     // Too large: announced by Content-Length, and found while reading a chunked body.
     let big = vec![b'A'; 300_000];
     let (status, answer) = raw_post(&server, "/v1/captions", "content-length: 300000", &big);
@@ -324,12 +303,10 @@ fn malformed_requests_name_their_field_and_the_server_stays_healthy() {
     let (status, answer) = raw_post(&server, GENERATIONS, "transfer-encoding: chunked", &chunked);
     assert_eq!(error(status, &answer, 413)["code"], "body_too_large");
     // Routes and methods that do not exist, and editing before it exists.
-    let response = client().get(server.url("/v2/nothing")).send().expect("GET");
-    let status = response.status().as_u16();
-    error(status, &response.json().expect("JSON"), 404);
-    let response = client().get(server.url(GENERATIONS)).send().expect("GET");
-    let status = response.status().as_u16();
-    error(status, &response.json().expect("JSON"), 405);
+    let (status, body) = send(client().get(server.url("/v2/nothing")));
+    error(status, &body, 404);
+    let (status, body) = send(client().get(server.url(GENERATIONS)));
+    error(status, &body, 405);
     let (status, answer) = post(&server, "/v1/images/edits", &json!({ "prompt": "x" }));
     assert!(error(status, &answer, 501)["message"]
         .as_str()
@@ -380,20 +357,12 @@ fn captions_and_answers_are_the_cli_ones_as_json_and_multipart() {
         cli_answer.trim()
     );
 
-    let form = reqwest::blocking::multipart::Form::new()
-        .part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(bytes).file_name("000.png"),
-        )
+    let form = Form::new()
+        .part("image", Part::bytes(bytes).file_name("000.png"))
         .text("question", question);
-    let response = client()
-        .post(server.url("/v1/vqa"))
-        .multipart(form)
-        .send()
-        .expect("POST");
-    assert_eq!(response.status().as_u16(), 200);
-    let answer: Value = response.json().expect("json");
-    assert_eq!(answer["answer"].as_str(), Some(cli_answer.trim()));
+    let (status, body) = send(client().post(server.url("/v1/vqa")).multipart(form));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["answer"].as_str(), Some(cli_answer.trim()));
 }
 
 /// Concurrent greedy requests: every one answered, each with its own prompt's image (equal to

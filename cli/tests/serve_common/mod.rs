@@ -124,13 +124,14 @@ pub fn client() -> reqwest::blocking::Client {
         .expect("client")
 }
 
-/// POSTs `body` as JSON: (status, JSON answer).
-pub fn post(server: &Server, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let response = client()
-        .post(server.url(path))
-        .json(body)
-        .send()
-        .expect("POST");
+/// Sends `request`: (status, JSON answer).
+pub fn send(request: reqwest::blocking::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().expect("a response");
     let status = response.status().as_u16();
     (status, response.json().expect("a JSON answer"))
+}
+
+/// POSTs `body` as JSON: (status, JSON answer).
+pub fn post(server: &Server, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    send(client().post(server.url(path)).json(body))
 }
