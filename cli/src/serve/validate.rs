@@ -50,17 +50,17 @@ pub struct Checks<'a> {
 }
 
 /// A refusal of the shared limits, named by the request's field: the engine's `width` and
-/// `height` are `size`, its `batch` is `n`; a run too large for the memory left is `n`'s.
+/// `height` are `size` (the message keeps which side), its `batch` is `n`; a run too large for
+/// the memory left is `n`'s.
 fn refused(e: muddit_engine::Error) -> ApiError {
-    let field = match &e {
-        muddit_engine::Error::InvalidInput { name, .. } => match name.as_str() {
-            "width" | "height" => "size",
-            "batch" => "n",
-            other => other,
+    match e {
+        muddit_engine::Error::InvalidInput { name, message } => match name.as_str() {
+            "width" | "height" => ApiError::field("size", format!("{name} {message}")),
+            "batch" => ApiError::field("n", message),
+            _ => ApiError::field(&name, message),
         },
-        _ => "n",
-    };
-    ApiError::field(field, e.to_string())
+        other => ApiError::field("n", other.to_string()),
+    }
 }
 
 fn steps(value: Option<usize>, default: usize) -> Result<usize, ApiError> {
