@@ -20,6 +20,44 @@ pub struct BenchArgs {
     /// With --device cuda: time every kernel with CUDA events and print the GPU time per kernel.
     #[arg(long)]
     kernel_timings: bool,
+    /// Load a running `muddit serve` at this URL (http://HOST:PORT) instead: images/s and
+    /// latency percentiles per concurrency level, with this size, steps, cfg and prompt.
+    #[arg(long)]
+    serve: Option<String>,
+    /// With --serve: the concurrency levels (clients sending at once).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    concurrency: Vec<usize>,
+    /// With --serve: requests answered per concurrency level.
+    #[arg(long, default_value_t = 32)]
+    requests: usize,
+}
+
+/// `--serve URL`: the server under load, one line (or JSON object) per concurrency level.
+fn serve(args: &BenchArgs, url: &str, global: &Global) -> Result<()> {
+    let load = crate::serve::load::Load {
+        url: url.to_string(),
+        concurrency: args.concurrency.clone(),
+        requests: args.requests,
+        body: serde_json::json!({
+            "prompt": args.prompt, "size": format!("{}x{}", args.width, args.height),
+            "steps": args.steps, "cfg": args.cfg,
+        }),
+        images: 1,
+    };
+    let results = crate::serve::load::run(&load)?;
+    if global.json {
+        let rows: Vec<_> = results.iter().map(|m| m.json()).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("concurrency  requests  images/s   p50 ms   p99 ms");
+    for m in &results {
+        println!(
+            "{:>11}  {:>8}  {:>8.2}  {:>7.1}  {:>7.1}",
+            m.concurrency, m.requests, m.images_per_s, m.p50_ms, m.p99_ms
+        );
+    }
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -27,19 +65,23 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
+    if let Some(url) = &args.serve {
+        return serve(&args, url, global);
+    }
     let total = Instant::now();
-    let root = crate::model::resolve(global.model.as_deref())?;
-    let start = Instant::now();
-    let models = crate::model::Models::load(&root, global)?;
-    let load = start.elapsed();
+    let root = crate::model::resolve_root(global.model.as_deref())?;
     let request = crate::generate::default_request(
         &args.prompt,
         args.steps,
         args.cfg,
         args.width,
         args.height,
-        models.folder().schedule,
+        muddit_engine::pipeline::read_schedule(&root)?,
     )?;
+    muddit_engine::limits::ModelShape::read(&root)?.check_text_to_image(&request)?;
+    let start = Instant::now();
+    let models = crate::model::Models::load(&root, global)?;
+    let load = start.elapsed();
     if args.kernel_timings {
         match &global.cuda {
             Some(dev) => dev.start_kernel_timing(),

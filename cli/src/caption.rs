@@ -4,6 +4,7 @@ use crate::{progress, Global};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use muddit_engine::image_io::load_image;
+use muddit_engine::limits::ModelShape;
 use muddit_engine::pipeline::ImageToText;
 use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
 use std::path::PathBuf;
@@ -66,23 +67,18 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
         Some(t) => crate::generate::parse_temperature(t)?,
         None => Temperature::default(),
     };
-    let root = crate::model::resolve(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
     let steps = args.steps.unwrap_or(defaults.i2t_steps);
     let r = args.resolution.unwrap_or(defaults.resolution);
-    let mut pixels = Vec::with_capacity(args.images.len() * 3 * r * r);
-    for path in &args.images {
-        pixels.extend(load_image(path, r, r)?.data);
-    }
-    let mut models = crate::model::Models::load(&root, global)?;
-    let request = ImageToText {
-        images: pixels,
+    let mut request = ImageToText {
+        images: Vec::new(),
         batch: args.images.len(),
         resolution: r,
         questions: question.map(|q| vec![q]),
         sampler: SamplerConfig {
             steps,
-            schedule: models.folder().schedule,
+            schedule: muddit_engine::pipeline::read_schedule(&root)?,
             temperature,
             guidance: Guidance::Off,
             draw: if args.draws.greedy(defaults.greedy) {
@@ -93,6 +89,12 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
             seed: args.seed,
         },
     };
+    ModelShape::read(&root)?.check_image_to_text(&request)?;
+    request.images.reserve_exact(args.images.len() * 3 * r * r);
+    for path in &args.images {
+        request.images.extend(load_image(path, r, r)?.data);
+    }
+    let mut models = crate::model::Models::load(&root, global)?;
     let bar = progress::steps_bar(steps, global.quiet, "i2t");
     // On `--device cuda` everything but the tokenizer runs on the GPU.
     let answers = models.image_to_text(&request, &mut |_| bar.inc(1))?;

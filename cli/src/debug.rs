@@ -1,11 +1,12 @@
 //! `muddit debug ...`: inspection forwards and random checkpoints.
 
+use crate::output::Outputs;
 use crate::{Dtype, Global};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use muddit_engine::config::TransformerConfig;
 use muddit_engine::random::{write_random_transformer, WeightDtype};
-use muddit_engine::tensor_io::{self, TensorFile};
+use muddit_engine::tensor_io::TensorFile;
 use muddit_engine::{debug, model_dir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -110,24 +111,24 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             out,
             overwrite,
         } => {
-            crate::refuse_overwrite(&out, overwrite)?;
-            debug_sides::text(&model_arg(global)?, &inputs, &out, global.quiet)
+            Outputs::new(overwrite).plan("--out", &out)?;
+            debug_sides::text(&model_arg(global)?, &inputs, &out, overwrite, global.quiet)
         }
         DebugCommand::VqEncode {
             inputs,
             out,
             overwrite,
         } => {
-            crate::refuse_overwrite(&out, overwrite)?;
-            debug_sides::vq_encode(&model_arg(global)?, &inputs, &out, global.quiet)
+            Outputs::new(overwrite).plan("--out", &out)?;
+            debug_sides::vq_encode(&model_arg(global)?, &inputs, &out, overwrite, global.quiet)
         }
         DebugCommand::VqDecode {
             inputs,
             out,
             overwrite,
         } => {
-            crate::refuse_overwrite(&out, overwrite)?;
-            debug_sides::vq_decode(&model_arg(global)?, &inputs, &out, global.quiet)
+            Outputs::new(overwrite).plan("--out", &out)?;
+            debug_sides::vq_decode(&model_arg(global)?, &inputs, &out, overwrite, global.quiet)
         }
         DebugCommand::Forward {
             inputs,
@@ -142,11 +143,11 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             out,
             overwrite,
         } => {
-            crate::refuse_overwrite(&out, overwrite)?;
+            Outputs::new(overwrite).plan("--out", &out)?;
             let dir = model_dir::transformer_dir(&model_arg(global)?)?;
             let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
             let inputs = muddit_engine::random::random_inputs(&cfg, batch, grid, text_len, seed);
-            tensor_io::write(&out, &inputs)?;
+            crate::output::write_tensors(&out, overwrite, &inputs)?;
             Ok(())
         }
         DebugCommand::RandomCheckpoint {
@@ -169,7 +170,7 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
                 (None, None) => bail!("give --preset or --config"),
             };
             let dir = out.join("transformer");
-            crate::refuse_overwrite(&dir, overwrite)?;
+            crate::output::refuse_existing(&dir, overwrite)?;
             let dtype = match global.dtype {
                 Dtype::F32 => WeightDtype::F32,
                 Dtype::Bf16 => WeightDtype::Bf16,
@@ -194,7 +195,7 @@ fn model_arg(global: &Global) -> Result<std::path::PathBuf> {
 }
 
 fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Result<()> {
-    crate::refuse_overwrite(out, overwrite)?;
+    Outputs::new(overwrite).plan("--out", out)?;
     let model = model_dir::load_transformer_with(&model_arg(global)?, global.compute())?;
     let inputs = TensorFile::read(inputs)?;
     let start = Instant::now();
@@ -202,6 +203,6 @@ fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Resul
     if !global.quiet {
         eprintln!("forward: {:.3} s", start.elapsed().as_secs_f64());
     }
-    tensor_io::write(out, &outputs)?;
+    crate::output::write_tensors(out, overwrite, &outputs)?;
     Ok(())
 }

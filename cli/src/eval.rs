@@ -184,7 +184,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         bail!("{}: no questions", json_path.display());
     }
 
-    let root = crate::model::resolve(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
     let t2i_steps = args.steps.unwrap_or(defaults.t2i_steps);
     let i2t_steps = args.i2t_steps.unwrap_or(defaults.i2t_steps);

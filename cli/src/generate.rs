@@ -1,14 +1,16 @@
 //! `muddit t2i`: text-to-image.
 
+use crate::output::{self, ImageFormat, Outputs};
 use crate::png_meta::{self, GenerationParams};
 use crate::{progress, Global};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use muddit_engine::limits::ModelShape;
 use muddit_engine::pipeline::TextToImage;
-use muddit_engine::tensor_io::{self, HostTensor};
+use muddit_engine::tensor_io::HostTensor;
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct T2iArgs {
@@ -115,6 +117,9 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .as_deref()
         .map(png_meta::read_params)
         .transpose()?;
+    if let (Some(p), Some(png)) = (&stored, args.from_png.as_deref()) {
+        check_stored_batch(p, png)?;
+    }
     // --from-png alone redoes its one image: its prompt, its own seed, a batch of one.
     let redo = stored.is_some() && args.prompt.is_empty() && args.batch.is_none();
     let prompts = match (&stored, args.prompt.is_empty()) {
@@ -132,7 +137,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             .filter(|p| !p.model.is_empty())
             .map(|p| PathBuf::from(&p.model))
     });
-    let root = crate::model::resolve(model_arg.as_deref())?;
+    let root = crate::model::resolve_root(model_arg.as_deref())?;
     let defaults = crate::model::defaults(&root)?;
     let pick = |flag: Option<usize>, from: fn(&GenerationParams) -> usize, default: usize| {
         flag.or(stored.as_ref().map(from)).unwrap_or(default)
@@ -177,8 +182,9 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         eprintln!("note: --seed has no effect with --greedy (no random draws)");
     }
     ensure!(images_per_prompt > 0, "--batch must be at least 1");
+    let batch = prompts.len().saturating_mul(images_per_prompt);
+    muddit_engine::limits::check_images("batch", batch)?;
 
-    let batch = prompts.len() * images_per_prompt;
     let pattern = args.output.clone().unwrap_or_else(|| {
         if batch == 1 {
             "out.png".into()
@@ -191,13 +197,15 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .iter()
         .map(|&i| output_path(&pattern, i, wanted.len()))
         .collect::<Result<_>>()?;
-    let mut all_outputs = outputs.clone();
-    all_outputs.extend(args.output_ids.clone());
-    for path in &all_outputs {
-        crate::refuse_overwrite(path, args.overwrite)?;
+    let mut targets = Outputs::new(args.overwrite);
+    for path in &outputs {
+        targets.plan("--output", path)?;
+        ImageFormat::of("--output", path)?;
+    }
+    if let Some(path) = &args.output_ids {
+        targets.plan("--output-ids", path)?;
     }
 
-    let models = crate::model::Models::load(&root, global)?;
     let schedule = match args
         .schedule
         .as_deref()
@@ -206,18 +214,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         Some(name) => {
             MaskSchedule::from_config_name(name).with_context(|| format!("--schedule {name}"))?
         }
-        None => models.folder().schedule,
+        None => muddit_engine::pipeline::read_schedule(&root)?,
     };
-    // The PNG's edit applies with new prompts too; flags override its parts.
-    let stored_edit = stored.as_ref().and_then(|p| p.edit.as_ref());
-    let size = match stored.as_ref().filter(|_| stored_edit.is_some()) {
-        Some(p) => (args.width.or(Some(p.width)), args.height.or(Some(p.height))),
-        None => (args.width, args.height),
-    };
-    let edit = crate::edit::prepare(&args.edit, stored_edit, size, &models)?;
-    let (width, height) = edit
-        .as_ref()
-        .map_or((width, height), |e| (e.width, e.height));
     let sampler = SamplerConfig {
         steps,
         schedule,
@@ -230,15 +228,40 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         },
         seed,
     };
-    let request = TextToImage {
+    let mut request = TextToImage {
         prompts: prompts.clone(),
         negative_prompt: negative_prompt.clone(),
         images_per_prompt,
         width,
         height,
         sampler,
-        edit: edit.as_ref().map(|e| e.ids.clone()),
+        edit: None,
     };
+    // The PNG's edit applies with new prompts too; flags override its parts.
+    let stored_edit = stored.as_ref().and_then(|p| p.edit.as_ref());
+    let shape = ModelShape::read(&root)?;
+    // An edit's size is known once its input is read, after the models load.
+    if args.edit.init_image.is_none() && stored_edit.is_none() {
+        stored_check(
+            shape.check_text_to_image(&request),
+            args.from_png.as_deref(),
+        )?;
+    }
+    let models = crate::model::Models::load(&root, global)?;
+    let size = match stored.as_ref().filter(|_| stored_edit.is_some()) {
+        Some(p) => (args.width.or(Some(p.width)), args.height.or(Some(p.height))),
+        None => (args.width, args.height),
+    };
+    let edit = crate::edit::prepare(&args.edit, stored_edit, size, &models)?;
+    if let Some(edit) = &edit {
+        (request.width, request.height) = (edit.width, edit.height);
+        request.edit = Some(edit.ids.clone());
+        stored_check(
+            shape.check_text_to_image(&request),
+            args.from_png.as_deref(),
+        )?;
+    }
+    let (width, height) = (request.width, request.height);
     if !global.quiet && random_seed && !greedy {
         eprintln!("seed: {seed}");
     }
@@ -256,47 +279,21 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     }
 
     let (h, w) = images.grid;
-    let model_hash = crate::edit::model_hash(&root)?;
-    let (start, end) = temperature.endpoints();
-    let model_name = model_arg
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let model = ModelRecord::of(&root, model_arg.as_deref())?;
     let mut written = Vec::new();
     for (&i, path) in wanted.iter().zip(&outputs) {
-        let plane = width * height;
-        let px = &images.pixels[i * 3 * plane..(i + 1) * 3 * plane];
-        let rgb: Vec<u8> = (0..plane)
-            .flat_map(|p| (0..3).map(move |c| (px[c * plane + p] * 255.0).round() as u8))
-            .collect();
-        // A redone image keeps its batch's record: the same PNG again, byte for byte.
-        let (batch_prompts, per_prompt, index) = match stored.as_ref().filter(|_| redo) {
-            Some(p) => (p.prompts.clone(), p.images_per_prompt, p.index),
-            None => (prompts.clone(), images_per_prompt, i),
-        };
-        let params = GenerationParams {
-            prompts: batch_prompts,
-            negative_prompt: negative_prompt.clone(),
-            images_per_prompt: per_prompt,
-            index,
-            seed: seed.wrapping_add(i as u64),
-            steps,
-            cfg,
-            temperature: [start, end],
-            schedule: schedule.config_name().to_string(),
-            greedy,
-            width,
-            height,
-            model: model_name.clone(),
-            engine_version: env!("CARGO_PKG_VERSION").to_string(),
-            model_name: root
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            model_hash: model_hash.clone(),
+        let rgb = rgb8(&images.pixels, i, width, height);
+        let mut params = GenerationParams {
             edit: edit.as_ref().map(|e| e.record.clone()),
+            ..generation_params(&request, cfg, i, &model)
         };
-        png_meta::write_png(path, &rgb, width, height, &params)?;
+        // A redone image keeps its batch's record: the same PNG again, byte for byte.
+        if let Some(p) = stored.as_ref().filter(|_| redo) {
+            (params.prompts, params.images_per_prompt, params.index) =
+                (p.prompts.clone(), p.images_per_prompt, p.index);
+        }
+        output::write_image(path, args.overwrite, &rgb, width, height, Some(&params))
+            .map_err(|e| partial_failure(e, &written))?;
         if !global.quiet {
             eprintln!("wrote {} (seed {})", path.display(), params.seed);
         }
@@ -307,13 +304,117 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             "ids".to_string(),
             HostTensor::i64(vec![images.batch, h, w], images.ids.clone()),
         )]);
-        tensor_io::write(path, &ids)?;
+        output::write_tensors(path, args.overwrite, &ids)
+            .map_err(|e| partial_failure(e, &written))?;
     }
     if global.json {
         let report = serde_json::json!({ "images": written, "ids": args.output_ids.as_ref().map(|p| p.display().to_string()), "text_encode_ms": images.text_encode.as_secs_f64() * 1e3, "vq_decode_ms": images.vq_decode.as_secs_f64() * 1e3 });
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// Image `i` of pixels `[B, 3, H, W]` in `[0, 1]` as 8-bit `[H, W, 3]`.
+pub fn rgb8(pixels: &[f32], i: usize, width: usize, height: usize) -> Vec<u8> {
+    let plane = width * height;
+    let px = &pixels[i * 3 * plane..(i + 1) * 3 * plane];
+    (0..plane)
+        .flat_map(|p| (0..3).map(move |c| (px[c * plane + p] * 255.0).round() as u8))
+        .collect()
+}
+
+/// What the PNGs of one model record about it.
+#[derive(Clone, Debug)]
+pub struct ModelRecord {
+    /// `--model` as given, else empty.
+    pub model: String,
+    /// The model folder's name.
+    pub name: String,
+    /// [`crate::edit::model_hash`] of its weights.
+    pub hash: String,
+}
+
+impl ModelRecord {
+    /// The record of the model at `root`, named by `--model` `arg` if given.
+    pub fn of(root: &Path, arg: Option<&Path>) -> Result<Self> {
+        Ok(ModelRecord {
+            model: arg.map(|p| p.display().to_string()).unwrap_or_default(),
+            name: root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            hash: crate::edit::model_hash(root)?,
+        })
+    }
+}
+
+/// What the PNG of image `index` of `request` stores: everything `--from-png` needs (`cfg` as
+/// given: guidance at 1 or less is stored as off in the request), with the image's own seed
+/// (the request's + `index`); no edit.
+pub fn generation_params(
+    request: &TextToImage,
+    cfg: f32,
+    index: usize,
+    model: &ModelRecord,
+) -> GenerationParams {
+    let sampler = &request.sampler;
+    let (start, end) = sampler.temperature.endpoints();
+    GenerationParams {
+        prompts: request.prompts.clone(),
+        negative_prompt: request.negative_prompt.clone(),
+        images_per_prompt: request.images_per_prompt,
+        index,
+        seed: sampler.seed.wrapping_add(index as u64),
+        steps: sampler.steps,
+        cfg,
+        temperature: [start, end],
+        schedule: sampler.schedule.config_name().to_string(),
+        greedy: sampler.draw == DrawRule::Greedy,
+        width: request.width,
+        height: request.height,
+        model: model.model.clone(),
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        model_name: model.name.clone(),
+        model_hash: model.hash.clone(),
+        edit: None,
+    }
+}
+
+/// The batch `params` (read from `png`) records: within the limits, its index inside it.
+fn check_stored_batch(params: &GenerationParams, png: &Path) -> Result<()> {
+    let batch = params
+        .prompts
+        .len()
+        .saturating_mul(params.images_per_prompt);
+    stored_check(
+        muddit_engine::limits::check_images("batch", batch),
+        Some(png),
+    )?;
+    ensure!(
+        params.index < batch,
+        "{}: the stored index {} is outside its batch of {batch}",
+        png.display(),
+        params.index
+    );
+    Ok(())
+}
+
+/// A check of numbers that may come from the parameters stored in the PNG `png`: its error
+/// names the PNG.
+fn stored_check(checked: muddit_engine::Result<()>, png: Option<&std::path::Path>) -> Result<()> {
+    match png {
+        Some(png) => checked.with_context(|| format!("{}: stored parameters", png.display())),
+        None => Ok(checked?),
+    }
+}
+
+/// A write that failed after `written` images were: the error, and which files are there.
+fn partial_failure(e: anyhow::Error, written: &[serde_json::Value]) -> anyhow::Error {
+    let paths: Vec<&str> = written.iter().filter_map(|w| w["path"].as_str()).collect();
+    if paths.is_empty() {
+        return e;
+    }
+    anyhow::anyhow!("{e:#}; written before it: {}", paths.join(", "))
 }
 
 /// Exposed for `bench`: the same defaults.

@@ -8,8 +8,10 @@ mod eval;
 mod eval_edit;
 mod generate;
 mod model;
+mod output;
 mod png_meta;
 mod progress;
+mod serve;
 mod shapes;
 
 use anyhow::Result;
@@ -34,7 +36,7 @@ struct Cli {
 #[derive(clap::Args)]
 pub struct Global {
     /// Model folder (the root of the public layout or its `transformer/` folder).
-    #[arg(long, global = true, env = "MUDDIT_MODEL")]
+    #[arg(long, global = true, env = "MUDDIT_MODEL", value_parser = any_path)]
     pub model: Option<PathBuf>,
     /// Where to run: `cpu` (default) or `cuda[:N]` (builds with the `emulate` feature also take
     /// `emulated`: the CUDA backend on the CPU emulator of its kernels, for tests).
@@ -60,6 +62,11 @@ pub struct Global {
     /// The GPU opened for `--device cuda[:N]`.
     #[arg(skip)]
     pub cuda: Option<std::sync::Arc<muddit_engine::cuda::Device>>,
+}
+
+/// A path as given, empty included: `model::resolve` says what an empty `--model` means.
+fn any_path(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(text))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,20 +99,11 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time one text-to-image run: load, text encoding, steps, sampler, VQ decoding.
     Bench(bench::BenchArgs),
+    /// Load the model once and serve it over HTTP (OpenAI's images API, captions, VQA).
+    Serve(serve::ServeArgs),
     /// Tools for people converting or checking checkpoints.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
-}
-
-/// Fails if `path` exists and `--overwrite` was not given: nothing is replaced unasked.
-pub fn refuse_overwrite(path: &std::path::Path, overwrite: bool) -> Result<()> {
-    if path.exists() && !overwrite {
-        anyhow::bail!(
-            "{} already exists; pass --overwrite to replace it",
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 /// `cpu` -> None, `cuda` -> Some(0), `cuda:N` -> Some(N).
@@ -143,7 +141,7 @@ fn run(mut cli: Cli) -> Result<()> {
         eprintln!("cpu kernels: {}", muddit_engine::isa::describe());
     }
     if let Some(n) = cli.global.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        muddit_engine::limits::check_threads(n)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
@@ -151,9 +149,13 @@ fn run(mut cli: Cli) -> Result<()> {
     if let Some(device) = open_device(&cli.global.device)? {
         if !matches!(
             cli.command,
-            Command::T2i(_) | Command::Caption(_) | Command::Vqa(_) | Command::Bench(_)
+            Command::T2i(_)
+                | Command::Caption(_)
+                | Command::Vqa(_)
+                | Command::Bench(_)
+                | Command::Serve(_)
         ) {
-            anyhow::bail!("--device {}: only `t2i`, `caption`, `vqa` and `bench` run on the CUDA backend so far; use --device cpu", cli.global.device);
+            anyhow::bail!("--device {}: only `t2i`, `caption`, `vqa`, `bench` and `serve` run on the CUDA backend so far; use --device cpu", cli.global.device);
         }
         if !cli.global.quiet {
             eprintln!("device: {}", device.describe());
@@ -165,6 +167,7 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Caption(args) => caption::caption(args, &cli.global),
         Command::Vqa(args) => caption::vqa(args, &cli.global),
         Command::Bench(args) => bench::run(args, &cli.global),
+        Command::Serve(args) => serve::run(args, &cli.global),
         Command::Eval(args) => eval::run(args, &cli.global),
         Command::Debug(cmd) => debug::run(cmd, &cli.global),
     }
@@ -195,13 +198,29 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// An error and its causes on one line, each cause once: a cause whose text its parent's
+/// message already holds (`path: {source}` over `source`) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }

@@ -6,6 +6,7 @@
 use crate::Global;
 use anyhow::{bail, Context, Result};
 use muddit_engine::cuda::{self, CudaPipeline};
+use muddit_engine::limits;
 use muddit_engine::pipeline::{
     Answer, ImageToText, Images, ModelFolder, Pipeline, StepEvent, TextToImage,
 };
@@ -49,21 +50,38 @@ impl Default for Defaults {
 }
 
 /// `muddit.json` of the model root `root` (or of its parent when `root` is the `transformer/`
-/// folder), else the public defaults.
+/// folder), else the public defaults. The file must be a JSON object whose numbers pass the
+/// same limits as the flags (`muddit_engine::limits`).
 pub fn defaults(root: &Path) -> Result<Defaults> {
     let candidates = [root.join("muddit.json"), root.join("../muddit.json")];
-    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+    let Some(path) = candidates.iter().find(|p| p.exists()) else {
         return Ok(Defaults::default());
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let d: Defaults = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-    if d.width == 0 || d.height == 0 || d.t2i_steps == 0 || d.i2t_steps == 0 || d.resolution == 0 {
-        bail!(
-            "{}: sizes and step counts must be at least 1",
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "{}: cannot read the model's defaults (it must be a JSON object file)",
             path.display()
-        );
+        )
+    })?;
+    parse_defaults(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// The defaults of a `muddit.json` text: a JSON object of [`Defaults`] keys, within the limits.
+pub fn parse_defaults(text: &str) -> Result<Defaults> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    anyhow::ensure!(value.is_object(), "not a JSON object of command defaults");
+    let d: Defaults = serde_json::from_value(value)?;
+    limits::check_side("width", d.width)?;
+    limits::check_side("height", d.height)?;
+    limits::check_side("resolution", d.resolution)?;
+    for steps in [d.t2i_steps, d.i2t_steps] {
+        limits::check_steps(steps)?;
     }
+    anyhow::ensure!(
+        d.cfg.is_finite() && d.cfg >= 0.0,
+        "`cfg` {} must be finite and >= 0",
+        d.cfg
+    );
     Ok(d)
 }
 
@@ -153,6 +171,27 @@ fn model_subfolders(dir: &Path) -> Vec<String> {
     subs
 }
 
+/// The model root of a command that runs the whole model (`t2i`, `caption`, `vqa`, `bench`,
+/// `eval`): a component folder (`transformer/`, `vqvae/`) is refused with its root named.
+pub fn resolve_root(arg: Option<&Path>) -> Result<PathBuf> {
+    let dir = resolve(arg)?;
+    if !dir.join("transformer").is_dir() && dir.join("config.json").is_file() {
+        let parent = dir.parent().filter(|p| p.join("transformer").is_dir());
+        match parent {
+            Some(root) => bail!(
+                "--model {}: one component of a model; this command needs the model root: --model {}",
+                dir.display(),
+                root.display()
+            ),
+            None => bail!(
+                "--model {}: a lone component folder; this command needs a model root holding transformer/, text_encoder/, vqvae/, tokenizer/ and scheduler/",
+                dir.display()
+            ),
+        }
+    }
+    Ok(dir)
+}
+
 /// The model root (or component folder) to load.
 pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
     let Some(arg) = arg else {
@@ -165,7 +204,15 @@ pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
             default.display()
         )
     };
-    let dir = if arg.exists() {
+    if arg.as_os_str().is_empty() {
+        bail!("--model is empty (or MUDDIT_MODEL is set to nothing): name a model folder, or leave both out for the default model");
+    }
+    let dir = if arg.is_file() {
+        bail!(
+            "--model {}: a file, not a model folder; {HOW_TO_GET_ONE}",
+            arg.display()
+        );
+    } else if arg.exists() {
         arg.to_path_buf()
     } else {
         let text = arg.to_string_lossy();

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, Write};
 use std::path::Path;
 
 /// The iTXt keyword under which the parameters are stored (JSON).
@@ -80,34 +80,30 @@ impl GenerationParams {
     }
 }
 
-/// Writes `rgb` (`[H, W, 3]` bytes) as an 8-bit RGB PNG with `params` in an iTXt chunk.
-pub fn write_png(
-    path: &Path,
+/// Encodes `rgb` (`[H, W, 3]` bytes) as an 8-bit RGB PNG into `out`, with `params` in an
+/// iTXt chunk.
+pub fn encode_png(
+    out: &mut dyn Write,
     rgb: &[u8],
-    width: usize,
-    height: usize,
-    params: &GenerationParams,
+    width: u32,
+    height: u32,
+    params: Option<&GenerationParams>,
 ) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), width as u32, height as u32);
+    let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    // tEXt holds Latin-1 only; other text goes in an iTXt of the same keyword, as PIL does.
-    let text = params.parameters_text();
-    match text.chars().all(|c| u32::from(c) < 256) {
-        true => encoder.add_text_chunk(TEXT_KEYWORD.to_string(), text)?,
-        false => encoder.add_itxt_chunk(TEXT_KEYWORD.to_string(), text)?,
+    if let Some(params) = params {
+        // tEXt holds Latin-1 only; other text goes in an iTXt of the same keyword, as PIL does.
+        let text = params.parameters_text();
+        match text.chars().all(|c| u32::from(c) < 256) {
+            true => encoder.add_text_chunk(TEXT_KEYWORD.to_string(), text)?,
+            false => encoder.add_itxt_chunk(TEXT_KEYWORD.to_string(), text)?,
+        }
+        encoder.add_itxt_chunk(KEYWORD.to_string(), serde_json::to_string(params)?)?;
     }
-    encoder.add_itxt_chunk(KEYWORD.to_string(), serde_json::to_string(params)?)?;
-    let mut writer = encoder
-        .write_header()
-        .with_context(|| format!("writing {}", path.display()))?;
-    writer
-        .write_image_data(rgb)
-        .with_context(|| format!("writing {}", path.display()))?;
-    writer
-        .finish()
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
     Ok(())
 }
 
@@ -132,7 +128,7 @@ pub fn read_parameters_text(path: &Path) -> Result<Option<String>> {
         .with_context(|| format!("{}: unreadable `{TEXT_KEYWORD}` chunk", path.display()))
 }
 
-/// The parameters stored in a PNG written by `write_png`.
+/// The parameters stored in a PNG written by `muddit t2i` (or `muddit serve`).
 pub fn read_params(path: &Path) -> Result<GenerationParams> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader = png::Decoder::new(BufReader::new(file))
@@ -190,7 +186,8 @@ mod tests {
             }),
         };
         let path = std::env::temp_dir().join(format!("muddit-meta-{}.png", std::process::id()));
-        write_png(&path, &vec![7u8; 64 * 32 * 3], 64, 32, &params).expect("write");
+        let rgb = vec![7u8; 64 * 32 * 3];
+        crate::output::write_image(&path, true, &rgb, 64, 32, Some(&params)).expect("write");
         assert_eq!(read_params(&path).expect("read"), params);
         let text = read_parameters_text(&path)
             .expect("read")

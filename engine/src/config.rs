@@ -121,6 +121,25 @@ impl TransformerConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        crate::limits::check_config_sizes(&[
+            ("num_layers", self.num_layers.max(1)),
+            ("num_single_layers", self.num_single_layers.max(1)),
+            ("attention_head_dim", self.attention_head_dim),
+            ("num_attention_heads", self.num_attention_heads),
+            (
+                "inner dim (heads x head dim)",
+                self.num_attention_heads
+                    .saturating_mul(self.attention_head_dim),
+            ),
+            ("joint_attention_dim", self.joint_attention_dim),
+            ("pooled_projection_dim", self.pooled_projection_dim),
+            ("vocab_size", self.vocab_size),
+            ("codebook_size", self.codebook_size),
+            (
+                "tokenizer_vocab_size",
+                self.tokenizer_vocab_size.unwrap_or(1),
+            ),
+        ])?;
         let d = self.inner_dim();
         if self.class_name == ModelClass::Transformer2DModel && self.tokenizer_vocab_size.is_some()
         {

@@ -50,6 +50,18 @@ pub enum Error {
     #[error("input `{name}`: {message}")]
     InvalidInput { name: String, message: String },
 
+    /// A run the machine cannot hold (`limits::check_memory`).
+    #[error("this run needs about {needs_gib:.1} GiB of memory and this machine has {has_gib:.1} GiB available; ask for fewer or smaller images")]
+    OutOfMemory { needs_gib: f64, has_gib: f64 },
+
+    /// NaN or infinite values in a checkpoint tensor.
+    #[error("tensor `{name}` in {path}: holds NaN or infinite values (a damaged checkpoint?)")]
+    NonFiniteWeight { path: PathBuf, name: String },
+
+    /// NaN or infinite values out of a stage of a run (`logits of step 3`, `VQ decoder pixels`).
+    #[error("{stage}: NaN or infinite values (the weights overflow on this input?)")]
+    NonFiniteOutput { stage: String },
+
     #[error("{path}: not a readable PyTorch file (truncated or corrupt?): {message}")]
     Pth { path: PathBuf, message: String },
 
@@ -74,6 +86,15 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// Fails with [`Error::NonFiniteOutput`] naming `stage` when `values` hold NaN or infinity.
+    pub(crate) fn check_finite(stage: impl FnOnce() -> String, values: &[f32]) -> Result<()> {
+        if values.iter().all(|v| v.is_finite()) {
+            Ok(())
+        } else {
+            Err(Error::NonFiniteOutput { stage: stage() })
         }
     }
 

@@ -11,6 +11,7 @@
 //! one 8-bit level on about 11% of the values of a 61x47 -> 32x32 shrink.)
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_INPUT_BYTES, MAX_INPUT_SIDE};
 use std::path::Path;
 
 /// An RGB image as the VQ-VAE takes it: `[3, height, width]`, values in `[0, 1]`.
@@ -27,15 +28,56 @@ pub fn load_image(path: &Path, height: usize, width: usize) -> Result<RgbImage> 
         path: path.to_path_buf(),
         message,
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    if reader.format().is_none() {
-        return Err(bad(
+    let open = || {
+        image::ImageReader::open(path)
+            .map_err(|e| Error::io(path, e))?
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))
+    };
+    decode_bounded(open, bad, height, width)
+}
+
+/// [`load_image`] of an image file's bytes (an upload); errors name the input `image`.
+pub fn decode_image(bytes: &[u8], height: usize, width: usize) -> Result<RgbImage> {
+    let bad = |message: String| Error::input("image", message);
+    let open = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(e.to_string()))
+    };
+    decode_bounded(open, bad, height, width)
+}
+
+/// Decodes the image `open` reads (opened twice: once for the header), within
+/// [`MAX_INPUT_SIDE`] and [`MAX_INPUT_BYTES`], to RGB resized to `height x width`.
+fn decode_bounded<R: std::io::BufRead + std::io::Seek>(
+    open: impl Fn() -> Result<image::ImageReader<R>>,
+    bad: impl Fn(String) -> Error,
+    height: usize,
+    width: usize,
+) -> Result<RgbImage> {
+    let open = || match open()? {
+        reader if reader.format().is_some() => Ok(reader),
+        _ => Err(bad(
             "unknown file format (PNG, JPEG and WebP are supported)".into(),
-        ));
+        )),
+    };
+    // The declared size, from the header alone: a decompression bomb is refused unread.
+    let (w, h) = open()?.into_dimensions().map_err(|e| bad(e.to_string()))?;
+    let side = MAX_INPUT_SIDE as u32;
+    if w > side || h > side {
+        return Err(bad(format!(
+            "{w} x {h} px; images of at most {side} px a side are read"
+        )));
     }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(MAX_INPUT_BYTES);
+    let mut reader = open()?;
+    reader.limits(limits);
+    // Grey, palette, 16-bit and alpha images become 8-bit RGB (alpha dropped, as PIL's
+    // `convert("RGB")`).
     let img = reader.decode().map_err(|e| bad(e.to_string()))?.to_rgb8();
     Ok(from_rgb8(&resize_bilinear(img, height, width)))
 }

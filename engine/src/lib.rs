@@ -6,6 +6,7 @@
 //! - [`mmdit`]: the MM-DiT of reference section 2 (structure once; CPU and CUDA forwards).
 //! - [`clip_text`], [`tokenizer`]: the CLIP text encoder and BPE tokenizer (section 3).
 //! - [`vqvae`]: the VQ-VAE encoder and decoder (section 4); [`image_io`]: image files.
+//! - [`limits`]: the one validation of sizes, batch, steps, threads, prompts and memory.
 //! - [`pth`]: `mask_token_embedding.pth` read without Python.
 //! - [`pipeline`]: text-to-image, captioning and VQA (section 5).
 //! - [`cuda`]: the CUDA backend (a GPU, or the emulator): device, weight storage, launches,
@@ -21,6 +22,7 @@ pub mod cuda;
 pub mod debug;
 pub mod error;
 pub mod image_io;
+pub mod limits;
 pub mod mmdit;
 pub mod model_dir;
 pub mod nn;

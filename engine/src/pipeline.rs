@@ -9,6 +9,7 @@
 use crate::clip_text::{text_encoder_dir, text_encoder_from, ClipTextConfig, ClipTextModel};
 use crate::config::TransformerConfig;
 use crate::error::{Error, Result};
+use crate::limits::ModelShape;
 use crate::mmdit::{Mmdit, MmditInput};
 use crate::model_dir::{transformer_dir, transformer_from};
 use crate::pth::{mask_embedding_path, read_mask_embedding};
@@ -285,26 +286,19 @@ impl ModelFolder {
         })
     }
 
-    /// The pixels image sizes come in: the VQ scale factor, twice that when the transformer's
-    /// down block halves the grid.
+    /// What the configs say about the sizes of runs (see [`crate::limits`]).
+    pub fn shape(&self) -> ModelShape {
+        ModelShape::loaded(&self.transformer_cfg, &self.vqvae_cfg)
+    }
+
+    /// The pixels image sizes come in (see [`ModelShape::size_step`]).
     pub fn size_step(&self) -> usize {
-        let f = self.vqvae_cfg.scale_factor();
-        match self.transformer_cfg.downsample {
-            true => 2 * f,
-            false => f,
-        }
+        self.shape().size_step()
     }
 
     /// The id grid for an image size: a multiple of [`ModelFolder::size_step`].
     pub fn grid(&self, width: usize, height: usize) -> Result<(usize, usize)> {
-        let f = self.vqvae_cfg.scale_factor();
-        let step = self.size_step();
-        for (name, v) in [("width", width), ("height", height)] {
-            if v == 0 || v % step != 0 {
-                return Err(Error::input(name, format!("{v} px: this model makes sizes that are positive multiples of {step} px (VQ scale {f}{})", if step > f { " x 2 for the down block" } else { "" })));
-            }
-        }
-        Ok((height / f, width / f))
+        self.shape().grid(width, height)
     }
 
     /// CLIP ids of `texts`: `[B, 77]`.
@@ -325,12 +319,7 @@ impl ModelFolder {
     /// Everything before the text encoder of a text-to-image run: checks, tokens, the sampler
     /// and its token layout. Shared by the CPU loop and the CUDA backend's.
     pub(crate) fn plan_text_to_image(&self, req: &TextToImage) -> Result<TextToImagePlan> {
-        if req.prompts.is_empty() {
-            return Err(Error::input("prompt", "no prompt given"));
-        }
-        if req.images_per_prompt == 0 {
-            return Err(Error::input("batch", "at least one image per prompt"));
-        }
+        self.shape().check_text_to_image(req)?;
         let grid = self.grid(req.width, req.height)?;
         let sampler = Sampler::new(req.sampler)?.with_seed_per_row();
         let guided = req.sampler.guidance.needs_uncond();
@@ -412,6 +401,7 @@ impl ModelFolder {
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         let start = Instant::now();
         let mut pixels = decode(&ids, plan.batch, h, w)?;
+        Error::check_finite(|| "VQ decoder pixels".into(), &pixels)?;
         pixels.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
         Ok(Images {
             batch: plan.batch,
@@ -445,10 +435,8 @@ impl ModelFolder {
     /// backend's.
     pub(crate) fn plan_image_to_text(&mut self, req: &ImageToText) -> Result<ImageToTextPlan> {
         let mask_id = self.mask_token()?;
+        self.shape().check_image_to_text(req)?;
         let b = req.batch;
-        if b == 0 {
-            return Err(Error::input("image", "no image given"));
-        }
         let r = req.resolution;
         let grid = self.grid(r, r)?;
         if req.images.len() != b * 3 * r * r {
@@ -591,6 +579,7 @@ impl Pipeline {
         let plan = self.plan_text_to_image(req)?;
         let start = Instant::now();
         let text = self.text_encoder.forward(&plan.text_ids, plan.rows)?;
+        Error::check_finite(|| "text encoder hidden states".into(), &text.penultimate)?;
         let text_encode = start.elapsed();
         let (h, w) = plan.grid;
         let mut ids = plan.start_ids.clone();
@@ -613,6 +602,10 @@ impl Pipeline {
                 micro_conds: &plan.micro,
             })?;
             let t1 = Instant::now();
+            Error::check_finite(
+                || format!("transformer image logits of step {step}"),
+                &logits,
+            )?;
             plan.sampler
                 .step_keeping(step, &mut ids, &logits, &plan.layout, &plan.keep)?;
             on_step(StepEvent {
@@ -672,6 +665,10 @@ impl Pipeline {
             })?;
             let t2 = Instant::now();
             let logits = out.unwrap_or_default();
+            Error::check_finite(
+                || format!("transformer text logits of step {step}"),
+                &logits,
+            )?;
             sampler.step(step, &mut ids, &logits, &plan.layout)?;
             on_step(StepEvent {
                 step,
@@ -717,7 +714,9 @@ pub(crate) fn check_fit(
 }
 
 /// The masking schedule named by `scheduler/scheduler_config.json`.
-fn read_schedule(root: &Path) -> Result<MaskSchedule> {
+/// The masking schedule of the model root `root` (`scheduler/scheduler_config.json`, cosine
+/// when it names none).
+pub fn read_schedule(root: &Path) -> Result<MaskSchedule> {
     let path = root.join("scheduler").join("scheduler_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let file: SchedulerFile = serde_json::from_str(&text).map_err(|e| Error::Config {

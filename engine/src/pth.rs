@@ -530,6 +530,12 @@ pub fn read_mask_embedding(path: &Path, hidden: usize) -> Result<Vec<f32>> {
             ),
         });
     }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(Error::NonFiniteWeight {
+            path: path.to_path_buf(),
+            name: "<mask> embedding".into(),
+        });
+    }
     Ok(values)
 }
 

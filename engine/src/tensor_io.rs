@@ -165,8 +165,9 @@ impl TensorFile {
     }
 }
 
-/// Writes named tensors (`f32` and `i64`, little endian) to a safetensors file.
-pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+/// Named tensors (`f32` and `i64`, little endian) as the bytes of a safetensors file; `path`
+/// (where they go) names errors.
+pub fn to_bytes(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in tensors {
         let (dtype, bytes) = match &t.values {
@@ -175,18 +176,22 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> 
         };
         owned.push((name.clone(), dtype, t.shape.clone(), bytes));
     }
+    let bad = |e: safetensors::SafeTensorError| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let views = owned
         .iter()
         .map(|(n, d, s, b)| {
             safetensors::tensor::TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Safetensors {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        .map_err(bad)?;
+    safetensors::serialize(views, None).map_err(bad)
+}
+
+/// Writes named tensors to a safetensors file (see [`to_bytes`]).
+pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+    let bytes = to_bytes(path, tensors)?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }

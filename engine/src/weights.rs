@@ -90,7 +90,10 @@ impl Weights {
         let mut shards: Vec<&String> = parsed.weight_map.values().collect();
         shards.sort();
         shards.dedup();
-        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        let paths: Vec<PathBuf> = shards
+            .iter()
+            .map(|s| shard_path(index, dir, s))
+            .collect::<Result<_>>()?;
         let weights = Self::open_files(&paths)?;
         for (name, shard) in &parsed.weight_map {
             match weights.entries.get(name) {
@@ -168,7 +171,7 @@ impl Weights {
     /// Tensor `name` widened to `f32`, after checking that its shape is `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (entry, bytes) = self.checked(name, shape)?;
-        let values = match entry.dtype {
+        let values: Vec<f32> = match entry.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -189,6 +192,7 @@ impl Weights {
                 })
             }
         };
+        check_finite(|| self.path_of(name), name, &values)?;
         self.taken(name, entry);
         Ok(values)
     }
@@ -200,10 +204,17 @@ impl Weights {
         if entry.dtype != Dtype::BF16 {
             return Ok(None);
         }
-        let bits = bytes
+        let bits: Vec<u16> = bytes
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
+        // bf16 NaN and infinities have all eight exponent bits set.
+        if bits.iter().any(|b| b & 0x7f80 == 0x7f80) {
+            return Err(Error::NonFiniteWeight {
+                path: self.path_of(name),
+                name: name.to_string(),
+            });
+        }
         self.taken(name, entry);
         Ok(Some(bits))
     }
@@ -278,6 +289,41 @@ impl Weights {
             }),
         }
     }
+}
+
+/// The file of shard `name` named by `index` in `dir`: a plain name inside `dir` (no absolute
+/// path, no `..`, no link leading out of the folder).
+fn shard_path(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
+    let refuse = |why: &str| Error::Config {
+        path: index.to_path_buf(),
+        message: format!("shard `{name}` {why}; shards must be files in the index's folder"),
+    };
+    let plain = Path::new(name)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if name.is_empty() || !plain {
+        return Err(refuse("is not a plain file name"));
+    }
+    let path = dir.join(name);
+    let inside = match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(file), Ok(folder)) => file.starts_with(folder),
+        _ => true,
+    };
+    if !inside {
+        return Err(refuse("leads out of the folder through a link"));
+    }
+    Ok(path)
+}
+
+/// Fails with [`Error::NonFiniteWeight`] when `values` hold NaN or infinity.
+fn check_finite(path: impl FnOnce() -> PathBuf, name: &str, values: &[f32]) -> Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    Err(Error::NonFiniteWeight {
+        path: path(),
+        name: name.to_string(),
+    })
 }
 
 /// Where a `Vb` takes its tensors from.

@@ -4,6 +4,7 @@ pub mod cuda_checks;
 pub mod cuda_pipeline_checks;
 pub mod device;
 pub mod edit_checks;
+pub mod fuzz;
 
 use muddit_engine::tensor_io::TensorFile;
 use std::path::PathBuf;

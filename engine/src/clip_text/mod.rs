@@ -88,11 +88,14 @@ impl ClipTextConfig {
 
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path, |text| {
-            let cfg: ClipTextConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
-            cfg.validate()?;
-            Ok(cfg)
-        })
+        read_config(path, Self::from_json)
+    }
+
+    /// Parses and validates a config; the message names the offending key.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let cfg: ClipTextConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
@@ -105,9 +108,7 @@ impl ClipTextConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("max_position_embeddings", self.max_position_embeddings),
         ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("`{key}` must be positive"));
-        }
+        crate::limits::check_config_sizes(&positive)?;
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
                 "`hidden_size` {} is not a multiple of `num_attention_heads` {}",

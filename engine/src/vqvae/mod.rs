@@ -155,6 +155,24 @@ impl VqConfig {
 
     fn validate(&self) -> std::result::Result<(), String> {
         let levels = self.block_out_channels.len();
+        if levels > 16 {
+            return Err(format!("{levels} `block_out_channels`: at most 16 levels"));
+        }
+        let mut sizes = vec![
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("layers_per_block", self.layers_per_block.max(1)),
+            ("latent_channels", self.latent_channels),
+            ("num_vq_embeddings", self.num_vq_embeddings),
+            ("norm_num_groups", self.norm_num_groups),
+            ("vq_embed_dim", self.vq_embed_dim.unwrap_or(1)),
+        ];
+        sizes.extend(
+            self.block_out_channels
+                .iter()
+                .map(|&c| ("block_out_channels", c)),
+        );
+        crate::limits::check_config_sizes(&sizes)?;
         if levels == 0 {
             return Err("`block_out_channels` is empty".into());
         }
@@ -217,7 +235,7 @@ impl VqConfig {
             ("out_channels", self.out_channels),
             ("latent_channels", self.latent_channels),
             ("num_vq_embeddings", self.num_vq_embeddings),
-            ("layers_per_block", self.layers_per_block),
+            ("layers_per_block", self.layers_per_block.max(1)),
             ("vq_embed_dim", self.embed_dim()),
         ];
         if let Some((key, _)) = sizes.iter().find(|(_, v)| *v == 0) {

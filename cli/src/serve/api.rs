@@ -1,0 +1,374 @@
+//! The routes: one function builds the router, each handler parses and checks its request,
+//! queues a job and turns the worker's answer into JSON.
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use super::queue::{Done, Job, Output, PushError, Queue, Work};
+use super::validate::{Checks, GenerationBody, I2tBody};
+use crate::model::Defaults;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use muddit_engine::limits::ModelShape;
+use muddit_engine::pipeline::ModelFolder;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tower_http::limit::RequestBodyLimitLayer;
+
+pub struct AppState {
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    /// The model's configs and tokenizer (no weights), for the checks before queueing.
+    pub folder: ModelFolder,
+    /// Its sizes, for the shared limits (`muddit_engine::limits`).
+    pub shape: ModelShape,
+    pub defaults: Defaults,
+    /// The served model's id (its folder's name).
+    pub model_id: String,
+    pub max_batch: usize,
+    pub max_body: usize,
+    pub request_timeout: Duration,
+    /// No log line per request.
+    pub quiet: bool,
+    pub next_id: AtomicU64,
+}
+
+impl AppState {
+    fn checks(&self) -> Checks<'_> {
+        Checks {
+            folder: &self.folder,
+            shape: &self.shape,
+            defaults: &self.defaults,
+        }
+    }
+}
+
+/// Queue wait and run time of a request that reached the model, for the log line.
+#[derive(Clone, Copy)]
+struct Timing {
+    queue_wait: Duration,
+    run: Duration,
+    batch_images: usize,
+    /// The seed of a generation's batch.
+    seed: Option<u64>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/images/generations", post(generate))
+        .route("/v1/images/edits", post(edits))
+        .route("/v1/captions", post(caption))
+        .route("/v1/vqa", post(vqa))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
+        .with_state(state)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let (depth, _) = state.queue.depth_and_cancelled();
+    Json(serde_json::json!({
+        "status": "ok", "model": state.model_id,
+        "queue_depth": depth, "queue_capacity": state.queue.capacity,
+    }))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "object": "list", "data": [{
+        "id": state.model_id, "object": "model", "created": 0, "owned_by": "muddit",
+    }]}))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let (depth, cancelled) = state.queue.depth_and_cancelled();
+    let text = state.metrics.render(depth, state.queue.capacity, cancelled);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+async fn edits() -> ApiError {
+    ApiError::not_implemented(
+        "image editing (/v1/images/edits) is not available in this build yet; /v1/images/generations is",
+    )
+}
+
+/// `body` as `T`; a refusal names the field at fault (or `body` when the JSON itself is bad).
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let message = e.inner().to_string();
+        if !matches!(e.inner().classify(), serde_json::error::Category::Data) {
+            return ApiError::field("body", format!("not JSON: {message}"));
+        }
+        let path = e.path().to_string();
+        // Unknown and missing fields are reported at the object holding them.
+        let named = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| message.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
+        match (path.as_str(), named) {
+            (".", Some(name)) => ApiError::field(&name, message),
+            (".", None) => ApiError::field("body", format!("{message} (expected a JSON object)")),
+            _ => ApiError::field(&path, message),
+        }
+    })
+}
+
+/// Queues `work` and waits for its answer, at most the per-request timeout. Dropping this
+/// future (the client went away) closes the reply channel, which cancels the queued job.
+async fn submit(state: &AppState, work: Work) -> Result<Done, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    match state.queue.push(Job::new(work, tx)) {
+        Ok(()) => {}
+        Err(PushError::Closed) => return Err(ApiError::stopping()),
+        Err(PushError::Full) => {
+            let (depth, _) = state.queue.depth_and_cancelled();
+            let batches = depth.div_ceil(state.max_batch) + 1;
+            let wait = state.metrics.mean_batch_seconds() * batches as f64;
+            return Err(ApiError::queue_full(
+                state.queue.capacity,
+                wait.ceil().max(1.0) as u64,
+            ));
+        }
+    }
+    match tokio::time::timeout(state.request_timeout, rx).await {
+        Err(_) => Err(ApiError::timeout(state.request_timeout.as_secs_f64())),
+        Ok(Err(_)) => Err(ApiError::stopping()),
+        Ok(Ok(done)) => done,
+    }
+}
+
+fn with_timing(body: serde_json::Value, done: &Done) -> Response {
+    let mut response = Json(body).into_response();
+    let seed = match &done.output {
+        Output::Images { seed, .. } => Some(*seed),
+        Output::Text(_) => None,
+    };
+    response.extensions_mut().insert(Timing {
+        queue_wait: done.queue_wait,
+        run: done.run,
+        batch_images: done.batch_images,
+        seed,
+    });
+    response
+}
+
+async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let body: GenerationBody = parse_json(&body)?;
+    let job = state.checks().t2i(body)?;
+    let prompt = job.request.prompts[0].clone();
+    let done = submit(&state, Work::T2i(job)).await?;
+    let Output::Images { pngs, seed } = &done.output else {
+        return Err(ApiError::internal(
+            "the worker answered a generation with text",
+        ));
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let data: Vec<_> = pngs
+        .iter()
+        .map(|png| serde_json::json!({ "b64_json": b64.encode(png), "revised_prompt": prompt }))
+        .collect();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let body = serde_json::json!({
+        "created": created, "data": data, "model": state.model_id, "seed": seed,
+    });
+    Ok(with_timing(body, &done))
+}
+
+/// The JSON form of a caption or VQA request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct I2tJson {
+    /// Base64, optionally as a `data:` URL.
+    image: String,
+    question: Option<String>,
+    steps: Option<usize>,
+    seed: Option<u64>,
+    greedy: Option<bool>,
+}
+
+fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
+    let data = match text.split_once(";base64,") {
+        Some((head, data)) if head.starts_with("data:") => data,
+        _ => text,
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| ApiError::field("image", format!("not base64: {e}")))
+}
+
+/// A multipart text field parsed as `T`.
+fn form_value<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, ApiError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ApiError::field(name, format!("`{text}` is not a valid value")))
+}
+
+async fn read_multipart(mut form: Multipart) -> Result<I2tBody, ApiError> {
+    let mut body = I2tBody::default();
+    let broken = |e: axum::extract::multipart::MultipartError| {
+        let status = e.status();
+        ApiError {
+            status,
+            ..ApiError::field(
+                "body",
+                format!("malformed multipart body: {}", e.body_text()),
+            )
+        }
+    };
+    while let Some(field) = form.next_field().await.map_err(broken)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "image" {
+            body.image = field.bytes().await.map_err(broken)?.to_vec();
+            continue;
+        }
+        let text = field.text().await.map_err(broken)?;
+        match name.as_str() {
+            "question" => body.question = Some(text),
+            "steps" => body.steps = Some(form_value(&name, &text)?),
+            "seed" => body.seed = Some(form_value(&name, &text)?),
+            "greedy" => body.greedy = Some(form_value(&name, &text)?),
+            _ => {
+                return Err(ApiError::field(
+                    &name,
+                    "unknown field; expected image, question, steps, seed, greedy",
+                ))
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// A caption or VQA body from JSON (`image` in base64) or multipart (`image` a file).
+async fn read_i2t(state: &Arc<AppState>, request: Request) -> Result<I2tBody, ApiError> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if is_form {
+        let form = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::field("body", e.body_text()))?;
+        return read_multipart(form).await;
+    }
+    let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+        let status = e.status();
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(state.max_body),
+            _ => ApiError::field("body", e.body_text()),
+        }
+    })?;
+    let json: I2tJson = parse_json(&bytes)?;
+    Ok(I2tBody {
+        image: decode_base64(&json.image)?,
+        question: json.question,
+        steps: json.steps,
+        seed: json.seed,
+        greedy: json.greedy,
+    })
+}
+
+async fn image_to_text(
+    state: Arc<AppState>,
+    request: Request,
+    vqa: bool,
+) -> Result<Response, ApiError> {
+    let body = read_i2t(&state, request).await?;
+    let job = state.checks().i2t(body, vqa)?;
+    let done = submit(&state, Work::I2t(job)).await?;
+    let Output::Text(text) = &done.output else {
+        return Err(ApiError::internal(
+            "the worker answered image-to-text with images",
+        ));
+    };
+    let key = if vqa { "answer" } else { "text" };
+    Ok(with_timing(
+        serde_json::json!({ key: text, "model": state.model_id }),
+        &done,
+    ))
+}
+
+async fn caption(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    image_to_text(state, request, false).await
+}
+
+async fn vqa(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+    image_to_text(state, request, true).await
+}
+
+/// Logs one JSON line per request on stderr (id, method, route, status, queue wait, run time),
+/// counts it for `/metrics`, names it in `x-request-id`, and gives every error response that
+/// has no JSON body one (the router's 405, the body limit layer's 413).
+async fn log_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let start = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        response = ApiError::bare(status, state.max_body).into_response();
+    }
+    response
+        .headers_mut()
+        .insert("x-request-id", HeaderValue::from(id));
+    state.metrics.request(&route, status.as_u16());
+    if !state.quiet {
+        let timing = response.extensions().get::<Timing>().copied();
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let line = serde_json::json!({
+            "id": id, "method": method.as_str(), "route": route, "status": status.as_u16(),
+            "queue_wait_ms": timing.map(|t| ms(t.queue_wait)),
+            "run_ms": timing.map(|t| ms(t.run)),
+            "batch_images": timing.map(|t| t.batch_images),
+            "seed": timing.and_then(|t| t.seed),
+            "total_ms": ms(start.elapsed()),
+        });
+        eprintln!("{line}");
+    }
+    response
+}
