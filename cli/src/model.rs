@@ -208,7 +208,10 @@ pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
         bail!("--model is empty (or MUDDIT_MODEL is set to nothing): name a model folder, or leave both out for the default model");
     }
     let dir = if arg.is_file() {
-        bail!("--model {}: a file, not a model folder; {HOW_TO_GET_ONE}", arg.display());
+        bail!(
+            "--model {}: a file, not a model folder; {HOW_TO_GET_ONE}",
+            arg.display()
+        );
     } else if arg.exists() {
         arg.to_path_buf()
     } else {

@@ -756,12 +756,7 @@ fn outputs_are_checked_before_the_run_and_never_clobbered() {
 }
 
 /// Cases that edit one safetensors file of the model.
-fn weight_case(
-    name: &str,
-    file: &'static str,
-    words: &[&str],
-    edit: fn(&mut serde_json::Map<String, serde_json::Value>, &mut Vec<u8>),
-) -> Case {
+fn weight_case(name: &str, file: &'static str, words: &[&str], edit: Edit) -> Case {
     t2i_case(name, &["-o", "e.png"], words).setup(move |b| {
         let (mut header, mut data) = read_safetensors(b, file);
         edit(&mut header, &mut data);
@@ -800,102 +795,92 @@ fn poison(
     data[start..start + bytes.len()].copy_from_slice(&bytes);
 }
 
+type Header = serde_json::Map<String, serde_json::Value>;
+type Edit = fn(&mut Header, &mut Vec<u8>);
+
+/// The `[start, end)` offsets of tensor `n`.
+fn offsets(h: &Header, n: &str) -> (u64, u64) {
+    let at = |i: usize| h[n]["data_offsets"][i].as_u64().expect("offset");
+    (at(0), at(1))
+}
+
+fn nan_weight(h: &mut Header, d: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    poison(h, d, &n, true)
+}
+
+fn inf_weight(h: &mut Header, d: &mut Vec<u8>) {
+    let n = names(h)[1].clone();
+    poison(h, d, &n, false)
+}
+
+fn past_the_end(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h).last().expect("one").clone();
+    h[&n]["data_offsets"][1] = (offsets(h, &n).1 + 4096).into();
+}
+
+fn huge_shape(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    h[&n]["shape"] = serde_json::json!([1u64 << 40, 1u64 << 40]);
+}
+
+fn dtype_disagrees(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    let other = if h[&n]["dtype"] == "F32" {
+        "F16"
+    } else {
+        "F32"
+    };
+    h[&n]["dtype"] = other.into();
+}
+
+fn overlapping(h: &mut Header, _: &mut Vec<u8>) {
+    let mut by_start: Vec<(u64, String)> = names(h)
+        .into_iter()
+        .map(|n| (offsets(h, &n).0, n))
+        .collect();
+    by_start.sort();
+    let (a, b) = (&by_start[0].1, &by_start[1].1);
+    let ((s, _), (bs, be)) = (offsets(h, a), offsets(h, b));
+    h[b]["data_offsets"] = serde_json::json!([s, s + be - bs]);
+}
+
+fn missing_tensor(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h).last().expect("one").clone();
+    h.remove(&n);
+}
+
+fn integer_dtype(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    let (s, e) = offsets(h, &n);
+    h[&n]["dtype"] = "U8".into();
+    h[&n]["shape"] = serde_json::json!([e - s]);
+}
+
+/// Edits of a safetensors header (and data), with the words their error must hold.
+fn header_edits() -> [(&'static str, &'static [&'static str], Edit); 8] {
+    [
+        ("NaN weight", &["NaN"], nan_weight),
+        ("Inf weight", &["infinite"], inf_weight),
+        ("offsets past the end", &["safetensors"], past_the_end),
+        ("huge shape", &["safetensors"], huge_shape),
+        ("dtype and size disagree", &["safetensors"], dtype_disagrees),
+        ("overlapping tensors", &["safetensors"], overlapping),
+        ("missing tensor", &[], missing_tensor),
+        ("integer dtype", &[], integer_dtype),
+    ]
+}
+
 #[test]
 fn hostile_model_files_are_refused_by_name() {
     let mut cases = Vec::new();
     for file in WEIGHTS {
         let short = file.split('/').nth(1).expect("component");
-        cases.push(weight_case(
-            &format!("{short}: NaN weight"),
-            file,
-            &["NaN", short],
-            |h, d| {
-                let n = names(h)[0].clone();
-                poison(h, d, &n, true)
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: Inf weight"),
-            file,
-            &["infinite", short],
-            |h, d| {
-                let n = names(h)[1].clone();
-                poison(h, d, &n, false)
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: offsets past the end"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let n = names(h).last().expect("one").clone();
-                let end = h[&n]["data_offsets"][1].as_u64().expect("end");
-                h[&n]["data_offsets"][1] = (end + 4096).into();
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: huge shape"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let n = names(h)[0].clone();
-                h[&n]["shape"] = serde_json::json!([1u64 << 40, 1u64 << 40]);
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: dtype and size disagree"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let n = names(h)[0].clone();
-                let other = if h[&n]["dtype"] == "F32" {
-                    "F16"
-                } else {
-                    "F32"
-                };
-                h[&n]["dtype"] = other.into();
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: overlapping tensors"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let mut by_start: Vec<(u64, String)> = names(h)
-                    .into_iter()
-                    .map(|n| (h[&n]["data_offsets"][0].as_u64().expect("o"), n))
-                    .collect();
-                by_start.sort();
-                let (a, b) = (by_start[0].1.clone(), by_start[1].1.clone());
-                let len = h[&b]["data_offsets"][1].as_u64().expect("e")
-                    - h[&b]["data_offsets"][0].as_u64().expect("s");
-                let s = h[&a]["data_offsets"][0].as_u64().expect("s");
-                h[&b]["data_offsets"] = serde_json::json!([s, s + len]);
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: missing tensor"),
-            file,
-            &[short],
-            |h, _| {
-                let n = names(h).last().expect("one").clone();
-                h.remove(&n);
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: integer dtype"),
-            file,
-            &[short],
-            |h, _| {
-                let n = names(h)[0].clone();
-                let (s, e) = (
-                    h[&n]["data_offsets"][0].as_u64().expect("s"),
-                    h[&n]["data_offsets"][1].as_u64().expect("e"),
-                );
-                h[&n]["dtype"] = "U8".into();
-                h[&n]["shape"] = serde_json::json!([e - s]);
-            },
-        ));
+        for (what, words, edit) in header_edits() {
+            let mut want = words.to_vec();
+            want.push(short);
+            cases.push(weight_case(&format!("{short}: {what}"), file, &want, edit));
+        }
         cases.push(
             t2i_case(
                 &format!("{short}: header length 2^62"),
