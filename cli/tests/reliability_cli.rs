@@ -362,6 +362,21 @@ fn t2i_case(name: &str, extra: &[&str], want: &[&str]) -> Case {
     c
 }
 
+/// `t2i --from-png s.png` where `s.png` is `png`.
+fn from_png_case(name: &str, png: Vec<u8>, want: &[&str]) -> Case {
+    let args = [
+        "--model",
+        "model",
+        "t2i",
+        "-q",
+        "--from-png",
+        "s.png",
+        "-o",
+        "out.png",
+    ];
+    case(name, &args, want).setup(move |b| b.write("s.png", &png))
+}
+
 #[test]
 fn numbers_are_bounded_from_every_source() {
     let mut cases = Vec::new();
@@ -496,44 +511,20 @@ fn numbers_are_bounded_from_every_source() {
             p[key] = serde_json::from_str(value).expect("number");
             params_png(&p)
         };
-        cases.push(
-            case(
-                &format!("stored {key} {value}"),
-                &[
-                    "--model",
-                    "model",
-                    "t2i",
-                    "-q",
-                    "--from-png",
-                    "s.png",
-                    "-o",
-                    "out.png",
-                ],
-                &[word, "s.png"],
-            )
-            .setup(move |b| b.write("s.png", &png)),
-        );
+        cases.push(from_png_case(
+            &format!("stored {key} {value}"),
+            png,
+            &[word, "s.png"],
+        ));
     }
     let mut p = stored_params();
     p["index"] = 5.into();
     let png = params_png(&p);
-    cases.push(
-        case(
-            "stored index outside the batch",
-            &[
-                "--model",
-                "model",
-                "t2i",
-                "-q",
-                "--from-png",
-                "s.png",
-                "-o",
-                "out.png",
-            ],
-            &["index"],
-        )
-        .setup(move |b| b.write("s.png", &png)),
-    );
+    cases.push(from_png_case(
+        "stored index outside the batch",
+        png,
+        &["index"],
+    ));
     let png = raw_png(
         1,
         1,
@@ -542,23 +533,11 @@ fn numbers_are_bounded_from_every_source() {
         &[0, 0, 0, 0],
         &[chunk(b"iTXt", b"muddit-parameters\0\0\0\0\0{not json")],
     );
-    cases.push(
-        case(
-            "stored parameters malformed",
-            &[
-                "--model",
-                "model",
-                "t2i",
-                "-q",
-                "--from-png",
-                "s.png",
-                "-o",
-                "out.png",
-            ],
-            &["s.png", "malformed"],
-        )
-        .setup(move |b| b.write("s.png", &png)),
-    );
+    cases.push(from_png_case(
+        "stored parameters malformed",
+        png,
+        &["s.png", "malformed"],
+    ));
     cases.push(case(
         "from-png without parameters",
         &[
@@ -726,6 +705,41 @@ fn outputs_are_checked_before_the_run_and_never_clobbered() {
             .writes(&["old.png"])
             .setup(|b| b.write("old.png", b"old")),
     );
+    let eval = [
+        "--model",
+        "model",
+        "eval",
+        "-q",
+        "--tasks",
+        "t2i",
+        "--limit",
+        "2",
+        "--steps",
+        "2",
+        "--save-images",
+        "saved",
+    ];
+    cases.push(
+        case(
+            "eval --save-images over an image",
+            &eval,
+            &["t2i-001.png", "--overwrite"],
+        )
+        .setup(|b| b.write("saved/t2i-001.png", b"old")),
+    );
+    cases.push(
+        case("eval --save-images a file", &eval, &["saved"]).setup(|b| b.write("saved", b"old")),
+    );
+    cases.push(case(
+        "eval --steps 0",
+        &["--model", "model", "eval", "-q", "--steps", "0"],
+        &["--steps"],
+    ));
+    cases.push(case(
+        "eval --i2t-steps 5000",
+        &["--model", "model", "eval", "-q", "--i2t-steps", "5000"],
+        &["--i2t-steps"],
+    ));
     run_all(cases);
 
     let b = Bench::new();
