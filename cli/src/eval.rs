@@ -152,6 +152,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SET));
     let json_path = set_dir.join("eval.json");
+    muddit_engine::limits::regular_file(&json_path).context("--set")?;
     let text = std::fs::read_to_string(&json_path)
         .with_context(|| format!("--set: reading {}", json_path.display()))?;
     let set: EvalSet =

@@ -16,7 +16,7 @@ fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-64")
 }
 
-/// Every file under `dir` with its bytes (links are read through).
+/// Every file under `dir` with its bytes (links are read through, pipes not read).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -26,8 +26,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if path.is_dir() {
                 files.insert(path.clone(), Vec::new());
                 stack.push(path);
-            } else {
+            } else if path.is_file() {
                 files.insert(path.clone(), std::fs::read(&path).unwrap_or_default());
+            } else {
+                // A pipe: reading it would wait for a writer.
+                files.insert(path.clone(), b"not a file".to_vec());
             }
         }
     }
@@ -965,6 +968,10 @@ fn hostile_model_files_are_refused_by_name() {
         }),
     );
     for (key, value) in [
+        (
+            "axes_dims_rope",
+            "[9223372036854775808, 9223372036854775808, 24]",
+        ),
         ("num_layers", "1000000000000"),
         ("attention_head_dim", "4611686018427387904"),
         ("num_attention_heads", "1099511627776"),
@@ -1253,6 +1260,61 @@ fn hostile_images_are_bounded_and_odd_ones_converted() {
         "pal.png",
         raw_png(8, 8, 8, 3, &rows(8, &[0, 1]), &palette),
     ));
+    run_all(cases);
+}
+
+/// Pipes given where a file is read are refused, never waited on.
+#[test]
+fn pipes_are_refused_not_waited_on() {
+    let fifo = |rel: &'static str| {
+        move |b: &Bench| {
+            let p = b.path(rel);
+            let _ = std::fs::remove_file(&p);
+            let made = std::process::Command::new("mkfifo")
+                .arg(&p)
+                .status()
+                .expect("mkfifo");
+            assert!(made.success(), "mkfifo {rel}");
+        }
+    };
+    let from_png = [
+        "--model",
+        "model",
+        "t2i",
+        "-q",
+        "--from-png",
+        "p.png",
+        "-o",
+        "o.png",
+    ];
+    let cases = vec![
+        case(
+            "caption of a pipe",
+            &["--model", "model", "caption", "-q", "p.png"],
+            &["p.png", "regular file"],
+        )
+        .setup(fifo("p.png")),
+        case("--from-png a pipe", &from_png, &["p.png", "regular file"]).setup(fifo("p.png")),
+        t2i_case("muddit.json a pipe", &["-o", "o.png"], &["muddit.json"])
+            .setup(fifo("model/muddit.json")),
+        t2i_case(
+            "scheduler config a pipe",
+            &["-o", "o.png"],
+            &["scheduler_config.json"],
+        )
+        .setup(fifo("model/scheduler/scheduler_config.json")),
+        t2i_case("vocab a pipe", &["-o", "o.png"], &["vocab.json"])
+            .setup(fifo("model/tokenizer/vocab.json")),
+        t2i_case(
+            "weights a pipe",
+            &["-o", "o.png"],
+            &["diffusion_pytorch_model.safetensors"],
+        )
+        .setup(fifo("model/vqvae/diffusion_pytorch_model.safetensors")),
+        t2i_case("config.json a pipe", &["-o", "o.png"], &["config.json"])
+            .setup(fifo("model/text_encoder/config.json")),
+        t2i_case("-o a pipe", &["-o", "p.png"], &["p.png", "regular file"]).setup(fifo("p.png")),
+    ];
     run_all(cases);
 }
 

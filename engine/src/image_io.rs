@@ -28,6 +28,7 @@ pub fn load_image(path: &Path, height: usize, width: usize) -> Result<RgbImage> 
         path: path.to_path_buf(),
         message,
     };
+    crate::limits::regular_file(path)?;
     let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
         let reader = image::ImageReader::open(path)
             .map_err(|e| Error::io(path, e))?

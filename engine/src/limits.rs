@@ -256,6 +256,28 @@ pub(crate) fn check_config_sizes(sizes: &[(&str, usize)]) -> std::result::Result
     }
 }
 
+/// Fails unless `path` is a regular file (or a link to one): a pipe or device given as an input
+/// would block the read forever or never end. Checked before opening, since opening a pipe
+/// blocks too.
+pub fn regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    let what = if meta.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file (a pipe or device?)"
+    };
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what}; name a file"),
+        ),
+    ))
+}
+
 /// Refuses a run of `bytes` when the machine has less memory available.
 pub fn check_memory(bytes: f64) -> Result<()> {
     match available_memory() {
