@@ -57,6 +57,8 @@ pub fn defaults(root: &Path) -> Result<Defaults> {
     let Some(path) = candidates.iter().find(|p| p.exists()) else {
         return Ok(Defaults::default());
     };
+    muddit_engine::limits::regular_file(path)
+        .context("the model's defaults must be a JSON object file")?;
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "{}: cannot read the model's defaults (it must be a JSON object file)",
@@ -208,7 +210,10 @@ pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
         bail!("--model is empty (or MUDDIT_MODEL is set to nothing): name a model folder, or leave both out for the default model");
     }
     let dir = if arg.is_file() {
-        bail!("--model {}: a file, not a model folder; {HOW_TO_GET_ONE}", arg.display());
+        bail!(
+            "--model {}: a file, not a model folder; {HOW_TO_GET_ONE}",
+            arg.display()
+        );
     } else if arg.exists() {
         arg.to_path_buf()
     } else {

@@ -55,6 +55,7 @@ pub fn encode_png(
 
 /// The parameters stored in a PNG written by `write_png`.
 pub fn read_params(path: &Path) -> Result<GenerationParams> {
+    muddit_engine::limits::regular_file(path)?;
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader = png::Decoder::new(BufReader::new(file))
         .read_info()

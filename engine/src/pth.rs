@@ -394,6 +394,7 @@ pub fn read_pth_tensor(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         path: path.to_path_buf(),
         message,
     };
+    crate::limits::regular_file(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         bad(format!(

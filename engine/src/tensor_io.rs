@@ -44,6 +44,7 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn read(path: &Path) -> Result<Self> {
+        crate::limits::regular_file(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |message: String| Error::Safetensors {
             path: path.to_path_buf(),

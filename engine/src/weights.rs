@@ -77,6 +77,7 @@ impl Weights {
     /// Opens the shards an index names (`{"weight_map": {tensor: file}}`), checking that each
     /// tensor is found in the shard the index says.
     pub fn open_index(index: &Path) -> Result<Self> {
+        crate::limits::regular_file(index)?;
         let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
         #[derive(serde::Deserialize)]
         struct Index {
@@ -114,6 +115,7 @@ impl Weights {
         let mut files = Vec::new();
         let mut entries = HashMap::new();
         for path in paths {
+            crate::limits::regular_file(path)?;
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: the map is read-only and lives as long as `Weights`; a checkpoint modified
             // by another process while we run is outside what we can guard against.
