@@ -2,7 +2,7 @@
 
 use crate::{Dtype, Global};
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use muddit_engine::config::TransformerConfig;
 use muddit_engine::random::{write_random_transformer, WeightDtype};
 use muddit_engine::tensor_io::{self, TensorFile};
@@ -13,50 +13,47 @@ use std::time::Instant;
 #[path = "debug_sides.rs"]
 mod debug_sides;
 
+/// The input and output files of an inspection forward.
+#[derive(Args)]
+pub struct Files {
+    /// The named input tensors (safetensors).
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write the named outputs (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace `--out` if it exists.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl Files {
+    /// Runs `forward(model, inputs, out)` on the model of `--model`, unless `--out` exists and
+    /// may not be replaced.
+    fn run(
+        self,
+        global: &Global,
+        forward: impl FnOnce(&Path, &Path, &Path) -> Result<()>,
+    ) -> Result<()> {
+        crate::refuse_overwrite(&self.out, self.overwrite)?;
+        forward(&model_arg(global)?, &self.inputs, &self.out)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum DebugCommand {
-    /// Run the transformer on named input tensors and write its logits.
-    Forward {
-        /// `image_tokens` i64 [B,h,w], `encoder_hidden_states` f32 [B,L,J], `pooled_projections`
-        /// f32 [B,P], `timestep` f32 [1], `micro_conds` f32 [B,5].
-        #[arg(long)]
-        inputs: PathBuf,
-        /// Where to write `image_logits` [B,V,h,w] and `text_logits` [B,L,Vt].
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace `--out` if it exists.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    /// Run the transformer on named input tensors (`image_tokens` i64 [B,h,w],
+    /// `encoder_hidden_states` f32 [B,L,J], `pooled_projections` f32 [B,P], `timestep` f32 [1],
+    /// `micro_conds` f32 [B,5]); writes `image_logits` [B,V,h,w] and `text_logits` [B,L,Vt].
+    Forward(Files),
     /// Run the CLIP text encoder (`--model`: the root or `text_encoder/`) on `input_ids` i64
     /// [B,77]; writes `text_embeds` [B,P], `penultimate` [B,77,D], `last_hidden_state` [B,77,D].
-    Text {
-        #[arg(long)]
-        inputs: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Text(Files),
     /// VQ-encode `image` f32 [B,3,H,W] in [0,1] (`--model`: the root or `vqvae/`); writes
     /// `tokens` i64 [B,H/16,W/16].
-    VqEncode {
-        #[arg(long)]
-        inputs: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        overwrite: bool,
-    },
+    VqEncode(Files),
     /// VQ-decode `tokens` i64 [B,h,w]; writes `image` f32 [B,3,16h,16w], not clipped.
-    VqDecode {
-        #[arg(long)]
-        inputs: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        overwrite: bool,
-    },
+    VqDecode(Files),
     /// Write random inputs for `debug forward` that fit a model: a masked id grid, random text
     /// features and pooled vector, timestep 0.5, micro-conditions of the grid's pixel size.
     RandomInputs {
@@ -105,35 +102,16 @@ pub enum DebugCommand {
 
 pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
     match cmd {
-        DebugCommand::Text {
-            inputs,
-            out,
-            overwrite,
-        } => {
-            crate::refuse_overwrite(&out, overwrite)?;
-            debug_sides::text(&model_arg(global)?, &inputs, &out, global.quiet)
+        DebugCommand::Text(files) => {
+            files.run(global, |m, i, o| debug_sides::text(m, i, o, global.quiet))
         }
-        DebugCommand::VqEncode {
-            inputs,
-            out,
-            overwrite,
-        } => {
-            crate::refuse_overwrite(&out, overwrite)?;
-            debug_sides::vq_encode(&model_arg(global)?, &inputs, &out, global.quiet)
-        }
-        DebugCommand::VqDecode {
-            inputs,
-            out,
-            overwrite,
-        } => {
-            crate::refuse_overwrite(&out, overwrite)?;
-            debug_sides::vq_decode(&model_arg(global)?, &inputs, &out, global.quiet)
-        }
-        DebugCommand::Forward {
-            inputs,
-            out,
-            overwrite,
-        } => forward(global, &inputs, &out, overwrite),
+        DebugCommand::VqEncode(files) => files.run(global, |m, i, o| {
+            debug_sides::vq_encode(m, i, o, global.quiet)
+        }),
+        DebugCommand::VqDecode(files) => files.run(global, |m, i, o| {
+            debug_sides::vq_decode(m, i, o, global.quiet)
+        }),
+        DebugCommand::Forward(files) => files.run(global, |m, i, o| forward(global, m, i, o)),
         DebugCommand::RandomInputs {
             batch,
             grid,
@@ -193,9 +171,8 @@ fn model_arg(global: &Global) -> Result<std::path::PathBuf> {
     crate::model::resolve(global.model.as_deref())
 }
 
-fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Result<()> {
-    crate::refuse_overwrite(out, overwrite)?;
-    let model = model_dir::load_transformer_with(&model_arg(global)?, global.compute())?;
+fn forward(global: &Global, model: &Path, inputs: &Path, out: &Path) -> Result<()> {
+    let model = model_dir::load_transformer_with(model, global.compute())?;
     let inputs = TensorFile::read(inputs)?;
     let start = Instant::now();
     let outputs = debug::transformer_forward(&model, &inputs)?;

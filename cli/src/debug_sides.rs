@@ -34,26 +34,37 @@ pub fn text(model: &Path, inputs: &Path, out: &Path, quiet: bool) -> Result<()> 
         let row = read_mask_embedding(&path, encoder.cfg.hidden_size)?;
         encoder.set_token_embedding(mask_id as usize, &row)?;
     }
-    let start = Instant::now();
-    let o = encoder.forward(ids, b)?;
-    if !quiet {
-        eprintln!("text encoder: {:.3} s", start.elapsed().as_secs_f64());
-    }
+    let o = timed("text encoder", quiet, || encoder.forward(ids, b))?;
     let (d, p) = (encoder.cfg.hidden_size, encoder.cfg.projection_dim);
-    let tensors = BTreeMap::from([
-        (
-            "text_embeds".to_string(),
-            HostTensor::f32(vec![b, p], o.text_embeds),
-        ),
-        (
-            "penultimate".to_string(),
-            HostTensor::f32(vec![b, l, d], o.penultimate),
-        ),
-        (
-            "last_hidden_state".to_string(),
-            HostTensor::f32(vec![b, l, d], o.last_hidden_state),
-        ),
-    ]);
+    write(
+        out,
+        [
+            ("text_embeds", HostTensor::f32(vec![b, p], o.text_embeds)),
+            ("penultimate", HostTensor::f32(vec![b, l, d], o.penultimate)),
+            (
+                "last_hidden_state",
+                HostTensor::f32(vec![b, l, d], o.last_hidden_state),
+            ),
+        ],
+    )
+}
+
+/// Runs `f`, saying on stderr how long `what` took unless `quiet`.
+fn timed<T>(what: &str, quiet: bool, f: impl FnOnce() -> muddit_engine::Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let out = f()?;
+    if !quiet {
+        eprintln!("{what}: {:.3} s", start.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// Writes the named tensors to the safetensors file `out`.
+fn write<const N: usize>(out: &Path, tensors: [(&str, HostTensor); N]) -> Result<()> {
+    let tensors: BTreeMap<String, HostTensor> = tensors
+        .into_iter()
+        .map(|(name, t)| (name.to_string(), t))
+        .collect();
     tensor_io::write(out, &tensors)?;
     Ok(())
 }
@@ -71,14 +82,8 @@ pub fn vq_encode(model: &Path, inputs: &Path, out: &Path, quiet: bool) -> Result
         );
     }
     let (gh, gw) = vq.grid(h, w)?;
-    let start = Instant::now();
-    let ids = vq.encode(image, b, h, w)?;
-    if !quiet {
-        eprintln!("vq encode: {:.3} s", start.elapsed().as_secs_f64());
-    }
-    let tensors = BTreeMap::from([("tokens".to_string(), HostTensor::i64(vec![b, gh, gw], ids))]);
-    tensor_io::write(out, &tensors)?;
-    Ok(())
+    let ids = timed("vq encode", quiet, || vq.encode(image, b, h, w))?;
+    write(out, [("tokens", HostTensor::i64(vec![b, gh, gw], ids))])
 }
 
 /// `tokens` i64 `[B, h, w]` -> `image` f32 `[B, 3, h f, w f]`, not clipped.
@@ -87,18 +92,10 @@ pub fn vq_decode(model: &Path, inputs: &Path, out: &Path, quiet: bool) -> Result
     let inputs = TensorFile::read(inputs)?;
     let (shape, ids) = inputs.i64("tokens", 3, "[B,h,w]")?;
     let (b, h, w) = (shape[0], shape[1], shape[2]);
-    let start = Instant::now();
-    let image = vq.decode(ids, b, h, w)?;
-    if !quiet {
-        eprintln!("vq decode: {:.3} s", start.elapsed().as_secs_f64());
-    }
+    let image = timed("vq decode", quiet, || vq.decode(ids, b, h, w))?;
     let f = vq.cfg.scale_factor();
-    let tensors = BTreeMap::from([(
-        "image".to_string(),
-        HostTensor::f32(vec![b, vq.cfg.out_channels, h * f, w * f], image),
-    )]);
-    tensor_io::write(out, &tensors)?;
-    Ok(())
+    let shape = vec![b, vq.cfg.out_channels, h * f, w * f];
+    write(out, [("image", HostTensor::f32(shape, image))])
 }
 
 /// The text encoder, VQ-VAE, tokenizer, scheduler config and `<mask>` embedding of a random
