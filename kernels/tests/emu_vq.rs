@@ -22,17 +22,12 @@ fn conv2d_matches_cpu_on_awkward_shapes() {
         (1, 4, 3, 8, 5, 1, 1, [0; 4]),
         (1, 11, 13, 32, 130, 3, 1, [1; 4]),
     ];
-    for (i, (b, h, w, c, o, k, stride, pad)) in cases.into_iter().enumerate() {
-        let s = Conv2dShape {
-            batch: b,
-            height: h,
-            width: w,
-            c_in: c,
-            c_out: o,
-            kernel: k,
-            stride,
-            pad,
-        };
+    for (i, (batch, height, width, c_in, c_out, kernel, stride, pad)) in
+        cases.into_iter().enumerate()
+    {
+        #[rustfmt::skip]
+        let s = Conv2dShape { batch, height, width, c_in, c_out, kernel, stride, pad };
+        let (b, h, w, c, o, k) = (batch, height, width, c_in, c_out, kernel);
         let (ho, wo) = s.out_hw();
         let mut rng = Rng::new(50 + i as u64);
         let x = round_bf16(&rng.vec(b * h * w * c, 1.0));
