@@ -109,31 +109,19 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __expf(float x) { return expf(x); }
 inline float exp2f_(float x) { return exp2f(x); }
-inline float __int_as_float(int v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
+// The bits of `from` read as a `To` of the same size.
+template <typename To, typename From>
+inline To bits_as(From from) {
+    static_assert(sizeof(To) == sizeof(From), "bit casts keep the size");
+    To to;
+    memcpy(&to, &from, sizeof to);
+    return to;
 }
-inline int __float_as_int(float f) {
-    int v;
-    memcpy(&v, &f, 4);
-    return v;
-}
-inline float __uint_as_float(unsigned v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned v;
-    memcpy(&v, &f, 4);
-    return v;
-}
-inline long long __double_as_longlong(double d) {
-    long long v;
-    memcpy(&v, &d, 8);
-    return v;
-}
+inline float __int_as_float(int v) { return bits_as<float>(v); }
+inline int __float_as_int(float f) { return bits_as<int>(f); }
+inline float __uint_as_float(unsigned v) { return bits_as<float>(v); }
+inline unsigned __float_as_uint(float f) { return bits_as<unsigned>(f); }
+inline long long __double_as_longlong(double d) { return bits_as<long long>(d); }
 
 // Atomics: blocks run on several OS threads, so these are real atomic operations.
 inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
