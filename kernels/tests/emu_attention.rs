@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use muddit_kernels::cpu::attention::attention;
-use muddit_kernels::cuda::{ops, params::AttnParams};
+use muddit_kernels::cuda::attention::{self, AttnParams};
 use muddit_kernels::emu;
 
 const ATOL: f32 = 4e-3;
@@ -51,7 +51,7 @@ fn run_case(b: usize, s: usize, h: usize, dh: usize, causal: bool, seed: u64) {
         causal: causal as i32,
         ..params((&qb, &kb, &vb), (&mut o, width), (b, s, h), width)
     };
-    let launch = ops::attention(dh, p).unwrap();
+    let launch = attention::attention(dh, p).unwrap();
     // SAFETY: q, k, v, o each hold B * S * H * Dh bf16 and live through the call.
     unsafe { emu::run(&launch) };
     let mut want = vec![0.0; n];
@@ -90,7 +90,7 @@ fn fused_qkv_strides() {
         3 * width,
     );
     // SAFETY: every row read lies in qkv ([B * S] rows of 3 * width), every row written in o.
-    unsafe { emu::run(&ops::attention(dh, p).unwrap()) };
+    unsafe { emu::run(&attention::attention(dh, p).unwrap()) };
     let part = |i: usize| -> Vec<f32> {
         qkv.chunks(3 * width)
             .flat_map(|r| r[i * width..(i + 1) * width].to_vec())
@@ -110,13 +110,13 @@ fn fused_qkv_strides() {
 
 #[test]
 fn unsupported_head_dim_is_an_error() {
-    let err = ops::attention(96, AttnParams::default())
+    let err = attention::attention(96, AttnParams::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("head dim 96"), "{err}");
 }
 
-/// Heads of 16 and 32 values zero-padded to 64 (`ops::attention_padded`): the same result as
+/// Heads of 16 and 32 values zero-padded to 64 (`attention::attention_padded`): the same result as
 /// unpadded attention over the true head width, and zeros in the padding of the output.
 #[test]
 fn narrow_heads_padded_to_64_match_cpu() {
@@ -138,7 +138,7 @@ fn narrow_heads_padded_to_64_match_cpu() {
         let mut o = vec![0xFFFFu16; b * s * h * dp];
         let width = h * dp;
         let p = params((&qb, &kb, &vb), (&mut o, width), (b, s, h), width);
-        let launch = ops::attention_padded(dp, dh, p).unwrap();
+        let launch = attention::attention_padded(dp, dh, p).unwrap();
         // SAFETY: q, k, v, o each hold B * S * H * 64 bf16 and live through the call.
         unsafe { emu::run(&launch) };
         let mut want = vec![0.0; n];
@@ -153,5 +153,5 @@ fn narrow_heads_padded_to_64_match_cpu() {
         );
         assert!(o.chunks(dp).all(|r| r[dh..].iter().all(|&x| x == 0)));
     }
-    assert!(ops::attention_padded(64, 65, AttnParams::default()).is_err());
+    assert!(attention::attention_padded(64, 65, AttnParams::default()).is_err());
 }

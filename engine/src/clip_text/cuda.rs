@@ -17,21 +17,21 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::GemmOut;
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
+use muddit_kernels::cuda::gemm::GemmOut;
 
 use super::{
     ensure_all_used, token_row_place, Activation, ClipMlp, ClipTextConfig, ClipTextModel,
     ClipTextOutput,
 };
 use crate::cuda::backend::{Cuda, Heads};
-use crate::cuda::device::to_bf16;
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Device};
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, open_config};
 use crate::weights::Vb;
 use crate::Compute;
+use muddit_kernels::cuda::gemm::GemmOpts;
+use muddit_kernels::cuda::to_bf16;
 
 /// The outputs the pipeline reads, on the device.
 pub struct ClipEncoding {
@@ -211,7 +211,7 @@ impl CudaClipText {
         let row = to_bf16(row);
         let table = &mut self.model.text_model.embeddings.token_embedding;
         match place {
-            std::cmp::Ordering::Less => self.dev.write(table, id * d, &row),
+            std::cmp::Ordering::Less => Ok(self.dev.write(table, id * d, &row)?),
             _ => {
                 let mut values = self.dev.read(table, 0, rows * d)?;
                 values.extend_from_slice(&row);
@@ -227,7 +227,7 @@ impl CudaClipText {
 
     /// `x [B, L, D]` f32 `= token_embedding[ids] + position_embedding[s]`.
     fn embed(&self, ids: &Buffer<u32>, len: usize, x: &Buffer<f32>) -> Result<()> {
-        self.dev.embedding_pos(
+        Ok(self.dev.embedding_pos(
             ids.ptr(),
             (
                 self.model.text_model.embeddings.token_embedding.ptr(),
@@ -240,6 +240,6 @@ impl CudaClipText {
             x.ptr(),
             ids.len(),
             self.cfg.hidden_size,
-        )
+        )?)
     }
 }

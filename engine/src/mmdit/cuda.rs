@@ -21,8 +21,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use muddit_kernels::cuda::ops::GemmOut;
-use muddit_kernels::cuda::params::{Act, RowMap};
+use muddit_kernels::cuda::common::{Act, RowMap};
+use muddit_kernels::cuda::gemm::GemmOut;
 
 use super::{
     rope_tables, DualBlock, Mmdit, MmditInput, MmditOutput, Modulation, Qkv, SingleBlock,
@@ -30,12 +30,12 @@ use super::{
 };
 use crate::config::TransformerConfig;
 use crate::cuda::backend::{Cuda, Heads};
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Device, Ptr};
 use crate::error::Result;
 use crate::model_dir::{build_from, open_config};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
+use muddit_kernels::cuda::gemm::GemmOpts;
 
 /// `m`'s shift and scale in `mods [B, chunks * D]` as the modulated LayerNorm takes them:
 /// (shift, scale, row stride, rows per batch item).
@@ -307,7 +307,7 @@ impl CudaMmdit {
         {
             self.dev.write(&mut ws.cond, b * cw, row)?;
         }
-        self.dev.write(&mut ws.micro, 0, micro)
+        Ok(self.dev.write(&mut ws.micro, 0, micro)?)
     }
 
     /// The per-request inputs from device buffers (the device text encoder's outputs): text
@@ -327,7 +327,7 @@ impl CudaMmdit {
         for b in 0..s.batch {
             self.dev.copy(pooled.at(b * p)?, ws.cond.at(b * cw)?, p)?;
         }
-        self.dev.write(&mut ws.micro, 0, micro)
+        Ok(self.dev.write(&mut ws.micro, 0, micro)?)
     }
 
     /// The whole forward with host inputs and outputs, as [`crate::mmdit::Mmdit::forward`].
@@ -464,12 +464,12 @@ impl CudaMmdit {
             ws.temb.ptr(),
             broadcast,
         )?;
-        dev.act(
+        Ok(dev.act(
             Act::Silu,
             ws.temb.ptr(),
             ws.temb_silu.ptr(),
             b * self.cfg.inner_dim(),
-        )
+        )?)
     }
 
     /// Image ids to `I [B, N, D]`, text features to `T [B, L, D]` (reference 2.2).
@@ -541,7 +541,7 @@ impl CudaMmdit {
         )?;
         let norm = self.model.encoder_proj_layer_norm.weight.ptr();
         dev.rms_norm(ws.tproj.ptr(), ws.tproj.ptr(), norm, rows, d)?;
-        dev.act(Act::None, ws.tproj.ptr(), ws.t.ptr(), rows * d)
+        Ok(dev.act(Act::None, ws.tproj.ptr(), ws.t.ptr(), rows * d)?)
     }
 
     /// q, k, v of `rows` normalised rows `y` into the joint buffers through `map`, q and k
@@ -709,14 +709,14 @@ impl CudaMmdit {
             gate: Some(gate(&ws.mods, SINGLE, d, seq)?),
             ..GemmOpts::default()
         };
-        dev.gemm(
+        Ok(dev.gemm(
             GemmOut::Residual,
             blk.proj_out.mat(),
             ws.cat.ptr(),
             rows,
             ws.x.ptr(),
             gated,
-        )
+        )?)
     }
 
     /// Text logits `[B, L, Vt]` and image logits `[B, h, w, V]` from `X` (reference 2.7), those
@@ -802,6 +802,6 @@ impl CudaMmdit {
             d,
         )?;
         let conv2 = self.model.mlm_layer.conv2.mat();
-        dev.gemm(GemmOut::F32, conv2, ws.m1.ptr(), px, ws.logits.ptr(), plain)
+        Ok(dev.gemm(GemmOut::F32, conv2, ws.m1.ptr(), px, ws.logits.ptr(), plain)?)
     }
 }

@@ -6,14 +6,14 @@
 
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::GemmOut;
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
+use muddit_kernels::cuda::gemm::GemmOut;
 
 use crate::cuda::backend::{DConv, Heads};
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Cuda, Device, Ptr};
 use crate::error::{Error, Result};
 use crate::vqvae::{Activation, AttnBlock, GroupNorm, MidBlock, Norm, ResnetBlock2D, VqConfig};
+use muddit_kernels::cuda::gemm::GemmOpts;
 
 /// The CUDA loader of a VQ half: the mid block's attention is one head of the last block's
 /// width (in a kernel slot of 64 or 128).
@@ -199,7 +199,7 @@ impl VqOps {
             res: Some(x.at),
             ..GemmOpts::default()
         };
-        dev.gemm(GemmOut::Bf16, a.to_out.mat(), o.ptr(), rows, x.at, residual)
+        Ok(dev.gemm(GemmOut::Bf16, a.to_out.mat(), o.ptr(), rows, x.at, residual)?)
     }
 
     /// GroupNorm of `x` into `out` (may be `x`), then `act` (SiLU fused).
@@ -218,7 +218,7 @@ impl VqOps {
         self.dev
             .group_norm(x.at, out.at, affine, stats, geom, n.groups, silu)?;
         match act {
-            Some(a) if !silu => self.dev.act(a, out.at, out.at, x.pixels() * x.c),
+            Some(a) if !silu => Ok(self.dev.act(a, out.at, out.at, x.pixels() * x.c)?),
             _ => Ok(()),
         }
     }

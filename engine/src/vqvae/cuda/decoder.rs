@@ -26,18 +26,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::group_norm_workspace;
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
+use muddit_kernels::cuda::vq::group_norm_workspace;
 
 use super::blocks::{group, Map, Scratch, VqOps};
 use crate::cuda::backend::pad8;
-use crate::cuda::device::to_bf16;
 use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, open_config};
 use crate::vqvae::{read_codebook, DecoderHalf, VqConfig, ENCODER_TENSORS};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
+use muddit_kernels::cuda::to_bf16;
 
 /// The decoding half of `VQModel` on a CUDA device (or its emulator).
 pub struct CudaVqDecoder {

@@ -18,19 +18,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::{group_norm_workspace, GemmOut};
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
+use muddit_kernels::cuda::gemm::GemmOut;
+use muddit_kernels::cuda::vq::group_norm_workspace;
 
 use super::blocks::{Map, Scratch, VqOps};
 use crate::cuda::backend::pad8;
-use crate::cuda::device::to_bf16;
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::Result;
 use crate::model_dir::{build_from, open_config};
 use crate::vqvae::{read_codebook, EncoderHalf, FeatureMap, VqConfig, DECODER_TENSORS};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
+use muddit_kernels::cuda::gemm::GemmOpts;
+use muddit_kernels::cuda::to_bf16;
 
 /// The encoding half of `VQModel` on a CUDA device (or its emulator): image to ids.
 pub struct CudaVqEncoder {
