@@ -84,22 +84,15 @@ inline T shfl(T v, int arg, int mode) {
 inline void __syncthreads() { emu::syncthreads(); }
 inline void __syncwarp(unsigned = 0xFFFFFFFFu) { emu::syncwarp(); }
 
+// The warp shuffles, one emulator exchange each (lane mask ignored: whole warps only).
 template <typename T>
-inline T __shfl_xor_sync(unsigned, T v, int mask) {
-    return emu::shfl(v, mask, emu::SHFL_XOR);
-}
+inline T __shfl_xor_sync(unsigned, T v, int m) { return emu::shfl(v, m, emu::SHFL_XOR); }
 template <typename T>
-inline T __shfl_sync(unsigned, T v, int src) {
-    return emu::shfl(v, src, emu::SHFL_IDX);
-}
+inline T __shfl_sync(unsigned, T v, int src) { return emu::shfl(v, src, emu::SHFL_IDX); }
 template <typename T>
-inline T __shfl_down_sync(unsigned, T v, int delta) {
-    return emu::shfl(v, delta, emu::SHFL_DOWN);
-}
+inline T __shfl_down_sync(unsigned, T v, int d) { return emu::shfl(v, d, emu::SHFL_DOWN); }
 template <typename T>
-inline T __shfl_up_sync(unsigned, T v, int delta) {
-    return emu::shfl(v, delta, emu::SHFL_UP);
-}
+inline T __shfl_up_sync(unsigned, T v, int d) { return emu::shfl(v, d, emu::SHFL_UP); }
 
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }

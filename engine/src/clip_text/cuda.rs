@@ -14,11 +14,11 @@
 //! the end-of-text position (chosen on the host from the ids, as the CPU does), then
 //! `text_projection`. Only ids go up; the outputs stay on the device for the transformer.
 
+use muddit_kernels::cuda::gemm::{GemmOpts, GemmOut};
 use std::path::Path;
 use std::sync::Arc;
 
 use muddit_kernels::cuda::common::Act;
-use muddit_kernels::cuda::gemm::GemmOut;
 
 use super::{
     ensure_all_used, token_row_place, Activation, ClipMlp, ClipTextConfig, ClipTextModel,
@@ -30,7 +30,6 @@ use crate::error::{Error, Result};
 use crate::model_dir::{build_from, open_config};
 use crate::weights::Vb;
 use crate::Compute;
-use muddit_kernels::cuda::gemm::GemmOpts;
 use muddit_kernels::cuda::to_bf16;
 
 /// The outputs the pipeline reads, on the device.
@@ -132,7 +131,7 @@ impl CudaClipText {
             let shape = (batch, len, self.heads.h);
             let qkv = (q.ptr(), k.ptr(), v.ptr());
             let (dh, dp) = (self.heads.dh, self.heads.dp);
-            dev.causal_attention(qkv, o.ptr(), hd, shape, dh, dp)?;
+            dev.attention(qkv, (o.ptr(), hd), shape, (dh, dp), true)?;
             let out_proj = attn.out_proj.mat();
             dev.gemm(GemmOut::Residual, out_proj, o.ptr(), rows, x.ptr(), plain)?;
             let ln2 = (layer.layer_norm2.weight.ptr(), layer.layer_norm2.bias.ptr());
@@ -227,19 +226,12 @@ impl CudaClipText {
 
     /// `x [B, L, D]` f32 `= token_embedding[ids] + position_embedding[s]`.
     fn embed(&self, ids: &Buffer<u32>, len: usize, x: &Buffer<f32>) -> Result<()> {
-        Ok(self.dev.embedding_pos(
-            ids.ptr(),
-            (
-                self.model.text_model.embeddings.token_embedding.ptr(),
-                self.vocab_rows(),
-            ),
-            (
-                self.model.text_model.embeddings.position_embedding.ptr(),
-                len,
-            ),
-            x.ptr(),
-            ids.len(),
-            self.cfg.hidden_size,
-        )?)
+        let embeddings = &self.model.text_model.embeddings;
+        let table = (embeddings.token_embedding.ptr(), self.vocab_rows());
+        let pos = (embeddings.position_embedding.ptr(), len);
+        let (rows, d) = (ids.len(), self.cfg.hidden_size);
+        Ok(self
+            .dev
+            .embedding(ids.ptr(), table, Some(pos), x.ptr(), rows, d)?)
     }
 }

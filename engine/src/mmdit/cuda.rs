@@ -19,10 +19,10 @@
 //! `L..S` of each item), then both copied into the joint residual `X [B, S, D]` for the single
 //! blocks and the heads. Nothing leaves the device inside a forward.
 
+use muddit_kernels::cuda::gemm::{Conv, GemmOpts, GemmOut};
 use std::sync::{Arc, Mutex};
 
 use muddit_kernels::cuda::common::{Act, RowMap};
-use muddit_kernels::cuda::gemm::GemmOut;
 
 use super::{
     rope_tables, DualBlock, Mmdit, MmditInput, MmditOutput, Modulation, Qkv, SingleBlock,
@@ -35,7 +35,6 @@ use crate::error::Result;
 use crate::model_dir::{build_from, open_config};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
-use muddit_kernels::cuda::gemm::GemmOpts;
 
 /// `m`'s shift and scale in `mods [B, chunks * D]` as the modulated LayerNorm takes them:
 /// (shift, scale, row stride, rows per batch item).
@@ -478,14 +477,8 @@ impl CudaMmdit {
         let s = ws.shape;
         let (d, px, b) = (self.cfg.inner_dim(), s.pixels(), s.batch);
         let plain = GemmOpts::default();
-        dev.embedding(
-            ws.ids.ptr(),
-            self.model.embed.embeddings.ptr(),
-            self.cfg.vocab_size,
-            ws.emb0.ptr(),
-            px,
-            d,
-        )?;
+        let table = (self.model.embed.embeddings.ptr(), self.cfg.vocab_size);
+        dev.embedding(ws.ids.ptr(), table, None, ws.emb0.ptr(), px, d)?;
         dev.rms_norm(
             ws.emb0.ptr(),
             ws.emb0.ptr(),
@@ -506,7 +499,8 @@ impl CudaMmdit {
                 let norm = down.norm.weight.ptr();
                 dev.rms_norm(ws.emb1.ptr(), ws.emb1.ptr(), norm, px, d)?;
                 let geom = (s.height, s.width, d);
-                dev.conv2d(down.conv.mat(), ws.emb1.ptr(), b, geom, 2, 2, ws.emb0.ptr())?;
+                let (mat, x, out) = (down.conv.mat(), ws.emb1.ptr(), ws.emb0.ptr());
+                dev.conv2d(mat, x, b, geom, Conv::valid(2, 2), None, out)?;
                 &ws.emb0
             }
             None => &ws.emb1,
@@ -617,7 +611,8 @@ impl CudaMmdit {
             )?;
         }
         let (qkv, shape) = ((ws.q.ptr(), ws.k.ptr(), ws.v.ptr()), (b, seq, self.heads.h));
-        dev.attention(qkv, ws.o.ptr(), hd, shape, self.heads.dh, self.heads.dp)?;
+        let dims = (self.heads.dh, self.heads.dp);
+        dev.attention(qkv, (ws.o.ptr(), hd), shape, dims, false)?;
         for &(res, per, mods, offset, _, to_out, ff) in &streams {
             let rows = b * per;
             let attn_out = GemmOpts {
@@ -697,14 +692,8 @@ impl CudaMmdit {
         )?;
         self.qkv(&blk.attn, ws.y.ptr(), rows, RowMap::IDENTITY, ws)?;
         let (qkv, shape) = ((ws.q.ptr(), ws.k.ptr(), ws.v.ptr()), (b, seq, self.heads.h));
-        dev.attention(
-            qkv,
-            ws.cat.ptr(),
-            cat_w,
-            shape,
-            self.heads.dh,
-            self.heads.dp,
-        )?;
+        let dims = (self.heads.dh, self.heads.dp);
+        dev.attention(qkv, (ws.cat.ptr(), cat_w), shape, dims, false)?;
         let gated = GemmOpts {
             gate: Some(gate(&ws.mods, SINGLE, d, seq)?),
             ..GemmOpts::default()

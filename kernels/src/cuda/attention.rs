@@ -63,14 +63,8 @@ pub fn attention(head_dim: usize, mut p: AttnParams) -> Result<Launch<AttnParams
     p.scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
     // Q and two stages of K and V: 5 tiles of 64 rows of Dh + 8 bf16.
     let smem = (5 * 64 * (head_dim + 8) * 2) as u32;
-    Ok(Launch {
-        module: Module::Attention,
-        kernel,
-        grid: [(p.seq as u32).div_ceil(64), p.heads as u32, p.batch as u32],
-        block: [128, 1, 1],
-        smem,
-        params: p,
-    })
+    let grid = [(p.seq as u32).div_ceil(64), p.heads as u32, p.batch as u32];
+    Ok(Launch::new((Module::Attention, kernel), grid, 128, smem, p))
 }
 
 /// [`attention`] over heads of `true_dim` values stored zero-padded to `head_dim` (64 or 128):
@@ -91,41 +85,13 @@ pub fn attention_padded(
 }
 
 impl Device {
-    /// Non-causal attention over `[B, S, H, Dp]` bf16 q, k, v (row stride `H * Dp`) of heads
-    /// holding `dh <= Dp` values, into `o` with row stride `o_stride`.
-    #[allow(clippy::too_many_arguments)]
+    /// Attention over `[B, S, H, Dp]` bf16 q, k, v (row stride `H * Dp`) of heads holding
+    /// `dh <= Dp` values, into `o` with row stride `o_stride`; with `causal`, query `s` sees keys
+    /// `0..=s` (CLIP's text encoder).
     pub fn attention(
         &self,
-        qkv: (Ptr<u16>, Ptr<u16>, Ptr<u16>),
-        o: Ptr<u16>,
-        o_stride: usize,
-        shape: (usize, usize, usize),
-        dh: usize,
-        dp: usize,
-    ) -> Result<()> {
-        self.attention_masked(qkv, o, o_stride, shape, (dh, dp), false)
-    }
-
-    /// [`Device::attention`] with a causal mask (query `s` sees keys `0..=s`: CLIP's text
-    /// encoder).
-    #[allow(clippy::too_many_arguments)]
-    pub fn causal_attention(
-        &self,
-        qkv: (Ptr<u16>, Ptr<u16>, Ptr<u16>),
-        o: Ptr<u16>,
-        o_stride: usize,
-        shape: (usize, usize, usize),
-        dh: usize,
-        dp: usize,
-    ) -> Result<()> {
-        self.attention_masked(qkv, o, o_stride, shape, (dh, dp), true)
-    }
-
-    fn attention_masked(
-        &self,
         (q, k, v): (Ptr<u16>, Ptr<u16>, Ptr<u16>),
-        o: Ptr<u16>,
-        o_stride: usize,
+        (o, o_stride): (Ptr<u16>, usize),
         (batch, seq, heads): (usize, usize, usize),
         (dh, dp): (usize, usize),
         causal: bool,

@@ -57,14 +57,13 @@ pub fn embedding(p: EmbeddingParams) -> Result<Launch<EmbeddingParams>> {
         OP,
         || format!("rows {} d {} seq {}", p.rows, p.d, p.seq),
     )?;
-    Ok(Launch {
-        module: Module::Elementwise,
-        kernel: "embedding_bf16",
-        grid: elementwise_grid(OP, p.rows as usize * p.d as usize)?,
-        block: [256, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Elementwise, "embedding_bf16"),
+        elementwise_grid(OP, p.rows as usize * p.d as usize)?,
+        256,
+        0,
+        p,
+    ))
 }
 
 /// `y = act(x)` element-wise, f32 or bf16 on either side.
@@ -73,14 +72,13 @@ pub fn activation(p: ActParams) -> Result<Launch<ActParams>> {
     ensure(p.n >= 0 && (0..=4).contains(&p.act), OP, || {
         format!("n {} act {}", p.n, p.act)
     })?;
-    Ok(Launch {
-        module: Module::Elementwise,
-        kernel: "act_bf16",
-        grid: elementwise_grid(OP, p.n as usize)?,
-        block: [256, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Elementwise, "act_bf16"),
+        elementwise_grid(OP, p.n as usize)?,
+        256,
+        0,
+        p,
+    ))
 }
 
 /// The sinusoidal embedding of `rows` scalars into `[rows, 2 half]` (row stride `out_stride`).
@@ -91,14 +89,13 @@ pub fn sin_embed(p: SinEmbedParams) -> Result<Launch<SinEmbedParams>> {
         OP,
         || format!("rows {} half {} stride {}", p.rows, p.half, p.out_stride),
     )?;
-    Ok(Launch {
-        module: Module::Elementwise,
-        kernel: "sin_embed_f32",
-        grid: elementwise_grid(OP, p.rows as usize * p.half as usize)?,
-        block: [256, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Elementwise, "sin_embed_f32"),
+        elementwise_grid(OP, p.rows as usize * p.half as usize)?,
+        256,
+        0,
+        p,
+    ))
 }
 
 impl Device {
@@ -119,56 +116,35 @@ impl Device {
         unsafe { self.launch(&launch) }
     }
 
-    /// bf16 rows `out [rows, d] = table[ids]`; every id must be below `vocab` (the caller
-    /// checks ids it did not make itself).
-    pub fn embedding(
-        &self,
-        ids: Ptr<u32>,
-        table: Ptr<u16>,
-        vocab: usize,
-        out: Ptr<u16>,
-        rows: usize,
-        d: usize,
-    ) -> Result<()> {
-        const OP: &str = "embedding";
-        let launch = embedding(EmbeddingParams {
-            ids: ids.need(rows, OP, "ids")?,
-            table: table.need(vocab * d, OP, "table")?,
-            pos: 0,
-            out: out.need(rows * d, OP, "out")?,
-            rows: rows as i32,
-            d: d as i32,
-            seq: 1,
-            out_f32: 0,
-        })?;
-        // SAFETY: ids, output and the table checked above; ids below `vocab` by contract.
-        unsafe { self.launch(&launch) }
-    }
-
-    /// f32 rows `out [rows, d] = table[ids[r]] + pos[r % seq]` (bf16 tables `[vocab, d]` and
-    /// `[seq, d]`: CLIP's embeddings into its f32 residual stream); every id must be below
-    /// `vocab` (the caller checks).
-    pub fn embedding_pos(
+    /// Rows `out [rows, d] = table[ids[r]] (+ pos[r % seq])` of bf16 tables `[vocab, d]` and
+    /// `[seq, d]`, into bf16 or f32 (`Y`'s size picks it: CLIP's embeddings go into its f32
+    /// residual stream); every id must be below `vocab` (the caller checks ids it did not make
+    /// itself).
+    pub fn embedding<Y>(
         &self,
         ids: Ptr<u32>,
         (table, vocab): (Ptr<u16>, usize),
-        (pos, seq): (Ptr<u16>, usize),
-        out: Ptr<f32>,
+        pos: Option<(Ptr<u16>, usize)>,
+        out: Ptr<Y>,
         rows: usize,
         d: usize,
     ) -> Result<()> {
         const OP: &str = "embedding";
+        let (pos, seq) = match pos {
+            Some((pos, seq)) => (pos.need(seq * d, OP, "pos")?, seq),
+            None => (0, 1),
+        };
         let launch = embedding(EmbeddingParams {
             ids: ids.need(rows, OP, "ids")?,
             table: table.need(vocab * d, OP, "table")?,
-            pos: pos.need(seq * d, OP, "pos")?,
+            pos,
             out: out.need(rows * d, OP, "out")?,
             rows: rows as i32,
             d: d as i32,
             seq: seq as i32,
-            out_f32: 1,
+            out_f32: (std::mem::size_of::<Y>() == 4) as i32,
         })?;
-        // SAFETY: ids, output and both tables checked above; ids below `vocab` by contract.
+        // SAFETY: ids, output and the tables checked above; ids below `vocab` by contract.
         unsafe { self.launch(&launch) }
     }
 

@@ -25,6 +25,24 @@ pub struct ConvGeom {
     pub pad_: i32,
 }
 
+impl ConvGeom {
+    /// Image `(h, w, c)` to output `(ho, wo)` by a `ksize` kernel at `stride`, `pad` zeros
+    /// above and left.
+    pub fn new(
+        (h, w, c): (usize, usize, usize),
+        (ho, wo): (usize, usize),
+        ksize: usize,
+        stride: usize,
+        pad: usize,
+    ) -> ConvGeom {
+        let [h, w, c, ho, wo, ksize, stride, pad] =
+            [h, w, c, ho, wo, ksize, stride, pad].map(|v| v as i32);
+        #[rustfmt::skip]
+        let geom = ConvGeom { h, w, c, ho, wo, ksize, stride, pad_t: pad, pad_l: pad, pad_: 0 };
+        geom
+    }
+}
+
 /// The GEMM kernels and `conv2d_bf16` (gemm.cu).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -277,14 +295,13 @@ pub fn conv2d(mut p: GemmParams) -> Result<Launch<GemmParams>> {
     p.splits = 1;
     p.k_split = (p.k as usize).next_multiple_of(GEMM_BK) as i32;
     p.partial = 0;
-    Ok(Launch {
-        module: Module::Gemm,
-        kernel: "conv2d_bf16",
-        grid: gemm_grid(OP, p.m, p.n)?,
-        block: [GEMM_THREADS, 1, 1],
-        smem: GEMM_SMEM,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Gemm, "conv2d_bf16"),
+        gemm_grid(OP, p.m, p.n)?,
+        GEMM_THREADS,
+        GEMM_SMEM,
+        p,
+    ))
 }
 
 /// A weight matrix `[N, K]` bf16 with its optional f32 bias `[N]`, as one GEMM reads it.
@@ -296,14 +313,56 @@ pub struct Mat {
     pub k: usize,
 }
 
-/// Geometry of one implicit-GEMM convolution: square kernel, stride, zero padding above and
-/// left (below and right follow from the output size `out_hw`).
-#[derive(Clone, Copy)]
-struct Conv {
+/// One implicit-GEMM convolution: square kernel, stride, zero padding above and left (below
+/// and right follow from the output size).
+#[derive(Debug, Clone, Copy)]
+pub struct Conv {
     ksize: usize,
     stride: usize,
     pad: usize,
-    out_hw: (usize, usize),
+    /// diffusers' `Downsample2D`: one more row and column of zeros below and right.
+    pad_below: bool,
+}
+
+impl Conv {
+    /// No padding: `ho = (h - ksize) / stride + 1`.
+    pub fn valid(ksize: usize, stride: usize) -> Conv {
+        Conv {
+            ksize,
+            stride,
+            pad: 0,
+            pad_below: false,
+        }
+    }
+
+    /// An odd `ksize`, stride 1, zero padding `ksize / 2` on every side: `ho = h` (the VQ
+    /// decoder's 3x3 convolutions).
+    pub fn same(ksize: usize) -> Conv {
+        Conv {
+            ksize,
+            stride: 1,
+            pad: ksize / 2,
+            pad_below: false,
+        }
+    }
+
+    /// diffusers' `Downsample2D` of the VQ encoder: stride 2, zero padding 0 above and left and
+    /// 1 below and right, so `ho = (h + 1 - ksize) / 2 + 1` (`h / 2` for 3x3 and even `h`).
+    pub fn downsample(ksize: usize) -> Conv {
+        Conv {
+            ksize,
+            stride: 2,
+            pad: 0,
+            pad_below: true,
+        }
+    }
+
+    /// The output size of an `h x w` image.
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let padded = |n: usize| n + 2 * self.pad + usize::from(self.pad_below);
+        let side = |n: usize| padded(n).saturating_sub(self.ksize) / self.stride.max(1) + 1;
+        (side(h), side(w))
+    }
 }
 
 /// The row maps, strides, activation and gate of one GEMM; `Default` is dense and plain.
@@ -406,80 +465,10 @@ impl Device {
         Ok(())
     }
 
-    /// `out [B, ho, wo, N] = conv(x [B, h, w, c]) (+ bias)`, kernel `ksize`, `stride`, no padding.
+    /// `out [B, ho, wo, N] = conv(x [B, h, w, c]) (+ bias) (+ res)` with the geometry `conv`
+    /// (`res` bf16 `[B, ho, wo, N]`, may be `out`); returns `(ho, wo)`.
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d(
-        &self,
-        mat: Mat,
-        x: Ptr<u16>,
-        batch: usize,
-        (h, w, c): (usize, usize, usize),
-        ksize: usize,
-        stride: usize,
-        out: Ptr<u16>,
-    ) -> Result<()> {
-        let out_hw = (
-            (h.saturating_sub(ksize)) / stride.max(1) + 1,
-            (w.saturating_sub(ksize)) / stride.max(1) + 1,
-        );
-        let conv = Conv {
-            ksize,
-            stride,
-            pad: 0,
-            out_hw,
-        };
-        self.conv(mat, x, batch, (h, w, c), conv, None, out)
-    }
-
-    /// `out [B, h, w, N] = conv(x [B, h, w, c]) (+ bias) (+ res)`: an odd `ksize`, stride 1,
-    /// zero padding `ksize / 2` on every side (the VQ decoder's 3x3 convolutions); `res` bf16
-    /// `[B, h, w, N]` may be `out`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_same(
-        &self,
-        mat: Mat,
-        x: Ptr<u16>,
-        batch: usize,
-        (h, w, c): (usize, usize, usize),
-        ksize: usize,
-        res: Option<Ptr<u16>>,
-        out: Ptr<u16>,
-    ) -> Result<()> {
-        let conv = Conv {
-            ksize,
-            stride: 1,
-            pad: ksize / 2,
-            out_hw: (h, w),
-        };
-        self.conv(mat, x, batch, (h, w, c), conv, res, out)
-    }
-
-    /// `out [B, ho, wo, N] = conv(x [B, h, w, c]) (+ bias)`: diffusers' `Downsample2D` of the
-    /// VQ encoder, a `ksize` kernel at stride 2 with zero padding 0 above and left and 1 below
-    /// and right, so `ho = (h + 1 - ksize) / 2 + 1` (`h / 2` for 3x3 and even `h`); returns
-    /// `(ho, wo)`.
-    pub fn conv2d_downsample(
-        &self,
-        mat: Mat,
-        x: Ptr<u16>,
-        batch: usize,
-        (h, w, c): (usize, usize, usize),
-        ksize: usize,
-        out: Ptr<u16>,
-    ) -> Result<(usize, usize)> {
-        let side = |n: usize| (n + 1).saturating_sub(ksize) / 2 + 1;
-        let conv = Conv {
-            ksize,
-            stride: 2,
-            pad: 0,
-            out_hw: (side(h), side(w)),
-        };
-        self.conv(mat, x, batch, (h, w, c), conv, None, out)?;
-        Ok(conv.out_hw)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
         &self,
         mat: Mat,
         x: Ptr<u16>,
@@ -488,9 +477,9 @@ impl Device {
         conv: Conv,
         res: Option<Ptr<u16>>,
         out: Ptr<u16>,
-    ) -> Result<()> {
+    ) -> Result<(usize, usize)> {
         const OP: &str = "conv2d";
-        let (ho, wo) = conv.out_hw;
+        let (ho, wo) = conv.out_hw(h, w);
         let m = batch * ho * wo;
         let p = GemmParams {
             a: x.need(batch * h * w * c, OP, "x")?,
@@ -504,24 +493,14 @@ impl Device {
                 Some(r) => r.need(m * mat.n, OP, "res")?,
                 None => 0,
             },
-            conv: ConvGeom {
-                h: h as i32,
-                w: w as i32,
-                c: c as i32,
-                ho: ho as i32,
-                wo: wo as i32,
-                ksize: conv.ksize as i32,
-                stride: conv.stride as i32,
-                pad_t: conv.pad as i32,
-                pad_l: conv.pad as i32,
-                ..ConvGeom::default()
-            },
+            conv: ConvGeom::new((h, w, c), (ho, wo), conv.ksize, conv.stride, conv.pad),
             ..GemmParams::dense(0, 0, 0, m, mat.n, mat.k)
         };
         let launch = conv2d(p)?;
         // SAFETY: image, weight, bias, residual and output ranges checked above; the kernel
         // reads only pixels inside the image (padding taps are zero-filled).
-        unsafe { self.launch(&launch) }
+        unsafe { self.launch(&launch)? };
+        Ok((ho, wo))
     }
 }
 
@@ -535,26 +514,14 @@ mod tests {
     #[test]
     fn split_k_fills_the_slots_only_where_tiles_are_few() {
         // Public 1B shapes at 512 px (M = 666 single-block rows, 512 image rows, 154 text).
-        assert_eq!(
-            split_k(666, 1024, 5120, H100_SLOTS),
-            5,
-            "single proj_out: 48 tiles"
-        );
-        assert_eq!(
-            split_k(512, 1024, 4096, H100_SLOTS),
-            6,
-            "dual ff down: 32 tiles"
-        );
-        assert_eq!(
-            split_k(666, 7168, 1024, H100_SLOTS),
-            1,
-            "fused qkv + mlp: 336 tiles"
-        );
-        assert_eq!(
-            split_k(154, 1024, 1024, H100_SLOTS),
-            4,
-            "text out: 16 tiles"
-        );
+        for ((m, n, k), splits, what) in [
+            ((666, 1024, 5120), 5, "single proj_out: 48 tiles"),
+            ((512, 1024, 4096), 6, "dual ff down: 32 tiles"),
+            ((666, 7168, 1024), 1, "fused qkv + mlp: 336 tiles"),
+            ((154, 1024, 1024), 4, "text out: 16 tiles"),
+        ] {
+            assert_eq!(split_k(m, n, k, H100_SLOTS), splits, "{what}");
+        }
         // Shallow K never splits below 256 per slice.
         assert_eq!(split_k(64, 64, 384, H100_SLOTS), 1);
         assert_eq!(split_k(64, 64, 512, H100_SLOTS), 2);

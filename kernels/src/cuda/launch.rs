@@ -18,6 +18,28 @@ pub struct Launch<P> {
     pub params: P,
 }
 
+impl<P> Launch<P> {
+    /// `kernel` of `module` over `grid` blocks of `threads` threads, `smem` bytes of dynamic
+    /// shared memory.
+    pub fn new(
+        (module, kernel): (Module, &'static str),
+        grid: [u32; 3],
+        threads: u32,
+        smem: u32,
+        params: P,
+    ) -> Self {
+        let block = [threads, 1, 1];
+        Launch {
+            module,
+            kernel,
+            grid,
+            block,
+            smem,
+            params,
+        }
+    }
+}
+
 pub(crate) fn invalid(op: &'static str, reason: impl Into<String>) -> CudaError {
     CudaError::InvalidLaunch {
         op,

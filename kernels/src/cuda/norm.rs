@@ -45,45 +45,46 @@ pub struct LayerNormParams {
 
 device_repr!(RmsNormParams, LayerNormParams);
 
+/// `rows` rows of `d` values, each side's row stride at least `d`.
+fn check_rows(
+    op: &'static str,
+    rows: i32,
+    d: i32,
+    (x_stride, out_stride): (i32, i32),
+) -> Result<()> {
+    ensure(rows >= 0 && d > 0, op, || format!("rows {rows} d {d}"))?;
+    ensure(x_stride >= d && out_stride >= d, op, || {
+        format!("strides {x_stride}/{out_stride} below d {d}")
+    })
+}
+
 /// RMSNorm over rows of bf16 `x [rows, d]` (strides in elements), f32 weight `[d]`.
 pub fn rms_norm(p: RmsNormParams) -> Result<Launch<RmsNormParams>> {
     const OP: &str = "rms_norm";
-    ensure(p.rows >= 0 && p.d > 0, OP, || {
-        format!("rows {} d {}", p.rows, p.d)
-    })?;
-    ensure(p.x_stride >= p.d && p.out_stride >= p.d, OP, || {
-        format!("strides {}/{} below d {}", p.x_stride, p.out_stride, p.d)
-    })?;
-    Ok(Launch {
-        module: Module::Norm,
-        kernel: "rms_norm_bf16",
-        grid: grid_1d(OP, (p.rows as usize).div_ceil(ROWS_PER_BLOCK))?,
-        block: [(32 * ROWS_PER_BLOCK) as u32, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    check_rows(OP, p.rows, p.d, (p.x_stride, p.out_stride))?;
+    Ok(Launch::new(
+        (Module::Norm, "rms_norm_bf16"),
+        grid_1d(OP, (p.rows as usize).div_ceil(ROWS_PER_BLOCK))?,
+        (32 * ROWS_PER_BLOCK) as u32,
+        0,
+        p,
+    ))
 }
 
 /// LayerNorm of f32 rows with modulation, affine weights or none (see norm.cu).
 pub fn layer_norm(p: LayerNormParams) -> Result<Launch<LayerNormParams>> {
     const OP: &str = "layer_norm";
-    ensure(p.rows >= 0 && p.d > 0, OP, || {
-        format!("rows {} d {}", p.rows, p.d)
-    })?;
-    ensure(p.x_stride >= p.d && p.out_stride >= p.d, OP, || {
-        format!("strides {}/{} below d {}", p.x_stride, p.out_stride, p.d)
-    })?;
+    check_rows(OP, p.rows, p.d, (p.x_stride, p.out_stride))?;
     ensure(p.rows_per_item > 0, OP, || {
         "rows_per_item must be positive".into()
     })?;
-    Ok(Launch {
-        module: Module::Norm,
-        kernel: "layer_norm_f32",
-        grid: grid_1d(OP, (p.rows as usize).div_ceil(ROWS_PER_BLOCK))?,
-        block: [(32 * ROWS_PER_BLOCK) as u32, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Norm, "layer_norm_f32"),
+        grid_1d(OP, (p.rows as usize).div_ceil(ROWS_PER_BLOCK))?,
+        (32 * ROWS_PER_BLOCK) as u32,
+        0,
+        p,
+    ))
 }
 
 impl Device {
@@ -123,19 +124,7 @@ impl Device {
         mods: Option<(Ptr<f32>, Ptr<f32>, usize, usize)>,
     ) -> Result<()> {
         const OP: &str = "layer_norm";
-        let mut p = LayerNormParams {
-            x: x.need(rows * d, OP, "x")?,
-            out: out.need(rows * d, OP, "out")?,
-            rows: rows as i32,
-            d: d as i32,
-            x_stride: d as i32,
-            out_stride: d as i32,
-            rows_per_item: i32::MAX,
-            item_stride: 0,
-            scale_add: 1.0,
-            eps: NORM_EPS,
-            ..LayerNormParams::default()
-        };
+        let mut p = layer_norm_rows(x, out, rows, d)?;
         if let Some((shift, scale, item_stride, per_item)) = mods {
             let need = span(rows.div_ceil(per_item), item_stride, d);
             p.shift = shift.need(need, OP, "shift")?;
@@ -161,20 +150,31 @@ impl Device {
     ) -> Result<()> {
         const OP: &str = "layer_norm";
         let launch = layer_norm(LayerNormParams {
-            x: x.need(rows * d, OP, "x")?,
-            out: out.need(rows * d, OP, "out")?,
             scale: weight.need(d, OP, "weight")?,
             shift: bias.need(d, OP, "bias")?,
-            rows: rows as i32,
-            d: d as i32,
-            x_stride: d as i32,
-            out_stride: d as i32,
-            rows_per_item: i32::MAX,
-            item_stride: 0,
             scale_add: 0.0,
             eps,
+            ..layer_norm_rows(x, out, rows, d)?
         })?;
         // SAFETY: rows x d elements of x and out, d of the weight and bias, checked above.
         unsafe { self.launch(&launch) }
     }
+}
+
+/// A plain LayerNorm (eps 1e-6) of dense f32 rows `x [rows, d]` into bf16 `out`, both checked.
+fn layer_norm_rows(x: Ptr<f32>, out: Ptr<u16>, rows: usize, d: usize) -> Result<LayerNormParams> {
+    const OP: &str = "layer_norm";
+    Ok(LayerNormParams {
+        x: x.need(rows * d, OP, "x")?,
+        out: out.need(rows * d, OP, "out")?,
+        rows: rows as i32,
+        d: d as i32,
+        x_stride: d as i32,
+        out_stride: d as i32,
+        rows_per_item: i32::MAX,
+        item_stride: 0,
+        scale_add: 1.0,
+        eps: NORM_EPS,
+        ..LayerNormParams::default()
+    })
 }

@@ -59,14 +59,13 @@ pub fn qk_norm_rope(p: QkNormRopeParams) -> Result<Launch<QkNormRopeParams>> {
     )?;
     ensure(p.cos == 0 || p.sin != 0, OP, || "cos without sin".into())?;
     let tasks = p.rows as usize * p.heads as usize;
-    Ok(Launch {
-        module: Module::Rope,
-        kernel: "qk_norm_rope_bf16",
-        grid: grid_1d(OP, tasks.div_ceil(ROWS_PER_BLOCK))?,
-        block: [(32 * ROWS_PER_BLOCK) as u32, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Rope, "qk_norm_rope_bf16"),
+        grid_1d(OP, tasks.div_ceil(ROWS_PER_BLOCK))?,
+        (32 * ROWS_PER_BLOCK) as u32,
+        0,
+        p,
+    ))
 }
 
 impl Device {

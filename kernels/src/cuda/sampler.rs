@@ -65,14 +65,13 @@ pub fn sample_tokens(p: SampleParams) -> Result<Launch<SampleParams>> {
     ensure(smem <= 200 << 10, OP, || {
         format!("vocabulary {} too large", p.vocab)
     })?;
-    Ok(Launch {
-        module: Module::Sampler,
-        kernel: "sample_tokens_f32",
-        grid: grid_1d(OP, tokens.div_ceil(SAMPLER_WARPS))?,
-        block: [(32 * SAMPLER_WARPS) as u32, 1, 1],
-        smem: smem as u32,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Sampler, "sample_tokens_f32"),
+        grid_1d(OP, tokens.div_ceil(SAMPLER_WARPS))?,
+        (32 * SAMPLER_WARPS) as u32,
+        smem as u32,
+        p,
+    ))
 }
 
 /// The re-masking of each row (sampler.cu): one block per row.
@@ -84,14 +83,13 @@ pub fn remask(p: RemaskParams) -> Result<Launch<RemaskParams>> {
     ensure(p.last != 0 || p.tokens >= 2, OP, || {
         "fewer than 2 tokens".into()
     })?;
-    Ok(Launch {
-        module: Module::Sampler,
-        kernel: "remask_f32",
-        grid: grid_1d(OP, p.batch as usize)?,
-        block: [1024, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Sampler, "remask_f32"),
+        grid_1d(OP, p.batch as usize)?,
+        1024,
+        0,
+        p,
+    ))
 }
 
 /// How [`Device::sample_tokens`] draws: guidance (`guided` 1, its `scale`), the greedy rule

@@ -92,26 +92,24 @@ pub fn group_norm(
     )?;
     ensure(p.batch < 65536, OP, || "batch too large".into())?;
     p.chunks = group_norm_chunks(p.pixels);
-    let stats = Launch {
-        module: Module::Vq,
-        kernel: "group_norm_stats_bf16",
-        grid: [p.chunks as u32, p.groups as u32, p.batch as u32],
-        block: [256, 1, 1],
-        smem: 0,
-        params: p,
-    };
+    let stats = Launch::new(
+        (Module::Vq, "group_norm_stats_bf16"),
+        [p.chunks as u32, p.groups as u32, p.batch as u32],
+        256,
+        0,
+        p,
+    );
     let per_item = p.pixels as usize * p.channels as usize;
     let blocks = per_item
         .div_ceil(256)
         .clamp(1, (132 * 8 / p.batch as usize).max(1));
-    let apply = Launch {
-        module: Module::Vq,
-        kernel: "group_norm_apply_bf16",
-        grid: [blocks as u32, p.batch as u32, 1],
-        block: [256, 1, 1],
-        smem: 0,
-        params: p,
-    };
+    let apply = Launch::new(
+        (Module::Vq, "group_norm_apply_bf16"),
+        [blocks as u32, p.batch as u32, 1],
+        256,
+        0,
+        p,
+    );
     Ok((stats, apply))
 }
 
@@ -122,14 +120,13 @@ pub fn upsample2x(p: Upsample2xParams) -> Result<Launch<Upsample2xParams>> {
         format!("{p:?}")
     })?;
     let n = 4 * p.batch as usize * p.h as usize * p.w as usize * p.c as usize;
-    Ok(Launch {
-        module: Module::Vq,
-        kernel: "upsample2x_bf16",
-        grid: elementwise_grid(OP, n)?,
-        block: [256, 1, 1],
-        smem: 0,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Vq, "upsample2x_bf16"),
+        elementwise_grid(OP, n)?,
+        256,
+        0,
+        p,
+    ))
 }
 
 /// Nearest codebook entry of each f32 latent `[P, E]` among f32 `[V, E]`: i32 ids `[P]`.
@@ -142,14 +139,13 @@ pub fn vq_nearest(p: VqNearestParams) -> Result<Launch<VqNearestParams>> {
     ensure(smem <= 200 << 10, OP, || {
         format!("latent width {} too large", p.dim)
     })?;
-    Ok(Launch {
-        module: Module::Vq,
-        kernel: "vq_nearest_f32",
-        grid: grid_1d(OP, (p.pixels as usize).div_ceil(8))?,
-        block: [256, 1, 1],
-        smem: smem as u32,
-        params: p,
-    })
+    Ok(Launch::new(
+        (Module::Vq, "vq_nearest_f32"),
+        grid_1d(OP, (p.pixels as usize).div_ceil(8))?,
+        256,
+        smem as u32,
+        p,
+    ))
 }
 
 impl Device {

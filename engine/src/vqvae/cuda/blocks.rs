@@ -4,16 +4,15 @@
 //! the mid block's single-head attention over pixels, and the four rotating feature-map
 //! buffers (`Scratch`) they write into. The layers are `crate::vqvae`'s with `Cuda` weights.
 
+use muddit_kernels::cuda::gemm::{Conv, GemmOpts, GemmOut};
 use std::sync::Arc;
 
 use muddit_kernels::cuda::common::Act;
-use muddit_kernels::cuda::gemm::GemmOut;
 
 use crate::cuda::backend::{DConv, Heads};
 use crate::cuda::{Buffer, Cuda, Device, Ptr};
 use crate::error::{Error, Result};
 use crate::vqvae::{Activation, AttnBlock, GroupNorm, MidBlock, Norm, ResnetBlock2D, VqConfig};
-use muddit_kernels::cuda::gemm::GemmOpts;
 
 /// The CUDA loader of a VQ half: the mid block's attention is one head of the last block's
 /// width (in a kernel slot of 64 or 128).
@@ -194,7 +193,7 @@ impl VqOps {
         }
         let (hd, shape) = (heads.width(), (x.batch, x.h * x.w, 1));
         let qkv = (q.ptr(), k.ptr(), v.ptr());
-        dev.attention(qkv, o.ptr(), hd, shape, heads.dh, heads.dp)?;
+        dev.attention(qkv, (o.ptr(), hd), shape, (heads.dh, heads.dp), false)?;
         let residual = GemmOpts {
             res: Some(x.at),
             ..GemmOpts::default()
@@ -233,8 +232,9 @@ impl VqOps {
     ) -> Result<Map> {
         debug_assert_eq!(x.c, conv.c_in);
         let geom = (x.h, x.w, x.c);
+        let same = Conv::same(conv.ksize);
         self.dev
-            .conv2d_same(conv.mat(), x.at, x.batch, geom, conv.ksize, res, out)?;
+            .conv2d(conv.mat(), x.at, x.batch, geom, same, res, out)?;
         Ok(x.into(out, conv.c_out()))
     }
 

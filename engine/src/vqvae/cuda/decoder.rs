@@ -114,7 +114,14 @@ impl CudaVqDecoder {
             c: pad8(self.cfg.embed_dim()),
         }; // [B, h, w, E']
         let v = self.cfg.num_vq_embeddings;
-        dev.embedding(ids.ptr(), self.codebook.ptr(), v, q.at, q.pixels(), q.c)?;
+        dev.embedding(
+            ids.ptr(),
+            (self.codebook.ptr(), v),
+            None,
+            q.at,
+            q.pixels(),
+            q.c,
+        )?;
         let ops = &self.ops;
         let z = ops.pointwise(&self.half.post_quant_conv, q, sc.other(&[q])?, None)?; // [B, h, w, lat']
         let x = self.decoder_forward(z, &sc)?; // [B, H, W, out_channels]
