@@ -7,6 +7,7 @@ use crate::weights::Vb;
 use muddit_kernels::cpu::attention::attention_with;
 use muddit_kernels::cpu::conv::{conv2d, conv2d_upsampled_2x, patch_major_weight, Conv2dShape};
 use muddit_kernels::cpu::packed::{self, Compute, Epilogue, PackedMatrix};
+use muddit_kernels::cpu::winograd::{self, Prologue, Winograd3x3};
 
 /// `nn.Linear` (and 1x1 convolutions, whose `[out, in, 1, 1]` weight is the same matrix).
 pub struct Linear {
@@ -113,12 +114,18 @@ impl Linear {
     }
 }
 
-/// `nn.Conv2d` with bias, weight held as `[O, (k, k, C)]`.
+/// `nn.Conv2d` with bias: 3x3 same-padded ones (the VQ-VAE's) as Winograd F(2x2, 3x3) where the
+/// CPU transforms 16 channels at a time ([`winograd`]), every other as a direct implicit product.
 pub struct Conv2d {
-    /// `[O, (kh, kw, C)]`, packed.
-    weight: PackedMatrix,
+    weight: ConvWeight,
     bias: Vec<f32>,
     spec: Conv2dSpec,
+}
+
+enum ConvWeight {
+    /// `[O, (kh, kw, C)]`, packed.
+    Direct(PackedMatrix),
+    Winograd(Winograd3x3),
 }
 
 impl Conv2d {
@@ -131,14 +138,19 @@ impl Conv2d {
             ..
         } = spec;
         let w = vb.get("weight", &[c_out, c_in, kernel, kernel])?;
-        Ok(Conv2d {
-            weight: PackedMatrix::new(
+        let weight = if spec == Conv2dSpec::same3(c_in, c_out) && winograd::suits(c_in, c_out) {
+            ConvWeight::Winograd(Winograd3x3::new(&w, c_out, c_in, vb.compute()))
+        } else {
+            ConvWeight::Direct(PackedMatrix::new(
                 &patch_major_weight(&w, c_out, c_in, kernel),
                 c_out,
                 kernel * kernel * c_in,
                 vb.storage("weight"),
                 vb.compute(),
-            ),
+            ))
+        };
+        Ok(Conv2d {
+            weight,
             bias: vb.get("bias", &[c_out])?,
             spec,
         })
@@ -146,17 +158,39 @@ impl Conv2d {
 
     /// `[B, H, W, C] -> [B, Ho, Wo, O]`
     pub fn forward(&self, x: &FeatureMap) -> FeatureMap {
-        self.forward_scaled(x, 1)
+        self.forward_scaled(x, 1, None)
     }
 
     /// `[B, H, W, C] -> [B, Ho, Wo, O]` on `x` upsampled 2x (nearest), without writing the
     /// upsampled map.
     pub fn forward_upsampled_2x(&self, x: &FeatureMap) -> FeatureMap {
-        self.forward_scaled(x, 2)
+        self.forward_scaled(x, 2, None)
     }
 
-    /// On `x` upsampled `up` times per side (1 or 2).
-    fn forward_scaled(&self, x: &FeatureMap, up: usize) -> FeatureMap {
+    /// `[B, H, W, C] -> [B, Ho, Wo, O]` on `x` mapped per channel first (a group norm and its
+    /// SiLU as a [`Prologue`], `[B, C]` rows): folded into a Winograd convolution, so the mapped
+    /// map is never written; on a mapped copy otherwise.
+    pub fn forward_mapped(&self, x: &FeatureMap, prologue: Prologue) -> FeatureMap {
+        if matches!(self.weight, ConvWeight::Winograd(_)) {
+            return self.forward_scaled(x, 1, Some(prologue));
+        }
+        let c = x.c;
+        let mut mapped = x.data.clone();
+        for (i, px) in mapped.chunks_exact_mut(c).enumerate() {
+            let at = (i / (x.h * x.w)) * c;
+            let (scale, shift) = (&prologue.scale[at..at + c], &prologue.shift[at..at + c]);
+            for ((v, a), b) in px.iter_mut().zip(scale).zip(shift) {
+                *v = *v * a + b;
+            }
+        }
+        if prologue.silu {
+            muddit_kernels::cpu::act::silu_(&mut mapped);
+        }
+        self.forward(&FeatureMap { data: mapped, ..*x })
+    }
+
+    /// On `x` upsampled `up` times per side (1 or 2), through `prologue` (Winograd only).
+    fn forward_scaled(&self, x: &FeatureMap, up: usize, prologue: Option<Prologue>) -> FeatureMap {
         let s = self.spec;
         let shape = Conv2dShape {
             batch: x.batch,
@@ -171,9 +205,14 @@ impl Conv2d {
         let (h, w) = shape.out_hw();
         let mut data = vec![0.0; x.batch * h * w * s.c_out];
         let bias = Some(&self.bias[..]);
-        match up {
-            1 => conv2d(&x.data, &self.weight, bias, &shape, &mut data),
-            _ => conv2d_upsampled_2x(&x.data, &self.weight, bias, &shape, &mut data),
+        match (&self.weight, up) {
+            (ConvWeight::Winograd(wg), _) => {
+                winograd::conv3x3(&x.data, up, prologue, wg, bias, (x.batch, h, w), &mut data)
+            }
+            (ConvWeight::Direct(wd), 1) => conv2d(&x.data, wd, bias, &shape, &mut data),
+            (ConvWeight::Direct(wd), _) => {
+                conv2d_upsampled_2x(&x.data, wd, bias, &shape, &mut data)
+            }
         }
         FeatureMap {
             data,

@@ -8,7 +8,9 @@ use super::{
 use crate::backend::Cpu;
 use crate::error::Result;
 use crate::nn::attention;
-use muddit_kernels::cpu::group_norm::group_norm_;
+use crate::nn::Conv2d;
+use muddit_kernels::cpu::group_norm::{channel_affine, group_norm_};
+use muddit_kernels::cpu::winograd::Prologue;
 use muddit_kernels::cpu::{act, matmul::linear};
 
 /// What the blocks need besides their input: the model's activation and, in a spatial decoder,
@@ -86,22 +88,52 @@ impl Norm<Cpu> {
 }
 
 impl ResnetBlock2D<Cpu> {
-    /// `[B, H, W, C_in] -> [B, H, W, C_out]`
+    /// `[B, H, W, C_in] -> [B, H, W, C_out]`. Each map is freed as soon as it is used up (the
+    /// input after the shortcut, `conv1`'s output after `conv2`), and a group norm with SiLU is
+    /// folded into the convolution after it, so the normed maps are never written.
     fn forward(&self, x: FeatureMap, ctx: Ctx) -> FeatureMap {
-        let mut h = FeatureMap {
-            data: x.data.clone(),
-            ..x
-        };
-        self.norm1.forward_(&mut h, ctx.zq, Some(ctx.act));
-        let mut h = self.conv1.forward(&h);
-        self.norm2.forward_(&mut h, ctx.zq, Some(ctx.act));
-        let mut h = self.conv2.forward(&h);
-        let skip = match &self.conv_shortcut {
+        let h = normed_conv(&self.norm1, &self.conv1, &x, ctx);
+        let skip = self.skip(x);
+        let mut out = normed_conv(&self.norm2, &self.conv2, &h, ctx);
+        drop(h);
+        out.data.iter_mut().zip(&skip).for_each(|(v, s)| *v += s);
+        out
+    }
+
+    /// The residual branch: `x`, or `conv_shortcut(x)` when the width changes.
+    fn skip(&self, x: FeatureMap) -> Vec<f32> {
+        match &self.conv_shortcut {
             Some(conv) => conv.forward(&x).data,
             None => x.data,
-        };
-        h.data.iter_mut().zip(&skip).for_each(|(v, s)| *v += s);
-        h
+        }
+    }
+}
+
+/// `conv(act(norm(x)))`: a group norm followed by SiLU as the convolution's prologue, any
+/// other norm or activation on a copy of `x`.
+fn normed_conv(norm: &Norm<Cpu>, conv: &Conv2d, x: &FeatureMap, ctx: Ctx) -> FeatureMap {
+    match (norm, ctx.act) {
+        (Norm::Group(g), Activation::Silu) => {
+            let (scale, shift) =
+                channel_affine(&x.data, x.batch, g.groups, &g.weight, &g.bias, EPS);
+            let silu = true;
+            conv.forward_mapped(
+                x,
+                Prologue {
+                    scale: &scale,
+                    shift: &shift,
+                    silu,
+                },
+            )
+        }
+        _ => {
+            let mut h = FeatureMap {
+                data: x.data.clone(),
+                ..*x
+            };
+            norm.forward_(&mut h, ctx.zq, Some(ctx.act));
+            conv.forward(&h)
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! product's packing step gathers them (runs of `C` channels, zeros outside the image) straight
 //! into its row tiles (`Fields`, a [`RowSource`]), rounding to bf16 there for bf16 products.
 //! Output rows go in bands whose packed rows stay under `BAND_BYTES`. A 1x1 stride-1
-//! convolution is the plain product on the image.
+//! convolution is the plain product on the image, in bands of pixels.
 //!
 //! Same-padded stride-1 convolutions (the VQ-VAE's 3x3 ones) skip the gathering where the
 //! product allows ([`window_elements`]): the image is copied once with a zero border (in the
@@ -163,18 +163,21 @@ fn convolve(
         s.batch * ho * wo * s.c_out,
         "conv2d: out is not [B, Ho, Wo, O]"
     );
-    // In place first: a 1x1 convolution then shares the bordered buffer with the 3x3 ones
-    // instead of growing the product's packed-row buffer to a whole image.
+    // A 1x1 convolution is a product on the pixels, in bands of rows so that the packed rows
+    // stay small (a whole image's would be a fresh map's worth of memory).
+    if up == 1 && s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
+        let band = (BAND_BYTES / (4 * s.c_in).max(1)).max(1);
+        let (xs, os) = (x.chunks(band * s.c_in), out.chunks_mut(band * s.c_out));
+        xs.zip(os)
+            .for_each(|(xb, ob)| linear(xb, w, bias, Epilogue::None, ob));
+        return;
+    }
     if let Some(elements) = in_place.then(|| in_place_elements(w, s)).flatten() {
         for b in 0..s.batch {
             let xb = &x[b * image..(b + 1) * image];
             let ob = &mut out[b * ho * wo * s.c_out..(b + 1) * ho * wo * s.c_out];
             same_in_place(xb, up, w, bias, s, elements, ob);
         }
-        return;
-    }
-    if up == 1 && s.kernel == 1 && s.stride == 1 && s.pad == [0; 4] {
-        linear(x, w, bias, Epilogue::None, out);
         return;
     }
     let row_bytes = 4 * wo * s.patch();

@@ -51,6 +51,37 @@ pub fn group_norm_(
     eps: f32,
     silu: bool,
 ) {
+    let (a, b) = channel_affine(x, batch, groups, weight, bias, eps);
+    let c = weight.len();
+    for ((xb, a), b) in x
+        .chunks_exact_mut(x.len() / batch)
+        .zip(a.chunks_exact(c))
+        .zip(b.chunks_exact(c))
+    {
+        xb.par_chunks_mut(BAND_PIXELS * c).for_each(|band| {
+            for px in band.chunks_exact_mut(c) {
+                for ((v, &ai), &bi) in px.iter_mut().zip(a).zip(b) {
+                    *v = *v * ai + bi;
+                }
+            }
+            if silu {
+                super::act::silu_(band);
+            }
+        });
+    }
+}
+
+/// The statistics of `nn.GroupNorm(groups, C, eps)` with affine `weight, bias [C]` on
+/// `x [batch, P, C]`, as the per-channel map it applies: `y = x * a + b`, `a, b [batch, C]`
+/// (`a = weight / std`, `b = bias - mean * a` of the channel's group in that image).
+pub fn channel_affine(
+    x: &[f32],
+    batch: usize,
+    groups: usize,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
     let c = weight.len();
     assert!(
         groups > 0 && c % groups == 0 && bias.len() == c,
@@ -63,31 +94,25 @@ pub fn group_norm_(
     let image = x.len() / batch;
     let count = (image / groups) as f64;
     let per_group = c / groups;
-    for xb in x.chunks_exact_mut(image) {
+    let (mut a, mut b) = (vec![0.0f32; batch * c], vec![0.0f32; batch * c]);
+    for ((xb, a), b) in x
+        .chunks_exact(image)
+        .zip(a.chunks_exact_mut(c))
+        .zip(b.chunks_exact_mut(c))
+    {
         let mean: Vec<f64> = group_sums(xb, c, groups, |v, _| v as f64)
             .into_iter()
             .map(|s| s / count)
             .collect();
         let var = group_sums(xb, c, groups, |v, g| (v as f64 - mean[g]).powi(2));
-        // Per channel: y = x * a + b with a = weight / std, b = bias - mean * a.
-        let (mut a, mut b) = (vec![0.0f32; c], vec![0.0f32; c]);
         for ch in 0..c {
             let g = ch / per_group;
             let inv = 1.0 / (var[g] / count + eps as f64).sqrt();
             a[ch] = (weight[ch] as f64 * inv) as f32;
             b[ch] = (bias[ch] as f64 - mean[g] * weight[ch] as f64 * inv) as f32;
         }
-        xb.par_chunks_mut(BAND_PIXELS * c).for_each(|band| {
-            for px in band.chunks_exact_mut(c) {
-                for ((v, &ai), &bi) in px.iter_mut().zip(&a).zip(&b) {
-                    *v = *v * ai + bi;
-                }
-            }
-            if silu {
-                super::act::silu_(band);
-            }
-        });
     }
+    (a, b)
 }
 
 #[cfg(test)]

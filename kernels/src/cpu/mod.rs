@@ -16,6 +16,7 @@ pub mod norm;
 pub mod packed;
 pub mod rope;
 pub mod tile;
+pub mod winograd;
 
 /// Naive f64 references the kernels' unit tests compare with.
 #[cfg(test)]
