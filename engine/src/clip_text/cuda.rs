@@ -8,7 +8,7 @@
 //! inside q, k, v and the attention output `[B, L, H, Dp]`, as in [`crate::cuda::CudaMmdit`].
 //!
 //! One forward over ids `[B, L]`: `X = token_embedding[ids] + position_embedding[s]`; per layer
-//! `X += out_proj(causal_attention(q, k, v of layer_norm1(X)))`, then
+//! `X += out_proj(attention(q, k, v of layer_norm1(X), causal))`, then
 //! `X += fc2(act(fc1(layer_norm2(X))))` (act fused into fc1's epilogue); after layer `n - 2` `X`
 //! is copied out as the penultimate hidden state; `final_layer_norm(X)`, the row of each item at
 //! the end-of-text position (chosen on the host from the ids, as the CPU does), then

@@ -321,3 +321,12 @@ pub fn image_to_text(
     })?;
     folder.finish_image_to_text(&plan, &best)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The device's RMSNorm and modulated LayerNorm use the models' eps.
+    #[test]
+    fn device_norms_use_the_models_eps() {
+        assert_eq!(muddit_kernels::cuda::norm::NORM_EPS, crate::nn::NORM_EPS);
+    }
+}

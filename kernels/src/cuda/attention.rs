@@ -1,6 +1,6 @@
 //! `attention.cu`: flash attention over bf16 heads of 64 or 128 values (narrower heads
 //! zero-padded). The parameter struct, the launch plans ([`attention`], [`attention_padded`])
-//! and the runners on a [`Device`] ([`Device::attention`], [`Device::causal_attention`]).
+//! and the runners on a [`Device`] ([`Device::attention`], causal or not).
 
 use super::device::{Device, Ptr};
 use super::launch::{ensure, invalid, span, Launch};
@@ -24,7 +24,7 @@ pub struct AttnParams {
     pub v_stride: i32,
     pub o_stride: i32,
     pub causal: i32,
-    /// `log2(e) / sqrt(Dh)`: set by [`super::ops::attention`].
+    /// `log2(e) / sqrt(Dh)`: set by [`attention`].
     pub scale_log2: f32,
     pub pad_: i32,
 }

@@ -1,7 +1,7 @@
 //! `gemm.cu`: bf16 matrix products with fused epilogues, split-K, and convolutions as implicit
 //! GEMMs. The parameter structs, the launch plans ([`gemm`], [`gemm_split`], [`conv2d`],
 //! [`split_k`]) and the runners on a [`Device`] ([`Device::gemm`], [`Device::conv2d`],
-//! [`Device::conv2d_same`], [`Device::conv2d_downsample`]).
+//! over a [`Conv`] geometry).
 
 use super::common::{Act, RowMap};
 use super::device::{Device, Ptr};
@@ -53,7 +53,7 @@ pub struct GemmParams {
     pub c: u64,
     pub gate: u64,
     pub res: u64,
-    /// Split-K: f32 `[splits, M, N]` partial sums (see `ops::gemm_split`), or 0.
+    /// Split-K: f32 `[splits, M, N]` partial sums (see [`gemm_split`]), or 0.
     pub partial: u64,
     pub m: i32,
     pub n: i32,
@@ -63,7 +63,7 @@ pub struct GemmParams {
     pub act: i32,
     pub rows_per_item: i32,
     pub gate_stride: i32,
-    /// K slices and K elements per slice: filled in by `ops::gemm` / `ops::gemm_split`.
+    /// K slices and K elements per slice: filled in by [`gemm`] / [`gemm_split`].
     pub splits: i32,
     pub k_split: i32,
     pub a_map: RowMap,

@@ -18,13 +18,13 @@ pub struct GroupNormParams {
     pub out: u64,
     pub weight: u64,
     pub bias: u64,
-    /// f64 `[B, G, chunks, 3]` workspace: [`super::ops::group_norm_workspace`] elements.
+    /// f64 `[B, G, chunks, 3]` workspace: [`group_norm_workspace`] elements.
     pub stats: u64,
     pub batch: i32,
     pub pixels: i32,
     pub channels: i32,
     pub groups: i32,
-    /// Set by [`super::ops::group_norm`].
+    /// Set by [`group_norm`].
     pub chunks: i32,
     pub silu: i32,
     pub eps: f32,
