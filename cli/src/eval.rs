@@ -223,12 +223,15 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     });
     let mut seconds = serde_json::json!({ "load": load_s });
     let mut lines = vec![format!("model    {}", root.display())];
+    let mut record = |task: &str, start: Instant, (section, line): (serde_json::Value, String)| {
+        report[task] = section;
+        seconds[task] = start.elapsed().as_secs_f64().into();
+        lines.push(line);
+    };
     if tasks.contains(&Task::T2i) {
         let start = Instant::now();
-        let (section, line) = text_to_image(&mut ctx, &prompts, &want_t2i, t2i_steps, cfg)?;
-        report["t2i"] = section;
-        seconds["t2i"] = start.elapsed().as_secs_f64().into();
-        lines.push(line);
+        let done = text_to_image(&mut ctx, &prompts, &want_t2i, t2i_steps, cfg)?;
+        record("t2i", start, done);
     }
     let r = defaults.resolution;
     let mut pixels = Vec::with_capacity(images.len() * 3 * r * r);
@@ -240,17 +243,13 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     }
     if tasks.contains(&Task::Caption) {
         let start = Instant::now();
-        let (section, line) = captions(&mut ctx, &images, &want_img, &pixels, r, i2t_steps)?;
-        report["caption"] = section;
-        seconds["caption"] = start.elapsed().as_secs_f64().into();
-        lines.push(line);
+        let done = captions(&mut ctx, &images, &want_img, &pixels, r, i2t_steps)?;
+        record("caption", start, done);
     }
     if tasks.contains(&Task::Vqa) {
         let start = Instant::now();
-        let (section, line) = answers(&mut ctx, &images, &pixels, r, i2t_steps)?;
-        report["vqa"] = section;
-        seconds["vqa"] = start.elapsed().as_secs_f64().into();
-        lines.push(line);
+        let done = answers(&mut ctx, &images, &pixels, r, i2t_steps)?;
+        record("vqa", start, done);
     }
     let total_s = total_start.elapsed().as_secs_f64();
     seconds["total"] = total_s.into();
