@@ -5,27 +5,11 @@
 //! `cargo bench -p muddit-benches --bench text_encoder`
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use muddit_benches::bench_sides;
 use muddit_engine::clip_text::load_text_encoder;
-use muddit_engine::config::TransformerConfig;
-use muddit_engine::random::WeightDtype;
-use muddit_engine::random_sides::write_random_sides;
-use std::path::PathBuf;
-use std::time::Duration;
-
-/// A random model folder's sides for `preset` under `target/bench-models/`, written on first use.
-fn sides(preset: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/bench-models")
-        .join(format!("sides-{preset}-bf16"));
-    if !root.join("vqvae/config.json").is_file() {
-        let cfg = TransformerConfig::preset(preset).expect("preset");
-        write_random_sides(&root, &cfg, WeightDtype::Bf16, 0, None).expect("write the sides");
-    }
-    root
-}
 
 fn encode(c: &mut Criterion, preset: &str, batch: usize) {
-    let model = load_text_encoder(&sides(preset)).expect("load");
+    let model = load_text_encoder(&bench_sides(preset)).expect("load");
     let v = model.cfg.vocab_size as i64;
     let ids: Vec<i64> = (0..batch * 77).map(|i| (i as i64 * 7919) % v).collect();
     c.bench_function(&format!("text_encoder/{preset}/b{batch}x77"), |b| {
@@ -43,9 +27,5 @@ fn public_shape(c: &mut Criterion) {
 }
 
 criterion_group!(quick, tiny);
-criterion_group! {
-    name = heavy;
-    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(1));
-    targets = public_shape
-}
+criterion_group!(name = heavy; config = muddit_benches::heavy(20); targets = public_shape);
 criterion_main!(quick, heavy);

@@ -11,7 +11,6 @@ use muddit_engine::model_dir::load_transformer;
 use muddit_engine::random::{random_inputs, WeightDtype};
 use muddit_engine::tensor_io::Values;
 use muddit_engine::MmditInput;
-use std::time::Duration;
 
 fn guided_step(c: &mut Criterion, preset: &str, dtype: WeightDtype, label: &str) {
     let model = load_transformer(&muddit_benches::bench_model(preset, dtype)).expect("load");
@@ -58,9 +57,5 @@ fn public_shape(c: &mut Criterion) {
 }
 
 criterion_group!(quick, tiny);
-criterion_group! {
-    name = heavy;
-    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(90)).warm_up_time(Duration::from_secs(1));
-    targets = public_shape
-}
+criterion_group!(name = heavy; config = muddit_benches::heavy(90); targets = public_shape);
 criterion_main!(quick, heavy);

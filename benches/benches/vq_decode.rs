@@ -6,27 +6,11 @@
 //! `cargo bench -p muddit-benches --bench vq_decode`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use muddit_engine::config::TransformerConfig;
-use muddit_engine::random::WeightDtype;
-use muddit_engine::random_sides::write_random_sides;
+use muddit_benches::bench_sides;
 use muddit_engine::vqvae::load_vqvae;
-use std::path::PathBuf;
-use std::time::Duration;
-
-/// A random model folder's sides for `preset` under `target/bench-models/`, written on first use.
-fn sides(preset: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/bench-models")
-        .join(format!("sides-{preset}-bf16"));
-    if !root.join("vqvae/config.json").is_file() {
-        let cfg = TransformerConfig::preset(preset).expect("preset");
-        write_random_sides(&root, &cfg, WeightDtype::Bf16, 0, None).expect("write the sides");
-    }
-    root
-}
 
 fn public_shape(c: &mut Criterion) {
-    let model = load_vqvae(&sides("muddit-512")).expect("load");
+    let model = load_vqvae(&bench_sides("muddit-512")).expect("load");
     let v = model.cfg.num_vq_embeddings as i64;
     let ids: Vec<i64> = (0..32 * 32).map(|i| (i as i64 * 7919) % v).collect();
     c.bench_function("vq_decode/muddit-512/32x32-to-512px", |b| {
@@ -40,9 +24,5 @@ fn public_shape(c: &mut Criterion) {
     });
 }
 
-criterion_group! {
-    name = heavy;
-    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(60)).warm_up_time(Duration::from_secs(1));
-    targets = public_shape
-}
+criterion_group!(name = heavy; config = muddit_benches::heavy(60); targets = public_shape);
 criterion_main!(heavy);

@@ -31,16 +31,8 @@ from pathlib import Path
 
 import torch
 
-
-def import_upstream(src: Path):
-    for f in ["pipeline.py", "transformer.py", "scheduler.py"]:
-        if not (src / "src" / f).is_file():
-            sys.exit(f"error: {src / 'src' / f} not found (--muddit-src must hold src/{f})")
-    sys.path.insert(0, str(src.resolve()))
-    import src.pipeline as pipeline_module
-    import src.scheduler as scheduler_module
-    import src.transformer as transformer_module
-    return pipeline_module, scheduler_module, transformer_module
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from muddit_tools import import_upstream_package, load_upstream_pipeline  # noqa: E402
 
 
 def image_ids(rows: int, cols: int) -> torch.Tensor:
@@ -94,23 +86,10 @@ def bench_vq(model: Path, dtype, size: int, runs: int) -> dict:
 
 
 def bench_pipeline(upstream, model: Path, dtype, size: int, steps: int) -> dict:
-    from diffusers import VQModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-    pipeline_module, scheduler_module, transformer_module = upstream
+    from diffusers import VQModel  # noqa: F401  (imported before the clock starts)
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer  # noqa: F401
     start = time.perf_counter()
-    pipe = pipeline_module.UnifiedPipeline(
-        vqvae=VQModel.from_pretrained(model, subfolder="vqvae"),
-        tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
-        text_encoder=CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder"),
-        transformer=transformer_module.SymmetricTransformer2DModel.from_pretrained(model, subfolder="transformer"),
-        scheduler=scheduler_module.Scheduler.from_pretrained(model, subfolder="scheduler"),
-    )
-    pipe.to(dtype)
-    if dtype != torch.float32:
-        # transformers builds CLIP's causal mask in the default dtype.
-        pipe.text_encoder.register_forward_pre_hook(lambda m, a: torch.set_default_dtype(dtype))
-        pipe.text_encoder.register_forward_hook(lambda m, a, o: torch.set_default_dtype(torch.float32))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_upstream_pipeline(upstream, model, dtype)
     loaded = time.perf_counter() - start
     with torch.no_grad():
         pipe(prompt=["a photo of a cat"], height=size, width=size, guidance_scale=9.0,
@@ -133,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    upstream = import_upstream(args.muddit_src)
+    upstream = import_upstream_package(args.muddit_src)
     if args.what == "step":
         result = bench_step(upstream[2], args.model, dtype, args.size, args.runs)
     elif args.what == "vq":

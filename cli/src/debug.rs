@@ -110,26 +110,17 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             inputs,
             out,
             overwrite,
-        } => {
-            Outputs::new(overwrite).plan("--out", &out)?;
-            debug_sides::text(&model_arg(global)?, &inputs, &out, overwrite, global.quiet)
-        }
+        } => side(global, &inputs, &out, overwrite, debug_sides::text),
         DebugCommand::VqEncode {
             inputs,
             out,
             overwrite,
-        } => {
-            Outputs::new(overwrite).plan("--out", &out)?;
-            debug_sides::vq_encode(&model_arg(global)?, &inputs, &out, overwrite, global.quiet)
-        }
+        } => side(global, &inputs, &out, overwrite, debug_sides::vq_encode),
         DebugCommand::VqDecode {
             inputs,
             out,
             overwrite,
-        } => {
-            Outputs::new(overwrite).plan("--out", &out)?;
-            debug_sides::vq_decode(&model_arg(global)?, &inputs, &out, overwrite, global.quiet)
-        }
+        } => side(global, &inputs, &out, overwrite, debug_sides::vq_decode),
         DebugCommand::Forward {
             inputs,
             out,
@@ -187,6 +178,20 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             debug_sides::random_sides(&out, &cfg, dtype, seed, clip_bpe.as_deref(), global.quiet)
         }
     }
+}
+
+/// One side's `debug` command: `--out` checked, the tensors computed by `run` (model, inputs,
+/// quiet), then written.
+fn side(
+    global: &Global,
+    inputs: &Path,
+    out: &Path,
+    overwrite: bool,
+    run: fn(&Path, &Path, bool) -> Result<debug_sides::Tensors>,
+) -> Result<()> {
+    Outputs::new(overwrite).plan("--out", out)?;
+    let tensors = run(&model_arg(global)?, inputs, global.quiet)?;
+    crate::output::write_tensors(out, overwrite, &tensors)
 }
 
 /// The model folder from `--model` or `MUDDIT_MODEL`, resolved as for every other command.

@@ -7,6 +7,9 @@ use muddit_engine::pth::{mask_embedding_path, read_mask_embedding};
 use muddit_engine::tensor_io::{HostTensor, TensorFile};
 use muddit_engine::vqvae::load_vqvae;
 use std::collections::BTreeMap;
+
+/// Named output tensors of a `debug` command.
+pub type Tensors = BTreeMap<String, HostTensor>;
 use std::path::Path;
 use std::time::Instant;
 
@@ -23,7 +26,7 @@ fn model_root(model: &Path, component: &str) -> std::path::PathBuf {
 /// `input_ids` i64 `[B, L]` -> `text_embeds [B, P]`, `penultimate [B, L, D]`,
 /// `last_hidden_state [B, L, D]`. Ids one past the vocabulary are `<mask>`: its row is then read
 /// from the model root's `mask_token_embedding.pth`.
-pub fn text(model: &Path, inputs: &Path, out: &Path, overwrite: bool, quiet: bool) -> Result<()> {
+pub fn text(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
     let mut encoder = load_text_encoder(model)?;
     let inputs = TensorFile::read(inputs)?;
     let (shape, ids) = inputs.i64("input_ids", 2, "[B,L]")?;
@@ -54,18 +57,11 @@ pub fn text(model: &Path, inputs: &Path, out: &Path, overwrite: bool, quiet: boo
             HostTensor::f32(vec![b, l, d], o.last_hidden_state),
         ),
     ]);
-    crate::output::write_tensors(out, overwrite, &tensors)?;
-    Ok(())
+    Ok(tensors)
 }
 
 /// `image` f32 `[B, 3, H, W]` in `[0, 1]` -> `tokens` i64 `[B, H/f, W/f]`.
-pub fn vq_encode(
-    model: &Path,
-    inputs: &Path,
-    out: &Path,
-    overwrite: bool,
-    quiet: bool,
-) -> Result<()> {
+pub fn vq_encode(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
     let vq = load_vqvae(model)?;
     let inputs = TensorFile::read(inputs)?;
     let (shape, image) = inputs.f32("image", 4, "[B,3,H,W]")?;
@@ -83,18 +79,11 @@ pub fn vq_encode(
         eprintln!("vq encode: {:.3} s", start.elapsed().as_secs_f64());
     }
     let tensors = BTreeMap::from([("tokens".to_string(), HostTensor::i64(vec![b, gh, gw], ids))]);
-    crate::output::write_tensors(out, overwrite, &tensors)?;
-    Ok(())
+    Ok(tensors)
 }
 
 /// `tokens` i64 `[B, h, w]` -> `image` f32 `[B, 3, h f, w f]`, not clipped.
-pub fn vq_decode(
-    model: &Path,
-    inputs: &Path,
-    out: &Path,
-    overwrite: bool,
-    quiet: bool,
-) -> Result<()> {
+pub fn vq_decode(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
     let vq = load_vqvae(model)?;
     let inputs = TensorFile::read(inputs)?;
     let (shape, ids) = inputs.i64("tokens", 3, "[B,h,w]")?;
@@ -109,8 +98,7 @@ pub fn vq_decode(
         "image".to_string(),
         HostTensor::f32(vec![b, vq.cfg.out_channels, h * f, w * f], image),
     )]);
-    crate::output::write_tensors(out, overwrite, &tensors)?;
-    Ok(())
+    Ok(tensors)
 }
 
 /// The text encoder, VQ-VAE, tokenizer, scheduler config and `<mask>` embedding of a random

@@ -3,6 +3,7 @@
 //! text-to-image by the pixel checker of [`crate::shapes`], captions by exact match and by the
 //! attributes of the scene they describe, VQA by exact match of the answer.
 
+use crate::output::{self, Outputs};
 use crate::shapes::{Scene, World};
 use crate::{progress, Global};
 use anyhow::{bail, ensure, Context, Result};
@@ -47,6 +48,9 @@ pub struct EvalArgs {
     /// `outpaint-NNN.png` for the edit task).
     #[arg(long)]
     pub save_images: Option<PathBuf>,
+    /// Replace images already in the --save-images folder.
+    #[arg(long)]
+    overwrite: bool,
     /// Only these tasks, comma-separated [default: all four].
     #[arg(long, value_enum, value_delimiter = ',')]
     tasks: Vec<Task>,
@@ -151,6 +155,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SET));
     let json_path = set_dir.join("eval.json");
+    muddit_engine::limits::regular_file(&json_path).context("--set")?;
     let text = std::fs::read_to_string(&json_path)
         .with_context(|| format!("--set: reading {}", json_path.display()))?;
     let set: EvalSet =
@@ -189,10 +194,15 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let t2i_steps = args.steps.unwrap_or(defaults.t2i_steps);
     let i2t_steps = args.i2t_steps.unwrap_or(defaults.i2t_steps);
     let cfg = args.cfg.unwrap_or(defaults.cfg);
-    ensure!(
-        t2i_steps > 0 && i2t_steps > 0,
-        "--steps and --i2t-steps must be at least 1"
-    );
+    muddit_engine::limits::check_steps(t2i_steps).context("--steps")?;
+    muddit_engine::limits::check_steps(i2t_steps).context("--i2t-steps")?;
+    if let (Some(dir), true) = (&args.save_images, tasks.contains(&Task::T2i)) {
+        std::fs::create_dir_all(dir).with_context(|| format!("--save-images {}", dir.display()))?;
+        let mut outputs = Outputs::new(args.overwrite);
+        for i in 0..prompts.len() {
+            outputs.plan("--save-images", &saved_image(dir, i))?;
+        }
+    }
     let load_start = Instant::now();
     let mut ctx = Ctx {
         pipeline: Pipeline::load(&root)?,
@@ -216,12 +226,15 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     });
     let mut seconds = serde_json::json!({ "load": load_s });
     let mut lines = vec![format!("model    {}", root.display())];
+    let mut record = |task: &str, start: Instant, (section, line): (serde_json::Value, String)| {
+        report[task] = section;
+        seconds[task] = start.elapsed().as_secs_f64().into();
+        lines.push(line);
+    };
     if tasks.contains(&Task::T2i) {
         let start = Instant::now();
-        let (section, line) = text_to_image(&mut ctx, &prompts, &want_t2i, t2i_steps, cfg)?;
-        report["t2i"] = section;
-        seconds["t2i"] = start.elapsed().as_secs_f64().into();
-        lines.push(line);
+        let done = text_to_image(&mut ctx, &prompts, &want_t2i, t2i_steps, cfg)?;
+        record("t2i", start, done);
     }
     let r = defaults.resolution;
     let mut pixels = Vec::with_capacity(images.len() * 3 * r * r);
@@ -233,17 +246,13 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     }
     if tasks.contains(&Task::Caption) {
         let start = Instant::now();
-        let (section, line) = captions(&mut ctx, &images, &want_img, &pixels, r, i2t_steps)?;
-        report["caption"] = section;
-        seconds["caption"] = start.elapsed().as_secs_f64().into();
-        lines.push(line);
+        let done = captions(&mut ctx, &images, &want_img, &pixels, r, i2t_steps)?;
+        record("caption", start, done);
     }
     if tasks.contains(&Task::Vqa) {
         let start = Instant::now();
-        let (section, line) = answers(&mut ctx, &images, &pixels, r, i2t_steps)?;
-        report["vqa"] = section;
-        seconds["vqa"] = start.elapsed().as_secs_f64().into();
-        lines.push(line);
+        let done = answers(&mut ctx, &images, &pixels, r, i2t_steps)?;
+        record("vqa", start, done);
     }
     if tasks.contains(&Task::Edit) {
         let start = Instant::now();
@@ -269,6 +278,11 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         println!("{}", lines.join("\n"));
     }
     Ok(())
+}
+
+/// Where `--save-images` puts generated image `i`.
+fn saved_image(dir: &std::path::Path, i: usize) -> PathBuf {
+    dir.join(format!("t2i-{i:03}.png"))
 }
 
 /// Text to image, judged by the checker: the report's `t2i` section and its summary line.
@@ -298,9 +312,6 @@ fn text_to_image(
     let plane = width * height;
     let mut t2i = [0usize; 5]; // full, count, colors, shapes, position
     let mut failures = Vec::new();
-    if let Some(dir) = &ctx.args.save_images {
-        std::fs::create_dir_all(dir).with_context(|| format!("--save-images {}", dir.display()))?;
-    }
     for (i, want) in want.iter().enumerate() {
         let px = &generated.pixels[i * 3 * plane..(i + 1) * 3 * plane];
         let rgb: Vec<u8> = (0..plane)
@@ -322,15 +333,8 @@ fn text_to_image(
                 .push(serde_json::json!({ "index": i, "prompt": prompts[i].prompt, "seen": seen }));
         }
         if let Some(dir) = &ctx.args.save_images {
-            let path = dir.join(format!("t2i-{i:03}.png"));
-            image::save_buffer(
-                &path,
-                &rgb,
-                width as u32,
-                height as u32,
-                image::ExtendedColorType::Rgb8,
-            )
-            .with_context(|| format!("writing {}", path.display()))?;
+            let path = saved_image(dir, i);
+            output::write_image(&path, ctx.args.overwrite, &rgb, width, height, None)?;
         }
     }
     let n = want.len();

@@ -57,6 +57,8 @@ pub fn defaults(root: &Path) -> Result<Defaults> {
     let Some(path) = candidates.iter().find(|p| p.exists()) else {
         return Ok(Defaults::default());
     };
+    muddit_engine::limits::regular_file(path)
+        .context("the model's defaults must be a JSON object file")?;
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "{}: cannot read the model's defaults (it must be a JSON object file)",

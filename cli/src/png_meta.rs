@@ -130,6 +130,7 @@ pub fn read_parameters_text(path: &Path) -> Result<Option<String>> {
 
 /// The parameters stored in a PNG written by `muddit t2i` (or `muddit serve`).
 pub fn read_params(path: &Path) -> Result<GenerationParams> {
+    muddit_engine::limits::regular_file(path)?;
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader = png::Decoder::new(BufReader::new(file))
         .read_info()

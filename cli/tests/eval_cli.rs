@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{muddit, stderr, stdout};
+use common::{fails_with, muddit, run, stderr, stdout, succeeds};
 use std::path::Path;
 
 const TOLERANCE: f64 = 0.05;
@@ -22,7 +22,7 @@ fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // No --model: the committed default model.
     let o = muddit(&["eval", "--limit", &limit, "--json", "-q"], tmp.path());
-    assert!(o.status.success(), "{}", stderr(&o));
+    succeeds(&o);
     let got: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json output");
     for metric in [
         "/t2i/full",
@@ -56,20 +56,11 @@ fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
 #[test]
 fn default_model_t2i_writes_a_64_px_png() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let o = muddit(
-        &[
-            "t2i",
-            "--prompt",
-            "a red circle on the left",
-            "--seed",
-            "1",
-            "--output",
-            "out.png",
-            "-q",
-        ],
+    let o = run(
+        "t2i --prompt 'a red circle on the left' --seed 1 --output out.png -q",
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
+    succeeds(&o);
     let img = image::open(tmp.path().join("out.png"))
         .expect("out.png")
         .to_rgb8();
@@ -96,15 +87,9 @@ fn default_model_t2i_writes_a_64_px_png() {
 fn eval_errors_name_the_argument() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let o = muddit(&["eval", "--set", "no-such-set", "-q"], tmp.path());
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        stderr(&o).contains("--set") && stderr(&o).contains("no-such-set"),
-        "{}",
-        stderr(&o)
-    );
+    fails_with(&o, &["--set", "no-such-set"]);
     let o = muddit(&["eval", "--limit", "0", "-q"], tmp.path());
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--limit"), "{}", stderr(&o));
+    fails_with(&o, &["--limit"]);
 }
 
 /// A model whose `muddit.json` asks for greedy draws: the default model's files linked beside a
@@ -143,7 +128,7 @@ fn sample_overrides_a_greedy_model_default() {
         ];
         args.extend_from_slice(extra);
         let o = muddit(&args, tmp.path());
-        assert!(o.status.success(), "{}", stderr(&o));
+        succeeds(&o);
         let got: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json");
         got["greedy"].as_bool().expect("greedy field")
     };
@@ -170,7 +155,7 @@ fn sample_overrides_a_greedy_model_default() {
         ];
         args.extend_from_slice(extra);
         let o = muddit(&args, tmp.path());
-        assert!(o.status.success(), "{}", stderr(&o));
+        succeeds(&o);
         stderr(&o)
     };
     let seed_note = "--seed has no effect with --greedy";
@@ -187,6 +172,5 @@ fn sample_overrides_a_greedy_model_default() {
         &["eval", "--model", model, "--greedy", "--sample"],
         tmp.path(),
     );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--sample"), "{}", stderr(&o));
+    fails_with(&o, &["--sample"]);
 }

@@ -16,7 +16,7 @@ fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-64")
 }
 
-/// Every file under `dir` with its bytes (links are read through).
+/// Every file under `dir` with its bytes (links are read through, pipes not read).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -26,8 +26,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if path.is_dir() {
                 files.insert(path.clone(), Vec::new());
                 stack.push(path);
-            } else {
+            } else if path.is_file() {
                 files.insert(path.clone(), std::fs::read(&path).unwrap_or_default());
+            } else {
+                // A pipe: reading it would wait for a writer.
+                files.insert(path.clone(), b"not a file".to_vec());
             }
         }
     }
@@ -362,6 +365,21 @@ fn t2i_case(name: &str, extra: &[&str], want: &[&str]) -> Case {
     c
 }
 
+/// `t2i --from-png s.png` where `s.png` is `png`.
+fn from_png_case(name: &str, png: Vec<u8>, want: &[&str]) -> Case {
+    let args = [
+        "--model",
+        "model",
+        "t2i",
+        "-q",
+        "--from-png",
+        "s.png",
+        "-o",
+        "out.png",
+    ];
+    case(name, &args, want).setup(move |b| b.write("s.png", &png))
+}
+
 #[test]
 fn numbers_are_bounded_from_every_source() {
     let mut cases = Vec::new();
@@ -496,44 +514,20 @@ fn numbers_are_bounded_from_every_source() {
             p[key] = serde_json::from_str(value).expect("number");
             params_png(&p)
         };
-        cases.push(
-            case(
-                &format!("stored {key} {value}"),
-                &[
-                    "--model",
-                    "model",
-                    "t2i",
-                    "-q",
-                    "--from-png",
-                    "s.png",
-                    "-o",
-                    "out.png",
-                ],
-                &[word, "s.png"],
-            )
-            .setup(move |b| b.write("s.png", &png)),
-        );
+        cases.push(from_png_case(
+            &format!("stored {key} {value}"),
+            png,
+            &[word, "s.png"],
+        ));
     }
     let mut p = stored_params();
     p["index"] = 5.into();
     let png = params_png(&p);
-    cases.push(
-        case(
-            "stored index outside the batch",
-            &[
-                "--model",
-                "model",
-                "t2i",
-                "-q",
-                "--from-png",
-                "s.png",
-                "-o",
-                "out.png",
-            ],
-            &["index"],
-        )
-        .setup(move |b| b.write("s.png", &png)),
-    );
+    cases.push(from_png_case(
+        "stored index outside the batch",
+        png,
+        &["index"],
+    ));
     let png = raw_png(
         1,
         1,
@@ -542,23 +536,11 @@ fn numbers_are_bounded_from_every_source() {
         &[0, 0, 0, 0],
         &[chunk(b"iTXt", b"muddit-parameters\0\0\0\0\0{not json")],
     );
-    cases.push(
-        case(
-            "stored parameters malformed",
-            &[
-                "--model",
-                "model",
-                "t2i",
-                "-q",
-                "--from-png",
-                "s.png",
-                "-o",
-                "out.png",
-            ],
-            &["s.png", "malformed"],
-        )
-        .setup(move |b| b.write("s.png", &png)),
-    );
+    cases.push(from_png_case(
+        "stored parameters malformed",
+        png,
+        &["s.png", "malformed"],
+    ));
     cases.push(case(
         "from-png without parameters",
         &[
@@ -726,6 +708,41 @@ fn outputs_are_checked_before_the_run_and_never_clobbered() {
             .writes(&["old.png"])
             .setup(|b| b.write("old.png", b"old")),
     );
+    let eval = [
+        "--model",
+        "model",
+        "eval",
+        "-q",
+        "--tasks",
+        "t2i",
+        "--limit",
+        "2",
+        "--steps",
+        "2",
+        "--save-images",
+        "saved",
+    ];
+    cases.push(
+        case(
+            "eval --save-images over an image",
+            &eval,
+            &["t2i-001.png", "--overwrite"],
+        )
+        .setup(|b| b.write("saved/t2i-001.png", b"old")),
+    );
+    cases.push(
+        case("eval --save-images a file", &eval, &["saved"]).setup(|b| b.write("saved", b"old")),
+    );
+    cases.push(case(
+        "eval --steps 0",
+        &["--model", "model", "eval", "-q", "--steps", "0"],
+        &["--steps"],
+    ));
+    cases.push(case(
+        "eval --i2t-steps 5000",
+        &["--model", "model", "eval", "-q", "--i2t-steps", "5000"],
+        &["--i2t-steps"],
+    ));
     run_all(cases);
 
     let b = Bench::new();
@@ -756,12 +773,7 @@ fn outputs_are_checked_before_the_run_and_never_clobbered() {
 }
 
 /// Cases that edit one safetensors file of the model.
-fn weight_case(
-    name: &str,
-    file: &'static str,
-    words: &[&str],
-    edit: fn(&mut serde_json::Map<String, serde_json::Value>, &mut Vec<u8>),
-) -> Case {
+fn weight_case(name: &str, file: &'static str, words: &[&str], edit: Edit) -> Case {
     t2i_case(name, &["-o", "e.png"], words).setup(move |b| {
         let (mut header, mut data) = read_safetensors(b, file);
         edit(&mut header, &mut data);
@@ -800,102 +812,92 @@ fn poison(
     data[start..start + bytes.len()].copy_from_slice(&bytes);
 }
 
+type Header = serde_json::Map<String, serde_json::Value>;
+type Edit = fn(&mut Header, &mut Vec<u8>);
+
+/// The `[start, end)` offsets of tensor `n`.
+fn offsets(h: &Header, n: &str) -> (u64, u64) {
+    let at = |i: usize| h[n]["data_offsets"][i].as_u64().expect("offset");
+    (at(0), at(1))
+}
+
+fn nan_weight(h: &mut Header, d: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    poison(h, d, &n, true)
+}
+
+fn inf_weight(h: &mut Header, d: &mut Vec<u8>) {
+    let n = names(h)[1].clone();
+    poison(h, d, &n, false)
+}
+
+fn past_the_end(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h).last().expect("one").clone();
+    h[&n]["data_offsets"][1] = (offsets(h, &n).1 + 4096).into();
+}
+
+fn huge_shape(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    h[&n]["shape"] = serde_json::json!([1u64 << 40, 1u64 << 40]);
+}
+
+fn dtype_disagrees(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    let other = if h[&n]["dtype"] == "F32" {
+        "F16"
+    } else {
+        "F32"
+    };
+    h[&n]["dtype"] = other.into();
+}
+
+fn overlapping(h: &mut Header, _: &mut Vec<u8>) {
+    let mut by_start: Vec<(u64, String)> = names(h)
+        .into_iter()
+        .map(|n| (offsets(h, &n).0, n))
+        .collect();
+    by_start.sort();
+    let (a, b) = (&by_start[0].1, &by_start[1].1);
+    let ((s, _), (bs, be)) = (offsets(h, a), offsets(h, b));
+    h[b]["data_offsets"] = serde_json::json!([s, s + be - bs]);
+}
+
+fn missing_tensor(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h).last().expect("one").clone();
+    h.remove(&n);
+}
+
+fn integer_dtype(h: &mut Header, _: &mut Vec<u8>) {
+    let n = names(h)[0].clone();
+    let (s, e) = offsets(h, &n);
+    h[&n]["dtype"] = "U8".into();
+    h[&n]["shape"] = serde_json::json!([e - s]);
+}
+
+/// Edits of a safetensors header (and data), with the words their error must hold.
+fn header_edits() -> [(&'static str, &'static [&'static str], Edit); 8] {
+    [
+        ("NaN weight", &["NaN"], nan_weight),
+        ("Inf weight", &["infinite"], inf_weight),
+        ("offsets past the end", &["safetensors"], past_the_end),
+        ("huge shape", &["safetensors"], huge_shape),
+        ("dtype and size disagree", &["safetensors"], dtype_disagrees),
+        ("overlapping tensors", &["safetensors"], overlapping),
+        ("missing tensor", &[], missing_tensor),
+        ("integer dtype", &[], integer_dtype),
+    ]
+}
+
 #[test]
 fn hostile_model_files_are_refused_by_name() {
     let mut cases = Vec::new();
     for file in WEIGHTS {
         let short = file.split('/').nth(1).expect("component");
-        cases.push(weight_case(
-            &format!("{short}: NaN weight"),
-            file,
-            &["NaN", short],
-            |h, d| {
-                let n = names(h)[0].clone();
-                poison(h, d, &n, true)
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: Inf weight"),
-            file,
-            &["infinite", short],
-            |h, d| {
-                let n = names(h)[1].clone();
-                poison(h, d, &n, false)
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: offsets past the end"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let n = names(h).last().expect("one").clone();
-                let end = h[&n]["data_offsets"][1].as_u64().expect("end");
-                h[&n]["data_offsets"][1] = (end + 4096).into();
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: huge shape"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let n = names(h)[0].clone();
-                h[&n]["shape"] = serde_json::json!([1u64 << 40, 1u64 << 40]);
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: dtype and size disagree"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let n = names(h)[0].clone();
-                let other = if h[&n]["dtype"] == "F32" {
-                    "F16"
-                } else {
-                    "F32"
-                };
-                h[&n]["dtype"] = other.into();
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: overlapping tensors"),
-            file,
-            &["safetensors", short],
-            |h, _| {
-                let mut by_start: Vec<(u64, String)> = names(h)
-                    .into_iter()
-                    .map(|n| (h[&n]["data_offsets"][0].as_u64().expect("o"), n))
-                    .collect();
-                by_start.sort();
-                let (a, b) = (by_start[0].1.clone(), by_start[1].1.clone());
-                let len = h[&b]["data_offsets"][1].as_u64().expect("e")
-                    - h[&b]["data_offsets"][0].as_u64().expect("s");
-                let s = h[&a]["data_offsets"][0].as_u64().expect("s");
-                h[&b]["data_offsets"] = serde_json::json!([s, s + len]);
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: missing tensor"),
-            file,
-            &[short],
-            |h, _| {
-                let n = names(h).last().expect("one").clone();
-                h.remove(&n);
-            },
-        ));
-        cases.push(weight_case(
-            &format!("{short}: integer dtype"),
-            file,
-            &[short],
-            |h, _| {
-                let n = names(h)[0].clone();
-                let (s, e) = (
-                    h[&n]["data_offsets"][0].as_u64().expect("s"),
-                    h[&n]["data_offsets"][1].as_u64().expect("e"),
-                );
-                h[&n]["dtype"] = "U8".into();
-                h[&n]["shape"] = serde_json::json!([e - s]);
-            },
-        ));
+        for (what, words, edit) in header_edits() {
+            let mut want = words.to_vec();
+            want.push(short);
+            cases.push(weight_case(&format!("{short}: {what}"), file, &want, edit));
+        }
         cases.push(
             t2i_case(
                 &format!("{short}: header length 2^62"),
@@ -966,6 +968,10 @@ fn hostile_model_files_are_refused_by_name() {
         }),
     );
     for (key, value) in [
+        (
+            "axes_dims_rope",
+            "[9223372036854775808, 9223372036854775808, 24]",
+        ),
         ("num_layers", "1000000000000"),
         ("attention_head_dim", "4611686018427387904"),
         ("num_attention_heads", "1099511627776"),
@@ -1254,6 +1260,61 @@ fn hostile_images_are_bounded_and_odd_ones_converted() {
         "pal.png",
         raw_png(8, 8, 8, 3, &rows(8, &[0, 1]), &palette),
     ));
+    run_all(cases);
+}
+
+/// Pipes given where a file is read are refused, never waited on.
+#[test]
+fn pipes_are_refused_not_waited_on() {
+    let fifo = |rel: &'static str| {
+        move |b: &Bench| {
+            let p = b.path(rel);
+            let _ = std::fs::remove_file(&p);
+            let made = std::process::Command::new("mkfifo")
+                .arg(&p)
+                .status()
+                .expect("mkfifo");
+            assert!(made.success(), "mkfifo {rel}");
+        }
+    };
+    let from_png = [
+        "--model",
+        "model",
+        "t2i",
+        "-q",
+        "--from-png",
+        "p.png",
+        "-o",
+        "o.png",
+    ];
+    let cases = vec![
+        case(
+            "caption of a pipe",
+            &["--model", "model", "caption", "-q", "p.png"],
+            &["p.png", "regular file"],
+        )
+        .setup(fifo("p.png")),
+        case("--from-png a pipe", &from_png, &["p.png", "regular file"]).setup(fifo("p.png")),
+        t2i_case("muddit.json a pipe", &["-o", "o.png"], &["muddit.json"])
+            .setup(fifo("model/muddit.json")),
+        t2i_case(
+            "scheduler config a pipe",
+            &["-o", "o.png"],
+            &["scheduler_config.json"],
+        )
+        .setup(fifo("model/scheduler/scheduler_config.json")),
+        t2i_case("vocab a pipe", &["-o", "o.png"], &["vocab.json"])
+            .setup(fifo("model/tokenizer/vocab.json")),
+        t2i_case(
+            "weights a pipe",
+            &["-o", "o.png"],
+            &["diffusion_pytorch_model.safetensors"],
+        )
+        .setup(fifo("model/vqvae/diffusion_pytorch_model.safetensors")),
+        t2i_case("config.json a pipe", &["-o", "o.png"], &["config.json"])
+            .setup(fifo("model/text_encoder/config.json")),
+        t2i_case("-o a pipe", &["-o", "p.png"], &["p.png", "regular file"]).setup(fifo("p.png")),
+    ];
     run_all(cases);
 }
 

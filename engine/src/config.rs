@@ -139,6 +139,15 @@ impl TransformerConfig {
                 "tokenizer_vocab_size",
                 self.tokenizer_vocab_size.unwrap_or(1),
             ),
+            (
+                "axes_dims_rope",
+                self.axes_dims_rope
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(0)
+                    .max(1),
+            ),
         ])?;
         let d = self.inner_dim();
         if self.class_name == ModelClass::Transformer2DModel && self.tokenizer_vocab_size.is_some()

@@ -28,6 +28,7 @@ pub fn load_image(path: &Path, height: usize, width: usize) -> Result<RgbImage> 
         path: path.to_path_buf(),
         message,
     };
+    crate::limits::regular_file(path)?;
     let open = || {
         image::ImageReader::open(path)
             .map_err(|e| Error::io(path, e))?

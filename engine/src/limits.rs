@@ -202,15 +202,20 @@ fn safetensors_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// An image side in pixels: 1 to [`MAX_SIDE`].
-pub fn check_side(name: &str, px: usize) -> Result<()> {
-    if px == 0 || px > MAX_SIDE {
+/// `n` within `1..=max`, else an error naming the input `name`.
+fn check_range(name: &str, n: usize, max: usize, unit: &str) -> Result<()> {
+    if n == 0 || n > max {
         return Err(Error::input(
             name,
-            format!("{px} px is outside 1..={MAX_SIDE} px"),
+            format!("{n}{unit} is outside 1..={max}{unit}"),
         ));
     }
     Ok(())
+}
+
+/// An image side in pixels: 1 to [`MAX_SIDE`].
+pub fn check_side(name: &str, px: usize) -> Result<()> {
+    check_range(name, px, MAX_SIDE, " px")
 }
 
 /// A number of images: at most [`MAX_IMAGES`] in one run.
@@ -226,24 +231,12 @@ pub fn check_images(name: &str, n: usize) -> Result<()> {
 
 /// Denoising steps: 1 to [`MAX_STEPS`].
 pub fn check_steps(n: usize) -> Result<()> {
-    if n == 0 || n > MAX_STEPS {
-        return Err(Error::input(
-            "steps",
-            format!("{n} is outside 1..={MAX_STEPS}"),
-        ));
-    }
-    Ok(())
+    check_range("steps", n, MAX_STEPS, "")
 }
 
 /// Worker threads: 1 to [`MAX_THREADS`].
 pub fn check_threads(n: usize) -> Result<()> {
-    if n == 0 || n > MAX_THREADS {
-        return Err(Error::input(
-            "threads",
-            format!("{n} is outside 1..={MAX_THREADS}"),
-        ));
-    }
-    Ok(())
+    check_range("threads", n, MAX_THREADS, "")
 }
 
 /// A prompt or question: at most [`MAX_PROMPT_BYTES`] bytes.
@@ -267,6 +260,28 @@ pub(crate) fn check_config_sizes(sizes: &[(&str, usize)]) -> std::result::Result
         Some((key, v)) => Err(format!("`{key}` {v} is outside 1..={MAX_CONFIG_SIZE}")),
         None => Ok(()),
     }
+}
+
+/// Fails unless `path` is a regular file (or a link to one): a pipe or device given as an input
+/// would block the read forever or never end. Checked before opening, since opening a pipe
+/// blocks too.
+pub fn regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    let what = if meta.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file (a pipe or device?)"
+    };
+    Err(Error::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what}; name a file"),
+        ),
+    ))
 }
 
 /// Refuses a run of `bytes` when the machine has less memory available.

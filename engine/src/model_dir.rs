@@ -38,6 +38,7 @@ pub(crate) fn read_config<C>(
     path: &Path,
     parse: impl FnOnce(&str) -> std::result::Result<C, String>,
 ) -> Result<C> {
+    crate::limits::regular_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse(&text).map_err(|message| Error::Config {
         path: path.to_path_buf(),

@@ -718,6 +718,7 @@ pub(crate) fn check_fit(
 /// when it names none).
 pub fn read_schedule(root: &Path) -> Result<MaskSchedule> {
     let path = root.join("scheduler").join("scheduler_config.json");
+    crate::limits::regular_file(&path)?;
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let file: SchedulerFile = serde_json::from_str(&text).map_err(|e| Error::Config {
         path: path.clone(),

@@ -67,6 +67,13 @@ impl<'a> Unpickler<'a> {
         Ok(s)
     }
 
+    /// Stores the top of the stack under memo key `k` (`what` names the opcode's failure).
+    fn memoize(&mut self, k: u32, what: &str) -> std::result::Result<(), String> {
+        let top = self.stack.last().cloned().ok_or(what)?;
+        self.memo.insert(k, top);
+        Ok(())
+    }
+
     fn u8(&mut self) -> std::result::Result<u8, String> {
         Ok(self.take(1)?[0])
     }
@@ -191,30 +198,15 @@ impl<'a> Unpickler<'a> {
                 }
                 b'q' => {
                     let k = self.u8()? as u32;
-                    let top = self
-                        .stack
-                        .last()
-                        .cloned()
-                        .ok_or("BINPUT on an empty stack")?;
-                    self.memo.insert(k, top);
+                    self.memoize(k, "BINPUT on an empty stack")?;
                 }
                 b'r' => {
                     let k = self.u32()?;
-                    let top = self
-                        .stack
-                        .last()
-                        .cloned()
-                        .ok_or("LONG_BINPUT on an empty stack")?;
-                    self.memo.insert(k, top);
+                    self.memoize(k, "LONG_BINPUT on an empty stack")?;
                 }
                 0x94 => {
                     let k = self.memo.len() as u32;
-                    let top = self
-                        .stack
-                        .last()
-                        .cloned()
-                        .ok_or("MEMOIZE on an empty stack")?;
-                    self.memo.insert(k, top);
+                    self.memoize(k, "MEMOIZE on an empty stack")?;
                 }
                 b'h' | b'j' => {
                     let k = if op == b'h' {
@@ -394,6 +386,7 @@ pub fn read_pth_tensor(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         path: path.to_path_buf(),
         message,
     };
+    crate::limits::regular_file(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         bad(format!(

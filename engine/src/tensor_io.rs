@@ -13,6 +13,22 @@ pub enum Values {
     I64(Vec<i64>),
 }
 
+impl Values {
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Values::F32(v) => Some(v),
+            Values::I64(_) => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<&[i64]> {
+        match self {
+            Values::I64(v) => Some(v),
+            Values::F32(_) => None,
+        }
+    }
+}
+
 /// A named tensor read from or written to a file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
@@ -44,6 +60,7 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn read(path: &Path) -> Result<Self> {
+        crate::limits::regular_file(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |message: String| Error::Safetensors {
             path: path.to_path_buf(),
@@ -134,34 +151,34 @@ impl TensorFile {
 
     /// A float tensor of the given rank (`what` describes it for the message, e.g. `[B,L,J]`).
     pub fn f32(&self, name: &str, rank: usize, what: &str) -> Result<(&[usize], &[f32])> {
-        let t = self.entry(name)?;
-        self.check_rank(name, t, rank, what)?;
-        match &t.values {
-            Values::F32(v) => Ok((&t.shape, v)),
-            Values::I64(_) => Err(Error::input(
-                name,
-                format!(
-                    "{}: expected a float tensor {what}, found integers",
-                    self.path.display()
-                ),
-            )),
-        }
+        self.typed(name, rank, what, ("a float", "integers"), Values::as_f32)
     }
 
     /// An integer tensor of the given rank.
     pub fn i64(&self, name: &str, rank: usize, what: &str) -> Result<(&[usize], &[i64])> {
+        self.typed(name, rank, what, ("an integer", "floats"), Values::as_i64)
+    }
+
+    /// Tensor `name` of rank `rank` whose values `pick` takes; else an error saying it holds
+    /// `kinds.1` where `kinds.0` was expected.
+    fn typed<'a, T>(
+        &'a self,
+        name: &str,
+        rank: usize,
+        what: &str,
+        (want, found): (&str, &str),
+        pick: fn(&Values) -> Option<&[T]>,
+    ) -> Result<(&'a [usize], &'a [T])> {
         let t = self.entry(name)?;
         self.check_rank(name, t, rank, what)?;
-        match &t.values {
-            Values::I64(v) => Ok((&t.shape, v)),
-            Values::F32(_) => Err(Error::input(
+        let values = pick(&t.values).ok_or_else(|| {
+            let path = self.path.display();
+            Error::input(
                 name,
-                format!(
-                    "{}: expected an integer tensor {what}, found floats",
-                    self.path.display()
-                ),
-            )),
-        }
+                format!("{path}: expected {want} tensor {what}, found {found}"),
+            )
+        })?;
+        Ok((&t.shape, values))
     }
 }
 

@@ -149,6 +149,7 @@ fn token_string(v: &serde_json::Value) -> Option<String> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
+    crate::limits::regular_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Config {
         path: path.to_path_buf(),
@@ -232,6 +233,7 @@ impl ClipTokenizer {
         };
         let vocab: HashMap<String, u32> = serde_json::from_value(read_json(&vocab_path)?)
             .map_err(|e| bad(&vocab_path, format!("not a token -> id map: {e}")))?;
+        crate::limits::regular_file(&merges_path)?;
         let text = std::fs::read_to_string(&merges_path).map_err(|e| Error::io(&merges_path, e))?;
         let mut merges = Vec::new();
         for (i, line) in text.trim().split('\n').skip(1).take(MAX_MERGES).enumerate() {

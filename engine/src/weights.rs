@@ -77,6 +77,7 @@ impl Weights {
     /// Opens the shards an index names (`{"weight_map": {tensor: file}}`), checking that each
     /// tensor is found in the shard the index says.
     pub fn open_index(index: &Path) -> Result<Self> {
+        crate::limits::regular_file(index)?;
         let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
         #[derive(serde::Deserialize)]
         struct Index {
@@ -114,6 +115,7 @@ impl Weights {
         let mut files = Vec::new();
         let mut entries = HashMap::new();
         for path in paths {
+            crate::limits::regular_file(path)?;
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
             // SAFETY: the map is read-only and lives as long as `Weights`; a checkpoint modified
             // by another process while we run is outside what we can guard against.
@@ -436,6 +438,17 @@ mod tests {
     use super::*;
     use safetensors::tensor::TensorView;
 
+    /// A named safetensors view of `bytes`.
+    fn view<'a>(
+        name: &str,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        bytes: &'a [u8],
+    ) -> (String, TensorView<'a>) {
+        let view = TensorView::new(dtype, shape, bytes).expect("view");
+        (name.to_string(), view)
+    }
+
     #[test]
     fn f32_f16_and_bf16_are_widened_exactly() {
         let values = [1.0f32, -2.5, 0.099975586, 65504.0];
@@ -451,18 +464,9 @@ mod tests {
         let tmp =
             std::env::temp_dir().join(format!("muddit-weights-{}.safetensors", std::process::id()));
         let views = vec![
-            (
-                "a".to_string(),
-                TensorView::new(Dtype::F32, vec![2, 2], &f32_bytes).expect("view"),
-            ),
-            (
-                "b".to_string(),
-                TensorView::new(Dtype::F16, vec![4], &f16_bytes).expect("view"),
-            ),
-            (
-                "c".to_string(),
-                TensorView::new(Dtype::BF16, vec![4], &bf16_bytes).expect("view"),
-            ),
+            view("a", Dtype::F32, vec![2, 2], &f32_bytes),
+            view("b", Dtype::F16, vec![4], &f16_bytes),
+            view("c", Dtype::BF16, vec![4], &bf16_bytes),
         ];
         safetensors::serialize_to_file(views, None, &tmp).expect("write");
         let w = Weights::open_files(std::slice::from_ref(&tmp)).expect("open");
@@ -482,14 +486,8 @@ mod tests {
         let tmp =
             std::env::temp_dir().join(format!("muddit-unused-{}.safetensors", std::process::id()));
         let views = vec![
-            (
-                "x".to_string(),
-                TensorView::new(Dtype::F32, vec![1], &bytes).expect("view"),
-            ),
-            (
-                "y".to_string(),
-                TensorView::new(Dtype::F32, vec![1], &bytes).expect("view"),
-            ),
+            view("x", Dtype::F32, vec![1], &bytes),
+            view("y", Dtype::F32, vec![1], &bytes),
         ];
         safetensors::serialize_to_file(views, None, &tmp).expect("write");
         let w = Weights::open_files(std::slice::from_ref(&tmp)).expect("open");

@@ -106,6 +106,27 @@ __device__ __forceinline__ void store_bf16(u64 base, i64 index, float v) {
     reinterpret_cast<bf16*>(base)[index] = f32_to_bf16(v);
 }
 
+// An element of an f32 (`is_f32`) or bf16 tensor at `base`, read or written as f32.
+__device__ __forceinline__ float load_elem(u64 base, i64 index, bool is_f32) {
+    return is_f32 ? reinterpret_cast<const float*>(base)[index] : load_bf16(base, index);
+}
+__device__ __forceinline__ void store_elem(u64 base, i64 index, float v, bool is_f32) {
+    if (is_f32)
+        reinterpret_cast<float*>(base)[index] = v;
+    else
+        store_bf16(base, index, v);
+}
+
+// Grid-stride loops: `for (i64 i = grid_thread(); i < n; i += grid_threads())`.
+__device__ __forceinline__ i64 grid_thread() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 grid_threads() { return (i64)gridDim.x * blockDim.x; }
+
+// One warp per task (a row, a head): this warp's task over the grid, and this thread's lane.
+__device__ __forceinline__ i64 warp_task() {
+    return (i64)blockIdx.x * (blockDim.x / MUDDIT_WARP) + threadIdx.x / MUDDIT_WARP;
+}
+__device__ __forceinline__ int lane_id() { return threadIdx.x % MUDDIT_WARP; }
+
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 
@@ -162,25 +183,25 @@ __device__ __forceinline__ void mma_bf16_16816(float c[4], const u32 a[4], const
 // ldmatrix .x4: lanes 8j..8j+7 give the row addresses (16 bytes each, shared memory) of 8x8
 // bf16 matrix j; register r[j] of lane l receives row l/4, columns 2(l%4)..2(l%4)+1 of matrix
 // j. With `_trans`, r[j] receives rows 2(l%4), 2(l%4)+1 of column l/4 (the transpose).
-__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const void* smem_row) {
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4_load(u32 r[4], const void* smem_row) {
 #ifdef MUDDIT_EMU
-    emu::ldmatrix_x4(r, smem_row, false);
+    emu::ldmatrix_x4(r, smem_row, TRANS);
 #else
     u32 a = (u32)__cvta_generic_to_shared(smem_row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 #endif
 }
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const void* smem_row) {
+    ldmatrix_x4_load<false>(r, smem_row);
+}
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const void* smem_row) {
-#ifdef MUDDIT_EMU
-    emu::ldmatrix_x4(r, smem_row, true);
-#else
-    u32 a = (u32)__cvta_generic_to_shared(smem_row);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-#endif
+    ldmatrix_x4_load<true>(r, smem_row);
 }
 
 // ---------------------------------------------------------------------------------------------

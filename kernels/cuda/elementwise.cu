@@ -25,15 +25,11 @@ struct EmbeddingParams {
 extern "C" __global__ void __launch_bounds__(256) embedding_bf16(EmbeddingParams p) {
     const i64 total = (i64)p.rows * p.d;
     const i32* ids = reinterpret_cast<const i32*>(p.ids);
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (i64)gridDim.x * blockDim.x) {
+    for (i64 i = grid_thread(); i < total; i += grid_threads()) {
         const int r = (int)(i / p.d), c = (int)(i % p.d);
         float v = load_bf16(p.table, (i64)ids[r] * p.d + c);
         if (p.pos) v += load_bf16(p.pos, (i64)(r % p.seq) * p.d + c);
-        if (p.out_f32)
-            reinterpret_cast<float*>(p.out)[i] = v;
-        else
-            store_bf16(p.out, i, v);
+        store_elem(p.out, i, v, p.out_f32);
     }
 }
 MUDDIT_EXPORT(embedding_bf16, EmbeddingParams)
@@ -50,15 +46,8 @@ struct ActParams {
 };
 
 extern "C" __global__ void __launch_bounds__(256) act_bf16(ActParams p) {
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < p.n;
-         i += (i64)gridDim.x * blockDim.x) {
-        const float x = p.x_f32 ? reinterpret_cast<const float*>(p.x)[i] : load_bf16(p.x, i);
-        const float y = activate(p.act, x);
-        if (p.y_f32)
-            reinterpret_cast<float*>(p.y)[i] = y;
-        else
-            store_bf16(p.y, i, y);
-    }
+    for (i64 i = grid_thread(); i < p.n; i += grid_threads())
+        store_elem(p.y, i, activate(p.act, load_elem(p.x, i, p.x_f32)), p.y_f32);
 }
 MUDDIT_EXPORT(act_bf16, ActParams)
 
@@ -77,8 +66,7 @@ struct SinEmbedParams {
 
 extern "C" __global__ void __launch_bounds__(256) sin_embed_f32(SinEmbedParams p) {
     const i64 total = (i64)p.rows * p.half;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (i64)gridDim.x * blockDim.x) {
+    for (i64 i = grid_thread(); i < total; i += grid_threads()) {
         const int r = (int)(i / p.half), k = (int)(i % p.half);
         const float f = expf(-9.210340371976184f * (float)k / (float)p.half);
         const float x = reinterpret_cast<const float*>(p.x)[r] * p.scale;

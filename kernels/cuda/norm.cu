@@ -17,20 +17,15 @@
 // RMSNorm: out[r, c] = x[r, c] * rsqrt(mean_c(x[r]^2) + eps) * weight[c].
 // x, out: bf16 `[rows, d]` with row strides (elements); weight: f32 `[d]`.
 struct RmsNormParams {
-    u64 x;
-    u64 out;
-    u64 weight;
-    i32 rows;
-    i32 d;
-    i32 x_stride;
-    i32 out_stride;
+    u64 x, out, weight;
+    i32 rows, d, x_stride, out_stride;
     float eps;
     i32 pad_;
 };
 
 extern "C" __global__ void __launch_bounds__(256) rms_norm_bf16(RmsNormParams p) {
-    const int lane = threadIdx.x % MUDDIT_WARP;
-    const int row = blockIdx.x * (blockDim.x / MUDDIT_WARP) + threadIdx.x / MUDDIT_WARP;
+    const int lane = lane_id();
+    const i64 row = warp_task();
     if (row >= p.rows) return;
     const bf16* x = reinterpret_cast<const bf16*>(p.x) + (i64)row * p.x_stride;
     bf16* out = reinterpret_cast<bf16*>(p.out) + (i64)row * p.out_stride;
@@ -54,27 +49,19 @@ MUDDIT_EXPORT(rms_norm_bf16, RmsNormParams)
 // - plain (the text head): scale = shift = 0 (null), scale_add = 1.
 // x: f32 `[rows, d]`; out: bf16 `[rows, d]`; strides in elements.
 struct LayerNormParams {
-    u64 x;
-    u64 out;
-    u64 scale;
-    u64 shift;
-    i32 rows;
-    i32 d;
-    i32 x_stride;
-    i32 out_stride;
-    i32 rows_per_item;
-    i32 item_stride;
-    float scale_add;
-    float eps;
+    u64 x, out, scale, shift;
+    i32 rows, d, x_stride, out_stride;
+    i32 rows_per_item, item_stride;
+    float scale_add, eps;
 };
 
 extern "C" __global__ void __launch_bounds__(256) layer_norm_f32(LayerNormParams p) {
-    const int lane = threadIdx.x % MUDDIT_WARP;
-    const int row = blockIdx.x * (blockDim.x / MUDDIT_WARP) + threadIdx.x / MUDDIT_WARP;
+    const int lane = lane_id();
+    const i64 row = warp_task();
     if (row >= p.rows) return;
     const float* x = reinterpret_cast<const float*>(p.x) + (i64)row * p.x_stride;
     bf16* out = reinterpret_cast<bf16*>(p.out) + (i64)row * p.out_stride;
-    const i64 item = (i64)(row / p.rows_per_item) * p.item_stride;
+    const i64 item = row / p.rows_per_item * p.item_stride;
     const float* scale = p.scale ? reinterpret_cast<const float*>(p.scale) + item : nullptr;
     const float* shift = p.shift ? reinterpret_cast<const float*>(p.shift) + item : nullptr;
     float s = 0.0f;

@@ -35,8 +35,8 @@ struct QkNormRopeParams {
 };
 
 extern "C" __global__ void __launch_bounds__(256) qk_norm_rope_bf16(QkNormRopeParams p) {
-    const int lane = threadIdx.x % MUDDIT_WARP;
-    const i64 task = (i64)blockIdx.x * (blockDim.x / MUDDIT_WARP) + threadIdx.x / MUDDIT_WARP;
+    const int lane = lane_id();
+    const i64 task = warp_task();
     if (task >= (i64)p.rows * p.heads) return;
     const int row = (int)(task / p.heads), h = (int)(task % p.heads);
     const i64 phys = map_row(p.map, row);

@@ -91,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(256) group_norm_apply_bf16(GroupNor
     const float* w = reinterpret_cast<const float*>(p.weight);
     const float* bias = reinterpret_cast<const float*>(p.bias);
     const i64 total = (i64)p.pixels * p.channels;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+    for (i64 i = grid_thread(); i < total; i += grid_threads()) {
         const int c = (int)(i % p.channels), g = c / cpg;
         float y = (load_bf16(p.x, item + i) - mean[g]) * rstd[g] * w[c] + bias[c];
         if (p.silu) y = silu_f32(y);
@@ -114,7 +114,7 @@ extern "C" __global__ void __launch_bounds__(256) upsample2x_bf16(Upsample2xPara
     const i64 total = (i64)p.batch * 4 * p.h * p.w * p.c;
     const bf16* x = reinterpret_cast<const bf16*>(p.x);
     bf16* out = reinterpret_cast<bf16*>(p.out);
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+    for (i64 i = grid_thread(); i < total; i += grid_threads()) {
         const int ch = (int)(i % p.c);
         i64 r = i / p.c;
         const int ox = (int)(r % (2 * p.w));

@@ -84,22 +84,15 @@ inline T shfl(T v, int arg, int mode) {
 inline void __syncthreads() { emu::syncthreads(); }
 inline void __syncwarp(unsigned = 0xFFFFFFFFu) { emu::syncwarp(); }
 
+// The warp shuffles, one emulator exchange each (lane mask ignored: whole warps only).
 template <typename T>
-inline T __shfl_xor_sync(unsigned, T v, int mask) {
-    return emu::shfl(v, mask, emu::SHFL_XOR);
-}
+inline T __shfl_xor_sync(unsigned, T v, int m) { return emu::shfl(v, m, emu::SHFL_XOR); }
 template <typename T>
-inline T __shfl_sync(unsigned, T v, int src) {
-    return emu::shfl(v, src, emu::SHFL_IDX);
-}
+inline T __shfl_sync(unsigned, T v, int src) { return emu::shfl(v, src, emu::SHFL_IDX); }
 template <typename T>
-inline T __shfl_down_sync(unsigned, T v, int delta) {
-    return emu::shfl(v, delta, emu::SHFL_DOWN);
-}
+inline T __shfl_down_sync(unsigned, T v, int d) { return emu::shfl(v, d, emu::SHFL_DOWN); }
 template <typename T>
-inline T __shfl_up_sync(unsigned, T v, int delta) {
-    return emu::shfl(v, delta, emu::SHFL_UP);
-}
+inline T __shfl_up_sync(unsigned, T v, int d) { return emu::shfl(v, d, emu::SHFL_UP); }
 
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
@@ -109,31 +102,19 @@ inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __expf(float x) { return expf(x); }
 inline float exp2f_(float x) { return exp2f(x); }
-inline float __int_as_float(int v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
+// The bits of `from` read as a `To` of the same size.
+template <typename To, typename From>
+inline To bits_as(From from) {
+    static_assert(sizeof(To) == sizeof(From), "bit casts keep the size");
+    To to;
+    memcpy(&to, &from, sizeof to);
+    return to;
 }
-inline int __float_as_int(float f) {
-    int v;
-    memcpy(&v, &f, 4);
-    return v;
-}
-inline float __uint_as_float(unsigned v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned v;
-    memcpy(&v, &f, 4);
-    return v;
-}
-inline long long __double_as_longlong(double d) {
-    long long v;
-    memcpy(&v, &d, 8);
-    return v;
-}
+inline float __int_as_float(int v) { return bits_as<float>(v); }
+inline int __float_as_int(float f) { return bits_as<int>(f); }
+inline float __uint_as_float(unsigned v) { return bits_as<float>(v); }
+inline unsigned __float_as_uint(float f) { return bits_as<unsigned>(f); }
+inline long long __double_as_longlong(double d) { return bits_as<long long>(d); }
 
 // Atomics: blocks run on several OS threads, so these are real atomic operations.
 inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }

@@ -7,11 +7,35 @@
 mod common;
 use common::*;
 use muddit_kernels::cpu::attention::attention;
-use muddit_kernels::cuda::{ops, params::AttnParams};
+use muddit_kernels::cuda::attention::{self, AttnParams};
 use muddit_kernels::emu;
 
 const ATOL: f32 = 4e-3;
 const RTOL: f32 = 1.0 / 128.0;
+
+/// Attention over `q`, `k`, `v` (bf16 rows of `stride` elements, each `heads` heads wide) into
+/// `o` (rows of `o_stride`), `batch` sequences of `seq`, not causal.
+fn params(
+    (q, k, v): (&[u16], &[u16], &[u16]),
+    (o, o_stride): (&mut [u16], usize),
+    (batch, seq, heads): (usize, usize, usize),
+    stride: usize,
+) -> AttnParams {
+    AttnParams {
+        q: addr(q),
+        k: addr(k),
+        v: addr(v),
+        o: addr_mut(o),
+        batch: batch as i32,
+        seq: seq as i32,
+        heads: heads as i32,
+        q_stride: stride as i32,
+        k_stride: stride as i32,
+        v_stride: stride as i32,
+        o_stride: o_stride as i32,
+        ..AttnParams::default()
+    }
+}
 
 fn run_case(b: usize, s: usize, h: usize, dh: usize, causal: bool, seed: u64) {
     let n = b * s * h * dh;
@@ -22,26 +46,12 @@ fn run_case(b: usize, s: usize, h: usize, dh: usize, causal: bool, seed: u64) {
     let v = round_bf16(&rng.vec(n, 2.0));
     let (qb, kb, vb) = (to_bf16(&q), to_bf16(&k), to_bf16(&v));
     let mut o = vec![0u16; n];
-    let width = (h * dh) as i32;
-    let launch = ops::attention(
-        dh,
-        AttnParams {
-            q: addr(&qb),
-            k: addr(&kb),
-            v: addr(&vb),
-            o: addr_mut(&mut o),
-            batch: b as i32,
-            seq: s as i32,
-            heads: h as i32,
-            q_stride: width,
-            k_stride: width,
-            v_stride: width,
-            o_stride: width,
-            causal: causal as i32,
-            ..AttnParams::default()
-        },
-    )
-    .unwrap();
+    let width = h * dh;
+    let p = AttnParams {
+        causal: causal as i32,
+        ..params((&qb, &kb, &vb), (&mut o, width), (b, s, h), width)
+    };
+    let launch = attention::attention(dh, p).unwrap();
     // SAFETY: q, k, v, o each hold B * S * H * Dh bf16 and live through the call.
     unsafe { emu::run(&launch) };
     let mut want = vec![0.0; n];
@@ -73,22 +83,14 @@ fn fused_qkv_strides() {
     let qkvb = to_bf16(&qkv);
     let o_stride = width + 8;
     let mut o = vec![0u16; b * s * o_stride];
-    let p = AttnParams {
-        q: addr(&qkvb),
-        k: addr(&qkvb[width..]),
-        v: addr(&qkvb[2 * width..]),
-        o: addr_mut(&mut o),
-        batch: b as i32,
-        seq: s as i32,
-        heads: h as i32,
-        q_stride: (3 * width) as i32,
-        k_stride: (3 * width) as i32,
-        v_stride: (3 * width) as i32,
-        o_stride: o_stride as i32,
-        ..AttnParams::default()
-    };
+    let p = params(
+        (&qkvb, &qkvb[width..], &qkvb[2 * width..]),
+        (&mut o, o_stride),
+        (b, s, h),
+        3 * width,
+    );
     // SAFETY: every row read lies in qkv ([B * S] rows of 3 * width), every row written in o.
-    unsafe { emu::run(&ops::attention(dh, p).unwrap()) };
+    unsafe { emu::run(&attention::attention(dh, p).unwrap()) };
     let part = |i: usize| -> Vec<f32> {
         qkv.chunks(3 * width)
             .flat_map(|r| r[i * width..(i + 1) * width].to_vec())
@@ -108,13 +110,13 @@ fn fused_qkv_strides() {
 
 #[test]
 fn unsupported_head_dim_is_an_error() {
-    let err = ops::attention(96, AttnParams::default())
+    let err = attention::attention(96, AttnParams::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("head dim 96"), "{err}");
 }
 
-/// Heads of 16 and 32 values zero-padded to 64 (`ops::attention_padded`): the same result as
+/// Heads of 16 and 32 values zero-padded to 64 (`attention::attention_padded`): the same result as
 /// unpadded attention over the true head width, and zeros in the padding of the output.
 #[test]
 fn narrow_heads_padded_to_64_match_cpu() {
@@ -134,26 +136,9 @@ fn narrow_heads_padded_to_64_match_cpu() {
         };
         let (qb, kb, vb) = (pad(&q), pad(&k), pad(&v));
         let mut o = vec![0xFFFFu16; b * s * h * dp];
-        let width = (h * dp) as i32;
-        let launch = ops::attention_padded(
-            dp,
-            dh,
-            AttnParams {
-                q: addr(&qb),
-                k: addr(&kb),
-                v: addr(&vb),
-                o: addr_mut(&mut o),
-                batch: b as i32,
-                seq: s as i32,
-                heads: h as i32,
-                q_stride: width,
-                k_stride: width,
-                v_stride: width,
-                o_stride: width,
-                ..AttnParams::default()
-            },
-        )
-        .unwrap();
+        let width = h * dp;
+        let p = params((&qb, &kb, &vb), (&mut o, width), (b, s, h), width);
+        let launch = attention::attention_padded(dp, dh, p).unwrap();
         // SAFETY: q, k, v, o each hold B * S * H * 64 bf16 and live through the call.
         unsafe { emu::run(&launch) };
         let mut want = vec![0.0; n];
@@ -168,5 +153,5 @@ fn narrow_heads_padded_to_64_match_cpu() {
         );
         assert!(o.chunks(dp).all(|r| r[dh..].iter().all(|&x| x == 0)));
     }
-    assert!(ops::attention_padded(64, 65, AttnParams::default()).is_err());
+    assert!(attention::attention_padded(64, 65, AttnParams::default()).is_err());
 }

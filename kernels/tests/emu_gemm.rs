@@ -9,8 +9,10 @@
 mod common;
 use common::*;
 use muddit_kernels::cpu::{act, matmul::linear};
-use muddit_kernels::cuda::ops::{self, GemmOut};
-use muddit_kernels::cuda::params::*;
+use muddit_kernels::cuda::{
+    common::{Act, RowMap},
+    gemm::{self, GemmOut, GemmParams},
+};
 use muddit_kernels::emu;
 
 const F32_TOL: (f32, f32) = (1e-4, 1e-4);
@@ -83,7 +85,7 @@ fn f32_output_matches_cpu_on_awkward_shapes() {
     for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
         let case = Case::new(m, n, k, 10 + i as u64);
         let mut c = vec![f32::NAN; m * n];
-        let launch = ops::gemm(GemmOut::F32, case.params(addr_mut(&mut c))).unwrap();
+        let launch = gemm::gemm(GemmOut::F32, case.params(addr_mut(&mut c))).unwrap();
         // SAFETY: x [M, K], w [N, K] bf16, bias [N] and c [M, N] f32 live through the call.
         unsafe { emu::run(&launch) };
         check(
@@ -107,7 +109,7 @@ fn bf16_output_with_gelu_and_residual_matches_cpu() {
         let mut p = case.params(addr_mut(&mut c));
         p.act = Act::GeluTanh as i32;
         // SAFETY: as in the f32 test; c holds M x N bf16.
-        unsafe { emu::run(&ops::gemm(GemmOut::Bf16, p).unwrap()) };
+        unsafe { emu::run(&gemm::gemm(GemmOut::Bf16, p).unwrap()) };
         let mut want = case.reference();
         act::gelu_tanh_(&mut want);
         check(
@@ -121,7 +123,7 @@ fn bf16_output_with_gelu_and_residual_matches_cpu() {
         p.act = Act::None as i32;
         p.res = addr(&resb);
         // SAFETY: as above; res holds M x N bf16.
-        unsafe { emu::run(&ops::gemm(GemmOut::Bf16, p).unwrap()) };
+        unsafe { emu::run(&gemm::gemm(GemmOut::Bf16, p).unwrap()) };
         let want: Vec<f32> = case
             .reference()
             .iter()
@@ -154,7 +156,7 @@ fn gated_residual_matches_cpu() {
         ..case.params(addr_mut(&mut x))
     };
     // SAFETY: as above; x is the f32 [M, N] residual, mods [B, 6N] holds every gate row read.
-    unsafe { emu::run(&ops::gemm(GemmOut::Residual, p).unwrap()) };
+    unsafe { emu::run(&gemm::gemm(GemmOut::Residual, p).unwrap()) };
     let y = case.reference();
     let mut want = x0;
     for (row, (wr, yr)) in want.chunks_mut(n).zip(y.chunks(n)).enumerate() {
@@ -187,7 +189,7 @@ fn row_maps_and_strides_address_parts_of_joint_buffers() {
         ..GemmParams::dense(addr(&jb), addr(&wb), addr_mut(&mut c), m, n, k)
     };
     // SAFETY: the maps keep every row inside [B * seq] rows of lda (A) and ldc (C) elements.
-    unsafe { emu::run(&ops::gemm(GemmOut::F32, p).unwrap()) };
+    unsafe { emu::run(&gemm::gemm(GemmOut::F32, p).unwrap()) };
     let rows: Vec<usize> = (0..m).map(|i| p.a_map.row(i)).collect();
     let x: Vec<f32> = rows
         .iter()
@@ -215,7 +217,7 @@ fn row_maps_and_strides_address_parts_of_joint_buffers() {
 ///
 /// # Safety
 /// Every address in the launches' parameters must be live for the call.
-unsafe fn run_all(launches: &[ops::Launch<GemmParams>]) {
+unsafe fn run_all(launches: &[muddit_kernels::cuda::Launch<GemmParams>]) {
     for l in launches {
         // SAFETY: the caller's guarantee.
         unsafe { emu::run(l) };
@@ -234,14 +236,14 @@ fn split_k_matches_cpu_for_every_epilogue() {
         (2, 40, 64, 1, 1),
     ] {
         let case = Case::new(m, n, k, 50 + k as u64);
-        let mut partial = vec![f32::NAN; ops::split_k_scratch(m, n, k, splits).max(1)];
+        let mut partial = vec![f32::NAN; gemm::split_k_scratch(m, n, k, splits).max(1)];
         let partial_addr = addr_mut(&mut partial);
         let with_partial = |p: GemmParams| GemmParams {
             partial: partial_addr,
             ..p
         };
         let mut c = vec![f32::NAN; m * n];
-        let launches = ops::gemm_split(
+        let launches = gemm::gemm_split(
             GemmOut::F32,
             with_partial(case.params(addr_mut(&mut c))),
             splits,
@@ -266,7 +268,7 @@ fn split_k_matches_cpu_for_every_epilogue() {
         p.act = Act::GeluTanh as i32;
         p.res = addr(&resb);
         // SAFETY: as above; res and cb hold M x N bf16.
-        unsafe { run_all(&ops::gemm_split(GemmOut::Bf16, p, splits).unwrap()) };
+        unsafe { run_all(&gemm::gemm_split(GemmOut::Bf16, p, splits).unwrap()) };
         let mut want = reference.clone();
         act::gelu_tanh_(&mut want);
         want.iter_mut().zip(&res).for_each(|(w, r)| *w += r);
@@ -285,7 +287,7 @@ fn split_k_matches_cpu_for_every_epilogue() {
             ..with_partial(case.params(addr_mut(&mut x)))
         };
         // SAFETY: as above; mods [2, 3N] holds every gate row read.
-        unsafe { run_all(&ops::gemm_split(GemmOut::Residual, p, splits).unwrap()) };
+        unsafe { run_all(&gemm::gemm_split(GemmOut::Residual, p, splits).unwrap()) };
         let mut want = x0;
         for (row, (wr, yr)) in want.chunks_mut(n).zip(reference.chunks(n)).enumerate() {
             let gate = &mods[(row / per_item) * 3 * n + n..][..n];
@@ -308,7 +310,7 @@ fn split_k_follows_row_maps() {
     let w = round_bf16(&rng.vec(n * k, 1.0));
     let (jb, wb) = (to_bf16(&joint), to_bf16(&w));
     let m = batch * image;
-    let mut partial = vec![f32::NAN; ops::split_k_scratch(m, n, k, 4)];
+    let mut partial = vec![f32::NAN; gemm::split_k_scratch(m, n, k, 4)];
     let mut c = vec![0.0f32; batch * seq * n];
     let p = GemmParams {
         a_map: RowMap::part(image, seq, text),
@@ -316,7 +318,7 @@ fn split_k_follows_row_maps() {
         partial: addr_mut(&mut partial),
         ..GemmParams::dense(addr(&jb), addr(&wb), addr_mut(&mut c), m, n, k)
     };
-    let launches = ops::gemm_split(GemmOut::F32, p, 4).unwrap();
+    let launches = gemm::gemm_split(GemmOut::F32, p, 4).unwrap();
     assert_eq!(launches[0].grid[2], 4, "four K slices of 96, 96, 96 and 32");
     // SAFETY: the maps keep every row inside [B * seq] rows; the partials hold 4 * M * N.
     unsafe { run_all(&launches) };
@@ -342,14 +344,16 @@ fn split_k_follows_row_maps() {
 #[test]
 fn split_k_without_a_partial_buffer_is_an_error() {
     let p = GemmParams::dense(16, 16, 16, 4, 4, 512);
-    let err = ops::gemm_split(GemmOut::F32, p, 4).unwrap_err().to_string();
+    let err = gemm::gemm_split(GemmOut::F32, p, 4)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("partial-sum buffer"), "{err}");
 }
 
 #[test]
 fn shape_errors_are_reported() {
     let bad = GemmParams::dense(0, 0, 0, 4, 4, 12);
-    let err = ops::gemm(GemmOut::F32, bad).unwrap_err().to_string();
+    let err = gemm::gemm(GemmOut::F32, bad).unwrap_err().to_string();
     assert!(err.contains("multiple of 8"), "{err}");
 }
 

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use muddit_kernels::cpu::norm;
-use muddit_kernels::cuda::{ops, params::*};
+use muddit_kernels::cuda::norm::{layer_norm, rms_norm, LayerNormParams, RmsNormParams};
 use muddit_kernels::emu;
 
 const RTOL: f32 = 1.0 / 256.0;
@@ -21,7 +21,7 @@ fn rms_norm_matches_cpu() {
         let w = rng.vec(d, 1.5);
         let xb = to_bf16(&x);
         let mut out = vec![0u16; rows * d];
-        let launch = ops::rms_norm(RmsNormParams {
+        let launch = rms_norm(RmsNormParams {
             x: addr(&xb),
             out: addr_mut(&mut out),
             weight: addr(&w),
@@ -74,7 +74,7 @@ fn layer_norm_modulate_affine_and_plain_match_cpu() {
         };
         // SAFETY: x and out hold rows * d elements; mods holds B * 6D floats, so the scale and
         // shift rows of every item lie inside it.
-        unsafe { emu::run(&ops::layer_norm(p).unwrap()) };
+        unsafe { emu::run(&layer_norm(p).unwrap()) };
         let mut want = vec![0.0; rows * d];
         for b in 0..batch {
             let m = &mods[b * chunks * d..(b + 1) * chunks * d];
@@ -101,7 +101,7 @@ fn layer_norm_modulate_affine_and_plain_match_cpu() {
         p.item_stride = 0;
         p.scale_add = 0.0;
         // SAFETY: as above; w and bias hold d floats.
-        unsafe { emu::run(&ops::layer_norm(p).unwrap()) };
+        unsafe { emu::run(&layer_norm(p).unwrap()) };
         let mut want = x.clone();
         norm::layer_norm_(&mut want, d, 1e-6);
         for row in want.chunks_mut(d) {
@@ -121,7 +121,7 @@ fn layer_norm_modulate_affine_and_plain_match_cpu() {
         p.shift = 0;
         p.scale_add = 1.0;
         // SAFETY: as above; null scale and shift are never read.
-        unsafe { emu::run(&ops::layer_norm(p).unwrap()) };
+        unsafe { emu::run(&layer_norm(p).unwrap()) };
         let mut want = x.clone();
         norm::layer_norm_(&mut want, d, 1e-6);
         check(

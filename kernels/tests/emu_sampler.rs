@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use muddit_kernels::cuda::{ops, params::*};
+use muddit_kernels::cuda::sampler::{self, RemaskParams, SampleParams};
 use muddit_kernels::emu;
 use muddit_sampler::{
     DrawRule, Guidance, RandomSource, Sampler, SamplerConfig, StepUniforms, TokenLayout,
@@ -47,7 +47,7 @@ fn device_step(
         temperature: sampler.temperatures()[step],
     };
     // SAFETY: logits hold G * B * n * V floats, ids/draw/gumbel/drawn/conf B * n, bad one i32.
-    unsafe { emu::run(&ops::sample_tokens(p).unwrap()) };
+    unsafe { emu::run(&sampler::sample_tokens(p).unwrap()) };
     let last = step + 1 == cfg.steps;
     let progress = (step + 1) as f32 / cfg.steps as f32;
     let raw = (layout.tokens as f32 * cfg.schedule.mask_ratio(progress)).floor() as i32;
@@ -65,7 +65,7 @@ fn device_step(
         pad_: 0,
     };
     // SAFETY: ids, drawn, conf hold B * n elements, k holds B.
-    unsafe { emu::run(&ops::remask(r).unwrap()) };
+    unsafe { emu::run(&sampler::remask(r).unwrap()) };
     (k, bad[0])
 }
 

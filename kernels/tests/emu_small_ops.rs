@@ -6,7 +6,11 @@
 mod common;
 use common::*;
 use muddit_kernels::cpu::{act, norm, rope};
-use muddit_kernels::cuda::{ops, params::*};
+use muddit_kernels::cuda::{
+    common::{Act, RowMap},
+    elementwise::{self, ActParams, EmbeddingParams, SinEmbedParams},
+    rope::QkNormRopeParams,
+};
 use muddit_kernels::emu;
 
 #[test]
@@ -47,7 +51,7 @@ fn qk_norm_rope_on_the_image_part_of_a_joint_buffer() {
         };
         // SAFETY: every mapped row lies in x ([B * seq] rows of `stride`), in place; the tables
         // hold seq * dh floats.
-        unsafe { emu::run(&ops::qk_norm_rope(p).unwrap()) };
+        unsafe { emu::run(&muddit_kernels::cuda::rope::qk_norm_rope(p).unwrap()) };
         let (mut got, mut want) = (vec![], vec![]);
         for m in 0..batch * image {
             let r = map.row(m);
@@ -101,7 +105,7 @@ fn embedding_with_positions_into_f32() {
         out_f32: 1,
     };
     // SAFETY: ids are below vocab; the tables and out hold the rows read and written.
-    unsafe { emu::run(&ops::embedding(p).unwrap()) };
+    unsafe { emu::run(&elementwise::embedding(p).unwrap()) };
     for (r, &id) in ids.iter().enumerate() {
         for c in 0..d {
             let want = table[id as usize * d + c] + pos[(r % seq) * d + c];
@@ -133,7 +137,7 @@ fn activations_match_cpu() {
             pad_: 0,
         };
         // SAFETY: x and y hold n floats.
-        unsafe { emu::run(&ops::activation(p).unwrap()) };
+        unsafe { emu::run(&elementwise::activation(p).unwrap()) };
         check(&format!("{a:?} f32"), &y, &want, 1e-6, 1e-5);
         // bf16 in place.
         let xr = round_bf16(&x);
@@ -146,7 +150,7 @@ fn activations_match_cpu() {
             ..p
         };
         // SAFETY: xb holds n bf16, read and written in place element by element.
-        unsafe { emu::run(&ops::activation(p).unwrap()) };
+        unsafe { emu::run(&elementwise::activation(p).unwrap()) };
         let mut want = xr;
         cpu(&mut want);
         check(
@@ -186,7 +190,7 @@ fn sinusoidal_embedding_matches_cpu() {
         scale: 1000.0,
     };
     // SAFETY: x holds 4 floats, out 4 * 256.
-    unsafe { emu::run(&ops::sin_embed(p).unwrap()) };
+    unsafe { emu::run(&elementwise::sin_embed(p).unwrap()) };
     let scaled: Vec<f32> = x.iter().map(|v| v * 1000.0).collect();
     // Angles reach 1000 rad: an ulp of the angle moves the result by ~ 6e-5.
     check("sin_embed", &out, &sinusoidal(&scaled, 256), 2e-4, 1e-5);

@@ -5,7 +5,7 @@
 #![cfg(feature = "emulate")]
 
 use muddit_kernels::cuda::nvrtc::Module;
-use muddit_kernels::cuda::ops::Launch;
+use muddit_kernels::cuda::Launch;
 use muddit_kernels::emu;
 
 #[repr(C)]

@@ -10,7 +10,10 @@ use common::*;
 use muddit_kernels::cpu::conv::{conv2d, patch_major_weight, upsample_nearest_2x, Conv2dShape};
 use muddit_kernels::cpu::group_norm::group_norm_;
 use muddit_kernels::cpu::packed::{Compute, PackedMatrix, Storage};
-use muddit_kernels::cuda::{ops, params::*};
+use muddit_kernels::cuda::{
+    gemm::{self, ConvGeom, GemmParams},
+    vq::{self, GroupNormParams, Upsample2xParams, VqNearestParams},
+};
 use muddit_kernels::emu;
 
 #[test]
@@ -22,17 +25,12 @@ fn conv2d_matches_cpu_on_awkward_shapes() {
         (1, 4, 3, 8, 5, 1, 1, [0; 4]),
         (1, 11, 13, 32, 130, 3, 1, [1; 4]),
     ];
-    for (i, (b, h, w, c, o, k, stride, pad)) in cases.into_iter().enumerate() {
-        let s = Conv2dShape {
-            batch: b,
-            height: h,
-            width: w,
-            c_in: c,
-            c_out: o,
-            kernel: k,
-            stride,
-            pad,
-        };
+    for (i, (batch, height, width, c_in, c_out, kernel, stride, pad)) in
+        cases.into_iter().enumerate()
+    {
+        #[rustfmt::skip]
+        let s = Conv2dShape { batch, height, width, c_in, c_out, kernel, stride, pad };
+        let (b, h, w, c, o, k) = (batch, height, width, c_in, c_out, kernel);
         let (ho, wo) = s.out_hw();
         let mut rng = Rng::new(50 + i as u64);
         let x = round_bf16(&rng.vec(b * h * w * c, 1.0));
@@ -60,7 +58,7 @@ fn conv2d_matches_cpu_on_awkward_shapes() {
             ..GemmParams::dense(addr(&xb), addr(&wb), addr_mut(&mut out), m, o, k * k * c)
         };
         // SAFETY: x is [B, h, w, c], w [O, k*k*c], res and out [B, ho, wo, O], bias [O].
-        unsafe { emu::run(&ops::conv2d(p).unwrap()) };
+        unsafe { emu::run(&gemm::conv2d(p).unwrap()) };
         let mut want = vec![0.0; m * o];
         let packed = PackedMatrix::new(&wt, o, k * k * c, Storage::F32, Compute::F32);
         conv2d(&x, &packed, Some(&bias), &s, &mut want);
@@ -90,7 +88,7 @@ fn conv2d_rejects_channels_not_a_multiple_of_8() {
         pad_l: 1,
         pad_: 0,
     };
-    assert!(ops::conv2d(p)
+    assert!(gemm::conv2d(p)
         .unwrap_err()
         .to_string()
         .contains("multiple of 8"));
@@ -109,7 +107,7 @@ fn group_norm_silu_matches_cpu() {
         );
         let (w, bias) = (rng.vec(c, 1.0), rng.vec(c, 0.5));
         let mut xb = to_bf16(&x);
-        let mut stats = vec![0.0f64; ops::group_norm_workspace(b, p, g)];
+        let mut stats = vec![0.0f64; vq::group_norm_workspace(b, p, g)];
         let params = GroupNormParams {
             x: addr(&xb),
             out: addr_mut(&mut xb),
@@ -124,7 +122,7 @@ fn group_norm_silu_matches_cpu() {
             eps: 1e-6,
             ..GroupNormParams::default()
         };
-        let (s, a) = ops::group_norm(params).unwrap();
+        let (s, a) = vq::group_norm(params).unwrap();
         // SAFETY: x is [B, P, C] bf16 (normalised in place), w and bias [C], stats sized by
         // group_norm_workspace; the statistics launch completes before the apply launch.
         unsafe {
@@ -158,7 +156,7 @@ fn upsample_repeats_pixels_exactly() {
         c: c as i32,
     };
     // SAFETY: x is [B, h, w, c], out [B, 2h, 2w, c].
-    unsafe { emu::run(&ops::upsample2x(p).unwrap()) };
+    unsafe { emu::run(&vq::upsample2x(p).unwrap()) };
     assert_eq!(from_bf16(&out), upsample_nearest_2x(&x, b, h, w, c));
 }
 
@@ -183,7 +181,7 @@ fn nearest_codebook_entries_are_exact_with_lowest_id_ties() {
         pad_: 0,
     };
     // SAFETY: z is [P, E], codebook [V, E], ids [P].
-    unsafe { emu::run(&ops::vq_nearest(p).unwrap()) };
+    unsafe { emu::run(&vq::vq_nearest(p).unwrap()) };
     for (i, zr) in z.chunks(dim).enumerate() {
         let dist = |j: usize| -> f64 {
             zr.iter()

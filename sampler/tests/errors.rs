@@ -195,38 +195,20 @@ fn bad_uniforms_and_short_rows_are_reported() {
     let (sampler, layout, mut ids, logits) = small();
     let good = [0.5f32; 6];
     let bad = [0.5, 0.5, 1.5, 0.5, 0.5, 0.5];
-    let err = sampler
-        .step_with_uniforms(
-            0,
-            &mut ids,
-            &logits,
-            &layout,
-            StepUniforms {
-                draw: &good,
-                gumbel: &bad,
-            },
-        )
-        .unwrap_err();
+    let mut step = |draw: &[f32], gumbel: &[f32]| {
+        sampler
+            .step_with_uniforms(0, &mut ids, &logits, &layout, StepUniforms { draw, gumbel })
+            .unwrap_err()
+    };
     assert_eq!(
-        err,
+        step(&good, &bad),
         SamplerError::InvalidUniform {
             what: "gumbel",
             index: 2,
             value: 1.5
         }
     );
-    let err = sampler
-        .step_with_uniforms(
-            0,
-            &mut ids,
-            &logits,
-            &layout,
-            StepUniforms {
-                draw: &good[1..],
-                gumbel: &good,
-            },
-        )
-        .unwrap_err();
+    let err = step(&good[1..], &good);
     assert!(matches!(
         err,
         SamplerError::ShapeMismatch { what: "draw", .. }

@@ -53,18 +53,17 @@ impl Fixture {
     }
 
     fn f32(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let (raw, shape) = self.raw(name, Dtype::F32);
-        let values = raw
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        (values.collect(), shape)
+        self.words(name, Dtype::F32, f32::from_le_bytes)
     }
 
     fn i32(&self, name: &str) -> (Vec<i32>, Vec<usize>) {
-        let (raw, shape) = self.raw(name, Dtype::I32);
-        let values = raw
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        self.words(name, Dtype::I32, i32::from_le_bytes)
+    }
+
+    /// A tensor of 4-byte little-endian elements, each read by `from`.
+    fn words<T>(&self, name: &str, dtype: Dtype, from: fn([u8; 4]) -> T) -> (Vec<T>, Vec<usize>) {
+        let (raw, shape) = self.raw(name, dtype);
+        let values = raw.chunks_exact(4).map(|b| from([b[0], b[1], b[2], b[3]]));
         (values.collect(), shape)
     }
 
@@ -218,24 +217,21 @@ impl Case {
     }
 }
 
-#[test]
-fn image_grid_with_guidance_matches_reference_cosine() {
-    Case::image(MaskSchedule::Cosine).check();
+/// One test per case and schedule, each checking every step against the reference.
+macro_rules! reference_tests {
+    ($($name:ident: $case:ident $schedule:ident;)*) => {$(
+        #[test]
+        fn $name() {
+            Case::$case(MaskSchedule::$schedule).check();
+        }
+    )*};
 }
 
-#[test]
-fn image_grid_with_guidance_matches_reference_linear() {
-    Case::image(MaskSchedule::Linear).check();
-}
-
-#[test]
-fn text_rows_match_reference_cosine() {
-    Case::text(MaskSchedule::Cosine).check();
-}
-
-#[test]
-fn text_rows_match_reference_linear() {
-    Case::text(MaskSchedule::Linear).check();
+reference_tests! {
+    image_grid_with_guidance_matches_reference_cosine: image Cosine;
+    image_grid_with_guidance_matches_reference_linear: image Linear;
+    text_rows_match_reference_cosine: text Cosine;
+    text_rows_match_reference_linear: text Linear;
 }
 
 #[test]

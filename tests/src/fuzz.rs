@@ -43,11 +43,18 @@ pub fn shard_index(bytes: &[u8]) {
     let index = dir.path().join("model.safetensors.index.json");
     std::fs::write(&index, bytes).expect("index");
     if Weights::open_index(&index).is_ok() {
-        let parsed: serde_json::Value = serde_json::from_slice(bytes).expect("an index that opened");
-        for shard in parsed["weight_map"].as_object().into_iter().flat_map(|m| m.values()) {
+        let parsed: serde_json::Value =
+            serde_json::from_slice(bytes).expect("an index that opened");
+        for shard in parsed["weight_map"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
             let name = shard.as_str().unwrap_or_default();
             assert!(
-                Path::new(name).components().all(|c| matches!(c, std::path::Component::Normal(_))),
+                Path::new(name)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
                 "the index opened a shard outside its folder: {name:?}"
             );
         }
@@ -96,7 +103,10 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let model = default_model();
     let read = |rel: &str| std::fs::read(model.join(rel)).expect("seed file");
     match target {
-        "safetensors_file" => vec![tiny_safetensors(), read("vqvae/diffusion_pytorch_model.safetensors")],
+        "safetensors_file" => vec![
+            tiny_safetensors(),
+            read("vqvae/diffusion_pytorch_model.safetensors"),
+        ],
         "shard_index" => vec![
             br#"{"weight_map":{"t":"a.safetensors"}}"#.to_vec(),
             br#"{"metadata":{},"weight_map":{"t":"sub/../a.safetensors"}}"#.to_vec(),
@@ -109,7 +119,9 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         ],
         "tokenizer_input" => vec![
             b"a red circle above a blue square".to_vec(),
-            "\u{202e}caf\u{e9} \u{1F600}<|endoftext|> ".as_bytes().to_vec(),
+            "\u{202e}caf\u{e9} \u{1F600}<|endoftext|> "
+                .as_bytes()
+                .to_vec(),
         ],
         other => panic!("unknown fuzz target {other}"),
     }

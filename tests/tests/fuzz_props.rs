@@ -31,7 +31,16 @@ enum Mutation {
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
-    let numbers = prop::sample::select(vec!["0", "-1", "18446744073709551615", "1e308", "4294967296", "null", "\"x\"", "[]"]);
+    let numbers = prop::sample::select(vec![
+        "0",
+        "-1",
+        "18446744073709551615",
+        "1e308",
+        "4294967296",
+        "null",
+        "\"x\"",
+        "[]",
+    ]);
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(p, b)| Mutation::Set(p, b)),
         any::<usize>().prop_map(Mutation::Cut),
@@ -59,8 +68,14 @@ fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
             }
             Mutation::Number(p, n) => {
                 let i = at(p);
-                let start = bytes[..i].iter().rposition(|b| !b.is_ascii_digit()).map_or(0, |s| s + 1);
-                let end = bytes[i..].iter().position(|b| !b.is_ascii_digit()).map_or(bytes.len(), |e| i + e);
+                let start = bytes[..i]
+                    .iter()
+                    .rposition(|b| !b.is_ascii_digit())
+                    .map_or(0, |s| s + 1);
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !b.is_ascii_digit())
+                    .map_or(bytes.len(), |e| i + e);
                 if start < end {
                     bytes.splice(start..end, n.bytes());
                 }
@@ -94,30 +109,56 @@ fn generated<S: Strategy<Value = Vec<u8>>>(name: &str, target: fn(&[u8]), strate
 
 /// A safetensors file whose header states random dtypes, shapes and offsets over random data.
 fn safetensors_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let dtype = prop::sample::select(vec!["F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "Q"]);
+    let dtype = prop::sample::select(vec![
+        "F32", "F16", "BF16", "I64", "U8", "BOOL", "F8_E4M3", "Q",
+    ]);
     let dim = prop_oneof![0u64..5, Just(1u64 << 32), Just(u64::MAX)];
     let tensor = (dtype, prop::collection::vec(dim, 0..4), 0u64..64, 0u64..64);
-    (prop::collection::vec(tensor, 0..4), 0usize..64, any::<bool>()).prop_map(|(tensors, data, lie)| {
-        let entries: Vec<String> = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, (d, s, a, b))| format!(r#""t{i}":{{"dtype":"{d}","shape":{s:?},"data_offsets":[{a},{b}]}}"#))
-            .collect();
-        let header = format!("{{{}}}", entries.join(","));
-        let len = if lie { header.len() as u64 + 7 } else { header.len() as u64 };
-        let mut out = len.to_le_bytes().to_vec();
-        out.extend_from_slice(header.as_bytes());
-        out.extend(std::iter::repeat_n(0x3c, data));
-        out
-    })
+    (
+        prop::collection::vec(tensor, 0..4),
+        0usize..64,
+        any::<bool>(),
+    )
+        .prop_map(|(tensors, data, lie)| {
+            let entries: Vec<String> = tensors
+                .iter()
+                .enumerate()
+                .map(|(i, (d, s, a, b))| {
+                    format!(r#""t{i}":{{"dtype":"{d}","shape":{s:?},"data_offsets":[{a},{b}]}}"#)
+                })
+                .collect();
+            let header = format!("{{{}}}", entries.join(","));
+            let len = if lie {
+                header.len() as u64 + 7
+            } else {
+                header.len() as u64
+            };
+            let mut out = len.to_le_bytes().to_vec();
+            out.extend_from_slice(header.as_bytes());
+            out.extend(std::iter::repeat_n(0x3c, data));
+            out
+        })
 }
 
 /// An index whose weight map names random shards: plain, nested, absolute, `..`, empty.
 fn index_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let shard = prop::sample::select(vec!["a.safetensors", "sub", "sub/../a.safetensors", "../a.safetensors", "/etc/passwd", "", ".", "missing.safetensors", "a.safetensors/"]);
+    let shard = prop::sample::select(vec![
+        "a.safetensors",
+        "sub",
+        "sub/../a.safetensors",
+        "../a.safetensors",
+        "/etc/passwd",
+        "",
+        ".",
+        "missing.safetensors",
+        "a.safetensors/",
+    ]);
     prop::collection::vec(("[a-z]{1,3}", shard), 0..4).prop_map(|pairs| {
-        let map: serde_json::Map<String, serde_json::Value> = pairs.into_iter().map(|(k, v)| (k, v.into())).collect();
-        serde_json::json!({ "weight_map": map }).to_string().into_bytes()
+        let map: serde_json::Map<String, serde_json::Value> =
+            pairs.into_iter().map(|(k, v)| (k, v.into())).collect();
+        serde_json::json!({ "weight_map": map })
+            .to_string()
+            .into_bytes()
     })
 }
 
@@ -127,13 +168,15 @@ fn config_bytes() -> impl Strategy<Value = Vec<u8>> {
     let value = prop_oneof![
         any::<i64>().prop_map(serde_json::Value::from),
         any::<u64>().prop_map(serde_json::Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, serde_json::Value::Number)),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number)),
         "[a-zA-Z_]{0,12}".prop_map(serde_json::Value::from),
         prop::collection::vec(0u64..5000, 0..20).prop_map(serde_json::Value::from),
         Just(serde_json::Value::Null),
     ];
     (0..seeds.len(), any::<prop::sample::Index>(), value).prop_map(move |(seed, key, v)| {
-        let mut cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&seeds[seed]).expect("seed config");
+        let mut cfg: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&seeds[seed]).expect("seed config");
         let k = key.get(&cfg.keys().cloned().collect::<Vec<_>>()).clone();
         cfg.insert(k, v);
         serde_json::Value::Object(cfg).to_string().into_bytes()
@@ -143,7 +186,11 @@ fn config_bytes() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn safetensors_headers_never_panic() {
     mutated("safetensors_file", fuzz::safetensors_file);
-    generated("safetensors_file", fuzz::safetensors_file, safetensors_bytes());
+    generated(
+        "safetensors_file",
+        fuzz::safetensors_file,
+        safetensors_bytes(),
+    );
 }
 
 #[test]
@@ -166,6 +213,14 @@ fn configs_never_panic() {
 #[test]
 fn tokenizer_input_never_panics() {
     mutated("tokenizer_input", fuzz::tokenizer_input);
-    generated("tokenizer_input", fuzz::tokenizer_input, prop::collection::vec(any::<u8>(), 0..400));
-    generated("tokenizer_input", fuzz::tokenizer_input, "\\PC{0,300}".prop_map(String::into_bytes));
+    generated(
+        "tokenizer_input",
+        fuzz::tokenizer_input,
+        prop::collection::vec(any::<u8>(), 0..400),
+    );
+    generated(
+        "tokenizer_input",
+        fuzz::tokenizer_input,
+        "\\PC{0,300}".prop_map(String::into_bytes),
+    );
 }

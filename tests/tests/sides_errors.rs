@@ -10,6 +10,13 @@ use muddit_engine::vqvae::load_vqvae;
 use muddit_engine::Error;
 use muddit_tests::fixture;
 
+/// Asserts that message `m` contains every one of `needles`.
+fn says(m: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(m.contains(needle), "{needle:?} not in: {m}");
+    }
+}
+
 fn message<T>(r: Result<T, Error>) -> (Error, String) {
     match r {
         Ok(_) => panic!("expected an error"),
@@ -28,10 +35,7 @@ fn missing_tokenizer_files_are_named() {
     std::fs::write(tmp.path().join("tokenizer/vocab.json"), "{}").expect("write");
     let (e, m) = message(ClipTokenizer::from_dir(tmp.path()));
     assert!(matches!(e, Error::ModelFolder { .. }));
-    assert!(
-        m.contains("merges.txt") && m.contains("tokenizer.json"),
-        "{m}"
-    );
+    says(&m, &["merges.txt", "tokenizer.json"]);
 }
 
 #[test]
@@ -42,7 +46,7 @@ fn a_merge_outside_the_vocabulary_is_an_error() {
     write_tokenizer_files(tmp.path(), &vocab, &merges, "!").expect("write");
     let (e, m) = message(ClipTokenizer::from_dir(tmp.path()));
     assert!(matches!(e, Error::Tokenizer { .. }));
-    assert!(m.contains("merges.txt") && m.contains("`q zz`"), "{m}");
+    says(&m, &["merges.txt", "`q zz`"]);
 }
 
 #[test]
@@ -55,10 +59,7 @@ fn a_vocabulary_that_does_not_fit_the_text_encoder_is_an_error() {
     let encoder = load_text_encoder(&fixture("sides/clip_gelu_eos2")).expect("text encoder");
     let (e, m) = message(tok.check_text_encoder(encoder.cfg.vocab_size, encoder.vocab_rows()));
     assert!(matches!(e, Error::Tokenizer { .. }));
-    assert!(
-        m.contains("700") && m.contains("600") && m.contains("vocab.json"),
-        "{m}"
-    );
+    says(&m, &["700", "600", "vocab.json"]);
 
     let (vocab, merges) = synthetic_vocab(600);
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -140,7 +141,7 @@ fn a_mask_embedding_of_the_wrong_width_is_an_error() {
     assert_eq!((shape, values.len()), (vec![32], 32));
     let (e, m) = message(read_mask_embedding(&path, 1024));
     assert!(matches!(e, Error::Pth { .. }));
-    assert!(m.contains("1024") && m.contains("[32]"), "{m}");
+    says(&m, &["1024", "[32]"]);
 }
 
 #[test]
@@ -148,9 +149,9 @@ fn captioning_without_the_mask_embedding_says_so() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (e, m) = message(mask_embedding_path(tmp.path()));
     assert!(matches!(e, Error::ModelFolder { .. }));
-    assert!(
-        m.contains("mask_token_embedding.pth") && m.contains("never replaced by a random"),
-        "{m}"
+    says(
+        &m,
+        &["mask_token_embedding.pth", "never replaced by a random"],
     );
 }
 
@@ -167,14 +168,14 @@ fn written_pth_files_read_back() {
 fn vq_inputs_out_of_range_are_errors() {
     let model = load_vqvae(&fixture("sides/vq_attn_3level")).expect("vqvae");
     let (_, m) = message(model.decode(&[0, 1, 32, 3], 1, 2, 2));
-    assert!(m.contains("id 32") && m.contains("0..32"), "{m}");
+    says(&m, &["id 32", "0..32"]);
     let (_, m) = message(model.encode(&vec![0.5; 3 * 30 * 24], 1, 30, 24));
-    assert!(m.contains("30 x 24") && m.contains("4"), "{m}");
+    says(&m, &["30 x 24", "4"]);
 }
 
 #[test]
 fn text_encoder_rejects_ids_past_its_table() {
     let model = load_text_encoder(&fixture("sides/clip_gelu_eos2")).expect("text encoder");
     let (_, m) = message(model.forward(&[1, 5, 600, 2], 1));
-    assert!(m.contains("600") && m.contains("0..600"), "{m}");
+    says(&m, &["600", "0..600"]);
 }

@@ -146,45 +146,45 @@ fn edit_config(dir: &Path, edit: impl Fn(&mut serde_json::Map<String, serde_json
     fs::write(&path, v.to_string()).expect("write");
 }
 
-#[test]
-fn config_with_fewer_blocks_than_the_weights_is_refused() {
+/// Loading a copy of the fixture whose config has `edits` fails with an error `refusal`
+/// accepts.
+fn refused_after(edits: &[(&str, serde_json::Value)], refusal: impl Fn(&Error) -> bool) {
     let (_tmp, dir) = copy_fixture();
     edit_config(&dir, |m| {
-        m.insert("num_layers".into(), 1.into());
+        for (key, value) in edits {
+            m.insert(key.to_string(), value.clone());
+        }
     });
     let e = load_err(&dir);
-    assert!(
-        matches!(&e, Error::UnexpectedWeights { example, .. } if example.starts_with("transformer_blocks.1.")),
-        "{e}"
+    assert!(refusal(&e), "{e}");
+}
+
+#[test]
+fn config_with_fewer_blocks_than_the_weights_is_refused() {
+    refused_after(
+        &[("num_layers", serde_json::json!(1))],
+        |e| matches!(e, Error::UnexpectedWeights { example, .. } if example.starts_with("transformer_blocks.1.")),
     );
 }
 
 #[test]
 fn config_with_more_blocks_than_the_weights_is_refused() {
-    let (_tmp, dir) = copy_fixture();
-    edit_config(&dir, |m| {
-        m.insert("num_single_layers".into(), 3.into());
-    });
-    let e = load_err(&dir);
-    assert!(
-        matches!(&e, Error::MissingWeight { name, .. } if name.starts_with("single_transformer_blocks.2.")),
-        "{e}"
+    refused_after(
+        &[("num_single_layers", serde_json::json!(3))],
+        |e| matches!(e, Error::MissingWeight { name, .. } if name.starts_with("single_transformer_blocks.2.")),
     );
 }
 
 #[test]
 fn config_with_a_different_head_split_is_refused() {
-    let (_tmp, dir) = copy_fixture();
     // 4 heads x 16 keeps D = 64, so only the per-head norm weights show the mismatch.
-    edit_config(&dir, |m| {
-        m.insert("num_attention_heads".into(), 4.into());
-        m.insert("attention_head_dim".into(), 16.into());
-        m.insert("axes_dims_rope".into(), serde_json::json!([4, 6, 6]));
-    });
-    let e = load_err(&dir);
-    assert!(
-        matches!(&e, Error::ShapeMismatch { name, .. } if name.ends_with("norm_q.weight")),
-        "{e}"
+    refused_after(
+        &[
+            ("num_attention_heads", serde_json::json!(4)),
+            ("attention_head_dim", serde_json::json!(16)),
+            ("axes_dims_rope", serde_json::json!([4, 6, 6])),
+        ],
+        |e| matches!(e, Error::ShapeMismatch { name, .. } if name.ends_with("norm_q.weight")),
     );
 }
 

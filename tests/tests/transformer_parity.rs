@@ -7,7 +7,7 @@ use muddit_engine::debug::transformer_forward;
 use muddit_engine::model_dir::load_transformer_with;
 use muddit_engine::tensor_io::TensorFile;
 use muddit_engine::Compute;
-use muddit_tests::{compare, f32_tensor, fixture};
+use muddit_tests::{assert_close, f32_tensor, fixture};
 
 fn tolerance(compute: Compute) -> f64 {
     match compute {
@@ -38,18 +38,11 @@ fn check_case_in(case: &str, compute: Compute) {
         let muddit_engine::tensor_io::Values::F32(values) = &ours.values else {
             panic!("{case}/{name}: not f32")
         };
-        let c = compare(values, &reference);
-        println!(
-            "{case}/{name} ({compute:?}): rel L2 {:.3e} ({:.1}% of tolerance), worst abs {:.3e} at {}",
-            c.rel_l2,
-            100.0 * c.rel_l2 / limit,
-            c.worst_abs,
-            c.worst_index
-        );
-        assert!(
-            c.rel_l2 <= limit,
-            "{case}/{name} ({compute:?}): rel L2 {:.3e} > {limit:e}",
-            c.rel_l2
+        assert_close(
+            &format!("{case}/{name} ({compute:?})"),
+            values,
+            &reference,
+            limit,
         );
         compared += 1;
     }

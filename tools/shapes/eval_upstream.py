@@ -25,7 +25,9 @@ from PIL import Image
 import world
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools/fixtures"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from make_pipeline_fixtures import Recorder  # noqa: E402
+from muddit_tools import import_upstream_package, load_upstream_pipeline  # noqa: E402
 
 
 def attributes(got, want):
@@ -54,12 +56,8 @@ def main():
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    sys.path.insert(0, str(args.muddit_src.resolve()))
-    import src.pipeline as pipeline_module
-    import src.scheduler as scheduler_module
-    import src.transformer as transformer_module
-    from diffusers import VQModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    upstream = import_upstream_package(args.muddit_src)
+    pipeline_module, scheduler_module, _ = upstream
 
     t_all = time.time()
     root = args.model
@@ -70,15 +68,7 @@ def main():
     doc = json.loads((args.set / "eval.json").read_text())
     prompts = doc["t2i"][: args.limit]
     images = doc["images"][: args.limit]
-    pipe = pipeline_module.UnifiedPipeline(
-        vqvae=VQModel.from_pretrained(root, subfolder="vqvae"),
-        tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
-        text_encoder=CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder"),
-        transformer=transformer_module.SymmetricTransformer2DModel.from_pretrained(root, subfolder="transformer"),
-        scheduler=scheduler_module.Scheduler.from_pretrained(root, subfolder="scheduler"),
-    )
-    pipe.to(torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_upstream_pipeline(upstream, root, torch.float32)
     gen = torch.Generator().manual_seed(args.seed)
 
     t0 = time.time()

@@ -8,30 +8,29 @@
 //! inside q, k, v and the attention output `[B, L, H, Dp]`, as in [`crate::cuda::CudaMmdit`].
 //!
 //! One forward over ids `[B, L]`: `X = token_embedding[ids] + position_embedding[s]`; per layer
-//! `X += out_proj(causal_attention(q, k, v of layer_norm1(X)))`, then
+//! `X += out_proj(attention(q, k, v of layer_norm1(X), causal))`, then
 //! `X += fc2(act(fc1(layer_norm2(X))))` (act fused into fc1's epilogue); after layer `n - 2` `X`
 //! is copied out as the penultimate hidden state; `final_layer_norm(X)`, the row of each item at
 //! the end-of-text position (chosen on the host from the ids, as the CPU does), then
 //! `text_projection`. Only ids go up; the outputs stay on the device for the transformer.
 
+use muddit_kernels::cuda::gemm::{GemmOpts, GemmOut};
 use std::path::Path;
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::GemmOut;
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
 
 use super::{
     ensure_all_used, token_row_place, Activation, ClipMlp, ClipTextConfig, ClipTextModel,
     ClipTextOutput,
 };
 use crate::cuda::backend::{Cuda, Heads};
-use crate::cuda::device::to_bf16;
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Device};
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, open_config};
 use crate::weights::Vb;
 use crate::Compute;
+use muddit_kernels::cuda::to_bf16;
 
 /// The outputs the pipeline reads, on the device.
 pub struct ClipEncoding {
@@ -132,7 +131,7 @@ impl CudaClipText {
             let shape = (batch, len, self.heads.h);
             let qkv = (q.ptr(), k.ptr(), v.ptr());
             let (dh, dp) = (self.heads.dh, self.heads.dp);
-            dev.causal_attention(qkv, o.ptr(), hd, shape, dh, dp)?;
+            dev.attention(qkv, (o.ptr(), hd), shape, (dh, dp), true)?;
             let out_proj = attn.out_proj.mat();
             dev.gemm(GemmOut::Residual, out_proj, o.ptr(), rows, x.ptr(), plain)?;
             let ln2 = (layer.layer_norm2.weight.ptr(), layer.layer_norm2.bias.ptr());
@@ -211,7 +210,7 @@ impl CudaClipText {
         let row = to_bf16(row);
         let table = &mut self.model.text_model.embeddings.token_embedding;
         match place {
-            std::cmp::Ordering::Less => self.dev.write(table, id * d, &row),
+            std::cmp::Ordering::Less => Ok(self.dev.write(table, id * d, &row)?),
             _ => {
                 let mut values = self.dev.read(table, 0, rows * d)?;
                 values.extend_from_slice(&row);
@@ -227,19 +226,12 @@ impl CudaClipText {
 
     /// `x [B, L, D]` f32 `= token_embedding[ids] + position_embedding[s]`.
     fn embed(&self, ids: &Buffer<u32>, len: usize, x: &Buffer<f32>) -> Result<()> {
-        self.dev.embedding_pos(
-            ids.ptr(),
-            (
-                self.model.text_model.embeddings.token_embedding.ptr(),
-                self.vocab_rows(),
-            ),
-            (
-                self.model.text_model.embeddings.position_embedding.ptr(),
-                len,
-            ),
-            x.ptr(),
-            ids.len(),
-            self.cfg.hidden_size,
-        )
+        let embeddings = &self.model.text_model.embeddings;
+        let table = (embeddings.token_embedding.ptr(), self.vocab_rows());
+        let pos = (embeddings.position_embedding.ptr(), len);
+        let (rows, d) = (ids.len(), self.cfg.hidden_size);
+        Ok(self
+            .dev
+            .embedding(ids.ptr(), table, Some(pos), x.ptr(), rows, d)?)
     }
 }

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use super::device::{to_bf16, Buffer, Device};
-use super::ops::Mat;
 use crate::backend::{Backend, Conv2dSpec, HeadSide};
 use crate::error::{Error, Result};
 use crate::weights::Vb;
 use muddit_kernels::cpu::conv::patch_major_weight;
+use muddit_kernels::cuda::gemm::Mat;
+use muddit_kernels::cuda::{to_bf16, Buffer, Device};
 
 /// A linear layer on the device: bf16 `[N, K]`, optional f32 bias `[N]`.
 pub struct DLinear {
@@ -244,11 +244,13 @@ impl Backend for Cuda {
     }
 
     fn vector(&self, vb: &Vb, name: &str, n: usize) -> Result<Buffer<f32>> {
-        self.dev.upload(&vb.get(name, &[n])?)
+        Ok(self.dev.upload(&vb.get(name, &[n])?)?)
     }
 
     fn table(&self, vb: &Vb, rows: usize, cols: usize) -> Result<Buffer<u16>> {
-        self.dev.upload(&to_bf16(&vb.get("weight", &[rows, cols])?))
+        Ok(self
+            .dev
+            .upload(&to_bf16(&vb.get("weight", &[rows, cols])?))?)
     }
 
     /// Heads zero-padded to the attention kernels' slots ([`Heads`]).

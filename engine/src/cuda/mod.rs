@@ -10,8 +10,8 @@
 //!   [`Device::emulated`] (feature `emulate`) is the same device on the CPU, for tests.
 //! - [`Cuda`] (`backend.rs`): the weight storage on a device (bf16 matrices [`DLinear`] and
 //!   convolutions [`DConv`], f32 vectors, bf16 tables; attention heads padded to the kernels'
-//!   slots, convolution channels to multiples of 8). `ops.rs`: the launch wrappers that check
-//!   every buffer range.
+//!   slots, convolution channels to multiples of 8). The device itself, its buffers and the
+//!   launch runners that check every buffer range are `muddit_kernels::cuda`'s.
 //! - [`CudaMmdit`] (`mmdit/cuda.rs`): an `Mmdit<Cuda>` and its workspace, with the CPU model's
 //!   `forward(&MmditInput) -> MmditOutput` (host in, host out: image logits `[B, h, w, V]`
 //!   f32, text logits `[B, L, Vt]`).
@@ -48,8 +48,6 @@
 //! position chosen on the device (image-to-text downloads `B x 77` ids per step for it).
 
 pub(crate) mod backend;
-pub(crate) mod device;
-pub(crate) mod ops;
 mod sampler;
 
 use std::path::Path;
@@ -61,8 +59,7 @@ pub use crate::mmdit::cuda::CudaMmdit;
 use crate::mmdit::cuda::Logits;
 pub use crate::vqvae::cuda::{load_vqvae, CudaVqDecoder, CudaVqEncoder};
 pub use backend::{Cuda, DConv, DLinear};
-pub use device::{Buffer, Device, Elem, Ptr};
-pub use muddit_kernels::cuda::KernelTime;
+pub use muddit_kernels::cuda::{Buffer, Device, Elem, KernelTime, Ptr};
 pub use sampler::DeviceSampler;
 
 use crate::clip_text::ClipTextModel;
@@ -319,4 +316,13 @@ pub fn image_to_text(
         state.argmax(&dev, ws.text_logits.ptr())
     })?;
     folder.finish_image_to_text(&plan, &best)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The device's RMSNorm and modulated LayerNorm use the models' eps.
+    #[test]
+    fn device_norms_use_the_models_eps() {
+        assert_eq!(muddit_kernels::cuda::norm::NORM_EPS, crate::nn::NORM_EPS);
+    }
 }

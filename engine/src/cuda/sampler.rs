@@ -3,21 +3,11 @@
 //! host and uploaded, so the device picks exactly the tokens [`Sampler::step`] picks for the
 //! same logits. What comes back per step: `k` per row and the first bad token (`B + 1` i32).
 
-use muddit_kernels::cuda::ops;
-use muddit_kernels::cuda::params::{RemaskParams, SampleParams};
+use muddit_kernels::cuda::sampler::{Draw, StepBuffers, TokenShape};
+use muddit_kernels::cuda::{Buffer, Device, Ptr};
 use muddit_sampler::{DrawRule, Guidance, Sampler, SamplerError, TokenLayout};
 
-use super::device::{Buffer, Device, Ptr};
 use crate::error::Result;
-
-/// How `sample_tokens` draws: guidance, the greedy rule and the step's temperature.
-#[derive(Clone, Copy)]
-struct Draw {
-    guided: i32,
-    scale: f32,
-    greedy: bool,
-    temperature: f32,
-}
 
 /// Ids `[B, n]` on the device and the scratch of one step.
 pub struct DeviceSampler {
@@ -121,24 +111,10 @@ impl DeviceSampler {
             temperature: t,
         };
         self.sample(dev, self.ids.ptr(), logits, draw)?;
-        let flat = b * n;
         let last = step + 1 == cfg.steps;
         let progress = (step + 1) as f32 / cfg.steps as f32;
         let raw = (editable as f32 * cfg.schedule.mask_ratio(progress)).floor() as i32;
-        let launch = ops::remask(RemaskParams {
-            ids: self.ids.ptr().need(flat, "remask", "ids")?,
-            drawn: self.drawn.ptr().need(flat, "remask", "drawn")?,
-            conf: self.conf.ptr().need(flat, "remask", "conf")?,
-            mask_len: self.mask_len.ptr().need(b, "remask", "k")?,
-            batch: b as i32,
-            tokens: n as i32,
-            mask_id: layout.mask_id,
-            raw_len: raw,
-            last: last as i32,
-            pad_: 0,
-        })?;
-        // SAFETY: ids, drawn, conf hold B * n elements, mask_len B (checked above).
-        unsafe { dev.launch(&launch)? };
+        dev.remask(self.ids.ptr(), self.buffers(), self.shape(), raw, last)?;
         self.check_bad(dev)?;
         Ok(dev
             .read(&self.mask_len, 0, b)?
@@ -161,41 +137,43 @@ impl DeviceSampler {
         };
         self.sample(dev, masked.ptr(), logits, draw)?;
         self.check_bad(dev)?;
-        dev.read(&self.drawn, 0, flat)
+        Ok(dev.read(&self.drawn, 0, flat)?)
     }
 
     /// `sample_tokens` of `ids` `[B, n]` on `logits` into `drawn` and `conf`; `bad` is reset
     /// first.
     fn sample(&mut self, dev: &Device, ids: Ptr<u32>, logits: Ptr<f32>, d: Draw) -> Result<()> {
-        let layout = self.layout;
-        let (b, n) = (layout.batch, layout.tokens);
         let guidance = match d.guided {
             0 => Guidance::Off,
             _ => Guidance::Cfg { scale: d.scale },
         };
         dev.write(&mut self.bad, 0, &[i32::MAX])?;
-        const OP: &str = "sample_tokens";
-        let flat = b * n;
-        let launch = ops::sample_tokens(SampleParams {
-            logits: logits.need(layout.logits_len(guidance)?, OP, "logits")?,
-            ids: ids.need(flat, OP, "ids")?,
-            draw_u: self.draw_u.ptr().need(flat, OP, "draw")?,
-            gumbel_u: self.gumbel_u.ptr().need(flat, OP, "gumbel")?,
-            drawn: self.drawn.ptr().need(flat, OP, "drawn")?,
-            conf: self.conf.ptr().need(flat, OP, "conf")?,
-            bad: self.bad.ptr().need(1, OP, "bad")?,
-            batch: b as i32,
-            tokens: n as i32,
-            vocab: layout.vocab as i32,
-            mask_id: layout.mask_id,
-            guided: d.guided,
-            scale: d.scale,
-            greedy: d.greedy as i32,
-            temperature: d.temperature,
-        })?;
-        // SAFETY: logits hold G * B * n * V floats, ids/draw/gumbel/drawn/conf B * n elements
-        // and bad one (all checked above), buffers of this device.
-        unsafe { dev.launch(&launch) }
+        let logits_len = self.layout.logits_len(guidance)?;
+        let (buffers, shape) = (self.buffers(), self.shape());
+        Ok(dev.sample_tokens((logits, logits_len), ids, buffers, shape, d)?)
+    }
+
+    /// The step's scratch on the device.
+    fn buffers(&self) -> StepBuffers {
+        StepBuffers {
+            draw_u: self.draw_u.ptr(),
+            gumbel_u: self.gumbel_u.ptr(),
+            drawn: self.drawn.ptr(),
+            conf: self.conf.ptr(),
+            bad: self.bad.ptr(),
+            mask_len: self.mask_len.ptr(),
+        }
+    }
+
+    /// The ids' shape: `[B, n]` over the layout's vocabulary.
+    fn shape(&self) -> TokenShape {
+        let l = self.layout;
+        TokenShape {
+            batch: l.batch,
+            tokens: l.tokens,
+            vocab: l.vocab,
+            mask_id: l.mask_id,
+        }
     }
 
     /// The first token with bad logits of the last `sample`, as the CPU sampler's error.
@@ -214,6 +192,6 @@ impl DeviceSampler {
 
     /// The current ids `[B, n]` (a download).
     pub fn ids(&self, dev: &Device) -> Result<Vec<u32>> {
-        dev.read(&self.ids, 0, self.ids.len())
+        Ok(dev.read(&self.ids, 0, self.ids.len())?)
     }
 }

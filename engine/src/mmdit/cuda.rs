@@ -19,10 +19,10 @@
 //! `L..S` of each item), then both copied into the joint residual `X [B, S, D]` for the single
 //! blocks and the heads. Nothing leaves the device inside a forward.
 
+use muddit_kernels::cuda::gemm::{Conv, GemmOpts, GemmOut};
 use std::sync::{Arc, Mutex};
 
-use muddit_kernels::cuda::ops::GemmOut;
-use muddit_kernels::cuda::params::{Act, RowMap};
+use muddit_kernels::cuda::common::{Act, RowMap};
 
 use super::{
     rope_tables, DualBlock, Mmdit, MmditInput, MmditOutput, Modulation, Qkv, SingleBlock,
@@ -30,7 +30,6 @@ use super::{
 };
 use crate::config::TransformerConfig;
 use crate::cuda::backend::{Cuda, Heads};
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Device, Ptr};
 use crate::error::Result;
 use crate::model_dir::{build_from, open_config};
@@ -307,7 +306,7 @@ impl CudaMmdit {
         {
             self.dev.write(&mut ws.cond, b * cw, row)?;
         }
-        self.dev.write(&mut ws.micro, 0, micro)
+        Ok(self.dev.write(&mut ws.micro, 0, micro)?)
     }
 
     /// The per-request inputs from device buffers (the device text encoder's outputs): text
@@ -327,7 +326,7 @@ impl CudaMmdit {
         for b in 0..s.batch {
             self.dev.copy(pooled.at(b * p)?, ws.cond.at(b * cw)?, p)?;
         }
-        self.dev.write(&mut ws.micro, 0, micro)
+        Ok(self.dev.write(&mut ws.micro, 0, micro)?)
     }
 
     /// The whole forward with host inputs and outputs, as [`crate::mmdit::Mmdit::forward`].
@@ -464,12 +463,12 @@ impl CudaMmdit {
             ws.temb.ptr(),
             broadcast,
         )?;
-        dev.act(
+        Ok(dev.act(
             Act::Silu,
             ws.temb.ptr(),
             ws.temb_silu.ptr(),
             b * self.cfg.inner_dim(),
-        )
+        )?)
     }
 
     /// Image ids to `I [B, N, D]`, text features to `T [B, L, D]` (reference 2.2).
@@ -478,14 +477,8 @@ impl CudaMmdit {
         let s = ws.shape;
         let (d, px, b) = (self.cfg.inner_dim(), s.pixels(), s.batch);
         let plain = GemmOpts::default();
-        dev.embedding(
-            ws.ids.ptr(),
-            self.model.embed.embeddings.ptr(),
-            self.cfg.vocab_size,
-            ws.emb0.ptr(),
-            px,
-            d,
-        )?;
+        let table = (self.model.embed.embeddings.ptr(), self.cfg.vocab_size);
+        dev.embedding(ws.ids.ptr(), table, None, ws.emb0.ptr(), px, d)?;
         dev.rms_norm(
             ws.emb0.ptr(),
             ws.emb0.ptr(),
@@ -506,7 +499,8 @@ impl CudaMmdit {
                 let norm = down.norm.weight.ptr();
                 dev.rms_norm(ws.emb1.ptr(), ws.emb1.ptr(), norm, px, d)?;
                 let geom = (s.height, s.width, d);
-                dev.conv2d(down.conv.mat(), ws.emb1.ptr(), b, geom, 2, 2, ws.emb0.ptr())?;
+                let (mat, x, out) = (down.conv.mat(), ws.emb1.ptr(), ws.emb0.ptr());
+                dev.conv2d(mat, x, b, geom, Conv::valid(2, 2), None, out)?;
                 &ws.emb0
             }
             None => &ws.emb1,
@@ -541,7 +535,7 @@ impl CudaMmdit {
         )?;
         let norm = self.model.encoder_proj_layer_norm.weight.ptr();
         dev.rms_norm(ws.tproj.ptr(), ws.tproj.ptr(), norm, rows, d)?;
-        dev.act(Act::None, ws.tproj.ptr(), ws.t.ptr(), rows * d)
+        Ok(dev.act(Act::None, ws.tproj.ptr(), ws.t.ptr(), rows * d)?)
     }
 
     /// q, k, v of `rows` normalised rows `y` into the joint buffers through `map`, q and k
@@ -617,7 +611,8 @@ impl CudaMmdit {
             )?;
         }
         let (qkv, shape) = ((ws.q.ptr(), ws.k.ptr(), ws.v.ptr()), (b, seq, self.heads.h));
-        dev.attention(qkv, ws.o.ptr(), hd, shape, self.heads.dh, self.heads.dp)?;
+        let dims = (self.heads.dh, self.heads.dp);
+        dev.attention(qkv, (ws.o.ptr(), hd), shape, dims, false)?;
         for &(res, per, mods, offset, _, to_out, ff) in &streams {
             let rows = b * per;
             let attn_out = GemmOpts {
@@ -697,26 +692,20 @@ impl CudaMmdit {
         )?;
         self.qkv(&blk.attn, ws.y.ptr(), rows, RowMap::IDENTITY, ws)?;
         let (qkv, shape) = ((ws.q.ptr(), ws.k.ptr(), ws.v.ptr()), (b, seq, self.heads.h));
-        dev.attention(
-            qkv,
-            ws.cat.ptr(),
-            cat_w,
-            shape,
-            self.heads.dh,
-            self.heads.dp,
-        )?;
+        let dims = (self.heads.dh, self.heads.dp);
+        dev.attention(qkv, (ws.cat.ptr(), cat_w), shape, dims, false)?;
         let gated = GemmOpts {
             gate: Some(gate(&ws.mods, SINGLE, d, seq)?),
             ..GemmOpts::default()
         };
-        dev.gemm(
+        Ok(dev.gemm(
             GemmOut::Residual,
             blk.proj_out.mat(),
             ws.cat.ptr(),
             rows,
             ws.x.ptr(),
             gated,
-        )
+        )?)
     }
 
     /// Text logits `[B, L, Vt]` and image logits `[B, h, w, V]` from `X` (reference 2.7), those
@@ -802,6 +791,6 @@ impl CudaMmdit {
             d,
         )?;
         let conv2 = self.model.mlm_layer.conv2.mat();
-        dev.gemm(GemmOut::F32, conv2, ws.m1.ptr(), px, ws.logits.ptr(), plain)
+        Ok(dev.gemm(GemmOut::F32, conv2, ws.m1.ptr(), px, ws.logits.ptr(), plain)?)
     }
 }

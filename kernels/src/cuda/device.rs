@@ -1,275 +1,356 @@
-//! Opening a CUDA device (after checking that the driver library loads), loading each module
-//! once, each function once, and launching planned kernels.
+//! Where the kernels run: a GPU (`gpu.rs`), or (feature `emulate`) the CPU emulator of the same
+//! CUDA sources. Buffers, uploads, downloads, copies and
+//! launches look the same on both; an address handed to a kernel is a device pointer on a GPU
+//! and a host pointer under the emulator.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::cell::UnsafeCell;
+use std::marker::PhantomData;
+use std::sync::Mutex;
 
-use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute_enum};
-use cudarc::driver::PushKernelArg;
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig,
-};
+use super::gpu::{Gpu, KernelTime};
+use super::launch::Launch;
+use super::{CudaError, Result};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
 
-use super::nvrtc::{self, Module};
-use super::ops::Launch;
-use super::CudaError;
+/// Element types of device buffers: bf16 bits (`u16`), `f32`, `i32`, `u32`, `f64` (workspaces).
+pub trait Elem: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + 'static {}
+impl Elem for u16 {}
+impl Elem for f32 {}
+impl Elem for i32 {}
+impl Elem for u32 {}
+impl Elem for f64 {}
 
-/// The driver library checked before cudarc touches it (cudarc panics if it cannot load it).
-#[cfg(not(windows))]
-pub const DRIVER_LIB: &str = "libcuda.so.1";
-#[cfg(windows)]
-pub const DRIVER_LIB: &str = "nvcuda.dll";
+enum Kind {
+    Gpu(Gpu),
+    #[cfg(feature = "emulate")]
+    Emulated,
+}
 
-/// Static shared memory a block gets without opting in.
-const DEFAULT_SMEM: u32 = 48 << 10;
+/// One device: a GPU, or the emulator.
+pub struct Device {
+    kind: Kind,
+    /// Split-K partial sums (`Device::gemm`), grown to the largest GEMM that needed them.
+    split_scratch: Mutex<Option<Buffer<f32>>>,
+}
 
-/// Fails with [`CudaError::NoDriver`] unless the CUDA driver library can be loaded.
-pub fn check_driver() -> Result<(), CudaError> {
-    // SAFETY: loading the driver library runs its initialisers, which have no preconditions on
-    // our side; the handle is dropped at once (cudarc loads its own).
-    match unsafe { libloading::Library::new(DRIVER_LIB) } {
-        Ok(_) => Ok(()),
-        Err(e) => Err(CudaError::NoDriver {
-            lib: DRIVER_LIB,
-            reason: match std::error::Error::source(&e) {
-                Some(detail) => format!("{e}: {detail}"),
-                None => e.to_string(),
-            },
-        }),
+/// Resident blocks per SM of the GEMM kernels (60 KiB shared, 256 threads at 128 registers).
+const GEMM_BLOCKS_PER_SM: usize = 2;
+/// The SMs the emulator stands for: an H100 SXM's, so that tests take its split-K decisions.
+#[cfg(feature = "emulate")]
+const EMULATED_SMS: usize = 132;
+
+#[cfg_attr(not(feature = "emulate"), allow(dead_code))]
+enum Mem<T> {
+    Gpu(CudaSlice<T>),
+    /// Host memory the emulated kernels write through raw addresses, hence the cells.
+    Host {
+        _cells: Vec<UnsafeCell<T>>,
+    },
+}
+
+/// `len` elements of `T` on a device, zeroed at allocation.
+pub struct Buffer<T: Elem> {
+    mem: Mem<T>,
+    addr: u64,
+    len: usize,
+}
+
+/// A range of a buffer as a kernel sees it: an address and the elements from there to the end
+/// of the buffer (what every launch wrapper checks its shapes against).
+#[derive(Debug)]
+pub struct Ptr<T> {
+    pub addr: u64,
+    pub len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T> Clone for Ptr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Ptr<T> {}
+
+impl<T: Elem> Buffer<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole buffer.
+    pub fn ptr(&self) -> Ptr<T> {
+        Ptr {
+            addr: self.addr,
+            len: self.len,
+            _t: PhantomData,
+        }
+    }
+
+    /// From element `offset` on.
+    pub fn at(&self, offset: usize) -> Result<Ptr<T>> {
+        self.ptr().at(offset)
     }
 }
 
-/// One GPU: its context, one stream, and the modules and functions loaded so far.
-pub struct CudaDevice {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    /// Compute capability as `10 * major + minor`, e.g. 90.
-    sm: u32,
-    /// Streaming multiprocessors.
-    sm_count: u32,
-    modules: Mutex<HashMap<Module, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
-    /// While kernel timing is on: each launch's kernel and its start and end events.
-    timings: Mutex<Option<Vec<(&'static str, CudaEvent, CudaEvent)>>>,
-}
-
-/// The GPU time of one kernel over the launches since timing began.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KernelTime {
-    pub kernel: &'static str,
-    pub launches: usize,
-    pub total_ms: f64,
-}
-
-impl CudaDevice {
-    /// Opens device `ordinal`; errors (never panics) without a driver or a device.
-    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
-        check_driver()?;
-        let ctx =
-            CudaContext::new(ordinal).map_err(|source| CudaError::Open { ordinal, source })?;
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(|source| CudaError::Open { ordinal, source })?;
-        if major < 8 {
+impl<T> Ptr<T> {
+    /// From element `offset` on.
+    pub fn at(self, offset: usize) -> Result<Ptr<T>> {
+        if offset > self.len {
             return Err(CudaError::InvalidLaunch {
-                op: "open",
-                reason: format!("compute capability {major}.{minor}: the kernels need sm_80 or newer (bf16 mma.sync, cp.async)"),
-            });
+                op: "buffer",
+                reason: format!("offset {offset} past the end ({} elements)", self.len),
+            }
+            .into());
         }
-        let sm_count = ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|source| CudaError::Open { ordinal, source })?;
-        let stream = ctx.default_stream();
-        Ok(Self {
-            ctx,
-            stream,
-            sm: (major * 10 + minor) as u32,
-            sm_count: sm_count.max(1) as u32,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
-            timings: Mutex::new(None),
+        Ok(Ptr {
+            addr: self.addr + (offset * std::mem::size_of::<T>()) as u64,
+            len: self.len - offset,
+            _t: PhantomData,
         })
     }
 
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-
-    /// Compute capability as `10 * major + minor`.
-    pub fn sm(&self) -> u32 {
-        self.sm
-    }
-
-    /// Streaming multiprocessors.
-    pub fn sm_count(&self) -> u32 {
-        self.sm_count
-    }
-
-    /// The module compiled for this device (NVRTC or the PTX cache), loaded once.
-    pub fn module(&self, module: Module) -> Result<Arc<CudaModule>, CudaError> {
-        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = modules.get(&module) {
-            return Ok(m.clone());
-        }
-        let ptx = nvrtc::ptx(module, self.sm)?;
-        let loaded = self
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|source| CudaError::Driver {
-                what: "load module",
-                source,
-            })?;
-        modules.insert(module, loaded.clone());
-        Ok(loaded)
-    }
-
-    /// Kernel `name` of `module`, loaded once.
-    pub fn function(&self, module: Module, name: &'static str) -> Result<CudaFunction, CudaError> {
-        if let Some(f) = self
-            .functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
-            return Ok(f.clone());
-        }
-        let f = self
-            .module(module)?
-            .load_function(name)
-            .map_err(|source| CudaError::Driver {
-                what: "load function",
-                source,
-            })?;
-        self.functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, f.clone());
-        Ok(f)
-    }
-
-    /// Enqueues `launch` on the device's stream.
-    ///
-    /// # Safety
-    /// Every address in `launch.params` must point into a live device allocation of this
-    /// context holding at least the elements the parameters' shapes and strides reach, of the
-    /// dtype the kernel documents, and no other work may write the output ranges meanwhile.
-    pub unsafe fn launch<P: DeviceRepr>(&self, launch: &Launch<P>) -> Result<(), CudaError> {
-        let f = self.function(launch.module, launch.kernel)?;
-        if launch.smem > DEFAULT_SMEM {
-            f.set_attribute(
-                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                launch.smem as i32,
-            )
-            .map_err(|source| CudaError::Driver {
-                what: "set dynamic shared memory",
-                source,
-            })?;
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (launch.grid[0], launch.grid[1], launch.grid[2]),
-            block_dim: (launch.block[0], launch.block[1], launch.block[2]),
-            shared_mem_bytes: launch.smem,
-        };
-        let mut timings = self.timings.lock().unwrap_or_else(|e| e.into_inner());
-        let start = match timings.as_ref() {
-            Some(_) => Some(self.event()?),
-            None => None,
-        };
-        let mut args = self.stream.launch_builder(&f);
-        args.arg(&launch.params);
-        // SAFETY: the caller guarantees the addresses in the parameter struct (see above); the
-        // struct itself is a `#[repr(C)]` mirror of the kernel's by-value parameter, and the
-        // grid and shared memory come from `ops`, which checked them against the shapes.
-        unsafe { args.launch(cfg) }.map_err(|source| CudaError::Driver {
-            what: launch.kernel,
-            source,
-        })?;
-        if let (Some(list), Some(start)) = (timings.as_mut(), start) {
-            list.push((launch.kernel, start, self.event()?));
-        }
-        Ok(())
-    }
-
-    /// A timing event recorded on the stream now (`None` flags would disable timing).
-    fn event(&self) -> Result<CudaEvent, CudaError> {
-        self.stream
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|source| CudaError::Driver {
-                what: "record a timing event",
-                source,
-            })
-    }
-
-    /// Starts timing every launch with a pair of CUDA events (until [`Self::kernel_times`]).
-    pub fn start_kernel_timing(&self) {
-        *self.timings.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
-    }
-
-    /// Waits for the stream, stops timing and returns the GPU time per kernel since
-    /// [`Self::start_kernel_timing`], longest total first (empty if timing was off).
-    pub fn kernel_times(&self) -> Result<Vec<KernelTime>, CudaError> {
-        let Some(list) = self
-            .timings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return Ok(Vec::new());
-        };
-        self.stream
-            .synchronize()
-            .map_err(|source| CudaError::Driver {
-                what: "synchronize",
-                source,
-            })?;
-        let mut by_kernel: Vec<KernelTime> = Vec::new();
-        for (kernel, start, end) in &list {
-            let ms = f64::from(start.elapsed_ms(end).map_err(|source| CudaError::Driver {
-                what: "read a timing event",
-                source,
-            })?);
-            match by_kernel.iter_mut().find(|t| t.kernel == *kernel) {
-                Some(t) => {
-                    t.launches += 1;
-                    t.total_ms += ms;
-                }
-                None => by_kernel.push(KernelTime {
-                    kernel,
-                    launches: 1,
-                    total_ms: ms,
-                }),
+    /// Fails unless `n` elements from here lie inside the buffer.
+    pub fn need(self, n: usize, op: &'static str, what: &str) -> Result<u64> {
+        if n > self.len {
+            return Err(CudaError::InvalidLaunch {
+                op,
+                reason: format!("{what}: {n} elements needed, {} in the buffer", self.len),
             }
+            .into());
         }
-        by_kernel.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
-        Ok(by_kernel)
+        Ok(self.addr)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn driver(what: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> CudaError {
+    move |source| CudaError::Driver { what, source }
+}
 
-    /// Here (no GPU, no driver) opening a device is an error with a clear message, not a panic.
-    #[test]
-    fn no_driver_is_a_clear_error() {
-        // SAFETY: as in check_driver.
-        let driver_present = unsafe { libloading::Library::new(DRIVER_LIB) }.is_ok();
-        match CudaDevice::open(0) {
-            Err(e @ CudaError::NoDriver { .. }) => {
-                assert!(!driver_present);
-                let msg = e.to_string();
-                assert!(
-                    msg.starts_with(&format!("no CUDA driver found ({DRIVER_LIB}): ")),
-                    "{msg}"
-                );
-                println!("{msg}");
-            }
-            Err(e) => assert!(driver_present, "unexpected error without a driver: {e}"),
-            Ok(dev) => assert!(driver_present && dev.sm() >= 80),
+impl Device {
+    /// GPU `ordinal`: the kernels' error (never a panic) without a driver or a device.
+    pub fn gpu(ordinal: usize) -> Result<Self> {
+        Ok(Device {
+            kind: Kind::Gpu(Gpu::open(ordinal)?),
+            split_scratch: Mutex::new(None),
+        })
+    }
+
+    /// The CPU emulator of the CUDA sources (slow: for tests).
+    #[cfg(feature = "emulate")]
+    pub fn emulated() -> Self {
+        Device {
+            kind: Kind::Emulated,
+            split_scratch: Mutex::new(None),
         }
     }
+
+    /// The GPU that owns a GPU buffer (buffers never move between devices).
+    fn gpu_of_buffer(&self) -> &Gpu {
+        match &self.kind {
+            Kind::Gpu(d) => d,
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => unreachable!("a GPU buffer handed to the emulator"),
+        }
+    }
+
+    /// "emulated" or "CUDA sm_XX".
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Gpu(d) => format!("CUDA sm_{}", d.sm()),
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => "CUDA emulator (CPU)".into(),
+        }
+    }
+
+    /// Resident GEMM blocks: 2 per SM (the emulator: an H100's 132 SMs).
+    pub fn gemm_slots(&self) -> usize {
+        let sms = match &self.kind {
+            Kind::Gpu(d) => d.sm_count() as usize,
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => EMULATED_SMS,
+        };
+        sms * GEMM_BLOCKS_PER_SM
+    }
+
+    /// At least `n` f32 elements of split-K scratch, valid until the next call (one GEMM's
+    /// launches, ordered on the stream, use it at a time). Grows on first need, then stays.
+    pub(crate) fn split_scratch(&self, n: usize) -> Result<Ptr<f32>> {
+        let mut slot = self.split_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|b| b.len() < n) {
+            *slot = Some(self.zeros(n)?);
+        }
+        match slot.as_ref() {
+            Some(b) => Ok(b.ptr()),
+            None => unreachable!("the scratch was just allocated"),
+        }
+    }
+
+    /// Starts timing every kernel launch with CUDA events (no-op under the emulator).
+    pub fn start_kernel_timing(&self) {
+        match &self.kind {
+            Kind::Gpu(d) => d.start_kernel_timing(),
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => {}
+        }
+    }
+
+    /// The GPU time per kernel since [`Self::start_kernel_timing`], longest total first; empty
+    /// under the emulator or when timing was off.
+    pub fn kernel_times(&self) -> Result<Vec<KernelTime>> {
+        match &self.kind {
+            Kind::Gpu(d) => Ok(d.kernel_times()?),
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => Ok(Vec::new()),
+        }
+    }
+
+    /// A zeroed buffer of `len` elements.
+    pub fn zeros<T: Elem>(&self, len: usize) -> Result<Buffer<T>> {
+        match &self.kind {
+            Kind::Gpu(d) => {
+                let slice = d
+                    .stream()
+                    .alloc_zeros::<T>(len.max(1))
+                    .map_err(driver("alloc"))?;
+                let addr = slice.device_ptr(d.stream()).0;
+                Ok(Buffer {
+                    mem: Mem::Gpu(slice),
+                    addr,
+                    len,
+                })
+            }
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => {
+                // One spare element keeps the address valid (and 16-byte aligned) for len 0.
+                let cells: Vec<UnsafeCell<T>> = (0..len.max(1) + 16 / std::mem::size_of::<T>())
+                    .map(|_| UnsafeCell::new(T::default()))
+                    .collect();
+                let base = cells.as_ptr() as u64;
+                // Kernels use 16-byte loads: align the start.
+                let addr = base.next_multiple_of(16);
+                Ok(Buffer {
+                    mem: Mem::Host { _cells: cells },
+                    addr,
+                    len,
+                })
+            }
+        }
+    }
+
+    /// A buffer holding `data`.
+    pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
+        let mut b = self.zeros(data.len())?;
+        self.write(&mut b, 0, data)?;
+        Ok(b)
+    }
+
+    /// Copies `data` to elements `offset..` of `buf`.
+    pub fn write<T: Elem>(&self, buf: &mut Buffer<T>, offset: usize, data: &[T]) -> Result<()> {
+        buf.at(offset)?.need(data.len(), "write", "host data")?;
+        match &mut buf.mem {
+            Mem::Gpu(slice) => {
+                let d = self.gpu_of_buffer();
+                let mut view = slice.slice_mut(offset..offset + data.len());
+                d.stream()
+                    .memcpy_htod(data, &mut view)
+                    .map_err(driver("copy to device"))
+            }
+            Mem::Host { .. } => {
+                let dst = (buf.addr as *mut T).wrapping_add(offset);
+                // SAFETY: `need` checked that `offset + data.len()` elements lie inside the
+                // buffer's cells (whose start `addr` is); no kernel runs meanwhile (the emulator
+                // is synchronous) and `&mut buf` excludes other host access.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// The buffer's elements `offset..offset + n` (waits for the device).
+    pub fn read<T: Elem>(&self, buf: &Buffer<T>, offset: usize, n: usize) -> Result<Vec<T>> {
+        buf.at(offset)?.need(n, "read", "host copy")?;
+        match &buf.mem {
+            Mem::Gpu(slice) => {
+                let d = self.gpu_of_buffer();
+                d.stream()
+                    .clone_dtoh(&slice.slice(offset..offset + n))
+                    .map_err(driver("copy to host"))
+            }
+            Mem::Host { .. } => {
+                let src = (buf.addr as *const T).wrapping_add(offset);
+                let mut out = vec![T::default(); n];
+                // SAFETY: `need` checked the range; the emulated kernels have finished (they run
+                // synchronously), so nothing writes the cells during the copy.
+                unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), n) };
+                Ok(out)
+            }
+        }
+    }
+
+    /// Copies `n` elements between two ranges of device buffers (which must not overlap).
+    pub fn copy<T: Elem>(&self, src: Ptr<T>, dst: Ptr<T>, n: usize) -> Result<()> {
+        let (s, t) = (
+            src.need(n, "copy", "source")?,
+            dst.need(n, "copy", "destination")?,
+        );
+        let bytes = n * std::mem::size_of::<T>();
+        if s.max(t) < s.min(t) + bytes as u64 {
+            return Err(CudaError::InvalidLaunch {
+                op: "copy",
+                reason: "overlapping ranges".into(),
+            }
+            .into());
+        }
+        match &self.kind {
+            Kind::Gpu(d) => {
+                // SAFETY: both ranges lie inside live allocations of this context (checked by
+                // `need`), do not overlap, and the copy is ordered on the device's one stream.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(t, s, bytes, d.stream().cu_stream())
+                }
+                .map_err(driver("copy on device"))
+            }
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => {
+                // SAFETY: as above, in host memory; nothing else runs meanwhile.
+                unsafe { std::ptr::copy_nonoverlapping(s as *const u8, t as *mut u8, bytes) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs (GPU: enqueues) a planned kernel.
+    ///
+    /// # Safety
+    /// Every address in `launch.params` must come from a live [`Buffer`] of this device and
+    /// the elements the parameters' shapes and strides reach must lie inside it.
+    pub unsafe fn launch<P: DeviceRepr>(&self, launch: &Launch<P>) -> Result<()> {
+        match &self.kind {
+            // SAFETY: the caller's guarantee is `Gpu::launch`'s.
+            Kind::Gpu(d) => Ok(unsafe { d.launch(launch) }?),
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => {
+                // SAFETY: as above, host addresses; the emulator runs synchronously.
+                unsafe { crate::emu::run(launch) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for the queued work (a no-op under the emulator).
+    pub fn sync(&self) -> Result<()> {
+        match &self.kind {
+            Kind::Gpu(d) => d.stream().synchronize().map_err(driver("synchronize")),
+            #[cfg(feature = "emulate")]
+            Kind::Emulated => Ok(()),
+        }
+    }
+}
+
+/// f32 -> bf16 bits, round to nearest even (as the device's `cvt.rn.bf16.f32`).
+pub fn to_bf16(xs: &[f32]) -> Vec<u16> {
+    xs.iter().map(|&x| crate::cpu::bf16::bits(x)).collect()
 }

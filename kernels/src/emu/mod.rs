@@ -1,11 +1,11 @@
 //! The CUDA C kernels of `kernels/cuda/` compiled with g++ under the CPU emulator
-//! (`kernels/emu/`), for tests: the same sources, the same launch geometry ([`crate::cuda::ops`]),
+//! (`kernels/emu/`), for tests: the same sources, the same launch geometry ([`crate::cuda::Launch`]),
 //! host memory in place of device memory. Slow (one fiber per CUDA thread) but faithful to
 //! barriers, warp exchanges and the tensor-core fragment layouts.
 
 use std::ffi::c_void;
 
-use crate::cuda::ops::Launch;
+use crate::cuda::Launch;
 
 /// Grid, block and dynamic shared memory, as `emu::LaunchDims` in `cuda_emu.h`.
 #[repr(C)]

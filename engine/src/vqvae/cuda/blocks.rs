@@ -4,13 +4,12 @@
 //! the mid block's single-head attention over pixels, and the four rotating feature-map
 //! buffers (`Scratch`) they write into. The layers are `crate::vqvae`'s with `Cuda` weights.
 
+use muddit_kernels::cuda::gemm::{Conv, GemmOpts, GemmOut};
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::GemmOut;
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
 
 use crate::cuda::backend::{DConv, Heads};
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Cuda, Device, Ptr};
 use crate::error::{Error, Result};
 use crate::vqvae::{Activation, AttnBlock, GroupNorm, MidBlock, Norm, ResnetBlock2D, VqConfig};
@@ -194,12 +193,12 @@ impl VqOps {
         }
         let (hd, shape) = (heads.width(), (x.batch, x.h * x.w, 1));
         let qkv = (q.ptr(), k.ptr(), v.ptr());
-        dev.attention(qkv, o.ptr(), hd, shape, heads.dh, heads.dp)?;
+        dev.attention(qkv, (o.ptr(), hd), shape, (heads.dh, heads.dp), false)?;
         let residual = GemmOpts {
             res: Some(x.at),
             ..GemmOpts::default()
         };
-        dev.gemm(GemmOut::Bf16, a.to_out.mat(), o.ptr(), rows, x.at, residual)
+        Ok(dev.gemm(GemmOut::Bf16, a.to_out.mat(), o.ptr(), rows, x.at, residual)?)
     }
 
     /// GroupNorm of `x` into `out` (may be `x`), then `act` (SiLU fused).
@@ -218,7 +217,7 @@ impl VqOps {
         self.dev
             .group_norm(x.at, out.at, affine, stats, geom, n.groups, silu)?;
         match act {
-            Some(a) if !silu => self.dev.act(a, out.at, out.at, x.pixels() * x.c),
+            Some(a) if !silu => Ok(self.dev.act(a, out.at, out.at, x.pixels() * x.c)?),
             _ => Ok(()),
         }
     }
@@ -233,8 +232,9 @@ impl VqOps {
     ) -> Result<Map> {
         debug_assert_eq!(x.c, conv.c_in);
         let geom = (x.h, x.w, x.c);
+        let same = Conv::same(conv.ksize);
         self.dev
-            .conv2d_same(conv.mat(), x.at, x.batch, geom, conv.ksize, res, out)?;
+            .conv2d(conv.mat(), x.at, x.batch, geom, same, res, out)?;
         Ok(x.into(out, conv.c_out()))
     }
 

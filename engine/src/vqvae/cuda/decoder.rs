@@ -26,18 +26,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::group_norm_workspace;
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
+use muddit_kernels::cuda::vq::group_norm_workspace;
 
 use super::blocks::{group, Map, Scratch, VqOps};
 use crate::cuda::backend::pad8;
-use crate::cuda::device::to_bf16;
 use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, open_config};
 use crate::vqvae::{read_codebook, DecoderHalf, VqConfig, ENCODER_TENSORS};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
+use muddit_kernels::cuda::to_bf16;
 
 /// The decoding half of `VQModel` on a CUDA device (or its emulator).
 pub struct CudaVqDecoder {
@@ -114,7 +114,14 @@ impl CudaVqDecoder {
             c: pad8(self.cfg.embed_dim()),
         }; // [B, h, w, E']
         let v = self.cfg.num_vq_embeddings;
-        dev.embedding(ids.ptr(), self.codebook.ptr(), v, q.at, q.pixels(), q.c)?;
+        dev.embedding(
+            ids.ptr(),
+            (self.codebook.ptr(), v),
+            None,
+            q.at,
+            q.pixels(),
+            q.c,
+        )?;
         let ops = &self.ops;
         let z = ops.pointwise(&self.half.post_quant_conv, q, sc.other(&[q])?, None)?; // [B, h, w, lat']
         let x = self.decoder_forward(z, &sc)?; // [B, H, W, out_channels]

@@ -15,22 +15,22 @@
 //! from the CPU's f32 ones by about 1% (relative L2); an id differs only where two codebook
 //! entries are that close to a latent (see `tests/src/cuda_pipeline_checks.rs`).
 
+use muddit_kernels::cuda::gemm::{Conv, GemmOpts, GemmOut};
 use std::path::Path;
 use std::sync::Arc;
 
-use muddit_kernels::cuda::ops::{group_norm_workspace, GemmOut};
-use muddit_kernels::cuda::params::Act;
+use muddit_kernels::cuda::common::Act;
+use muddit_kernels::cuda::vq::group_norm_workspace;
 
 use super::blocks::{Map, Scratch, VqOps};
 use crate::cuda::backend::pad8;
-use crate::cuda::device::to_bf16;
-use crate::cuda::ops::GemmOpts;
 use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::Result;
 use crate::model_dir::{build_from, open_config};
 use crate::vqvae::{read_codebook, EncoderHalf, FeatureMap, VqConfig, DECODER_TENSORS};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
+use muddit_kernels::cuda::to_bf16;
 
 /// The encoding half of `VQModel` on a CUDA device (or its emulator): image to ids.
 pub struct CudaVqEncoder {
@@ -188,9 +188,10 @@ impl CudaVqEncoder {
             if let Some(conv) = &block.downsampler {
                 let out = sc.other(&[x])?;
                 let geom = (x.h, x.w, x.c);
+                let down = Conv::downsample(3);
                 let (h, w) = ops
                     .dev
-                    .conv2d_downsample(conv.mat(), x.at, x.batch, geom, 3, out)?;
+                    .conv2d(conv.mat(), x.at, x.batch, geom, down, None, out)?;
                 x = Map {
                     h,
                     w,
