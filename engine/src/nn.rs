@@ -6,6 +6,7 @@ use crate::vqvae::FeatureMap;
 use crate::weights::Vb;
 use muddit_kernels::cpu::attention::attention_with;
 use muddit_kernels::cpu::conv::{conv2d, conv2d_upsampled_2x, patch_major_weight, Conv2dShape};
+use muddit_kernels::cpu::group_norm::apply_channel_affine_;
 use muddit_kernels::cpu::packed::{self, Compute, Epilogue, PackedMatrix};
 use muddit_kernels::cpu::winograd::{self, Prologue, Winograd3x3};
 
@@ -174,18 +175,9 @@ impl Conv2d {
         if matches!(self.weight, ConvWeight::Winograd(_)) {
             return self.forward_scaled(x, 1, Some(prologue));
         }
-        let c = x.c;
         let mut mapped = x.data.clone();
-        for (i, px) in mapped.chunks_exact_mut(c).enumerate() {
-            let at = (i / (x.h * x.w)) * c;
-            let (scale, shift) = (&prologue.scale[at..at + c], &prologue.shift[at..at + c]);
-            for ((v, a), b) in px.iter_mut().zip(scale).zip(shift) {
-                *v = *v * a + b;
-            }
-        }
-        if prologue.silu {
-            muddit_kernels::cpu::act::silu_(&mut mapped);
-        }
+        let Prologue { scale, shift, silu } = prologue;
+        apply_channel_affine_(&mut mapped, x.batch, scale, shift, silu);
         self.forward(&FeatureMap { data: mapped, ..*x })
     }
 

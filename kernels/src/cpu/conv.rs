@@ -330,6 +330,7 @@ pub fn upsample_nearest_2x(x: &[f32], batch: usize, h: usize, w: usize, c: usize
 mod tests {
     use super::*;
     use crate::cpu::packed::{Compute, Storage};
+    use crate::cpu::reference::pseudo;
 
     /// Direct convolution in f64 on the PyTorch layouts `x [B, C, H, W]`, `w [O, C, k, k]`.
     fn naive_nchw(x: &[f32], w: &[f32], bias: &[f32], s: &Conv2dShape) -> Vec<f64> {
@@ -367,14 +368,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n as u32)
-            .map(|i| {
-                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     /// The fused upsampling reads the same values as the explicit one, so the outputs are equal

@@ -52,7 +52,20 @@ pub fn group_norm_(
     silu: bool,
 ) {
     let (a, b) = channel_affine(x, batch, groups, weight, bias, eps);
-    let c = weight.len();
+    apply_channel_affine_(x, batch, &a, &b, silu);
+}
+
+/// `x [batch, P, C] = x * a + b` per image and channel (`a, b [batch, C]`, as
+/// [`channel_affine`] gives them), then SiLU when `silu` is set.
+pub fn apply_channel_affine_(x: &mut [f32], batch: usize, a: &[f32], b: &[f32], silu: bool) {
+    let c = a.len() / batch.max(1);
+    assert!(
+        batch > 0
+            && b.len() == a.len()
+            && a.len() == batch * c
+            && x.len() % (batch * c).max(1) == 0,
+        "group_norm: the channel map is not [B, C] for x [B, P, C]"
+    );
     for ((xb, a), b) in x
         .chunks_exact_mut(x.len() / batch)
         .zip(a.chunks_exact(c))

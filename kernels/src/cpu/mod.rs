@@ -21,6 +21,15 @@ pub mod winograd;
 /// Naive f64 references the kernels' unit tests compare with.
 #[cfg(test)]
 pub(crate) mod reference {
+    /// `n` values in [-1, 1) on a grid of 1/1000, from a multiplicative hash of the index.
+    pub fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
     /// `x[M,K] · w[N,K]ᵀ (+ b)` accumulated in f64.
     pub fn naive_linear(
         x: &[f32],

@@ -44,21 +44,12 @@ impl Winograd3x3 {
     /// of a bf16 weight is not a bf16 value).
     pub fn new(w: &[f32], c_out: usize, c_in: usize, compute: Compute) -> Self {
         assert_eq!(w.len(), c_out * c_in * 9, "winograd: w is not [O, C, 3, 3]");
-        let mut u = vec![vec![0.0f32; c_out * c_in]; 16];
-        for (oc, g) in w.chunks_exact(9).enumerate() {
-            // G g Gᵀ, one 4x4 matrix per (o, c).
-            let mut gg = [[0.0f32; 3]; 4];
-            for (a, row) in gg.iter_mut().enumerate() {
-                for (x, v) in row.iter_mut().enumerate() {
-                    *v = (0..3).map(|y| G[a][y] * g[y * 3 + x]).sum();
-                }
-            }
-            for a in 0..4 {
-                for b in 0..4 {
-                    u[a * 4 + b][oc] = (0..3).map(|x| gg[a][x] * G[b][x]).sum();
-                }
-            }
-        }
+        // G g Gᵀ, one 4x4 matrix per (o, c), then scattered into the 16 matrices U_j [O, C].
+        let per_pair: Vec<[f32; 16]> = w.par_chunks_exact(9).map(transform_weight).collect();
+        let u: Vec<Vec<f32>> = (0..16)
+            .into_par_iter()
+            .map(|j| per_pair.iter().map(|t| t[j]).collect())
+            .collect();
         let storage = match compute {
             Compute::Bf16 => Storage::Bf16,
             Compute::F32 => Storage::F32,
@@ -69,24 +60,17 @@ impl Winograd3x3 {
             .collect();
         Winograd3x3 { mats, c_in, c_out }
     }
+}
 
-    pub fn c_in(&self) -> usize {
-        self.c_in
+/// `G g Gᵀ` of one 3x3 kernel `g` (row-major), row-major 4x4.
+fn transform_weight(g: &[f32]) -> [f32; 16] {
+    let mut gg = [[0.0f32; 3]; 4];
+    for (a, row) in gg.iter_mut().enumerate() {
+        for (x, v) in row.iter_mut().enumerate() {
+            *v = (0..3).map(|y| G[a][y] * g[y * 3 + x]).sum();
+        }
     }
-
-    pub fn c_out(&self) -> usize {
-        self.c_out
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.mats.iter().map(PackedMatrix::bytes).sum()
-    }
-
-    /// How the products multiply (as [`PackedMatrix::kernel`]).
-    pub fn kernel(&self) -> String {
-        self.mats[0].kernel()
-    }
+    std::array::from_fn(|j| (0..3).map(|x| gg[j / 4][x] * G[j % 4][x]).sum())
 }
 
 /// A per-channel map `x * scale + shift`, then SiLU when `silu`, applied to the input as the
@@ -471,14 +455,7 @@ thread_local! {
 mod tests {
     use super::*;
     use crate::cpu::conv::{conv2d, patch_major_weight, upsample_nearest_2x, Conv2dShape};
-
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n as u32)
-            .map(|i| {
-                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::reference::pseudo;
 
     /// Relative L2 distance of `got` from `want`.
     fn distance(got: &[f32], want: &[f32]) -> f64 {
