@@ -4,10 +4,10 @@
 //! the PNG so that `--from-png` redoes it, and refuses inputs that changed since.
 
 use crate::model::Models;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Args;
-use muddit_engine::image_io::load_image;
-use muddit_engine::pipeline::{mask_tokens, EditIds};
+use muddit_engine::image_io::{decode_image, decode_mask, image_dimensions, RgbImage};
+use muddit_engine::pipeline::{mask_tokens, EditIds, ModelFolder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,9 @@ pub struct EditFlags {
     #[arg(long)]
     pub strength: Option<f32>,
     /// Inpainting mask for --init-image: white (>= 50%) pixels are regenerated, a token as soon
-    /// as one of its pixels is; every other token is kept exactly as encoded.
+    /// as one of its pixels is; every other token is kept exactly as encoded. A mask with
+    /// transparent pixels is read the other way round (OpenAI's convention): the transparent
+    /// part is regenerated.
     #[arg(long)]
     pub mask: Option<PathBuf>,
     /// Outpainting: grow the canvas of --init-image by `L,T,R,B` pixels (each rounded up to
@@ -35,9 +37,28 @@ pub struct EditFlags {
     #[arg(long, value_name = "L,T,R,B")]
     pub outpaint: Option<String>,
     /// Paste the input's pixels back where nothing was regenerated (outside the mask, the old
-    /// part of an outpainting).
-    #[arg(long)]
+    /// part of an outpainting) [the default with --mask or --outpaint].
+    #[arg(long, overrides_with = "no_keep_unmasked_pixels")]
     pub keep_unmasked_pixels: bool,
+    /// Keep the decoder's pixels everywhere: no paste-back (the kept tokens stay exact, but
+    /// the decoder redraws their pixels a little differently).
+    #[arg(long, overrides_with = "keep_unmasked_pixels")]
+    pub no_keep_unmasked_pixels: bool,
+    /// Feather the paste-back: its mask blurred by a Gaussian of this standard deviation in
+    /// pixels, so that the seam fades over about 2R px on each side [default: 0, a sharp seam].
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
+    pub mask_blur: Option<f32>,
+}
+
+impl EditFlags {
+    /// Paste-back as the flags ask, `None` when they leave it to the default.
+    fn keep_pixels(&self) -> Option<bool> {
+        match (self.keep_unmasked_pixels, self.no_keep_unmasked_pixels) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// What an edit used, stored in the PNG's parameters.
@@ -51,6 +72,205 @@ pub struct EditRecord {
     pub outpaint: [usize; 4],
     pub strength: f32,
     pub keep_unmasked_pixels: bool,
+    /// The paste-back's feather (`--mask-blur`), 0 for a sharp seam.
+    #[serde(default)]
+    pub mask_blur: f32,
+}
+
+/// Largest `--mask-blur`, in pixels.
+pub const MAX_MASK_BLUR: f32 = 256.0;
+
+/// An edit as asked, its files read: what `muddit t2i`'s flags (with a stored record's parts)
+/// and the server's `/v1/images/edits` fields both come to.
+pub struct EditRequest<'a> {
+    /// The input image file.
+    pub image: &'a [u8],
+    /// The inpainting mask file.
+    pub mask: Option<&'a [u8]>,
+    /// Pixels to add per side (left, top, right, bottom), before rounding.
+    pub pads: [usize; 4],
+    /// The canvas `(width, height)` if asked, pads included.
+    pub size: (Option<usize>, Option<usize>),
+    pub strength: Option<f32>,
+    /// Paste-back, `None` for the default (on with a mask or pads).
+    pub keep_pixels: Option<bool>,
+    pub mask_blur: Option<f32>,
+}
+
+/// The input of an [`EditRequest`] a refusal is about.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EditInput {
+    Image,
+    Mask,
+    Strength,
+    Width,
+    Height,
+    KeepPixels,
+    MaskBlur,
+}
+
+/// A refused edit: which input, and why (the message starts with the value when it is a
+/// number).
+#[derive(Debug)]
+pub struct EditError {
+    pub input: EditInput,
+    pub message: String,
+}
+
+fn refuse<T>(input: EditInput, message: impl Into<String>) -> Result<T, EditError> {
+    Err(EditError {
+        input,
+        message: message.into(),
+    })
+}
+
+/// The message of an engine error about an input (without the input's name).
+fn engine_message(e: muddit_engine::Error) -> String {
+    match e {
+        muddit_engine::Error::InvalidInput { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+/// An edit checked and its files decoded, ready to be encoded by the models.
+pub struct PlannedEdit {
+    /// The input at its size on the canvas.
+    image: RgbImage,
+    /// Per input pixel `[h, w]`, in `[0, 1]`: the mask (>= 0.5 is regenerated).
+    mask: Option<Vec<f32>>,
+    canvas: Canvas,
+    pub strength: f32,
+    pub keep_pixels: bool,
+    pub mask_blur: f32,
+}
+
+/// Checks `request` against the model in `folder` and decodes its files.
+pub fn plan(request: &EditRequest, folder: &ModelFolder) -> Result<PlannedEdit, EditError> {
+    let step = folder.size_step();
+    let own = image_dimensions(request.image, "image")
+        .or_else(|e| refuse(EditInput::Image, engine_message(e)))?;
+    let canvas = Canvas::new(own, request.pads, request.size, step)?;
+    let (inner_w, inner_h) = canvas.inner;
+    let (width, height) = canvas.size;
+    if let Err(e) = folder.grid(width, height) {
+        return refuse(EditInput::Width, engine_message(e));
+    }
+    let editing_part = request.mask.is_some() || request.pads.iter().any(|&p| p > 0);
+    let default = if editing_part { 1.0 } else { IMG2IMG_STRENGTH };
+    let strength = request.strength.unwrap_or(default);
+    if !(strength > 0.0 && strength <= 1.0) {
+        return refuse(EditInput::Strength, format!("{strength}: must be in (0, 1]"));
+    }
+    let keep_pixels = request.keep_pixels.unwrap_or(editing_part);
+    if keep_pixels && !editing_part {
+        return refuse(
+            EditInput::KeepPixels,
+            "needs a mask or outpainting (img2img regenerates everywhere)",
+        );
+    }
+    let mask_blur = request.mask_blur.unwrap_or(0.0);
+    if !(0.0..=MAX_MASK_BLUR).contains(&mask_blur) {
+        return refuse(
+            EditInput::MaskBlur,
+            format!("{mask_blur}: must be from 0 to {MAX_MASK_BLUR} px"),
+        );
+    }
+    if mask_blur > 0.0 && !keep_pixels {
+        return refuse(
+            EditInput::MaskBlur,
+            format!("{mask_blur}: feathers the paste-back, which this edit does not do"),
+        );
+    }
+    let image = decode_image(request.image, inner_h, inner_w)
+        .or_else(|e| refuse(EditInput::Image, engine_message(e)))?;
+    let mask = match request.mask {
+        Some(bytes) => Some(read_mask(bytes, canvas.inner, canvas.pads)?),
+        None => None,
+    };
+    Ok(PlannedEdit {
+        image,
+        mask,
+        canvas,
+        strength,
+        keep_pixels,
+        mask_blur,
+    })
+}
+
+impl PlannedEdit {
+    /// The canvas `(width, height)`.
+    pub fn size(&self) -> (usize, usize) {
+        self.canvas.size
+    }
+
+    /// Pixels added per side, rounded to the size step.
+    pub fn pads(&self) -> [usize; 4] {
+        self.canvas.pads
+    }
+
+    /// Encodes the input with `models` and places it on the canvas.
+    pub fn encode(&self, models: &Models, record: EditRecord) -> Result<Edit> {
+        let folder = models.folder();
+        let f = folder.vqvae_cfg.scale_factor();
+        let (inner_w, inner_h) = self.canvas.inner;
+        let (width, height) = self.canvas.size;
+        let ids = models.encode(&self.image.data, inner_h, inner_w)?;
+        let regenerate = self
+            .mask
+            .as_deref()
+            .map(|m| mask_tokens(m, inner_h, inner_w, f))
+            .transpose()?;
+        let mask_id = folder.transformer_cfg.mask_id() as u32;
+        let (grid, ids) = EditIds::place(
+            &ids,
+            (inner_h / f, inner_w / f),
+            regenerate.as_deref(),
+            self.canvas.pads.map(|p| p / f),
+            mask_id,
+            self.strength,
+        )?;
+        debug_assert_eq!(grid, (height / f, width / f));
+        let paste = self.keep_pixels.then(|| self.paste());
+        Ok(Edit {
+            record,
+            width,
+            height,
+            ids,
+            paste,
+        })
+    }
+
+    /// The input on the canvas and how much of it each canvas pixel takes back.
+    fn paste(&self) -> Paste {
+        let (w, h) = self.canvas.inner;
+        let (width, height) = self.canvas.size;
+        let [left, top, ..] = self.canvas.pads;
+        let plane = width * height;
+        let mut input = vec![0.0f32; 3 * plane];
+        let mut alpha = vec![0.0f32; plane];
+        for y in 0..h {
+            for x in 0..w {
+                let (src, dst) = (y * w + x, (y + top) * width + x + left);
+                for c in 0..3 {
+                    input[c * plane + dst] = self.image.data[c * w * h + src];
+                }
+                let kept = self.mask.as_deref().is_none_or(|m| m[src] < 0.5);
+                alpha[dst] = f32::from(u8::from(kept));
+            }
+        }
+        if self.mask_blur > 0.0 {
+            alpha = gaussian_blur(&alpha, width, height, self.mask_blur);
+        }
+        Paste { input, alpha }
+    }
+}
+
+/// The input's pixels to paste back onto the output.
+pub struct Paste {
+    /// `[3, H, W]`
+    input: Vec<f32>,
+    /// `[H, W]` in `[0, 1]`: the input's weight in the composite.
+    alpha: Vec<f32>,
 }
 
 /// An edit ready to run on a canvas of `width x height` pixels.
@@ -59,23 +279,25 @@ pub struct Edit {
     pub width: usize,
     pub height: usize,
     pub ids: EditIds,
-    /// With `--keep-unmasked-pixels`: the input on the canvas `[3, H, W]` and, per pixel
-    /// `[H, W]`, whether it is pasted back.
-    pub paste: Option<(Vec<f32>, Vec<bool>)>,
+    /// The paste-back, when the edit keeps the input's pixels.
+    pub paste: Option<Paste>,
 }
 
 impl Edit {
-    /// Pastes the input's kept pixels into `pixels` (`[B, 3, H, W]`), if asked for.
+    /// Composites the input's kept pixels into `pixels` (`[B, 3, H, W]`), if asked for:
+    /// exactly the input where it is fully kept, a blend along a feathered seam.
     pub fn paste_into(&self, pixels: &mut [f32]) {
-        let Some((input, kept)) = &self.paste else {
+        let Some(Paste { input, alpha }) = &self.paste else {
             return;
         };
         let plane = self.width * self.height;
         for image in pixels.chunks_exact_mut(3 * plane) {
-            for (c, channel) in image.chunks_exact_mut(plane).enumerate() {
-                for (p, v) in channel.iter_mut().enumerate() {
-                    if kept[p] {
-                        *v = input[c * plane + p];
+            for (channel, from) in image.chunks_exact_mut(plane).zip(input.chunks_exact(plane)) {
+                for ((v, &x), &a) in channel.iter_mut().zip(from).zip(alpha) {
+                    if a >= 1.0 {
+                        *v = x;
+                    } else if a > 0.0 {
+                        *v = a * x + (1.0 - a) * *v;
                     }
                 }
             }
@@ -83,10 +305,39 @@ impl Edit {
     }
 }
 
-/// The SHA-256 of a file, lower-case hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex(&Sha256::digest(&bytes)))
+/// `plane [H, W]` blurred by a Gaussian of standard deviation `sigma` px (truncated at 3
+/// sigma, edges repeated), rows then columns.
+fn gaussian_blur(plane: &[f32], width: usize, height: usize, sigma: f32) -> Vec<f32> {
+    let radius = (3.0 * sigma).ceil() as isize;
+    let weights: Vec<f32> = (-radius..=radius)
+        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    let pass = |src: &[f32], along_rows: bool| -> Vec<f32> {
+        let (n, len) = if along_rows { (height, width) } else { (width, height) };
+        let at = |line: usize, i: usize| match along_rows {
+            true => line * width + i,
+            false => i * width + line,
+        };
+        let mut out = vec![0.0f32; src.len()];
+        for line in 0..n {
+            for i in 0..len {
+                let sum: f32 = weights
+                    .iter()
+                    .zip(-radius..)
+                    .map(|(w, d)| w * src[at(line, (i as isize + d).clamp(0, len as isize - 1) as usize)])
+                    .sum();
+                out[at(line, i)] = sum / total;
+            }
+        }
+        out
+    };
+    pass(&pass(plane, true), false)
+}
+
+/// The SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -114,27 +365,29 @@ pub fn model_hash(root: &Path) -> Result<String> {
 }
 
 /// `L,T,R,B` in pixels.
-fn parse_pads(text: &str) -> Result<[usize; 4]> {
-    let values: Vec<usize> = text
-        .split(',')
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<std::result::Result<_, _>>()
-        .with_context(|| format!("--outpaint {text}: expected four pixel counts L,T,R,B"))?;
-    match values[..] {
-        [l, t, r, b] => Ok([l, t, r, b]),
-        _ => bail!("--outpaint {text}: expected four pixel counts L,T,R,B"),
+pub fn parse_pads(text: &str) -> std::result::Result<[usize; 4], String> {
+    let values: Option<Vec<usize>> = text.split(',').map(|s| s.trim().parse().ok()).collect();
+    match values.as_deref() {
+        Some(&[l, t, r, b]) => Ok([l, t, r, b]),
+        _ => Err(format!("{text}: expected four pixel counts L,T,R,B")),
     }
 }
 
-/// An input file of the edit: the flag's path, else the stored one, which must not have
-/// changed since (its SHA-256).
+/// An input file of the edit: its path, SHA-256 and bytes. The flag's path, else the stored
+/// one, which must not have changed since (its SHA-256).
 fn input_file(
     flag: Option<&Path>,
     stored: Option<(&str, &str)>,
     what: &str,
-) -> Result<Option<(PathBuf, String)>> {
+) -> Result<Option<(PathBuf, String, Vec<u8>)>> {
+    let read = |path: &Path| -> Result<(String, Vec<u8>)> {
+        muddit_engine::limits::regular_file(path).with_context(|| format!("--{what}"))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok((sha256_hex(&bytes), bytes))
+    };
     if let Some(path) = flag {
-        return Ok(Some((path.to_path_buf(), sha256_file(path)?)));
+        let (sha, bytes) = read(path)?;
+        return Ok(Some((path.to_path_buf(), sha, bytes)));
     }
     let Some((path, want)) = stored else {
         return Ok(None);
@@ -145,14 +398,14 @@ fn input_file(
         "--from-png: the {what} {} it was made from is gone; pass --{what} FILE",
         path.display()
     );
-    let got = sha256_file(&path)?;
+    let (got, bytes) = read(&path)?;
     ensure!(
         got == want,
         "--from-png: the {what} {} changed since (SHA-256 {got}, the PNG stores {want}); pass --{what} {} to use it as it is now",
         path.display(),
         path.display()
     );
-    Ok(Some((path, got)))
+    Ok(Some((path, got, bytes)))
 }
 
 /// `value` rounded to the nearest positive multiple of `step`.
@@ -169,94 +422,65 @@ pub fn prepare(
     models: &Models,
 ) -> Result<Option<Edit>> {
     let stored_input = stored.map(|r| (r.init_image.as_str(), r.init_image_sha256.as_str()));
-    let Some((image_path, image_sha)) =
+    let Some((image_path, image_sha, image)) =
         input_file(flags.init_image.as_deref(), stored_input, "init-image")?
     else {
         let used = flags.strength.is_some()
             || flags.mask.is_some()
             || flags.outpaint.is_some()
-            || flags.keep_unmasked_pixels;
+            || flags.keep_pixels().is_some()
+            || flags.mask_blur.is_some();
         ensure!(
             !used,
-            "--strength, --mask, --outpaint and --keep-unmasked-pixels need --init-image"
+            "--strength, --mask, --outpaint, --[no-]keep-unmasked-pixels and --mask-blur need --init-image"
         );
         return Ok(None);
     };
     // Each stored part applies unless its flag is given.
     let stored_mask = stored.and_then(|r| r.mask.as_deref().zip(r.mask_sha256.as_deref()));
     let mask_file = input_file(flags.mask.as_deref(), stored_mask, "mask")?;
-    let folder = models.folder();
-    let f = folder.vqvae_cfg.scale_factor();
     let pads = match (&flags.outpaint, stored) {
-        (Some(text), _) => parse_pads(text)?,
+        (Some(text), _) => parse_pads(text).map_err(|e| anyhow::anyhow!("--outpaint {e}"))?,
         (None, Some(r)) => r.outpaint,
         (None, None) => [0; 4],
     };
-    let canvas = Canvas::new(&image_path, pads, size, folder.size_step())?;
-    let (pads, (inner_w, inner_h), (width, height)) = (canvas.pads, canvas.inner, canvas.size);
-    folder.grid(width, height)?;
-    let editing_part = mask_file.is_some() || pads.iter().any(|&p| p > 0);
-    let strength = flags
-        .strength
-        .or(stored.map(|r| r.strength))
-        .unwrap_or(if editing_part { 1.0 } else { IMG2IMG_STRENGTH });
-    ensure!(
-        strength > 0.0 && strength <= 1.0,
-        "--strength {strength}: must be in (0, 1]"
-    );
-
-    let image = load_image(&image_path, inner_h, inner_w)
-        .with_context(|| format!("--init-image {}", image_path.display()))?;
-    let ids = models.encode(&image.data, inner_h, inner_w)?;
-    let mask_pixels = match &mask_file {
-        Some((path, _)) => Some(load_mask(path, canvas.inner, pads)?),
-        None => None,
+    let request = EditRequest {
+        image: &image,
+        mask: mask_file.as_ref().map(|(_, _, bytes)| bytes.as_slice()),
+        pads,
+        size,
+        strength: flags.strength.or(stored.map(|r| r.strength)),
+        keep_pixels: flags
+            .keep_pixels()
+            .or(stored.map(|r| r.keep_unmasked_pixels)),
+        mask_blur: flags.mask_blur.or(stored.map(|r| r.mask_blur)),
     };
-    let regenerate = mask_pixels
-        .as_deref()
-        .map(|m| mask_tokens(m, inner_h, inner_w, f))
-        .transpose()?;
-    let token_pads = pads.map(|p| p / f);
-    let mask_id = folder.transformer_cfg.mask_id() as u32;
-    let (grid, edit_ids) = EditIds::place(
-        &ids,
-        (inner_h / f, inner_w / f),
-        regenerate.as_deref(),
-        token_pads,
-        mask_id,
-        strength,
-    )?;
-    debug_assert_eq!(grid, (height / f, width / f));
-    let keep_pixels = flags.keep_unmasked_pixels || stored.is_some_and(|r| r.keep_unmasked_pixels);
-    ensure!(
-        !keep_pixels || editing_part,
-        "--keep-unmasked-pixels needs --mask or --outpaint (img2img regenerates everywhere)"
-    );
-    let paste = keep_pixels.then(|| {
-        canvas_paste(
-            &image.data,
-            mask_pixels.as_deref(),
-            (inner_w, inner_h),
-            pads,
-            (width, height),
-        )
-    });
+    let planned = plan(&request, models.folder()).map_err(|e| {
+        let flag = match e.input {
+            EditInput::Image => format!("--init-image {}:", image_path.display()),
+            EditInput::Mask => match &mask_file {
+                Some((path, ..)) => format!("--mask {}:", path.display()),
+                None => "--mask:".into(),
+            },
+            EditInput::Strength => "--strength".into(),
+            EditInput::Width => "--width".into(),
+            EditInput::Height => "--height".into(),
+            EditInput::KeepPixels => "--keep-unmasked-pixels:".into(),
+            EditInput::MaskBlur => "--mask-blur".into(),
+        };
+        anyhow::anyhow!("{flag} {}", e.message)
+    })?;
     let record = EditRecord {
         init_image: image_path.display().to_string(),
         init_image_sha256: image_sha,
-        mask: mask_file.as_ref().map(|(p, _)| p.display().to_string()),
-        mask_sha256: mask_file.map(|(_, s)| s),
-        outpaint: pads,
-        strength,
-        keep_unmasked_pixels: keep_pixels,
+        mask: mask_file.as_ref().map(|(p, ..)| p.display().to_string()),
+        mask_sha256: mask_file.map(|(_, s, _)| s),
+        outpaint: planned.pads(),
+        strength: planned.strength,
+        keep_unmasked_pixels: planned.keep_pixels,
+        mask_blur: planned.mask_blur,
     };
-    Ok(Some(Edit {
-        record,
-        width,
-        height,
-        ids: edit_ids,
-        paste,
-    }))
+    planned.encode(models, record).map(Some)
 }
 
 /// Where the input goes: pads (rounded up to the size step), the input's size and the canvas's.
@@ -270,28 +494,26 @@ struct Canvas {
 }
 
 impl Canvas {
-    /// `size`: `--width`, `--height` if given (the canvas, pads included); else the input's
-    /// own size rounded to `step`, plus the pads.
+    /// `size`: the canvas if asked, pads included; else the input's own size (`own`)
+    /// rounded to `step`, plus the pads.
     fn new(
-        image: &Path,
+        own: (usize, usize),
         pads: [usize; 4],
         size: (Option<usize>, Option<usize>),
         step: usize,
-    ) -> Result<Self> {
+    ) -> Result<Self, EditError> {
         let pads = pads.map(|p| p.div_ceil(step) * step);
-        let (own_w, own_h) = image::image_dimensions(image)
-            .with_context(|| format!("--init-image {}", image.display()))?;
-        let inner = |flag: Option<usize>, own: u32, before: usize, after: usize, name: &str| {
-            let Some(total) = flag else {
-                return Ok(round_to(own as usize, step));
+        let inner = |asked: Option<usize>, own: usize, before: usize, after: usize, input| {
+            let Some(total) = asked else {
+                return Ok(round_to(own, step));
             };
             match total.checked_sub(before + after) {
                 Some(v) if v > 0 && v % step == 0 => Ok(v),
-                _ => bail!("--{name} {total}: less the --outpaint pads ({before} + {after} px) it must leave a positive multiple of {step} px for the input image"),
+                _ => refuse(input, format!("{total}: less the outpainting pads ({before} + {after} px) it must leave a positive multiple of {step} px for the input image")),
             }
         };
-        let w = inner(size.0, own_w, pads[0], pads[2], "width")?;
-        let h = inner(size.1, own_h, pads[1], pads[3], "height")?;
+        let w = inner(size.0, own.0, pads[0], pads[2], EditInput::Width)?;
+        let h = inner(size.1, own.1, pads[1], pads[3], EditInput::Height)?;
         Ok(Canvas {
             pads,
             inner: (w, h),
@@ -302,40 +524,17 @@ impl Canvas {
 
 /// The mask's luma `[h, w]` in `[0, 1]` at the input's size `(w, h)`; without pads it must
 /// have a white pixel.
-fn load_mask(path: &Path, (w, h): (usize, usize), pads: [usize; 4]) -> Result<Vec<f32>> {
-    let m = load_image(path, h, w).with_context(|| format!("--mask {}", path.display()))?;
+fn read_mask(bytes: &[u8], (w, h): (usize, usize), pads: [usize; 4]) -> Result<Vec<f32>, EditError> {
+    let m = decode_mask(bytes, "mask", h, w).or_else(|e| refuse(EditInput::Mask, engine_message(e)))?;
     let plane = h * w;
     let luma: Vec<f32> = (0..plane)
         .map(|p| (m.data[p] + m.data[plane + p] + m.data[2 * plane + p]) / 3.0)
         .collect();
-    ensure!(
-        luma.iter().any(|&v| v >= 0.5) || pads.iter().any(|&p| p > 0),
-        "--mask {}: no white pixel, nothing to regenerate",
-        path.display()
-    );
-    Ok(luma)
-}
-
-/// The input `[3, h, w]` placed on the canvas `[3, H, W]` at the pads, and which canvas pixels
-/// are pasted back: the input's own pixels outside the mask (all of them without a mask).
-fn canvas_paste(
-    image: &[f32],
-    mask: Option<&[f32]>,
-    (w, h): (usize, usize),
-    pads: [usize; 4],
-    (width, height): (usize, usize),
-) -> (Vec<f32>, Vec<bool>) {
-    let plane = width * height;
-    let mut canvas = vec![0.0f32; 3 * plane];
-    let mut kept = vec![false; plane];
-    for y in 0..h {
-        for x in 0..w {
-            let (src, dst) = (y * w + x, (y + pads[1]) * width + x + pads[0]);
-            for c in 0..3 {
-                canvas[c * plane + dst] = image[c * w * h + src];
-            }
-            kept[dst] = mask.is_none_or(|m| m[src] < 0.5);
-        }
+    if !luma.iter().any(|&v| v >= 0.5) && pads.iter().all(|&p| p == 0) {
+        return refuse(
+            EditInput::Mask,
+            "no white (or transparent) pixel, nothing to regenerate",
+        );
     }
-    (canvas, kept)
+    Ok(luma)
 }

@@ -71,6 +71,9 @@ impl GenerationParams {
             if edit.mask.is_some() {
                 text += ", Mask: yes";
             }
+            if edit.mask_blur > 0.0 {
+                text += &format!(", Mask blur: {}", edit.mask_blur);
+            }
             if edit.outpaint.iter().any(|&p| p > 0) {
                 let [l, t, r, b] = edit.outpaint;
                 text += &format!(", Outpaint: {l},{t},{r},{b}");
@@ -183,7 +186,8 @@ mod tests {
                 mask_sha256: None,
                 outpaint: [0, 0, 32, 0],
                 strength: 1.0,
-                keep_unmasked_pixels: false,
+                keep_unmasked_pixels: true,
+                mask_blur: 2.5,
             }),
         };
         let path = std::env::temp_dir().join(format!("muddit-meta-{}.png", std::process::id()));
@@ -195,7 +199,7 @@ mod tests {
             .expect("a parameters chunk");
         assert_eq!(
             text,
-            "ünïcode \"quotes\"\nNegative prompt: blurry\nSteps: 16, Sampler: muddit cosine sample, CFG scale: 9, Seed: 18446744073709551615, Size: 64x32, Model hash: 0123456789, Model: x, Denoising strength: 1, Outpaint: 0,0,32,0, Version: muddit 0.1.0"
+            "ünïcode \"quotes\"\nNegative prompt: blurry\nSteps: 16, Sampler: muddit cosine sample, CFG scale: 9, Seed: 18446744073709551615, Size: 64x32, Model hash: 0123456789, Model: x, Denoising strength: 1, Mask blur: 2.5, Outpaint: 0,0,32,0, Version: muddit 0.1.0"
         );
         let img = image::open(&path).expect("a valid PNG").to_rgb8();
         assert_eq!((img.width(), img.height()), (64, 32));

@@ -1,5 +1,6 @@
 //! `muddit t2i` edits on the default model as a user runs them: img2img (`--init-image`,
-//! `--strength`), inpainting (`--mask`), outpainting (`--outpaint`), `--keep-unmasked-pixels`,
+//! `--strength`), inpainting (`--mask`), outpainting (`--outpaint`), the paste-back
+//! (`--[no-]keep-unmasked-pixels`, `--mask-blur`),
 //! a seed per image, `--from-png` redoing an edit and refusing a changed input, the
 //! `parameters` text chunk, and every user error.
 
@@ -219,30 +220,39 @@ fn img2img_and_outpainting_write_the_asked_sizes() {
     }
     assert!(parameters(&dir.join("out.png")).contains("Outpaint: 0,0,32,0"));
 
-    // --keep-unmasked-pixels pastes the crop's pixels back exactly.
-    run_ok(
-        &[
-            "t2i",
-            "-i",
-            "crop.png",
-            "--outpaint",
-            "0,0,32,0",
-            "--keep-unmasked-pixels",
-            "--prompt",
-            prompt,
-            "--seed",
-            "3",
-            "-o",
-            "kept.png",
-            "-q",
-        ],
-        dir,
-    );
-    let kept = image::open(dir.join("kept.png")).expect("png").to_rgb8();
+    // The crop's pixels are pasted back exactly by default; --no-keep-unmasked-pixels leaves
+    // the decoder's.
+    let kept = image::open(dir.join("out.png")).expect("png").to_rgb8();
     let crop = image::open(dir.join("crop.png")).expect("png").to_rgb8();
     for (x, y, p) in crop.enumerate_pixels() {
         assert_eq!(kept.get_pixel(x, y), p, "pixel {x},{y}");
     }
+    let o = [
+        "t2i", "-i", "crop.png", "--outpaint", "0,0,32,0", "--prompt", prompt, "--seed", "3",
+        "-q", "-o",
+    ];
+    run_ok(&[&o[..], &["decoded.png", "--no-keep-unmasked-pixels"]].concat(), dir);
+    let decoded = image::open(dir.join("decoded.png")).expect("png").to_rgb8();
+    assert!(
+        crop.enumerate_pixels().any(|(x, y, p)| decoded.get_pixel(x, y) != p),
+        "without the paste-back the decoder redraws the crop"
+    );
+    for (x, y, p) in decoded.enumerate_pixels().filter(|(x, ..)| *x >= 32) {
+        assert_eq!(kept.get_pixel(x, y), p, "the new part is the same: {x},{y}");
+    }
+    // --mask-blur feathers the seam over 3 sigma on each side, no further.
+    run_ok(&[&o[..], &["blur.png", "--mask-blur", "2"]].concat(), dir);
+    let blur = image::open(dir.join("blur.png")).expect("png").to_rgb8();
+    assert!(parameters(&dir.join("blur.png")).contains("Mask blur: 2"));
+    let mut seam_differs = false;
+    for (x, y, p) in blur.enumerate_pixels() {
+        match x {
+            ..26 => assert_eq!(p, crop.get_pixel(x, y), "kept far from the seam: {x},{y}"),
+            38.. => assert_eq!(p, decoded.get_pixel(x, y), "new far from the seam: {x},{y}"),
+            _ => seam_differs |= p != kept.get_pixel(x, y),
+        }
+    }
+    assert!(seam_differs, "the seam is blended");
     // --width/--height resize the input inside the pads.
     run_ok(
         &[
@@ -359,12 +369,29 @@ fn edit_errors_exit_2_and_name_the_argument() {
         ),
         (
             vec!["-i", "in.png", "--mask", "black.png"],
-            "no white pixel",
+            "--mask black.png: no white (or transparent) pixel",
         ),
         (
             vec!["-i", "in.png", "--keep-unmasked-pixels"],
             "--keep-unmasked-pixels",
         ),
+        (
+            vec!["-i", "in.png", "--mask", "mask.png", "--mask-blur", "-1"],
+            "--mask-blur -1",
+        ),
+        (
+            vec![
+                "-i",
+                "in.png",
+                "--mask",
+                "mask.png",
+                "--no-keep-unmasked-pixels",
+                "--mask-blur",
+                "2",
+            ],
+            "--mask-blur 2",
+        ),
+        (vec!["--mask-blur", "2"], "need --init-image"),
         (
             vec!["-i", "in.png", "--outpaint", "32,0,32,0", "--width", "64"],
             "--width 64",

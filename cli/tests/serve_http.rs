@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const GENERATIONS: &str = "/v1/images/generations";
+const EDITS: &str = "/v1/images/edits";
 
 fn eval_image(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -302,16 +303,49 @@ fn malformed_requests_name_their_field_and_the_server_stays_healthy() {
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
     let (status, answer) = raw_post(&server, GENERATIONS, "transfer-encoding: chunked", &chunked);
     assert_eq!(error(status, &answer, 413)["code"], "body_too_large");
-    // Routes and methods that do not exist, and editing before it exists.
+    // Routes and methods that do not exist.
     let (status, body) = send(client().get(server.url("/v2/nothing")));
     error(status, &body, 404);
     let (status, body) = send(client().get(server.url(GENERATIONS)));
     error(status, &body, 405);
-    let (status, answer) = post(&server, "/v1/images/edits", &json!({ "prompt": "x" }));
-    assert!(error(status, &answer, 501)["message"]
-        .as_str()
-        .expect("text")
-        .contains("edit"));
+    // Edits: each input named.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let image = b64.encode(std::fs::read(eval_image("000.png")).expect("eval image"));
+    let black = {
+        let mut png = Vec::new();
+        image::GrayImage::new(64, 64)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .expect("png");
+        b64.encode(png)
+    };
+    let edit = |extra: Value| {
+        let mut body = json!({ "prompt": "a red circle", "image": image });
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        body
+    };
+    let cases = [
+        (json!({ "prompt": "x" }), "image"),
+        (json!({ "image": image }), "prompt"),
+        (edit(json!({ "image": "not base64!" })), "image"),
+        (edit(json!({ "image": "aGVsbG8=" })), "image"),
+        (edit(json!({ "mask": black })), "mask"),
+        (edit(json!({ "strength": 1.5 })), "strength"),
+        (edit(json!({ "outpaint": "1,2" })), "outpaint"),
+        (edit(json!({ "keep_unmasked_pixels": true })), "keep_unmasked_pixels"),
+        (edit(json!({ "outpaint": "0,0,32,0", "mask_blur": -1 })), "mask_blur"),
+        (edit(json!({ "outpaint": "32,0,32,0", "size": "64x64" })), "size"),
+        (edit(json!({ "colour": "red" })), "colour"),
+    ];
+    for (body, field) in cases {
+        refused_field(&server, EDITS, body, field);
+    }
+    let unknown = Form::new()
+        .part("image", Part::bytes(b"x".to_vec()))
+        .text("colour", "red");
+    let (status, body) = send(client().post(server.url(EDITS)).multipart(unknown));
+    assert_eq!(error(status, &body, 400)["param"], "colour");
 
     let (status, answer) = post(&server, GENERATIONS, &gen(json!({ "n": 1 })));
     assert_eq!(status, 200, "still serving after the refusals: {answer}");
@@ -363,6 +397,72 @@ fn captions_and_answers_are_the_cli_ones_as_json_and_multipart() {
     let (status, body) = send(client().post(server.url("/v1/vqa")).multipart(form));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["answer"].as_str(), Some(cli_answer.trim()));
+}
+
+/// OpenAI's edit form (image and mask files, the mask's transparent part edited) gives the
+/// PNG `muddit t2i -i --mask` gives with the same seed; an outpainting in JSON keeps the
+/// input's pixels.
+#[test]
+fn edits_are_the_cli_edits() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    common::edit_inputs(dir);
+    let prompt = "a green square to the left of a blue circle";
+    let o = common::muddit(
+        &[
+            "t2i", "-i", "in.png", "--mask", "mask.png", "--prompt", prompt, "--seed", "5",
+            "--steps", "8", "-o", "cli.png", "-q",
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let cli = image::open(dir.join("cli.png")).expect("png").to_rgb8();
+
+    let server = Server::start(&[]);
+    // The mask as OpenAI's clients send it: opaque where kept, transparent where edited.
+    let transparent = image::RgbaImage::from_fn(64, 64, |x, _| {
+        image::Rgba([0, 0, 0, if x < 32 { 0 } else { 255 }])
+    });
+    let mut mask = Vec::new();
+    transparent
+        .write_to(&mut std::io::Cursor::new(&mut mask), image::ImageFormat::Png)
+        .expect("png");
+    let input = std::fs::read(dir.join("in.png")).expect("in.png");
+    let form = Form::new()
+        .part("image", Part::bytes(input.clone()).file_name("in.png"))
+        .part("mask", Part::bytes(mask).file_name("mask.png"))
+        .text("prompt", prompt)
+        .text("model", "dall-e-2")
+        .text("seed", "5")
+        .text("steps", "8");
+    let (status, answer) = send(client().post(server.url(EDITS)).multipart(form));
+    assert_eq!(status, 200, "{answer}");
+    let served = images(&answer);
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].0, cli.into_raw(), "the CLI's pixels");
+    let edit = &served[0].1["edit"];
+    assert_eq!(edit["init_image"], "in.png");
+    assert_eq!(edit["strength"], 1.0);
+    assert_eq!(edit["keep_unmasked_pixels"], true);
+
+    // JSON, outpainting the 32 px crop back to 64 px: the crop's pixels come back exactly.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let crop = std::fs::read(dir.join("crop.png")).expect("crop.png");
+    let body = json!({ "prompt": prompt, "image": b64.encode(&crop), "outpaint": "0,0,32,0",
+                       "n": 2, "greedy": true });
+    let (status, answer) = post(&server, EDITS, &body);
+    assert_eq!(status, 200, "{answer}");
+    let served = images(&answer);
+    assert_eq!(served.len(), 2);
+    let crop = image::load_from_memory(&crop).expect("crop").to_rgb8();
+    for (rgb, params) in &served {
+        assert_eq!((params["width"].as_u64(), params["height"].as_u64()), (Some(64), Some(64)));
+        assert_eq!(params["edit"]["outpaint"], json!([0, 0, 32, 0]));
+        for (x, y, p) in crop.enumerate_pixels() {
+            let at = ((y * 64 + x) * 3) as usize;
+            assert_eq!(&rgb[at..at + 3], &p.0, "pixel {x},{y}");
+        }
+    }
 }
 
 /// Concurrent greedy requests: every one answered, each with its own prompt's image (equal to

@@ -35,18 +35,71 @@ pub fn load_image(path: &Path, height: usize, width: usize) -> Result<RgbImage> 
             .with_guessed_format()
             .map_err(|e| Error::io(path, e))
     };
-    decode_bounded(open, bad, height, width)
+    decode_bounded(open, bad, height, width, Convert::Rgb)
 }
 
 /// [`load_image`] of an image file's bytes (an upload); errors name the input `image`.
 pub fn decode_image(bytes: &[u8], height: usize, width: usize) -> Result<RgbImage> {
-    let bad = |message: String| Error::input("image", message);
+    decode_bytes(bytes, "image", height, width, Convert::Rgb)
+}
+
+/// An editing mask's file bytes at `height x width`, errors naming the input `name`: its RGB,
+/// or, when it has transparent pixels, white where it is transparent and black where opaque
+/// (OpenAI's convention for edit masks: the transparent part is regenerated).
+pub fn decode_mask(bytes: &[u8], name: &str, height: usize, width: usize) -> Result<RgbImage> {
+    decode_bytes(bytes, name, height, width, Convert::Mask)
+}
+
+/// The `(width, height)` an image file's header declares, errors naming the input `name`.
+pub fn image_dimensions(bytes: &[u8], name: &str) -> Result<(usize, usize)> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::input(name, e.to_string()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| Error::input(name, e.to_string()))?;
+    Ok((w as usize, h as usize))
+}
+
+fn decode_bytes(
+    bytes: &[u8],
+    name: &str,
+    height: usize,
+    width: usize,
+    convert: Convert,
+) -> Result<RgbImage> {
+    let bad = |message: String| Error::input(name, message);
     let open = || {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| bad(e.to_string()))
     };
-    decode_bounded(open, bad, height, width)
+    decode_bounded(open, bad, height, width, convert)
+}
+
+/// How a decoded image becomes 8-bit RGB.
+#[derive(Clone, Copy)]
+enum Convert {
+    /// Alpha dropped, as PIL's `convert("RGB")`.
+    Rgb,
+    /// Transparency, where there is any, as white (see [`decode_mask`]).
+    Mask,
+}
+
+impl Convert {
+    fn apply(self, img: image::DynamicImage) -> image::RgbImage {
+        let transparent = matches!(self, Convert::Mask)
+            && img.color().has_alpha()
+            && img.to_rgba8().pixels().any(|p| p[3] < 255);
+        if !transparent {
+            return img.to_rgb8();
+        }
+        let rgba = img.to_rgba8();
+        image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            let v = 255 - rgba.get_pixel(x, y)[3];
+            image::Rgb([v, v, v])
+        })
+    }
 }
 
 /// Decodes the image `open` reads (opened twice: once for the header), within
@@ -56,6 +109,7 @@ fn decode_bounded<R: std::io::BufRead + std::io::Seek>(
     bad: impl Fn(String) -> Error,
     height: usize,
     width: usize,
+    convert: Convert,
 ) -> Result<RgbImage> {
     let open = || match open()? {
         reader if reader.format().is_some() => Ok(reader),
@@ -77,9 +131,8 @@ fn decode_bounded<R: std::io::BufRead + std::io::Seek>(
     limits.max_alloc = Some(MAX_INPUT_BYTES);
     let mut reader = open()?;
     reader.limits(limits);
-    // Grey, palette, 16-bit and alpha images become 8-bit RGB (alpha dropped, as PIL's
-    // `convert("RGB")`).
-    let img = reader.decode().map_err(|e| bad(e.to_string()))?.to_rgb8();
+    // Grey, palette, 16-bit and alpha images become 8-bit RGB.
+    let img = convert.apply(reader.decode().map_err(|e| bad(e.to_string()))?);
     Ok(from_rgb8(&resize_bilinear(img, height, width)))
 }
 

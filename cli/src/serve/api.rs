@@ -3,8 +3,8 @@
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::queue::{Done, Job, Output, PushError, Queue, Work};
-use super::validate::{Checks, GenerationBody, I2tBody};
+use super::queue::{Done, Job, Output, PushError, Queue, T2iJob, Work};
+use super::validate::{Checks, EditBody, GenerationBody, I2tBody};
 use crate::model::Defaults;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Request, State};
@@ -114,12 +114,6 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(uri.path())
 }
 
-async fn edits() -> ApiError {
-    ApiError::not_implemented(
-        "image editing (/v1/images/edits) is not available in this build yet; /v1/images/generations is",
-    )
-}
-
 /// `body` as `T`; a refusal names the field at fault (or `body` when the JSON itself is bad).
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -185,8 +179,22 @@ fn with_timing(body: serde_json::Value, done: &Done) -> Response {
 async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let body: GenerationBody = parse_json(&body)?;
     let job = state.checks().t2i(body)?;
+    images_answer(&state, job).await
+}
+
+async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+    let body = match is_multipart(&request) {
+        true => edit_from_form(read_form(&state, request).await?)?,
+        false => edit_from_json(&read_body(&state, request).await?)?,
+    };
+    let job = state.checks().edit(body)?;
+    images_answer(&state, job).await
+}
+
+/// Runs an image job and answers with OpenAI's shape: the PNGs in base64, the batch's seed.
+async fn images_answer(state: &AppState, job: T2iJob) -> Result<Response, ApiError> {
     let prompt = job.request.prompts[0].clone();
-    let done = submit(&state, Work::T2i(job)).await?;
+    let done = submit(state, Work::T2i(job)).await?;
     let Output::Images { pngs, seed } = &done.output else {
         return Err(ApiError::internal(
             "the worker answered a generation with text",
@@ -207,6 +215,93 @@ async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Res
     Ok(with_timing(body, &done))
 }
 
+/// The edit's own fields of a JSON edit request (files in base64).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditJson {
+    image: String,
+    mask: Option<String>,
+    strength: Option<f32>,
+    outpaint: Option<String>,
+    keep_unmasked_pixels: Option<bool>,
+    mask_blur: Option<f32>,
+}
+
+/// The fields [`EditJson`] reads; the others are the generation's.
+const EDIT_FIELDS: [&str; 6] = [
+    "image",
+    "mask",
+    "strength",
+    "outpaint",
+    "keep_unmasked_pixels",
+    "mask_blur",
+];
+
+fn edit_from_json(bytes: &[u8]) -> Result<EditBody, ApiError> {
+    let value: serde_json::Value = parse_json(bytes)?;
+    let serde_json::Value::Object(mut generation) = value else {
+        return Err(ApiError::field("body", "expected a JSON object"));
+    };
+    let edit: serde_json::Map<_, _> = EDIT_FIELDS
+        .iter()
+        .filter_map(|&k| generation.remove(k).map(|v| (k.to_string(), v)))
+        .collect();
+    let reparse = |map| serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default();
+    let extras: EditJson = parse_json(&reparse(edit))?;
+    Ok(EditBody {
+        generation: parse_json(&reparse(generation))?,
+        image: decode_base64("image", &extras.image)?,
+        mask: extras
+            .mask
+            .map(|m| decode_base64("mask", &m))
+            .transpose()?,
+        strength: extras.strength,
+        outpaint: extras.outpaint,
+        keep_unmasked_pixels: extras.keep_unmasked_pixels,
+        mask_blur: extras.mask_blur,
+        ..EditBody::default()
+    })
+}
+
+fn edit_from_form(fields: Vec<FormField>) -> Result<EditBody, ApiError> {
+    let mut body = EditBody::default();
+    for field in fields {
+        let name = field.name.as_str();
+        match name {
+            // OpenAI's SDKs send `image[]` for a list of images; one is taken.
+            "image" | "image[]" => (body.image, body.image_name) = (field.bytes.to_vec(), field.file_name),
+            "mask" => (body.mask, body.mask_name) = (Some(field.bytes.to_vec()), field.file_name),
+            _ => {
+                let text = field.text()?;
+                let g = &mut body.generation;
+                match name {
+                    "prompt" => g.prompt = text,
+                    "negative_prompt" => g.negative_prompt = Some(text),
+                    "size" => g.size = Some(text),
+                    "response_format" => g.response_format = Some(text),
+                    "model" | "user" => {}
+                    "n" => g.n = Some(form_value(name, &text)?),
+                    "steps" => g.steps = Some(form_value(name, &text)?),
+                    "cfg" => g.cfg = Some(form_value(name, &text)?),
+                    "seed" => g.seed = Some(form_value(name, &text)?),
+                    "greedy" => g.greedy = Some(form_value(name, &text)?),
+                    "strength" => body.strength = Some(form_value(name, &text)?),
+                    "outpaint" => body.outpaint = Some(text),
+                    "keep_unmasked_pixels" => {
+                        body.keep_unmasked_pixels = Some(form_value(name, &text)?)
+                    }
+                    "mask_blur" => body.mask_blur = Some(form_value(name, &text)?),
+                    _ => return Err(ApiError::field(name, "unknown field; expected image, mask, prompt, n, size, response_format, model, user, negative_prompt, steps, cfg, seed, greedy, strength, outpaint, keep_unmasked_pixels, mask_blur")),
+                }
+            }
+        }
+    }
+    if body.generation.prompt.is_empty() {
+        return Err(ApiError::field("prompt", "missing or empty"));
+    }
+    Ok(body)
+}
+
 /// The JSON form of a caption or VQA request.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,14 +314,14 @@ struct I2tJson {
     greedy: Option<bool>,
 }
 
-fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
+fn decode_base64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
     let data = match text.split_once(";base64,") {
         Some((head, data)) if head.starts_with("data:") => data,
         _ => text,
     };
     base64::engine::general_purpose::STANDARD
         .decode(data.trim())
-        .map_err(|e| ApiError::field("image", format!("not base64: {e}")))
+        .map_err(|e| ApiError::field(field, format!("not base64: {e}")))
 }
 
 /// A multipart text field parsed as `T`.
@@ -236,8 +331,33 @@ fn form_value<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, ApiErro
         .map_err(|_| ApiError::field(name, format!("`{text}` is not a valid value")))
 }
 
-async fn read_multipart(mut form: Multipart) -> Result<I2tBody, ApiError> {
-    let mut body = I2tBody::default();
+/// One part of a multipart form.
+struct FormField {
+    name: String,
+    file_name: Option<String>,
+    bytes: Bytes,
+}
+
+impl FormField {
+    fn text(&self) -> Result<String, ApiError> {
+        String::from_utf8(self.bytes.to_vec())
+            .map_err(|_| ApiError::field(&self.name, "not UTF-8 text"))
+    }
+}
+
+fn is_multipart(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+/// Every part of a multipart body, in order.
+async fn read_form(state: &Arc<AppState>, request: Request) -> Result<Vec<FormField>, ApiError> {
+    let mut form = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::field("body", e.body_text()))?;
     let broken = |e: axum::extract::multipart::MultipartError| {
         let status = e.status();
         ApiError {
@@ -248,21 +368,37 @@ async fn read_multipart(mut form: Multipart) -> Result<I2tBody, ApiError> {
             )
         }
     };
+    let mut fields = Vec::new();
     while let Some(field) = form.next_field().await.map_err(broken)? {
         let name = field.name().unwrap_or_default().to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let bytes = field.bytes().await.map_err(broken)?;
+        fields.push(FormField {
+            name,
+            file_name,
+            bytes,
+        });
+    }
+    Ok(fields)
+}
+
+fn i2t_from_form(fields: Vec<FormField>) -> Result<I2tBody, ApiError> {
+    let mut body = I2tBody::default();
+    for field in fields {
+        let name = field.name.as_str();
         if name == "image" {
-            body.image = field.bytes().await.map_err(broken)?.to_vec();
+            body.image = field.bytes.to_vec();
             continue;
         }
-        let text = field.text().await.map_err(broken)?;
-        match name.as_str() {
+        let text = field.text()?;
+        match name {
             "question" => body.question = Some(text),
-            "steps" => body.steps = Some(form_value(&name, &text)?),
-            "seed" => body.seed = Some(form_value(&name, &text)?),
-            "greedy" => body.greedy = Some(form_value(&name, &text)?),
+            "steps" => body.steps = Some(form_value(name, &text)?),
+            "seed" => body.seed = Some(form_value(name, &text)?),
+            "greedy" => body.greedy = Some(form_value(name, &text)?),
             _ => {
                 return Err(ApiError::field(
-                    &name,
+                    name,
                     "unknown field; expected image, question, steps, seed, greedy",
                 ))
             }
@@ -271,29 +407,25 @@ async fn read_multipart(mut form: Multipart) -> Result<I2tBody, ApiError> {
     Ok(body)
 }
 
-/// A caption or VQA body from JSON (`image` in base64) or multipart (`image` a file).
-async fn read_i2t(state: &Arc<AppState>, request: Request) -> Result<I2tBody, ApiError> {
-    let is_form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    if is_form {
-        let form = Multipart::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::field("body", e.body_text()))?;
-        return read_multipart(form).await;
-    }
-    let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+/// The whole body, within the size limit.
+async fn read_body(state: &Arc<AppState>, request: Request) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state).await.map_err(|e| {
         let status = e.status();
         match status {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(state.max_body),
             _ => ApiError::field("body", e.body_text()),
         }
-    })?;
-    let json: I2tJson = parse_json(&bytes)?;
+    })
+}
+
+/// A caption or VQA body from JSON (`image` in base64) or multipart (`image` a file).
+async fn read_i2t(state: &Arc<AppState>, request: Request) -> Result<I2tBody, ApiError> {
+    if is_multipart(&request) {
+        return i2t_from_form(read_form(state, request).await?);
+    }
+    let json: I2tJson = parse_json(&read_body(state, request).await?)?;
     Ok(I2tBody {
-        image: decode_base64(&json.image)?,
+        image: decode_base64("image", &json.image)?,
         question: json.question,
         steps: json.steps,
         seed: json.seed,

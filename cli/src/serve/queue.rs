@@ -7,6 +7,7 @@
 //! closed reply channel: it is dropped from the queue unrun and counted as cancelled.
 
 use super::error::ApiError;
+use crate::edit::{EditRecord, PlannedEdit};
 use muddit_engine::pipeline::{ImageToText, TextToImage};
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -21,6 +22,15 @@ pub struct T2iJob {
     /// The seed the client gave. With sampled draws such a job runs alone, so its images are
     /// those of `muddit t2i --seed` with the same parameters.
     pub seed: Option<u64>,
+    /// An edit's checked inputs (`/v1/images/edits`), encoded by the worker; such a job runs
+    /// alone.
+    pub edit: Option<Box<ServedEdit>>,
+}
+
+/// An edit of the server: its inputs checked and decoded, and what its PNGs record.
+pub struct ServedEdit {
+    pub planned: PlannedEdit,
+    pub record: EditRecord,
 }
 
 impl T2iJob {
@@ -29,10 +39,11 @@ impl T2iJob {
         self.request.prompts.len() * self.request.images_per_prompt
     }
 
-    /// Whether the job must run in a batch of its own (a given seed under sampled draws: the
-    /// draws depend on the seed and the row).
+    /// Whether the job must run in a batch of its own: a given seed under sampled draws (the
+    /// draws depend on the seed and the row), or an edit (its own start ids).
     pub fn solo(&self) -> bool {
-        self.seed.is_some() && self.request.sampler.draw == muddit_sampler::DrawRule::Sample
+        let seeded = self.seed.is_some() && self.request.sampler.draw == muddit_sampler::DrawRule::Sample;
+        seeded || self.edit.is_some()
     }
 
     /// Whether both jobs can run as one model batch: the same size, negative prompt and sampler
@@ -223,6 +234,7 @@ mod tests {
             },
             cfg: 1.0,
             seed,
+            edit: None,
         })
     }
 

@@ -3,7 +3,8 @@
 //! refused exactly where `muddit t2i`, `caption` or `vqa` would refuse the same numbers.
 
 use super::error::ApiError;
-use super::queue::T2iJob;
+use super::queue::{ServedEdit, T2iJob};
+use crate::edit::{self, EditInput, EditRecord, EditRequest};
 use crate::model::Defaults;
 use muddit_engine::image_io::decode_image;
 use muddit_engine::limits::{self, ModelShape};
@@ -12,7 +13,7 @@ use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
 use serde::Deserialize;
 
 /// `POST /v1/images/generations`: OpenAI's fields, then ours.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationBody {
     pub prompt: String,
@@ -40,6 +41,23 @@ pub struct I2tBody {
     pub steps: Option<usize>,
     pub seed: Option<u64>,
     pub greedy: Option<bool>,
+}
+
+/// `POST /v1/images/edits` once its files are read (multipart, or JSON with base64 files):
+/// the generation's fields, then the edit's.
+#[derive(Default)]
+pub struct EditBody {
+    pub generation: GenerationBody,
+    pub image: Vec<u8>,
+    /// The uploaded file's name, if the form gave one.
+    pub image_name: Option<String>,
+    pub mask: Option<Vec<u8>>,
+    pub mask_name: Option<String>,
+    pub strength: Option<f32>,
+    /// `"L,T,R,B"` pixels.
+    pub outpaint: Option<String>,
+    pub keep_unmasked_pixels: Option<bool>,
+    pub mask_blur: Option<f32>,
 }
 
 /// What the checks read: the model's configs, sizes and tokenizer, and its command defaults.
@@ -153,7 +171,67 @@ impl Checks<'_> {
             request,
             cfg,
             seed: body.seed,
+            edit: None,
         })
+    }
+
+    /// An edit request as a job: the generation's checks, then the edit's (the files decoded
+    /// here; the worker encodes them). Without `size` the canvas is the image's own size
+    /// rounded to the model's step, plus the outpainting pads.
+    pub fn edit(&self, body: EditBody) -> Result<T2iJob, ApiError> {
+        if body.image.is_empty() {
+            return Err(ApiError::field("image", "missing or empty"));
+        }
+        let size = match body.generation.size.as_deref() {
+            None | Some("auto") => (None, None),
+            asked => {
+                let (w, h) = size(asked, self.defaults)?;
+                (Some(w), Some(h))
+            }
+        };
+        let pads = match body.outpaint.as_deref() {
+            Some(text) => edit::parse_pads(text).map_err(|e| ApiError::field("outpaint", e))?,
+            None => [0; 4],
+        };
+        let request = EditRequest {
+            image: &body.image,
+            mask: body.mask.as_deref(),
+            pads,
+            size,
+            strength: body.strength,
+            keep_pixels: body.keep_unmasked_pixels,
+            mask_blur: body.mask_blur,
+        };
+        let planned = edit::plan(&request, self.folder).map_err(|e| {
+            let field = match e.input {
+                EditInput::Image => "image",
+                EditInput::Mask => "mask",
+                EditInput::Strength => "strength",
+                EditInput::Width | EditInput::Height => "size",
+                EditInput::KeepPixels => "keep_unmasked_pixels",
+                EditInput::MaskBlur => "mask_blur",
+            };
+            ApiError::field(field, e.message)
+        })?;
+        let mut job = self.t2i(GenerationBody {
+            size: None,
+            ..body.generation
+        })?;
+        (job.request.width, job.request.height) = planned.size();
+        self.shape.check_text_to_image(&job.request).map_err(refused)?;
+        let upload = |name: Option<String>| name.unwrap_or_else(|| "upload".into());
+        let record = EditRecord {
+            init_image: upload(body.image_name),
+            init_image_sha256: edit::sha256_hex(&body.image),
+            mask: body.mask.is_some().then(|| upload(body.mask_name)),
+            mask_sha256: body.mask.as_deref().map(edit::sha256_hex),
+            outpaint: planned.pads(),
+            strength: planned.strength,
+            keep_unmasked_pixels: planned.keep_pixels,
+            mask_blur: planned.mask_blur,
+        };
+        job.edit = Some(Box::new(ServedEdit { planned, record }));
+        Ok(job)
     }
 
     /// A captioning (`question` None) or VQA request; the image decoded and resized to the

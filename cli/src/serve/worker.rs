@@ -6,7 +6,7 @@ use super::metrics::Metrics;
 use super::queue::{Done, Job, Output, Queue, T2iJob, Work};
 use crate::generate::{generation_params, rgb8, ModelRecord};
 use crate::model::Models;
-use crate::png_meta::encode_png;
+use crate::png_meta::{encode_png, GenerationParams};
 use anyhow::Result;
 use muddit_engine::pipeline::{ImageToText, StepEvent, TextToImage};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,10 +83,19 @@ impl Worker {
 
     /// Runs `jobs` as one model batch; one output per job, its images as PNGs.
     fn text_to_image(&self, jobs: &[T2iJob]) -> Result<Vec<Output>> {
-        let request = merged_request(jobs);
-        let images = self
+        let mut request = merged_request(jobs);
+        // An edit runs alone (`T2iJob::solo`): its input encoded onto the canvas.
+        let edit = match &jobs[0].edit {
+            Some(e) => Some(e.planned.encode(&self.models, e.record.clone())?),
+            None => None,
+        };
+        request.edit = edit.as_ref().map(|e| e.ids.clone());
+        let mut images = self
             .models
             .text_to_image(&request, &mut Self::on_step(&self.metrics))?;
+        if let Some(edit) = &edit {
+            edit.paste_into(&mut images.pixels);
+        }
         self.metrics.stage("text_encode", images.text_encode);
         self.metrics.stage("vq_decode", images.vq_decode);
         let (width, height) = (request.width, request.height);
@@ -96,7 +105,10 @@ impl Worker {
             let mut pngs = Vec::with_capacity(job.images());
             for _ in 0..job.images() {
                 let rgb = rgb8(&images.pixels, index, width, height);
-                let params = generation_params(&request, job.cfg, index, &self.model);
+                let params = GenerationParams {
+                    edit: job.edit.as_ref().map(|e| e.record.clone()),
+                    ..generation_params(&request, job.cfg, index, &self.model)
+                };
                 let mut png = Vec::new();
                 encode_png(&mut png, &rgb, width as u32, height as u32, Some(&params))?;
                 pngs.push(png);
