@@ -30,6 +30,7 @@ fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
         "/caption/attributes",
         "/vqa/accuracy",
         "/edit/inpaint/correct",
+        "/edit/inpaint/correct_without_paste",
         "/edit/inpaint/kept_half_unchanged",
         "/edit/img2img/correct",
         "/edit/outpaint/correct",
