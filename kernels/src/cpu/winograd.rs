@@ -84,8 +84,8 @@ pub struct Prologue<'a> {
 }
 
 impl Prologue<'_> {
-    /// Channel `l` of a pixel.
-    #[inline(always)]
+    /// Channel `l` of a pixel (the definition the tests check against).
+    #[cfg(test)]
     fn apply(&self, v: f32, l: usize) -> f32 {
         let y = v * self.scale[l] + self.shift[l];
         if self.silu {
@@ -96,16 +96,16 @@ impl Prologue<'_> {
     }
 }
 
-/// One image `[H/up, W/up, C]` read as its nearest `up`-times upsampling `[H, W, C]`, through
-/// the prologue (its `[C]` rows for this image) if any.
+/// One image `[H/up, W/up, C]` read as its nearest `up`-times upsampling `[H, W, C]`: `x`
+/// holds its stored rows from `row0` on (all of them, or a [`MappedRows`] window).
 #[derive(Clone, Copy)]
 struct Image<'a> {
     x: &'a [f32],
+    row0: usize,
     height: usize,
     width: usize,
     c: usize,
     up: usize,
-    prologue: Option<Prologue<'a>>,
 }
 
 impl<'a> Image<'a> {
@@ -115,9 +115,48 @@ impl<'a> Image<'a> {
         if y < 0 || x < 0 || y >= self.height as isize || x >= self.width as isize {
             return None;
         }
-        let (sy, sx) = (y as usize / self.up, x as usize / self.up);
+        let (sy, sx) = (y as usize / self.up - self.row0, x as usize / self.up);
         let at = (sy * (self.width / self.up) + sx) * self.c;
         Some(&self.x[at..at + self.c])
+    }
+
+    /// Stored rows `[first, end)` that the tiles `t0..t0 + n` read.
+    fn rows_read(&self, t0: usize, n: usize, tiles_x: usize) -> (usize, usize) {
+        let (ty0, ty1) = (t0 / tiles_x, (t0 + n - 1) / tiles_x);
+        let y0 = (2 * ty0).saturating_sub(1);
+        let y1 = (2 * ty1 + 3).min(self.height);
+        (y0 / self.up, (y1 - 1) / self.up + 1)
+    }
+}
+
+/// A window of an image's stored rows through a prologue, sliding down a band: each row is
+/// mapped once (scale, shift, SiLU), when the band's tiles first read it.
+#[derive(Default)]
+struct MappedRows {
+    rows: Vec<f32>,
+    first: usize,
+    count: usize,
+}
+
+impl MappedRows {
+    /// Holds the stored rows `[first, end)` of `x` (`row_len` values each) through `pro`.
+    fn slide(&mut self, x: &[f32], row_len: usize, (first, end): (usize, usize), pro: &Prologue) {
+        let held = self.first..self.first + self.count;
+        let keep = match held.contains(&first) {
+            true => held.end.min(end) - first,
+            false => 0,
+        };
+        if keep > 0 {
+            let from = (first - self.first) * row_len;
+            self.rows.copy_within(from..from + keep * row_len, 0);
+        }
+        self.rows.resize((end - first) * row_len, 0.0);
+        let new = &mut self.rows[keep * row_len..];
+        if !new.is_empty() {
+            new.copy_from_slice(&x[(first + keep) * row_len..end * row_len]);
+            super::group_norm::apply_channel_affine_(new, 1, pro.scale, pro.shift, pro.silu);
+        }
+        (self.first, self.count) = (first, end - first);
     }
 }
 
@@ -190,16 +229,17 @@ fn convolve(
     {
         let image = Image {
             x: xb,
+            row0: 0,
             height,
             width,
             c,
             up,
-            prologue: prologue.map(|p| Prologue {
-                scale: &p.scale[b * c..(b + 1) * c],
-                shift: &p.shift[b * c..(b + 1) * c],
-                silu: p.silu,
-            }),
         };
+        let prologue = prologue.map(|p| Prologue {
+            scale: &p.scale[b * c..(b + 1) * c],
+            shift: &p.shift[b * c..(b + 1) * c],
+            silu: p.silu,
+        });
         let bands: Vec<(usize, &mut [f32])> = ob
             .chunks_mut(2 * band_rows * width * o)
             .enumerate()
@@ -208,10 +248,23 @@ fn convolve(
             let first = band * band_rows * tiles_x;
             let tiles = (band_rows * tiles_x).min(tiles_y * tiles_x - first);
             let (mut u, mut m) = SCRATCH.take();
+            let mut mapped = MappedRows::default();
             for t0 in (0..tiles).step_by(chunk) {
                 let n = chunk.min(tiles - t0);
                 u.resize(16 * n * c, 0.0);
                 m.resize(16 * n * o, 0.0);
+                let image = match &prologue {
+                    None => image,
+                    Some(pro) => {
+                        let rows = image.rows_read(first + t0, n, tiles_x);
+                        mapped.slide(xb, width / up * c, rows, pro);
+                        Image {
+                            x: &mapped.rows,
+                            row0: mapped.first,
+                            ..image
+                        }
+                    }
+                };
                 transform_inputs(&image, first + t0, tiles_x, &mut u);
                 for ((uj, mj), wj) in u
                     .chunks_exact(n * c)
@@ -249,15 +302,11 @@ fn transform_inputs(image: &Image, t0: usize, tiles_x: usize, u: &mut [f32]) {
         while vector && c0 + 16 <= c {
             // SAFETY: AVX-512 is present (`vector_lanes`); every pixel holds `c` values and
             // every row of `u` `n * c`, so channels c0..c0 + 16 are inside both.
-            unsafe { simd::input_tile(&patch, c0, image.prologue, u, base + c0, n * c) };
+            unsafe { simd::input_tile(&patch, c0, u, base + c0, n * c) };
             c0 += 16;
         }
         for l in c0..c {
-            let mut v = patch.map(|p| match (p, image.prologue) {
-                (Some(p), Some(pro)) => pro.apply(p[l], l),
-                (Some(p), None) => p[l],
-                (None, _) => 0.0,
-            });
+            let mut v = patch.map(|p| p.map_or(0.0, |p| p[l]));
             for r in 0..4 {
                 bt(&mut v, [4 * r, 4 * r + 1, 4 * r + 2, 4 * r + 3]);
             }
@@ -371,35 +420,18 @@ mod simd {
     /// into `u[j * stride + at..][..16]` for the 16 positions `j`.
     ///
     /// # Safety
-    /// AVX-512F present; each pixel, and the prologue's rows, hold `c0 + 16` values; `u` holds
+    /// AVX-512F present; each pixel holds `c0 + 16` values; `u` holds
     /// `15 * stride + at + 16`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn input_tile(
         patch: &[Option<&[f32]>; 16],
         c0: usize,
-        prologue: Option<super::Prologue>,
         u: &mut [f32],
         at: usize,
         stride: usize,
     ) {
         let load = |p: &[f32]| unsafe { _mm512_loadu_ps(p.as_ptr().add(c0)) };
-        let mut v = match prologue {
-            None => patch.map(|p| p.map_or(_mm512_setzero_ps(), load)),
-            Some(pro) => {
-                let (a, b) = (load(pro.scale), load(pro.shift));
-                patch.map(|p| match p {
-                    Some(p) => {
-                        let y = _mm512_fmadd_ps(load(p), a, b);
-                        if pro.silu {
-                            unsafe { crate::cpu::avx512::silu(y) }
-                        } else {
-                            y
-                        }
-                    }
-                    None => _mm512_setzero_ps(),
-                })
-            }
-        };
+        let mut v = patch.map(|p| p.map_or(_mm512_setzero_ps(), load));
         for r in 0..4 {
             bt(&mut v, [4 * r, 4 * r + 1, 4 * r + 2, 4 * r + 3]);
         }
@@ -469,13 +501,15 @@ mod tests {
 
     /// A prologue gives the convolution of the mapped image (written out first here): batches
     /// (each image its own scale and shift), channel tails past the vector width, upsampled
-    /// inputs, with and without SiLU.
+    /// inputs, with and without SiLU, chunks of every size.
     #[test]
     fn the_prologue_equals_mapping_the_image_first() {
         for (b, h, w, c, o, up) in [
             (2, 5, 7, 33, 20, 1),
             (1, 4, 3, 16, 16, 2),
             (2, 3, 3, 5, 17, 1),
+            (1, 11, 6, 16, 16, 1),
+            (2, 7, 5, 8, 8, 2),
         ] {
             let (hh, ww) = (h * up, w * up);
             let x = pseudo(b * h * w * c, 7);
@@ -502,6 +536,15 @@ mod tests {
                     err < 1e-5,
                     "({b}, {h}x{w}, {c}->{o}, up {up}, silu {silu}): {err}"
                 );
+                // Chunks of one tile and of a few slide the window of mapped rows down each
+                // band in steps: the same mapped rows, so the same bits.
+                for chunk_tiles in [1, 3] {
+                    let mut chunked = vec![f32::NAN; want.len()];
+                    let bytes = chunk_tiles * 16 * 4 * (c + o);
+                    let dims = (hh, ww);
+                    convolve(&x, up, Some(pro), &wg, Some(&bias), dims, &mut chunked, bytes);
+                    assert_eq!(chunked, got, "{chunk_tiles} tiles a chunk");
+                }
             }
         }
     }
