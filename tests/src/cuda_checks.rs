@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use crate::{assert_close, compare, fixture, strings};
+use crate::{assert_close, compare, fixture, greedy_request, strings};
 use muddit_engine::clip_text::ClipTextOutput;
 use muddit_engine::cuda::{self, CudaMmdit, Device, DeviceModels, DeviceSampler};
 use muddit_engine::model_dir::load_transformer;
@@ -605,26 +605,17 @@ fn device_and_cpu_runs(model: &CudaMmdit, pipe: &Pipeline, req: &TextToImage) ->
 /// model's 16 steps, no guidance.
 pub fn decisive_case() -> (Pipeline, TextToImage) {
     let pipe = Pipeline::load(&fixture("decisive/model")).expect("decisive model");
-    let mut sampler = SamplerConfig::new(16);
-    sampler.draw = DrawRule::Greedy;
-    let req = TextToImage {
-        prompts: [
+    let req = greedy_request(
+        &[
             "a red circle on the left",
             "a blue square at the top",
             "a yellow circle to the left of a white square",
             "a purple triangle in the center",
             "a green square to the left of a red triangle",
             "a white triangle at the bottom",
-        ]
-        .map(String::from)
-        .to_vec(),
-        negative_prompt: String::new(),
-        images_per_prompt: 1,
-        width: 64,
-        height: 64,
-        sampler,
-        edit: None,
-    };
+        ],
+        16,
+    );
     (pipe, req)
 }
 
