@@ -22,7 +22,7 @@ pub(crate) mod cuda;
 
 use crate::backend::{Backend, Conv2dSpec, Cpu, HeadSide};
 use crate::error::{Error, Result};
-use crate::model_dir::{build_from, component_dir, open_config, read_config};
+use crate::model_dir::{build_from, component_dir, open_config, parse_config, read_config};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
 use serde::{Deserialize, Serialize};
@@ -139,16 +139,7 @@ impl VqConfig {
 
     /// Parses and validates a config; the message names the offending key.
     pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let map = value.as_object().ok_or("the config is not a JSON object")?;
-        for key in map.keys() {
-            if !key.starts_with('_') && !KNOWN_KEYS.contains(&key.as_str()) {
-                return Err(format!(
-                    "unknown key `{key}`: this engine does not know what it changes"
-                ));
-            }
-        }
-        let cfg: VqConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let cfg: VqConfig = parse_config(text, &KNOWN_KEYS, |_| Ok(()))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -33,10 +33,8 @@ use super::blocks::{group, Map, Scratch, VqOps};
 use crate::cuda::backend::pad8;
 use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::{Error, Result};
-use crate::model_dir::{build_from, open_config};
 use crate::vqvae::{read_codebook, DecoderHalf, VqConfig, ENCODER_TENSORS};
-use crate::weights::{Vb, Weights};
-use crate::Compute;
+use crate::weights::Vb;
 use muddit_kernels::cuda::to_bf16;
 
 /// The decoding half of `VQModel` on a CUDA device (or its emulator).
@@ -55,9 +53,7 @@ impl CudaVqDecoder {
     /// checks of [`crate::vqvae::load_vqvae`]; every tensor but the encoder's (which
     /// [`super::CudaVqEncoder`] reads) must be used.
     pub fn load(dev: &Arc<Device>, dir: &Path) -> Result<Self> {
-        let (dir, cfg) = open_config(dir, "vqvae", VqConfig::from_file)?;
-        let check = |w: &Weights| w.ensure_all_used_but(&ENCODER_TENSORS);
-        build_from(&dir, Compute::F32, |vb| Self::new(dev, &cfg, vb), check)
+        super::load_half(dev, dir, Self::new, &ENCODER_TENSORS)
     }
 
     /// Builds the decoder from the tensors [`crate::vqvae::VqModel::new`] reads for it.
