@@ -4,11 +4,13 @@
 //! or one half: [`EncoderHalf::load`], [`DecoderHalf::load`]). `cpu.rs` runs them on the CPU
 //! kernels; `cuda/` ([`cuda::CudaVqEncoder`], [`cuda::CudaVqDecoder`]) on the CUDA kernels.
 //!
-//! Activations are channel-last feature maps `[B, H, W, C]` (convolutions run as products
-//! against weights packed at load, gathering receptive fields on the fly: no im2col buffer);
-//! images cross the API in the reference's `[B, 3, H, W]` layout, pixels in `[0, 1]` (no
-//! `[-1, 1]` mapping: the pipeline feeds `ToTensor()` output straight to `encode` and clips the
-//! decoder's output to `[0, 1]`).
+//! Activations are channel-last feature maps `[B, H, W, C]`. Convolutions build no im2col
+//! buffer: on the CPU ([`crate::nn::Conv2d`]) a 3x3 same-padded one with at least 16 channels
+//! each side runs as Winograd F(2x2, 3x3) where AVX-512 is present, every other as a direct
+//! product against weights packed at load; on CUDA each is an implicit GEMM. Images cross the
+//! API in the reference's `[B, 3, H, W]` layout, pixels in `[0, 1]` (no `[-1, 1]` mapping: the
+//! pipeline feeds `ToTensor()` output straight to `encode` and clips the decoder's output to
+//! `[0, 1]`).
 //!
 //! Decoding takes ids, as the pipeline does: codebook rows -> `post_quant_conv` -> decoder. (The
 //! reference reaches the codebook through `lookup_from_codebook`; with that flag off its pipeline
