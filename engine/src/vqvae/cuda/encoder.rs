@@ -176,7 +176,7 @@ impl CudaVqEncoder {
     /// The encoder on `x [B, H, W, C']`: `[B, h, w, lat']`.
     fn encoder_forward(&self, x: Map, sc: &Scratch) -> Result<Map> {
         let (enc, ops) = (&self.half.encoder, &self.ops);
-        let mut x = ops.conv3(&enc.conv_in, x, sc.other(&[x])?, None)?; // [B, H, W, C0]
+        let mut x = ops.conv(&enc.conv_in, x, sc.other(&[x])?, None)?; // [B, H, W, C0]
         for block in &enc.down_blocks {
             for r in &block.resnets {
                 x = ops.resnet(r, x, sc)?;
@@ -199,7 +199,7 @@ impl CudaVqEncoder {
         // `conv_act` is always SiLU, whatever `act_fn` says.
         let t = x.into(sc.other(&[x])?, x.c);
         ops.group_norm(&enc.conv_norm_out, x, t, Some(Act::Silu), sc)?;
-        ops.conv3(&enc.conv_out, t, sc.other(&[t])?, None)
+        ops.conv(&enc.conv_out, t, sc.other(&[t])?, None)
     }
 
     /// Elements of the largest feature map of an encode of `px = B H W` pixels (each of the
