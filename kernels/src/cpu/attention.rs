@@ -69,37 +69,54 @@ fn softmax_(row: &mut [f32], scale: f32) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// `out = softmax(q kᵀ / sqrt(Dh)) v` for `q, k, v, out [B, S, H, Dh]`; `causal` masks keys
-/// after each query (the CLIP text encoder), otherwise every query sees every key (the MM-DiT).
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    b: usize,
-    s: usize,
-    h: usize,
-    dh: usize,
-    causal: bool,
-    out: &mut [f32],
-) {
-    attention_with(q, k, v, b, s, h, dh, causal, Compute::F32, out)
+/// The shape of an attention over `[B, S, H, Dh]` tensors; `causal` masks keys after each
+/// query (the CLIP text encoder), otherwise every query sees every key (the MM-DiT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    /// B
+    pub batch: usize,
+    /// S
+    pub seq: usize,
+    /// H
+    pub heads: usize,
+    /// Dh
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+impl AttnShape {
+    pub fn new(batch: usize, seq: usize, heads: usize, head_dim: usize, causal: bool) -> Self {
+        AttnShape {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            causal,
+        }
+    }
+}
+
+/// `out = softmax(q kᵀ / sqrt(Dh)) v` for `q, k, v, out [B, S, H, Dh]` of `shape`.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, out: &mut [f32]) {
+    attention_with(q, k, v, shape, Compute::F32, out)
 }
 
 /// [`attention`] with both products in `compute` arithmetic.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_with(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    b: usize,
-    s: usize,
-    h: usize,
-    dh: usize,
-    causal: bool,
+    shape: AttnShape,
     compute: Compute,
     out: &mut [f32],
 ) {
+    let AttnShape {
+        batch: b,
+        seq: s,
+        heads: h,
+        head_dim: dh,
+        causal,
+    } = shape;
     let len = b * s * h * dh;
     assert!(
         q.len() == len && k.len() == len && v.len() == len && out.len() == len,
@@ -218,24 +235,23 @@ mod tests {
             };
             let (q, k, v) = (gen(1), gen(2), gen(3));
             let mut out = vec![0.0; n];
-            attention(&q, &k, &v, b, s, h, dh, causal, &mut out);
+            let shape = AttnShape::new(b, s, h, dh, causal);
+            attention(&q, &k, &v, shape, &mut out);
             let want = naive(&q, &k, &v, b, s, h, dh, causal);
-            let worst = out
-                .iter()
-                .zip(&want)
-                .map(|(g, r)| (g - r).abs())
-                .fold(0.0f32, f32::max);
+            let worst_abs = |out: &[f32]| {
+                out.iter()
+                    .zip(&want)
+                    .map(|(g, r)| (g - r).abs())
+                    .fold(0.0f32, f32::max)
+            };
+            let worst = worst_abs(&out);
             assert!(
                 worst < 1e-4,
                 "(b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}"
             );
             // bf16 operands: q, k, v and the probabilities rounded to 8 bits of mantissa.
-            attention_with(&q, &k, &v, b, s, h, dh, causal, Compute::Bf16, &mut out);
-            let worst = out
-                .iter()
-                .zip(&want)
-                .map(|(g, r)| (g - r).abs())
-                .fold(0.0f32, f32::max);
+            attention_with(&q, &k, &v, shape, Compute::Bf16, &mut out);
+            let worst = worst_abs(&out);
             assert!(
                 worst < 0.05,
                 "bf16 (b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}"
