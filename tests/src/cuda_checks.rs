@@ -27,7 +27,7 @@ use crate::{assert_close, compare, fixture, greedy_request, strings};
 use muddit_engine::clip_text::ClipTextOutput;
 use muddit_engine::cuda::{self, CudaMmdit, Device, DeviceModels, DeviceSampler};
 use muddit_engine::model_dir::load_transformer;
-use muddit_engine::pipeline::{Images, Pipeline, TextToImage};
+use muddit_engine::pipeline::{argmax, Images, Pipeline, TextToImage};
 use muddit_engine::tensor_io::TensorFile;
 use muddit_engine::MmditInput;
 use muddit_sampler::{
@@ -374,18 +374,6 @@ fn steps_agree_up_to_near_ties(dev: &Arc<Device>, pipe: &Pipeline, run: &GreedyR
             } else {
                 l[t * v..(t + 1) * v].to_vec()
             }
-        };
-        let argmax = |r: &[f32]| {
-            r.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-                    if x > bv {
-                        (i, x)
-                    } else {
-                        (bi, bv)
-                    }
-                })
-                .0
         };
         let (mut masked, mut flips, mut worst) = (0, 0, 0.0f32);
         for t in (0..n).filter(|&t| ids[t] == layout.mask_id) {
