@@ -12,16 +12,10 @@ use rayon::prelude::*;
 
 const QUERY_BLOCK: usize = 128;
 
-/// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` as `[S, Dh]` (`transposed`: `[Dh, S]`).
-fn head(
-    x: &[f32],
-    bi: usize,
-    hi: usize,
-    s: usize,
-    h: usize,
-    dh: usize,
-    transposed: bool,
-) -> Vec<f32> {
+/// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` of `shape` as `[S, Dh]` (`transposed`:
+/// `[Dh, S]`).
+fn head(x: &[f32], shape: AttnShape, (bi, hi): (usize, usize), transposed: bool) -> Vec<f32> {
+    let (s, h, dh) = (shape.seq, shape.heads, shape.head_dim);
     let mut out = vec![0.0; s * dh];
     for t in 0..s {
         let src = &x[((bi * s + t) * h + hi) * dh..][..dh];
@@ -132,11 +126,10 @@ pub fn attention_with(
         .into_par_iter()
         .map(|bh| {
             let (bi, hi) = (bh / h, bh % h);
-            let keys =
-                PackedMatrix::new(&head(k, bi, hi, s, h, dh, false), s, dh, storage, compute);
+            let keys = PackedMatrix::new(&head(k, shape, (bi, hi), false), s, dh, storage, compute);
             let values =
-                PackedMatrix::new(&head(v, bi, hi, s, h, dh, true), dh, s, storage, compute);
-            let queries = head(q, bi, hi, s, h, dh, false);
+                PackedMatrix::new(&head(v, shape, (bi, hi), true), dh, s, storage, compute);
+            let queries = head(q, shape, (bi, hi), false);
             let mut o = vec![0.0f32; s * dh];
             let mut scores = vec![0.0f32; QUERY_BLOCK.min(s) * s];
             for q0 in (0..s).step_by(QUERY_BLOCK) {
