@@ -15,7 +15,7 @@ const QUERY_BLOCK: usize = 128;
 /// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` of `shape` as `[S, Dh]` (`transposed`:
 /// `[Dh, S]`).
 fn head(x: &[f32], shape: AttnShape, (bi, hi): (usize, usize), transposed: bool) -> Vec<f32> {
-    let (s, h, dh) = (shape.seq, shape.heads, shape.head_dim);
+    let (_, s, h, dh) = shape.dims();
     let mut out = vec![0.0; s * dh];
     for t in 0..s {
         let src = &x[((bi * s + t) * h + hi) * dh..][..dh];
@@ -88,6 +88,11 @@ impl AttnShape {
             causal,
         }
     }
+
+    /// `(B, S, H, Dh)`
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.seq, self.heads, self.head_dim)
+    }
 }
 
 /// `out = softmax(q kᵀ / sqrt(Dh)) v` for `q, k, v, out [B, S, H, Dh]` of `shape`.
@@ -104,13 +109,7 @@ pub fn attention_with(
     compute: Compute,
     out: &mut [f32],
 ) {
-    let AttnShape {
-        batch: b,
-        seq: s,
-        heads: h,
-        head_dim: dh,
-        causal,
-    } = shape;
+    let ((b, s, h, dh), causal) = (shape.dims(), shape.causal);
     let len = b * s * h * dh;
     assert!(
         q.len() == len && k.len() == len && v.len() == len && out.len() == len,
@@ -170,16 +169,9 @@ pub fn attention_with(
 mod tests {
     use super::*;
 
-    fn naive(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        b: usize,
-        s: usize,
-        h: usize,
-        dh: usize,
-        causal: bool,
-    ) -> Vec<f32> {
+    /// The attention of `shape` in f64, one query row at a time.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape) -> Vec<f32> {
+        let ((b, s, h, dh), causal) = (shape.dims(), shape.causal);
         let mut out = vec![0.0; q.len()];
         let at = |bi: usize, t: usize, hi: usize| ((bi * s + t) * h + hi) * dh;
         for bi in 0..b {
@@ -230,7 +222,7 @@ mod tests {
             let mut out = vec![0.0; n];
             let shape = AttnShape::new(b, s, h, dh, causal);
             attention(&q, &k, &v, shape, &mut out);
-            let want = naive(&q, &k, &v, b, s, h, dh, causal);
+            let want = naive(&q, &k, &v, shape);
             let worst_abs = |out: &[f32]| {
                 out.iter()
                     .zip(&want)
