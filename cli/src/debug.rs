@@ -3,7 +3,7 @@
 use crate::output::Outputs;
 use crate::{Dtype, Global};
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use muddit_engine::config::TransformerConfig;
 use muddit_engine::random::{write_random_transformer, WeightDtype};
 use muddit_engine::tensor_io::TensorFile;
@@ -14,50 +14,35 @@ use std::time::Instant;
 #[path = "debug_sides.rs"]
 mod debug_sides;
 
+/// The tensor files of a debug forward (their tensors are the command's).
+#[derive(Args)]
+pub struct TensorFiles {
+    /// The input tensors.
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write the output tensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace `--out` if it exists.
+    #[arg(long)]
+    overwrite: bool,
+}
+
 #[derive(Subcommand)]
 pub enum DebugCommand {
-    /// Run the transformer on named input tensors and write its logits.
-    Forward {
-        /// `image_tokens` i64 [B,h,w], `encoder_hidden_states` f32 [B,L,J], `pooled_projections`
-        /// f32 [B,P], `timestep` f32 [1], `micro_conds` f32 [B,5].
-        #[arg(long)]
-        inputs: PathBuf,
-        /// Where to write `image_logits` [B,V,h,w] and `text_logits` [B,L,Vt].
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace `--out` if it exists.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    /// Run the transformer on named input tensors (`image_tokens` i64 [B,h,w],
+    /// `encoder_hidden_states` f32 [B,L,J], `pooled_projections` f32 [B,P], `timestep` f32 [1],
+    /// `micro_conds` f32 [B,5]) and write its logits (`image_logits` [B,V,h,w] and
+    /// `text_logits` [B,L,Vt]).
+    Forward(TensorFiles),
     /// Run the CLIP text encoder (`--model`: the root or `text_encoder/`) on `input_ids` i64
     /// [B,77]; writes `text_embeds` [B,P], `penultimate` [B,77,D], `last_hidden_state` [B,77,D].
-    Text {
-        #[arg(long)]
-        inputs: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Text(TensorFiles),
     /// VQ-encode `image` f32 [B,3,H,W] in [0,1] (`--model`: the root or `vqvae/`); writes
     /// `tokens` i64 [B,H/16,W/16].
-    VqEncode {
-        #[arg(long)]
-        inputs: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        overwrite: bool,
-    },
+    VqEncode(TensorFiles),
     /// VQ-decode `tokens` i64 [B,h,w]; writes `image` f32 [B,3,16h,16w], not clipped.
-    VqDecode {
-        #[arg(long)]
-        inputs: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        overwrite: bool,
-    },
+    VqDecode(TensorFiles),
     /// Write random inputs for `debug forward` that fit a model: a masked id grid, random text
     /// features and pooled vector, timestep 0.5, micro-conditions of the grid's pixel size.
     RandomInputs {
@@ -106,26 +91,10 @@ pub enum DebugCommand {
 
 pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
     match cmd {
-        DebugCommand::Text {
-            inputs,
-            out,
-            overwrite,
-        } => side(global, &inputs, &out, overwrite, debug_sides::text),
-        DebugCommand::VqEncode {
-            inputs,
-            out,
-            overwrite,
-        } => side(global, &inputs, &out, overwrite, debug_sides::vq_encode),
-        DebugCommand::VqDecode {
-            inputs,
-            out,
-            overwrite,
-        } => side(global, &inputs, &out, overwrite, debug_sides::vq_decode),
-        DebugCommand::Forward {
-            inputs,
-            out,
-            overwrite,
-        } => forward(global, &inputs, &out, overwrite),
+        DebugCommand::Text(files) => side(global, &files, debug_sides::text),
+        DebugCommand::VqEncode(files) => side(global, &files, debug_sides::vq_encode),
+        DebugCommand::VqDecode(files) => side(global, &files, debug_sides::vq_decode),
+        DebugCommand::Forward(files) => forward(global, &files),
         DebugCommand::RandomInputs {
             batch,
             grid,
@@ -184,14 +153,12 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
 /// quiet), then written.
 fn side(
     global: &Global,
-    inputs: &Path,
-    out: &Path,
-    overwrite: bool,
+    files: &TensorFiles,
     run: fn(&Path, &Path, bool) -> Result<debug_sides::Tensors>,
 ) -> Result<()> {
-    Outputs::new(overwrite).plan("--out", out)?;
-    let tensors = run(&model_arg(global)?, inputs, global.quiet)?;
-    crate::output::write_tensors(out, overwrite, &tensors)
+    Outputs::new(files.overwrite).plan("--out", &files.out)?;
+    let tensors = run(&model_arg(global)?, &files.inputs, global.quiet)?;
+    crate::output::write_tensors(&files.out, files.overwrite, &tensors)
 }
 
 /// The model folder from `--model` or `MUDDIT_MODEL`, resolved as for every other command.
@@ -199,15 +166,15 @@ fn model_arg(global: &Global) -> Result<std::path::PathBuf> {
     crate::model::resolve(global.model.as_deref())
 }
 
-fn forward(global: &Global, inputs: &Path, out: &Path, overwrite: bool) -> Result<()> {
-    Outputs::new(overwrite).plan("--out", out)?;
+fn forward(global: &Global, files: &TensorFiles) -> Result<()> {
+    Outputs::new(files.overwrite).plan("--out", &files.out)?;
     let model = model_dir::load_transformer_with(&model_arg(global)?, global.compute())?;
-    let inputs = TensorFile::read(inputs)?;
+    let inputs = TensorFile::read(&files.inputs)?;
     let start = Instant::now();
     let outputs = debug::transformer_forward(&model, &inputs)?;
     if !global.quiet {
         eprintln!("forward: {:.3} s", start.elapsed().as_secs_f64());
     }
-    crate::output::write_tensors(out, overwrite, &outputs)?;
+    crate::output::write_tensors(&files.out, files.overwrite, &outputs)?;
     Ok(())
 }

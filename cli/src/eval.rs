@@ -244,14 +244,19 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
             pixels.extend(load_image(&path, r, r)?.data);
         }
     }
+    let set = EvalImages {
+        items: &images,
+        pixels: &pixels,
+        resolution: r,
+    };
     if tasks.contains(&Task::Caption) {
         let start = Instant::now();
-        let done = captions(&mut ctx, &images, &want_img, &pixels, r, i2t_steps)?;
+        let done = captions(&mut ctx, &set, &want_img, i2t_steps)?;
         record("caption", start, done);
     }
     if tasks.contains(&Task::Vqa) {
         let start = Instant::now();
-        let done = answers(&mut ctx, &images, &pixels, r, i2t_steps)?;
+        let done = answers(&mut ctx, &set, i2t_steps)?;
         record("vqa", start, done);
     }
     if tasks.contains(&Task::Edit) {
@@ -355,15 +360,27 @@ fn text_to_image(
     Ok((section, line))
 }
 
+/// The eval images of the captioning and VQA tasks: `pixels [N, 3, r, r]` of `items` at
+/// `resolution` r.
+#[derive(Clone, Copy)]
+struct EvalImages<'a> {
+    items: &'a [&'a ImageItem],
+    pixels: &'a [f32],
+    resolution: usize,
+}
+
 /// Captions, by exact match and by attributes: the `caption` section and its summary line.
 fn captions(
     ctx: &mut Ctx,
-    images: &[&ImageItem],
+    set: &EvalImages,
     want: &[Scene],
-    pixels: &[f32],
-    resolution: usize,
     steps: usize,
 ) -> Result<(serde_json::Value, String)> {
+    let EvalImages {
+        items: images,
+        pixels,
+        resolution,
+    } = *set;
     let bar = progress::steps_bar(steps, ctx.quiet, "eval caption");
     let request = ImageToText {
         images: pixels.to_vec(),
@@ -404,13 +421,12 @@ fn captions(
 }
 
 /// Answers, by exact match: the `vqa` section and its summary line.
-fn answers(
-    ctx: &mut Ctx,
-    images: &[&ImageItem],
-    pixels: &[f32],
-    resolution: usize,
-    steps: usize,
-) -> Result<(serde_json::Value, String)> {
+fn answers(ctx: &mut Ctx, set: &EvalImages, steps: usize) -> Result<(serde_json::Value, String)> {
+    let EvalImages {
+        items: images,
+        pixels,
+        resolution,
+    } = *set;
     let plane = 3 * resolution * resolution;
     let qa: Vec<(usize, &QaItem)> = images
         .iter()

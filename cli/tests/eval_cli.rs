@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fails_with, muddit, run, stderr, stdout, succeeds};
+use common::{fails_with, json_output, muddit, run, stderr, succeeds};
 use std::path::Path;
 
 const TOLERANCE: f64 = 0.05;
@@ -22,8 +22,7 @@ fn reduced_eval_of_the_default_model_keeps_its_accuracy() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // No --model: the committed default model.
     let o = muddit(&["eval", "--limit", &limit, "--json", "-q"], tmp.path());
-    succeeds(&o);
-    let got: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json output");
+    let got = json_output(&o);
     for metric in [
         "/t2i/full",
         "/caption/exact",
@@ -129,8 +128,7 @@ fn sample_overrides_a_greedy_model_default() {
         ];
         args.extend_from_slice(extra);
         let o = muddit(&args, tmp.path());
-        succeeds(&o);
-        let got: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("eval --json");
+        let got = json_output(&o);
         got["greedy"].as_bool().expect("greedy field")
     };
     assert!(

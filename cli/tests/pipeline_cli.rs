@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{bytes, fails_with, run, run_with_env, stderr, stdout, succeeds};
+use common::{bytes, fails_with, json_output, run, run_with_env, stderr, stdout, succeeds};
 use muddit_engine::tensor_io::{TensorFile, Values};
 
 /// A temporary folder holding a random tiny model at `model/`.
@@ -212,16 +212,14 @@ fn caption_vqa_and_bench_run() {
     );
 
     let o = run("--model model --json vqa --question 'what color is it?' --resolution 64 --steps 2 --greedy img.png", dir);
-    succeeds(&o);
-    let rows: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let rows = json_output(&o);
     assert_eq!(rows.as_array().map(|a| a.len()), Some(1));
 
     let o = run(
         "--model model --json bench --width 64 --height 64 --steps 2",
         dir,
     );
-    succeeds(&o);
-    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let r = json_output(&o);
     for key in [
         "load_s",
         "text_encode_ms",
@@ -265,8 +263,7 @@ fn the_cpu_level_is_named_capped_and_checked() {
     let dir = tmp.path();
     let bench = "--model model --json bench --width 64 --height 64 --steps 1";
     let o = run(bench, dir);
-    succeeds(&o);
-    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let r = json_output(&o);
     for dtype in ["f32", "bf16"] {
         let level = r["cpu_kernels"][dtype]["isa"].as_str().expect("isa");
         assert!(
@@ -277,8 +274,7 @@ fn the_cpu_level_is_named_capped_and_checked() {
     }
     // Capped to the portable level, every dtype says so (and still runs).
     let o = run_with_env(bench, dir, ("MUDDIT_ISA", "portable"));
-    succeeds(&o);
-    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let r = json_output(&o);
     assert_eq!(r["cpu_kernels"]["bf16"]["isa"], "portable", "{r}");
     assert_eq!(r["cpu_kernels"]["f32"]["instruction"], "gemm crate", "{r}");
     // An unknown level is an error naming the variable and the accepted values.

@@ -1277,6 +1277,11 @@ fn pipes_are_refused_not_waited_on() {
             assert!(made.success(), "mkfifo {rel}");
         }
     };
+    // Text-to-image with model file `rel` a pipe: the error names the file.
+    let model_file = |name: &str, rel: &'static str| {
+        let file = rel.rsplit('/').next().unwrap_or(rel);
+        t2i_case(name, &["-o", "o.png"], &[file]).setup(fifo(rel))
+    };
     let from_png = [
         "--model",
         "model",
@@ -1295,24 +1300,17 @@ fn pipes_are_refused_not_waited_on() {
         )
         .setup(fifo("p.png")),
         case("--from-png a pipe", &from_png, &["p.png", "regular file"]).setup(fifo("p.png")),
-        t2i_case("muddit.json a pipe", &["-o", "o.png"], &["muddit.json"])
-            .setup(fifo("model/muddit.json")),
-        t2i_case(
+        model_file("muddit.json a pipe", "model/muddit.json"),
+        model_file(
             "scheduler config a pipe",
-            &["-o", "o.png"],
-            &["scheduler_config.json"],
-        )
-        .setup(fifo("model/scheduler/scheduler_config.json")),
-        t2i_case("vocab a pipe", &["-o", "o.png"], &["vocab.json"])
-            .setup(fifo("model/tokenizer/vocab.json")),
-        t2i_case(
+            "model/scheduler/scheduler_config.json",
+        ),
+        model_file("vocab a pipe", "model/tokenizer/vocab.json"),
+        model_file(
             "weights a pipe",
-            &["-o", "o.png"],
-            &["diffusion_pytorch_model.safetensors"],
-        )
-        .setup(fifo("model/vqvae/diffusion_pytorch_model.safetensors")),
-        t2i_case("config.json a pipe", &["-o", "o.png"], &["config.json"])
-            .setup(fifo("model/text_encoder/config.json")),
+            "model/vqvae/diffusion_pytorch_model.safetensors",
+        ),
+        model_file("config.json a pipe", "model/text_encoder/config.json"),
         t2i_case("-o a pipe", &["-o", "p.png"], &["p.png", "regular file"]).setup(fifo("p.png")),
     ];
     run_all(cases);

@@ -105,20 +105,10 @@ fn raw_post(server: &Server, path: &str, header: &str, body: &[u8]) -> (u16, Val
 fn every_get_route_answers() {
     let server = Server::start(&[]);
     let c = client();
-    let health: Value = c
-        .get(server.url("/health"))
-        .send()
-        .expect("health")
-        .json()
-        .expect("json");
+    let (_, health) = send(c.get(server.url("/health")));
     assert_eq!(health["status"], "ok");
     assert_eq!(health["model"], "shapes-64");
-    let models: Value = c
-        .get(server.url("/v1/models"))
-        .send()
-        .expect("models")
-        .json()
-        .expect("json");
+    let (_, models) = send(c.get(server.url("/v1/models")));
     assert_eq!(models["data"][0]["id"], "shapes-64");
     let page = c.get(server.url("/")).send().expect("page");
     assert!(page.headers()["content-type"]

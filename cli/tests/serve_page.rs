@@ -8,11 +8,9 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::Server;
-use std::io::{BufRead, BufReader};
+use serve_common::{read_lines, Server};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 use tungstenite::{Message, WebSocket};
 
@@ -62,16 +60,11 @@ fn launch(binary: &str) -> Browser {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn chromium");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(ws) = line.strip_prefix("DevTools listening on ") {
-                let _ = tx.send(ws.to_string());
-            }
-        }
+    let address = read_lines(child.stderr.take().expect("stderr"), |line| {
+        let ws = line.strip_prefix("DevTools listening on ")?;
+        Some(ws.to_string())
     });
-    let devtools = rx
+    let devtools = address
         .recv_timeout(Duration::from_secs(60))
         .expect("chromium's DevTools address within 60 s");
     Browser {

@@ -1,6 +1,7 @@
 //! `transformer/config.json`: the MM-DiT's shape, read through serde and checked.
 
 use crate::error::Result;
+use crate::model_dir::parse_config;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -100,22 +101,16 @@ impl TransformerConfig {
 
     /// Parses and validates a config; the message names the offending key.
     pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let map = value.as_object().ok_or("the config is not a JSON object")?;
-        if !map.contains_key("_class_name") {
-            return Err(
-                "no `_class_name` (expected SymmetricTransformer2DModel or Transformer2DModel)"
-                    .into(),
-            );
-        }
-        for key in map.keys() {
-            if !key.starts_with('_') && !KNOWN_KEYS.contains(&key.as_str()) {
-                return Err(format!(
-                    "unknown key `{key}`: this engine does not know what it changes"
-                ));
+        let cfg: TransformerConfig = parse_config(text, &KNOWN_KEYS, |map| {
+            if map.contains_key("_class_name") {
+                Ok(())
+            } else {
+                Err(
+                    "no `_class_name` (expected SymmetricTransformer2DModel or Transformer2DModel)"
+                        .into(),
+                )
             }
-        }
-        let cfg: TransformerConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

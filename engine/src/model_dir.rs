@@ -46,6 +46,27 @@ pub(crate) fn read_config<C>(
     })
 }
 
+/// Parses config `text`, a JSON object, into `C`: `check` sees the object first, then any key
+/// that is neither `_`-prefixed metadata nor in `known` is refused by name.
+pub(crate) fn parse_config<C: serde::de::DeserializeOwned>(
+    text: &str,
+    known: &[&str],
+    check: impl FnOnce(&serde_json::Map<String, serde_json::Value>) -> std::result::Result<(), String>,
+) -> std::result::Result<C, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let map = value.as_object().ok_or("the config is not a JSON object")?;
+    check(map)?;
+    if let Some(key) = map
+        .keys()
+        .find(|key| !key.starts_with('_') && !known.contains(&key.as_str()))
+    {
+        return Err(format!(
+            "unknown key `{key}`: this engine does not know what it changes"
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// The component folder `name` of `dir` (see [`component_dir`]) and its config, read with
 /// `from_file`.
 pub(crate) fn open_config<C>(

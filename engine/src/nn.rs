@@ -4,7 +4,7 @@ use crate::backend::Conv2dSpec;
 use crate::error::Result;
 use crate::vqvae::FeatureMap;
 use crate::weights::Vb;
-use muddit_kernels::cpu::attention::attention_with;
+use muddit_kernels::cpu::attention::{attention_with, AttnShape};
 use muddit_kernels::cpu::conv::{conv2d, conv2d_upsampled_2x, patch_major_weight, Conv2dShape};
 use muddit_kernels::cpu::group_norm::apply_channel_affine_;
 use muddit_kernels::cpu::packed::{self, Compute, Epilogue, PackedMatrix};
@@ -224,9 +224,10 @@ pub fn attention(
     causal: bool,
     compute: Compute,
 ) -> Vec<f32> {
-    let dh = q.len() / (batch * seq * heads);
     let mut out = vec![0.0; q.len()];
-    attention_with(q, k, v, batch, seq, heads, dh, causal, compute, &mut out);
+    let dh = q.len() / (batch * seq * heads);
+    let shape = AttnShape::new(batch, seq, heads, dh, causal);
+    attention_with(q, k, v, shape, compute, &mut out);
     out
 }
 

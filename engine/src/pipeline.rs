@@ -732,7 +732,7 @@ pub fn read_schedule(root: &Path) -> Result<MaskSchedule> {
 }
 
 /// First index of the largest value.
-fn argmax(row: &[f32]) -> usize {
+pub fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {

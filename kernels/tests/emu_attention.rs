@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use muddit_kernels::cpu::attention::attention;
+use muddit_kernels::cpu::attention::{attention, AttnShape};
 use muddit_kernels::cuda::attention::{self, AttnParams};
 use muddit_kernels::emu;
 
@@ -54,10 +54,23 @@ fn run_case(b: usize, s: usize, h: usize, dh: usize, causal: bool, seed: u64) {
     let launch = attention::attention(dh, p).unwrap();
     // SAFETY: q, k, v, o each hold B * S * H * Dh bf16 and live through the call.
     unsafe { emu::run(&launch) };
-    let mut want = vec![0.0; n];
-    attention(&q, &k, &v, b, s, h, dh, causal, &mut want);
+    let want = reference(&q, &k, &v, (b, s, h, dh), causal);
     let what = format!("attention B {b} S {s} H {h} Dh {dh} causal {causal}");
     check(&what, &from_bf16(&o), &want, ATOL, RTOL);
+}
+
+/// The CPU attention over `q, k, v [B, S, H, Dh]`: the reference.
+fn reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (b, s, h, dh): (usize, usize, usize, usize),
+    causal: bool,
+) -> Vec<f32> {
+    let shape = AttnShape::new(b, s, h, dh, causal);
+    let mut want = vec![0.0; q.len()];
+    attention(q, k, v, shape, &mut want);
+    want
 }
 
 #[test]
@@ -96,8 +109,7 @@ fn fused_qkv_strides() {
             .flat_map(|r| r[i * width..(i + 1) * width].to_vec())
             .collect()
     };
-    let mut want = vec![0.0; b * s * width];
-    attention(&part(0), &part(1), &part(2), b, s, h, dh, false, &mut want);
+    let want = reference(&part(0), &part(1), &part(2), (b, s, h, dh), false);
     let got: Vec<f32> = o
         .chunks(o_stride)
         .flat_map(|r| from_bf16(&r[..width]))
@@ -141,8 +153,7 @@ fn narrow_heads_padded_to_64_match_cpu() {
         let launch = attention::attention_padded(dp, dh, p).unwrap();
         // SAFETY: q, k, v, o each hold B * S * H * 64 bf16 and live through the call.
         unsafe { emu::run(&launch) };
-        let mut want = vec![0.0; n];
-        attention(&q, &k, &v, b, s, h, dh, false, &mut want);
+        let want = reference(&q, &k, &v, (b, s, h, dh), false);
         let got: Vec<f32> = o.chunks(dp).flat_map(|r| from_bf16(&r[..dh])).collect();
         check(
             &format!("attention Dh {dh} padded to 64"),

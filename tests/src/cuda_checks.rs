@@ -23,11 +23,11 @@
 
 use std::sync::Arc;
 
-use crate::{assert_close, compare, fixture, strings};
+use crate::{assert_close, compare, fixture, greedy_request, strings};
 use muddit_engine::clip_text::ClipTextOutput;
 use muddit_engine::cuda::{self, CudaMmdit, Device, DeviceModels, DeviceSampler};
 use muddit_engine::model_dir::load_transformer;
-use muddit_engine::pipeline::{Images, Pipeline, TextToImage};
+use muddit_engine::pipeline::{argmax, Images, Pipeline, TextToImage};
 use muddit_engine::tensor_io::TensorFile;
 use muddit_engine::MmditInput;
 use muddit_sampler::{
@@ -375,18 +375,6 @@ fn steps_agree_up_to_near_ties(dev: &Arc<Device>, pipe: &Pipeline, run: &GreedyR
                 l[t * v..(t + 1) * v].to_vec()
             }
         };
-        let argmax = |r: &[f32]| {
-            r.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-                    if x > bv {
-                        (i, x)
-                    } else {
-                        (bi, bv)
-                    }
-                })
-                .0
-        };
         let (mut masked, mut flips, mut worst) = (0, 0, 0.0f32);
         for t in (0..n).filter(|&t| ids[t] == layout.mask_id) {
             masked += 1;
@@ -605,26 +593,17 @@ fn device_and_cpu_runs(model: &CudaMmdit, pipe: &Pipeline, req: &TextToImage) ->
 /// model's 16 steps, no guidance.
 pub fn decisive_case() -> (Pipeline, TextToImage) {
     let pipe = Pipeline::load(&fixture("decisive/model")).expect("decisive model");
-    let mut sampler = SamplerConfig::new(16);
-    sampler.draw = DrawRule::Greedy;
-    let req = TextToImage {
-        prompts: [
+    let req = greedy_request(
+        &[
             "a red circle on the left",
             "a blue square at the top",
             "a yellow circle to the left of a white square",
             "a purple triangle in the center",
             "a green square to the left of a red triangle",
             "a white triangle at the bottom",
-        ]
-        .map(String::from)
-        .to_vec(),
-        negative_prompt: String::new(),
-        images_per_prompt: 1,
-        width: 64,
-        height: 64,
-        sampler,
-        edit: None,
-    };
+        ],
+        16,
+    );
     (pipe, req)
 }
 

@@ -22,15 +22,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cuda_checks::decisive_case;
-use crate::{compare, f32_tensor, fixture, i64_tensor};
+use crate::{compare, f32_tensor, fixture, greedy_request, i64_tensor};
 use muddit_engine::clip_text::load_text_encoder;
 use muddit_engine::cuda::{self, CudaClipText, CudaPipeline, CudaVqDecoder, CudaVqEncoder, Device};
 use muddit_engine::image_io::load_image;
-use muddit_engine::pipeline::{Answer, ImageToText, Pipeline, TextToImage};
+use muddit_engine::pipeline::{Answer, ImageToText, Pipeline};
 use muddit_engine::tensor_io::TensorFile;
 use muddit_engine::vqvae::{load_vqvae, vqvae_dir};
 use muddit_engine::weights::Weights;
-use muddit_sampler::{DrawRule, SamplerConfig};
+use muddit_sampler::SamplerConfig;
 
 /// Relative L2 error of the device decoder's pixels against the CPU decoder's.
 pub const VQ_REL_L2: f64 = 2.5e-2;
@@ -149,20 +149,6 @@ pub fn clip_quick_gelu_first_eos_matches_the_cpu(dev: &Arc<Device>) {
     check_clip_fixture(dev, "clip_quick_eos");
 }
 
-fn request(prompts: &[&str]) -> TextToImage {
-    let mut sampler = SamplerConfig::new(16);
-    sampler.draw = DrawRule::Greedy;
-    TextToImage {
-        prompts: prompts.iter().map(|p| p.to_string()).collect(),
-        negative_prompt: String::new(),
-        images_per_prompt: 1,
-        width: 64,
-        height: 64,
-        sampler,
-        edit: None,
-    }
-}
-
 /// The default model's text encoder and decoder on the device vs the CPU, on the pipeline's
 /// own inputs (prompt ids; the ids of a CPU text-to-image run).
 pub fn default_model_text_encoder_and_decoder_match_the_cpu(dev: &Arc<Device>) {
@@ -192,10 +178,13 @@ pub fn default_model_text_encoder_and_decoder_match_the_cpu(dev: &Arc<Device>) {
     );
 
     let vq = CudaVqDecoder::load(&dev, &pipe.root).expect("device decoder");
-    let req = request(&[
-        "a red circle on the left",
-        "a purple triangle in the center",
-    ]);
+    let req = greedy_request(
+        &[
+            "a red circle on the left",
+            "a purple triangle in the center",
+        ],
+        16,
+    );
     let cpu = pipe.text_to_image(&req, &mut |_| {}).expect("CPU run");
     let (h, w) = cpu.grid;
     let mut got = vq.decode(&cpu.ids, cpu.batch, h, w).expect("device decode");
@@ -222,10 +211,13 @@ pub fn whole_device_text_to_image_of_the_default_model_matches_the_cpu(dev: &Arc
     let pipe = Pipeline::load(&default_model()).expect("default model");
     let dev = dev.clone();
     let models = CudaPipeline::load(&dev, &pipe.root).expect("device models");
-    let req = request(&[
-        "a yellow circle to the left of a white square",
-        "a blue square at the top",
-    ]);
+    let req = greedy_request(
+        &[
+            "a yellow circle to the left of a white square",
+            "a blue square at the top",
+        ],
+        16,
+    );
     let gpu = cuda::text_to_image(&pipe, &models, &req, &mut |_| {}).expect("device run");
     let cpu = pipe.text_to_image(&req, &mut |_| {}).expect("CPU run");
     assert_eq!((gpu.batch, gpu.grid), (cpu.batch, cpu.grid));

@@ -3,15 +3,14 @@
 //! sampler keeps, and whole device runs start from the edit's ids and never write its kept
 //! tokens.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use muddit_engine::cuda::{self, CudaPipeline, Device, DeviceSampler};
-use muddit_engine::image_io::load_image;
 use muddit_engine::pipeline::{EditIds, Pipeline, TextToImage};
 use muddit_sampler::{DrawRule, Guidance, Sampler, SamplerConfig, Temperature, TokenLayout};
 
 use crate::cuda_checks::decisive_case;
+use crate::{encoded_eval_image, encoded_left_half, guided_request, repo};
 
 /// The device sampler with a keep grid vs `Sampler::step_keeping`, rows seeded one by one, on
 /// logits that depend on the ids: identical ids and `k` after every step, at temperatures
@@ -107,22 +106,15 @@ pub fn guided_device_inpainting_of_the_default_model_keeps_the_unmasked_tokens(d
     let pipe = Pipeline::load(&root).expect("default model");
     let models = CudaPipeline::load(dev, &root).expect("device models");
     let (_, edit) = edits(&pipe).into_iter().next().expect("inpainting");
-    let req = TextToImage {
-        prompts: vec![
-            "a green square to the left of a blue circle".into(),
-            "a white triangle to the left of a blue circle".into(),
+    let req = guided_request(
+        &[
+            "a green square to the left of a blue circle",
+            "a white triangle to the left of a blue circle",
         ],
-        negative_prompt: "a red circle".into(),
-        images_per_prompt: 1,
-        width: 64,
-        height: 64,
-        sampler: SamplerConfig {
-            guidance: Guidance::Cfg { scale: 3.0 },
-            seed: 9,
-            ..SamplerConfig::new(6)
-        },
-        edit: Some(edit.clone()),
-    };
+        1,
+        (6, 9),
+        Some(edit.clone()),
+    );
     let gpu = cuda::text_to_image(&pipe, &models, &req, &mut |_| {}).expect("device run");
     let cpu = pipe.text_to_image(&req, &mut |_| {}).expect("CPU run");
     assert_kept("guided inpainting", &gpu.ids, &edit);
@@ -138,21 +130,11 @@ pub fn guided_device_inpainting_of_the_default_model_keeps_the_unmasked_tokens(d
     );
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Inpainting (left half), outpainting (the left half grown by 32 px) and img2img (0.5) of
 /// eval image 003 on `pipe`'s VQ encoder.
 fn edits(pipe: &Pipeline) -> Vec<(&'static str, EditIds)> {
-    let path = repo().join("models/shapes-eval/images/003.png");
-    let image = load_image(&path, 64, 64).expect("eval image").data;
-    let ids = pipe.vqvae.encode(&image, 1, 64, 64).expect("encode");
-    let crop: Vec<f32> = image
-        .chunks_exact(64)
-        .flat_map(|r| r[..32].to_vec())
-        .collect();
-    let half = pipe.vqvae.encode(&crop, 1, 64, 32).expect("encode");
+    let (image, ids) = encoded_eval_image(pipe, "003.png");
+    let half = encoded_left_half(pipe, &image);
     let mask_id = pipe.transformer_cfg.mask_id() as u32;
     let left: Vec<bool> = (0..64).map(|t| t % 8 < 4).collect();
     let place = |ids: &[i64], grid, regenerate: Option<&[bool]>, pads, strength| {

@@ -3,45 +3,34 @@
 //! a tiny strength returns the encoding, outpainted canvases keep the old tokens, and image `b`
 //! of a batch is the run seeded `seed + b` alone. With guidance, a negative prompt and batches.
 
-use muddit_engine::image_io::load_image;
 use muddit_engine::pipeline::{mask_tokens, EditIds, Images, Pipeline, TextToImage};
-use muddit_sampler::{Guidance, SamplerConfig};
-use std::path::PathBuf;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use muddit_tests::{encoded_eval_image, encoded_left_half, guided_request, repo};
 
 fn pipeline() -> Pipeline {
-    Pipeline::load(&root().join("models/shapes-64")).expect("the default model")
+    Pipeline::load(&repo().join("models/shapes-64")).expect("the default model")
 }
 
-/// Eval image `name` at 64 x 64 and its ids `[8, 8]`.
-fn encoded(pipe: &Pipeline, name: &str) -> (Vec<f32>, Vec<i64>) {
-    let path = root().join("models/shapes-eval/images").join(name);
-    let image = load_image(&path, 64, 64).expect("eval image").data;
-    let ids = pipe.vqvae.encode(&image, 1, 64, 64).expect("encode");
-    (image, ids)
+/// The default model, the ids `[8, 8]` of eval image 003 and the model's `<mask>` id.
+fn model_and_ids() -> (Pipeline, Vec<i64>, u32) {
+    let pipe = pipeline();
+    let (_, ids) = encoded_eval_image(&pipe, "003.png");
+    let mask_id = pipe.transformer_cfg.mask_id() as u32;
+    (pipe, ids, mask_id)
+}
+
+/// img2img of the whole 8 x 8 grid of `ids` at `strength`.
+fn img2img(ids: &[i64], mask_id: u32, strength: f32) -> EditIds {
+    let (_, edit) = EditIds::place(ids, (8, 8), None, [0; 4], mask_id, strength).expect("edit");
+    edit
 }
 
 /// Two prompts x `per_prompt` images, guided with a negative prompt, 8 steps, seed 21.
 fn request(per_prompt: usize, edit: Option<EditIds>) -> TextToImage {
-    TextToImage {
-        prompts: vec![
-            "a green square to the left of a blue circle".into(),
-            "a yellow triangle to the left of a blue circle".into(),
-        ],
-        negative_prompt: "a red circle".into(),
-        images_per_prompt: per_prompt,
-        width: 64,
-        height: 64,
-        sampler: SamplerConfig {
-            guidance: Guidance::Cfg { scale: 3.0 },
-            seed: 21,
-            ..SamplerConfig::new(8)
-        },
-        edit,
-    }
+    let prompts = [
+        "a green square to the left of a blue circle",
+        "a yellow triangle to the left of a blue circle",
+    ];
+    guided_request(&prompts, per_prompt, (8, 21), edit)
 }
 
 fn run(pipe: &Pipeline, req: &TextToImage) -> Images {
@@ -56,8 +45,7 @@ fn image_ids(images: &Images, b: usize) -> &[i64] {
 
 #[test]
 fn inpainting_keeps_every_token_outside_the_mask() {
-    let pipe = pipeline();
-    let (_, ids) = encoded(&pipe, "003.png");
+    let (pipe, ids, mask_id) = model_and_ids();
     // The left half of the pixels white, reduced to tokens: columns 0..4 of 8.
     let mask: Vec<f32> = (0..64 * 64)
         .map(|p| f32::from(u8::from(p % 64 < 29)))
@@ -68,7 +56,6 @@ fn inpainting_keeps_every_token_outside_the_mask() {
         32,
         "29 px round up to 4 tokens"
     );
-    let mask_id = pipe.transformer_cfg.mask_id() as u32;
     for strength in [1.0, 0.5] {
         let (grid, edit) =
             EditIds::place(&ids, (8, 8), Some(&regenerate), [0; 4], mask_id, strength)
@@ -98,18 +85,15 @@ fn inpainting_keeps_every_token_outside_the_mask() {
 
 #[test]
 fn full_strength_img2img_is_text_to_image_and_a_tiny_one_the_encoding() {
-    let pipe = pipeline();
-    let (_, ids) = encoded(&pipe, "003.png");
-    let mask_id = pipe.transformer_cfg.mask_id() as u32;
-    let place = |strength| EditIds::place(&ids, (8, 8), None, [0; 4], mask_id, strength);
-    let (_, full) = place(1.0).expect("edit");
+    let (pipe, ids, mask_id) = model_and_ids();
+    let full = img2img(&ids, mask_id, 1.0);
     assert!(full.keep.iter().all(|&k| !k), "img2img keeps nothing");
     let t2i = run(&pipe, &request(2, None));
     let s1 = run(&pipe, &request(2, Some(full)));
     assert_eq!(s1.ids, t2i.ids, "strength 1 vs text-to-image, same seed");
     assert_eq!(s1.pixels, t2i.pixels);
 
-    let (_, tiny) = place(0.01).expect("edit");
+    let tiny = img2img(&ids, mask_id, 0.01);
     let out = run(&pipe, &request(1, Some(tiny)));
     for b in 0..out.batch {
         assert_eq!(
@@ -119,7 +103,7 @@ fn full_strength_img2img_is_text_to_image_and_a_tiny_one_the_encoding() {
         );
     }
     // A low strength keeps most tokens and changes some.
-    let (_, low) = place(0.3).expect("edit");
+    let low = img2img(&ids, mask_id, 0.3);
     let out = run(&pipe, &request(1, Some(low)));
     let same = image_ids(&out, 0)
         .iter()
@@ -133,13 +117,9 @@ fn full_strength_img2img_is_text_to_image_and_a_tiny_one_the_encoding() {
 #[test]
 fn outpainting_keeps_the_old_tokens_on_the_grown_canvas() {
     let pipe = pipeline();
-    let (image, _) = encoded(&pipe, "003.png");
+    let (image, _) = encoded_eval_image(&pipe, "003.png");
     // The left 32 columns, grown by 32 px (4 tokens) on the right.
-    let crop: Vec<f32> = image
-        .chunks_exact(64)
-        .flat_map(|row| row[..32].to_vec())
-        .collect();
-    let ids = pipe.vqvae.encode(&crop, 1, 64, 32).expect("encode");
+    let ids = encoded_left_half(&pipe, &image);
     let mask_id = pipe.transformer_cfg.mask_id() as u32;
     let (grid, edit) =
         EditIds::place(&ids, (8, 4), None, [0, 0, 4, 0], mask_id, 1.0).expect("edit");
@@ -160,11 +140,8 @@ fn outpainting_keeps_the_old_tokens_on_the_grown_canvas() {
 
 #[test]
 fn image_b_of_a_batch_is_the_run_seeded_seed_plus_b_alone() {
-    let pipe = pipeline();
-    let (_, ids) = encoded(&pipe, "003.png");
-    let mask_id = pipe.transformer_cfg.mask_id() as u32;
-    let (_, edit) = EditIds::place(&ids, (8, 8), None, [0; 4], mask_id, 0.6).expect("edit");
-    for edit in [None, Some(edit)] {
+    let (pipe, ids, mask_id) = model_and_ids();
+    for edit in [None, Some(img2img(&ids, mask_id, 0.6))] {
         let batch = run(&pipe, &request(2, edit.clone()));
         for b in 0..4 {
             let mut alone = request(1, edit.clone());
@@ -183,17 +160,15 @@ fn image_b_of_a_batch_is_the_run_seeded_seed_plus_b_alone() {
 
 #[test]
 fn bad_edits_are_named() {
-    let pipe = pipeline();
-    let (_, ids) = encoded(&pipe, "003.png");
-    let mask_id = pipe.transformer_cfg.mask_id() as u32;
-    let (_, mut edit) = EditIds::place(&ids, (8, 8), None, [0; 4], mask_id, 1.0).expect("edit");
+    let (pipe, ids, mask_id) = model_and_ids();
+    let mut edit = img2img(&ids, mask_id, 1.0);
     edit.ids.pop();
     let err = pipe
         .text_to_image(&request(1, Some(edit)), &mut |_| {})
         .err()
         .expect("short ids");
     assert!(err.to_string().contains("63 ids"), "{err}");
-    let (_, mut edit) = EditIds::place(&ids, (8, 8), None, [0; 4], mask_id, 1.5).expect("edit");
+    let mut edit = img2img(&ids, mask_id, 1.5);
     let err = pipe
         .text_to_image(&request(1, Some(edit.clone())), &mut |_| {})
         .err()

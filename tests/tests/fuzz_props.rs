@@ -183,44 +183,34 @@ fn config_bytes() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-#[test]
-fn safetensors_headers_never_panic() {
-    mutated("safetensors_file", fuzz::safetensors_file);
-    generated(
-        "safetensors_file",
-        fuzz::safetensors_file,
-        safetensors_bytes(),
-    );
+/// A test `$test` of fuzz target `fuzz::$target` (seeds `$target`): mutations of its seeds,
+/// then inputs from each `$strategy`.
+macro_rules! fuzz_test {
+    ($test:ident, $target:ident $(, $strategy:expr)*) => {
+        #[test]
+        fn $test() {
+            let name = stringify!($target);
+            mutated(name, fuzz::$target);
+            $(generated(name, fuzz::$target, $strategy);)*
+        }
+    };
 }
 
-#[test]
-fn shard_indexes_never_panic_or_leave_the_folder() {
-    mutated("shard_index", fuzz::shard_index);
-    generated("shard_index", fuzz::shard_index, index_bytes());
-}
-
-#[test]
-fn pth_files_never_panic() {
-    mutated("pth_file", fuzz::pth_file);
-}
-
-#[test]
-fn configs_never_panic() {
-    mutated("config_json", fuzz::config_json);
-    generated("config_json", fuzz::config_json, config_bytes());
-}
-
-#[test]
-fn tokenizer_input_never_panics() {
-    mutated("tokenizer_input", fuzz::tokenizer_input);
-    generated(
-        "tokenizer_input",
-        fuzz::tokenizer_input,
-        prop::collection::vec(any::<u8>(), 0..400),
-    );
-    generated(
-        "tokenizer_input",
-        fuzz::tokenizer_input,
-        "\\PC{0,300}".prop_map(String::into_bytes),
-    );
-}
+fuzz_test!(
+    safetensors_headers_never_panic,
+    safetensors_file,
+    safetensors_bytes()
+);
+fuzz_test!(
+    shard_indexes_never_panic_or_leave_the_folder,
+    shard_index,
+    index_bytes()
+);
+fuzz_test!(pth_files_never_panic, pth_file);
+fuzz_test!(configs_never_panic, config_json, config_bytes());
+fuzz_test!(
+    tokenizer_input_never_panics,
+    tokenizer_input,
+    prop::collection::vec(any::<u8>(), 0..400),
+    "\\PC{0,300}".prop_map(String::into_bytes)
+);

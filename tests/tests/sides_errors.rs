@@ -17,6 +17,26 @@ fn says(m: &str, needles: &[&str]) {
     }
 }
 
+/// Asserts that `$result` fails with an `Error::$kind` whose message contains every one of
+/// `$needles`.
+macro_rules! fails_as {
+    ($result:expr, $kind:ident, $needles:expr) => {{
+        let (e, m) = message($result);
+        assert!(matches!(e, Error::$kind { .. }), "{m}");
+        says(&m, &$needles);
+    }};
+}
+
+/// A folder holding the files of a synthetic tokenizer of `size` entries, `extra_merge`
+/// appended to its merges.
+fn tokenizer_folder(size: usize, extra_merge: Option<(&str, &str)>) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (vocab, mut merges) = synthetic_vocab(size);
+    merges.extend(extra_merge.map(|(a, b)| (a.to_string(), b.to_string())));
+    write_tokenizer_files(tmp.path(), &vocab, &merges, "!").expect("write");
+    tmp
+}
+
 fn message<T>(r: Result<T, Error>) -> (Error, String) {
     match r {
         Ok(_) => panic!("expected an error"),
@@ -33,37 +53,36 @@ fn missing_tokenizer_files_are_named() {
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(tmp.path().join("tokenizer")).expect("mkdir");
     std::fs::write(tmp.path().join("tokenizer/vocab.json"), "{}").expect("write");
-    let (e, m) = message(ClipTokenizer::from_dir(tmp.path()));
-    assert!(matches!(e, Error::ModelFolder { .. }));
-    says(&m, &["merges.txt", "tokenizer.json"]);
+    fails_as!(
+        ClipTokenizer::from_dir(tmp.path()),
+        ModelFolder,
+        ["merges.txt", "tokenizer.json"]
+    );
 }
 
 #[test]
 fn a_merge_outside_the_vocabulary_is_an_error() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (vocab, mut merges) = synthetic_vocab(600);
-    merges.push(("q".into(), "zz".into()));
-    write_tokenizer_files(tmp.path(), &vocab, &merges, "!").expect("write");
-    let (e, m) = message(ClipTokenizer::from_dir(tmp.path()));
-    assert!(matches!(e, Error::Tokenizer { .. }));
-    says(&m, &["merges.txt", "`q zz`"]);
+    let tmp = tokenizer_folder(600, Some(("q", "zz")));
+    fails_as!(
+        ClipTokenizer::from_dir(tmp.path()),
+        Tokenizer,
+        ["merges.txt", "`q zz`"]
+    );
 }
 
 #[test]
 fn a_vocabulary_that_does_not_fit_the_text_encoder_is_an_error() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (vocab, merges) = synthetic_vocab(700);
-    write_tokenizer_files(tmp.path(), &vocab, &merges, "!").expect("write");
+    let tmp = tokenizer_folder(700, None);
     let tok = ClipTokenizer::from_dir(tmp.path()).expect("tokenizer");
     assert_eq!(tok.base_vocab_size(), 700);
     let encoder = load_text_encoder(&fixture("sides/clip_gelu_eos2")).expect("text encoder");
-    let (e, m) = message(tok.check_text_encoder(encoder.cfg.vocab_size, encoder.vocab_rows()));
-    assert!(matches!(e, Error::Tokenizer { .. }));
-    says(&m, &["700", "600", "vocab.json"]);
+    fails_as!(
+        tok.check_text_encoder(encoder.cfg.vocab_size, encoder.vocab_rows()),
+        Tokenizer,
+        ["700", "600", "vocab.json"]
+    );
 
-    let (vocab, merges) = synthetic_vocab(600);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    write_tokenizer_files(tmp.path(), &vocab, &merges, "!").expect("write");
+    let tmp = tokenizer_folder(600, None);
     let tok = ClipTokenizer::from_dir(tmp.path()).expect("tokenizer");
     tok.check_text_encoder(encoder.cfg.vocab_size, encoder.vocab_rows())
         .expect("600 tokens fit a 600-row text encoder");
@@ -76,21 +95,15 @@ fn unreadable_images_name_their_path() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let fake = tmp.path().join("not-an-image.png");
     std::fs::write(&fake, b"this is text, not a PNG").expect("write");
-    let (e, m) = message(load_image(&fake, 32, 32));
-    assert!(matches!(e, Error::Image { .. }));
-    assert!(m.contains("not-an-image.png"), "{m}");
+    fails_as!(load_image(&fake, 32, 32), Image, ["not-an-image.png"]);
 
     let png = std::fs::read(fixture("sides/images/pattern.png")).expect("png");
     let cut = tmp.path().join("truncated.png");
     std::fs::write(&cut, &png[..png.len() / 2]).expect("write");
-    let (e, m) = message(load_image(&cut, 32, 32));
-    assert!(matches!(e, Error::Image { .. }));
-    assert!(m.contains("truncated.png"), "{m}");
+    fails_as!(load_image(&cut, 32, 32), Image, ["truncated.png"]);
 
     let missing = tmp.path().join("missing.jpg");
-    let (e, m) = message(load_image(&missing, 32, 32));
-    assert!(matches!(e, Error::Io { .. }));
-    assert!(m.contains("missing.jpg"), "{m}");
+    fails_as!(load_image(&missing, 32, 32), Io, ["missing.jpg"]);
 }
 
 #[test]
@@ -105,9 +118,7 @@ fn corrupt_pth_files_are_errors() {
     ] {
         let path = tmp.path().join(name);
         std::fs::write(&path, bytes).expect("write");
-        let (e, m) = message(read_mask_embedding(&path, 32));
-        assert!(matches!(e, Error::Pth { .. }), "{name}: {m}");
-        assert!(m.contains(name), "{m}");
+        fails_as!(read_mask_embedding(&path, 32), Pth, [name]);
     }
     // A storage whose length disagrees with the pickle: rewrite the data entry shorter.
     let path = tmp.path().join("short_storage.pth");
@@ -129,9 +140,7 @@ fn corrupt_pth_files_are_errors() {
         }
         out.finish().expect("finish");
     }
-    let (e, m) = message(read_mask_embedding(&path, 32));
-    assert!(matches!(e, Error::Pth { .. }));
-    assert!(m.contains("bytes"), "{m}");
+    fails_as!(read_mask_embedding(&path, 32), Pth, ["bytes"]);
 }
 
 #[test]
@@ -139,19 +148,16 @@ fn a_mask_embedding_of_the_wrong_width_is_an_error() {
     let path = fixture("sides/clip_gelu_eos2/mask_token_embedding.pth");
     let (shape, values) = read_pth_tensor(&path).expect("read");
     assert_eq!((shape, values.len()), (vec![32], 32));
-    let (e, m) = message(read_mask_embedding(&path, 1024));
-    assert!(matches!(e, Error::Pth { .. }));
-    says(&m, &["1024", "[32]"]);
+    fails_as!(read_mask_embedding(&path, 1024), Pth, ["1024", "[32]"]);
 }
 
 #[test]
 fn captioning_without_the_mask_embedding_says_so() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (e, m) = message(mask_embedding_path(tmp.path()));
-    assert!(matches!(e, Error::ModelFolder { .. }));
-    says(
-        &m,
-        &["mask_token_embedding.pth", "never replaced by a random"],
+    fails_as!(
+        mask_embedding_path(tmp.path()),
+        ModelFolder,
+        ["mask_token_embedding.pth", "never replaced by a random"]
     );
 }
 

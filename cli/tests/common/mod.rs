@@ -51,6 +51,14 @@ pub fn succeeds(o: &Output) {
     assert!(o.status.success(), "{}", stderr(o));
 }
 
+/// Asserts that `o` succeeded and returns its stdout read as JSON.
+#[allow(dead_code)] // used by some test binaries only
+pub fn json_output(o: &Output) -> serde_json::Value {
+    succeeds(o);
+    let out = stdout(o);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: not JSON: {out}"))
+}
+
 /// The bytes of file `name` in `dir`.
 #[allow(dead_code)] // used by some test binaries only
 pub fn bytes(dir: &Path, name: &str) -> Vec<u8> {

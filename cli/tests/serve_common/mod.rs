@@ -3,11 +3,28 @@
 
 #![allow(dead_code)] // each test binary uses a part
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Reads the lines of `stream` on a thread of its own, each through `pick`: what it picks
+/// comes out of the receiver, in order.
+pub fn read_lines<T: Send + 'static>(
+    stream: impl Read + Send + 'static,
+    pick: impl Fn(String) -> Option<T> + Send + 'static,
+) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Some(item) = pick(line) {
+                let _ = tx.send(item);
+            }
+        }
+    });
+    rx
+}
 
 pub struct Server {
     child: Child,
@@ -27,22 +44,14 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn muddit serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().expect("log").push(line);
-            }
+        read_lines(child.stderr.take().expect("stderr"), move |line| {
+            lines.lock().expect("log").push(line);
+            None::<String>
         });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
+        let stdout = read_lines(child.stdout.take().expect("stdout"), Some);
+        let line = stdout
             .recv_timeout(Duration::from_secs(120))
             .expect("the server prints its address within 120 s");
         let url = line

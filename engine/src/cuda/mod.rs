@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::clip_text::cuda::{ClipEncoding, CudaClipText};
 pub use crate::mmdit::cuda::CudaMmdit;
-use crate::mmdit::cuda::Logits;
+use crate::mmdit::cuda::{Logits, Workspace};
 pub use crate::vqvae::cuda::{load_vqvae, CudaVqDecoder, CudaVqEncoder};
 pub use backend::{Cuda, DConv, DLinear};
 pub use muddit_kernels::cuda::{Buffer, Device, Elem, KernelTime, Ptr};
@@ -240,17 +240,8 @@ pub fn text_to_image<'a>(
             if plan.guided {
                 dev.copy(state.ids.ptr(), ws.ids.at(n)?, n)?;
             }
-            model.run(ws, state.sampler().model_timestep(step)?, Logits::Image)?;
-            dev.sync()?;
-            let t1 = Instant::now();
-            state.step(&dev, step, ws.logits.ptr())?;
-            on_step(StepEvent {
-                step,
-                steps,
-                text_encoder: Duration::ZERO,
-                transformer: t1 - t0,
-                sampler: t1.elapsed(),
-            });
+            let (at, timing) = ((step, steps, Logits::Image), (t0, Duration::ZERO));
+            model_and_sampler_step(model, ws, &mut state, at, timing, on_step)?;
         }
         Ok(text_encode)
     })?;
@@ -259,6 +250,36 @@ pub fn text_to_image<'a>(
         DecoderOn::Device(vq) => vq.decode(ids, b, h, w),
         DecoderOn::Host(vq) => vq.decode(ids, b, h, w),
     })
+}
+
+/// The rest of step `step` of `steps` once the transformer's inputs are in `ws`: the forward
+/// of `heads`, then the sampler on their logits (image or text); reports the step with the
+/// transformer timed from `started` and `text_encoder` spent on the step's text encoding.
+fn model_and_sampler_step(
+    model: &CudaMmdit,
+    ws: &mut Workspace,
+    state: &mut DeviceSampler,
+    (step, steps, heads): (usize, usize, Logits),
+    (started, text_encoder): (Instant, Duration),
+    on_step: &mut dyn FnMut(StepEvent),
+) -> Result<()> {
+    let dev = model.device();
+    model.run(ws, state.sampler().model_timestep(step)?, heads)?;
+    dev.sync()?;
+    let t = Instant::now();
+    let logits = match heads {
+        Logits::Text => ws.text_logits.ptr(),
+        Logits::Image | Logits::Both => ws.logits.ptr(),
+    };
+    state.step(dev, step, logits)?;
+    on_step(StepEvent {
+        step,
+        steps,
+        text_encoder,
+        transformer: t - started,
+        sampler: t.elapsed(),
+    });
+    Ok(())
 }
 
 /// Captioning (no questions) and VQA on the device: the VQ encoder, the text encoder re-run
@@ -301,17 +322,8 @@ pub fn image_to_text(
             // The copies finish before `enc` is freed.
             dev.sync()?;
             let t1 = Instant::now();
-            model.run(ws, state.sampler().model_timestep(step)?, Logits::Text)?;
-            dev.sync()?;
-            let t2 = Instant::now();
-            state.step(&dev, step, ws.text_logits.ptr())?;
-            on_step(StepEvent {
-                step,
-                steps,
-                text_encoder: t1 - t0,
-                transformer: t2 - t1,
-                sampler: t2.elapsed(),
-            });
+            let (at, timing) = ((step, steps, Logits::Text), (t1, t1 - t0));
+            model_and_sampler_step(model, ws, &mut state, at, timing, on_step)?;
         }
         state.argmax(&dev, ws.text_logits.ptr())
     })?;

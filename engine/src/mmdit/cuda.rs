@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use muddit_kernels::cuda::common::{Act, RowMap};
 
 use super::{
-    rope_tables, DualBlock, Mmdit, MmditInput, MmditOutput, Modulation, Qkv, SingleBlock,
-    DUAL_ATTN, DUAL_MLP, MICRO_CONDS, SINGLE, SIN_DIM,
+    rope_tables, DualBlock, FeedForward, Mlp, Mmdit, MmditInput, MmditOutput, Modulation, Qkv,
+    RmsNorm, SingleBlock, DUAL_ATTN, DUAL_MLP, MICRO_CONDS, SINGLE, SIN_DIM,
 };
 use crate::config::TransformerConfig;
 use crate::cuda::backend::{Cuda, Heads};
@@ -398,77 +398,70 @@ impl CudaMmdit {
             )?;
         }
         dev.act(Act::None, ws.cond.ptr(), ws.cond_b.ptr(), b * cw)?;
-        let silu = GemmOpts {
-            act: Act::Silu,
-            ..GemmOpts::default()
-        };
-        let plain = GemmOpts::default();
         let (ce, te, ts) = (
             &self.model.cond_embed,
             &self.model.time_text_embed.text_embedder,
             &self.model.time_text_embed.timestep_embedder,
         );
-        dev.gemm(
-            GemmOut::Bf16,
-            ce.linear_1.mat(),
-            ws.cond_b.ptr(),
-            b,
-            ws.hb1.ptr(),
-            silu,
-        )?;
-        dev.gemm(
-            GemmOut::Bf16,
-            ce.linear_2.mat(),
-            ws.hb1.ptr(),
-            b,
-            ws.hb2.ptr(),
-            plain,
-        )?;
-        dev.gemm(
-            GemmOut::Bf16,
-            te.linear_1.mat(),
-            ws.hb2.ptr(),
-            b,
-            ws.hb1.ptr(),
-            silu,
-        )?;
-        dev.gemm(
-            GemmOut::F32,
-            te.linear_2.mat(),
-            ws.hb1.ptr(),
-            b,
-            ws.temb.ptr(),
-            plain,
-        )?;
+        let (cond, hb1, hb2, temb) = (ws.cond_b.ptr(), ws.hb1.ptr(), ws.hb2.ptr(), ws.temb.ptr());
+        // cond [B, P + 5 * 256] -> [B, D] -> temb [B, D] f32
+        self.mlp(ce, (cond, b), hb1, (GemmOut::Bf16, hb2))?;
+        self.mlp(te, (hb2, b), hb1, (GemmOut::F32, temb))?;
         dev.sin_embed(ws.timestep.ptr(), 1, half, 1000.0, ws.tsin.ptr(), SIN_DIM)?;
         dev.act(Act::None, ws.tsin.ptr(), ws.tsin_b.ptr(), SIN_DIM)?;
-        dev.gemm(
-            GemmOut::Bf16,
-            ts.linear_1.mat(),
-            ws.tsin_b.ptr(),
-            1,
-            ws.th.ptr(),
-            silu,
-        )?;
+        let silu = GemmOpts::with_act(Act::Silu);
+        let ts_1 = ts.linear_1.mat();
+        dev.gemm(GemmOut::Bf16, ts_1, ws.tsin_b.ptr(), 1, ws.th.ptr(), silu)?;
         // temb[b] += timestep_embedder(t): every row reads the one timestep row.
         let broadcast = GemmOpts {
             a_map: RowMap::part(1, 0, 0),
             ..GemmOpts::default()
         };
-        dev.gemm(
-            GemmOut::Residual,
-            ts.linear_2.mat(),
-            ws.th.ptr(),
-            b,
-            ws.temb.ptr(),
-            broadcast,
-        )?;
-        Ok(dev.act(
-            Act::Silu,
-            ws.temb.ptr(),
-            ws.temb_silu.ptr(),
-            b * self.cfg.inner_dim(),
-        )?)
+        let (ts_2, th) = (ts.linear_2.mat(), ws.th.ptr());
+        dev.gemm(GemmOut::Residual, ts_2, th, b, temb, broadcast)?;
+        let d = self.cfg.inner_dim();
+        Ok(dev.act(Act::Silu, temb, ws.temb_silu.ptr(), b * d)?)
+    }
+
+    /// `out [rows, D] = linear_2(SiLU(linear_1(x [rows, in])))` of `mlp` through `hidden
+    /// [rows, D]`, `out` written as `kind`.
+    fn mlp<C>(
+        &self,
+        mlp: &Mlp<Cuda>,
+        (x, rows): (Ptr<u16>, usize),
+        hidden: Ptr<u16>,
+        (kind, out): (GemmOut, Ptr<C>),
+    ) -> Result<()> {
+        let silu = GemmOpts::with_act(Act::Silu);
+        let (linear_1, linear_2) = (mlp.linear_1.mat(), mlp.linear_2.mat());
+        self.dev
+            .gemm(GemmOut::Bf16, linear_1, x, rows, hidden, silu)?;
+        let plain = GemmOpts::default();
+        Ok(self.dev.gemm(kind, linear_2, hidden, rows, out, plain)?)
+    }
+
+    /// `res [rows, D] += gate * ff.out(GELU-tanh(ff.proj(y [rows, D])))` through `hid
+    /// [rows, 4D]`.
+    fn feed_forward(
+        &self,
+        ff: &FeedForward<Cuda>,
+        (y, rows): (Ptr<u16>, usize),
+        hid: Ptr<u16>,
+        (res, gate): (Ptr<f32>, (Ptr<f32>, usize, usize)),
+    ) -> Result<()> {
+        let gelu = GemmOpts::with_act(Act::GeluTanh);
+        let (proj, out) = (ff.proj.mat(), ff.out.mat());
+        self.dev.gemm(GemmOut::Bf16, proj, y, rows, hid, gelu)?;
+        let gated = GemmOpts::gated(gate);
+        Ok(self
+            .dev
+            .gemm(GemmOut::Residual, out, hid, rows, res, gated)?)
+    }
+
+    /// `x [rows, D]` RMS-normalised in place by `norm`.
+    fn rms_norm(&self, x: Ptr<u16>, norm: &RmsNorm<Cuda>, rows: usize) -> Result<()> {
+        let d = self.cfg.inner_dim();
+        Ok(self.dev.rms_norm(x, x, norm.weight.ptr(), rows, d)?)
     }
 
     /// Image ids to `I [B, N, D]`, text features to `T [B, L, D]` (reference 2.2).
@@ -479,25 +472,12 @@ impl CudaMmdit {
         let plain = GemmOpts::default();
         let table = (self.model.embed.embeddings.ptr(), self.cfg.vocab_size);
         dev.embedding(ws.ids.ptr(), table, None, ws.emb0.ptr(), px, d)?;
-        dev.rms_norm(
-            ws.emb0.ptr(),
-            ws.emb0.ptr(),
-            self.model.embed.layer_norm.weight.ptr(),
-            px,
-            d,
-        )?;
-        dev.gemm(
-            GemmOut::Bf16,
-            self.model.embed.conv.mat(),
-            ws.emb0.ptr(),
-            px,
-            ws.emb1.ptr(),
-            plain,
-        )?;
+        self.rms_norm(ws.emb0.ptr(), &self.model.embed.layer_norm, px)?;
+        let conv = self.model.embed.conv.mat();
+        dev.gemm(GemmOut::Bf16, conv, ws.emb0.ptr(), px, ws.emb1.ptr(), plain)?;
         let h = match &self.model.down_block {
             Some(down) => {
-                let norm = down.norm.weight.ptr();
-                dev.rms_norm(ws.emb1.ptr(), ws.emb1.ptr(), norm, px, d)?;
+                self.rms_norm(ws.emb1.ptr(), &down.norm, px)?;
                 let geom = (s.height, s.width, d);
                 let (mat, x, out) = (down.conv.mat(), ws.emb1.ptr(), ws.emb0.ptr());
                 dev.conv2d(mat, x, b, geom, Conv::valid(2, 2), None, out)?;
@@ -506,35 +486,16 @@ impl CudaMmdit {
             None => &ws.emb1,
         };
         let n = b * s.image();
-        dev.rms_norm(
-            h.ptr(),
-            h.ptr(),
-            self.model.project_to_hidden_norm.weight.ptr(),
-            n,
-            d,
-        )?;
-        dev.gemm(
-            GemmOut::F32,
-            self.model.project_to_hidden.mat(),
-            h.ptr(),
-            n,
-            ws.i.ptr(),
-            plain,
-        )?;
+        self.rms_norm(h.ptr(), &self.model.project_to_hidden_norm, n)?;
+        let pth = self.model.project_to_hidden.mat();
+        dev.gemm(GemmOut::F32, pth, h.ptr(), n, ws.i.ptr(), plain)?;
 
         let (rows, j) = (b * s.text, self.cfg.joint_attention_dim);
         dev.act(Act::None, ws.ctx.ptr(), ws.ctx_b.ptr(), rows * j)?;
         let ce = self.model.context_embedder.mat();
-        dev.gemm(
-            GemmOut::Bf16,
-            ce,
-            ws.ctx_b.ptr(),
-            rows,
-            ws.tproj.ptr(),
-            plain,
-        )?;
-        let norm = self.model.encoder_proj_layer_norm.weight.ptr();
-        dev.rms_norm(ws.tproj.ptr(), ws.tproj.ptr(), norm, rows, d)?;
+        let (ctx, tproj) = (ws.ctx_b.ptr(), ws.tproj.ptr());
+        dev.gemm(GemmOut::Bf16, ce, ctx, rows, tproj, plain)?;
+        self.rms_norm(tproj, &self.model.encoder_proj_layer_norm, rows)?;
         Ok(dev.act(Act::None, ws.tproj.ptr(), ws.t.ptr(), rows * d)?)
     }
 
@@ -577,15 +538,9 @@ impl CudaMmdit {
         let hd = self.heads.width();
         let plain = GemmOpts::default();
         let temb = ws.temb_silu.ptr();
-        dev.gemm(GemmOut::F32, blk.norm1.mat(), temb, b, ws.mods.ptr(), plain)?;
-        dev.gemm(
-            GemmOut::F32,
-            blk.norm1_context.mat(),
-            temb,
-            b,
-            ws.mods_c.ptr(),
-            plain,
-        )?;
+        for (norm, mods) in [(&blk.norm1, &ws.mods), (&blk.norm1_context, &ws.mods_c)] {
+            dev.gemm(GemmOut::F32, norm.mat(), temb, b, mods.ptr(), plain)?;
+        }
         // (residual, tokens per item, modulations, first joint row, projections, MLP)
         let streams = [
             (&ws.i, n, &ws.mods, l, &blk.attn_image, &blk.to_out, &blk.ff),
@@ -621,40 +576,12 @@ impl CudaMmdit {
                 gate: Some(gate(mods, DUAL_ATTN, d, per)?),
                 ..GemmOpts::default()
             };
-            dev.gemm(
-                GemmOut::Residual,
-                to_out.mat(),
-                ws.o.ptr(),
-                rows,
-                res.ptr(),
-                attn_out,
-            )?;
+            let (to_out, o) = (to_out.mat(), ws.o.ptr());
+            dev.gemm(GemmOut::Residual, to_out, o, rows, res.ptr(), attn_out)?;
             let shift_scale = shift_scale(mods, DUAL_MLP, d, per)?;
             dev.layer_norm(res.ptr(), ws.y.ptr(), rows, d, Some(shift_scale))?;
-            let gelu = GemmOpts {
-                act: Act::GeluTanh,
-                ..GemmOpts::default()
-            };
-            dev.gemm(
-                GemmOut::Bf16,
-                ff.proj.mat(),
-                ws.y.ptr(),
-                rows,
-                ws.hid.ptr(),
-                gelu,
-            )?;
-            let gated = GemmOpts {
-                gate: Some(gate(mods, DUAL_MLP, d, per)?),
-                ..GemmOpts::default()
-            };
-            dev.gemm(
-                GemmOut::Residual,
-                ff.out.mat(),
-                ws.hid.ptr(),
-                rows,
-                res.ptr(),
-                gated,
-            )?;
+            let gate = gate(mods, DUAL_MLP, d, per)?;
+            self.feed_forward(ff, (ws.y.ptr(), rows), ws.hid.ptr(), (res.ptr(), gate))?;
         }
         Ok(())
     }
@@ -666,14 +593,8 @@ impl CudaMmdit {
         let (b, seq, d) = (s.batch, s.seq(), self.cfg.inner_dim());
         let (hd, rows) = (self.heads.width(), s.batch * s.seq());
         let temb = ws.temb_silu.ptr();
-        dev.gemm(
-            GemmOut::F32,
-            blk.norm.mat(),
-            temb,
-            b,
-            ws.mods.ptr(),
-            GemmOpts::default(),
-        )?;
+        let plain = GemmOpts::default();
+        dev.gemm(GemmOut::F32, blk.norm.mat(), temb, b, ws.mods.ptr(), plain)?;
         let shift_scale = shift_scale(&ws.mods, SINGLE, d, seq)?;
         dev.layer_norm(ws.x.ptr(), ws.y.ptr(), rows, d, Some(shift_scale))?;
         let cat_w = hd + 4 * d;
@@ -682,30 +603,16 @@ impl CudaMmdit {
             act: Act::GeluTanh,
             ..GemmOpts::default()
         };
-        dev.gemm(
-            GemmOut::Bf16,
-            blk.proj_mlp.mat(),
-            ws.y.ptr(),
-            rows,
-            ws.cat.at(hd)?,
-            mlp,
-        )?;
+        let (proj_mlp, y) = (blk.proj_mlp.mat(), ws.y.ptr());
+        dev.gemm(GemmOut::Bf16, proj_mlp, y, rows, ws.cat.at(hd)?, mlp)?;
         self.qkv(&blk.attn, ws.y.ptr(), rows, RowMap::IDENTITY, ws)?;
         let (qkv, shape) = ((ws.q.ptr(), ws.k.ptr(), ws.v.ptr()), (b, seq, self.heads.h));
         let dims = (self.heads.dh, self.heads.dp);
         dev.attention(qkv, (ws.cat.ptr(), cat_w), shape, dims, false)?;
-        let gated = GemmOpts {
-            gate: Some(gate(&ws.mods, SINGLE, d, seq)?),
-            ..GemmOpts::default()
-        };
-        Ok(dev.gemm(
-            GemmOut::Residual,
-            blk.proj_out.mat(),
-            ws.cat.ptr(),
-            rows,
-            ws.x.ptr(),
-            gated,
-        )?)
+        let gated = GemmOpts::gated(gate(&ws.mods, SINGLE, d, seq)?);
+        let proj_out = blk.proj_out.mat();
+        let (cat, x) = (ws.cat.ptr(), ws.x.ptr());
+        Ok(dev.gemm(GemmOut::Residual, proj_out, cat, rows, x, gated)?)
     }
 
     /// Text logits `[B, L, Vt]` and image logits `[B, h, w, V]` from `X` (reference 2.7), those
@@ -724,14 +631,8 @@ impl CudaMmdit {
             for i in 0..b {
                 dev.layer_norm(ws.x.at(i * seq * d)?, ws.tl.at(i * l * d)?, l, d, None)?;
             }
-            dev.gemm(
-                GemmOut::F32,
-                dec.mat(),
-                ws.tl.ptr(),
-                b * l,
-                ws.text_logits.ptr(),
-                plain,
-            )?;
+            let (tl, logits) = (ws.tl.ptr(), ws.text_logits.ptr());
+            dev.gemm(GemmOut::F32, dec.mat(), tl, b * l, logits, plain)?;
         }
         if heads == Logits::Text {
             return Ok(());
@@ -744,13 +645,12 @@ impl CudaMmdit {
                 n * d,
             )?;
         }
-        let norm = self.model.project_from_hidden_norm.weight.ptr();
-        dev.rms_norm(ws.hb.ptr(), ws.hb.ptr(), norm, b * n, d)?;
+        self.rms_norm(ws.hb.ptr(), &self.model.project_from_hidden_norm, b * n)?;
         let pfh = self.model.project_from_hidden.mat();
         dev.gemm(GemmOut::Bf16, pfh, ws.hb.ptr(), b * n, ws.ph.ptr(), plain)?;
         let h = match &self.model.up_block {
             Some(up) => {
-                dev.rms_norm(ws.ph.ptr(), ws.ph.ptr(), up.norm.weight.ptr(), b * n, d)?;
+                self.rms_norm(ws.ph.ptr(), &up.norm, b * n)?;
                 // Tap (ki, kj) of pixel (b, i, j) lands on (b, 2i + ki, 2j + kj): rows of two
                 // output pixels (2D wide), item rows r = b * rows + i at 2r + ki.
                 for kk in 0..4 {
@@ -761,35 +661,17 @@ impl CudaMmdit {
                         ..GemmOpts::default()
                     };
                     let tap = up.conv.rows(kk * d, d)?;
-                    dev.gemm(
-                        GemmOut::Bf16,
-                        tap,
-                        ws.ph.ptr(),
-                        b * n,
-                        ws.up.at(kj * d)?,
-                        opts,
-                    )?;
+                    let (ph, up) = (ws.ph.ptr(), ws.up.at(kj * d)?);
+                    dev.gemm(GemmOut::Bf16, tap, ph, b * n, up, opts)?;
                 }
                 &ws.up
             }
             None => &ws.ph,
         };
         let px = s.pixels();
-        dev.gemm(
-            GemmOut::Bf16,
-            self.model.mlm_layer.conv1.mat(),
-            h.ptr(),
-            px,
-            ws.m1.ptr(),
-            plain,
-        )?;
-        dev.rms_norm(
-            ws.m1.ptr(),
-            ws.m1.ptr(),
-            self.model.mlm_layer.layer_norm.weight.ptr(),
-            px,
-            d,
-        )?;
+        let conv1 = self.model.mlm_layer.conv1.mat();
+        dev.gemm(GemmOut::Bf16, conv1, h.ptr(), px, ws.m1.ptr(), plain)?;
+        self.rms_norm(ws.m1.ptr(), &self.model.mlm_layer.layer_norm, px)?;
         let conv2 = self.model.mlm_layer.conv2.mat();
         Ok(dev.gemm(GemmOut::F32, conv2, ws.m1.ptr(), px, ws.logits.ptr(), plain)?)
     }

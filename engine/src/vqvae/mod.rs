@@ -4,11 +4,13 @@
 //! or one half: [`EncoderHalf::load`], [`DecoderHalf::load`]). `cpu.rs` runs them on the CPU
 //! kernels; `cuda/` ([`cuda::CudaVqEncoder`], [`cuda::CudaVqDecoder`]) on the CUDA kernels.
 //!
-//! Activations are channel-last feature maps `[B, H, W, C]` (convolutions run as products
-//! against weights packed at load, gathering receptive fields on the fly: no im2col buffer);
-//! images cross the API in the reference's `[B, 3, H, W]` layout, pixels in `[0, 1]` (no
-//! `[-1, 1]` mapping: the pipeline feeds `ToTensor()` output straight to `encode` and clips the
-//! decoder's output to `[0, 1]`).
+//! Activations are channel-last feature maps `[B, H, W, C]`. Convolutions build no im2col
+//! buffer: on the CPU ([`crate::nn::Conv2d`]) a 3x3 same-padded one with at least 16 channels
+//! each side runs as Winograd F(2x2, 3x3) where AVX-512 is present, every other as a direct
+//! product against weights packed at load; on CUDA each is an implicit GEMM. Images cross the
+//! API in the reference's `[B, 3, H, W]` layout, pixels in `[0, 1]` (no `[-1, 1]` mapping: the
+//! pipeline feeds `ToTensor()` output straight to `encode` and clips the decoder's output to
+//! `[0, 1]`).
 //!
 //! Decoding takes ids, as the pipeline does: codebook rows -> `post_quant_conv` -> decoder. (The
 //! reference reaches the codebook through `lookup_from_codebook`; with that flag off its pipeline
@@ -22,7 +24,7 @@ pub(crate) mod cuda;
 
 use crate::backend::{Backend, Conv2dSpec, Cpu, HeadSide};
 use crate::error::{Error, Result};
-use crate::model_dir::{build_from, component_dir, open_config, read_config};
+use crate::model_dir::{build_from, component_dir, open_config, parse_config, read_config};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
 use serde::{Deserialize, Serialize};
@@ -139,16 +141,7 @@ impl VqConfig {
 
     /// Parses and validates a config; the message names the offending key.
     pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        let map = value.as_object().ok_or("the config is not a JSON object")?;
-        for key in map.keys() {
-            if !key.starts_with('_') && !KNOWN_KEYS.contains(&key.as_str()) {
-                return Err(format!(
-                    "unknown key `{key}`: this engine does not know what it changes"
-                ));
-            }
-        }
-        let cfg: VqConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let cfg: VqConfig = parse_config(text, &KNOWN_KEYS, |_| Ok(()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -183,24 +176,8 @@ impl VqConfig {
                 self.up_block_types.len()
             ));
         }
-        if let Some(t) = self
-            .down_block_types
-            .iter()
-            .find(|t| *t != "DownEncoderBlock2D")
-        {
-            return Err(format!(
-                "down block type `{t}` is not supported (only DownEncoderBlock2D)"
-            ));
-        }
-        if let Some(t) = self
-            .up_block_types
-            .iter()
-            .find(|t| *t != "UpDecoderBlock2D")
-        {
-            return Err(format!(
-                "up block type `{t}` is not supported (only UpDecoderBlock2D)"
-            ));
-        }
+        only_block_type("down", &self.down_block_types, "DownEncoderBlock2D")?;
+        only_block_type("up", &self.up_block_types, "UpDecoderBlock2D")?;
         match self.norm_type.as_str() {
             "group" => {}
             "spatial" => {
@@ -478,35 +455,78 @@ pub(crate) struct Decoder<B: Backend> {
     pub conv_out: B::Conv,
 }
 
+/// Refuses the first of the `kind` block types `types` that is not `want`.
+fn only_block_type(kind: &str, types: &[String], want: &str) -> std::result::Result<(), String> {
+    match types.iter().find(|t| *t != want) {
+        Some(t) => Err(format!(
+            "{kind} block type `{t}` is not supported (only {want})"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The blocks `vb.<name>.{i}` of the levels of channel list `ch`, each built by
+/// `block(vb.<name>.{i}, (c_in, c_out), last)`: `c_in` the previous level's `c_out` (the first
+/// level's own), `last` on the last level (which does not resample).
+fn level_blocks<T>(
+    vb: &Vb,
+    name: &str,
+    ch: &[usize],
+    block: impl Fn(&Vb, (usize, usize), bool) -> Result<T>,
+) -> Result<Vec<T>> {
+    ch.iter()
+        .enumerate()
+        .map(|(i, &c_out)| {
+            let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
+            block(&vb.pp(name).pp(i), (c_in, c_out), i + 1 == ch.len())
+        })
+        .collect()
+}
+
+/// A level's resampling conv `vb.<name>` of `spec`, absent on the last level.
+fn resampler<B: Backend>(
+    b: &B,
+    vb: &Vb,
+    name: &str,
+    last: bool,
+    spec: Conv2dSpec,
+) -> Result<Option<B::Conv>> {
+    (!last).then(|| b.conv2d(&vb.pp(name), spec)).transpose()
+}
+
+/// `n` ResNets `vb.resnets.{j}`: the first `c_in -> c_out`, the others `c_out -> c_out`.
+fn resnets<B: Backend>(
+    b: &B,
+    vb: &Vb,
+    n: usize,
+    (c_in, c_out): (usize, usize),
+    groups: usize,
+    zq: Option<usize>,
+) -> Result<Vec<ResnetBlock2D<B>>> {
+    (0..n)
+        .map(|j| {
+            let c = if j == 0 { c_in } else { c_out };
+            ResnetBlock2D::new(b, &vb.pp("resnets").pp(j), (c, c_out), groups, zq)
+        })
+        .collect()
+}
+
 impl<B: Backend> Encoder<B> {
     fn new(b: &B, vb: &Vb, cfg: &VqConfig) -> Result<Self> {
         let (ch, g) = (&cfg.block_out_channels, cfg.norm_num_groups);
         let last = *ch.last().unwrap_or(&0);
-        let down_blocks = ch
-            .iter()
-            .enumerate()
-            .map(|(i, &c_out)| {
-                let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
-                let vb = vb.pp("down_blocks").pp(i);
-                // diffusers' Downsample2D with padding 0 pads right and bottom by one.
-                let down = Conv2dSpec {
-                    stride: 2,
-                    pad: [0, 1, 0, 1],
-                    ..Conv2dSpec::same3(c_out, c_out)
-                };
-                Ok(DownEncoderBlock2D {
-                    resnets: (0..cfg.layers_per_block)
-                        .map(|j| {
-                            let c = if j == 0 { c_in } else { c_out };
-                            ResnetBlock2D::new(b, &vb.pp("resnets").pp(j), (c, c_out), g, None)
-                        })
-                        .collect::<Result<_>>()?,
-                    downsampler: (i + 1 < ch.len())
-                        .then(|| b.conv2d(&vb.pp("downsamplers.0.conv"), down))
-                        .transpose()?,
-                })
+        let down_blocks = level_blocks(vb, "down_blocks", ch, |vb, (c_in, c_out), last_level| {
+            // diffusers' Downsample2D with padding 0 pads right and bottom by one.
+            let down = Conv2dSpec {
+                stride: 2,
+                pad: [0, 1, 0, 1],
+                ..Conv2dSpec::same3(c_out, c_out)
+            };
+            Ok(DownEncoderBlock2D {
+                resnets: resnets(b, vb, cfg.layers_per_block, (c_in, c_out), g, None)?,
+                downsampler: resampler(b, vb, "downsamplers.0.conv", last_level, down)?,
             })
-            .collect::<Result<_>>()?;
+        })?;
         let conv_in = Conv2dSpec::same3(cfg.in_channels, ch[0]);
         Ok(Encoder {
             conv_in: b.conv2d(&vb.pp("conv_in"), conv_in)?,
@@ -526,26 +546,13 @@ impl<B: Backend> Decoder<B> {
         let g = cfg.norm_num_groups;
         let zq = (cfg.norm_type == "spatial").then_some(cfg.latent_channels);
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
-        let up_blocks = rev
-            .iter()
-            .enumerate()
-            .map(|(i, &c_out)| {
-                let c_in = if i == 0 { rev[0] } else { rev[i - 1] };
-                let vb = vb.pp("up_blocks").pp(i);
-                let up = Conv2dSpec::same3(c_out, c_out);
-                Ok(UpDecoderBlock2D {
-                    resnets: (0..cfg.layers_per_block + 1)
-                        .map(|j| {
-                            let c = if j == 0 { c_in } else { c_out };
-                            ResnetBlock2D::new(b, &vb.pp("resnets").pp(j), (c, c_out), g, zq)
-                        })
-                        .collect::<Result<_>>()?,
-                    upsampler: (i + 1 < rev.len())
-                        .then(|| b.conv2d(&vb.pp("upsamplers.0.conv"), up))
-                        .transpose()?,
-                })
+        let up_blocks = level_blocks(vb, "up_blocks", &rev, |vb, (c_in, c_out), last_level| {
+            let up = Conv2dSpec::same3(c_out, c_out);
+            Ok(UpDecoderBlock2D {
+                resnets: resnets(b, vb, cfg.layers_per_block + 1, (c_in, c_out), g, zq)?,
+                upsampler: resampler(b, vb, "upsamplers.0.conv", last_level, up)?,
             })
-            .collect::<Result<_>>()?;
+        })?;
         let (first, last) = (cfg.block_out_channels[0], rev[0]);
         let conv_in = Conv2dSpec::same3(cfg.latent_channels, last);
         Ok(Decoder {

@@ -12,16 +12,10 @@ use rayon::prelude::*;
 
 const QUERY_BLOCK: usize = 128;
 
-/// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` as `[S, Dh]` (`transposed`: `[Dh, S]`).
-fn head(
-    x: &[f32],
-    bi: usize,
-    hi: usize,
-    s: usize,
-    h: usize,
-    dh: usize,
-    transposed: bool,
-) -> Vec<f32> {
+/// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` of `shape` as `[S, Dh]` (`transposed`:
+/// `[Dh, S]`).
+fn head(x: &[f32], shape: AttnShape, (bi, hi): (usize, usize), transposed: bool) -> Vec<f32> {
+    let (_, s, h, dh) = shape.dims();
     let mut out = vec![0.0; s * dh];
     for t in 0..s {
         let src = &x[((bi * s + t) * h + hi) * dh..][..dh];
@@ -69,37 +63,53 @@ fn softmax_(row: &mut [f32], scale: f32) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// `out = softmax(q kᵀ / sqrt(Dh)) v` for `q, k, v, out [B, S, H, Dh]`; `causal` masks keys
-/// after each query (the CLIP text encoder), otherwise every query sees every key (the MM-DiT).
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    b: usize,
-    s: usize,
-    h: usize,
-    dh: usize,
-    causal: bool,
-    out: &mut [f32],
-) {
-    attention_with(q, k, v, b, s, h, dh, causal, Compute::F32, out)
+/// The shape of an attention over `[B, S, H, Dh]` tensors; `causal` masks keys after each
+/// query (the CLIP text encoder), otherwise every query sees every key (the MM-DiT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    /// B
+    pub batch: usize,
+    /// S
+    pub seq: usize,
+    /// H
+    pub heads: usize,
+    /// Dh
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+impl AttnShape {
+    pub fn new(batch: usize, seq: usize, heads: usize, head_dim: usize, causal: bool) -> Self {
+        AttnShape {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            causal,
+        }
+    }
+
+    /// `(B, S, H, Dh)`
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.seq, self.heads, self.head_dim)
+    }
+}
+
+/// `out = softmax(q kᵀ / sqrt(Dh)) v` for `q, k, v, out [B, S, H, Dh]` of `shape`.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape, out: &mut [f32]) {
+    attention_with(q, k, v, shape, Compute::F32, out)
 }
 
 /// [`attention`] with both products in `compute` arithmetic.
-#[allow(clippy::too_many_arguments)]
 pub fn attention_with(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    b: usize,
-    s: usize,
-    h: usize,
-    dh: usize,
-    causal: bool,
+    shape: AttnShape,
     compute: Compute,
     out: &mut [f32],
 ) {
+    let ((b, s, h, dh), causal) = (shape.dims(), shape.causal);
     let len = b * s * h * dh;
     assert!(
         q.len() == len && k.len() == len && v.len() == len && out.len() == len,
@@ -115,11 +125,10 @@ pub fn attention_with(
         .into_par_iter()
         .map(|bh| {
             let (bi, hi) = (bh / h, bh % h);
-            let keys =
-                PackedMatrix::new(&head(k, bi, hi, s, h, dh, false), s, dh, storage, compute);
+            let keys = PackedMatrix::new(&head(k, shape, (bi, hi), false), s, dh, storage, compute);
             let values =
-                PackedMatrix::new(&head(v, bi, hi, s, h, dh, true), dh, s, storage, compute);
-            let queries = head(q, bi, hi, s, h, dh, false);
+                PackedMatrix::new(&head(v, shape, (bi, hi), true), dh, s, storage, compute);
+            let queries = head(q, shape, (bi, hi), false);
             let mut o = vec![0.0f32; s * dh];
             let mut scores = vec![0.0f32; QUERY_BLOCK.min(s) * s];
             for q0 in (0..s).step_by(QUERY_BLOCK) {
@@ -160,16 +169,9 @@ pub fn attention_with(
 mod tests {
     use super::*;
 
-    fn naive(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        b: usize,
-        s: usize,
-        h: usize,
-        dh: usize,
-        causal: bool,
-    ) -> Vec<f32> {
+    /// The attention of `shape` in f64, one query row at a time.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], shape: AttnShape) -> Vec<f32> {
+        let ((b, s, h, dh), causal) = (shape.dims(), shape.causal);
         let mut out = vec![0.0; q.len()];
         let at = |bi: usize, t: usize, hi: usize| ((bi * s + t) * h + hi) * dh;
         for bi in 0..b {
@@ -218,24 +220,23 @@ mod tests {
             };
             let (q, k, v) = (gen(1), gen(2), gen(3));
             let mut out = vec![0.0; n];
-            attention(&q, &k, &v, b, s, h, dh, causal, &mut out);
-            let want = naive(&q, &k, &v, b, s, h, dh, causal);
-            let worst = out
-                .iter()
-                .zip(&want)
-                .map(|(g, r)| (g - r).abs())
-                .fold(0.0f32, f32::max);
+            let shape = AttnShape::new(b, s, h, dh, causal);
+            attention(&q, &k, &v, shape, &mut out);
+            let want = naive(&q, &k, &v, shape);
+            let worst_abs = |out: &[f32]| {
+                out.iter()
+                    .zip(&want)
+                    .map(|(g, r)| (g - r).abs())
+                    .fold(0.0f32, f32::max)
+            };
+            let worst = worst_abs(&out);
             assert!(
                 worst < 1e-4,
                 "(b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}"
             );
             // bf16 operands: q, k, v and the probabilities rounded to 8 bits of mantissa.
-            attention_with(&q, &k, &v, b, s, h, dh, causal, Compute::Bf16, &mut out);
-            let worst = out
-                .iter()
-                .zip(&want)
-                .map(|(g, r)| (g - r).abs())
-                .fold(0.0f32, f32::max);
+            attention_with(&q, &k, &v, shape, Compute::Bf16, &mut out);
+            let worst = worst_abs(&out);
             assert!(
                 worst < 0.05,
                 "bf16 (b={b}, s={s}, h={h}, dh={dh}, causal={causal}) worst abs error {worst}"

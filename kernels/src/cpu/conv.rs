@@ -332,6 +332,25 @@ mod tests {
     use crate::cpu::packed::{Compute, Storage};
     use crate::cpu::reference::pseudo;
 
+    /// `(got, want)` of every output element: `got` `[B, hw, O]` (NHWC), `want` `[B, O, hw]`
+    /// (NCHW).
+    fn output_pairs<'a>(
+        got: &'a [f32],
+        want: &'a [f64],
+        (b, hw, o): (usize, usize, usize),
+    ) -> impl Iterator<Item = (f64, f64)> + 'a {
+        (0..b).flat_map(move |bi| {
+            (0..o).flat_map(move |oi| {
+                (0..hw).map(move |p| {
+                    (
+                        got[(bi * hw + p) * o + oi] as f64,
+                        want[(bi * o + oi) * hw + p],
+                    )
+                })
+            })
+        })
+    }
+
     /// Direct convolution in f64 on the PyTorch layouts `x [B, C, H, W]`, `w [O, C, k, k]`.
     fn naive_nchw(x: &[f32], w: &[f32], bias: &[f32], s: &Conv2dShape) -> Vec<f64> {
         let (ho, wo) = s.out_hw();
@@ -516,44 +535,25 @@ mod tests {
                 }
             }
             let (ho, wo) = s.out_hw();
-            let mut got = vec![0.0; b * ho * wo * o];
-            let packed = PackedMatrix::new(
-                &patch_major_weight(&wt, o, c, k),
-                o,
-                s.patch(),
-                Storage::F32,
-                Compute::F32,
-            );
-            conv2d(&x, &packed, Some(&bias), &s, &mut got);
-            let mut worst = 0.0f64;
-            for bi in 0..b {
-                for oi in 0..o {
-                    for p in 0..ho * wo {
-                        let g = got[(bi * ho * wo + p) * o + oi] as f64;
-                        let r = want[(bi * o + oi) * ho * wo + p];
-                        worst = worst.max((g - r).abs() / (1e-5 + r.abs()));
-                    }
-                }
-            }
+            let weight = patch_major_weight(&wt, o, c, k);
+            // The output `[B, ho, wo, O]` with the weight stored and multiplied as given.
+            let run = |storage, compute| {
+                let packed = PackedMatrix::new(&weight, o, s.patch(), storage, compute);
+                let mut got = vec![0.0; b * ho * wo * o];
+                conv2d(&x, &packed, Some(&bias), &s, &mut got);
+                got
+            };
+            let got = run(Storage::F32, Compute::F32);
+            let worst = output_pairs(&got, &want, (b, ho * wo, o))
+                .map(|(g, r)| (g - r).abs() / (1e-5 + r.abs()))
+                .fold(0.0f64, f64::max);
             assert!(worst < 1e-3, "{s:?}: worst relative error {worst}");
             // bf16 products: relative L2 error of the whole output within bf16 rounding.
-            let packed = PackedMatrix::new(
-                &patch_major_weight(&wt, o, c, k),
-                o,
-                s.patch(),
-                Storage::Bf16,
-                Compute::Bf16,
-            );
-            conv2d(&x, &packed, Some(&bias), &s, &mut got);
+            let got = run(Storage::Bf16, Compute::Bf16);
             let (mut err, mut norm) = (0.0f64, 0.0f64);
-            for bi in 0..b {
-                for oi in 0..o {
-                    for p in 0..ho * wo {
-                        let r = want[(bi * o + oi) * ho * wo + p];
-                        err += (got[(bi * ho * wo + p) * o + oi] as f64 - r).powi(2);
-                        norm += r * r;
-                    }
-                }
+            for (g, r) in output_pairs(&got, &want, (b, ho * wo, o)) {
+                err += (g - r).powi(2);
+                norm += r * r;
             }
             let rel = (err / norm.max(1e-30)).sqrt();
             assert!(rel < 1e-2, "{s:?}: bf16 relative L2 error {rel}");

@@ -395,6 +395,24 @@ impl Default for GemmOpts {
     }
 }
 
+impl GemmOpts {
+    /// Dense, `act` applied in the epilogue.
+    pub fn with_act(act: Act) -> Self {
+        GemmOpts {
+            act,
+            ..GemmOpts::default()
+        }
+    }
+
+    /// Dense, `C += gate * (..)` (`Residual` only): `(gate, gate_stride, rows_per_item)`.
+    pub fn gated(gate: (Ptr<f32>, usize, usize)) -> Self {
+        GemmOpts {
+            gate: Some(gate),
+            ..GemmOpts::default()
+        }
+    }
+}
+
 impl Device {
     /// `C = epilogue(A · Wᵀ + bias)`: A bf16 `[m, K]`, C bf16 (`Bf16`) or f32 (`F32`,
     /// `Residual`: `C += gate * (..)`) `[m, N]`; `c` must be of the element type `out` writes.

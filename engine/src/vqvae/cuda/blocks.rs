@@ -154,14 +154,14 @@ impl VqOps {
     pub(super) fn resnet(&self, r: &ResnetBlock2D<Cuda>, x: Map, sc: &Scratch) -> Result<Map> {
         let t = x.into(sc.other(&[x])?, x.c);
         self.group_norm(group(&r.norm1)?, x, t, Some(self.act), sc)?;
-        let u = self.conv3(&r.conv1, t, sc.other(&[x, t])?, None)?;
+        let u = self.conv(&r.conv1, t, sc.other(&[x, t])?, None)?;
         self.group_norm(group(&r.norm2)?, u, u, Some(self.act), sc)?;
         let skip = match &r.conv_shortcut {
-            Some(conv) => self.pointwise(conv, x, sc.other(&[x, t, u])?, None)?,
+            Some(conv) => self.conv(conv, x, sc.other(&[x, t, u])?, None)?,
             None => x,
         };
         // t is free again: conv2 reads u and the skip.
-        self.conv3(&r.conv2, u, t.at, Some(skip.at))
+        self.conv(&r.conv2, u, t.at, Some(skip.at))
     }
 
     /// `UNetMidBlock2D`: `x [B, h, w, C]` -> `[B, h, w, C]`.
@@ -222,36 +222,29 @@ impl VqOps {
         }
     }
 
-    /// A 3x3 (same) convolution of `x` into `out`, `+ res` when given.
-    pub(super) fn conv3(
+    /// A same-padded stride-1 convolution of `x` into `out`, `+ res` when given: a 1x1 one as
+    /// a GEMM over pixels, a wider one (3x3) as the implicit-GEMM convolution.
+    pub(super) fn conv(
         &self,
         conv: &DConv,
         x: Map,
         out: Ptr<u16>,
         res: Option<Ptr<u16>>,
     ) -> Result<Map> {
-        debug_assert_eq!(x.c, conv.c_in);
-        let geom = (x.h, x.w, x.c);
-        let same = Conv::same(conv.ksize);
-        self.dev
-            .conv2d(conv.mat(), x.at, x.batch, geom, same, res, out)?;
-        Ok(x.into(out, conv.c_out()))
-    }
-
-    /// A 1x1 convolution (a GEMM over pixels) of `x` into `out`.
-    pub(super) fn pointwise(
-        &self,
-        conv: &DConv,
-        x: Map,
-        out: Ptr<u16>,
-        res: Option<Ptr<u16>>,
-    ) -> Result<Map> {
-        let opts = GemmOpts {
-            res,
-            ..GemmOpts::default()
-        };
-        self.dev
-            .gemm(GemmOut::Bf16, conv.mat(), x.at, x.pixels(), out, opts)?;
+        if conv.ksize == 1 {
+            let opts = GemmOpts {
+                res,
+                ..GemmOpts::default()
+            };
+            self.dev
+                .gemm(GemmOut::Bf16, conv.mat(), x.at, x.pixels(), out, opts)?;
+        } else {
+            debug_assert_eq!(x.c, conv.c_in);
+            let geom = (x.h, x.w, x.c);
+            let same = Conv::same(conv.ksize);
+            self.dev
+                .conv2d(conv.mat(), x.at, x.batch, geom, same, res, out)?;
+        }
         Ok(x.into(out, conv.c_out()))
     }
 }

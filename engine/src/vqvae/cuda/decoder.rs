@@ -33,10 +33,8 @@ use super::blocks::{group, Map, Scratch, VqOps};
 use crate::cuda::backend::pad8;
 use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::{Error, Result};
-use crate::model_dir::{build_from, open_config};
 use crate::vqvae::{read_codebook, DecoderHalf, VqConfig, ENCODER_TENSORS};
-use crate::weights::{Vb, Weights};
-use crate::Compute;
+use crate::weights::Vb;
 use muddit_kernels::cuda::to_bf16;
 
 /// The decoding half of `VQModel` on a CUDA device (or its emulator).
@@ -55,9 +53,7 @@ impl CudaVqDecoder {
     /// checks of [`crate::vqvae::load_vqvae`]; every tensor but the encoder's (which
     /// [`super::CudaVqEncoder`] reads) must be used.
     pub fn load(dev: &Arc<Device>, dir: &Path) -> Result<Self> {
-        let (dir, cfg) = open_config(dir, "vqvae", VqConfig::from_file)?;
-        let check = |w: &Weights| w.ensure_all_used_but(&ENCODER_TENSORS);
-        build_from(&dir, Compute::F32, |vb| Self::new(dev, &cfg, vb), check)
+        super::load_half(dev, dir, Self::new, &ENCODER_TENSORS)
     }
 
     /// Builds the decoder from the tensors [`crate::vqvae::VqModel::new`] reads for it.
@@ -123,7 +119,7 @@ impl CudaVqDecoder {
             q.c,
         )?;
         let ops = &self.ops;
-        let z = ops.pointwise(&self.half.post_quant_conv, q, sc.other(&[q])?, None)?; // [B, h, w, lat']
+        let z = ops.conv(&self.half.post_quant_conv, q, sc.other(&[q])?, None)?; // [B, h, w, lat']
         let x = self.decoder_forward(z, &sc)?; // [B, H, W, out_channels]
         let out = dev.read(sc.buffer_of(x)?, 0, x.pixels() * x.c)?;
         Ok(to_nchw(&out, x))
@@ -132,7 +128,7 @@ impl CudaVqDecoder {
     /// The decoder on `z [B, h, w, lat']`: `[B, H, W, out_channels]`.
     fn decoder_forward(&self, z: Map, sc: &Scratch) -> Result<Map> {
         let (d, ops) = (&self.half.decoder, &self.ops);
-        let mut x = ops.conv3(&d.conv_in, z, sc.other(&[z])?, None)?;
+        let mut x = ops.conv(&d.conv_in, z, sc.other(&[z])?, None)?;
         x = ops.mid_block(&d.mid_block, x, sc)?;
         for block in &d.up_blocks {
             for r in &block.resnets {
@@ -147,13 +143,13 @@ impl CudaVqDecoder {
                 self.ops
                     .dev
                     .upsample2x(x.at, up.at, x.batch, (x.h, x.w, x.c))?;
-                x = ops.conv3(conv, up, sc.other(&[up])?, None)?;
+                x = ops.conv(conv, up, sc.other(&[up])?, None)?;
             }
         }
         // `conv_act` is always SiLU, whatever `act_fn` says.
         let t = x.into(sc.other(&[x])?, x.c);
         ops.group_norm(group(&d.conv_norm_out)?, x, t, Some(Act::Silu), sc)?;
-        ops.conv3(&d.conv_out, t, sc.other(&[t])?, None)
+        ops.conv(&d.conv_out, t, sc.other(&[t])?, None)
     }
 
     /// Elements of the largest feature map of a decode of `px = B h w` ids (each of the four

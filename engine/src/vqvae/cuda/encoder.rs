@@ -26,10 +26,8 @@ use super::blocks::{Map, Scratch, VqOps};
 use crate::cuda::backend::pad8;
 use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::Result;
-use crate::model_dir::{build_from, open_config};
 use crate::vqvae::{read_codebook, EncoderHalf, FeatureMap, VqConfig, DECODER_TENSORS};
-use crate::weights::{Vb, Weights};
-use crate::Compute;
+use crate::weights::Vb;
 use muddit_kernels::cuda::to_bf16;
 
 /// The encoding half of `VQModel` on a CUDA device (or its emulator): image to ids.
@@ -56,9 +54,7 @@ impl CudaVqEncoder {
     /// Loads the encoder of `vqvae/` of a model folder (or that folder) onto `dev`: the config
     /// checks of [`crate::vqvae::load_vqvae`]; every tensor but the decoder's must be used.
     pub fn load(dev: &Arc<Device>, dir: &Path) -> Result<Self> {
-        let (dir, cfg) = open_config(dir, "vqvae", VqConfig::from_file)?;
-        let check = |w: &Weights| w.ensure_all_used_but(&DECODER_TENSORS);
-        build_from(&dir, Compute::F32, |vb| Self::new(dev, &cfg, vb), check)
+        super::load_half(dev, dir, Self::new, &DECODER_TENSORS)
     }
 
     /// Builds the encoder and quantizer from the tensors [`crate::vqvae::VqModel::new`] reads
@@ -180,7 +176,7 @@ impl CudaVqEncoder {
     /// The encoder on `x [B, H, W, C']`: `[B, h, w, lat']`.
     fn encoder_forward(&self, x: Map, sc: &Scratch) -> Result<Map> {
         let (enc, ops) = (&self.half.encoder, &self.ops);
-        let mut x = ops.conv3(&enc.conv_in, x, sc.other(&[x])?, None)?; // [B, H, W, C0]
+        let mut x = ops.conv(&enc.conv_in, x, sc.other(&[x])?, None)?; // [B, H, W, C0]
         for block in &enc.down_blocks {
             for r in &block.resnets {
                 x = ops.resnet(r, x, sc)?;
@@ -203,7 +199,7 @@ impl CudaVqEncoder {
         // `conv_act` is always SiLU, whatever `act_fn` says.
         let t = x.into(sc.other(&[x])?, x.c);
         ops.group_norm(&enc.conv_norm_out, x, t, Some(Act::Silu), sc)?;
-        ops.conv3(&enc.conv_out, t, sc.other(&[t])?, None)
+        ops.conv(&enc.conv_out, t, sc.other(&[t])?, None)
     }
 
     /// Elements of the largest feature map of an encode of `px = B H W` pixels (each of the

@@ -32,3 +32,17 @@ pub fn load_vqvae(dev: &Arc<Device>, dir: &Path) -> Result<(CudaVqEncoder, CudaV
     };
     build_from(&dir, Compute::F32, halves, Weights::ensure_all_used)
 }
+
+/// Loads one half of `vqvae/` of a model folder (or that folder) onto `dev` with `new`: the
+/// config checks of [`crate::vqvae::load_vqvae`]; every tensor but those under the other half's
+/// prefixes (`other_half`) must be used.
+fn load_half<T>(
+    dev: &Arc<Device>,
+    dir: &Path,
+    new: fn(&Arc<Device>, &VqConfig, &Vb) -> Result<T>,
+    other_half: &[&str],
+) -> Result<T> {
+    let (dir, cfg) = open_config(dir, "vqvae", VqConfig::from_file)?;
+    let check = |w: &Weights| w.ensure_all_used_but(other_half);
+    build_from(&dir, Compute::F32, |vb| new(dev, &cfg, vb), check)
+}
