@@ -159,7 +159,10 @@ pub fn plan(request: &EditRequest, folder: &ModelFolder) -> Result<PlannedEdit, 
     let default = if editing_part { 1.0 } else { IMG2IMG_STRENGTH };
     let strength = request.strength.unwrap_or(default);
     if !(strength > 0.0 && strength <= 1.0) {
-        return refuse(EditInput::Strength, format!("{strength}: must be in (0, 1]"));
+        return refuse(
+            EditInput::Strength,
+            format!("{strength}: must be in (0, 1]"),
+        );
     }
     let keep_pixels = request.keep_pixels.unwrap_or(editing_part);
     if keep_pixels && !editing_part {
@@ -314,7 +317,11 @@ fn gaussian_blur(plane: &[f32], width: usize, height: usize, sigma: f32) -> Vec<
         .collect();
     let total: f32 = weights.iter().sum();
     let pass = |src: &[f32], along_rows: bool| -> Vec<f32> {
-        let (n, len) = if along_rows { (height, width) } else { (width, height) };
+        let (n, len) = if along_rows {
+            (height, width)
+        } else {
+            (width, height)
+        };
         let at = |line: usize, i: usize| match along_rows {
             true => line * width + i,
             false => i * width + line,
@@ -325,7 +332,9 @@ fn gaussian_blur(plane: &[f32], width: usize, height: usize, sigma: f32) -> Vec<
                 let sum: f32 = weights
                     .iter()
                     .zip(-radius..)
-                    .map(|(w, d)| w * src[at(line, (i as isize + d).clamp(0, len as isize - 1) as usize)])
+                    .map(|(w, d)| {
+                        w * src[at(line, (i as isize + d).clamp(0, len as isize - 1) as usize)]
+                    })
                     .sum();
                 out[at(line, i)] = sum / total;
             }
@@ -524,8 +533,13 @@ impl Canvas {
 
 /// The mask's luma `[h, w]` in `[0, 1]` at the input's size `(w, h)`; without pads it must
 /// have a white pixel.
-fn read_mask(bytes: &[u8], (w, h): (usize, usize), pads: [usize; 4]) -> Result<Vec<f32>, EditError> {
-    let m = decode_mask(bytes, "mask", h, w).or_else(|e| refuse(EditInput::Mask, engine_message(e)))?;
+fn read_mask(
+    bytes: &[u8],
+    (w, h): (usize, usize),
+    pads: [usize; 4],
+) -> Result<Vec<f32>, EditError> {
+    let m =
+        decode_mask(bytes, "mask", h, w).or_else(|e| refuse(EditInput::Mask, engine_message(e)))?;
     let plane = h * w;
     let luma: Vec<f32> = (0..plane)
         .map(|p| (m.data[p] + m.data[plane + p] + m.data[2 * plane + p]) / 3.0)

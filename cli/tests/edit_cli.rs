@@ -228,13 +228,26 @@ fn img2img_and_outpainting_write_the_asked_sizes() {
         assert_eq!(kept.get_pixel(x, y), p, "pixel {x},{y}");
     }
     let o = [
-        "t2i", "-i", "crop.png", "--outpaint", "0,0,32,0", "--prompt", prompt, "--seed", "3",
-        "-q", "-o",
+        "t2i",
+        "-i",
+        "crop.png",
+        "--outpaint",
+        "0,0,32,0",
+        "--prompt",
+        prompt,
+        "--seed",
+        "3",
+        "-q",
+        "-o",
     ];
-    run_ok(&[&o[..], &["decoded.png", "--no-keep-unmasked-pixels"]].concat(), dir);
+    run_ok(
+        &[&o[..], &["decoded.png", "--no-keep-unmasked-pixels"]].concat(),
+        dir,
+    );
     let decoded = image::open(dir.join("decoded.png")).expect("png").to_rgb8();
     assert!(
-        crop.enumerate_pixels().any(|(x, y, p)| decoded.get_pixel(x, y) != p),
+        crop.enumerate_pixels()
+            .any(|(x, y, p)| decoded.get_pixel(x, y) != p),
         "without the paste-back the decoder redraws the crop"
     );
     for (x, y, p) in decoded.enumerate_pixels().filter(|(x, ..)| *x >= 32) {

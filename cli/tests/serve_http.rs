@@ -323,9 +323,18 @@ fn malformed_requests_name_their_field_and_the_server_stays_healthy() {
         (edit(json!({ "mask": black })), "mask"),
         (edit(json!({ "strength": 1.5 })), "strength"),
         (edit(json!({ "outpaint": "1,2" })), "outpaint"),
-        (edit(json!({ "keep_unmasked_pixels": true })), "keep_unmasked_pixels"),
-        (edit(json!({ "outpaint": "0,0,32,0", "mask_blur": -1 })), "mask_blur"),
-        (edit(json!({ "outpaint": "32,0,32,0", "size": "64x64" })), "size"),
+        (
+            edit(json!({ "keep_unmasked_pixels": true })),
+            "keep_unmasked_pixels",
+        ),
+        (
+            edit(json!({ "outpaint": "0,0,32,0", "mask_blur": -1 })),
+            "mask_blur",
+        ),
+        (
+            edit(json!({ "outpaint": "32,0,32,0", "size": "64x64" })),
+            "size",
+        ),
         (edit(json!({ "colour": "red" })), "colour"),
     ];
     for (body, field) in cases {
@@ -415,7 +424,10 @@ fn edits_are_the_cli_edits() {
     });
     let mut mask = Vec::new();
     transparent
-        .write_to(&mut std::io::Cursor::new(&mut mask), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut mask),
+            image::ImageFormat::Png,
+        )
         .expect("png");
     let input = std::fs::read(dir.join("in.png")).expect("in.png");
     let form = Form::new()
@@ -446,7 +458,10 @@ fn edits_are_the_cli_edits() {
     assert_eq!(served.len(), 2);
     let crop = image::load_from_memory(&crop).expect("crop").to_rgb8();
     for (rgb, params) in &served {
-        assert_eq!((params["width"].as_u64(), params["height"].as_u64()), (Some(64), Some(64)));
+        assert_eq!(
+            (params["width"].as_u64(), params["height"].as_u64()),
+            (Some(64), Some(64))
+        );
         assert_eq!(params["edit"]["outpaint"], json!([0, 0, 32, 0]));
         for (x, y, p) in crop.enumerate_pixels() {
             let at = ((y * 64 + x) * 3) as usize;

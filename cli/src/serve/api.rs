@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::queue::{Done, Job, Output, PushError, Queue, T2iJob, Work};
-use super::validate::{Checks, EditBody, GenerationBody, I2tBody};
+use super::validate::{Checks, EditBody, GenerationBody, I2tBody, Upload};
 use crate::model::Defaults;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Request, State};
@@ -215,51 +215,35 @@ async fn images_answer(state: &AppState, job: T2iJob) -> Result<Response, ApiErr
     Ok(with_timing(body, &done))
 }
 
-/// The edit's own fields of a JSON edit request (files in base64).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EditJson {
-    image: String,
-    mask: Option<String>,
-    strength: Option<f32>,
-    outpaint: Option<String>,
-    keep_unmasked_pixels: Option<bool>,
-    mask_blur: Option<f32>,
-}
-
-/// The fields [`EditJson`] reads; the others are the generation's.
-const EDIT_FIELDS: [&str; 6] = [
-    "image",
-    "mask",
-    "strength",
-    "outpaint",
-    "keep_unmasked_pixels",
-    "mask_blur",
-];
+/// The file fields of a JSON edit request (base64), the edit's settings ([`EditOptions`]); the
+/// other fields are the generation's.
+const EDIT_FILES: [&str; 2] = ["image", "mask"];
+const EDIT_OPTIONS: [&str; 4] = ["strength", "outpaint", "keep_unmasked_pixels", "mask_blur"];
 
 fn edit_from_json(bytes: &[u8]) -> Result<EditBody, ApiError> {
     let value: serde_json::Value = parse_json(bytes)?;
     let serde_json::Value::Object(mut generation) = value else {
         return Err(ApiError::field("body", "expected a JSON object"));
     };
-    let edit: serde_json::Map<_, _> = EDIT_FIELDS
+    let options: serde_json::Map<_, _> = EDIT_OPTIONS
         .iter()
         .filter_map(|&k| generation.remove(k).map(|v| (k.to_string(), v)))
         .collect();
+    let [image, mask] = EDIT_FILES.map(|k| generation.remove(k));
+    let file = |name: &str, value: Option<serde_json::Value>| match value {
+        None => Ok(None),
+        Some(serde_json::Value::String(text)) => decode_base64(name, &text).map(Some),
+        Some(_) => Err(ApiError::field(name, "expected a base64 string")),
+    };
     let reparse = |map| serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default();
-    let extras: EditJson = parse_json(&reparse(edit))?;
     Ok(EditBody {
         generation: parse_json(&reparse(generation))?,
-        image: decode_base64("image", &extras.image)?,
-        mask: extras
-            .mask
-            .map(|m| decode_base64("mask", &m))
-            .transpose()?,
-        strength: extras.strength,
-        outpaint: extras.outpaint,
-        keep_unmasked_pixels: extras.keep_unmasked_pixels,
-        mask_blur: extras.mask_blur,
-        ..EditBody::default()
+        image: Upload {
+            bytes: file("image", image)?.unwrap_or_default(),
+            name: None,
+        },
+        mask: file("mask", mask)?.map(|bytes| Upload { bytes, name: None }),
+        options: parse_json(&reparse(options))?,
     })
 }
 
@@ -269,8 +253,8 @@ fn edit_from_form(fields: Vec<FormField>) -> Result<EditBody, ApiError> {
         let name = field.name.as_str();
         match name {
             // OpenAI's SDKs send `image[]` for a list of images; one is taken.
-            "image" | "image[]" => (body.image, body.image_name) = (field.bytes.to_vec(), field.file_name),
-            "mask" => (body.mask, body.mask_name) = (Some(field.bytes.to_vec()), field.file_name),
+            "image" | "image[]" => body.image = field.upload(),
+            "mask" => body.mask = Some(field.upload()),
             _ => {
                 let text = field.text()?;
                 let g = &mut body.generation;
@@ -285,12 +269,12 @@ fn edit_from_form(fields: Vec<FormField>) -> Result<EditBody, ApiError> {
                     "cfg" => g.cfg = Some(form_value(name, &text)?),
                     "seed" => g.seed = Some(form_value(name, &text)?),
                     "greedy" => g.greedy = Some(form_value(name, &text)?),
-                    "strength" => body.strength = Some(form_value(name, &text)?),
-                    "outpaint" => body.outpaint = Some(text),
+                    "strength" => body.options.strength = Some(form_value(name, &text)?),
+                    "outpaint" => body.options.outpaint = Some(text),
                     "keep_unmasked_pixels" => {
-                        body.keep_unmasked_pixels = Some(form_value(name, &text)?)
+                        body.options.keep_unmasked_pixels = Some(form_value(name, &text)?)
                     }
-                    "mask_blur" => body.mask_blur = Some(form_value(name, &text)?),
+                    "mask_blur" => body.options.mask_blur = Some(form_value(name, &text)?),
                     _ => return Err(ApiError::field(name, "unknown field; expected image, mask, prompt, n, size, response_format, model, user, negative_prompt, steps, cfg, seed, greedy, strength, outpaint, keep_unmasked_pixels, mask_blur")),
                 }
             }
@@ -339,6 +323,13 @@ struct FormField {
 }
 
 impl FormField {
+    fn upload(self) -> Upload {
+        Upload {
+            bytes: self.bytes.to_vec(),
+            name: self.file_name,
+        }
+    }
+
     fn text(&self) -> Result<String, ApiError> {
         String::from_utf8(self.bytes.to_vec())
             .map_err(|_| ApiError::field(&self.name, "not UTF-8 text"))

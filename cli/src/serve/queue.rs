@@ -42,7 +42,8 @@ impl T2iJob {
     /// Whether the job must run in a batch of its own: a given seed under sampled draws (the
     /// draws depend on the seed and the row), or an edit (its own start ids).
     pub fn solo(&self) -> bool {
-        let seeded = self.seed.is_some() && self.request.sampler.draw == muddit_sampler::DrawRule::Sample;
+        let seeded =
+            self.seed.is_some() && self.request.sampler.draw == muddit_sampler::DrawRule::Sample;
         seeded || self.edit.is_some()
     }
 

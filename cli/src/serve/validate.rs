@@ -48,11 +48,29 @@ pub struct I2tBody {
 #[derive(Default)]
 pub struct EditBody {
     pub generation: GenerationBody,
-    pub image: Vec<u8>,
-    /// The uploaded file's name, if the form gave one.
-    pub image_name: Option<String>,
-    pub mask: Option<Vec<u8>>,
-    pub mask_name: Option<String>,
+    pub image: Upload,
+    pub mask: Option<Upload>,
+    pub options: EditOptions,
+}
+
+/// An uploaded file: its bytes, and its name if the form gave one.
+#[derive(Default)]
+pub struct Upload {
+    pub bytes: Vec<u8>,
+    pub name: Option<String>,
+}
+
+impl Upload {
+    /// The name the PNG's parameters record for it.
+    fn recorded_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "upload".into())
+    }
+}
+
+/// The edit's own settings (JSON fields, or multipart text fields of the same names).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EditOptions {
     pub strength: Option<f32>,
     /// `"L,T,R,B"` pixels.
     pub outpaint: Option<String>,
@@ -179,7 +197,7 @@ impl Checks<'_> {
     /// here; the worker encodes them). Without `size` the canvas is the image's own size
     /// rounded to the model's step, plus the outpainting pads.
     pub fn edit(&self, body: EditBody) -> Result<T2iJob, ApiError> {
-        if body.image.is_empty() {
+        if body.image.bytes.is_empty() {
             return Err(ApiError::field("image", "missing or empty"));
         }
         let size = match body.generation.size.as_deref() {
@@ -189,18 +207,19 @@ impl Checks<'_> {
                 (Some(w), Some(h))
             }
         };
-        let pads = match body.outpaint.as_deref() {
+        let options = body.options;
+        let pads = match options.outpaint.as_deref() {
             Some(text) => edit::parse_pads(text).map_err(|e| ApiError::field("outpaint", e))?,
             None => [0; 4],
         };
         let request = EditRequest {
-            image: &body.image,
-            mask: body.mask.as_deref(),
+            image: &body.image.bytes,
+            mask: body.mask.as_ref().map(|m| m.bytes.as_slice()),
             pads,
             size,
-            strength: body.strength,
-            keep_pixels: body.keep_unmasked_pixels,
-            mask_blur: body.mask_blur,
+            strength: options.strength,
+            keep_pixels: options.keep_unmasked_pixels,
+            mask_blur: options.mask_blur,
         };
         let planned = edit::plan(&request, self.folder).map_err(|e| {
             let field = match e.input {
@@ -218,13 +237,14 @@ impl Checks<'_> {
             ..body.generation
         })?;
         (job.request.width, job.request.height) = planned.size();
-        self.shape.check_text_to_image(&job.request).map_err(refused)?;
-        let upload = |name: Option<String>| name.unwrap_or_else(|| "upload".into());
+        self.shape
+            .check_text_to_image(&job.request)
+            .map_err(refused)?;
         let record = EditRecord {
-            init_image: upload(body.image_name),
-            init_image_sha256: edit::sha256_hex(&body.image),
-            mask: body.mask.is_some().then(|| upload(body.mask_name)),
-            mask_sha256: body.mask.as_deref().map(edit::sha256_hex),
+            init_image: body.image.recorded_name(),
+            init_image_sha256: edit::sha256_hex(&body.image.bytes),
+            mask: body.mask.as_ref().map(Upload::recorded_name),
+            mask_sha256: body.mask.as_ref().map(|m| edit::sha256_hex(&m.bytes)),
             outpaint: planned.pads(),
             strength: planned.strength,
             keep_unmasked_pixels: planned.keep_pixels,
