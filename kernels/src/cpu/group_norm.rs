@@ -41,7 +41,10 @@ fn channel_sums(x: &[f32], c: usize, centre: Option<&[f32]>) -> Vec<f64> {
                         }
                     }
                 }
-                total.iter_mut().zip(&run).for_each(|(t, &s)| *t += s as f64);
+                total
+                    .iter_mut()
+                    .zip(&run)
+                    .for_each(|(t, &s)| *t += s as f64);
             }
             total
         })
@@ -56,7 +59,9 @@ fn channel_sums(x: &[f32], c: usize, centre: Option<&[f32]>) -> Vec<f64> {
 
 /// Per group of `per_group` consecutive channels: the sum of `sums [C]`.
 fn group_totals(sums: &[f64], per_group: usize) -> Vec<f64> {
-    sums.chunks_exact(per_group).map(|g| g.iter().sum()).collect()
+    sums.chunks_exact(per_group)
+        .map(|g| g.iter().sum())
+        .collect()
 }
 
 /// `nn.GroupNorm(groups, C, eps)` with affine `weight, bias [C]`, in place on

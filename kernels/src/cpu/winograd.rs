@@ -542,7 +542,16 @@ mod tests {
                     let mut chunked = vec![f32::NAN; want.len()];
                     let bytes = chunk_tiles * 16 * 4 * (c + o);
                     let dims = (hh, ww);
-                    convolve(&x, up, Some(pro), &wg, Some(&bias), dims, &mut chunked, bytes);
+                    convolve(
+                        &x,
+                        up,
+                        Some(pro),
+                        &wg,
+                        Some(&bias),
+                        dims,
+                        &mut chunked,
+                        bytes,
+                    );
                     assert_eq!(chunked, got, "{chunk_tiles} tiles a chunk");
                 }
             }
