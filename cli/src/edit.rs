@@ -206,9 +206,19 @@ impl PlannedEdit {
         self.canvas.size
     }
 
-    /// Pixels added per side, rounded to the size step.
-    pub fn pads(&self) -> [usize; 4] {
-        self.canvas.pads
+    /// What the PNG records of this edit, its input image and mask given as (name, SHA-256).
+    pub fn record(&self, image: (String, String), mask: Option<(String, String)>) -> EditRecord {
+        let (mask, mask_sha256) = mask.unzip();
+        EditRecord {
+            init_image: image.0,
+            init_image_sha256: image.1,
+            mask,
+            mask_sha256,
+            outpaint: self.canvas.pads,
+            strength: self.strength,
+            keep_unmasked_pixels: self.keep_pixels,
+            mask_blur: self.mask_blur,
+        }
     }
 
     /// Encodes the input with `models` and places it on the canvas.
@@ -479,16 +489,10 @@ pub fn prepare(
         };
         anyhow::anyhow!("{flag} {}", e.message)
     })?;
-    let record = EditRecord {
-        init_image: image_path.display().to_string(),
-        init_image_sha256: image_sha,
-        mask: mask_file.as_ref().map(|(p, ..)| p.display().to_string()),
-        mask_sha256: mask_file.map(|(_, s, _)| s),
-        outpaint: planned.pads(),
-        strength: planned.strength,
-        keep_unmasked_pixels: planned.keep_pixels,
-        mask_blur: planned.mask_blur,
-    };
+    let record = planned.record(
+        (image_path.display().to_string(), image_sha),
+        mask_file.map(|(p, s, _)| (p.display().to_string(), s)),
+    );
     planned.encode(models, record).map(Some)
 }
 

@@ -88,13 +88,13 @@ enum Convert {
 
 impl Convert {
     fn apply(self, img: image::DynamicImage) -> image::RgbImage {
-        let transparent = matches!(self, Convert::Mask)
-            && img.color().has_alpha()
-            && img.to_rgba8().pixels().any(|p| p[3] < 255);
-        if !transparent {
+        if matches!(self, Convert::Rgb) || !img.color().has_alpha() {
             return img.to_rgb8();
         }
         let rgba = img.to_rgba8();
+        if rgba.pixels().all(|p| p[3] == 255) {
+            return image::DynamicImage::ImageRgba8(rgba).to_rgb8();
+        }
         image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
             let v = 255 - rgba.get_pixel(x, y)[3];
             image::Rgb([v, v, v])

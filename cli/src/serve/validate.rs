@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use super::queue::{ServedEdit, T2iJob};
-use crate::edit::{self, EditInput, EditRecord, EditRequest};
+use crate::edit::{self, EditInput, EditRequest};
 use crate::model::Defaults;
 use muddit_engine::image_io::decode_image;
 use muddit_engine::limits::{self, ModelShape};
@@ -61,9 +61,10 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// The name the PNG's parameters record for it.
-    fn recorded_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| "upload".into())
+    /// The name and SHA-256 the PNG's parameters record for it.
+    fn recorded(&self) -> (String, String) {
+        let name = self.name.clone().unwrap_or_else(|| "upload".into());
+        (name, edit::sha256_hex(&self.bytes))
     }
 }
 
@@ -240,16 +241,10 @@ impl Checks<'_> {
         self.shape
             .check_text_to_image(&job.request)
             .map_err(refused)?;
-        let record = EditRecord {
-            init_image: body.image.recorded_name(),
-            init_image_sha256: edit::sha256_hex(&body.image.bytes),
-            mask: body.mask.as_ref().map(Upload::recorded_name),
-            mask_sha256: body.mask.as_ref().map(|m| edit::sha256_hex(&m.bytes)),
-            outpaint: planned.pads(),
-            strength: planned.strength,
-            keep_unmasked_pixels: planned.keep_pixels,
-            mask_blur: planned.mask_blur,
-        };
+        let record = planned.record(
+            body.image.recorded(),
+            body.mask.as_ref().map(Upload::recorded),
+        );
         job.edit = Some(Box::new(ServedEdit { planned, record }));
         Ok(job)
     }

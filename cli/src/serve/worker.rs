@@ -106,7 +106,7 @@ impl Worker {
             for _ in 0..job.images() {
                 let rgb = rgb8(&images.pixels, index, width, height);
                 let params = GenerationParams {
-                    edit: job.edit.as_ref().map(|e| e.record.clone()),
+                    edit: edit.as_ref().map(|e| e.record.clone()),
                     ..generation_params(&request, job.cfg, index, &self.model)
                 };
                 let mut png = Vec::new();
