@@ -9,9 +9,9 @@
 //! `gemm` crate on the same f32 operands (the portable level). Throughput is reported in elements = FLOPs
 //! (`2 M N K`), so criterion's "elem/s" reads as FLOP/s.
 //!
-//! `ceiling/{f32_fma,bf16_dot}`: the machine's ceiling in the same sitting, from a loop of
-//! independent register-only `vfmadd231ps` / `vdpbf16ps` on every rayon thread (24 accumulators
-//! each); the ratio of a product's FLOP/s to its dtype's ceiling is what BENCHMARKS.md quotes.
+//! `ceiling/{f32_fma,f32_fma256,bf16_dot}`: the machine's ceiling in the same sitting, from a
+//! loop of independent register-only `vfmadd231ps` (zmm, 24 accumulators; ymm, 12) /
+//! `vdpbf16ps` (24) on every rayon thread; the ratio of a product's FLOP/s to its dtype's ceiling is what BENCHMARKS.md quotes.
 //!
 //! Run: `cargo bench -p muddit-benches --bench matmul` (`MUDDIT_BENCH_MODES=f32,bf16` to pick;
 //! every mode: `f32,bf16w_f32,bf16,bf16_widened,bf16_dot,f32_avx2,gemm_crate`).
@@ -54,6 +54,23 @@ mod ceiling {
         acc.iter().map(|v| _mm512_reduce_add_ps(*v)).sum()
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn f32_fma256(iters: u64) -> f32 {
+        let mut acc = [_mm256_set1_ps(0.0); 12];
+        let (a, b) = (_mm256_set1_ps(1.000_000_1), _mm256_set1_ps(0.999_999_9));
+        for _ in 0..iters {
+            for r in acc.iter_mut() {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(
+            lanes.as_mut_ptr(),
+            acc.iter().fold(b, |s, v| _mm256_add_ps(s, *v)),
+        );
+        lanes.iter().sum()
+    }
+
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn bf16_dot(iters: u64) -> f32 {
         let mut acc = [_mm512_set1_ps(0.0); 24];
@@ -87,6 +104,13 @@ fn bench_ceiling(g: &mut criterion::BenchmarkGroup<criterion::measurement::WallT
         g.throughput(Throughput::Elements(threads * ITERS * 24 * 32));
         // SAFETY (inside on_all): avx512f checked above.
         g.bench_function("ceiling/f32_fma", |b| b.iter(|| on_all(ceiling::f32_fma)));
+    }
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        g.throughput(Throughput::Elements(threads * ITERS * 12 * 16));
+        // SAFETY (inside on_all): avx2 and fma checked above.
+        g.bench_function("ceiling/f32_fma256", |b| {
+            b.iter(|| on_all(ceiling::f32_fma256))
+        });
     }
     if is_x86_feature_detected!("avx512bf16") {
         g.throughput(Throughput::Elements(threads * ITERS * 24 * 64));

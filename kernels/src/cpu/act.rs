@@ -1,20 +1,12 @@
 //! Element-wise activations, in place.
 
 #[cfg(target_arch = "x86_64")]
-fn vectorised(x: &mut [f32], op: super::avx512::Op) -> bool {
-    use super::isa::Isa;
-    if Isa::detect() < Isa::Avx512 {
-        return false;
-    }
-    // SAFETY: avx512f is present (checked above).
-    unsafe { super::avx512::map_(x, op) };
-    true
-}
+use super::simd::{map_, Op};
 
 /// SiLU: `x * sigmoid(x)`.
 pub fn silu_(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if vectorised(x, super::avx512::Op::Silu) {
+    if map_(x, Op::Silu) {
         return;
     }
     for v in x.iter_mut() {
@@ -26,7 +18,7 @@ pub fn silu_(x: &mut [f32]) {
 pub fn gelu_tanh_(x: &mut [f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     #[cfg(target_arch = "x86_64")]
-    if vectorised(x, super::avx512::Op::GeluTanh) {
+    if map_(x, Op::GeluTanh) {
         return;
     }
     for v in x.iter_mut() {

@@ -236,7 +236,7 @@ unsafe fn finish_scalar(acc: &Acc, t: &Tile) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn finish_avx512(acc: &Acc, t: &Tile) {
-    use super::avx512::gelu_tanh;
+    use super::simd::gelu_tanh;
     use std::arch::x86_64::*;
     let mask = |cols: usize| ((1u32 << cols.min(16)) - 1) as __mmask16;
     let m = [mask(t.cols), mask(t.cols.saturating_sub(16))];

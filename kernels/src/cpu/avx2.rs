@@ -1,6 +1,6 @@
 //! AVX2 + FMA micro-kernels for the packed matrix products (`packed.rs`), for x86 CPUs without
 //! AVX-512 (most laptops, older servers), and the vector helpers the widened bf16 path uses on
-//! every x86 level. Every function here needs `avx2` and `fma`; callers check with
+//! every x86 level (the element-wise maths of both widths is in `simd.rs`). Every function here needs `avx2` and `fma`; callers check with
 //! [`super::isa::Isa::detect`] first.
 //!
 //! Sixteen ymm registers hold a 6 x 16 block of f32 accumulators (12 registers), two weight
@@ -11,6 +11,7 @@
 
 use std::arch::x86_64::*;
 
+use super::simd::gelu_tanh;
 use super::tile::{Init, Tile, MR, NR};
 
 /// Rows of one register block.
@@ -33,8 +34,10 @@ unsafe fn lanes(n: usize) -> __m256i {
 /// values; the tile's `c` holds `rows` rows of `cols` values at stride `ldc`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn kernel_f32(kc: usize, a: *const f32, lda: usize, b: *const f32, t: Tile) {
-    for r0 in (0..t.rows).step_by(RB) {
-        for c0 in (0..t.cols).step_by(CB) {
+    // Column halves outer: the two row blocks of a half read the same weight lines, which the
+    // second then finds in L1.
+    for c0 in (0..t.cols).step_by(CB) {
+        for r0 in (0..t.rows).step_by(RB) {
             block(kc, a.add(r0 * lda), lda, b.add(c0), t, r0, c0);
         }
     }
@@ -54,37 +57,48 @@ unsafe fn block(
     let rows = (t.rows - r0).min(RB);
     let cols = (t.cols - c0).min(CB);
     let (m0, m1) = (lanes(cols.min(8)), lanes(cols.saturating_sub(8)));
+    // Whole rows of 16 take plain loads and stores (masked stores are slow on AMD cores).
+    let whole = cols == CB;
+    let load = |p: *const f32| {
+        if whole {
+            [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+        } else {
+            [_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1)]
+        }
+    };
     let mut acc = [[_mm256_setzero_ps(); 2]; RB];
     match t.init {
         Init::Zero => {}
         Init::Load => {
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                let row = t.c.add((r0 + r) * t.ldc + c0);
-                *a = [
-                    _mm256_maskload_ps(row, m0),
-                    _mm256_maskload_ps(row.add(8), m1),
-                ];
+                *a = load(t.c.add((r0 + r) * t.ldc + c0));
             }
         }
-        Init::Bias(bias) => {
-            let bias = bias.add(c0);
-            let v = [
-                _mm256_maskload_ps(bias, m0),
-                _mm256_maskload_ps(bias.add(8), m1),
-            ];
-            acc = [v; RB];
-        }
+        Init::Bias(bias) => acc = [load(bias.add(c0)); RB],
     }
-    for kk in 0..kc {
+    // The block's rows of `a`, each read at `k` (the rows past the tile's are zero padding).
+    let ar: [*const f32; RB] = std::array::from_fn(|r| a.add(r * lda));
+    let step = |acc: &mut [[__m256; 2]; RB], kk: usize| {
         let bp = b.add(kk * NR);
         let b0 = _mm256_load_ps(bp);
         let b1 = _mm256_load_ps(bp.add(8));
-        let ap = a.add(kk);
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*ap.add(r * lda));
+        for (acc_r, ap) in acc.iter_mut().zip(&ar) {
+            let av = _mm256_broadcast_ss(&*ap.add(kk));
             acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
             acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
         }
+    };
+    let mut kk = 0;
+    while kk + 4 <= kc {
+        step(&mut acc, kk);
+        step(&mut acc, kk + 1);
+        step(&mut acc, kk + 2);
+        step(&mut acc, kk + 3);
+        kk += 4;
+    }
+    while kk < kc {
+        step(&mut acc, kk);
+        kk += 1;
     }
     for (r, a) in acc.iter().enumerate().take(rows) {
         let (mut v0, mut v1) = (a[0], a[1]);
@@ -93,8 +107,13 @@ unsafe fn block(
             v1 = gelu_tanh(v1);
         }
         let row = t.c.add((r0 + r) * t.ldc + c0);
-        _mm256_maskstore_ps(row, m0, v0);
-        _mm256_maskstore_ps(row.add(8), m1, v1);
+        if whole {
+            _mm256_storeu_ps(row, v0);
+            _mm256_storeu_ps(row.add(8), v1);
+        } else {
+            _mm256_maskstore_ps(row, m0, v0);
+            _mm256_maskstore_ps(row.add(8), m1, v1);
+        }
     }
 }
 
@@ -153,43 +172,6 @@ pub unsafe fn round_bf16_(x: &mut [f32]) {
     }
 }
 
-/// `e^x` for `x` clamped to [-87, 88] (so 2^n stays a normal number): Cody-Waite reduction and
-/// the degree-6 polynomial of `avx512::exp`, relative error about 1 ulp.
-#[inline(always)]
-unsafe fn exp(x: __m256) -> __m256 {
-    let x = _mm256_max_ps(
-        _mm256_min_ps(x, _mm256_set1_ps(88.0)),
-        _mm256_set1_ps(-87.0),
-    );
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        x,
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    let scale = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-        23,
-    );
-    _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
-}
-
-/// GELU, tanh approximation, as `x · sigmoid(2u)` (see `avx512::gelu_tanh`).
-#[inline(always)]
-unsafe fn gelu_tanh(x: __m256) -> __m256 {
-    let x2 = _mm256_mul_ps(x, x);
-    let inner = _mm256_fmadd_ps(_mm256_mul_ps(x2, _mm256_set1_ps(0.044715)), x, x);
-    let e = exp(_mm256_mul_ps(inner, _mm256_set1_ps(-2.0 * 0.797_884_6)));
-    _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,31 +212,5 @@ mod tests {
             let both_nan = f32::from_bits(g).is_nan() && f32::from_bits(*w).is_nan();
             assert!(g == *w || both_nan, "element {i}: {g:#x} vs {w:#x}");
         }
-    }
-
-    #[test]
-    fn vector_gelu_matches_scalar() {
-        if !have() {
-            return;
-        }
-        let xs: Vec<f32> = (-400..400)
-            .map(|i| i as f32 * 0.05)
-            .chain([-200.0, 200.0])
-            .collect();
-        let mut worst = 0.0f32;
-        for c in xs.chunks(8) {
-            let mut v = [0.0f32; 8];
-            v[..c.len()].copy_from_slice(c);
-            let mut out = [0.0f32; 8];
-            // SAFETY: checked by have().
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), gelu_tanh(_mm256_loadu_ps(v.as_ptr()))) };
-            for (g, &x) in out.iter().zip(&v) {
-                let u = x as f64;
-                let r = 0.5 * u * (1.0 + (0.797_884_560_8 * (u + 0.044715 * u * u * u)).tanh());
-                worst = worst.max(((*g as f64 - r).abs() / (1.0 + r.abs())) as f32);
-            }
-        }
-        println!("gelu avx2: worst error {worst:e} of 1e-6");
-        assert!(worst <= 1e-6);
     }
 }

@@ -1,6 +1,6 @@
-//! AVX-512 micro-kernels for the packed matrix products (`packed.rs`) and vectorised element-wise
-//! maths. Every function here needs `avx512f` (the bf16 ones also `avx512bf16`); callers check
-//! with [`super::isa::Isa::detect`] first.
+//! AVX-512 micro-kernels for the packed matrix products (`packed.rs`). Every function here needs
+//! `avx512f` (the bf16 ones also `avx512bf16`); callers check with [`super::isa::Isa::detect`]
+//! first. The element-wise maths of both widths is in `simd.rs`.
 //!
 //! Register tile: `MR x NR = 12 x 32` f32 accumulators (24 zmm registers), two zmm loads of the
 //! packed weights and twelve broadcasts of the packed activations per step of `k` (per pair of `k`
@@ -8,6 +8,7 @@
 
 use std::arch::x86_64::*;
 
+use super::simd::gelu_tanh;
 use super::tile::{Init, Tile, MR, NR};
 
 #[inline(always)]
@@ -164,141 +165,5 @@ pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
         let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
         let mask: __mmask32 = ((1u64 << (n - i)) - 1) as u32;
         _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i) as *mut i16, mask, v);
-    }
-}
-
-/// `e^x`, about 1 ulp, with overflow to +inf and underflow to 0 (`vscalefps`).
-#[inline(always)]
-pub unsafe fn exp(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(
-        _mm512_min_ps(x, _mm512_set1_ps(89.0)),
-        _mm512_set1_ps(-104.0),
-    );
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
-    // r = x - n ln 2 in two parts (Cody-Waite).
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-    // e^r on |r| <= ln2/2, degree-6 Taylor polynomial (relative error < 2e-8).
-    let mut p = _mm512_set1_ps(1.0 / 720.0);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
-    _mm512_scalef_ps(p, n)
-}
-
-/// GELU, tanh approximation, as `x · sigmoid(2u)` with `u = √(2/π)(x + 0.044715 x³)`
-/// (`0.5 (1 + tanh u) = sigmoid(2u)`).
-#[inline(always)]
-pub unsafe fn gelu_tanh(x: __m512) -> __m512 {
-    let x2 = _mm512_mul_ps(x, x);
-    let inner = _mm512_fmadd_ps(_mm512_mul_ps(x2, _mm512_set1_ps(0.044715)), x, x);
-    let e = exp(_mm512_mul_ps(inner, _mm512_set1_ps(-2.0 * 0.797_884_6)));
-    _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
-}
-
-/// `x · sigmoid(x)`.
-#[inline(always)]
-pub unsafe fn silu(x: __m512) -> __m512 {
-    let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
-}
-
-/// Element-wise operations applied in place by [`map_`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    GeluTanh,
-    Silu,
-}
-
-#[inline(always)]
-unsafe fn apply(op: Op, v: __m512) -> __m512 {
-    match op {
-        Op::GeluTanh => gelu_tanh(v),
-        Op::Silu => silu(v),
-    }
-}
-
-/// Applies `op` to every element of `x` in place, 16 lanes at a time.
-///
-/// # Safety
-/// `avx512f` present.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn map_(x: &mut [f32], op: Op) {
-    let n = x.len();
-    let p = x.as_mut_ptr();
-    let mut i = 0;
-    while i + 16 <= n {
-        _mm512_storeu_ps(p.add(i), apply(op, _mm512_loadu_ps(p.add(i))));
-        i += 16;
-    }
-    if i < n {
-        let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-        _mm512_mask_storeu_ps(p.add(i), m, apply(op, _mm512_maskz_loadu_ps(m, p.add(i))));
-    }
-}
-
-/// `softmax(scale * row)` in place: vector max, `exp`, a sum in 16 f32 lanes (added up in f64),
-/// one scaling pass.
-///
-/// # Safety
-/// `avx512f` present.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn softmax_(row: &mut [f32], scale: f32) {
-    let n = row.len();
-    let p = row.as_mut_ptr();
-    let tail: __mmask16 = if n % 16 == 0 {
-        0
-    } else {
-        (1u32 << (n % 16)) as u16 - 1
-    };
-    let full = n - n % 16;
-    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut i = 0;
-    while i < full {
-        mx = _mm512_max_ps(mx, _mm512_loadu_ps(p.add(i)));
-        i += 16;
-    }
-    if tail != 0 {
-        mx = _mm512_mask_max_ps(mx, tail, mx, _mm512_maskz_loadu_ps(tail, p.add(full)));
-    }
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale);
-    let sc = _mm512_set1_ps(scale);
-    let mut sum = _mm512_setzero_ps();
-    i = 0;
-    while i < full {
-        let e = exp(_mm512_fmsub_ps(_mm512_loadu_ps(p.add(i)), sc, max));
-        _mm512_storeu_ps(p.add(i), e);
-        sum = _mm512_add_ps(sum, e);
-        i += 16;
-    }
-    if tail != 0 {
-        let e = exp(_mm512_fmsub_ps(
-            _mm512_maskz_loadu_ps(tail, p.add(full)),
-            sc,
-            max,
-        ));
-        _mm512_mask_storeu_ps(p.add(full), tail, e);
-        sum = _mm512_mask_add_ps(sum, tail, sum, e);
-    }
-    let mut lanes = [0f32; 16];
-    _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
-    let total: f64 = lanes.iter().map(|&v| v as f64).sum();
-    let inv = _mm512_set1_ps((1.0 / total) as f32);
-    i = 0;
-    while i < full {
-        _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
-        i += 16;
-    }
-    if tail != 0 {
-        _mm512_mask_storeu_ps(
-            p.add(full),
-            tail,
-            _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), inv),
-        );
     }
 }

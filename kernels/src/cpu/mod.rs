@@ -15,6 +15,8 @@ pub mod matmul;
 pub mod norm;
 pub mod packed;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+pub mod simd;
 pub mod tile;
 pub mod winograd;
 

@@ -287,7 +287,8 @@ fn convolve(
 fn transform_inputs(image: &Image, t0: usize, tiles_x: usize, u: &mut [f32]) {
     let c = image.c;
     let n = u.len() / (16 * c);
-    let vector = vector_lanes();
+    #[cfg(target_arch = "x86_64")]
+    let lanes = super::simd::width();
     for i in 0..n {
         let t = t0 + i;
         let (y0, x0) = (
@@ -297,14 +298,15 @@ fn transform_inputs(image: &Image, t0: usize, tiles_x: usize, u: &mut [f32]) {
         let patch: [Option<&[f32]>; 16] =
             std::array::from_fn(|p| image.pixel(y0 + (p / 4) as isize, x0 + (p % 4) as isize));
         let base = i * c;
-        let mut c0 = 0;
         #[cfg(target_arch = "x86_64")]
-        while vector && c0 + 16 <= c {
-            // SAFETY: AVX-512 is present (`vector_lanes`); every pixel holds `c` values and
-            // every row of `u` `n * c`, so channels c0..c0 + 16 are inside both.
-            unsafe { simd::input_tile(&patch, c0, u, base + c0, n * c) };
-            c0 += 16;
-        }
+        let c0 = match lanes {
+            // SAFETY: the width is this CPU's (`simd::width`); every pixel holds `c` values and
+            // every row of `u` `n * c`, so each whole vector of channels is inside both.
+            Some(w) => unsafe { simd::input_vectors(w, (&patch, c), u, (base, n * c)) },
+            None => 0,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let c0 = 0;
         for l in c0..c {
             let mut v = patch.map(|p| p.map_or(0.0, |p| p[l]));
             for r in 0..4 {
@@ -321,16 +323,18 @@ fn transform_inputs(image: &Image, t0: usize, tiles_x: usize, u: &mut [f32]) {
 }
 
 /// Whether a 3x3 convolution of `c_in -> c_out` channels is faster as Winograd than direct
-/// on this CPU: the transforms run 16 channels at a time (AVX-512) and both sides fill them.
+/// on this CPU: the transforms run a vector of channels at a time (8 with AVX2, 16 with
+/// AVX-512) and both sides fill at least one.
 pub fn suits(c_in: usize, c_out: usize) -> bool {
-    vector_lanes() && c_in >= 16 && c_out >= 16
-}
-
-/// Whether the transforms run 16 channels at a time (AVX-512 on this CPU).
-fn vector_lanes() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return super::isa::Isa::detect() >= super::isa::Isa::Avx512;
-    #[cfg(not(target_arch = "x86_64"))]
+    if let Some(w) = super::simd::width() {
+        let lanes = match w {
+            super::simd::Width::W8 => 8,
+            super::simd::Width::W16 => 16,
+        };
+        return c_in >= lanes && c_out >= lanes;
+    }
+    let _ = (c_in, c_out);
     false
 }
 
@@ -360,7 +364,8 @@ fn untransform(
 ) {
     let o = bias.len();
     let n = m.len() / (16 * o);
-    let vector = vector_lanes();
+    #[cfg(target_arch = "x86_64")]
+    let lanes = super::simd::width();
     for i in 0..n {
         let t = t0 + i;
         let (ty, tx) = (t / tiles_x, t % tiles_x);
@@ -370,14 +375,16 @@ fn untransform(
             (y < height && x < width).then(|| ((y - y0) * width + x) * o)
         });
         let base = i * o;
-        let mut o0 = 0;
         #[cfg(target_arch = "x86_64")]
-        while vector && o0 + 16 <= o {
-            // SAFETY: AVX-512 is present; every row of `m` holds `n * o` values and every
-            // pixel of `dst` `o`, so channels o0..o0 + 16 are inside both.
-            unsafe { simd::output_tile(m, base + o0, n * o, &bias[o0..o0 + 16], &pixels, o0, dst) };
-            o0 += 16;
-        }
+        let o0 = match lanes {
+            // SAFETY: the width is this CPU's (`simd::width`); every row of `m` holds `n * o`
+            // values and every pixel of `dst` `o`, so each whole vector of channels is inside
+            // both.
+            Some(w) => unsafe { simd::output_vectors(w, (m, base, n * o), bias, &pixels, dst) },
+            None => 0,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let o0 = 0;
         for l in o0..o {
             let mut v: [f32; 16] = std::array::from_fn(|j| m[j * n * o + base + l]);
             for q in 0..4 {
@@ -395,43 +402,44 @@ fn untransform(
     }
 }
 
-/// The transforms on 16 channels at a time, the same arithmetic as `bt` and `at`.
+/// The transforms on a vector of channels at a time (8 or 16, the level's width), the same
+/// arithmetic as `bt` and `at`.
 #[cfg(target_arch = "x86_64")]
 mod simd {
+    use super::super::simd::F32s;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx512f")]
-    fn bt(v: &mut [__m512; 16], at: [usize; 4]) {
+    #[inline(always)]
+    unsafe fn bt<V: F32s>(v: &mut [V; 16], at: [usize; 4]) {
         let [d0, d1, d2, d3] = at.map(|p| v[p]);
-        v[at[0]] = _mm512_sub_ps(d0, d2);
-        v[at[1]] = _mm512_add_ps(d1, d2);
-        v[at[2]] = _mm512_sub_ps(d2, d1);
-        v[at[3]] = _mm512_sub_ps(d1, d3);
+        v[at[0]] = d0.sub(d2);
+        v[at[1]] = d1.add(d2);
+        v[at[2]] = d2.sub(d1);
+        v[at[3]] = d1.sub(d3);
     }
 
-    #[target_feature(enable = "avx512f")]
-    fn at(v: &mut [__m512; 16], at: [usize; 4]) {
+    #[inline(always)]
+    unsafe fn at<V: F32s>(v: &mut [V; 16], at: [usize; 4]) {
         let [m0, m1, m2, m3] = at.map(|p| v[p]);
-        v[at[0]] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-        v[at[1]] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        v[at[0]] = m0.add(m1).add(m2);
+        v[at[1]] = m1.sub(m2).sub(m3);
     }
 
-    /// Channels `c0..c0 + 16` of one tile's patch (`None`: outside the image), transformed,
-    /// into `u[j * stride + at..][..16]` for the 16 positions `j`.
+    /// Channels `c0..c0 + LANES` of one tile's patch (`None`: outside the image), transformed,
+    /// into `u[j * stride + at..][..LANES]` for the 16 positions `j`.
     ///
     /// # Safety
-    /// AVX-512F present; each pixel holds `c0 + 16` values; `u` holds
-    /// `15 * stride + at + 16`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn input_tile(
+    /// The width's instructions present; each pixel holds `c0 + LANES` values; `u` holds
+    /// `15 * stride + at + LANES`.
+    #[inline(always)]
+    unsafe fn input_tile<V: F32s>(
         patch: &[Option<&[f32]>; 16],
         c0: usize,
         u: &mut [f32],
         at: usize,
         stride: usize,
     ) {
-        let load = |p: &[f32]| unsafe { _mm512_loadu_ps(p.as_ptr().add(c0)) };
-        let mut v = patch.map(|p| p.map_or(_mm512_setzero_ps(), load));
+        let mut v = patch.map(|p| p.map_or(V::splat(0.0), |p| V::load(p.as_ptr().add(c0))));
         for r in 0..4 {
             bt(&mut v, [4 * r, 4 * r + 1, 4 * r + 2, 4 * r + 3]);
         }
@@ -439,41 +447,143 @@ mod simd {
             bt(&mut v, [q, 4 + q, 8 + q, 12 + q]);
         }
         for (j, vj) in v.into_iter().enumerate() {
-            unsafe { _mm512_storeu_ps(u.as_mut_ptr().add(j * stride + at), vj) };
+            vj.store(u.as_mut_ptr().add(j * stride + at));
         }
     }
 
-    /// Channels `o0..o0 + 16` of one tile's 16 results (`m[j * stride + at..][..16]`), folded
-    /// back, plus `bias`, into the tile's pixels (offsets into `dst`; `None`: past the edge).
+    /// Channels `o0..o0 + LANES` of one tile's 16 results (`m[j * stride + at..][..LANES]`),
+    /// folded back, plus `bias`, into the tile's pixels (offsets into `dst`; `None`: past the
+    /// edge).
     ///
     /// # Safety
-    /// AVX-512F present; `m` holds `15 * stride + at + 16` values, `bias` 16, and each pixel of
-    /// `dst` `o0 + 16` from its offset.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn output_tile(
+    /// The width's instructions present; `m` holds `15 * stride + at + LANES` values, `bias`
+    /// `LANES`, and each pixel of `dst` `o0 + LANES` from its offset.
+    #[inline(always)]
+    unsafe fn output_tile<V: F32s>(
         m: &[f32],
-        at: usize,
-        stride: usize,
+        (at, stride): (usize, usize),
         bias: &[f32],
         pixels: &[Option<usize>; 4],
         o0: usize,
         dst: &mut [f32],
     ) {
-        let mut v: [__m512; 16] =
-            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(m.as_ptr().add(j * stride + at)) });
+        let mut v: [V; 16] = std::array::from_fn(|j| V::load(m.as_ptr().add(j * stride + at)));
         for q in 0..4 {
             self::at(&mut v, [q, 4 + q, 8 + q, 12 + q]);
         }
         for r in 0..2 {
             self::at(&mut v, [4 * r, 4 * r + 1, 4 * r + 2, 4 * r + 3]);
         }
-        let b = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
+        let b = V::load(bias.as_ptr());
         for (p, px) in pixels.iter().enumerate() {
             if let Some(px) = px {
-                let y = _mm512_add_ps(v[4 * (p / 2) + p % 2], b);
-                unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(px + o0), y) };
+                v[4 * (p / 2) + p % 2]
+                    .add(b)
+                    .store(dst.as_mut_ptr().add(px + o0));
             }
         }
+    }
+
+    /// The channels `c0..` of one tile's patch that fill whole vectors, as [`input_tile`];
+    /// returns the first channel left.
+    ///
+    /// # Safety
+    /// `width`'s instructions present; as [`input_tile`] for every vector.
+    pub unsafe fn input_vectors(
+        width: super::super::simd::Width,
+        patch: (&[Option<&[f32]>; 16], usize),
+        u: &mut [f32],
+        at: (usize, usize),
+    ) -> usize {
+        match width {
+            super::super::simd::Width::W8 => input_w8(patch, u, at),
+            super::super::simd::Width::W16 => input_w16(patch, u, at),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn input_w8(
+        p: (&[Option<&[f32]>; 16], usize),
+        u: &mut [f32],
+        at: (usize, usize),
+    ) -> usize {
+        input_all::<__m256>(p, u, at)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn input_w16(
+        p: (&[Option<&[f32]>; 16], usize),
+        u: &mut [f32],
+        at: (usize, usize),
+    ) -> usize {
+        input_all::<__m512>(p, u, at)
+    }
+
+    #[inline(always)]
+    unsafe fn input_all<V: F32s>(
+        (patch, c): (&[Option<&[f32]>; 16], usize),
+        u: &mut [f32],
+        (at, stride): (usize, usize),
+    ) -> usize {
+        let mut c0 = 0;
+        while c0 + V::LANES <= c {
+            input_tile::<V>(patch, c0, u, at + c0, stride);
+            c0 += V::LANES;
+        }
+        c0
+    }
+
+    /// The output channels `0..` that fill whole vectors, as [`output_tile`]; returns the first
+    /// channel left.
+    ///
+    /// # Safety
+    /// `width`'s instructions present; as [`output_tile`] for every vector.
+    pub unsafe fn output_vectors(
+        width: super::super::simd::Width,
+        m: (&[f32], usize, usize),
+        bias: &[f32],
+        pixels: &[Option<usize>; 4],
+        dst: &mut [f32],
+    ) -> usize {
+        match width {
+            super::super::simd::Width::W8 => output_w8(m, bias, pixels, dst),
+            super::super::simd::Width::W16 => output_w16(m, bias, pixels, dst),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn output_w8(
+        m: (&[f32], usize, usize),
+        bias: &[f32],
+        px: &[Option<usize>; 4],
+        dst: &mut [f32],
+    ) -> usize {
+        output_all::<__m256>(m, bias, px, dst)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn output_w16(
+        m: (&[f32], usize, usize),
+        bias: &[f32],
+        px: &[Option<usize>; 4],
+        dst: &mut [f32],
+    ) -> usize {
+        output_all::<__m512>(m, bias, px, dst)
+    }
+
+    #[inline(always)]
+    unsafe fn output_all<V: F32s>(
+        (m, at, stride): (&[f32], usize, usize),
+        bias: &[f32],
+        pixels: &[Option<usize>; 4],
+        dst: &mut [f32],
+    ) -> usize {
+        let mut o0 = 0;
+        while o0 + V::LANES <= bias.len() {
+            output_tile::<V>(m, (at + o0, stride), &bias[o0..], pixels, o0, dst);
+            o0 += V::LANES;
+        }
+        o0
     }
 }
 
