@@ -59,45 +59,28 @@ unsafe fn block(
     let (m0, m1) = (lanes(cols.min(8)), lanes(cols.saturating_sub(8)));
     // Whole rows of 16 take plain loads and stores (masked stores are slow on AMD cores).
     let whole = cols == CB;
-    let load = |p: *const f32| {
-        if whole {
-            [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
-        } else {
-            [_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1)]
-        }
-    };
     let mut acc = [[_mm256_setzero_ps(); 2]; RB];
     match t.init {
         Init::Zero => {}
         Init::Load => {
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                *a = load(t.c.add((r0 + r) * t.ldc + c0));
+                *a = load_row(t.c.add((r0 + r) * t.ldc + c0), whole, (m0, m1));
             }
         }
-        Init::Bias(bias) => acc = [load(bias.add(c0)); RB],
+        Init::Bias(bias) => acc = [load_row(bias.add(c0), whole, (m0, m1)); RB],
     }
     // The block's rows of `a`, each read at `k` (the rows past the tile's are zero padding).
     let ar: [*const f32; RB] = std::array::from_fn(|r| a.add(r * lda));
-    let step = |acc: &mut [[__m256; 2]; RB], kk: usize| {
-        let bp = b.add(kk * NR);
-        let b0 = _mm256_load_ps(bp);
-        let b1 = _mm256_load_ps(bp.add(8));
-        for (acc_r, ap) in acc.iter_mut().zip(&ar) {
-            let av = _mm256_broadcast_ss(&*ap.add(kk));
-            acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
-            acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
-        }
-    };
     let mut kk = 0;
     while kk + 4 <= kc {
-        step(&mut acc, kk);
-        step(&mut acc, kk + 1);
-        step(&mut acc, kk + 2);
-        step(&mut acc, kk + 3);
+        step(&mut acc, b, &ar, kk);
+        step(&mut acc, b, &ar, kk + 1);
+        step(&mut acc, b, &ar, kk + 2);
+        step(&mut acc, b, &ar, kk + 3);
         kk += 4;
     }
     while kk < kc {
-        step(&mut acc, kk);
+        step(&mut acc, b, &ar, kk);
         kk += 1;
     }
     for (r, a) in acc.iter().enumerate().take(rows) {
@@ -114,6 +97,32 @@ unsafe fn block(
             _mm256_maskstore_ps(row, m0, v0);
             _mm256_maskstore_ps(row.add(8), m1, v1);
         }
+    }
+}
+
+/// One step of `k`: the block's accumulators plus row `kk` of the panel times each row's value.
+#[inline(always)]
+unsafe fn step(acc: &mut [[__m256; 2]; RB], b: *const f32, ar: &[*const f32; RB], kk: usize) {
+    let bp = b.add(kk * NR);
+    let b0 = _mm256_load_ps(bp);
+    let b1 = _mm256_load_ps(bp.add(8));
+    for (acc_r, ap) in acc.iter_mut().zip(ar) {
+        let av = _mm256_broadcast_ss(&*ap.add(kk));
+        acc_r[0] = _mm256_fmadd_ps(av, b0, acc_r[0]);
+        acc_r[1] = _mm256_fmadd_ps(av, b1, acc_r[1]);
+    }
+}
+
+/// 16 values of a row at `p`, masked by `m` unless `whole`.
+#[inline(always)]
+unsafe fn load_row(p: *const f32, whole: bool, m: (__m256i, __m256i)) -> [__m256; 2] {
+    if whole {
+        [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+    } else {
+        [
+            _mm256_maskload_ps(p, m.0),
+            _mm256_maskload_ps(p.add(8), m.1),
+        ]
     }
 }
 

@@ -411,7 +411,7 @@ mod simd {
 
     #[inline(always)]
     unsafe fn bt<V: F32s>(v: &mut [V; 16], at: [usize; 4]) {
-        let [d0, d1, d2, d3] = at.map(|p| v[p]);
+        let [d0, d1, d2, d3] = [v[at[0]], v[at[1]], v[at[2]], v[at[3]]];
         v[at[0]] = d0.sub(d2);
         v[at[1]] = d1.add(d2);
         v[at[2]] = d2.sub(d1);
@@ -420,7 +420,7 @@ mod simd {
 
     #[inline(always)]
     unsafe fn at<V: F32s>(v: &mut [V; 16], at: [usize; 4]) {
-        let [m0, m1, m2, m3] = at.map(|p| v[p]);
+        let [m0, m1, m2, m3] = [v[at[0]], v[at[1]], v[at[2]], v[at[3]]];
         v[at[0]] = m0.add(m1).add(m2);
         v[at[1]] = m1.sub(m2).sub(m3);
     }
@@ -439,7 +439,14 @@ mod simd {
         at: usize,
         stride: usize,
     ) {
-        let mut v = patch.map(|p| p.map_or(V::splat(0.0), |p| V::load(p.as_ptr().add(c0))));
+        // Plain loops, no closures: a closure would not inherit the caller's target features,
+        // and the vector loads in it would stay calls.
+        let mut v = [V::splat(0.0); 16];
+        for (vj, p) in v.iter_mut().zip(patch) {
+            if let Some(p) = p {
+                *vj = V::load(p.as_ptr().add(c0));
+            }
+        }
         for r in 0..4 {
             bt(&mut v, [4 * r, 4 * r + 1, 4 * r + 2, 4 * r + 3]);
         }
@@ -467,7 +474,10 @@ mod simd {
         o0: usize,
         dst: &mut [f32],
     ) {
-        let mut v: [V; 16] = std::array::from_fn(|j| V::load(m.as_ptr().add(j * stride + at)));
+        let mut v = [V::splat(0.0); 16];
+        for (j, vj) in v.iter_mut().enumerate() {
+            *vj = V::load(m.as_ptr().add(j * stride + at));
+        }
         for q in 0..4 {
             self::at(&mut v, [q, 4 + q, 8 + q, 12 + q]);
         }
