@@ -1,12 +1,12 @@
 //! Element-wise activations, in place.
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{map_, Op};
+use super::simd::{map_, width, Op};
 
 /// SiLU: `x * sigmoid(x)`.
 pub fn silu_(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if map_(x, Op::Silu) {
+    if map_(width(), x, Op::Silu).is_some() {
         return;
     }
     for v in x.iter_mut() {
@@ -18,7 +18,7 @@ pub fn silu_(x: &mut [f32]) {
 pub fn gelu_tanh_(x: &mut [f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     #[cfg(target_arch = "x86_64")]
-    if map_(x, Op::GeluTanh) {
+    if map_(width(), x, Op::GeluTanh).is_some() {
         return;
     }
     for v in x.iter_mut() {

@@ -48,7 +48,7 @@ fn softmax_rows_(scores: &mut [f32], s: usize, scale: f32, causal: bool, first_q
 /// `softmax(scale * row)` in place.
 fn softmax_(row: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::softmax_(row, scale) {
+    if super::simd::softmax_(super::simd::width(), row, scale).is_some() {
         return;
     }
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use super::isa::Isa;
 
 /// The vector width the element-wise kernels use on this CPU, `None` below AVX2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Width {
     /// `__m256`, AVX2 + FMA.
     W8,
@@ -28,7 +28,48 @@ pub fn width() -> Option<Width> {
     }
 }
 
-/// f32 lanes of one register. Every method is unsafe: it needs the width's instructions.
+/// `fn $name(width, args) -> Option<R>`: runs `$generic::<__m256>` or `::<__m512>`, each compiled
+/// inside a `#[target_feature]` function of its width, or returns `None` where `width` is `None`
+/// or more than this CPU has ([`width`]). With `unsafe fn`, the function keeps `$generic`'s
+/// safety contract on its arguments.
+macro_rules! per_width {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($a:ident: $t:ty),* $(,)?) -> $r:ty = $g:ident) => {
+        $(#[$m])*
+        $vis unsafe fn $name(width: Option<$crate::cpu::simd::Width>, $($a: $t),*) -> Option<$r> {
+            $crate::cpu::simd::per_width!(@run width, $g, $($a: $t),* => $r)
+        }
+    };
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) -> $r:ty = $g:ident) => {
+        $(#[$m])*
+        $vis fn $name(width: Option<$crate::cpu::simd::Width>, $($a: $t),*) -> Option<$r> {
+            $crate::cpu::simd::per_width!(@run width, $g, $($a: $t),* => $r)
+        }
+    };
+    (@run $width:ident, $g:ident, $($a:ident: $t:ty),* => $r:ty) => {{
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn w8($($a: $t),*) -> $r {
+            $g::<std::arch::x86_64::__m256>($($a),*)
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn w16($($a: $t),*) -> $r {
+            $g::<std::arch::x86_64::__m512>($($a),*)
+        }
+        // SAFETY: a width runs only where this CPU has its instructions (`simd::width`); the
+        // arguments are as `$g` requires (the caller's contract).
+        match $width.filter(|&w| Some(w) <= $crate::cpu::simd::width())? {
+            $crate::cpu::simd::Width::W8 => Some(unsafe { w8($($a),*) }),
+            $crate::cpu::simd::Width::W16 => Some(unsafe { w16($($a),*) }),
+        }
+    }};
+}
+pub(crate) use per_width;
+
+/// f32 lanes of one register.
+///
+/// # Safety
+/// Every method needs the width's instructions (called inside a function compiled with them);
+/// the pointer methods read or write `LANES` values (`n` for the `_part` ones) at `p`.
+#[allow(clippy::missing_safety_doc)]
 pub trait F32s: Copy {
     const LANES: usize;
     /// Bounds of [`exp`]'s argument: below, `e^x` is 0 (or the smallest normal); above, +inf
@@ -75,10 +116,31 @@ unsafe fn first_lanes(n: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
 }
 
+/// The methods of [`F32s`] that are one intrinsic of the width: `name(args) => intrinsic`.
+macro_rules! one_intrinsic {
+    ($($name:ident($($arg:ident),*) => $f:ident;)*) => {$(
+        #[inline(always)]
+        unsafe fn $name(self, $($arg: Self),*) -> Self {
+            $f(self, $($arg),*)
+        }
+    )*};
+}
+
 impl F32s for __m256 {
     const LANES: usize = 8;
     // 2^n is built in the exponent bits: n must stay a normal exponent.
     const EXP_RANGE: (f32, f32) = (-87.0, 88.0);
+    one_intrinsic! {
+        add(o) => _mm256_add_ps;
+        sub(o) => _mm256_sub_ps;
+        mul(o) => _mm256_mul_ps;
+        div(o) => _mm256_div_ps;
+        max(o) => _mm256_max_ps;
+        min(o) => _mm256_min_ps;
+        fmadd(b, c) => _mm256_fmadd_ps;
+        fnmadd(b, c) => _mm256_fnmadd_ps;
+        fmsub(b, c) => _mm256_fmsub_ps;
+    }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         _mm256_set1_ps(v)
@@ -109,42 +171,6 @@ impl F32s for __m256 {
         _mm256_and_ps(self, _mm256_castsi256_ps(first_lanes(n)))
     }
     #[inline(always)]
-    unsafe fn add(self, o: Self) -> Self {
-        _mm256_add_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn sub(self, o: Self) -> Self {
-        _mm256_sub_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn mul(self, o: Self) -> Self {
-        _mm256_mul_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn div(self, o: Self) -> Self {
-        _mm256_div_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn max(self, o: Self) -> Self {
-        _mm256_max_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn min(self, o: Self) -> Self {
-        _mm256_min_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
-        _mm256_fmadd_ps(self, b, c)
-    }
-    #[inline(always)]
-    unsafe fn fnmadd(self, b: Self, c: Self) -> Self {
-        _mm256_fnmadd_ps(self, b, c)
-    }
-    #[inline(always)]
-    unsafe fn fmsub(self, b: Self, c: Self) -> Self {
-        _mm256_fmsub_ps(self, b, c)
-    }
-    #[inline(always)]
     unsafe fn round(self) -> Self {
         _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self)
     }
@@ -168,6 +194,17 @@ impl F32s for __m512 {
     const LANES: usize = 16;
     // `vscalefps` overflows to +inf and underflows through the subnormals to 0.
     const EXP_RANGE: (f32, f32) = (-104.0, 89.0);
+    one_intrinsic! {
+        add(o) => _mm512_add_ps;
+        sub(o) => _mm512_sub_ps;
+        mul(o) => _mm512_mul_ps;
+        div(o) => _mm512_div_ps;
+        max(o) => _mm512_max_ps;
+        min(o) => _mm512_min_ps;
+        fmadd(b, c) => _mm512_fmadd_ps;
+        fnmadd(b, c) => _mm512_fnmadd_ps;
+        fmsub(b, c) => _mm512_fmsub_ps;
+    }
     #[inline(always)]
     unsafe fn splat(v: f32) -> Self {
         _mm512_set1_ps(v)
@@ -193,42 +230,6 @@ impl F32s for __m512 {
         _mm512_maskz_mov_ps(mask16(n), self)
     }
     #[inline(always)]
-    unsafe fn add(self, o: Self) -> Self {
-        _mm512_add_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn sub(self, o: Self) -> Self {
-        _mm512_sub_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn mul(self, o: Self) -> Self {
-        _mm512_mul_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn div(self, o: Self) -> Self {
-        _mm512_div_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn max(self, o: Self) -> Self {
-        _mm512_max_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn min(self, o: Self) -> Self {
-        _mm512_min_ps(self, o)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(self, b: Self, c: Self) -> Self {
-        _mm512_fmadd_ps(self, b, c)
-    }
-    #[inline(always)]
-    unsafe fn fnmadd(self, b: Self, c: Self) -> Self {
-        _mm512_fnmadd_ps(self, b, c)
-    }
-    #[inline(always)]
-    unsafe fn fmsub(self, b: Self, c: Self) -> Self {
-        _mm512_fmsub_ps(self, b, c)
-    }
-    #[inline(always)]
     unsafe fn round(self) -> Self {
         _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self)
     }
@@ -250,6 +251,9 @@ fn mask16(n: usize) -> __mmask16 {
 
 /// `e^x`, about 1 ulp: Cody-Waite reduction by ln 2, then the degree-6 Taylor polynomial on
 /// `|r| <= ln2/2` (relative error < 2e-8), scaled by `2^n`.
+///
+/// # Safety
+/// The width's instructions present (called inside a function compiled with them).
 #[inline(always)]
 pub unsafe fn exp<V: F32s>(x: V) -> V {
     let (lo, hi) = V::EXP_RANGE;
@@ -266,6 +270,9 @@ pub unsafe fn exp<V: F32s>(x: V) -> V {
 
 /// GELU, tanh approximation, as `x · sigmoid(2u)` with `u = √(2/π)(x + 0.044715 x³)`
 /// (`0.5 (1 + tanh u) = sigmoid(2u)`).
+///
+/// # Safety
+/// The width's instructions present (called inside a function compiled with them).
 #[inline(always)]
 pub unsafe fn gelu_tanh<V: F32s>(x: V) -> V {
     let x2 = x.mul(x);
@@ -275,6 +282,9 @@ pub unsafe fn gelu_tanh<V: F32s>(x: V) -> V {
 }
 
 /// `x · sigmoid(x)`.
+///
+/// # Safety
+/// The width's instructions present (called inside a function compiled with them).
 #[inline(always)]
 pub unsafe fn silu<V: F32s>(x: V) -> V {
     let e = exp(V::splat(0.0).sub(x));
@@ -296,25 +306,10 @@ unsafe fn apply<V: F32s>(op: Op, v: V) -> V {
     }
 }
 
-/// Applies `op` to every element of `x` in place; `false` (nothing done) below AVX2.
-pub fn map_(x: &mut [f32], op: Op) -> bool {
-    // SAFETY: each width runs only where `width` (Isa::detect) found its instructions.
-    match width() {
-        None => return false,
-        Some(Width::W8) => unsafe { map_w8(x, op) },
-        Some(Width::W16) => unsafe { map_w16(x, op) },
-    }
-    true
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_w8(x: &mut [f32], op: Op) {
-    map_lanes::<__m256>(x, op)
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn map_w16(x: &mut [f32], op: Op) {
-    map_lanes::<__m512>(x, op)
+per_width! {
+    /// Applies `op` to every element of `x` in place, with `width`'s instructions (`None`,
+    /// nothing done, where this CPU lacks them).
+    pub fn map_(x: &mut [f32], op: Op) -> () = map_lanes
 }
 
 #[inline(always)]
@@ -329,26 +324,11 @@ unsafe fn map_lanes<V: F32s>(x: &mut [f32], op: Op) {
     }
 }
 
-/// `softmax(scale * row)` in place: vector max, `exp`, a sum in f32 lanes (added up in f64),
-/// one scaling pass; `false` (nothing done) below AVX2.
-pub fn softmax_(row: &mut [f32], scale: f32) -> bool {
-    // SAFETY: each width runs only where `width` (Isa::detect) found its instructions.
-    match width() {
-        None => return false,
-        Some(Width::W8) => unsafe { softmax_w8(row, scale) },
-        Some(Width::W16) => unsafe { softmax_w16(row, scale) },
-    }
-    true
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_w8(row: &mut [f32], scale: f32) {
-    softmax_lanes::<__m256>(row, scale)
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_w16(row: &mut [f32], scale: f32) {
-    softmax_lanes::<__m512>(row, scale)
+per_width! {
+    /// `softmax(scale * row)` in place with `width`'s instructions (`None`, nothing done, where
+    /// this CPU lacks them): vector max, `exp`, a sum in f32 lanes (added up in f64), one
+    /// scaling pass.
+    pub fn softmax_(row: &mut [f32], scale: f32) -> () = softmax_lanes
 }
 
 #[inline(always)]
@@ -410,11 +390,7 @@ mod tests {
         for w in widths {
             for op in [Op::Silu, Op::GeluTanh] {
                 let mut got = xs.clone();
-                // SAFETY: the widths tested are those this CPU has (above).
-                match w {
-                    Width::W8 => unsafe { map_w8(&mut got, op) },
-                    Width::W16 => unsafe { map_w16(&mut got, op) },
-                }
+                assert_eq!(map_(Some(w), &mut got, op), Some(()));
                 for (&x, &g) in xs.iter().zip(&got) {
                     let u = x as f64;
                     let want = match op {
@@ -430,11 +406,7 @@ mod tests {
             for n in [1usize, 5, 8, 15, 16, 17, 77, 333] {
                 let row: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
                 let mut got = row.clone();
-                // SAFETY: as above.
-                match w {
-                    Width::W8 => unsafe { softmax_w8(&mut got, 0.3) },
-                    Width::W16 => unsafe { softmax_w16(&mut got, 0.3) },
-                }
+                assert_eq!(softmax_(Some(w), &mut got, 0.3), Some(()));
                 let max = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64 * 0.3));
                 let e: Vec<f64> = row.iter().map(|&v| (v as f64 * 0.3 - max).exp()).collect();
                 let total: f64 = e.iter().sum();

@@ -299,12 +299,9 @@ fn transform_inputs(image: &Image, t0: usize, tiles_x: usize, u: &mut [f32]) {
             std::array::from_fn(|p| image.pixel(y0 + (p / 4) as isize, x0 + (p % 4) as isize));
         let base = i * c;
         #[cfg(target_arch = "x86_64")]
-        let c0 = match lanes {
-            // SAFETY: the width is this CPU's (`simd::width`); every pixel holds `c` values and
-            // every row of `u` `n * c`, so each whole vector of channels is inside both.
-            Some(w) => unsafe { simd::input_vectors(w, (&patch, c), u, (base, n * c)) },
-            None => 0,
-        };
+        // SAFETY: every pixel holds `c` values and every row of `u` `n * c`, so each whole
+        // vector of channels is inside both.
+        let c0 = unsafe { simd::input_vectors(lanes, (&patch, c), u, (base, n * c)) }.unwrap_or(0);
         #[cfg(not(target_arch = "x86_64"))]
         let c0 = 0;
         for l in c0..c {
@@ -376,13 +373,16 @@ fn untransform(
         });
         let base = i * o;
         #[cfg(target_arch = "x86_64")]
-        let o0 = match lanes {
-            // SAFETY: the width is this CPU's (`simd::width`); every row of `m` holds `n * o`
-            // values and every pixel of `dst` `o`, so each whole vector of channels is inside
-            // both.
-            Some(w) => unsafe { simd::output_vectors(w, (m, base, n * o), bias, &pixels, dst) },
-            None => 0,
+        let results = simd::Results {
+            m,
+            at: base,
+            stride: n * o,
+            bias,
+            pixels,
         };
+        // SAFETY: every row of `m` holds `n * o` values and every pixel of `dst` `o`, so each
+        // whole vector of channels is inside both.
+        let o0 = unsafe { simd::output_vectors(lanes, &results, dst) }.unwrap_or(0);
         #[cfg(not(target_arch = "x86_64"))]
         let o0 = 0;
         for l in o0..o {
@@ -406,8 +406,7 @@ fn untransform(
 /// arithmetic as `bt` and `at`.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::super::simd::F32s;
-    use std::arch::x86_64::*;
+    use super::super::simd::{per_width, F32s};
 
     #[inline(always)]
     unsafe fn bt<V: F32s>(v: &mut [V; 16], at: [usize; 4]) {
@@ -494,39 +493,17 @@ mod simd {
         }
     }
 
-    /// The channels `c0..` of one tile's patch that fill whole vectors, as [`input_tile`];
-    /// returns the first channel left.
-    ///
-    /// # Safety
-    /// `width`'s instructions present; as [`input_tile`] for every vector.
-    pub unsafe fn input_vectors(
-        width: super::super::simd::Width,
-        patch: (&[Option<&[f32]>; 16], usize),
-        u: &mut [f32],
-        at: (usize, usize),
-    ) -> usize {
-        match width {
-            super::super::simd::Width::W8 => input_w8(patch, u, at),
-            super::super::simd::Width::W16 => input_w16(patch, u, at),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn input_w8(
-        p: (&[Option<&[f32]>; 16], usize),
-        u: &mut [f32],
-        at: (usize, usize),
-    ) -> usize {
-        input_all::<__m256>(p, u, at)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn input_w16(
-        p: (&[Option<&[f32]>; 16], usize),
-        u: &mut [f32],
-        at: (usize, usize),
-    ) -> usize {
-        input_all::<__m512>(p, u, at)
+    per_width! {
+        /// The channels of one tile's patch that fill whole vectors, as [`input_tile`], with
+        /// `width`'s instructions; the first channel left (`None`: no vectors on this CPU).
+        ///
+        /// # Safety
+        /// As [`input_tile`] for every vector.
+        pub unsafe fn input_vectors(
+            patch: (&[Option<&[f32]>; 16], usize),
+            u: &mut [f32],
+            at: (usize, usize),
+        ) -> usize = input_all
     }
 
     #[inline(always)]
@@ -543,54 +520,37 @@ mod simd {
         c0
     }
 
-    /// The output channels `0..` that fill whole vectors, as [`output_tile`]; returns the first
-    /// channel left.
-    ///
-    /// # Safety
-    /// `width`'s instructions present; as [`output_tile`] for every vector.
-    pub unsafe fn output_vectors(
-        width: super::super::simd::Width,
-        m: (&[f32], usize, usize),
-        bias: &[f32],
-        pixels: &[Option<usize>; 4],
-        dst: &mut [f32],
-    ) -> usize {
-        match width {
-            super::super::simd::Width::W8 => output_w8(m, bias, pixels, dst),
-            super::super::simd::Width::W16 => output_w16(m, bias, pixels, dst),
-        }
+    /// One tile's 16 results (`m[j * stride + at..]`, channels last) and where they go: the
+    /// tile's pixels in `dst` (offsets; `None` past the edge), plus `bias`.
+    pub struct Results<'a> {
+        pub m: &'a [f32],
+        pub at: usize,
+        pub stride: usize,
+        pub bias: &'a [f32],
+        pub pixels: [Option<usize>; 4],
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn output_w8(
-        m: (&[f32], usize, usize),
-        bias: &[f32],
-        px: &[Option<usize>; 4],
-        dst: &mut [f32],
-    ) -> usize {
-        output_all::<__m256>(m, bias, px, dst)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn output_w16(
-        m: (&[f32], usize, usize),
-        bias: &[f32],
-        px: &[Option<usize>; 4],
-        dst: &mut [f32],
-    ) -> usize {
-        output_all::<__m512>(m, bias, px, dst)
+    per_width! {
+        /// The output channels that fill whole vectors, as [`output_tile`], with `width`'s
+        /// instructions; the first channel left (`None`: no vectors on this CPU).
+        ///
+        /// # Safety
+        /// As [`output_tile`] for every vector.
+        pub unsafe fn output_vectors(r: &Results, dst: &mut [f32]) -> usize = output_all
     }
 
     #[inline(always)]
-    unsafe fn output_all<V: F32s>(
-        (m, at, stride): (&[f32], usize, usize),
-        bias: &[f32],
-        pixels: &[Option<usize>; 4],
-        dst: &mut [f32],
-    ) -> usize {
+    unsafe fn output_all<V: F32s>(r: &Results, dst: &mut [f32]) -> usize {
         let mut o0 = 0;
-        while o0 + V::LANES <= bias.len() {
-            output_tile::<V>(m, (at + o0, stride), &bias[o0..], pixels, o0, dst);
+        while o0 + V::LANES <= r.bias.len() {
+            output_tile::<V>(
+                r.m,
+                (r.at + o0, r.stride),
+                &r.bias[o0..],
+                &r.pixels,
+                o0,
+                dst,
+            );
             o0 += V::LANES;
         }
         o0
