@@ -585,7 +585,7 @@ impl TileUnit for TileModel {
 mod tests {
     use super::*;
     use crate::cpu::bf16;
-    use crate::cpu::reference::naive_linear;
+    use crate::cpu::reference::{naive_linear, AWKWARD_PRODUCTS};
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9e37_79b9) | 1;
@@ -716,20 +716,17 @@ mod tests {
         (a, b)
     }
 
-    /// The micro-kernel and its epilogue against `naive_linear` on bf16-rounded inputs: one
-    /// row, 13 rows, 16 and 17 rows (the block height switch), `k` not a multiple of 32, fewer
-    /// than 32 columns, bias and GELU, and `k` cut in two slices (bias then partial sums).
+    /// The micro-kernel and its epilogue against `naive_linear` on bf16-rounded inputs, on the
+    /// shapes of `AWKWARD_PRODUCTS` that fit one block (at most `MR` rows and `NR` columns): one
+    /// row, 13 rows, 16 and 17 rows (the block height switch), 32 rows, `k` not a multiple of
+    /// 32, fewer than 32 columns, bias and GELU, and `k` cut in two slices (bias then partial
+    /// sums).
     fn block_matches_naive<U: TileUnit>(u: &mut U) {
         let mut worst: f64 = 0.0;
-        let shapes: [(usize, usize, usize); 6] = [
-            (1, 1, 1),
-            (1, 40, 32),
-            (13, 77, 19),
-            (16, 32, 32),
-            (17, 100, 7),
-            (32, 200, 32),
-        ];
-        for (s, &(m, k, n)) in shapes.iter().enumerate() {
+        let shapes = AWKWARD_PRODUCTS
+            .iter()
+            .filter(|&&(m, _, n)| m <= MR && n <= NR);
+        for (s, &(m, k, n)) in shapes.enumerate() {
             let kp = k.div_ceil(KSTEP) * KSTEP;
             let x = pseudo(m * k, 10 + s as u32);
             let w = pseudo(n * k, 20 + s as u32);
