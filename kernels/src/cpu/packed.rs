@@ -712,13 +712,10 @@ fn blocked(
                                 avx512::kernel_bf16(kc, a, lda, b, tile)
                             }
                             WeightSlice::Tiles(b) => {
-                                tile_kernel.as_mut().expect("made for tile products").block(
-                                    kc,
-                                    rows_ref.u16s()[a_off..].as_ptr(),
-                                    tiles.stride(kc),
-                                    b,
-                                    &tile,
-                                )
+                                let a = rows_ref.u16s()[a_off..].as_ptr();
+                                let ops = amx::Operands { kc, a, lda, b };
+                                let kernel = tile_kernel.as_mut().expect("made for tile products");
+                                kernel.block(ops, &tile)
                             }
                         }
                     }
