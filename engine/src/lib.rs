@@ -3,6 +3,8 @@
 //! - [`weights`]: safetensors through mmap, sharded or not, f32/f16/bf16 widened to f32.
 //! - [`config`]: `transformer/config.json` with the upstream defaults and strict key checks.
 //! - [`backend`]: the interface each model's layers are loaded through ([`Cpu`], `cuda::Cuda`).
+//! - [`ops`]: the interface a model's forward is written against once ([`ops::CpuOps`],
+//!   `cuda::Cuda`).
 //! - [`mmdit`]: the MM-DiT of reference section 2 (structure once; CPU and CUDA forwards).
 //! - [`clip_text`], [`tokenizer`]: the CLIP text encoder and BPE tokenizer (section 3).
 //! - [`vqvae`]: the VQ-VAE encoder and decoder (section 4); [`image_io`]: image files.
@@ -26,6 +28,7 @@ pub mod limits;
 pub mod mmdit;
 pub mod model_dir;
 pub mod nn;
+pub mod ops;
 pub mod pipeline;
 pub mod pth;
 pub mod random;

@@ -107,6 +107,11 @@ impl Linear {
         out
     }
 
+    /// `x [M, in]` -> `out [M, out]`, every element written.
+    pub fn forward_into(&self, x: &[f32], out: &mut [f32]) {
+        packed::linear(x, &self.weight, self.bias.as_deref(), Epilogue::None, out);
+    }
+
     fn forward_with(&self, x: &[f32], epilogue: Epilogue) -> Vec<f32> {
         let m = x.len() / self.in_dim;
         let mut out = vec![0.0; m * self.out_dim];
@@ -219,16 +224,27 @@ impl Conv2d {
 /// Softmax attention `q, k, v [B, S, H, Dh] -> [B, S, H * Dh]` over `shape = (B, S, H)`,
 /// causal when asked, with the products in `compute` arithmetic.
 pub fn attention(
+    qkv: (&[f32], &[f32], &[f32]),
+    shape: (usize, usize, usize),
+    causal: bool,
+    compute: Compute,
+) -> Vec<f32> {
+    let mut out = vec![0.0; qkv.0.len()];
+    attention_into(qkv, shape, causal, compute, &mut out);
+    out
+}
+
+/// [`attention`] into `out [B, S, H, Dh]`, every element written.
+pub fn attention_into(
     (q, k, v): (&[f32], &[f32], &[f32]),
     (batch, seq, heads): (usize, usize, usize),
     causal: bool,
     compute: Compute,
-) -> Vec<f32> {
-    let mut out = vec![0.0; q.len()];
+    out: &mut [f32],
+) {
     let dh = q.len() / (batch * seq * heads);
     let shape = AttnShape::new(batch, seq, heads, dh, causal);
-    attention_with(q, k, v, shape, compute, &mut out);
-    out
+    attention_with(q, k, v, shape, compute, out);
 }
 
 /// The eps of every RMSNorm and LayerNorm in this family.

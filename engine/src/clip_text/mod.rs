@@ -1,20 +1,24 @@
 //! The CLIP text encoder (`transformers` `CLIPTextModelWithProjection`), reference section 3,
 //! described once: the layer structs below, whose fields are the checkpoint's module paths
 //! (`text_model.encoder.layers.i.self_attn.q_proj`), are loaded and checked once by
-//! [`ClipTextModel::load`] for any [`Backend`]; `cpu.rs` runs them on the CPU kernels,
-//! `cuda.rs` ([`cuda::CudaClipText`]) on the CUDA kernels.
+//! [`ClipTextModel::load`] for any [`Backend`]; `forward.rs` runs them, once for every backend,
+//! over [`crate::ops::Ops`]: on the CPU kernels ([`ClipTextModel::forward`]) and on the CUDA
+//! kernels (`cuda.rs`, [`cuda::CudaClipText`]: the device model and its entry points).
 //!
 //! Activations are row-major sequences `[B, L, D]`. The forward returns what Muddit uses:
 //! the penultimate hidden state (the transformer's text features), the last hidden state after
 //! `final_layer_norm`, and `text_embeds`, the projection of the last hidden state at the
 //! end-of-text position (the pooled vector).
 
-mod cpu;
 pub(crate) mod cuda;
+mod forward;
+
+pub use forward::{ClipOutputs, ClipTextOutput};
 
 use crate::backend::{Backend, Cpu, HeadSide};
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, component_dir, open_config, read_config};
+use crate::ops::Activation;
 use crate::weights::{Vb, Weights};
 use crate::Compute;
 use serde::{Deserialize, Serialize};
@@ -59,14 +63,6 @@ impl Default for ClipTextConfig {
             eos_token_id: 49407,
         }
     }
-}
-
-/// The MLP activation of a config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
-    GeluErf,
-    QuickGelu,
-    GeluTanh,
 }
 
 impl ClipTextConfig {
@@ -293,16 +289,6 @@ pub struct ClipTextModel<B: Backend = Cpu> {
     pub(crate) activation: Activation,
 }
 
-/// One forward's outputs.
-pub struct ClipTextOutput {
-    /// `[B, projection_dim]`
-    pub text_embeds: Vec<f32>,
-    /// `[B, L, D]`: output of layer `n - 1` of `n` (`hidden_states[-2]`), before the final norm.
-    pub penultimate: Vec<f32>,
-    /// `[B, L, D]`: output of the last layer after `final_layer_norm`.
-    pub last_hidden_state: Vec<f32>,
-}
-
 /// A tensor that older checkpoints store and the forward does not need.
 const POSITION_IDS: &str = "text_model.embeddings.position_ids";
 
@@ -310,6 +296,24 @@ impl ClipTextModel {
     /// Builds the model on the CPU from `vb` (the `text_encoder/` weights) for `cfg`.
     pub fn new(cfg: &ClipTextConfig, vb: &Vb) -> Result<Self> {
         Self::load(&Cpu, cfg, vb)
+    }
+
+    /// Rows of the token embedding: the config's `vocab_size`, plus one once `<mask>` is set.
+    pub fn vocab_rows(&self) -> usize {
+        self.text_model.embeddings.token_embedding.len() / self.cfg.hidden_size
+    }
+
+    /// Sets the embedding row of token `id` (the `<mask>` row from `mask_token_embedding.pth`),
+    /// appending a row when `id` is one past the table, as `resize_token_embeddings` does.
+    pub fn set_token_embedding(&mut self, id: usize, row: &[f32]) -> Result<()> {
+        let (d, rows) = (self.cfg.hidden_size, self.vocab_rows());
+        let place = token_row_place(d, rows, id, row)?;
+        let table = &mut self.text_model.embeddings.token_embedding;
+        match place {
+            std::cmp::Ordering::Less => table[id * d..(id + 1) * d].copy_from_slice(row),
+            _ => table.extend_from_slice(row),
+        }
+        Ok(())
     }
 }
 

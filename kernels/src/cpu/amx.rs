@@ -147,22 +147,26 @@ impl Default for Acc {
     }
 }
 
-/// `acc[16 H, NR] = a[16 H, kc] · b[kc, NR]` with `H` A tiles (1 or 2): `a` bf16 bits at row
-/// stride `lda` elements, `b` the pair panel slice `[kc/2][NR][2]`. The unit must hold
-/// [`TileConfig::full`].
+/// The operands of one block for one `kc` slice of `k`: the row tile `a` (bf16 bits, rows `lda`
+/// elements apart) and the weight's pair panel slice `b` (`[kc/2][NR][2]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Operands {
+    /// Values of `k` in the slice, a multiple of [`KSTEP`].
+    pub kc: usize,
+    pub a: *const u16,
+    pub lda: usize,
+    pub b: *const u16,
+}
+
+/// `acc[16 H, NR] = a[16 H, kc] · b[kc, NR]` with `H` A tiles (1 or 2) of `ops`. The unit must
+/// hold [`TileConfig::full`].
 ///
 /// # Safety
 /// `kc` a multiple of [`KSTEP`]; `a` holds `16 H` rows of `kc` values at stride `lda`; `b` holds
 /// `kc * NR` values.
 #[inline(always)]
-pub unsafe fn product<U: TileUnit, const H: usize>(
-    u: &mut U,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    acc: &mut Acc,
-) {
+pub unsafe fn product<U: TileUnit, const H: usize>(u: &mut U, ops: Operands, acc: &mut Acc) {
+    let Operands { kc, a, lda, b } = ops;
     debug_assert!(kc.is_multiple_of(KSTEP) && (1..=2).contains(&H));
     for row in &C[..H] {
         for &c in row {
@@ -266,24 +270,17 @@ unsafe fn finish_avx512(acc: &Acc, t: &Tile) {
     }
 }
 
-/// One block: `t (+)= a[t.rows, kc] · b[kc, NR]`, the 16-row product when `t.rows <= 16`.
+/// One block: `t (+)= a[t.rows, kc] · b[kc, NR]` of `ops`, the 16-row product when
+/// `t.rows <= 16`.
 ///
 /// # Safety
 /// As [`product`] and [`finish`]; `a` holds 32 rows when `t.rows > 16`, else 16.
 #[inline(always)]
-pub unsafe fn block<U: TileUnit>(
-    u: &mut U,
-    kc: usize,
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    acc: &mut Acc,
-    t: &Tile,
-) {
+pub unsafe fn block<U: TileUnit>(u: &mut U, ops: Operands, acc: &mut Acc, t: &Tile) {
     if t.rows > TILE_ROWS {
-        product::<U, 2>(u, kc, a, lda, b, acc);
+        product::<U, 2>(u, ops, acc);
     } else {
-        product::<U, 1>(u, kc, a, lda, b, acc);
+        product::<U, 1>(u, ops, acc);
     }
     finish(acc, t);
 }
@@ -337,11 +334,11 @@ impl Kernel {
     /// # Safety
     /// As [`block`].
     #[inline(always)]
-    pub unsafe fn block(&mut self, kc: usize, a: *const u16, lda: usize, b: *const u16, t: &Tile) {
+    pub unsafe fn block(&mut self, ops: Operands, t: &Tile) {
         match &mut self.unit {
             #[cfg(target_arch = "x86_64")]
-            Unit::Hardware(u) => block(u, kc, a, lda, b, &mut self.acc, t),
-            Unit::Model(u) => block(u, kc, a, lda, b, &mut self.acc, t),
+            Unit::Hardware(u) => block(u, ops, &mut self.acc, t),
+            Unit::Model(u) => block(u, ops, &mut self.acc, t),
         }
     }
 }
@@ -585,7 +582,7 @@ impl TileUnit for TileModel {
 mod tests {
     use super::*;
     use crate::cpu::bf16;
-    use crate::cpu::reference::naive_linear;
+    use crate::cpu::reference::{naive_linear, AWKWARD_PRODUCTS};
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9e37_79b9) | 1;
@@ -716,20 +713,17 @@ mod tests {
         (a, b)
     }
 
-    /// The micro-kernel and its epilogue against `naive_linear` on bf16-rounded inputs: one
-    /// row, 13 rows, 16 and 17 rows (the block height switch), `k` not a multiple of 32, fewer
-    /// than 32 columns, bias and GELU, and `k` cut in two slices (bias then partial sums).
+    /// The micro-kernel and its epilogue against `naive_linear` on bf16-rounded inputs, on the
+    /// shapes of `AWKWARD_PRODUCTS` that fit one block (at most `MR` rows and `NR` columns): one
+    /// row, 13 rows, 16 and 17 rows (the block height switch), 32 rows, `k` not a multiple of
+    /// 32, fewer than 32 columns, bias and GELU, and `k` cut in two slices (bias then partial
+    /// sums).
     fn block_matches_naive<U: TileUnit>(u: &mut U) {
         let mut worst: f64 = 0.0;
-        let shapes: [(usize, usize, usize); 6] = [
-            (1, 1, 1),
-            (1, 40, 32),
-            (13, 77, 19),
-            (16, 32, 32),
-            (17, 100, 7),
-            (32, 200, 32),
-        ];
-        for (s, &(m, k, n)) in shapes.iter().enumerate() {
+        let shapes = AWKWARD_PRODUCTS
+            .iter()
+            .filter(|&&(m, _, n)| m <= MR && n <= NR);
+        for (s, &(m, k, n)) in shapes.enumerate() {
             let kp = k.div_ceil(KSTEP) * KSTEP;
             let x = pseudo(m * k, 10 + s as u32);
             let w = pseudo(n * k, 20 + s as u32);
@@ -784,15 +778,13 @@ mod tests {
                             init,
                             gelu: gelu && ci + 1 == cuts.len(),
                         };
-                        block(
-                            u,
-                            p1 - p0,
-                            a[p0..].as_ptr(),
+                        let ops = Operands {
+                            kc: p1 - p0,
+                            a: a[p0..].as_ptr(),
                             lda,
-                            b[p0 * NR..].as_ptr(),
-                            &mut acc,
-                            &t,
-                        );
+                            b: b[p0 * NR..].as_ptr(),
+                        };
+                        block(u, ops, &mut acc, &t);
                     }
                     u.release();
                 }

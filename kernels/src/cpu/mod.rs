@@ -32,6 +32,30 @@ pub(crate) mod reference {
             .collect()
     }
 
+    /// Awkward `(m, k, n)` shapes of a product `x[M,K] · w[N,K]ᵀ`, shared by the product
+    /// kernels' tests, each taking those its kernel's limits allow: one row; 12, 13, 16, 17 and
+    /// 32 rows (the register tile, the AMX block heights and both A tiles); 300 and 700 rows
+    /// (several row blocks); `k` below, at, and not a multiple of 32, over one or two slice bounds
+    /// (512 f32, 1024 bf16); `n` below, at, and not a multiple of 32 columns.
+    pub const AWKWARD_PRODUCTS: [(usize, usize, usize); 16] = [
+        (1, 1, 1),
+        (1, 40, 32),
+        (5, 3, 17),
+        (12, 64, 32),
+        (13, 7, 33),
+        (13, 77, 19),
+        (16, 32, 32),
+        (16, 64, 32),
+        (17, 40, 31),
+        (17, 100, 7),
+        (29, 601, 40),
+        (32, 200, 32),
+        (33, 513, 65),
+        (37, 1030, 545),
+        (300, 300, 100),
+        (700, 96, 70),
+    ];
+
     /// `x[M,K] · w[N,K]ᵀ (+ b)` accumulated in f64.
     pub fn naive_linear(
         x: &[f32],

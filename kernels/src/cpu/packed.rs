@@ -713,13 +713,10 @@ fn blocked(
                                 avx512::kernel_bf16(kc, a, lda, b, tile)
                             }
                             WeightSlice::Tiles(b) => {
-                                tile_kernel.as_mut().expect("made for tile products").block(
-                                    kc,
-                                    rows_ref.u16s()[a_off..].as_ptr(),
-                                    tiles.stride(kc),
-                                    b,
-                                    &tile,
-                                )
+                                let a = rows_ref.u16s()[a_off..].as_ptr();
+                                let ops = amx::Operands { kc, a, lda, b };
+                                let kernel = tile_kernel.as_mut().expect("made for tile products");
+                                kernel.block(ops, &tile)
                             }
                         }
                     }
@@ -1094,7 +1091,7 @@ fn pack_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::reference::naive_linear;
+    use crate::cpu::reference::{naive_linear, AWKWARD_PRODUCTS};
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
@@ -1204,19 +1201,10 @@ mod tests {
             (Storage::Bf16, Compute::F32),
             (Storage::Bf16, Compute::Bf16),
         ];
-        let shapes = [
-            (1, 1, 1),
-            (5, 3, 17),
-            (13, 7, 33),
-            (12, 64, 32),
-            (300, 300, 100),
-            (29, 601, 40),
-            (37, 1030, 545),
-        ];
         for isa in isas.into_iter().filter(|&i| i <= Isa::detect()) {
             let mut worst = 0.0f32;
             for (storage, compute) in modes {
-                for &(m, k, n) in &shapes {
+                for &(m, k, n) in &AWKWARD_PRODUCTS {
                     let (x, w, b) = (pseudo(m * k, 1), pseudo(n * k, 2), pseudo(n, 3));
                     let pw = PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa);
                     let wv = match storage {
@@ -1233,24 +1221,14 @@ mod tests {
 
     /// The whole AMX path (activations packed into 32-row bf16 tiles, weight panels padded to
     /// 32 values of k, blocks over threads, k slices, the 16- and 32-row kernels) with every tile
-    /// instruction run by the software model: rows 1, 13, 16, 17, 33, 300 and 700 (m blocks),
-    /// columns not a multiple of 32, k not a multiple of 32 and over one or two slice bounds.
+    /// instruction run by the software model, on every shape of `AWKWARD_PRODUCTS`: rows 1 to
+    /// 700 (m blocks), columns not a multiple of 32, k not a multiple of 32 and over one or two
+    /// slice bounds.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn amx_path_on_the_tile_model_matches_naive() {
-        let shapes = [
-            (1, 1, 1),
-            (13, 7, 33),
-            (16, 64, 32),
-            (17, 40, 31),
-            (33, 513, 65),
-            (300, 300, 100),
-            (29, 601, 40),
-            (37, 1030, 545),
-            (700, 96, 70),
-        ];
         let mut worst = 0.0f32;
-        for &(m, k, n) in &shapes {
+        for &(m, k, n) in &AWKWARD_PRODUCTS {
             let (x, w, b) = (pseudo(m * k, 1), pseudo(n * k, 2), pseudo(n, 3));
             let pw = PackedMatrix::on_tile_model(Source::F32(&w), n, k);
             assert_eq!(pw.kernel(), "amx (tile model)");
