@@ -11,7 +11,8 @@
 //!
 //! `ceiling/{f32_fma,f32_fma256,bf16_dot}`: the machine's ceiling in the same sitting, from a
 //! loop of independent register-only `vfmadd231ps` (zmm, 24 accumulators; ymm, 12) /
-//! `vdpbf16ps` (24) on every rayon thread; the ratio of a product's FLOP/s to its dtype's ceiling is what BENCHMARKS.md quotes.
+//! `vdpbf16ps` (24) on every rayon thread; the ratio of a product's FLOP/s to its dtype's
+//! ceiling is what BENCHMARKS.md quotes.
 //!
 //! Run: `cargo bench -p muddit-benches --bench matmul` (`MUDDIT_BENCH_MODES=f32,bf16` to pick;
 //! every mode: `f32,bf16w_f32,bf16,bf16_widened,bf16_dot,f32_avx2,gemm_crate`).

@@ -1,7 +1,7 @@
 //! AVX2 + FMA micro-kernels for the packed matrix products (`packed.rs`), for x86 CPUs without
 //! AVX-512 (most laptops, older servers), and the vector helpers the widened bf16 path uses on
-//! every x86 level (the element-wise maths of both widths is in `simd.rs`). Every function here needs `avx2` and `fma`; callers check with
-//! [`super::isa::Isa::detect`] first.
+//! every x86 level (the element-wise maths of both widths is in `simd.rs`). Every function here
+//! needs `avx2` and `fma`; callers check with [`super::isa::Isa::detect`] first.
 //!
 //! Sixteen ymm registers hold a 6 x 16 block of f32 accumulators (12 registers), two weight
 //! vectors and one broadcast: the classic AVX2 register tile. The [`MR`] x [`NR`] = 12 x 32 tile

@@ -19,6 +19,16 @@ pub enum Width {
     W16,
 }
 
+impl Width {
+    /// f32 values per vector.
+    pub fn lanes(self) -> usize {
+        match self {
+            Width::W8 => 8,
+            Width::W16 => 16,
+        }
+    }
+}
+
 /// The width of this CPU's level (`Isa::detect`).
 pub fn width() -> Option<Width> {
     match Isa::detect() {

@@ -325,11 +325,7 @@ fn transform_inputs(image: &Image, t0: usize, tiles_x: usize, u: &mut [f32]) {
 pub fn suits(c_in: usize, c_out: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let Some(w) = super::simd::width() {
-        let lanes = match w {
-            super::simd::Width::W8 => 8,
-            super::simd::Width::W16 => 16,
-        };
-        return c_in >= lanes && c_out >= lanes;
+        return c_in >= w.lanes() && c_out >= w.lanes();
     }
     let _ = (c_in, c_out);
     false
