@@ -82,41 +82,62 @@ impl Linear {
 
     /// `[M, in] -> [M, out]`
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        self.forward_with(x, Epilogue::None)
+        self.forward_with(Input::Rows(x), Epilogue::None)
     }
 
     /// `[M, in] -> [M, out]` with GELU-tanh applied to the outputs.
     pub fn forward_gelu(&self, x: &[f32]) -> Vec<f32> {
-        self.forward_with(x, Epilogue::GeluTanh)
+        self.forward_with(Input::Rows(x), Epilogue::GeluTanh)
     }
 
     /// `a [M, ka]` and `b [M, in - ka]` side by side `-> [M, out]`, without writing their
     /// concatenation.
     pub fn forward_concat(&self, a: &[f32], ka: usize, b: &[f32]) -> Vec<f32> {
-        let (m, kb) = (a.len() / ka.max(1), self.in_dim - ka);
-        assert_eq!(b.len(), m * kb, "forward_concat: b is not [M, in - ka]");
-        let mut out = vec![0.0; m * self.out_dim];
-        let x = packed::Concat { a, ka, b, kb };
-        packed::linear_rows(
-            &x,
-            &self.weight,
-            self.bias.as_deref(),
-            Epilogue::None,
-            &mut out,
-        );
-        out
+        self.forward_with(Input::Concat(a, ka, b), Epilogue::None)
     }
 
     /// `x [M, in]` -> `out [M, out]`, every element written.
     pub fn forward_into(&self, x: &[f32], out: &mut [f32]) {
-        packed::linear(x, &self.weight, self.bias.as_deref(), Epilogue::None, out);
+        self.apply(Input::Rows(x), Epilogue::None, out);
     }
 
-    fn forward_with(&self, x: &[f32], epilogue: Epilogue) -> Vec<f32> {
-        let m = x.len() / self.in_dim;
-        let mut out = vec![0.0; m * self.out_dim];
-        packed::linear(x, &self.weight, self.bias.as_deref(), epilogue, &mut out);
+    /// `x [M, in]` -> `out [M, out]` with `epilogue`, every element written.
+    pub fn apply(&self, x: Input<'_>, epilogue: Epilogue, out: &mut [f32]) {
+        let (w, bias) = (&self.weight, self.bias.as_deref());
+        match x {
+            Input::Rows(x) => packed::linear(x, w, bias, epilogue, out),
+            Input::Concat(a, ka, b) => {
+                let (m, kb) = (a.len() / ka.max(1), self.in_dim - ka);
+                assert_eq!(b.len(), m * kb, "forward_concat: b is not [M, in - ka]");
+                let x = packed::Concat { a, ka, b, kb };
+                packed::linear_rows(&x, w, bias, epilogue, out);
+            }
+        }
+    }
+
+    fn forward_with(&self, x: Input<'_>, epilogue: Epilogue) -> Vec<f32> {
+        let mut out = vec![0.0; x.rows(self.in_dim) * self.out_dim];
+        self.apply(x, epilogue, &mut out);
         out
+    }
+}
+
+/// The left operand of [`Linear::apply`].
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// `[M, in]`
+    Rows(&'a [f32]),
+    /// `a [M, ka]` and `b [M, in - ka]` side by side: `Concat(a, ka, b)`.
+    Concat(&'a [f32], usize, &'a [f32]),
+}
+
+impl Input<'_> {
+    /// `M`, for a linear map of `in_dim` inputs.
+    pub fn rows(&self, in_dim: usize) -> usize {
+        match *self {
+            Input::Rows(x) => x.len() / in_dim.max(1),
+            Input::Concat(a, ka, _) => a.len() / ka.max(1),
+        }
     }
 }
 

@@ -4,18 +4,20 @@
 //! [`Backend`]'s storage, the activations are its own types, and every operation writes into an
 //! output the forward allocated beforehand ([`Ops::f32s`], [`Ops::acts`]). A device backend thus
 //! launches into buffers that every layer reuses, and the CPU allocates once per forward rather
-//! than once per operation. A path that one backend fuses is one method here, the other
-//! backend's implementation being the plain sequence: [`Ops::linear_act`] (the activation in the
-//! device GEMM's epilogue), [`Ops::linear_residual`] (the residual add in it).
+//! than once per operation. A path that one backend fuses is one operation here, the other
+//! backend's implementation being the plain sequence: an [`Out`] kind (an activation, a residual
+//! add, a gated residual add, a row map: the device does each in its GEMM's epilogue),
+//! [`Ops::qk_norm_rope`] (one launch on the device), [`Ops::modulate`].
 //!
 //! [`CpuOps`] runs on `muddit_kernels::cpu` (f32 activations); `crate::cuda::Cuda` on the CUDA
 //! kernels (an f32 residual stream, bf16 activations, attention heads in the kernels' slots).
 
 use crate::backend::{Backend, Cpu};
 use crate::error::Result;
-use crate::nn::attention_into;
-use muddit_kernels::cpu::packed::Compute;
-use muddit_kernels::cpu::{act, norm};
+use crate::nn::{attention_into, Input, Linear, NORM_EPS};
+use muddit_kernels::cpu::packed::{Compute, Epilogue};
+use muddit_kernels::cpu::{act, norm, rope};
+use rayon::prelude::*;
 
 /// An element-wise activation after a matrix product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub enum Activation {
     QuickGelu,
     /// GELU's tanh approximation.
     GeluTanh,
+    /// `x * sigmoid(x)`.
+    Silu,
 }
 
 /// A linear layer in the storage of `O`'s backend.
@@ -45,6 +49,81 @@ pub enum Out<'a, O: Ops + ?Sized> {
     F32(&'a mut O::F32),
     /// `out += y`, a residual stream: the device adds in the product's epilogue.
     Residual(&'a mut O::F32),
+    /// `out [R, N] += y` on every row, of a product of one row `[1, N]`.
+    Broadcast(&'a mut O::F32),
+    /// `out += gate * y`, the gate chunk `c` of each item's modulation: `Gated(out, mods, c)`.
+    Gated(&'a mut O::F32, Chunks<'a, O>, usize),
+    /// `y` into the rows `rows` of `out`, the others kept (q, k, v of one stream into the joint
+    /// sequence's buffers).
+    Rows(&'a mut O::Act, Rows),
+    /// `act(y)` into the right part of a [`Ops::Cat`].
+    Right(&'a mut O::Cat, Activation),
+}
+
+/// Rows `offset..offset + per` of each of `batch` items of `stride` rows: the text (`offset`
+/// 0, `per = L`) or the image (`offset = L`, `per = N`) part of a joint `[B, L + N, ..]` buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rows {
+    pub batch: usize,
+    pub per: usize,
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl Rows {
+    /// Every row of `batch` items of `per` rows.
+    pub fn all(batch: usize, per: usize) -> Rows {
+        Rows {
+            batch,
+            per,
+            stride: per,
+            offset: 0,
+        }
+    }
+
+    /// Rows `offset..offset + per` of each item of `stride` rows.
+    pub fn part(batch: usize, (per, stride, offset): (usize, usize, usize)) -> Rows {
+        Rows {
+            batch,
+            per,
+            stride,
+            offset,
+        }
+    }
+
+    /// The rows named: `batch * per`.
+    pub fn count(&self) -> usize {
+        self.batch * self.per
+    }
+
+    /// The first row of item `b`.
+    pub fn start(&self, b: usize) -> usize {
+        b * self.stride + self.offset
+    }
+}
+
+/// Per-item modulation vectors: chunk `c` of item `b` is `mods[b, c * width..(c + 1) * width]`
+/// of `mods [B, chunks * width]`, and applies to the `per` rows of item `b`.
+pub struct Chunks<'a, O: Ops + ?Sized> {
+    pub mods: &'a O::F32,
+    pub chunks: usize,
+    pub width: usize,
+    pub per: usize,
+}
+
+impl<O: Ops + ?Sized> Clone for Chunks<'_, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<O: Ops + ?Sized> Copy for Chunks<'_, O> {}
+
+/// An image grid of `[B, h, w, C]` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    pub batch: usize,
+    pub h: usize,
+    pub w: usize,
 }
 
 /// An affine LayerNorm's parameters (`nn.LayerNorm`): `weight`, `bias` `[D]`, `eps`.
@@ -63,12 +142,23 @@ pub trait Ops {
     type F32;
     /// What matrix products read and write: f32 on the CPU, bf16 on a device.
     type Act;
+    /// Token ids as a lookup reads them: `[i64]` on the CPU, `u32` on a device.
+    type Ids: ?Sized;
+    /// Two activations `[M, Ka]` and `[M, Kb]` that one product reads side by side as
+    /// `[M, Ka + Kb]` ([`Ops::linear_cat`]): one buffer on a device, two on the CPU.
+    type Cat;
 
     /// `n` f32 zeros.
     fn f32s(&self, n: usize) -> Result<Self::F32>;
 
     /// `n` activations, zero.
     fn acts(&self, n: usize) -> Result<Self::Act>;
+
+    /// `values` in f32.
+    fn upload(&self, values: &[f32]) -> Result<Self::F32>;
+
+    /// `[rows, ka + kb]`, zero.
+    fn cat(&self, rows: usize, ka: usize, kb: usize) -> Result<Self::Cat>;
 
     /// Rows of `table`, `cols` values each.
     fn table_rows(&self, table: &TableOf<Self>, cols: usize) -> usize;
@@ -80,18 +170,100 @@ pub trait Ops {
     /// `out [B, L, D]`: the rows `lookup` names.
     fn embed(&self, lookup: Lookup<'_, Self>, out: &mut Self::F32) -> Result<()>;
 
-    /// LayerNorm of the rows `x [M, D]` into `out [M, D]`.
-    fn layer_norm(&self, x: &Self::F32, norm: Affine<'_, Self>, out: &mut Self::Act) -> Result<()>;
+    /// `out [R, D]`: row `ids[i]` of `table` at row `i` (ids checked by the caller).
+    fn gather(&self, table: &TableOf<Self>, ids: &Self::Ids, out: &mut Self::Act) -> Result<()>;
+
+    /// LayerNorm of the rows `x [M, D]` into `out [M, D]`, with `affine`'s weights and eps, or
+    /// none and eps `NORM_EPS`.
+    fn layer_norm(
+        &self,
+        x: &Self::F32,
+        d: usize,
+        affine: Option<Affine<'_, Self>>,
+        out: &mut Self::Act,
+    ) -> Result<()>;
+
+    /// RMSNorm of the rows `x [M, D]` in place, `weight [D]`, eps `NORM_EPS`.
+    fn rms_norm_(&self, x: &mut Self::Act, weight: &VectorOf<Self>) -> Result<()>;
+
+    /// `LayerNorm(x) * (1 + scale) + shift` of the rows `x [M, D]` into `out`, `shift` and
+    /// `scale` the chunks `(shift, scale)` of each item's modulation.
+    fn modulate(
+        &self,
+        x: &Self::F32,
+        mods: Chunks<'_, Self>,
+        shift_scale: (usize, usize),
+        out: &mut Self::Act,
+    ) -> Result<()>;
+
+    /// The rows `rows` of `x [.., H, Dh]` (q or k in a joint buffer) RMS-normalised per head
+    /// (`weight [Dh]`), then rotated by the tables `(cos, sin)` `[S, Dh]` of the joint sequence.
+    fn qk_norm_rope(
+        &self,
+        x: &mut Self::Act,
+        rows: Rows,
+        weight: &VectorOf<Self>,
+        rope: (&Self::F32, &Self::F32),
+    ) -> Result<()>;
 
     /// `x [M, K] · Wᵀ + b` into `out`, as `out` says.
     fn linear(&self, lin: &LinearOf<Self>, x: &Self::Act, out: Out<'_, Self>) -> Result<()>;
+
+    /// [`Ops::linear`] of the rows `rows` of `x`.
+    fn linear_rows(
+        &self,
+        lin: &LinearOf<Self>,
+        x: &Self::Act,
+        rows: Rows,
+        out: Out<'_, Self>,
+    ) -> Result<()>;
+
+    /// [`Ops::linear`] of the two parts of `x` side by side.
+    fn linear_cat(&self, lin: &LinearOf<Self>, x: &Self::Cat, out: Out<'_, Self>) -> Result<()>;
+
+    /// A 2x2 stride-2 convolution held as a linear map of patches `[(ki, kj, C)] -> [O]`:
+    /// `x [B, h, w, C]` -> `out [B, h/2, w/2, O]` (`h`, `w` even) on `grid`, `x`'s.
+    fn patches_2x2(
+        &self,
+        lin: &LinearOf<Self>,
+        x: &Self::Act,
+        grid: Grid,
+        out: &mut Self::Act,
+    ) -> Result<()>;
+
+    /// A 2x2 stride-2 transposed convolution held as a linear map `[C] -> [(ki, kj, O)]`:
+    /// `x [B, h, w, C]` -> `out [B, 2h, 2w, O]` on `grid`, `x`'s.
+    fn unpatch_2x2(
+        &self,
+        lin: &LinearOf<Self>,
+        x: &Self::Act,
+        grid: Grid,
+        out: &mut Self::Act,
+    ) -> Result<()>;
 
     /// Softmax attention, scale `1/sqrt(Dh)`, of the heads `qkv = (q, k, v)`, `[B, L, H, Dh]`
     /// each (as [`Backend::linear_heads`] lays them out), into `out`, alike.
     fn attention(&self, qkv: Qkv<'_, Self>, shape: AttnShape, out: &mut Self::Act) -> Result<()>;
 
+    /// [`Ops::attention`] into the left part of `out`.
+    fn attention_cat(
+        &self,
+        qkv: Qkv<'_, Self>,
+        shape: AttnShape,
+        out: &mut Self::Cat,
+    ) -> Result<()>;
+
+    /// `out = act(x)` (or `x`) as activations, of one length.
+    fn cast(&self, x: &Self::F32, act: Option<Activation>, out: &mut Self::Act) -> Result<()>;
+
+    /// `out = x` in f32, of one length.
+    fn widen(&self, x: &Self::Act, out: &mut Self::F32) -> Result<()>;
+
     /// `out = x`, of one length.
     fn copy(&self, x: &Self::F32, out: &mut Self::F32) -> Result<()>;
+
+    /// The rows `from` of `x` into the rows `to` of `out` (one count and row width).
+    fn copy_rows(&self, x: (&Self::F32, Rows), out: (&mut Self::F32, Rows)) -> Result<()>;
 
     /// `out [R, D]`: row `rows[i]` of `x [M, D]` at row `i`, `R` the length of `rows`.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize], out: &mut Self::Act) -> Result<()>;
@@ -133,10 +305,91 @@ pub struct CpuOps {
     pub compute: Compute,
 }
 
+/// [`Ops::Cat`] on the CPU: the two parts, read side by side by the packing of the product.
+pub struct CpuCat {
+    /// `[M, Ka]`
+    pub left: Vec<f32>,
+    /// `[M, Kb]`
+    pub right: Vec<f32>,
+    ka: usize,
+}
+
+impl CpuOps {
+    /// The product of `x` with `lin` where `out` says; `Residual`, `Broadcast`, `Gated` and
+    /// `Rows` through a temporary.
+    fn product(&self, lin: &Linear, x: Input<'_>, out: Out<'_, Self>) -> Result<()> {
+        let temporary = |x: Input<'_>| {
+            let mut y = vec![0.0; x.rows(lin.in_dim) * lin.out_dim];
+            lin.apply(x, Epilogue::None, &mut y);
+            y
+        };
+        match out {
+            Out::Act(y) | Out::F32(y) => lin.apply(x, Epilogue::None, y),
+            Out::Activated(y, activation) => activated(lin, x, activation, y),
+            Out::Right(cat, activation) => activated(lin, x, activation, &mut cat.right),
+            Out::Residual(y) => {
+                let r = temporary(x); // [M, N]
+                y.iter_mut().zip(&r).for_each(|(v, a)| *v += a);
+            }
+            Out::Broadcast(y) => {
+                let r = temporary(x); // [1, N]
+                for row in y.chunks_exact_mut(r.len()) {
+                    row.iter_mut().zip(&r).for_each(|(v, a)| *v += a);
+                }
+            }
+            Out::Gated(y, mods, gate) => gated_add_(y, &temporary(x), mods, gate),
+            Out::Rows(y, rows) => {
+                let r = temporary(x); // [R, N]
+                let n = lin.out_dim;
+                for b in 0..rows.batch {
+                    let src = &r[b * rows.per * n..(b + 1) * rows.per * n];
+                    y[rows.start(b) * n..][..src.len()].copy_from_slice(src);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `y = act(x · Wᵀ + b)`, GELU-tanh in the product's epilogue.
+fn activated(lin: &Linear, x: Input<'_>, activation: Activation, y: &mut [f32]) {
+    if activation == Activation::GeluTanh {
+        return lin.apply(x, Epilogue::GeluTanh, y);
+    }
+    lin.apply(x, Epilogue::None, y);
+    match activation {
+        Activation::GeluErf => act::gelu_erf_(y),
+        Activation::QuickGelu => act::quick_gelu_(y),
+        Activation::GeluTanh => unreachable!("in the epilogue above"),
+        Activation::Silu => act::silu_(y),
+    }
+}
+
+/// `x += gate * y` for the rows of `x, y [B, S, D]`, item `b`'s `gate [D]` chunk `gate` of its
+/// modulation.
+fn gated_add_(x: &mut [f32], y: &[f32], mods: Chunks<'_, CpuOps>, gate: usize) {
+    let d = mods.width;
+    let per_item = mods.per * d;
+    for (b, (xb, yb)) in x.chunks_mut(per_item).zip(y.chunks(per_item)).enumerate() {
+        let at = (b * mods.chunks + gate) * d;
+        let gate = &mods.mods[at..at + d];
+        xb.par_chunks_mut(d)
+            .zip(yb.par_chunks(d))
+            .with_min_len(64)
+            .for_each(|(xr, yr)| {
+                for ((xv, yv), g) in xr.iter_mut().zip(yr).zip(gate) {
+                    *xv += g * yv;
+                }
+            });
+    }
+}
+
 impl Ops for CpuOps {
     type Backend = Cpu;
     type F32 = Vec<f32>;
     type Act = Vec<f32>;
+    type Ids = [i64];
+    type Cat = CpuCat;
 
     fn f32s(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
@@ -144,6 +397,18 @@ impl Ops for CpuOps {
 
     fn acts(&self, n: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; n])
+    }
+
+    fn upload(&self, values: &[f32]) -> Result<Vec<f32>> {
+        Ok(values.to_vec())
+    }
+
+    fn cat(&self, rows: usize, ka: usize, kb: usize) -> Result<CpuCat> {
+        Ok(CpuCat {
+            left: vec![0.0; rows * ka],
+            right: vec![0.0; rows * kb],
+            ka,
+        })
     }
 
     fn table_rows(&self, table: &Vec<f32>, cols: usize) -> usize {
@@ -167,9 +432,26 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    fn layer_norm(&self, x: &Vec<f32>, norm: Affine<'_, Self>, out: &mut Vec<f32>) -> Result<()> {
-        let d = norm.weight.len();
+    fn gather(&self, table: &Vec<f32>, ids: &[i64], out: &mut Vec<f32>) -> Result<()> {
+        let d = out.len() / ids.len().max(1);
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(d)) {
+            row.copy_from_slice(&table[id as usize * d..(id as usize + 1) * d]);
+        }
+        Ok(())
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Vec<f32>,
+        d: usize,
+        affine: Option<Affine<'_, Self>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         out.copy_from_slice(x);
+        let Some(norm) = affine else {
+            norm::layer_norm_(out, d, NORM_EPS);
+            return Ok(());
+        };
         norm::layer_norm_(out, d, norm.eps);
         for row in out.chunks_exact_mut(d) {
             for ((v, w), b) in row.iter_mut().zip(norm.weight).zip(norm.bias) {
@@ -179,20 +461,103 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    fn linear(&self, lin: &LinearOf<Self>, x: &Vec<f32>, out: Out<'_, Self>) -> Result<()> {
-        match out {
-            Out::Act(y) | Out::F32(y) => lin.forward_into(x, y),
-            Out::Activated(y, activation) => {
-                lin.forward_into(x, y);
-                match activation {
-                    Activation::GeluErf => act::gelu_erf_(y),
-                    Activation::QuickGelu => act::quick_gelu_(y),
-                    Activation::GeluTanh => act::gelu_tanh_(y),
+    fn rms_norm_(&self, x: &mut Vec<f32>, weight: &Vec<f32>) -> Result<()> {
+        norm::rms_norm_(x, weight, NORM_EPS);
+        Ok(())
+    }
+
+    fn modulate(
+        &self,
+        x: &Vec<f32>,
+        mods: Chunks<'_, Self>,
+        (shift, scale): (usize, usize),
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let d = mods.width;
+        let per_item = mods.per * d;
+        for (b, (xb, ob)) in x.chunks(per_item).zip(out.chunks_mut(per_item)).enumerate() {
+            let row = &mods.mods[b * mods.chunks * d..(b + 1) * mods.chunks * d];
+            let chunk = |c: usize| &row[c * d..(c + 1) * d];
+            norm::layer_norm_modulate(xb, chunk(shift), chunk(scale), NORM_EPS, ob);
+        }
+        Ok(())
+    }
+
+    /// `rms_norm_` per head, then `apply_rope_`, item by item.
+    fn qk_norm_rope(
+        &self,
+        x: &mut Vec<f32>,
+        rows: Rows,
+        weight: &Vec<f32>,
+        (cos, sin): (&Vec<f32>, &Vec<f32>),
+    ) -> Result<()> {
+        let dh = weight.len();
+        let width = x.len() / (rows.batch * rows.stride); // H * Dh
+        let tables = rows.offset * dh..(rows.offset + rows.per) * dh;
+        for b in 0..rows.batch {
+            let part = &mut x[rows.start(b) * width..][..rows.per * width];
+            norm::rms_norm_(part, weight, NORM_EPS);
+            let (c, s) = (&cos[tables.clone()], &sin[tables.clone()]);
+            rope::apply_rope_(part, c, s, width / dh, dh);
+        }
+        Ok(())
+    }
+
+    fn linear(&self, lin: &Linear, x: &Vec<f32>, out: Out<'_, Self>) -> Result<()> {
+        self.product(lin, Input::Rows(x), out)
+    }
+
+    /// The rows gathered first.
+    fn linear_rows(
+        &self,
+        lin: &Linear,
+        x: &Vec<f32>,
+        rows: Rows,
+        out: Out<'_, Self>,
+    ) -> Result<()> {
+        let k = lin.in_dim;
+        let mut picked = Vec::with_capacity(rows.count() * k);
+        for b in 0..rows.batch {
+            picked.extend_from_slice(&x[rows.start(b) * k..][..rows.per * k]);
+        }
+        self.product(lin, Input::Rows(&picked), out)
+    }
+
+    fn linear_cat(&self, lin: &Linear, x: &CpuCat, out: Out<'_, Self>) -> Result<()> {
+        self.product(lin, Input::Concat(&x.left, x.ka, &x.right), out)
+    }
+
+    /// The patches gathered, then one product.
+    fn patches_2x2(&self, lin: &Linear, x: &Vec<f32>, g: Grid, out: &mut Vec<f32>) -> Result<()> {
+        let d = x.len() / (g.batch * g.h * g.w);
+        let mut patches = Vec::with_capacity(x.len()); // [B, h/2, w/2, (2, 2, C)]
+        for b in 0..g.batch {
+            for i in 0..g.h / 2 {
+                for j in 0..g.w / 2 {
+                    for (ki, kj) in TAPS {
+                        let at = ((b * g.h + 2 * i + ki) * g.w + 2 * j + kj) * d;
+                        patches.extend_from_slice(&x[at..at + d]);
+                    }
                 }
             }
-            Out::Residual(y) => {
-                let r = lin.forward(x); // [M, N]
-                y.iter_mut().zip(&r).for_each(|(v, a)| *v += a);
+        }
+        lin.forward_into(&patches, out);
+        Ok(())
+    }
+
+    /// One product, then its taps scattered.
+    fn unpatch_2x2(&self, lin: &Linear, x: &Vec<f32>, g: Grid, out: &mut Vec<f32>) -> Result<()> {
+        let y = lin.forward(x); // [B, h, w, (2, 2, O)]
+        let d = lin.out_dim / 4;
+        for b in 0..g.batch {
+            for i in 0..g.h {
+                for j in 0..g.w {
+                    let src = ((b * g.h + i) * g.w + j) * 4 * d;
+                    for (kk, (ki, kj)) in TAPS.into_iter().enumerate() {
+                        let dst = ((b * 2 * g.h + 2 * i + ki) * 2 * g.w + 2 * j + kj) * d;
+                        out[dst..dst + d].copy_from_slice(&y[src + kk * d..src + (kk + 1) * d]);
+                    }
+                }
             }
         }
         Ok(())
@@ -205,8 +570,41 @@ impl Ops for CpuOps {
         Ok(())
     }
 
+    fn attention_cat(&self, qkv: Qkv<'_, Self>, shape: AttnShape, out: &mut CpuCat) -> Result<()> {
+        self.attention(qkv, shape, &mut out.left)
+    }
+
+    fn cast(&self, x: &Vec<f32>, activation: Option<Activation>, out: &mut Vec<f32>) -> Result<()> {
+        out.copy_from_slice(x);
+        match activation {
+            None => {}
+            Some(Activation::GeluErf) => act::gelu_erf_(out),
+            Some(Activation::QuickGelu) => act::quick_gelu_(out),
+            Some(Activation::GeluTanh) => act::gelu_tanh_(out),
+            Some(Activation::Silu) => act::silu_(out),
+        }
+        Ok(())
+    }
+
+    fn widen(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        self.copy(x, out)
+    }
+
     fn copy(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         out.copy_from_slice(x);
+        Ok(())
+    }
+
+    fn copy_rows(
+        &self,
+        (x, from): (&Vec<f32>, Rows),
+        (out, to): (&mut Vec<f32>, Rows),
+    ) -> Result<()> {
+        let d = x.len() / (from.batch * from.stride);
+        for b in 0..from.batch {
+            let src = &x[from.start(b) * d..][..from.per * d];
+            out[to.start(b) * d..][..src.len()].copy_from_slice(src);
+        }
         Ok(())
     }
 
@@ -218,3 +616,6 @@ impl Ops for CpuOps {
         Ok(())
     }
 }
+
+/// The taps `(ki, kj)` of a 2x2 kernel, in the order its patches are stored.
+pub const TAPS: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 0), (1, 1)];

@@ -174,6 +174,6 @@ impl<B: Backend> LayerNorm<B> {
             bias: &self.bias,
             eps: self.eps,
         };
-        ops.layer_norm(x, norm, out)
+        ops.layer_norm(x, self.width, Some(norm), out)
     }
 }

@@ -205,6 +205,8 @@ pub(crate) struct LayerNorm<B: Backend> {
     pub weight: B::Vector,
     pub bias: B::Vector,
     pub eps: f32,
+    /// `D`
+    pub width: usize,
 }
 
 impl<B: Backend> LayerNorm<B> {
@@ -213,6 +215,7 @@ impl<B: Backend> LayerNorm<B> {
             weight: b.vector(vb, "weight", d)?,
             bias: b.vector(vb, "bias", d)?,
             eps: eps as f32,
+            width: d,
         })
     }
 }

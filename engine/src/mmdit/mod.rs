@@ -8,8 +8,8 @@
 //! Activations are row-major with the channel last: image tokens `[B, h, w, D]` (the
 //! checkpoint's convolutions run as matrix products over pixels), sequences `[B, S, D]`.
 
-pub(crate) mod cpu;
 pub(crate) mod cuda;
+pub(crate) mod forward;
 
 use crate::backend::{Backend, Cpu, HeadSide};
 use crate::config::{ModelClass, TransformerConfig};
@@ -75,6 +75,13 @@ pub(crate) const DUAL_MLP: Modulation = Modulation {
     scale: 4,
     gate: 5,
 };
+impl Modulation {
+    /// `(shift, scale)`
+    pub(crate) fn shift_scale(&self) -> (usize, usize) {
+        (self.shift, self.scale)
+    }
+}
+
 /// A single block's one modulation (`AdaLayerNormZeroSingle`: shift, scale, gate).
 pub(crate) const SINGLE: Modulation = Modulation {
     chunks: 3,
