@@ -80,7 +80,12 @@ pub struct DConv {
 impl DConv {
     /// The convolution of `spec`, stored for `c_in_pad` input and `c_out_pad` output channels;
     /// a stride and padding the kernels do not run are errors.
-    fn new(dev: &Device, vb: &Vb, spec: Conv2dSpec, (c_in_pad, c_out_pad): (usize, usize)) -> Result<Self> {
+    fn new(
+        dev: &Device,
+        vb: &Vb,
+        spec: Conv2dSpec,
+        (c_in_pad, c_out_pad): (usize, usize),
+    ) -> Result<Self> {
         let (c_in, c_out, ksize) = (spec.c_in, spec.c_out, spec.kernel);
         let geometry = kernel_geometry(spec)?;
         let w = vb.get("weight", &[c_out, c_in, ksize, ksize])?;

@@ -74,7 +74,8 @@ impl VqModel {
     pub fn decode(&self, ids: &[i64], batch: usize, h: usize, w: usize) -> Result<Vec<f32>> {
         let ops = self.ops();
         let rows = &self.codebook.rows;
-        let x = (self.decode).forward(&ops, &self.cfg, self.activation, rows, (ids, (batch, h, w)))?;
+        let x =
+            (self.decode).forward(&ops, &self.cfg, self.activation, rows, (ids, (batch, h, w)))?;
         ops.download_image(&x)
     }
 }

@@ -138,7 +138,11 @@ impl<B: Backend> AttnBlock<B> {
             ops.linear(lin, ops.rows(&h), Out::Act(&mut y))?;
             Ok(y)
         };
-        let (q, k, v) = (project(&self.to_q)?, project(&self.to_k)?, project(&self.to_v)?);
+        let (q, k, v) = (
+            project(&self.to_q)?,
+            project(&self.to_k)?,
+            project(&self.to_v)?,
+        );
         let mut a = ops.acts(s.pixels() * ops.out_width(&self.to_q))?;
         let shape = AttnShape {
             batch: s.batch,

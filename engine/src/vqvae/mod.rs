@@ -30,8 +30,8 @@ use crate::backend::{Backend, Conv2dSpec, Cpu, HeadSide};
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, component_dir, open_config, parse_config, read_config};
 use crate::weights::{Vb, Weights};
-use ops::Codebook;
 use crate::Compute;
+use ops::Codebook;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

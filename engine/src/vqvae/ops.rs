@@ -14,10 +14,10 @@ use super::{Activation, FeatureMap, GroupNorm, EPS};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::ops::{CpuOps, LinearOf, Ops, TableOf};
+use muddit_kernels::cpu::act;
 use muddit_kernels::cpu::group_norm::{channel_affine, group_norm_};
 use muddit_kernels::cpu::matmul::linear;
 use muddit_kernels::cpu::winograd::Prologue;
-use muddit_kernels::cpu::act;
 
 /// A convolution in the storage of `O`'s backend.
 pub type ConvOf<O> = <<O as Ops>::Backend as Backend>::Conv;
@@ -314,14 +314,8 @@ impl MapOps for CpuOps {
         x: &FeatureMap,
         residual: Option<&FeatureMap>,
     ) -> Result<FeatureMap> {
-        let (scale, shift) = channel_affine(
-            &x.data,
-            x.batch,
-            norm.groups,
-            &norm.weight,
-            &norm.bias,
-            EPS,
-        );
+        let (scale, shift) =
+            channel_affine(&x.data, x.batch, norm.groups, &norm.weight, &norm.bias, EPS);
         let prologue = Prologue {
             scale: &scale,
             shift: &shift,

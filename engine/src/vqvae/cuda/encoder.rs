@@ -17,9 +17,7 @@ use crate::cuda::{Buffer, Cuda, Device};
 use crate::error::Result;
 use crate::vqvae::forward::Image;
 use crate::vqvae::ops::{MapOps, MapShape};
-use crate::vqvae::{
-    read_codebook, Activation, EncoderHalf, FeatureMap, VqConfig, DECODER_TENSORS,
-};
+use crate::vqvae::{read_codebook, Activation, EncoderHalf, FeatureMap, VqConfig, DECODER_TENSORS};
 use crate::weights::Vb;
 
 /// The encoding half of `VQModel` on a CUDA device (or its emulator): image to ids.

@@ -229,7 +229,10 @@ impl MapOps for Cuda {
     /// A GEMM over the pixels with an f32 output.
     fn pointwise_f32(&self, conv: &DConv, x: &DeviceMap) -> Result<Buffer<f32>> {
         if conv.ksize != 1 {
-            return Err(Error::input("vqvae", "latents from a convolution wider than 1x1"));
+            return Err(Error::input(
+                "vqvae",
+                "latents from a convolution wider than 1x1",
+            ));
         }
         let rows = x.shape.pixels();
         let z = self.dev.zeros::<f32>(rows * conv.c_out())?;
@@ -240,7 +243,12 @@ impl MapOps for Cuda {
     }
 
     /// `vq_nearest`: the exact squared distance to each f32 row in f64.
-    fn nearest_codes(&self, z: &Buffer<f32>, codebook: &Buffer<f32>, dim: usize) -> Result<Buffer<u32>> {
+    fn nearest_codes(
+        &self,
+        z: &Buffer<f32>,
+        codebook: &Buffer<f32>,
+        dim: usize,
+    ) -> Result<Buffer<u32>> {
         let n = z.len() / dim;
         let ids = self.dev.zeros::<u32>(n)?;
         let cb = (codebook.ptr(), codebook.len() / dim);
