@@ -12,7 +12,7 @@ use crate::backend::{Backend, Conv2dSpec, HeadSide};
 use crate::error::{Error, Result};
 use crate::weights::Vb;
 use muddit_kernels::cpu::conv::patch_major_weight;
-use muddit_kernels::cuda::gemm::Mat;
+use muddit_kernels::cuda::gemm::{Conv, Mat};
 use muddit_kernels::cuda::{to_bf16, Buffer, Device};
 
 /// A linear layer on the device: bf16 `[N, K]`, optional f32 bias `[N]`.
@@ -73,18 +73,21 @@ pub struct DConv {
     pub(crate) ksize: usize,
     /// `C'`
     pub(crate) c_in: usize,
+    /// Stride and padding, as the implicit GEMM reads them.
+    pub(crate) geometry: Conv,
 }
 
 impl DConv {
-    /// A `ksize x ksize` convolution `c_in -> c_out`, stored for `c_in_pad` input and
-    /// `c_out_pad` output channels.
+    /// The convolution of `spec`, stored for `c_in_pad` input and `c_out_pad` output channels;
+    /// a stride and padding the kernels do not run are errors.
     fn new(
         dev: &Device,
         vb: &Vb,
-        (c_in, c_in_pad): (usize, usize),
-        (c_out, c_out_pad): (usize, usize),
-        ksize: usize,
+        spec: Conv2dSpec,
+        (c_in_pad, c_out_pad): (usize, usize),
     ) -> Result<Self> {
+        let (c_in, c_out, ksize) = (spec.c_in, spec.c_out, spec.kernel);
+        let geometry = kernel_geometry(spec)?;
         let w = vb.get("weight", &[c_out, c_in, ksize, ksize])?;
         let w = patch_major_weight(&w, c_out, c_in, ksize); // [O, (k, k, C)]
         let bias = vb.get("bias", &[c_out])?;
@@ -103,6 +106,7 @@ impl DConv {
             lin: DLinear::new(dev, &wp, Some(&bp), c_out_pad, k)?,
             ksize,
             c_in: c_in_pad,
+            geometry,
         })
     }
 
@@ -114,6 +118,20 @@ impl DConv {
     /// The weight `[O', (k, k, C')]` and bias as one GEMM reads them.
     pub(crate) fn mat(&self) -> Mat {
         self.lin.mat()
+    }
+}
+
+/// The implicit GEMM's geometry of `spec`: same-padded stride 1, or diffusers' `Downsample2D`
+/// (stride 2, padded 0 above and left, 1 below and right).
+fn kernel_geometry(spec: Conv2dSpec) -> Result<Conv> {
+    let k = spec.kernel;
+    match (spec.stride, spec.pad) {
+        (1, pad) if k % 2 == 1 && pad == [k / 2; 4] => Ok(Conv::same(k)),
+        (2, [0, 1, 0, 1]) => Ok(Conv::downsample(k)),
+        (stride, pad) => Err(Error::input(
+            "vqvae",
+            format!("a {k}x{k} convolution of stride {stride} and padding {pad:?} is not supported on the CUDA device"),
+        )),
     }
 }
 
@@ -229,13 +247,12 @@ impl Backend for Cuda {
     /// Input and output channels padded to multiples of 8.
     fn conv2d(&self, vb: &Vb, spec: Conv2dSpec) -> Result<DConv> {
         let (i, o) = (spec.c_in, spec.c_out);
-        DConv::new(&self.dev, vb, (i, pad8(i)), (o, pad8(o)), spec.kernel)
+        DConv::new(&self.dev, vb, spec, (pad8(i), pad8(o)))
     }
 
     /// Input channels padded to multiples of 8, the output exact.
     fn conv2d_to_output(&self, vb: &Vb, spec: Conv2dSpec) -> Result<DConv> {
-        let (i, o) = (spec.c_in, spec.c_out);
-        DConv::new(&self.dev, vb, (i, pad8(i)), (o, o), spec.kernel)
+        DConv::new(&self.dev, vb, spec, (pad8(spec.c_in), spec.c_out))
     }
 
     fn linear(&self, vb: &Vb, in_dim: usize, out_dim: usize, bias: bool) -> Result<DLinear> {

@@ -1,8 +1,10 @@
 //! The VQ-VAE (`diffusers` `VQModel` with `Encoder`, `VectorQuantizer` and `Decoder`),
 //! reference section 4, described once: the layer structs below, whose fields are the
 //! checkpoint's module paths, are loaded and checked once for any [`Backend`] ([`VqModel::load`],
-//! or one half: [`EncoderHalf::load`], [`DecoderHalf::load`]). `cpu.rs` runs them on the CPU
-//! kernels; `cuda/` ([`cuda::CudaVqEncoder`], [`cuda::CudaVqDecoder`]) on the CUDA kernels.
+//! or one half: [`EncoderHalf::load`], [`DecoderHalf::load`]), and run by one forward
+//! (`forward.rs`) over the feature-map operations of [`ops::MapOps`]: `cpu.rs` ([`VqModel`]'s
+//! `encode`, `decode`) runs it on the CPU kernels, `cuda/` ([`cuda::CudaVqEncoder`],
+//! [`cuda::CudaVqDecoder`]) on the CUDA kernels.
 //!
 //! Activations are channel-last feature maps `[B, H, W, C]`. Convolutions build no im2col
 //! buffer: on the CPU ([`crate::nn::Conv2d`]) a 3x3 same-padded one with at least 16 channels
@@ -21,12 +23,15 @@
 
 mod cpu;
 pub(crate) mod cuda;
+mod forward;
+pub(crate) mod ops;
 
 use crate::backend::{Backend, Conv2dSpec, Cpu, HeadSide};
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, component_dir, open_config, parse_config, read_config};
 use crate::weights::{Vb, Weights};
 use crate::Compute;
+use ops::Codebook;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -618,10 +623,8 @@ impl<B: Backend> DecoderHalf<B> {
 pub struct VqModel<B: Backend = Cpu> {
     pub cfg: VqConfig,
     pub(crate) encode: EncoderHalf<B>,
-    /// `quantize.embedding.weight` `[V, E]`.
-    pub(crate) codebook: Vec<f32>,
-    /// `|e_v|²` of each codebook row, in f64.
-    pub(crate) codebook_norms: Vec<f64>,
+    /// `quantize.embedding.weight` `[V, E]` and its rows' norms.
+    pub(crate) codebook: Codebook,
     pub(crate) decode: DecoderHalf<B>,
     pub(crate) activation: Activation,
 }
@@ -641,15 +644,10 @@ impl<B: Backend> VqModel<B> {
             path: PathBuf::from("vqvae/config.json"),
             message,
         })?;
-        let codebook = read_codebook(vb, cfg)?;
-        let codebook_norms = codebook
-            .chunks_exact(cfg.embed_dim())
-            .map(|row| row.iter().map(|&x| x as f64 * x as f64).sum())
-            .collect();
+        let codebook = Codebook::new(read_codebook(vb, cfg)?, cfg.embed_dim());
         Ok(VqModel {
             encode: EncoderHalf::load(backend, vb, cfg)?,
             codebook,
-            codebook_norms,
             decode: DecoderHalf::load(backend, vb, cfg)?,
             activation,
             cfg: cfg.clone(),
