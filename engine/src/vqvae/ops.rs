@@ -46,7 +46,7 @@ pub trait MapOps: Ops {
     /// The codebook `[V, E]` as [`MapOps::nearest_codes`] reads it.
     type Codebook;
     /// Codebook ids `[N]`.
-    type Ids;
+    type Codes;
 
     /// The geometry of `x`, channels as stored (a backend may pad them).
     fn shape(&self, x: &Self::Map) -> MapShape;
@@ -133,7 +133,7 @@ pub trait MapOps: Ops {
         z: &Self::F32,
         codebook: &Self::Codebook,
         dim: usize,
-    ) -> Result<Self::Ids>;
+    ) -> Result<Self::Codes>;
 }
 
 /// The codebook as the CPU searches it: the rows and their squared norms in f64.
@@ -237,7 +237,7 @@ fn add_(y: &mut FeatureMap, r: Option<&FeatureMap>) {
 impl MapOps for CpuOps {
     type Map = FeatureMap;
     type Codebook = Codebook;
-    type Ids = Vec<i64>;
+    type Codes = Vec<i64>;
 
     fn shape(&self, x: &FeatureMap) -> MapShape {
         MapShape {

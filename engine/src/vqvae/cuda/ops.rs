@@ -96,7 +96,7 @@ fn device_act(act: Activation) -> Result<Act> {
 impl MapOps for Cuda {
     type Map = DeviceMap;
     type Codebook = Buffer<f32>;
-    type Ids = Buffer<u32>;
+    type Codes = Buffer<u32>;
 
     fn shape(&self, x: &DeviceMap) -> MapShape {
         x.shape
