@@ -118,6 +118,15 @@ impl<O: Ops + ?Sized> Clone for Chunks<'_, O> {
 }
 impl<O: Ops + ?Sized> Copy for Chunks<'_, O> {}
 
+/// Which way [`Ops::patches`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patches {
+    /// 2x2 patches to pixels of half the grid (the down block).
+    Merge,
+    /// Pixels to 2x2 patches of twice the grid (the up block).
+    Split,
+}
+
 /// An image grid of `[B, h, w, C]` rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grid {
@@ -221,23 +230,15 @@ pub trait Ops {
     /// [`Ops::linear`] of the two parts of `x` side by side.
     fn linear_cat(&self, lin: &LinearOf<Self>, x: &Self::Cat, out: Out<'_, Self>) -> Result<()>;
 
-    /// A 2x2 stride-2 convolution held as a linear map of patches `[(ki, kj, C)] -> [O]`:
-    /// `x [B, h, w, C]` -> `out [B, h/2, w/2, O]` (`h`, `w` even) on `grid`, `x`'s.
-    fn patches_2x2(
+    /// A 2x2 stride-2 convolution (`Patches::Merge`, held as a linear map of patches
+    /// `[(ki, kj, C)] -> [O]`: `x [B, h, w, C]` -> `out [B, h/2, w/2, O]`, `h`, `w` even) or
+    /// transposed convolution (`Patches::Split`, a linear map `[C] -> [(ki, kj, O)]`:
+    /// `x [B, h, w, C]` -> `out [B, 2h, 2w, O]`); `grid` is `x`'s.
+    fn patches(
         &self,
         lin: &LinearOf<Self>,
-        x: &Self::Act,
-        grid: Grid,
-        out: &mut Self::Act,
-    ) -> Result<()>;
-
-    /// A 2x2 stride-2 transposed convolution held as a linear map `[C] -> [(ki, kj, O)]`:
-    /// `x [B, h, w, C]` -> `out [B, 2h, 2w, O]` on `grid`, `x`'s.
-    fn unpatch_2x2(
-        &self,
-        lin: &LinearOf<Self>,
-        x: &Self::Act,
-        grid: Grid,
+        x: (&Self::Act, Grid),
+        dir: Patches,
         out: &mut Self::Act,
     ) -> Result<()>;
 
@@ -527,36 +528,44 @@ impl Ops for CpuOps {
         self.product(lin, Input::Concat(&x.left, x.ka, &x.right), out)
     }
 
-    /// The patches gathered, then one product.
-    fn patches_2x2(&self, lin: &Linear, x: &Vec<f32>, g: Grid, out: &mut Vec<f32>) -> Result<()> {
-        let d = x.len() / (g.batch * g.h * g.w);
-        let mut patches = Vec::with_capacity(x.len()); // [B, h/2, w/2, (2, 2, C)]
-        for b in 0..g.batch {
-            for i in 0..g.h / 2 {
-                for j in 0..g.w / 2 {
-                    for (ki, kj) in TAPS {
-                        let at = ((b * g.h + 2 * i + ki) * g.w + 2 * j + kj) * d;
-                        patches.extend_from_slice(&x[at..at + d]);
-                    }
+    /// Merge: the patches gathered, then one product; split: one product, then its taps
+    /// scattered.
+    fn patches(
+        &self,
+        lin: &Linear,
+        (x, g): (&Vec<f32>, Grid),
+        dir: Patches,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // Pixel (b, i, j) of the small grid and its tap (ki, kj) in the large one.
+        let small = match dir {
+            Patches::Merge => (g.h / 2, g.w / 2),
+            Patches::Split => (g.h, g.w),
+        };
+        let taps = (0..g.batch).flat_map(|b| {
+            (0..small.0).flat_map(move |i| {
+                (0..small.1).flat_map(move |j| TAPS.into_iter().map(move |t| (b, i, j, t)))
+            })
+        });
+        let large_at = |(b, i, j, (ki, kj)): (usize, usize, usize, (usize, usize))| {
+            (b * 2 * small.0 + 2 * i + ki) * 2 * small.1 + 2 * j + kj
+        };
+        match dir {
+            Patches::Merge => {
+                let d = x.len() / (g.batch * g.h * g.w);
+                let mut patches = Vec::with_capacity(x.len()); // [B, h/2, w/2, (2, 2, C)]
+                for tap in taps {
+                    let at = large_at(tap) * d;
+                    patches.extend_from_slice(&x[at..at + d]);
                 }
+                lin.forward_into(&patches, out);
             }
-        }
-        lin.forward_into(&patches, out);
-        Ok(())
-    }
-
-    /// One product, then its taps scattered.
-    fn unpatch_2x2(&self, lin: &Linear, x: &Vec<f32>, g: Grid, out: &mut Vec<f32>) -> Result<()> {
-        let y = lin.forward(x); // [B, h, w, (2, 2, O)]
-        let d = lin.out_dim / 4;
-        for b in 0..g.batch {
-            for i in 0..g.h {
-                for j in 0..g.w {
-                    let src = ((b * g.h + i) * g.w + j) * 4 * d;
-                    for (kk, (ki, kj)) in TAPS.into_iter().enumerate() {
-                        let dst = ((b * 2 * g.h + 2 * i + ki) * 2 * g.w + 2 * j + kj) * d;
-                        out[dst..dst + d].copy_from_slice(&y[src + kk * d..src + (kk + 1) * d]);
-                    }
+            Patches::Split => {
+                let y = lin.forward(x); // [B, h, w, (2, 2, O)]
+                let d = lin.out_dim / 4;
+                for (src, tap) in y.chunks_exact(d).zip(taps) {
+                    let at = large_at(tap) * d;
+                    out[at..at + d].copy_from_slice(src);
                 }
             }
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::{
     ensure_all_used, token_row_place, ClipOutputs, ClipTextConfig, ClipTextModel, ClipTextOutput,
 };
-use crate::cuda::backend::{Cuda, Heads};
+use crate::cuda::backend::Cuda;
 use crate::cuda::Device;
 use crate::error::{Error, Result};
 use crate::model_dir::{build_from, open_config};
@@ -59,12 +59,8 @@ impl CudaClipText {
                 "`hidden_size` {d} and `intermediate_size` {i}: the CUDA matrix products need multiples of 8"
             )));
         }
-        let heads = Heads::new(
-            cfg.num_attention_heads,
-            d / cfg.num_attention_heads,
-            "num_attention_heads",
-        )?;
-        let ops = Cuda::new(dev, Some(heads));
+        let heads = (cfg.num_attention_heads, d / cfg.num_attention_heads);
+        let ops = Cuda::with_heads(dev, heads, "num_attention_heads")?;
         Ok(CudaClipText {
             cfg: cfg.clone(),
             model: ClipTextModel::load(&ops, cfg, vb)?,

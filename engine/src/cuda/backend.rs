@@ -216,6 +216,16 @@ impl Cuda {
         }
     }
 
+    /// The loader of a model on `dev` with `h` attention heads of `dh` values; `what` names the
+    /// config key in the error for heads the kernels cannot take.
+    pub(crate) fn with_heads(
+        dev: &Arc<Device>,
+        (h, dh): (usize, usize),
+        what: &str,
+    ) -> Result<Self> {
+        Ok(Cuda::new(dev, Some(Heads::new(h, dh, what)?)))
+    }
+
     /// `weight [out, in]` rows and `bias [out]` as stored (widened to f32).
     fn read(
         vb: &Vb,

@@ -10,7 +10,9 @@ use muddit_kernels::cuda::gemm::{Conv, GemmOpts, GemmOut};
 use super::backend::{Cuda, DLinear, Heads};
 use super::{Buffer, Ptr};
 use crate::error::{Error, Result};
-use crate::ops::{Activation, Affine, AttnShape, Chunks, Grid, Lookup, Ops, Out, Qkv, Rows, TAPS};
+use crate::ops::{
+    Activation, Affine, AttnShape, Chunks, Grid, Lookup, Ops, Out, Patches, Qkv, Rows, TAPS,
+};
 
 /// [`Ops::Cat`] on a device: one buffer `[M, Ka + Kb]`.
 pub struct DCat {
@@ -255,36 +257,22 @@ impl Ops for Cuda {
         self.product(lin, (x.buf.ptr(), x.rows()), GemmOpts::default(), out)
     }
 
-    /// An implicit-GEMM convolution, 2x2 stride 2.
-    fn patches_2x2(
+    /// Merge: an implicit-GEMM convolution, 2x2 stride 2; split: four GEMMs, one per tap,
+    /// whose row maps scatter the pixels into the doubled grid.
+    fn patches(
         &self,
         lin: &DLinear,
-        x: &Buffer<u16>,
-        g: Grid,
+        (x, g): (&Buffer<u16>, Grid),
+        dir: Patches,
         out: &mut Buffer<u16>,
     ) -> Result<()> {
-        let d = x.len() / (g.batch * g.h * g.w);
-        let (mat, geom) = (lin.mat(), (g.h, g.w, d));
-        self.dev.conv2d(
-            mat,
-            x.ptr(),
-            g.batch,
-            geom,
-            Conv::valid(2, 2),
-            None,
-            out.ptr(),
-        )?;
-        Ok(())
-    }
-
-    /// Four GEMMs, one per tap, whose row maps scatter the pixels into the doubled grid.
-    fn unpatch_2x2(
-        &self,
-        lin: &DLinear,
-        x: &Buffer<u16>,
-        g: Grid,
-        out: &mut Buffer<u16>,
-    ) -> Result<()> {
+        let (dev, px) = (&self.dev, g.batch * g.h * g.w);
+        if dir == Patches::Merge {
+            let geom = (g.h, g.w, x.len() / px);
+            let conv = Conv::valid(2, 2);
+            dev.conv2d(lin.mat(), x.ptr(), g.batch, geom, conv, None, out.ptr())?;
+            return Ok(());
+        }
         let d = lin.mat().n / 4;
         // Tap (ki, kj) of pixel (b, i, j) lands on (b, 2i + ki, 2j + kj): rows of two output
         // pixels (2D wide), item rows r = b * h + i at 2r + ki.
@@ -295,9 +283,7 @@ impl Ops for Cuda {
                 ..GemmOpts::default()
             };
             let tap = lin.rows(kk * d, d)?;
-            let rows = g.batch * g.h * g.w;
-            self.dev
-                .gemm(GemmOut::Bf16, tap, x.ptr(), rows, out.at(kj * d)?, opts)?;
+            dev.gemm(GemmOut::Bf16, tap, x.ptr(), px, out.at(kj * d)?, opts)?;
         }
         Ok(())
     }

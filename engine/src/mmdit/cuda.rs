@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use super::forward::{self, condition_rows, micro_rows, time_row, Inputs, LogitsOut, Shape};
 use super::{Mmdit, MmditInput, MmditOutput, MICRO_CONDS, SIN_DIM};
 use crate::config::TransformerConfig;
-use crate::cuda::backend::{Cuda, Heads};
+use crate::cuda::backend::Cuda;
 use crate::cuda::{Buffer, Device, Ptr};
 use crate::error::Result;
 use crate::model_dir::{build_from, open_config};
@@ -73,12 +73,8 @@ impl CudaMmdit {
 
     /// Builds the model from the same tensors as [`Mmdit::new`], onto `dev`.
     pub fn new(dev: &Arc<Device>, cfg: &TransformerConfig, vb: &Vb) -> Result<Self> {
-        let heads = Heads::new(
-            cfg.num_attention_heads,
-            cfg.attention_head_dim,
-            "attention_head_dim",
-        )?;
-        let ops = Cuda::new(dev, Some(heads));
+        let heads = (cfg.num_attention_heads, cfg.attention_head_dim);
+        let ops = Cuda::with_heads(dev, heads, "attention_head_dim")?;
         Ok(CudaMmdit {
             cfg: cfg.clone(),
             model: Mmdit::load(&ops, cfg, vb)?,

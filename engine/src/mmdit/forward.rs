@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::config::TransformerConfig;
 use crate::error::Result;
 use crate::nn::sinusoidal_embedding;
-use crate::ops::{Activation, AttnShape, Chunks, CpuOps, Grid, LinearOf, Ops, Out, Rows};
+use crate::ops::{Activation, AttnShape, Chunks, CpuOps, Grid, LinearOf, Ops, Out, Patches, Rows};
 
 /// The shapes of one forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,24 @@ impl Shape {
     /// `S = L + N`
     fn seq(&self) -> usize {
         self.text + self.image()
+    }
+
+    /// The id grid.
+    fn id_grid(&self) -> Grid {
+        Grid {
+            batch: self.batch,
+            h: self.height,
+            w: self.width,
+        }
+    }
+
+    /// The grid the blocks see.
+    fn blocks_grid(&self) -> Grid {
+        Grid {
+            batch: self.batch,
+            h: self.rows,
+            w: self.cols,
+        }
     }
 
     /// The text rows of the joint sequence.
@@ -301,9 +319,8 @@ impl<B: Backend> Mmdit<B> {
         out: LogitsOut<'_, O>,
     ) -> Result<()> {
         let d = self.cfg.inner_dim();
-        self.conditioning(ops, &x, &mut ws.cond)?;
-        self.embed_image(ops, x.ids, ws)?;
-        self.embed_text(ops, x.context, ws)?;
+        self.conditioning(ops, (x.cond, x.time), &mut ws.cond)?;
+        self.embed(ops, &x, ws)?;
         for block in &self.transformer_blocks {
             block.forward(ops, ws, d)?;
         }
@@ -334,62 +351,48 @@ impl<B: Backend> Mmdit<B> {
     fn conditioning<O: Ops<Backend = B>>(
         &self,
         ops: &O,
-        x: &Inputs<'_, O>,
+        (cond, time): (&O::F32, &O::F32),
         c: &mut Conditioning<O>,
     ) -> Result<()> {
         let tte = &self.time_text_embed;
-        ops.cast(x.cond, None, &mut c.cond)?; // [B, P + 5 * 256]
+        let (cond_embed, text_embedder) = (self.cond_embed.layers(), tte.text_embedder.layers());
+        ops.cast(cond, None, &mut c.cond)?; // [B, P + 5 * 256]
         let pooled = Out::Act(&mut c.pooled); // [B, D]
-        self.cond_embed
-            .forward(ops, &c.cond, &mut c.hidden, pooled)?;
+        two_layers(ops, cond_embed, &c.cond, &mut c.hidden, pooled)?;
         let temb = Out::F32(&mut c.temb); // [B, D]
-        tte.text_embedder
-            .forward(ops, &c.pooled, &mut c.hidden, temb)?;
-        ops.cast(x.time, None, &mut c.time)?; // [1, 256]
-        let every_row = Out::Broadcast(&mut c.temb);
-        tte.timestep_embedder
-            .forward(ops, &c.time, &mut c.time_hidden, every_row)?;
+        two_layers(ops, text_embedder, &c.pooled, &mut c.hidden, temb)?;
+        ops.cast(time, None, &mut c.time)?; // [1, 256]
+        let (time_layers, every_row) =
+            (tte.timestep_embedder.layers(), Out::Broadcast(&mut c.temb));
+        two_layers(ops, time_layers, &c.time, &mut c.time_hidden, every_row)?;
         ops.cast(&c.temb, Some(Activation::Silu), &mut c.temb_silu)
     }
 
-    /// Image ids to `I [B, N, D]` (reference 2.2): id table, RMSNorm, 1x1 conv, the down block,
-    /// `project_to_hidden`.
-    fn embed_image<O: Ops<Backend = B>>(
+    /// The block inputs (reference 2.2): image ids to `I [B, N, D]` (id table, RMSNorm, 1x1
+    /// conv, the down block, `project_to_hidden`), text features to `T [B, L, D]`
+    /// (`context_embedder`, `encoder_proj_layer_norm`).
+    fn embed<O: Ops<Backend = B>>(
         &self,
         ops: &O,
-        ids: &O::Ids,
+        x: &Inputs<'_, O>,
         ws: &mut Workspace<O>,
     ) -> Result<()> {
         let (s, e) = (ws.shape, &mut ws.embed);
-        ops.gather(&self.embed.embeddings, ids, &mut e.tokens)?; // [B, h, w, D]
+        ops.gather(&self.embed.embeddings, x.ids, &mut e.tokens)?; // [B, h, w, D]
         ops.rms_norm_(&mut e.tokens, &self.embed.layer_norm.weight)?;
         ops.linear(&self.embed.conv, &e.tokens, Out::Act(&mut e.conv))?;
         let h = match &self.down_block {
             Some(down) => {
                 ops.rms_norm_(&mut e.conv, &down.norm.weight)?;
-                let grid = Grid {
-                    batch: s.batch,
-                    h: s.height,
-                    w: s.width,
-                };
-                ops.patches_2x2(&down.conv, &e.conv, grid, &mut e.down)?;
+                let ids = (&e.conv, s.id_grid());
+                ops.patches(&down.conv, ids, Patches::Merge, &mut e.down)?;
                 &mut e.down
             }
             None => &mut e.conv,
         }; // [B, N, D]
         ops.rms_norm_(h, &self.project_to_hidden_norm.weight)?;
-        ops.linear(&self.project_to_hidden, h, Out::F32(&mut ws.image.res))
-    }
-
-    /// Text features to `T [B, L, D]`: `context_embedder`, `encoder_proj_layer_norm`.
-    fn embed_text<O: Ops<Backend = B>>(
-        &self,
-        ops: &O,
-        context: &O::F32,
-        ws: &mut Workspace<O>,
-    ) -> Result<()> {
-        let e = &mut ws.embed;
-        ops.cast(context, None, &mut e.context)?; // [B, L, J]
+        ops.linear(&self.project_to_hidden, h, Out::F32(&mut ws.image.res))?;
+        ops.cast(x.context, None, &mut e.context)?; // [B, L, J]
         let proj = Out::Act(&mut e.context_proj); // [B, L, D]
         ops.linear(&self.context_embedder, &e.context, proj)?;
         ops.rms_norm_(&mut e.context_proj, &self.encoder_proj_layer_norm.weight)?;
@@ -431,12 +434,8 @@ impl<B: Backend> Mmdit<B> {
         let pixels = match &self.up_block {
             Some(up) => {
                 ops.rms_norm_(&mut h.projected, &up.norm.weight)?;
-                let grid = Grid {
-                    batch: s.batch,
-                    h: s.rows,
-                    w: s.cols,
-                };
-                ops.unpatch_2x2(&up.conv, &h.projected, grid, &mut h.up)?;
+                let blocks = (&h.projected, s.blocks_grid());
+                ops.patches(&up.conv, blocks, Patches::Split, &mut h.up)?;
                 &h.up
             }
             None => &h.projected,
@@ -449,33 +448,36 @@ impl<B: Backend> Mmdit<B> {
 }
 
 impl<B: Backend> Mlp<B> {
-    /// `out = linear_2(SiLU(linear_1(x)))` through `hidden`.
-    fn forward<O: Ops<Backend = B>>(
-        &self,
-        ops: &O,
-        x: &O::Act,
-        hidden: &mut O::Act,
-        out: Out<'_, O>,
-    ) -> Result<()> {
-        let silu = Out::Activated(&mut *hidden, Activation::Silu);
-        ops.linear(&self.linear_1, x, silu)?;
-        ops.linear(&self.linear_2, hidden, out)
+    /// `linear_1 -> SiLU -> linear_2`, for [`two_layers`].
+    fn layers(&self) -> Layers<'_, B> {
+        (&self.linear_1, Activation::Silu, &self.linear_2)
     }
 }
 
 impl<B: Backend> FeedForward<B> {
-    /// `out = net.2(GELU-tanh(net.0.proj(y)))` through `hidden [M, 4D]`.
-    fn forward<O: Ops<Backend = B>>(
-        &self,
-        ops: &O,
-        y: &O::Act,
-        hidden: &mut O::Act,
-        out: Out<'_, O>,
-    ) -> Result<()> {
-        let gelu = Out::Activated(&mut *hidden, Activation::GeluTanh);
-        ops.linear(&self.proj, y, gelu)?;
-        ops.linear(&self.out, hidden, out)
+    /// `net.0.proj -> GELU-tanh -> net.2`, for [`two_layers`].
+    fn layers(&self) -> Layers<'_, B> {
+        (&self.proj, Activation::GeluTanh, &self.out)
     }
+}
+
+/// Two linear maps with an activation between.
+type Layers<'a, B> = (
+    &'a <B as Backend>::Linear,
+    Activation,
+    &'a <B as Backend>::Linear,
+);
+
+/// `out = second(act(first(x)))` through `hidden`.
+fn two_layers<O: Ops>(
+    ops: &O,
+    (first, act, second): Layers<'_, O::Backend>,
+    x: &O::Act,
+    hidden: &mut O::Act,
+    out: Out<'_, O>,
+) -> Result<()> {
+    ops.linear(first, x, Out::Activated(&mut *hidden, act))?;
+    ops.linear(second, hidden, out)
 }
 
 impl<B: Backend> Qkv<B> {
@@ -484,8 +486,7 @@ impl<B: Backend> Qkv<B> {
     fn project<O: Ops<Backend = B>>(
         &self,
         ops: &O,
-        y: &O::Act,
-        rows: Rows,
+        (y, rows): (&O::Act, Rows),
         joint: &mut Joint<O>,
     ) -> Result<()> {
         let tables = (&joint.cos, &joint.sin);
@@ -513,7 +514,7 @@ impl<B: Backend> DualBlock<B> {
             } = stream;
             let mods = stream_chunks(mods, *rows, d);
             ops.modulate(res, mods, DUAL_ATTN.shift_scale(), y)?;
-            attn.project(ops, y, *rows, joint)?;
+            attn.project(ops, (y, *rows), joint)?;
         }
         let qkv = (&joint.q, &joint.k, &joint.v);
         ops.attention(qkv, joint.shape, &mut joint.heads)?;
@@ -534,7 +535,7 @@ impl<B: Backend> DualBlock<B> {
             ops.linear_rows(to_out, &joint.heads, *rows, attn_out)?;
             ops.modulate(res, mods, DUAL_MLP.shift_scale(), y)?;
             let mlp_out = Out::Gated(res, mods, DUAL_MLP.gate);
-            ff.forward(ops, y, hidden, mlp_out)?;
+            two_layers(ops, ff.layers(), y, hidden, mlp_out)?;
         }
         Ok(())
     }
@@ -565,9 +566,8 @@ impl<B: Backend> SingleBlock<B> {
         ops.modulate(&ws.x, mods, SINGLE.shift_scale(), &mut ws.y)?;
         let hidden = Out::Right(&mut ws.cat, Activation::GeluTanh); // [B, S, 4D]
         ops.linear(&self.proj_mlp, &ws.y, hidden)?;
-        let joint = &mut ws.joint;
-        self.attn
-            .project(ops, &ws.y, Rows::all(s.batch, s.seq()), joint)?;
+        let (joint, all) = (&mut ws.joint, Rows::all(s.batch, s.seq()));
+        self.attn.project(ops, (&ws.y, all), joint)?;
         let qkv = (&joint.q, &joint.k, &joint.v);
         ops.attention_cat(qkv, joint.shape, &mut ws.cat)?;
         let out = Out::Gated(&mut ws.x, mods, SINGLE.gate);
