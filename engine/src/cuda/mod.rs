@@ -12,7 +12,8 @@
 //!   convolutions [`DConv`], f32 vectors, bf16 tables; attention heads padded to the kernels'
 //!   slots, convolution channels to multiples of 8). The device itself, its buffers and the
 //!   launch runners that check every buffer range are `muddit_kernels::cuda`'s.
-//! - [`CudaMmdit`] (`mmdit/cuda.rs`): an `Mmdit<Cuda>` and its workspace, with the CPU model's
+//! - [`CudaMmdit`] (`mmdit/cuda.rs`): an `Mmdit<Cuda>` run by the one transformer forward
+//!   (`mmdit/forward.rs`) with [`Cuda`]'s operations (`ops.rs`) in its workspace, with the CPU model's
 //!   `forward(&MmditInput) -> MmditOutput` (host in, host out: image logits `[B, h, w, V]`
 //!   f32, text logits `[B, L, Vt]`).
 //! - [`DeviceSampler`] runs a sampler step on device logits with the host's seeded uniforms
@@ -20,10 +21,10 @@
 //!   choose the same tokens for the same logits.
 //! - [`CudaClipText`] (`clip_text/cuda.rs`), [`CudaVqDecoder`] and [`CudaVqEncoder`]
 //!   (`vqvae/cuda/`): the CLIP text encoder and the two halves of the VQ-VAE on the same layer
-//!   structs as the CPU's, every op on the existing kernels (affine `layer_norm`, causal
+//!   structs as the CPU's, run by the same forwards as the CPU's (`clip_text/forward.rs`,
+//!   `vqvae/forward.rs`), every op on the existing kernels (affine `layer_norm`, causal
 //!   attention, GEMMs with GELU epilogues; `conv2d` with padding, stride 2 and a fused residual,
-//!   `group_norm` + SiLU, `upsample2x`, `vq_nearest`; the encoder and decoder share the blocks'
-//!   forwards, `vqvae/cuda/blocks.rs`). [`CudaPipeline`] holds the models of a folder
+//!   `group_norm` + SiLU, `upsample2x`, `vq_nearest`). [`CudaPipeline`] holds the models of a folder
 //!   ([`load_vqvae`]: both VQ halves from one opening of the weights, every tensor used by one
 //!   of them).
 //! - [`text_to_image`] is the pipeline entry point: it takes a [`ModelFolder`] (tokenizer,

@@ -1,9 +1,9 @@
 //! The Muddit MM-DiT (`SymmetricTransformer2DModel`) and Meissonic (`Transformer2DModel`), as
 //! in reference section 2, described once: the layer structs below, whose fields are the
 //! checkpoint's module paths, are loaded and checked once by [`Mmdit::load`] for any
-//! [`Backend`]. The forwards beside it run them: `cpu.rs` on `muddit_kernels::cpu` (an
-//! [`Mmdit`] of [`Cpu`] weights), `cuda.rs` on the CUDA kernels ([`cuda::CudaMmdit`], an
-//! `Mmdit<Cuda>` and its device workspace).
+//! [`Backend`]. One forward runs them, `forward.rs`, written over [`crate::ops::Ops`]: on the
+//! CPU kernels ([`Mmdit::forward`], an [`Mmdit`] of [`Cpu`] weights) and on the CUDA kernels
+//! (`cuda.rs`: [`cuda::CudaMmdit`], an `Mmdit<Cuda>` and its device workspace).
 //!
 //! Activations are row-major with the channel last: image tokens `[B, h, w, D]` (the
 //! checkpoint's convolutions run as matrix products over pixels), sequences `[B, S, D]`.
