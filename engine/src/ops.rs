@@ -358,10 +358,15 @@ fn activated(lin: &Linear, x: Input<'_>, activation: Activation, y: &mut [f32]) 
         return lin.apply(x, Epilogue::GeluTanh, y);
     }
     lin.apply(x, Epilogue::None, y);
+    activate_(y, activation);
+}
+
+/// `y = act(y)`.
+fn activate_(y: &mut [f32], activation: Activation) {
     match activation {
         Activation::GeluErf => act::gelu_erf_(y),
         Activation::QuickGelu => act::quick_gelu_(y),
-        Activation::GeluTanh => unreachable!("in the epilogue above"),
+        Activation::GeluTanh => act::gelu_tanh_(y),
         Activation::Silu => act::silu_(y),
     }
 }
@@ -585,12 +590,8 @@ impl Ops for CpuOps {
 
     fn cast(&self, x: &Vec<f32>, activation: Option<Activation>, out: &mut Vec<f32>) -> Result<()> {
         out.copy_from_slice(x);
-        match activation {
-            None => {}
-            Some(Activation::GeluErf) => act::gelu_erf_(out),
-            Some(Activation::QuickGelu) => act::quick_gelu_(out),
-            Some(Activation::GeluTanh) => act::gelu_tanh_(out),
-            Some(Activation::Silu) => act::silu_(out),
+        if let Some(activation) = activation {
+            activate_(out, activation);
         }
         Ok(())
     }

@@ -36,10 +36,22 @@ impl DCat {
 impl Cuda {
     /// The head layout of the model this runs, or an error naming `heads` when it is another.
     fn slots(&self, heads: usize) -> Result<Heads> {
-        self.heads.filter(|slots| slots.h == heads).ok_or_else(|| {
-            Error::input(
+        let slots = self.layout()?;
+        if slots.h != heads {
+            return Err(Error::input(
                 "num_attention_heads",
                 format!("{heads} heads, not the layout the weights were loaded with"),
+            ));
+        }
+        Ok(slots)
+    }
+
+    /// The head layout the weights were loaded with.
+    fn layout(&self) -> Result<Heads> {
+        self.heads.ok_or_else(|| {
+            Error::input(
+                "num_attention_heads",
+                "the weights were loaded without heads",
             )
         })
     }
@@ -216,7 +228,7 @@ impl Ops for Cuda {
     ) -> Result<()> {
         let dh = weight.len();
         let width = x.len() / (rows.batch * rows.stride); // H * Dp
-        let slots = self.slots(width / self.heads.map_or(1, |s| s.dp))?;
+        let slots = self.layout()?;
         let geom = (slots.h, slots.dh, slots.dp);
         let tables = (cos.ptr(), sin.ptr(), cos.len() / dh);
         let map = row_map(rows);

@@ -92,11 +92,7 @@ impl CudaMmdit {
     }
 
     /// The workspace for a shape (allocated on first use, reused while the shape stays).
-    fn workspace(
-        &self,
-        dims: (usize, usize, usize, usize),
-    ) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
-        let shape = Shape::new(&self.cfg, dims)?;
+    fn workspace(&self, shape: Shape) -> Result<std::sync::MutexGuard<'_, Option<Workspace>>> {
         let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         if guard.as_ref().map(|w| w.shape) != Some(shape) {
             *guard = None;
@@ -128,7 +124,8 @@ impl CudaMmdit {
         (batch, text, height, width): (usize, usize, usize, usize),
         f: impl FnOnce(&mut Workspace) -> Result<R>,
     ) -> Result<R> {
-        let mut guard = self.workspace((batch, text, height, width))?;
+        let shape = Shape::new(&self.cfg, (batch, text, height, width))?;
+        let mut guard = self.workspace(shape)?;
         f(guard.as_mut().expect("allocated by workspace()"))
     }
 
@@ -170,8 +167,8 @@ impl CudaMmdit {
 
     /// The whole forward with host inputs and outputs, as [`crate::mmdit::Mmdit::forward`].
     pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
-        super::check_input(&self.cfg, x)?;
-        let mut guard = self.workspace((x.batch, x.text_len, x.height, x.width))?;
+        let shape = super::check_input(&self.cfg, x)?;
+        let mut guard = self.workspace(shape)?;
         let ws = guard.as_mut().expect("allocated above");
         self.upload_conditions(
             ws,

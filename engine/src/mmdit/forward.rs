@@ -594,9 +594,7 @@ impl Mmdit {
 
     /// A forward with the heads `(image, text)` asks for, in a workspace of its own.
     fn forward_heads(&self, x: &MmditInput, (image, text): (bool, bool)) -> Result<MmditOutput> {
-        check_input(&self.cfg, x)?;
-        let dims = (x.batch, x.text_len, x.height, x.width);
-        let shape = Shape::new(&self.cfg, dims)?;
+        let shape = check_input(&self.cfg, x)?;
         let ops = CpuOps {
             compute: self.project_to_hidden.compute(),
         };

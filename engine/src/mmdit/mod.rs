@@ -15,6 +15,7 @@ use crate::backend::{Backend, Cpu, HeadSide};
 use crate::config::{ModelClass, TransformerConfig};
 use crate::error::{Error, Result};
 use crate::weights::Vb;
+use forward::Shape;
 use muddit_kernels::cpu::rope;
 
 /// Width of the sinusoidal embedding of each micro-condition and of the timestep.
@@ -410,8 +411,8 @@ pub(crate) fn rope_tables(
 }
 
 /// Checks every input's length, the ids' range, the grid against the down/up blocks and
-/// the timestep; returns the grid the blocks see.
-pub(crate) fn check_input(cfg: &TransformerConfig, x: &MmditInput) -> Result<(usize, usize)> {
+/// the timestep; returns the forward's shape.
+pub(crate) fn check_input(cfg: &TransformerConfig, x: &MmditInput) -> Result<Shape> {
     let (b, h, w, l) = (x.batch, x.height, x.width, x.text_len);
     if b == 0 || h == 0 || w == 0 || l == 0 {
         return Err(Error::input(
@@ -473,7 +474,7 @@ pub(crate) fn check_input(cfg: &TransformerConfig, x: &MmditInput) -> Result<(us
             format!("{} is not finite", x.timestep),
         ));
     }
-    blocks_grid(cfg, h, w)
+    Shape::new(cfg, (b, l, h, w))
 }
 
 /// The grid the blocks see for an id grid `h x w`: halved by the down block (both sides even).
