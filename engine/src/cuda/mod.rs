@@ -49,7 +49,7 @@
 //! position chosen on the device (image-to-text downloads `B x 77` ids per step for it).
 
 pub(crate) mod backend;
-mod ops;
+pub(crate) mod ops;
 mod sampler;
 
 use std::path::Path;

@@ -118,6 +118,11 @@ impl Cuda {
     }
 }
 
+/// Ids as the kernels read them (checked against their table by the callers).
+pub(crate) fn ids_u32(ids: &[i64]) -> Vec<u32> {
+    ids.iter().map(|&i| i as u32).collect()
+}
+
 /// The kernels' row map of `rows`.
 fn row_map(rows: Rows) -> RowMap {
     RowMap::part(rows.per, rows.stride, rows.offset)
@@ -161,8 +166,7 @@ impl Ops for Cuda {
     /// Only the ids go up, as `u32`.
     fn embed(&self, lookup: Lookup<'_, Self>, out: &mut Buffer<f32>) -> Result<()> {
         let (rows, d) = (lookup.ids.len(), out.len() / lookup.ids.len());
-        let ids32: Vec<u32> = lookup.ids.iter().map(|&i| i as u32).collect();
-        let ids = self.dev.upload(&ids32)?;
+        let ids = self.dev.upload(&ids_u32(lookup.ids))?;
         let table = (lookup.tokens.ptr(), lookup.tokens.len() / d);
         let pos = Some((lookup.positions.ptr(), lookup.len));
         Ok(self

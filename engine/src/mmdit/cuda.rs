@@ -16,6 +16,7 @@ use super::forward::{self, condition_rows, micro_rows, time_row, Inputs, LogitsO
 use super::{Mmdit, MmditInput, MmditOutput, MICRO_CONDS, SIN_DIM};
 use crate::config::TransformerConfig;
 use crate::cuda::backend::Cuda;
+use crate::cuda::ops::ids_u32;
 use crate::cuda::{Buffer, Device, Ptr};
 use crate::error::Result;
 use crate::model_dir::{build_from, open_config};
@@ -176,9 +177,8 @@ impl CudaMmdit {
             x.pooled_projections,
             x.micro_conds,
         )?;
-        let ids: Vec<u32> = x.image_tokens.iter().map(|&i| i as u32).collect();
         let dev = &self.ops.dev;
-        dev.write(&mut ws.ids, 0, &ids)?;
+        dev.write(&mut ws.ids, 0, &ids_u32(x.image_tokens))?;
         self.run(ws, x.timestep, Logits::Both)?;
         let image_logits = dev.read(&ws.logits, 0, ws.logits.len())?;
         let text_logits = match self.model.text_decoder {

@@ -280,17 +280,15 @@ impl MapOps for CpuOps {
         ids: &[i64],
         (batch, h, w): (usize, usize, usize),
     ) -> Result<FeatureMap> {
-        let e = codebook.len() / entries;
-        let mut data = Vec::with_capacity(ids.len() * e); // [B, h, w, E]
-        for &id in ids {
-            data.extend_from_slice(&codebook[id as usize * e..(id as usize + 1) * e]);
-        }
+        let c = codebook.len() / entries;
+        let mut data = vec![0.0; ids.len() * c]; // [B, h, w, E]
+        self.gather(codebook, ids, &mut data)?;
         Ok(FeatureMap {
             data,
             batch,
             h,
             w,
-            c: e,
+            c,
         })
     }
 

@@ -11,8 +11,10 @@ use muddit_kernels::cuda::to_bf16;
 use muddit_kernels::cuda::vq::group_norm_workspace;
 
 use crate::cuda::backend::{pad8, DConv, DLinear};
+use crate::cuda::ops::ids_u32;
 use crate::cuda::{Buffer, Cuda, Ptr};
 use crate::error::{Error, Result};
+use crate::ops::Ops;
 use crate::vqvae::ops::{to_nchw, to_nhwc, MapOps, MapShape};
 use crate::vqvae::{Activation, GroupNorm};
 
@@ -132,7 +134,7 @@ impl MapOps for Cuda {
         Ok(to_nchw(&values, s.batch, s.c, s.h * s.w))
     }
 
-    /// Only the ids go up, as `u32`; the rows are the codebook's `E'` padded ones.
+    /// Only the ids go up; the rows are the codebook's `E'` padded ones.
     fn code_rows(
         &self,
         codebook: &Buffer<u16>,
@@ -141,13 +143,9 @@ impl MapOps for Cuda {
         (batch, h, w): (usize, usize, usize),
     ) -> Result<DeviceMap> {
         let c = codebook.len() / entries;
-        let ids32: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        let ids = self.dev.upload(&ids32)?;
-        let out = self.map(MapShape { batch, h, w, c })?; // [B, h, w, E']
-        let table = (codebook.ptr(), entries);
-        let n = out.shape.pixels();
-        self.dev
-            .embedding(ids.ptr(), table, None, out.data.ptr(), n, c)?;
+        let ids = self.dev.upload(&ids_u32(ids))?;
+        let mut out = self.map(MapShape { batch, h, w, c })?; // [B, h, w, E']
+        self.gather(codebook, &ids, &mut out.data)?;
         Ok(out)
     }
 
