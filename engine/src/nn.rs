@@ -44,8 +44,11 @@ impl Linear {
         in_dim: usize,
         out_dim: usize,
     ) -> Result<Self> {
-        if let Some(bits) = vb.get_bf16_bits("weight", shape)? {
-            let weight = PackedMatrix::from_bf16_bits(&bits, out_dim, in_dim, vb.compute());
+        let compute = vb.compute();
+        let packed = vb.with_bf16_bits("weight", shape, |bits| {
+            PackedMatrix::from_bf16_bits(bits, out_dim, in_dim, compute)
+        })?;
+        if let Some(weight) = packed {
             return Ok(Linear {
                 weight,
                 bias,

@@ -9,6 +9,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use muddit_kernels::cpu::packed::{Compute, Storage};
 use safetensors::{Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -172,19 +173,23 @@ impl Weights {
 
     /// Tensor `name` widened to `f32`, after checking that its shape is `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
         let (entry, bytes) = self.checked(name, shape)?;
         let values: Vec<f32> = match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                Ok(values) if cfg!(target_endian = "little") => values.to_vec(),
+                _ => bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            },
+            Dtype::BF16 => halves(bytes)
+                .par_iter()
+                .map(|&b| bf16::from_bits(b).to_f32())
                 .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            Dtype::F16 => halves(bytes)
+                .par_iter()
+                .map(|&b| f16::from_bits(b).to_f32())
                 .collect(),
             other => {
                 return Err(Error::UnsupportedDtype {
@@ -199,26 +204,30 @@ impl Weights {
         Ok(values)
     }
 
-    /// Tensor `name` as bf16 bit patterns when it is stored as bf16 (else `None`, and the tensor
-    /// is not marked as taken), after checking that its shape is `shape`.
-    pub fn get_bf16_bits(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
+    /// `f` of tensor `name` as bf16 bit patterns when it is stored as bf16 (else `None`, and the
+    /// tensor is not marked as taken), after checking that its shape is `shape` and that it holds
+    /// no NaN or infinity. `f` reads the mapped file in place (a copy only when the tensor's bytes
+    /// sit at an odd offset), so a weight packed by `f` is read from the checkpoint once.
+    pub fn with_bf16_bits<R>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        f: impl FnOnce(&[u16]) -> R,
+    ) -> Result<Option<R>> {
         let (entry, bytes) = self.checked(name, shape)?;
         if entry.dtype != Dtype::BF16 {
             return Ok(None);
         }
-        let bits: Vec<u16> = bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        // bf16 NaN and infinities have all eight exponent bits set.
-        if bits.iter().any(|b| b & 0x7f80 == 0x7f80) {
+        let bits = halves(bytes);
+        if !bf16_all_finite(&bits) {
             return Err(Error::NonFiniteWeight {
                 path: self.path_of(name),
                 name: name.to_string(),
             });
         }
+        let out = f(&bits);
         self.taken(name, entry);
-        Ok(Some(bits))
+        Ok(Some(out))
     }
 
     /// The entry of `name` and its bytes, after checking that its shape is `shape`.
@@ -318,8 +327,37 @@ fn shard_path(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Fails with [`Error::NonFiniteWeight`] when `values` hold NaN or infinity.
+/// Little-endian 16-bit values `bytes` in place, or copied when they sit at an odd address
+/// (or this CPU is big-endian).
+fn halves(bytes: &[u8]) -> Cow<'_, [u16]> {
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(bits) if cfg!(target_endian = "little") => Cow::Borrowed(bits),
+        _ => Cow::Owned(
+            bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+    }
+}
+
+/// Whether no bf16 bit pattern of `bits` is a NaN or an infinity (all eight exponent bits set);
+/// in parallel blocks whose loop the compiler vectorises.
+fn bf16_all_finite(bits: &[u16]) -> bool {
+    use rayon::prelude::*;
+    bits.par_chunks(1 << 16).all(|block| {
+        block
+            .iter()
+            .fold(true, |finite, &b| finite & (b & 0x7f80 != 0x7f80))
+    })
+}
+
 fn check_finite(path: impl FnOnce() -> PathBuf, name: &str, values: &[f32]) -> Result<()> {
-    if values.iter().all(|v| v.is_finite()) {
+    use rayon::prelude::*;
+    let finite = values
+        .par_chunks(1 << 16)
+        .all(|block| block.iter().fold(true, |finite, v| finite & v.is_finite()));
+    if finite {
         return Ok(());
     }
     Err(Error::NonFiniteWeight {
@@ -411,10 +449,16 @@ impl<'a> Vb<'a> {
         }
     }
 
-    /// Tensor `name` under this prefix as bf16 bits when stored as bf16, checked to have `shape`.
-    pub fn get_bf16_bits(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<u16>>> {
+    /// `f` of tensor `name` under this prefix as bf16 bits when stored as bf16, checked to have
+    /// `shape` ([`Weights::with_bf16_bits`]).
+    pub fn with_bf16_bits<R>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        f: impl FnOnce(&[u16]) -> R,
+    ) -> Result<Option<R>> {
         match self.source {
-            Source::Weights(w) => w.get_bf16_bits(&self.full(name), shape),
+            Source::Weights(w) => w.with_bf16_bits(&self.full(name), shape, f),
             Source::Record(_) => Ok(None),
         }
     }
@@ -494,6 +538,78 @@ mod tests {
         w.get("x", &[1]).expect("x");
         assert!(
             matches!(w.ensure_all_used(), Err(Error::UnexpectedWeights { count: 1, example, .. }) if example == "y")
+        );
+        std::fs::remove_file(&tmp).ok();
+    }
+
+    /// A safetensors file written by hand: `tensors` (name, dtype name, shape, bytes) laid out
+    /// back to back in the given order, so a tensor can start at an odd offset.
+    fn write_raw(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for (name, dtype, shape, bytes) in tensors {
+            let start = data.len();
+            data.extend_from_slice(bytes);
+            header.insert(
+                name.to_string(),
+                serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, data.len()] }),
+            );
+        }
+        let mut header = serde_json::to_vec(&header).expect("json");
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&header);
+        file.extend_from_slice(&data);
+        std::fs::write(path, file).expect("write");
+    }
+
+    #[test]
+    fn bf16_bits_are_read_in_place_or_copied_and_checked() {
+        let bits: Vec<u16> = (0..300_000u32)
+            .map(|i| bf16::from_f32((i % 977) as f32 * 0.25 - 100.0).to_bits())
+            .collect();
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let mut nan = bytes.clone();
+        nan[2 * 299_999..].copy_from_slice(&bf16::NAN.to_le_bytes());
+        let mut inf = bytes.clone();
+        inf[2 * 70_001..2 * 70_002].copy_from_slice(&bf16::NEG_INFINITY.to_le_bytes());
+        let tmp =
+            std::env::temp_dir().join(format!("muddit-bits-{}.safetensors", std::process::id()));
+        write_raw(
+            &tmp,
+            &[
+                ("aligned", "BF16", vec![300, 1000], bytes.clone()),
+                ("odd", "U8", vec![1], vec![7]),
+                ("shifted", "BF16", vec![300_000], bytes),
+                ("nan", "BF16", vec![300_000], nan),
+                ("inf", "BF16", vec![300_000], inf),
+                ("wide", "F32", vec![1], 1.5f32.to_le_bytes().to_vec()),
+            ],
+        );
+        let w = Weights::open_files(std::slice::from_ref(&tmp)).expect("open");
+        let copy = |name: &str, shape: &[usize]| w.with_bf16_bits(name, shape, |b| b.to_vec());
+        assert_eq!(
+            copy("aligned", &[300, 1000]).expect("aligned"),
+            Some(bits.clone())
+        );
+        assert_eq!(copy("shifted", &[300_000]).expect("shifted"), Some(bits));
+        for name in ["nan", "inf"] {
+            assert!(
+                matches!(copy(name, &[300_000]), Err(Error::NonFiniteWeight { name: n, .. }) if n == name),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            copy("aligned", &[1000, 300]),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert_eq!(copy("wide", &[1]).expect("wide"), None);
+        assert!(
+            matches!(
+                w.ensure_all_used(),
+                Err(Error::UnexpectedWeights { count: 4, .. })
+            ),
+            "only the two tensors read as bits are taken"
         );
         std::fs::remove_file(&tmp).ok();
     }

@@ -73,6 +73,12 @@ pub enum Storage {
 #[repr(C, align(64))]
 struct Line([u32; 16]);
 
+// SAFETY: 64 plain bytes without padding (sixteen u32 at an alignment of 64); all zeros and any
+// other bit pattern are valid.
+unsafe impl bytemuck::Zeroable for Line {}
+// SAFETY: as above; `Line` is `Copy` and `repr(C)`.
+unsafe impl bytemuck::Pod for Line {}
+
 /// A 64-byte aligned buffer of `f32` or `u16`.
 #[derive(Default)]
 struct Aligned(Vec<Line>);
@@ -81,24 +87,49 @@ impl Aligned {
     fn zeroed(bytes: usize) -> Self {
         Aligned(vec![Line([0; 16]); bytes.div_ceil(64)])
     }
+
+    /// `count` panels of `panel_bytes` (a multiple of 64) each, every panel zeroed and then
+    /// `fill(p, panel)`ed on the rayon pool: each page is first written by the thread that fills
+    /// it, once (a zeroed allocation would touch the whole buffer on one thread first).
+    fn panels(panel_bytes: usize, count: usize, fill: impl Fn(usize, &mut [Line]) + Sync) -> Self {
+        assert!(
+            panel_bytes % 64 == 0,
+            "Aligned::panels: {panel_bytes} bytes per panel"
+        );
+        let lines = panel_bytes / 64;
+        let mut buf: Vec<Line> = Vec::with_capacity(lines * count);
+        if lines > 0 {
+            buf.spare_capacity_mut()[..lines * count]
+                .par_chunks_mut(lines)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for line in panel.iter_mut() {
+                        line.write(Line([0; 16]));
+                    }
+                    // SAFETY: every element of `panel` was written just above.
+                    let panel = unsafe { &mut *(panel as *mut [_] as *mut [Line]) };
+                    fill(p, panel);
+                });
+        }
+        // SAFETY: the loop above initialised all `lines * count` elements, within the capacity.
+        unsafe { buf.set_len(lines * count) };
+        Aligned(buf)
+    }
+
     fn bytes(&self) -> usize {
         self.0.len() * 64
     }
     fn f32s(&self) -> &[f32] {
-        // SAFETY: `Line` is 64 plain bytes; any bit pattern is a valid f32.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const f32, self.bytes() / 4) }
+        bytemuck::cast_slice(&self.0)
     }
     fn f32s_mut(&mut self) -> &mut [f32] {
-        // SAFETY: as above.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut f32, self.bytes() / 4) }
+        bytemuck::cast_slice_mut(&mut self.0)
     }
     fn u16s(&self) -> &[u16] {
-        // SAFETY: as above.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u16, self.bytes() / 2) }
+        bytemuck::cast_slice(&self.0)
     }
     fn u16s_mut(&mut self) -> &mut [u16] {
-        // SAFETY: as above.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u16, self.bytes() / 2) }
+        bytemuck::cast_slice_mut(&mut self.0)
     }
     fn ensure(&mut self, bytes: usize) {
         if self.bytes() < bytes {
@@ -164,6 +195,35 @@ pub struct PackedMatrix {
     /// How bf16 products multiply: the level's choice (`Isa::bf16_path`) unless forced.
     bf16_path: Bf16Path,
     layout: Layout,
+}
+
+/// Writes rows `first..first + NR` (those below `n`) of `w [n, k]` into `panel` as pairs of
+/// k: element `(kk, j)` at `((kk / 2) * NR + j) * 2 + kk % 2`. The pairs are written in
+/// order, reading the panel's rows side by side; what lies past `k` or `n` is left as is (zero).
+fn pack_bf16_panel(w: &Source, (first, n): (usize, usize), k: usize, panel: &mut [u16]) {
+    let rows = NR.min(n - first);
+    match w {
+        Source::Bf16(bits) => {
+            let w = &bits[first * k..(first + rows) * k];
+            for (kk2, pairs) in panel.chunks_exact_mut(NR * 2).take(k / 2).enumerate() {
+                for (j, pair) in pairs.chunks_exact_mut(2).take(rows).enumerate() {
+                    pair.copy_from_slice(&w[j * k + 2 * kk2..j * k + 2 * kk2 + 2]);
+                }
+            }
+            if k % 2 == 1 {
+                for j in 0..rows {
+                    panel[((k / 2) * NR + j) * 2] = w[j * k + k - 1];
+                }
+            }
+        }
+        Source::F32(_) => {
+            for kk in 0..k {
+                for j in 0..rows {
+                    panel[((kk / 2) * NR + j) * 2 + kk % 2] = w.bf16((first + j) * k + kk);
+                }
+            }
+        }
+    }
 }
 
 fn k_even(k: usize) -> usize {
@@ -238,19 +298,17 @@ impl PackedMatrix {
             let panels = n.div_ceil(NR);
             match storage {
                 Storage::F32 => {
-                    let mut buf = Aligned::zeroed(panels * k * NR * 4);
-                    let dst = &mut buf.f32s_mut()[..panels * k * NR];
-                    dst.par_chunks_mut(k * NR)
-                        .enumerate()
-                        .for_each(|(p, panel)| {
-                            for j in 0..NR.min(n - p * NR) {
-                                let row = (p * NR + j) * k;
-                                for kk in 0..k {
-                                    panel[kk * NR + j] = w.value(row + kk, storage);
-                                }
+                    Layout::PanelsF32(Aligned::panels(k * NR * 4, panels, |p, panel| {
+                        let panel: &mut [f32] = bytemuck::cast_slice_mut(panel);
+                        let rows = NR.min(n - p * NR);
+                        // Down the panel, so the writes stream and the reads walk `rows` rows side
+                        // by side.
+                        for kk in 0..k {
+                            for j in 0..rows {
+                                panel[kk * NR + j] = w.value((p * NR + j) * k + kk, storage);
                             }
-                        });
-                    Layout::PanelsF32(buf)
+                        }
+                    }))
                 }
                 Storage::Bf16 => {
                     let kp = if compute == Compute::Bf16 && isa.bf16_path() == Bf16Path::Tiles {
@@ -258,19 +316,9 @@ impl PackedMatrix {
                     } else {
                         k_even(k)
                     };
-                    let k2 = kp / 2;
-                    let mut buf = Aligned::zeroed(panels * k2 * NR * 2 * 2);
-                    let dst = &mut buf.u16s_mut()[..panels * k2 * NR * 2];
-                    dst.par_chunks_mut(k2 * NR * 2)
-                        .enumerate()
-                        .for_each(|(p, panel)| {
-                            for j in 0..NR.min(n - p * NR) {
-                                let row = (p * NR + j) * k;
-                                for kk in 0..k {
-                                    panel[((kk / 2) * NR + j) * 2 + kk % 2] = w.bf16(row + kk);
-                                }
-                            }
-                        });
+                    let buf = Aligned::panels(kp * NR * 2, panels, |p, panel| {
+                        pack_bf16_panel(&w, (p * NR, n), k, bytemuck::cast_slice_mut(panel))
+                    });
                     Layout::PanelsBf16 { buf, kp }
                 }
             }

@@ -44,12 +44,25 @@ impl Winograd3x3 {
     /// of a bf16 weight is not a bf16 value).
     pub fn new(w: &[f32], c_out: usize, c_in: usize, compute: Compute) -> Self {
         assert_eq!(w.len(), c_out * c_in * 9, "winograd: w is not [O, C, 3, 3]");
-        // G g Gᵀ, one 4x4 matrix per (o, c), then scattered into the 16 matrices U_j [O, C].
-        let per_pair: Vec<[f32; 16]> = w.par_chunks_exact(9).map(transform_weight).collect();
-        let u: Vec<Vec<f32>> = (0..16)
-            .into_par_iter()
-            .map(|j| per_pair.iter().map(|t| t[j]).collect())
+        // G g Gᵀ, one 4x4 matrix per (o, c); U_j [O, C] holds element j of each. Blocks of
+        // (o, c) pairs run in parallel, each writing its part of the 16 matrices.
+        const BLOCK: usize = 1024;
+        let pairs = c_out * c_in;
+        let mut u = vec![vec![0.0f32; pairs]; 16];
+        let mut columns: Vec<_> = u.iter_mut().map(|uj| uj.chunks_mut(BLOCK)).collect();
+        let blocks: Vec<Vec<&mut [f32]>> = (0..pairs.div_ceil(BLOCK))
+            .map(|_| columns.iter_mut().flat_map(|c| c.next()).collect())
             .collect();
+        blocks
+            .into_par_iter()
+            .zip(w.par_chunks(BLOCK * 9))
+            .for_each(|(mut dst, w)| {
+                for (i, g) in w.chunks_exact(9).enumerate() {
+                    for (j, t) in transform_weight(g).into_iter().enumerate() {
+                        dst[j][i] = t;
+                    }
+                }
+            });
         let storage = match compute {
             Compute::Bf16 => Storage::Bf16,
             Compute::F32 => Storage::F32,
