@@ -11,7 +11,9 @@ Run by hand (never by CI), alternating with our runs in one sitting, e.g.
 77 text tokens, the id grid of `--size` px), as `UnifiedPipeline` makes it; prints the median of
 `--runs` after one warm-up. `--what vq`: the VQ decode of a random id grid (`--size` / 16 per side; 32 x 32 -> 512 px) as
 `UnifiedPipeline` calls it (`VQModel.decode` with `force_not_quantize=True`), median of `--runs`
-after one warm-up. `--what pipeline`: a whole `UnifiedPipeline` text-to-image run (load,
+after one warm-up. `--what text`: the CLIP text tower on the prompt and the negative prompt
+(one 77-token call each, hidden states kept), median of `--runs` after one warm-up.
+`--what pipeline`: a whole `UnifiedPipeline` text-to-image run (load,
 text encoding, `--steps` guided steps, VQ decode, PIL image) timed from the first `from_pretrained`
 call; prints the wall time and the peak resident memory of the process.
 
@@ -85,6 +87,25 @@ def bench_vq(model: Path, dtype, size: int, runs: int) -> dict:
     return {"what": "vq", "median_s": statistics.median(times), "runs_s": times}
 
 
+def bench_text(model: Path, dtype, runs: int) -> dict:
+    from transformers import CLIPTextModelWithProjection
+    enc = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder").to(dtype).eval()
+    gen = torch.Generator().manual_seed(0)
+    vocab = enc.config.vocab_size
+    # The prompt and the negative prompt, one call each, as `UnifiedPipeline` encodes them.
+    prompts = [torch.randint(0, vocab, (1, 77), generator=gen) for _ in range(2)]
+    times = []
+    with torch.no_grad():
+        for i in range(runs + 1):
+            start = time.perf_counter()
+            for ids in prompts:
+                out = enc(ids, return_dict=True, output_hidden_states=True)
+                out.text_embeds, out.hidden_states[-2]
+            if i > 0:
+                times.append(time.perf_counter() - start)
+    return {"what": "text", "median_s": statistics.median(times), "runs_s": times}
+
+
 def bench_pipeline(upstream, model: Path, dtype, size: int, steps: int) -> dict:
     from diffusers import VQModel  # noqa: F401  (imported before the clock starts)
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer  # noqa: F401
@@ -104,7 +125,7 @@ def main() -> None:
     ap.add_argument("--muddit-src", type=Path, required=True)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
-    ap.add_argument("--what", choices=["step", "vq", "pipeline"], default="step")
+    ap.add_argument("--what", choices=["step", "vq", "text", "pipeline"], default="step")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
@@ -117,6 +138,8 @@ def main() -> None:
         result = bench_step(upstream[2], args.model, dtype, args.size, args.runs)
     elif args.what == "vq":
         result = bench_vq(args.model, dtype, args.size, args.runs)
+    elif args.what == "text":
+        result = bench_text(args.model, dtype, args.runs)
     else:
         result = bench_pipeline(upstream, args.model, dtype, args.size, args.steps)
     result.update(dtype=args.dtype, size=args.size, threads=args.threads, torch=torch.__version__)

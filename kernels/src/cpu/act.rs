@@ -28,8 +28,13 @@ pub fn gelu_tanh_(x: &mut [f32]) {
 }
 
 /// GELU with the exact erf (`nn.GELU()`, transformers' `gelu`): `0.5 x (1 + erf(x / sqrt 2))`,
-/// the erf evaluated in `f64`.
+/// in f32 vectors ([`super::simd::gelu_erf`], relative error under 1e-6), or with the erf
+/// evaluated in `f64` where this CPU has no vector width.
 pub fn gelu_erf_(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if map_(width(), x, Op::GeluErf).is_some() {
+        return;
+    }
     for v in x.iter_mut() {
         let u = *v as f64;
         *v = (0.5 * u * (1.0 + libm::erf(u * std::f64::consts::FRAC_1_SQRT_2))) as f32;
