@@ -93,7 +93,7 @@ impl Aligned {
     /// it, once (a zeroed allocation would touch the whole buffer on one thread first).
     fn panels(panel_bytes: usize, count: usize, fill: impl Fn(usize, &mut [Line]) + Sync) -> Self {
         assert!(
-            panel_bytes % 64 == 0,
+            panel_bytes.is_multiple_of(64),
             "Aligned::panels: {panel_bytes} bytes per panel"
         );
         let lines = panel_bytes / 64;
