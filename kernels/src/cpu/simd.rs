@@ -332,13 +332,6 @@ pub unsafe fn gelu_erf<V: F32s>(x: V) -> V {
         1.3785561e-06,
         -1.0859589e-07,
     ];
-    let horner = |c: &[f32], u: V| {
-        let mut r = V::splat(c[c.len() - 1]);
-        for &v in c[..c.len() - 1].iter().rev() {
-            r = r.fmadd(u, V::splat(v));
-        }
-        r
-    };
     let (zero, half) = (V::splat(0.0), V::splat(0.5));
     let t = x
         .max(zero.sub(x))
@@ -360,6 +353,19 @@ pub unsafe fn gelu_erf<V: F32s>(x: V) -> V {
     let erfc = t.select_lt(V::splat(1.0), near, far); // erfc(t)
     let one_plus = x.select_lt(zero, erfc, V::splat(2.0).sub(erfc)); // 1 + erf(x/√2)
     x.mul(V::splat(0.5)).mul(one_plus)
+}
+
+/// The polynomial `c[0] + c[1] u + c[2] u² + ...` by Horner's rule.
+///
+/// # Safety
+/// The width's instructions present (called inside a function compiled with them).
+#[inline(always)]
+unsafe fn horner<V: F32s>(c: &[f32], u: V) -> V {
+    let mut r = V::splat(c[c.len() - 1]);
+    for &v in c[..c.len() - 1].iter().rev() {
+        r = r.fmadd(u, V::splat(v));
+    }
+    r
 }
 
 /// `x · sigmoid(x)`.
