@@ -96,7 +96,7 @@ def main() -> None:
     peer = [args.python, str(HERE / "peer.py"), "--muddit-src", str(args.muddit_src),
             "--model", str(args.model), "--threads", str(args.threads)]
     print(f"CPU: {cpu_line()}")
-    results = []  # (dtype, round, side, stage, seconds or None, raw)
+    results = {}  # (dtype, round, side, stage) -> seconds or None
 
     def record(dtype, rnd, side, stages, raw):
         line = {"time": time.strftime("%H:%M:%S"), "dtype": dtype, "round": rnd, "side": side, "raw": raw}
@@ -104,7 +104,7 @@ def main() -> None:
         with args.log.open("a") as f:
             f.write(json.dumps(line) + "\n")
         for stage, seconds in stages.items():
-            results.append((dtype, rnd, side, stage, seconds))
+            results[(dtype, rnd, side, stage)] = seconds
 
     dtypes = args.dtypes.split(",")
     for rnd in range(1, args.rounds + 1):
@@ -129,12 +129,6 @@ def main() -> None:
                      args.peer_timeout)
         record(dtype, 0, "pytorch", {"whole": r.get("total_s"), "load": r.get("load_s")}, r)
 
-    def seconds(dtype, rnd, side, stage):
-        for d, r, s, st, v in results:
-            if (d, r, s, st) == (dtype, rnd, side, stage):
-                return v
-        return None
-
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     for dtype in dtypes:
         print(f"\n{dtype}, {args.threads} threads ({cpu_line().split(';')[0]})\n")
@@ -145,7 +139,7 @@ def main() -> None:
             rounds.append((0, f"whole, {args.pipeline_steps} steps"))
         for stage in ("load", "text", "step", "vq", "whole"):
             for rnd, label in rounds:
-                a, b = seconds(dtype, rnd, "ours", stage), seconds(dtype, rnd, "pytorch", stage)
+                a, b = results.get((dtype, rnd, "ours", stage)), results.get((dtype, rnd, "pytorch", stage))
                 if a is None and b is None:
                     continue
                 ratio = "-" if a is None or not b else f"{a / b:.2f}"

@@ -176,13 +176,9 @@ impl Weights {
         use rayon::prelude::*;
         let (entry, bytes) = self.checked(name, shape)?;
         let values: Vec<f32> = match entry.dtype {
-            Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-                Ok(values) if cfg!(target_endian = "little") => values.to_vec(),
-                _ => bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            },
+            Dtype::F32 => {
+                in_place(bytes, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).into_owned()
+            }
             Dtype::BF16 => halves(bytes)
                 .par_iter()
                 .map(|&b| bf16::from_bits(b).to_f32())
@@ -326,37 +322,41 @@ fn shard_path(index: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Fails with [`Error::NonFiniteWeight`] when `values` hold NaN or infinity.
-/// Little-endian 16-bit values `bytes` in place, or copied when they sit at an odd address
-/// (or this CPU is big-endian).
-fn halves(bytes: &[u8]) -> Cow<'_, [u16]> {
+/// Little-endian values of `T` in `bytes`, in place, or decoded by `decode` into a copy when
+/// they are not aligned for `T` (or this CPU is big-endian).
+fn in_place<T: bytemuck::Pod>(bytes: &[u8], decode: impl Fn(&[u8]) -> T) -> Cow<'_, [T]> {
     match bytemuck::try_cast_slice(bytes) {
-        Ok(bits) if cfg!(target_endian = "little") => Cow::Borrowed(bits),
+        Ok(values) if cfg!(target_endian = "little") => Cow::Borrowed(values),
         _ => Cow::Owned(
             bytes
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .chunks_exact(std::mem::size_of::<T>())
+                .map(decode)
                 .collect(),
         ),
     }
 }
 
-/// Whether no bf16 bit pattern of `bits` is a NaN or an infinity (all eight exponent bits set);
-/// in parallel blocks whose loop the compiler vectorises.
-fn bf16_all_finite(bits: &[u16]) -> bool {
-    use rayon::prelude::*;
-    bits.par_chunks(1 << 16).all(|block| {
-        block
-            .iter()
-            .fold(true, |finite, &b| finite & (b & 0x7f80 != 0x7f80))
-    })
+/// 16-bit values (bf16 or f16 bits) of `bytes`, see [`in_place`].
+fn halves(bytes: &[u8]) -> Cow<'_, [u16]> {
+    in_place(bytes, |c| u16::from_le_bytes([c[0], c[1]]))
 }
 
-fn check_finite(path: impl FnOnce() -> PathBuf, name: &str, values: &[f32]) -> Result<()> {
+/// Whether `ok` holds for every value, in parallel blocks whose loop the compiler vectorises.
+fn all_values<T: Sync>(values: &[T], ok: impl Fn(&T) -> bool + Sync) -> bool {
     use rayon::prelude::*;
-    let finite = values
+    values
         .par_chunks(1 << 16)
-        .all(|block| block.iter().fold(true, |finite, v| finite & v.is_finite()));
+        .all(|block| block.iter().fold(true, |all, v| all & ok(v)))
+}
+
+/// Whether no bf16 bit pattern of `bits` is a NaN or an infinity (all eight exponent bits set).
+fn bf16_all_finite(bits: &[u16]) -> bool {
+    all_values(bits, |&b| b & 0x7f80 != 0x7f80)
+}
+
+/// Fails with [`Error::NonFiniteWeight`] when `values` hold NaN or infinity.
+fn check_finite(path: impl FnOnce() -> PathBuf, name: &str, values: &[f32]) -> Result<()> {
+    let finite = all_values(values, |v| v.is_finite());
     if finite {
         return Ok(());
     }

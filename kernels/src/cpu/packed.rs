@@ -197,31 +197,21 @@ pub struct PackedMatrix {
     layout: Layout,
 }
 
-/// Writes rows `first..first + NR` (those below `n`) of `w [n, k]` into `panel` as pairs of
-/// k: element `(kk, j)` at `((kk / 2) * NR + j) * 2 + kk % 2`. The pairs are written in
-/// order, reading the panel's rows side by side; what lies past `k` or `n` is left as is (zero).
-fn pack_bf16_panel(w: &Source, (first, n): (usize, usize), k: usize, panel: &mut [u16]) {
+/// Writes rows `first..first + NR` (those below `n`) of the bf16 bits `w [n, k]` into `panel`
+/// as pairs of k: element `(kk, j)` at `((kk / 2) * NR + j) * 2 + kk % 2`. The pairs are written
+/// in order, reading the panel's rows side by side; what lies past `k` or `n` is left as is
+/// (zero).
+fn pack_bf16_panel(w: &[u16], (first, n): (usize, usize), k: usize, panel: &mut [u16]) {
     let rows = NR.min(n - first);
-    match w {
-        Source::Bf16(bits) => {
-            let w = &bits[first * k..(first + rows) * k];
-            for (kk2, pairs) in panel.chunks_exact_mut(NR * 2).take(k / 2).enumerate() {
-                for (j, pair) in pairs.chunks_exact_mut(2).take(rows).enumerate() {
-                    pair.copy_from_slice(&w[j * k + 2 * kk2..j * k + 2 * kk2 + 2]);
-                }
-            }
-            if k % 2 == 1 {
-                for j in 0..rows {
-                    panel[((k / 2) * NR + j) * 2] = w[j * k + k - 1];
-                }
-            }
+    let w = &w[first * k..(first + rows) * k];
+    for (kk2, pairs) in panel.chunks_exact_mut(NR * 2).take(k / 2).enumerate() {
+        for (j, pair) in pairs.chunks_exact_mut(2).take(rows).enumerate() {
+            pair.copy_from_slice(&w[j * k + 2 * kk2..j * k + 2 * kk2 + 2]);
         }
-        Source::F32(_) => {
-            for kk in 0..k {
-                for j in 0..rows {
-                    panel[((kk / 2) * NR + j) * 2 + kk % 2] = w.bf16((first + j) * k + kk);
-                }
-            }
+    }
+    if k % 2 == 1 {
+        for j in 0..rows {
+            panel[((k / 2) * NR + j) * 2] = w[j * k + k - 1];
         }
     }
 }
@@ -277,16 +267,6 @@ impl PackedMatrix {
             !(compute == Compute::Bf16 && storage == Storage::F32),
             "PackedMatrix: bf16 products need bf16 storage"
         );
-        // f32 values kept as bf16 are rounded in one vector pass first (the panels' scatter
-        // below then moves bits only).
-        let rounded;
-        let w = match (w, storage) {
-            (Source::F32(values), Storage::Bf16) if isa != Isa::Portable => {
-                rounded = bf16_bits_of(values);
-                Source::Bf16(&rounded)
-            }
-            _ => w,
-        };
         let layout = if isa == Isa::Portable {
             Layout::Rows(
                 (0..n * k)
@@ -316,8 +296,18 @@ impl PackedMatrix {
                     } else {
                         k_even(k)
                     };
+                    // f32 values kept as bf16 are rounded in one vector pass first (the
+                    // panels then move bits only).
+                    let rounded;
+                    let bits = match w {
+                        Source::Bf16(bits) => bits,
+                        Source::F32(values) => {
+                            rounded = bf16_bits_of(values);
+                            &rounded
+                        }
+                    };
                     let buf = Aligned::panels(kp * NR * 2, panels, |p, panel| {
-                        pack_bf16_panel(&w, (p * NR, n), k, bytemuck::cast_slice_mut(panel))
+                        pack_bf16_panel(bits, (p * NR, n), k, bytemuck::cast_slice_mut(panel))
                     });
                     Layout::PanelsBf16 { buf, kp }
                 }
