@@ -69,7 +69,7 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
         return serve(&args, url, global);
     }
     let total = Instant::now();
-    let root = crate::model::resolve_root(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref(), global.quiet)?;
     let request = crate::generate::default_request(
         &args.prompt,
         args.steps,

@@ -67,7 +67,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
         Some(t) => crate::generate::parse_temperature(t)?,
         None => Temperature::default(),
     };
-    let root = crate::model::resolve_root(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref(), global.quiet)?;
     let defaults = crate::model::defaults(&root)?;
     let steps = args.steps.unwrap_or(defaults.i2t_steps);
     let r = args.resolution.unwrap_or(defaults.resolution);

@@ -163,7 +163,7 @@ fn side(
 
 /// The model folder from `--model` or `MUDDIT_MODEL`, resolved as for every other command.
 fn model_arg(global: &Global) -> Result<std::path::PathBuf> {
-    crate::model::resolve(global.model.as_deref())
+    crate::model::resolve(global.model.as_deref(), global.quiet)
 }
 
 fn forward(global: &Global, files: &TensorFiles) -> Result<()> {

@@ -15,13 +15,10 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The committed held-out set.
-pub const DEFAULT_SET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shapes-eval");
-
 #[derive(Args)]
 pub struct EvalArgs {
     /// The evaluation set: a folder holding `eval.json` and its images [default: the committed
-    /// shapes-world set].
+    /// shapes-world set, built into the binary].
     #[arg(long)]
     set: Option<PathBuf>,
     /// Only the first N prompts, the first N images and their questions.
@@ -150,10 +147,10 @@ impl Ctx<'_> {
 
 pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let total_start = Instant::now();
-    let set_dir = args
-        .set
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SET));
+    let set_dir = match &args.set {
+        Some(dir) => dir.clone(),
+        None => crate::embedded::DEFAULT_SET.folder(global.quiet)?,
+    };
     let json_path = set_dir.join("eval.json");
     muddit_engine::limits::regular_file(&json_path).context("--set")?;
     let text = std::fs::read_to_string(&json_path)
@@ -180,16 +177,31 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
         .map(|p| Scene::from_key(&p.key))
         .collect::<Result<_>>()
         .with_context(|| format!("{}", json_path.display()))?;
-    let tasks = if args.tasks.is_empty() {
+    let pairs = want_img.iter().any(|s| matches!(s, Scene::Pair { .. }));
+    let tasks = if !args.tasks.is_empty() {
+        args.tasks.clone()
+    } else if pairs {
         vec![Task::T2i, Task::Caption, Task::Vqa, Task::Edit]
     } else {
-        args.tasks.clone()
+        if !global.quiet {
+            eprintln!(
+                "eval: no edit scores: none of the {} images is a two-object scene (a larger --limit takes some in)",
+                images.len()
+            );
+        }
+        vec![Task::T2i, Task::Caption, Task::Vqa]
     };
+    if tasks.contains(&Task::Edit) && !pairs {
+        bail!(
+            "--tasks edit: none of the {} images is a two-object scene to edit (a larger --limit takes some in)",
+            images.len()
+        );
+    }
     if tasks.contains(&Task::Vqa) && images.iter().all(|i| i.qa.is_empty()) {
         bail!("{}: no questions", json_path.display());
     }
 
-    let root = crate::model::resolve_root(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref(), global.quiet)?;
     let defaults = crate::model::defaults(&root)?;
     let t2i_steps = args.steps.unwrap_or(defaults.t2i_steps);
     let i2t_steps = args.i2t_steps.unwrap_or(defaults.i2t_steps);

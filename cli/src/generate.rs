@@ -137,7 +137,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             .filter(|p| !p.model.is_empty())
             .map(|p| PathBuf::from(&p.model))
     });
-    let root = crate::model::resolve_root(model_arg.as_deref())?;
+    let root = crate::model::resolve_root(model_arg.as_deref(), global.quiet)?;
     let defaults = crate::model::defaults(&root)?;
     let pick = |flag: Option<usize>, from: fn(&GenerationParams) -> usize, default: usize| {
         flag.or(stored.as_ref().map(from)).unwrap_or(default)

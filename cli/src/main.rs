@@ -4,6 +4,7 @@ mod bench;
 mod caption;
 mod debug;
 mod edit;
+mod embedded;
 mod eval;
 mod eval_edit;
 mod generate;

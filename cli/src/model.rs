@@ -1,6 +1,7 @@
 //! Which model folder a command uses: `--model` (a folder, or a Hugging Face repo id found in
 //! the local Hugging Face cache), else `MUDDIT_MODEL` (through clap), else the default model
-//! committed in this repository (`models/shapes-64/`, found through the path it was built from).
+//! committed in this repository (`models/shapes-64/`), built into the binary and unpacked into
+//! the user's cache folder on first use (see [`crate::embedded`]).
 //! A model root may hold `muddit.json` with the command defaults that suit it (see [`Defaults`]).
 
 use crate::Global;
@@ -12,9 +13,6 @@ use muddit_engine::pipeline::{
 };
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-/// The default model: the shapes-world Muddit trained by `tools/shapes/` and committed here.
-pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/shapes-64");
 
 /// Command defaults a model folder may set in `muddit.json` at its root; keys left out keep the
 /// public model's defaults (512 px, 48 text-to-image steps at guidance 9, 32 image-to-text steps,
@@ -175,8 +173,8 @@ fn model_subfolders(dir: &Path) -> Vec<String> {
 
 /// The model root of a command that runs the whole model (`t2i`, `caption`, `vqa`, `bench`,
 /// `eval`): a component folder (`transformer/`, `vqvae/`) is refused with its root named.
-pub fn resolve_root(arg: Option<&Path>) -> Result<PathBuf> {
-    let dir = resolve(arg)?;
+pub fn resolve_root(arg: Option<&Path>, quiet: bool) -> Result<PathBuf> {
+    let dir = resolve(arg, quiet)?;
     if !dir.join("transformer").is_dir() && dir.join("config.json").is_file() {
         let parent = dir.parent().filter(|p| p.join("transformer").is_dir());
         match parent {
@@ -194,17 +192,12 @@ pub fn resolve_root(arg: Option<&Path>) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The model root (or component folder) to load.
-pub fn resolve(arg: Option<&Path>) -> Result<PathBuf> {
+/// The model root (or component folder) to load; with no `arg`, the built-in default model (the
+/// shapes-world Muddit trained by `tools/shapes/`), unpacked when first used (said on stderr
+/// unless `quiet`).
+pub fn resolve(arg: Option<&Path>, quiet: bool) -> Result<PathBuf> {
     let Some(arg) = arg else {
-        let default = Path::new(DEFAULT_MODEL);
-        if default.join("transformer").is_dir() {
-            return Ok(default.to_path_buf());
-        }
-        bail!(
-            "no model given, and the default model ({}) is not there (a binary moved away from its checkout?); {HOW_TO_GET_ONE}",
-            default.display()
-        )
+        return crate::embedded::DEFAULT_MODEL.folder(quiet);
     };
     if arg.as_os_str().is_empty() {
         bail!("--model is empty (or MUDDIT_MODEL is set to nothing): name a model folder, or leave both out for the default model");
@@ -254,11 +247,12 @@ mod tests {
         std::fs::write(tmp.join("models--Org--Model/refs/main"), "abc123\n").expect("write");
         // SAFETY of the test: no other test in this binary reads HF_HUB_CACHE.
         unsafe { std::env::set_var("HF_HUB_CACHE", &tmp) };
-        let got = resolve(Some(Path::new("Org/Model/512"))).expect("resolve");
+        let got = resolve(Some(Path::new("Org/Model/512")), true).expect("resolve");
         assert_eq!(got, tmp.join("models--Org--Model/snapshots/abc123/512"));
-        let e = resolve(Some(Path::new("Org/Model"))).expect_err("two models would be ambiguous");
+        let e =
+            resolve(Some(Path::new("Org/Model")), true).expect_err("two models would be ambiguous");
         assert!(e.to_string().contains("512"), "{e}");
-        let e = resolve(Some(Path::new("Org/Missing"))).expect_err("not cached");
+        let e = resolve(Some(Path::new("Org/Missing")), true).expect_err("not cached");
         assert!(e.to_string().contains("huggingface-cli download"), "{e}");
         std::fs::remove_dir_all(&tmp).ok();
     }

@@ -83,6 +83,75 @@ fn default_model_t2i_writes_a_64_px_png() {
     );
 }
 
+/// An installed binary: copied away from the build, with an empty cache, it unpacks its built-in
+/// model there once, says so, and writes the same image on the first and the second run; a cache
+/// that cannot be written is an error naming it.
+#[cfg(unix)]
+#[test]
+fn the_default_model_is_built_in_and_unpacked_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = tmp.path().join("muddit");
+    std::fs::copy(env!("CARGO_BIN_EXE_muddit"), &bin).expect("copy the binary");
+    let cache = tmp.path().join("cache");
+    let t2i = |out: &str, cache: &Path| {
+        std::process::Command::new(&bin)
+            .args([
+                "t2i",
+                "--prompt",
+                "a red circle on the left",
+                "--seed",
+                "1",
+                "--output",
+                out,
+            ])
+            .current_dir(tmp.path())
+            .env_remove("MUDDIT_MODEL")
+            .env("XDG_CACHE_HOME", cache)
+            .output()
+            .expect("spawn the copied binary")
+    };
+    let first = t2i("first.png", &cache);
+    succeeds(&first);
+    let unpacked = format!(
+        "unpacked the built-in shapes-64 into {}",
+        cache.join("muddit").display()
+    );
+    assert!(stderr(&first).contains(&unpacked), "{}", stderr(&first));
+    let second = t2i("second.png", &cache);
+    succeeds(&second);
+    assert!(!stderr(&second).contains("unpacked"), "{}", stderr(&second));
+    let read = |name: &str| std::fs::read(tmp.path().join(name)).expect(name);
+    assert_eq!(read("first.png"), read("second.png"));
+    let text = String::from_utf8_lossy(&read("first.png")).into_owned();
+    assert!(
+        text.contains("Model: shapes-64,"),
+        "the model keeps its name"
+    );
+
+    let not_a_folder = tmp.path().join("a-file");
+    std::fs::write(&not_a_folder, b"x").expect("write");
+    let o = t2i("third.png", &not_a_folder);
+    fails_with(&o, &["a-file", "--model"]);
+    assert!(!tmp.path().join("third.png").exists());
+}
+
+/// A `--limit` that leaves no two-object scene: the default tasks run without the edits and say
+/// so; asking for the edits is an error naming `--limit`.
+#[test]
+fn a_small_limit_leaves_the_edits_out_and_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = muddit(&["eval", "--limit", "1", "--json"], tmp.path());
+    let got = json_output(&o);
+    assert!(got.get("edit").is_none(), "{got}");
+    assert!(got.pointer("/vqa/accuracy").is_some(), "{got}");
+    assert!(stderr(&o).contains("no edit scores"), "{}", stderr(&o));
+    let o = muddit(
+        &["eval", "--limit", "1", "--tasks", "edit", "-q"],
+        tmp.path(),
+    );
+    fails_with(&o, &["--tasks edit", "--limit"]);
+}
+
 #[test]
 fn eval_errors_name_the_argument() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -289,7 +289,11 @@ fn run_case(c: &Case) -> Result<(), String> {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_muddit"));
     cmd.args(&args)
         .current_dir(b.tmp.path())
-        .env_remove("MUDDIT_MODEL");
+        .env_remove("MUDDIT_MODEL")
+        .env(
+            "XDG_CACHE_HOME",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"),
+        );
     for (k, v) in &c.env {
         cmd.env(k, v);
     }

@@ -64,7 +64,7 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
     ensure!(args.queue >= 1, "--queue must be at least 1");
     let request_timeout = seconds("request-timeout", args.request_timeout)?;
     let grace = seconds("shutdown-grace", args.shutdown_grace)?;
-    let root = crate::model::resolve_root(global.model.as_deref())?;
+    let root = crate::model::resolve_root(global.model.as_deref(), global.quiet)?;
     let defaults = crate::model::defaults(&root)?;
     let folder = muddit_engine::pipeline::ModelFolder::open(&root)?;
     // The weights stay loaded: the memory check of a request counts only its run.

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// `muddit ARGS` in `cwd`, with no `MUDDIT_MODEL` from the environment.
+/// `muddit ARGS` in `cwd`, with no `MUDDIT_MODEL` from the environment, and the built-in default
+/// model unpacked under the target folder rather than the user's cache.
 #[allow(dead_code)] // used by some test binaries only
 pub fn muddit(args: &[&str], cwd: &Path) -> Output {
     command(args, cwd).output().expect("spawn muddit")
@@ -11,7 +12,13 @@ pub fn muddit(args: &[&str], cwd: &Path) -> Output {
 
 fn command<S: AsRef<std::ffi::OsStr>>(args: &[S], cwd: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_muddit"));
-    c.args(args).current_dir(cwd).env_remove("MUDDIT_MODEL");
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("MUDDIT_MODEL")
+        .env(
+            "XDG_CACHE_HOME",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"),
+        );
     c
 }
 

@@ -40,6 +40,10 @@ impl Server {
             .args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env_remove("MUDDIT_MODEL")
+            .env(
+                "XDG_CACHE_HOME",
+                concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
