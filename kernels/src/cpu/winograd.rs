@@ -391,6 +391,7 @@ fn untransform(
         };
         // SAFETY: every row of `m` holds `n * o` values and every pixel of `dst` `o`, so each
         // whole vector of channels is inside both.
+        #[cfg(target_arch = "x86_64")]
         let o0 = unsafe { simd::output_vectors(lanes, &results, dst) }.unwrap_or(0);
         #[cfg(not(target_arch = "x86_64"))]
         let o0 = 0;
@@ -579,6 +580,19 @@ mod tests {
     use crate::cpu::reference::pseudo;
 
     /// Relative L2 distance of `got` from `want`.
+    /// Outputs of the same sums cut into other chunks of tiles: the same bits on the packed
+    /// kernels (a row's sums do not depend on the rows beside it); equal to rounding on the
+    /// portable level, whose `gemm` crate takes other paths, with another order of the sums, for
+    /// products of few rows.
+    fn same_sums(got: &[f32], want: &[f32], what: &str) {
+        if crate::cpu::isa::Isa::detect() == crate::cpu::isa::Isa::Portable {
+            let err = distance(got, want);
+            assert!(err < 1e-6, "{what}: relative L2 {err}");
+        } else {
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
     fn distance(got: &[f32], want: &[f32]) -> f64 {
         let (mut err, mut norm) = (0.0f64, 0.0f64);
         for (g, w) in got.iter().zip(want) {
@@ -626,7 +640,7 @@ mod tests {
                     "({b}, {h}x{w}, {c}->{o}, up {up}, silu {silu}): {err}"
                 );
                 // Chunks of one tile and of a few slide the window of mapped rows down each
-                // band in steps: the same mapped rows, so the same bits.
+                // band in steps: the same mapped rows, so the same sums (`same_sums`).
                 for chunk_tiles in [1, 3] {
                     let mut chunked = vec![f32::NAN; want.len()];
                     let bytes = chunk_tiles * 16 * 4 * (c + o);
@@ -641,7 +655,7 @@ mod tests {
                         &mut chunked,
                         bytes,
                     );
-                    assert_eq!(chunked, got, "{chunk_tiles} tiles a chunk");
+                    same_sums(&chunked, &got, &format!("{chunk_tiles} tiles a chunk"));
                 }
             }
         }
@@ -702,7 +716,7 @@ mod tests {
                 out
             };
             let want = direct(Storage::F32, Compute::F32);
-            // Chunks of one tile and of a few: the same sums, so the same bits.
+            // Chunks of one tile and of a few: the same sums (`same_sums`).
             let whole = winograd(Compute::Bf16);
             for chunk_tiles in [1, 3] {
                 let mut got = vec![f32::NAN; whole.len()];
@@ -718,11 +732,8 @@ mod tests {
                     &mut got[..hh * ww * o],
                     bytes,
                 );
-                assert_eq!(
-                    got[..hh * ww * o],
-                    whole[..hh * ww * o],
-                    "{chunk_tiles} tiles a chunk"
-                );
+                let what = format!("{chunk_tiles} tiles a chunk");
+                same_sums(&got[..hh * ww * o], &whole[..hh * ww * o], &what);
             }
             let case = format!("(B {b}, {hh}x{ww}, C {c}, O {o}, up {up})");
             let f32_err = distance(&winograd(Compute::F32), &want);
