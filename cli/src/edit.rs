@@ -7,6 +7,7 @@ use crate::model::Models;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use muddit_engine::image_io::{decode_image, decode_mask, image_dimensions, RgbImage};
+use muddit_engine::limits::MAX_SIDE;
 use muddit_engine::pipeline::{mask_tokens, EditIds, ModelFolder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -107,6 +108,7 @@ pub enum EditInput {
     Height,
     KeepPixels,
     MaskBlur,
+    Outpaint,
 }
 
 /// A refused edit: which input, and why (the message starts with the value when it is a
@@ -122,6 +124,30 @@ fn refuse<T>(input: EditInput, message: impl Into<String>) -> Result<T, EditErro
         input,
         message: message.into(),
     })
+}
+
+/// Which input made the canvas too large or uneven (`e` names its side), and why: the size
+/// asked for that side, else the outpainting pads on it, else the input image's own size.
+fn canvas_culprit(e: muddit_engine::Error, request: &EditRequest) -> (EditInput, String) {
+    let height = matches!(&e, muddit_engine::Error::InvalidInput { name, .. } if name == "height");
+    let message = engine_message(e);
+    let [left, top, right, bottom] = request.pads;
+    let (side, asked, padded, input) = match height {
+        false => ("width", request.size.0, left + right, EditInput::Width),
+        true => ("height", request.size.1, top + bottom, EditInput::Height),
+    };
+    if asked.is_some() {
+        (input, message)
+    } else if padded > 0 {
+        let pads = format!("{left},{top},{right},{bottom}");
+        (
+            EditInput::Outpaint,
+            format!("{pads}: the canvas {side}: {message}"),
+        )
+    } else {
+        let hint = "(a width and height given resize the input)";
+        (EditInput::Image, format!("its {side}: {message} {hint}"))
+    }
 }
 
 /// The message of an engine error about an input (without the input's name).
@@ -153,7 +179,8 @@ pub fn plan(request: &EditRequest, folder: &ModelFolder) -> Result<PlannedEdit, 
     let (inner_w, inner_h) = canvas.inner;
     let (width, height) = canvas.size;
     if let Err(e) = folder.grid(width, height) {
-        return refuse(EditInput::Width, engine_message(e));
+        let (input, message) = canvas_culprit(e, request);
+        return refuse(input, message);
     }
     let editing_part = request.mask.is_some() || request.pads.iter().any(|&p| p > 0);
     let default = if editing_part { 1.0 } else { IMG2IMG_STRENGTH };
@@ -322,8 +349,12 @@ impl Edit {
 /// sigma, edges repeated), rows then columns.
 fn gaussian_blur(plane: &[f32], width: usize, height: usize, sigma: f32) -> Vec<f32> {
     let radius = (3.0 * sigma).ceil() as isize;
+    // The centre weighs 1 even where `2 sigma^2` underflows to 0 (a blur of no width).
     let weights: Vec<f32> = (-radius..=radius)
-        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
+        .map(|d| match d {
+            0 => 1.0,
+            d => (-(d * d) as f32 / (2.0 * sigma * sigma)).exp(),
+        })
         .collect();
     let total: f32 = weights.iter().sum();
     let pass = |src: &[f32], along_rows: bool| -> Vec<f32> {
@@ -486,6 +517,7 @@ pub fn prepare(
             EditInput::Height => "--height".into(),
             EditInput::KeepPixels => "--keep-unmasked-pixels:".into(),
             EditInput::MaskBlur => "--mask-blur".into(),
+            EditInput::Outpaint => "--outpaint".into(),
         };
         anyhow::anyhow!("{flag} {}", e.message)
     })?;
@@ -515,6 +547,13 @@ impl Canvas {
         size: (Option<usize>, Option<usize>),
         step: usize,
     ) -> Result<Self, EditError> {
+        if let Some(p) = pads.into_iter().find(|&p| p > MAX_SIDE) {
+            return refuse(
+                EditInput::Outpaint,
+                format!("{p} px: a pad cannot be larger than the largest side, {MAX_SIDE} px"),
+            );
+        }
+        // At most MAX_SIDE + step each, so neither this nor the sums below can overflow.
         let pads = pads.map(|p| p.div_ceil(step) * step);
         let inner = |asked: Option<usize>, own: usize, before: usize, after: usize, input| {
             let Some(total) = asked else {

@@ -266,6 +266,13 @@ fn img2img_and_outpainting_write_the_asked_sizes() {
         }
     }
     assert!(seam_differs, "the seam is blended");
+    // A blur too narrow to reach the next pixel pastes back as no blur does.
+    run_ok(
+        &[&o[..], &["thin.png", "--mask-blur", "1e-30"]].concat(),
+        dir,
+    );
+    let thin = image::open(dir.join("thin.png")).expect("png").to_rgb8();
+    assert!(thin == kept, "--mask-blur 1e-30 pastes the crop back");
     // --width/--height resize the input inside the pads.
     run_ok(
         &[
@@ -367,6 +374,9 @@ fn edit_errors_exit_2_and_name_the_argument() {
     let black = image::GrayImage::new(64, 64);
     black.save(dir.join("black.png")).expect("black");
     std::fs::write(dir.join("junk.png"), b"not an image").expect("junk");
+    image::GrayImage::new(4112, 16)
+        .save(dir.join("wide.png"))
+        .expect("wide");
     let p = ["--prompt", "a red circle", "-o", "e.png"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--mask", "mask.png"], "need --init-image"),
@@ -410,6 +420,22 @@ fn edit_errors_exit_2_and_name_the_argument() {
             "--width 64",
         ),
         (vec!["-i", "in.png", "--width", "40"], "40"),
+        (
+            vec!["-i", "in.png", "--outpaint", "18446744073709551615,0,0,0"],
+            "--outpaint 18446744073709551615 px: a pad cannot be larger",
+        ),
+        (
+            vec!["-i", "in.png", "--outpaint", "0,0,18446744073709551600,32"],
+            "--outpaint 18446744073709551600 px",
+        ),
+        (
+            vec!["-i", "in.png", "--outpaint", "4096,0,0,0"],
+            "--outpaint 4096,0,0,0: the canvas width: 4160 px is outside",
+        ),
+        (
+            vec!["-i", "wide.png"],
+            "--init-image wide.png: its width: 4112 px is outside",
+        ),
         (vec!["--seed", "-2"], "-2"),
     ];
     for (extra, want) in cases {

@@ -69,6 +69,17 @@ fn refused_field(server: &Server, path: &str, body: Value, field: &str) {
 /// A POST written on a bare socket (the server may answer and close before the whole body is
 /// sent, as it does for bodies over the limit): (status, JSON answer).
 fn raw_post(server: &Server, path: &str, header: &str, body: &[u8]) -> (u16, Value) {
+    raw_post_as(server, path, "application/json", header, body)
+}
+
+/// [`raw_post`] with another Content-Type.
+fn raw_post_as(
+    server: &Server,
+    path: &str,
+    content_type: &str,
+    header: &str,
+    body: &[u8],
+) -> (u16, Value) {
     use std::io::{Read, Write};
     let host = server.url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(host).expect("connect");
@@ -76,7 +87,7 @@ fn raw_post(server: &Server, path: &str, header: &str, body: &[u8]) -> (u16, Val
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n{header}\r\nconnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: {content_type}\r\n{header}\r\nconnection: close\r\n\r\n"
     );
     let mut writer = stream.try_clone().expect("clone");
     let body = body.to_vec();
@@ -324,6 +335,11 @@ fn malformed_requests_name_their_field_and_the_server_stays_healthy() {
         (edit(json!({ "strength": 1.5 })), "strength"),
         (edit(json!({ "outpaint": "1,2" })), "outpaint"),
         (
+            edit(json!({ "outpaint": "18446744073709551552,0,64,0" })),
+            "outpaint",
+        ),
+        (edit(json!({ "outpaint": "4096,0,0,0" })), "outpaint"),
+        (
             edit(json!({ "keep_unmasked_pixels": true })),
             "keep_unmasked_pixels",
         ),
@@ -570,6 +586,16 @@ fn a_disconnected_client_cancels_its_queued_work() {
         2.0,
         "the 3 images of the gone client were never made"
     );
+    // The gone client's request is logged and counted as 499 (client closed request).
+    let closed = server.log_line(|l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["route"] == GENERATIONS && v["status"] == 499)
+    });
+    assert!(closed.is_some(), "no 499 line in {:?}", server.log());
+    assert_eq!(
+        server.metric("muddit_requests_total{route=\"/v1/images/generations\",status=\"499\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -669,4 +695,297 @@ fn sigint_stops_an_idle_server_with_exit_0() {
     assert!(exit.success(), "exit status {exit:?}");
     let said = server.log_line(|l| l.contains("muddit serve: stopped"));
     assert!(said.is_some(), "{:?}", server.log());
+}
+
+/// `body` as one chunk of a chunked transfer.
+fn chunked(body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", body.len()).into_bytes();
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\n0\r\n\r\n");
+    out
+}
+
+/// A multipart form with one file part `image` of `bytes`: (Content-Type, body).
+fn image_form(bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "muddit-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\ncontent-disposition: form-data; name=\"image\"; filename=\"big.bin\"\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A chunked multipart body over `--max-body` is 413 on every multipart route, as a body that
+/// announces its length.
+#[test]
+fn a_chunked_multipart_body_over_the_limit_gets_413() {
+    let server = Server::start(&["--max-body", "200000"]);
+    let (content_type, form) = image_form(&vec![0; 300_000]);
+    for path in ["/v1/captions", "/v1/vqa", EDITS] {
+        let (status, answer) = raw_post_as(
+            &server,
+            path,
+            &content_type,
+            "transfer-encoding: chunked",
+            &chunked(&form),
+        );
+        assert_eq!(
+            error(status, &answer, 413)["code"],
+            "body_too_large",
+            "{path}"
+        );
+    }
+}
+
+/// Large uploads are decoded off the runtime's threads: `/health` answers at once while three
+/// 16384 x 16384 PNGs decode.
+#[test]
+fn health_answers_while_large_uploads_decode() {
+    let mut png = Vec::new();
+    image::GrayImage::new(16384, 16384)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("png");
+    let server = Server::start(&[]);
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let uploads: Vec<_> = (0..3)
+            .map(|_| {
+                let (server, png, answered) = (&server, &png, &answered);
+                s.spawn(move || {
+                    let form = Form::new().part("image", Part::bytes(png.clone()));
+                    let (status, answer) =
+                        send(client().post(server.url("/v1/captions")).multipart(form));
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    (status, answer)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        let (status, health) = send(client().get(server.url("/health")));
+        let took = start.elapsed();
+        let decoding = 3 - answered.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(status, 200, "{health}");
+        println!("/health in {took:?} while {decoding} uploads decode");
+        assert!(decoding > 0, "the uploads were still decoding");
+        assert!(took < Duration::from_secs(1), "/health took {took:?}");
+        for upload in uploads {
+            let (status, answer) = upload.join().expect("thread");
+            assert_eq!(status, 200, "{answer}");
+        }
+    });
+}
+
+/// A field given twice is refused by name, in forms and in JSON, whichever spelling repeats it.
+#[test]
+fn repeated_fields_are_refused_by_name() {
+    let server = Server::start(&[]);
+    let png = std::fs::read(eval_image("000.png")).expect("eval image");
+    let file = || Part::bytes(png.clone()).file_name("000.png");
+    let forms = [
+        (
+            EDITS,
+            Form::new()
+                .part("image", file())
+                .text("prompt", "first")
+                .text("prompt", "second"),
+            "prompt",
+        ),
+        (
+            "/v1/vqa",
+            Form::new()
+                .part("image", file())
+                .part("image", file())
+                .text("question", "what color?"),
+            "image",
+        ),
+        (
+            EDITS,
+            Form::new()
+                .part("image", file())
+                .part("image[]", file())
+                .text("prompt", "a red circle"),
+            "image",
+        ),
+    ];
+    for (path, form, field) in forms {
+        let (status, answer) = send(client().post(server.url(path)).multipart(form));
+        let e = error(status, &answer, 400);
+        assert_eq!(e["param"], field, "{path}: {answer}");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("more than once")),
+            "{answer}"
+        );
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let bodies = [
+        (
+            EDITS,
+            format!(r#"{{"image": "{b64}", "prompt": "first", "prompt": "second"}}"#),
+        ),
+        (
+            GENERATIONS,
+            r#"{"prompt": "first", "prompt": "second"}"#.into(),
+        ),
+    ];
+    for (path, body) in bodies {
+        let request = client()
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        let (status, answer) = send(request);
+        assert_eq!(
+            error(status, &answer, 400)["param"],
+            "prompt",
+            "{path}: {answer}"
+        );
+    }
+}
+
+/// A JSON body that is not an object (an array would fill the fields by position) is refused
+/// on every JSON route.
+#[test]
+fn json_bodies_must_be_objects() {
+    let server = Server::start(&[]);
+    let array = json!(["a red circle", 2, "128x64", null]);
+    for path in [GENERATIONS, EDITS, "/v1/captions", "/v1/vqa"] {
+        let (status, answer) = post(&server, path, &array);
+        let e = error(status, &answer, 400);
+        assert_eq!(e["param"], "body", "{path}: {answer}");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("expected a JSON object")),
+            "{path}: {answer}"
+        );
+    }
+}
+
+/// A seed under greedy draws changes nothing; it is refused rather than echoed as if used.
+#[test]
+fn a_seed_with_greedy_draws_is_refused() {
+    let server = Server::start(&[]);
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(eval_image("000.png")).expect("eval image"));
+    let greedy = json!({ "greedy": true, "seed": 1, "steps": 4 });
+    let with = |fields: Value| {
+        let mut body = greedy.clone();
+        body.as_object_mut()
+            .expect("object")
+            .extend(fields.as_object().expect("object").clone());
+        body
+    };
+    let cases = [
+        (GENERATIONS, with(json!({ "prompt": "a red circle" }))),
+        (
+            EDITS,
+            with(json!({ "prompt": "a red circle", "image": b64 })),
+        ),
+        ("/v1/captions", with(json!({ "image": b64 }))),
+        (
+            "/v1/vqa",
+            with(json!({ "image": b64, "question": "what color?" })),
+        ),
+    ];
+    for (path, body) in cases {
+        let (status, answer) = post(&server, path, &body);
+        let e = error(status, &answer, 400);
+        assert_eq!(e["param"], "seed", "{path}: {answer}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| m.contains("greedy")),
+            "{answer}"
+        );
+    }
+    let (status, answer) = post(
+        &server,
+        GENERATIONS,
+        &json!({ "prompt": "a red circle", "greedy": false, "seed": 1, "steps": 4 }),
+    );
+    assert_eq!(status, 200, "sampled draws take a seed: {answer}");
+}
+
+/// Errors say what is wrong: a nameless part, a Content-Type no route reads, a bad field of a
+/// JSON edit (no position in a body the client never sent), every route on a 404.
+#[test]
+fn refusals_say_what_is_wrong() {
+    let server = Server::start(&[]);
+    let nameless = Form::new().part("", Part::bytes(b"x".to_vec()));
+    let (status, answer) = send(
+        client()
+            .post(server.url("/v1/captions"))
+            .multipart(nameless),
+    );
+    let e = error(status, &answer, 400);
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("no name")),
+        "{answer}"
+    );
+    for path in [GENERATIONS, EDITS, "/v1/captions"] {
+        let request = client()
+            .post(server.url(path))
+            .header("content-type", "multipart/mixed; boundary=x")
+            .body("--x--");
+        let (status, answer) = send(request);
+        let e = error(status, &answer, 415);
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("application/json")),
+            "{path}: {answer}"
+        );
+    }
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(eval_image("000.png")).expect("eval image"));
+    let body = json!({ "image": b64, "prompt": "a red circle", "n": "two" });
+    let (status, answer) = post(&server, EDITS, &body);
+    let e = error(status, &answer, 400);
+    assert_eq!(e["param"], "n", "{answer}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.contains("line")),
+        "{answer}"
+    );
+    let (status, answer) = send(client().get(server.url("/v2/nothing")));
+    let message = error(status, &answer, 404)["message"]
+        .as_str()
+        .unwrap_or("");
+    for route in [
+        "/health",
+        "/metrics",
+        "/v1/models",
+        GENERATIONS,
+        EDITS,
+        "/v1/captions",
+        "/v1/vqa",
+    ] {
+        assert!(message.contains(route), "{route} missing from {message}");
+    }
+}
+
+/// A run whose client timed out stops at its next step or block: the next request is answered
+/// within its own 2 s, not 504 behind a run of many minutes.
+#[test]
+fn a_run_nobody_waits_for_stops_and_frees_the_worker() {
+    let server = Server::start(&["--request-timeout", "2"]);
+    let long = json!({ "prompt": "a red circle", "steps": 1000, "size": "1024x1024" });
+    let (status, answer) = post(&server, GENERATIONS, &long);
+    assert_eq!(status, 504, "{answer}");
+    let (status, answer) = post(&server, GENERATIONS, &json!({ "prompt": "a red circle" }));
+    assert_eq!(status, 200, "the abandoned run still holds the worker: {answer}");
+}
+
+/// SIGTERM with the worker in a run nobody waits for: stopped within the grace, exit 0.
+#[test]
+fn sigterm_does_not_wait_for_a_run_nobody_waits_for() {
+    let mut server = Server::start(&["--request-timeout", "1", "--shutdown-grace", "1"]);
+    let long = json!({ "prompt": "a red circle", "steps": 1000, "size": "1024x1024" });
+    assert_eq!(post(&server, GENERATIONS, &long).0, 504);
+    server.signal("TERM");
+    let exit = server
+        .wait(Duration::from_secs(10))
+        .expect("the server stops within 10 s");
+    assert!(exit.success(), "exit status {exit:?}");
 }

@@ -50,6 +50,10 @@ pub enum Error {
     #[error("input `{name}`: {message}")]
     InvalidInput { name: String, message: String },
 
+    /// The run was stopped from outside (`cancel::when`).
+    #[error("the run was cancelled")]
+    Cancelled,
+
     /// A run the machine cannot hold (`limits::check_memory`).
     #[error("this run needs about {needs_gib:.1} GiB of memory and this machine has {has_gib:.1} GiB available; ask for fewer or smaller images")]
     OutOfMemory { needs_gib: f64, has_gib: f64 },

@@ -18,6 +18,7 @@
 //! - [`tensor_io`], [`debug`]: named-tensor files and the `muddit debug` forwards.
 
 pub mod backend;
+pub mod cancel;
 pub mod clip_text;
 pub mod config;
 pub mod cuda;

@@ -135,7 +135,18 @@ impl EditIds {
             ));
         }
         let [left, top, right, bottom] = pads;
-        let (h, w) = (gh + top + bottom, gw + left + right);
+        // Every side of a canvas is at most MAX_SIDE px, so at most that many ids.
+        let side = |g: usize, a: usize, b: usize| {
+            g.checked_add(a)?
+                .checked_add(b)
+                .filter(|&s| s <= crate::limits::MAX_SIDE)
+        };
+        let (Some(h), Some(w)) = (side(gh, top, bottom), side(gw, left, right)) else {
+            return Err(Error::input(
+                "outpaint",
+                format!("pads {pads:?} on a {gh} x {gw} grid make a canvas too large"),
+            ));
+        };
         let padded = pads.iter().any(|&p| p > 0);
         let mut ids = vec![mask_id; h * w];
         let mut keep = vec![false; h * w];
@@ -584,6 +595,7 @@ impl Pipeline {
         let (h, w) = plan.grid;
         let mut ids = plan.start_ids.clone();
         for step in plan.start..plan.sampler.steps() {
+            crate::cancel::check()?;
             let t0 = Instant::now();
             let model_ids: Vec<i64> = ids
                 .iter()
@@ -648,6 +660,7 @@ impl Pipeline {
         let mut ids = plan.ids.clone();
         let mut last: Option<Vec<f32>> = None;
         for step in 0..sampler.steps() {
+            crate::cancel::check()?;
             let t0 = Instant::now();
             let text_ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             let enc = self.text_encoder.forward(&text_ids, b)?;
@@ -785,6 +798,24 @@ pub fn keep_upto_last_period(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pads_that_overflow_or_pass_the_largest_side_are_refused() {
+        let ids = [1i64; 4];
+        let too_wide = crate::limits::MAX_SIDE;
+        for pads in [
+            [usize::MAX, 0, 0, 0],
+            [0, 1, 0, usize::MAX - 1],
+            [0, 0, too_wide, 0],
+        ] {
+            let e = EditIds::place(&ids, (2, 2), None, pads, 7, 1.0).expect_err("refused");
+            assert!(e.to_string().contains("outpaint"), "{pads:?}: {e}");
+        }
+        let ((h, w), edit) =
+            EditIds::place(&ids, (2, 2), None, [1, 0, 0, 2], 7, 1.0).expect("placed");
+        assert_eq!((h, w), (4, 3));
+        assert_eq!(edit.ids, [7, 1, 1, 7, 1, 1, 7, 7, 7, 7, 7, 7]);
+    }
 
     #[test]
     fn clean_up_matches_upstream_rules() {

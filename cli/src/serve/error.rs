@@ -72,7 +72,7 @@ impl ApiError {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            format!("no answer within {seconds} s (`muddit serve --request-timeout`); queued work was cancelled"),
+            format!("no answer within {seconds} s (`muddit serve --request-timeout`); its work was cancelled"),
         )
     }
 
@@ -80,8 +80,20 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no route {path}; see GET /v1/models, POST /v1/images/generations, /v1/captions, /v1/vqa"),
+            format!("no route {path}; see GET /, /health, /metrics, /v1/models; POST /v1/images/generations, /v1/images/edits, /v1/captions, /v1/vqa"),
         )
+    }
+
+    /// 415: the body's Content-Type `given` is not one the route reads; it reads `accepted`.
+    pub fn media_type(given: &str, accepted: &str) -> Self {
+        ApiError {
+            param: Some("content-type".into()),
+            ..Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("`content-type`: `{given}` is not read here; send {accepted}"),
+            )
+        }
     }
 
     /// 500: the model run failed.

@@ -21,7 +21,7 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct Counters {
-    /// `(route, status)` -> requests answered.
+    /// `(route, status)` -> requests, answered or left by their client (499).
     requests: BTreeMap<(String, u16), u64>,
     images: u64,
     batches: u64,
@@ -92,7 +92,7 @@ impl Metrics {
         metric(
             "muddit_requests_total",
             "counter",
-            "Requests answered, by route and status.",
+            "Requests, by route and status (499: the client left before its answer).",
             &requests,
         );
         metric(

@@ -1,7 +1,8 @@
 //! `muddit serve`: the model loaded once, an HTTP API in front (OpenAI's images API shape,
 //! captions, VQA, health, models, Prometheus metrics and a small page at `/`).
 //!
-//! Threads: tokio's (HTTP, parsing, checks, PNG base64) and one worker that owns the model
+//! Threads: tokio's (HTTP), its blocking pool (parsing, image decoding, checks, PNG base64) and
+//! one worker that owns the model
 //! (`worker.rs`), fed through a bounded queue (`queue.rs`) that batches compatible requests.
 //! SIGINT or SIGTERM stops accepting connections, lets the requests in flight finish for at
 //! most `--shutdown-grace` seconds, and exits 0.
@@ -41,7 +42,8 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 above it).
     #[arg(long, default_value_t = 16 << 20)]
     max_body: usize,
-    /// Seconds a request may wait for its answer (504 after it; queued work is cancelled).
+    /// Seconds a request may wait for its answer (504 after it; its work is cancelled, queued
+    /// or running).
     #[arg(long, default_value_t = 300.0)]
     request_timeout: f64,
     /// Seconds the requests in flight may take to finish after SIGINT or SIGTERM.
@@ -79,9 +81,13 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
         max_batch: args.max_batch,
         model: crate::generate::ModelRecord::of(&root, global.model.as_deref())?,
     };
-    let worker = std::thread::Builder::new()
+    let (exited, worker_exited) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
         .name("muddit-model".into())
-        .spawn(move || worker.run())?;
+        .spawn(move || {
+            worker.run();
+            let _ = exited.send(());
+        })?;
     let state = Arc::new(api::AppState {
         queue: queue.clone(),
         metrics,
@@ -99,12 +105,11 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let finished = runtime.block_on(serve(&args, state, grace))?;
+    let answered = runtime.block_on(serve(&args, state, grace))?;
     queue.close();
-    if finished {
-        // Every request was answered; the worker has nothing left but to see the queue closed.
-        let _ = worker.join();
-    }
+    // Every request was answered, but the worker may still be in a run whose clients left
+    // (they do not stop it): it gets the grace once more, then the process exits without it.
+    let finished = answered && worker_exited.recv_timeout(grace).is_ok();
     runtime.shutdown_timeout(Duration::from_secs(1));
     if !global.quiet {
         eprintln!(
@@ -112,7 +117,7 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
             if finished {
                 ""
             } else {
-                " (requests still running were abandoned after --shutdown-grace)"
+                " (a run still going after --shutdown-grace was abandoned)"
             }
         );
     }

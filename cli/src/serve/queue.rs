@@ -3,16 +3,22 @@
 //! Handlers `push` jobs (refused when `capacity` requests already wait) and await their reply
 //! on a oneshot channel. The worker takes the oldest job and, for text-to-image, every other
 //! waiting job it can share a model batch with (`T2iJob::batches_with`), up to `max_images`
-//! images. A job whose handler is gone (the client disconnected, or its timeout passed) has a
-//! closed reply channel: it is dropped from the queue unrun and counted as cancelled.
+//! images, and while the merged run passes the memory check each job passed alone
+//! (`T2iJob::fits_batch_of`). A job whose handler is gone (the client disconnected, or its
+//! timeout passed) has a closed reply channel: it is dropped from the queue unrun and counted
+//! as cancelled.
 
 use super::error::ApiError;
 use crate::edit::{EditRecord, PlannedEdit};
 use muddit_engine::pipeline::{ImageToText, TextToImage};
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// The memory check a request passed alone (`ModelShape::check_text_to_image`), true when a
+/// run of the request given fits; asked again of a batch before it grows.
+pub type Fits = Arc<dyn Fn(&TextToImage) -> bool + Send + Sync>;
 
 /// One text-to-image request: one prompt, `images_per_prompt` images.
 pub struct T2iJob {
@@ -25,6 +31,8 @@ pub struct T2iJob {
     /// An edit's checked inputs (`/v1/images/edits`), encoded by the worker; such a job runs
     /// alone.
     pub edit: Option<Box<ServedEdit>>,
+    /// The memory check of its runs.
+    pub fits: Fits,
 }
 
 /// An edit of the server: its inputs checked and decoded, and what its PNGs record.
@@ -45,6 +53,15 @@ impl T2iJob {
         let seeded =
             self.seed.is_some() && self.request.sampler.draw == muddit_sampler::DrawRule::Sample;
         seeded || self.edit.is_some()
+    }
+
+    /// Whether a batch of `images` images of this job's size and settings passes its memory
+    /// check (the estimate depends on the count, not on which prompts).
+    pub fn fits_batch_of(&self, images: usize) -> bool {
+        let mut request = self.request.clone();
+        request.prompts.truncate(1);
+        request.images_per_prompt = images;
+        (self.fits)(&request)
     }
 
     /// Whether both jobs can run as one model batch: the same size, negative prompt and sampler
@@ -178,8 +195,8 @@ impl Queue {
     }
 
     /// Blocks until work waits: the oldest job and, for text-to-image, every later job that
-    /// batches with it, while the batch stays within `max_images` images. None once closed
-    /// and empty.
+    /// batches with it, while the batch stays within `max_images` images and its memory check.
+    /// None once closed and empty.
     pub fn next_batch(&self, max_images: usize) -> Option<Vec<Job>> {
         let mut inner = self.lock();
         loop {
@@ -201,7 +218,11 @@ impl Queue {
         let mut batch = Vec::new();
         while let Some(job) = inner.jobs.pop_front() {
             match &job.work {
-                Work::T2i(t) if t.batches_with(head) && images + t.images() <= max_images => {
+                Work::T2i(t)
+                    if t.batches_with(head)
+                        && images + t.images() <= max_images
+                        && head.fits_batch_of(images + t.images()) =>
+                {
                     images += t.images();
                     batch.push(job);
                 }
@@ -220,6 +241,11 @@ mod tests {
     use muddit_sampler::{DrawRule, SamplerConfig};
 
     fn t2i(prompt: &str, n: usize, width: usize, seed: Option<u64>) -> Work {
+        t2i_within(prompt, n, width, seed, Arc::new(|_| true))
+    }
+
+    /// A job whose memory check is `fits`.
+    fn t2i_within(prompt: &str, n: usize, width: usize, seed: Option<u64>, fits: Fits) -> Work {
         let mut sampler = SamplerConfig::new(16);
         sampler.seed = seed.unwrap_or(0);
         sampler.draw = DrawRule::Sample;
@@ -236,6 +262,7 @@ mod tests {
             cfg: 1.0,
             seed,
             edit: None,
+            fits,
         })
     }
 
@@ -280,6 +307,19 @@ mod tests {
         );
         queue.close();
         assert!(queue.next_batch(4).is_none());
+    }
+
+    #[test]
+    fn a_batch_grows_only_while_its_merged_run_fits_in_memory() {
+        let queue = Queue::new(16);
+        // Memory for 3 images of this size, whatever the batch limit.
+        let three: Fits = Arc::new(|r: &TextToImage| r.prompts.len() * r.images_per_prompt <= 3);
+        let _r: Vec<_> = [("a", 2), ("b", 2), ("c", 1)]
+            .into_iter()
+            .map(|(p, n)| push(&queue, t2i_within(p, n, 64, None, three.clone())))
+            .collect();
+        assert_eq!(prompts(&queue.next_batch(8).expect("a batch")), ["a", "c"]);
+        assert_eq!(prompts(&queue.next_batch(8).expect("a batch")), ["b"]);
     }
 
     #[test]

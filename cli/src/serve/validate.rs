@@ -3,7 +3,7 @@
 //! refused exactly where `muddit t2i`, `caption` or `vqa` would refuse the same numbers.
 
 use super::error::ApiError;
-use super::queue::{ServedEdit, T2iJob};
+use super::queue::{Fits, ServedEdit, T2iJob};
 use crate::edit::{self, EditInput, EditRequest};
 use crate::model::Defaults;
 use muddit_engine::image_io::decode_image;
@@ -11,6 +11,7 @@ use muddit_engine::limits::{self, ModelShape};
 use muddit_engine::pipeline::{ImageToText, ModelFolder, TextToImage};
 use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// `POST /v1/images/generations`: OpenAI's fields, then ours.
 #[derive(Deserialize, Default)]
@@ -123,10 +124,23 @@ fn size(value: Option<&str>, defaults: &Defaults) -> Result<(usize, usize), ApiE
     })
 }
 
-fn draw(greedy: Option<bool>, default: bool) -> DrawRule {
-    match greedy.unwrap_or(default) {
-        true => DrawRule::Greedy,
-        false => DrawRule::Sample,
+/// The draw rule; a seed with greedy draws is refused, as it would change nothing (the CLI
+/// says so in a note; a request is refused, as its unknown fields are).
+fn draw(greedy: Option<bool>, default: bool, seed: Option<u64>) -> Result<DrawRule, ApiError> {
+    match (greedy.unwrap_or(default), seed) {
+        (true, Some(_)) => {
+            let whose = if greedy.is_none() {
+                " (the model's default)"
+            } else {
+                ""
+            };
+            Err(ApiError::field(
+                "seed",
+                format!("has no effect with greedy draws{whose}, which draw nothing at random; drop it, or set `greedy` false"),
+            ))
+        }
+        (true, None) => Ok(DrawRule::Greedy),
+        (false, _) => Ok(DrawRule::Sample),
     }
 }
 
@@ -173,7 +187,7 @@ impl Checks<'_> {
             schedule: self.folder.schedule,
             temperature: Temperature::default(),
             guidance,
-            draw: draw(body.greedy, self.defaults.greedy),
+            draw: draw(body.greedy, self.defaults.greedy, body.seed)?,
             seed: body.seed.unwrap_or(0),
         };
         let request = TextToImage {
@@ -191,7 +205,14 @@ impl Checks<'_> {
             cfg,
             seed: body.seed,
             edit: None,
+            fits: self.fits(),
         })
+    }
+
+    /// The memory check of a generation, for the queue to ask again of a merged batch.
+    fn fits(&self) -> Fits {
+        let shape = self.shape.clone();
+        Arc::new(move |request| shape.check_text_to_image(request).is_ok())
     }
 
     /// An edit request as a job: the generation's checks, then the edit's (the files decoded
@@ -230,6 +251,7 @@ impl Checks<'_> {
                 EditInput::Width | EditInput::Height => "size",
                 EditInput::KeepPixels => "keep_unmasked_pixels",
                 EditInput::MaskBlur => "mask_blur",
+                EditInput::Outpaint => "outpaint",
             };
             ApiError::field(field, e.message)
         })?;
@@ -270,6 +292,7 @@ impl Checks<'_> {
         if body.image.is_empty() {
             return Err(ApiError::field("image", "missing or empty"));
         }
+        let draw = draw(body.greedy, self.defaults.greedy, body.seed)?;
         let image = decode_image(&body.image, r, r).map_err(refused)?;
         let request = ImageToText {
             images: image.data,
@@ -281,7 +304,7 @@ impl Checks<'_> {
                 schedule: self.folder.schedule,
                 temperature: Temperature::default(),
                 guidance: Guidance::Off,
-                draw: draw(body.greedy, self.defaults.greedy),
+                draw,
                 seed: body.seed.unwrap_or(0),
             },
         };

@@ -3,15 +3,16 @@
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::queue::{Done, Job, Output, Queue, T2iJob, Work};
+use super::queue::{Done, Job, Output, Queue, Reply, T2iJob, Work};
 use crate::generate::{generation_params, rgb8, ModelRecord};
 use crate::model::Models;
 use crate::png_meta::{encode_png, GenerationParams};
 use anyhow::Result;
+use muddit_engine::cancel;
 use muddit_engine::pipeline::{ImageToText, StepEvent, TextToImage};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct Worker {
     pub models: Models,
@@ -35,11 +36,11 @@ impl Worker {
         let waits: Vec<_> = jobs.iter().map(|j| start - j.enqueued).collect();
         let (works, replies): (Vec<Work>, Vec<_>) =
             jobs.into_iter().map(|j| (j.work, j.reply)).unzip();
-        // A panic in a run is answered as an error and the worker goes on with the next batch.
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_works(works)));
-        let ran = ran.unwrap_or_else(|_| Err(anyhow::anyhow!("the model run panicked")));
+        let ran = run_while_awaited(&replies, || self.run_works(works));
         let (outputs, images) = match ran {
             Ok(done) => done,
+            // Nobody to answer: each handler has logged and counted its request.
+            Err(e) if is_cancelled(&e) => return,
             Err(e) => {
                 let e = ApiError::from(e);
                 for reply in replies {
@@ -135,6 +136,36 @@ impl Worker {
             .unwrap_or_default();
         Ok(Output::Text(text))
     }
+}
+
+/// Runs `work` until it ends or no reply is awaited any more (every client left or timed out,
+/// looked at every 50 ms): then the engine stops at its next step or block. A panic in the run
+/// becomes an error, so the worker goes on with the next batch.
+fn run_while_awaited<R>(replies: &[Reply], work: impl FnOnce() -> Result<R>) -> Result<R> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let over = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !over.load(Ordering::Relaxed) {
+                if replies.iter().all(|r| r.is_closed()) {
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let run = std::panic::AssertUnwindSafe(|| cancel::when(stop.clone(), work));
+        let ran = std::panic::catch_unwind(run);
+        over.store(true, Ordering::Relaxed);
+        ran.unwrap_or_else(|_| Err(anyhow::anyhow!("the model run panicked")))
+    })
+}
+
+fn is_cancelled(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<muddit_engine::Error>(),
+        Some(muddit_engine::Error::Cancelled)
+    )
 }
 
 /// One request for the batch: a lone job as it came (so its PNGs read as `muddit t2i`'s

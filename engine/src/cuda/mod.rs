@@ -236,6 +236,7 @@ pub fn text_to_image<'a>(
         }
         let text_encode = start.elapsed();
         for step in plan.start..steps {
+            crate::cancel::check()?;
             let t0 = Instant::now();
             // The model's ids: [ids; ids] under guidance (a device copy, ids stay there).
             dev.copy(state.ids.ptr(), ws.ids.ptr(), n)?;
@@ -316,6 +317,7 @@ pub fn image_to_text(
     let best = model.with_workspace((b, MAX_LEN, h, w), |ws| {
         dev.copy(image_ids.ptr(), ws.ids.ptr(), b * h * w)?;
         for step in 0..steps {
+            crate::cancel::check()?;
             let t0 = Instant::now();
             let ids: Vec<i64> = state.ids(&dev)?.into_iter().map(i64::from).collect();
             let enc = clip.encode(&ids, b)?;

@@ -322,6 +322,7 @@ impl<B: Backend> Mmdit<B> {
         self.conditioning(ops, (x.cond, x.time), &mut ws.cond)?;
         self.embed(ops, &x, ws)?;
         for block in &self.transformer_blocks {
+            crate::cancel::check()?;
             block.forward(ops, ws, d)?;
         }
         let s = ws.shape;
@@ -335,6 +336,7 @@ impl<B: Backend> Mmdit<B> {
             (&mut ws.x, image.rows),
         )?;
         for block in &self.single_transformer_blocks {
+            crate::cancel::check()?;
             block.forward(ops, ws, d)?;
         }
         if let (Some(dec), Some(logits)) = (&self.text_decoder, out.text) {

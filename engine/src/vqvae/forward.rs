@@ -215,6 +215,7 @@ impl<B: Backend> Decoder<B> {
         let mut x = self.mid_block.forward(ops, x, ctx)?;
         for block in &self.up_blocks {
             for resnet in &block.resnets {
+                crate::cancel::check()?;
                 x = resnet.forward(ops, x, ctx)?;
             }
             if let Some(conv) = &block.upsampler {
