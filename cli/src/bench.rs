@@ -65,6 +65,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
+    anyhow::ensure!(!args.prompt.trim().is_empty(), "--prompt is empty");
     if let Some(url) = &args.serve {
         return serve(&args, url, global);
     }

@@ -71,6 +71,10 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
     let defaults = crate::model::defaults(&root)?;
     let steps = args.steps.unwrap_or(defaults.i2t_steps);
     let r = args.resolution.unwrap_or(defaults.resolution);
+    let greedy = args.draws.greedy(defaults.greedy);
+    if greedy && args.temperature.is_some() && !global.quiet {
+        eprintln!("note: --temperature has no effect with --greedy (no noise is added)");
+    }
     let mut request = ImageToText {
         images: Vec::new(),
         batch: args.images.len(),
@@ -81,7 +85,7 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
             schedule: muddit_engine::pipeline::read_schedule(&root)?,
             temperature,
             guidance: Guidance::Off,
-            draw: if args.draws.greedy(defaults.greedy) {
+            draw: if greedy {
                 DrawRule::Greedy
             } else {
                 DrawRule::Sample

@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 use muddit_engine::config::TransformerConfig;
 use muddit_engine::random::{write_random_transformer, WeightDtype};
 use muddit_engine::tensor_io::TensorFile;
-use muddit_engine::{debug, model_dir};
+use muddit_engine::tokenizer::clip_vocab_from_bpe_file;
+use muddit_engine::{debug, limits, model_dir};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -76,7 +77,8 @@ pub enum DebugCommand {
         /// Seed of the random values.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Split the weights into shards of at most this many MiB, with an index.
+        /// Split the weights into shards of at most this many MiB, with an index (0: each
+        /// tensor in a shard of its own; a tensor larger than the limit always is).
         #[arg(long)]
         shard_mib: Option<usize>,
         /// Write into `--out` even if it already holds a model.
@@ -106,6 +108,7 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
             Outputs::new(overwrite).plan("--out", &out)?;
             let dir = model_dir::transformer_dir(&model_arg(global)?)?;
             let cfg = TransformerConfig::from_file(&dir.join("config.json"))?;
+            check_random_inputs(&cfg, batch, grid, text_len)?;
             let inputs = muddit_engine::random::random_inputs(&cfg, batch, grid, text_len, seed);
             crate::output::write_tensors(&out, overwrite, &inputs)?;
             Ok(())
@@ -129,24 +132,130 @@ pub fn run(cmd: DebugCommand, global: &Global) -> Result<()> {
                 (None, Some(path)) => TransformerConfig::from_file(&path)?,
                 (None, None) => bail!("give --preset or --config"),
             };
-            let dir = out.join("transformer");
-            crate::output::refuse_existing(&dir, overwrite)?;
-            let dtype = match global.dtype {
-                Dtype::F32 => WeightDtype::F32,
-                Dtype::Bf16 => WeightDtype::Bf16,
+            let checkpoint = Checkpoint {
+                out,
+                seed,
+                max_shard_bytes: shard_bytes(shard_mib)?,
+                clip_bpe,
             };
-            let start = Instant::now();
-            write_random_transformer(&cfg, &dir, dtype, seed, shard_mib.map(|m| m << 20))?;
-            if !global.quiet {
-                eprintln!(
-                    "wrote {} in {:.1} s",
-                    dir.display(),
-                    start.elapsed().as_secs_f64()
-                );
-            }
-            debug_sides::random_sides(&out, &cfg, dtype, seed, clip_bpe.as_deref(), global.quiet)
+            random_checkpoint(global, &cfg, &checkpoint, overwrite)
         }
     }
+}
+
+/// Most text tokens `debug random-inputs` writes (CLIP gives 77).
+const MAX_TEXT_LEN: usize = 4096;
+
+/// The sizes of `debug random-inputs` for the transformer `cfg`: each within its range, and
+/// the tensors (twice: the values and the file's bytes) within the memory available.
+fn check_random_inputs(
+    cfg: &TransformerConfig,
+    batch: usize,
+    grid: usize,
+    text_len: usize,
+) -> Result<()> {
+    limits::check_count("--batch", batch, limits::MAX_IMAGES)?;
+    limits::check_count("--grid", grid, limits::MAX_SIDE / 16)?;
+    limits::check_count("--text-len", text_len, MAX_TEXT_LEN)?;
+    let per_item = grid * grid * 8
+        + text_len * cfg.joint_attention_dim * 4
+        + (cfg.pooled_projection_dim + 5) * 4;
+    Ok(limits::check_memory(2.0 * (batch * per_item) as f64)?)
+}
+
+/// Refuses NaN or infinite values in the float tensors `names` of `inputs`, read from `path`.
+pub(crate) fn refuse_non_finite(inputs: &TensorFile, path: &Path, names: &[&str]) -> Result<()> {
+    for name in names {
+        let Some(values) = inputs.get(name).and_then(|t| t.values.as_f32()) else {
+            continue;
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: input `{name}`: element {i} is {}; the inputs must be finite numbers",
+                path.display(),
+                values[i]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What `debug random-checkpoint` writes, its flags checked.
+struct Checkpoint {
+    out: PathBuf,
+    seed: u64,
+    max_shard_bytes: Option<usize>,
+    clip_bpe: Option<PathBuf>,
+}
+
+/// What a random model folder holds: `debug random-checkpoint` replaces none of them without
+/// `--overwrite`.
+const CHECKPOINT_ENTRIES: [&str; 6] = [
+    "transformer",
+    "text_encoder",
+    "vqvae",
+    "tokenizer",
+    "scheduler",
+    "mask_token_embedding.pth",
+];
+
+/// `--shard-mib` in bytes; 0 puts each tensor in a shard of its own.
+fn shard_bytes(shard_mib: Option<usize>) -> Result<Option<usize>> {
+    shard_mib
+        .map(|m| {
+            m.checked_mul(1 << 20).with_context(|| {
+                format!(
+                    "--shard-mib {m}: too large (at most {} MiB)",
+                    usize::MAX >> 20
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Writes the random model folder of `cfg`, its inputs (an existing folder's entries, the
+/// `--clip-bpe` file) all checked before anything is written.
+fn random_checkpoint(
+    global: &Global,
+    cfg: &TransformerConfig,
+    c: &Checkpoint,
+    overwrite: bool,
+) -> Result<()> {
+    if !overwrite {
+        let existing: Vec<String> = CHECKPOINT_ENTRIES
+            .iter()
+            .map(|entry| c.out.join(entry))
+            .filter(|path| path.symlink_metadata().is_ok())
+            .map(|path| path.display().to_string())
+            .collect();
+        if !existing.is_empty() {
+            bail!(
+                "--out {}: already exists: {}; pass --overwrite to replace it",
+                c.out.display(),
+                existing.join(", ")
+            );
+        }
+    }
+    if let Some(path) = &c.clip_bpe {
+        let (text, _, _) = muddit_engine::random_sides::side_configs(cfg);
+        clip_vocab_from_bpe_file(path, text.vocab_size).context("--clip-bpe")?;
+    }
+    let dtype = match global.dtype {
+        Dtype::F32 => WeightDtype::F32,
+        Dtype::Bf16 => WeightDtype::Bf16,
+    };
+    let dir = c.out.join("transformer");
+    let start = Instant::now();
+    write_random_transformer(cfg, &dir, dtype, c.seed, c.max_shard_bytes)?;
+    if !global.quiet {
+        eprintln!(
+            "wrote {} in {:.1} s",
+            dir.display(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let bpe = c.clip_bpe.as_deref();
+    debug_sides::random_sides(&c.out, cfg, dtype, c.seed, bpe, global.quiet)
 }
 
 /// One side's `debug` command: `--out` checked, the tensors computed by `run` (model, inputs,
@@ -166,10 +275,19 @@ fn model_arg(global: &Global) -> Result<std::path::PathBuf> {
     crate::model::resolve(global.model.as_deref(), global.quiet)
 }
 
+/// The float inputs of `debug forward`.
+const FORWARD_FLOAT_INPUTS: [&str; 4] = [
+    "encoder_hidden_states",
+    "pooled_projections",
+    "timestep",
+    "micro_conds",
+];
+
 fn forward(global: &Global, files: &TensorFiles) -> Result<()> {
     Outputs::new(files.overwrite).plan("--out", &files.out)?;
     let model = model_dir::load_transformer_with(&model_arg(global)?, global.compute())?;
     let inputs = TensorFile::read(&files.inputs)?;
+    refuse_non_finite(&inputs, &files.inputs, &FORWARD_FLOAT_INPUTS)?;
     let start = Instant::now();
     let outputs = debug::transformer_forward(&model, &inputs)?;
     if !global.quiet {

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use muddit_engine::clip_text::load_text_encoder;
+use muddit_engine::limits::check_vq_images;
 use muddit_engine::pth::{mask_embedding_path, read_mask_embedding};
 use muddit_engine::tensor_io::{HostTensor, TensorFile};
 use muddit_engine::vqvae::load_vqvae;
@@ -61,11 +62,13 @@ pub fn text(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
 }
 
 /// `image` f32 `[B, 3, H, W]` in `[0, 1]` -> `tokens` i64 `[B, H/f, W/f]`.
-pub fn vq_encode(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
+pub fn vq_encode(model: &Path, path: &Path, quiet: bool) -> Result<Tensors> {
     let vq = load_vqvae(model)?;
-    let inputs = TensorFile::read(inputs)?;
+    let inputs = TensorFile::read(path)?;
     let (shape, image) = inputs.f32("image", 4, "[B,3,H,W]")?;
     let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    super::refuse_non_finite(&inputs, path, &["image"])?;
+    check_vq_images(&vq.cfg, "image", b, w, h).with_context(|| format!("{}", path.display()))?;
     if c != vq.cfg.in_channels {
         bail!(
             "input `image`: {c} channels, the VQ-VAE takes {}",
@@ -83,17 +86,20 @@ pub fn vq_encode(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
 }
 
 /// `tokens` i64 `[B, h, w]` -> `image` f32 `[B, 3, h f, w f]`, not clipped.
-pub fn vq_decode(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
+pub fn vq_decode(model: &Path, path: &Path, quiet: bool) -> Result<Tensors> {
     let vq = load_vqvae(model)?;
-    let inputs = TensorFile::read(inputs)?;
+    let inputs = TensorFile::read(path)?;
     let (shape, ids) = inputs.i64("tokens", 3, "[B,h,w]")?;
     let (b, h, w) = (shape[0], shape[1], shape[2]);
+    let f = vq.cfg.scale_factor();
+    let (width, height) = (w.saturating_mul(f), h.saturating_mul(f));
+    check_vq_images(&vq.cfg, "tokens", b, width, height)
+        .with_context(|| format!("{}: {b} grids of {h} x {w} ids", path.display()))?;
     let start = Instant::now();
     let image = vq.decode(ids, b, h, w)?;
     if !quiet {
         eprintln!("vq decode: {:.3} s", start.elapsed().as_secs_f64());
     }
-    let f = vq.cfg.scale_factor();
     let tensors = BTreeMap::from([(
         "image".to_string(),
         HostTensor::f32(vec![b, vq.cfg.out_channels, h * f, w * f], image),

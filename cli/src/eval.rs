@@ -47,7 +47,7 @@ pub struct EvalArgs {
     pub save_images: Option<PathBuf>,
     /// Replace images already in the --save-images folder.
     #[arg(long)]
-    overwrite: bool,
+    pub overwrite: bool,
     /// Only these tasks, comma-separated [default: all four].
     #[arg(long, value_enum, value_delimiter = ',')]
     tasks: Vec<Task>,
@@ -208,16 +208,14 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let cfg = args.cfg.unwrap_or(defaults.cfg);
     muddit_engine::limits::check_steps(t2i_steps).context("--steps")?;
     muddit_engine::limits::check_steps(i2t_steps).context("--i2t-steps")?;
-    if let (Some(dir), true) = (&args.save_images, tasks.contains(&Task::T2i)) {
-        std::fs::create_dir_all(dir).with_context(|| format!("--save-images {}", dir.display()))?;
-        let mut outputs = Outputs::new(args.overwrite);
-        for i in 0..prompts.len() {
-            outputs.plan("--save-images", &saved_image(dir, i))?;
-        }
-    }
+    let pair_count = want_img
+        .iter()
+        .filter(|s| matches!(s, Scene::Pair { .. }))
+        .count();
+    plan_saved_images(&args, &tasks, prompts.len(), pair_count, global.quiet)?;
     let load_start = Instant::now();
     let mut ctx = Ctx {
-        pipeline: Pipeline::load(&root)?,
+        pipeline: Pipeline::load_with(&root, global.compute())?,
         world,
         set_dir,
         args: &args,
@@ -230,14 +228,20 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     };
     let load_s = load_start.elapsed().as_secs_f64();
 
+    let (dtype, isa, instruction) = arithmetic(global);
     let mut report = serde_json::json!({
         "model": root.display().to_string(),
         "set": ctx.set_dir.display().to_string(),
         "seed": args.seed,
         "greedy": ctx.greedy,
+        "dtype": dtype,
+        "cpu_kernels": { "isa": isa, "instruction": instruction },
     });
     let mut seconds = serde_json::json!({ "load": load_s });
-    let mut lines = vec![format!("model    {}", root.display())];
+    let mut lines = vec![
+        format!("model    {}", root.display()),
+        format!("dtype    {dtype} ({isa}, {instruction})"),
+    ];
     let mut record = |task: &str, start: Instant, (section, line): (serde_json::Value, String)| {
         report[task] = section;
         seconds[task] = start.elapsed().as_secs_f64().into();
@@ -297,9 +301,62 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
     Ok(())
 }
 
-/// Where `--save-images` puts generated image `i`.
-fn saved_image(dir: &std::path::Path, i: usize) -> PathBuf {
-    dir.join(format!("t2i-{i:03}.png"))
+/// The arithmetic of the run's matrix products: `(dtype, level, instruction)` of `--dtype` on
+/// this CPU.
+fn arithmetic(global: &Global) -> (&'static str, &'static str, &'static str) {
+    let dtype = match global.dtype {
+        crate::Dtype::F32 => "f32",
+        crate::Dtype::Bf16 => "bf16",
+    };
+    let kernels = muddit_engine::isa::kernels();
+    kernels
+        .into_iter()
+        .find(|(d, _, _)| *d == dtype)
+        .unwrap_or(kernels[0])
+}
+
+/// Where `--save-images` puts image `i` of `task` (`t2i`, or a part of the edit task).
+pub(crate) fn saved_image(dir: &std::path::Path, task: &str, i: usize) -> PathBuf {
+    dir.join(format!("{task}-{i:03}.png"))
+}
+
+/// Creates the `--save-images` folder and checks every image the run will write there before
+/// any model work: `prompts` t2i images, `pairs` images per edit part. Says so when the tasks
+/// asked for write no image.
+fn plan_saved_images(
+    args: &EvalArgs,
+    tasks: &[Task],
+    prompts: usize,
+    pairs: usize,
+    quiet: bool,
+) -> Result<()> {
+    let Some(dir) = &args.save_images else {
+        return Ok(());
+    };
+    let mut names: Vec<(&str, usize)> = Vec::new();
+    if tasks.contains(&Task::T2i) {
+        names.push(("t2i", prompts));
+    }
+    if tasks.contains(&Task::Edit) {
+        names.extend(crate::eval_edit::PARTS.iter().map(|part| (*part, pairs)));
+    }
+    if names.is_empty() {
+        if !quiet {
+            eprintln!(
+                "eval: --save-images {}: nothing saved: only the t2i and edit tasks make images",
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--save-images {}", dir.display()))?;
+    let mut outputs = Outputs::new(args.overwrite);
+    for (task, count) in names {
+        for i in 0..count {
+            outputs.plan("--save-images", &saved_image(dir, task, i))?;
+        }
+    }
+    Ok(())
 }
 
 /// Text to image, judged by the checker: the report's `t2i` section and its summary line.
@@ -350,7 +407,7 @@ fn text_to_image(
                 .push(serde_json::json!({ "index": i, "prompt": prompts[i].prompt, "seen": seen }));
         }
         if let Some(dir) = &ctx.args.save_images {
-            let path = saved_image(dir, i);
+            let path = saved_image(dir, "t2i", i);
             output::write_image(&path, ctx.args.overwrite, &rgb, width, height, None)?;
         }
     }

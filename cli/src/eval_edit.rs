@@ -20,8 +20,8 @@
 //! seeded `seed + i`.
 
 use crate::eval::{frac, Ctx, ImageItem};
-use crate::progress;
 use crate::shapes::Scene;
+use crate::{output, progress};
 use anyhow::{Context, Result};
 use muddit_engine::image_io::load_image;
 use muddit_engine::pipeline::{EditIds, TextToImage};
@@ -31,6 +31,8 @@ use muddit_sampler::Guidance;
 const UNCHANGED_LEVELS: f64 = 16.0;
 /// The img2img part's strength.
 const IMG2IMG_STRENGTH: f32 = 0.3;
+/// The parts, in the order they run; `--save-images` names their images `PART-NNN.png`.
+pub const PARTS: [&str; 3] = ["inpaint", "img2img", "outpaint"];
 
 /// One scene of the task: its input pixels `[3, S, S]` and what it shows.
 struct Item {
@@ -243,7 +245,7 @@ fn inpaint_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
         .iter()
         .map(|i| pair(new_left(ctx, i), i.right.clone()))
         .collect();
-    Ok(Part::new(ctx, "inpaint", want, edit, Some(Half::Right)))
+    Ok(Part::new(ctx, PARTS[0], want, edit, Some(Half::Right)))
 }
 
 fn img2img_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
@@ -253,7 +255,7 @@ fn img2img_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
     let grid = (size / f, size / f);
     let edit = batch_edit(&ids, grid, None, [0; 4], mask_id, IMG2IMG_STRENGTH)?;
     let want = items.iter().map(Item::scene).collect();
-    Ok(Part::new(ctx, "img2img", want, edit, None))
+    Ok(Part::new(ctx, PARTS[1], want, edit, None))
 }
 
 fn outpaint_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
@@ -264,7 +266,7 @@ fn outpaint_part(ctx: &Ctx, items: &[Item], size: usize) -> Result<Part> {
     let pads = [0, 0, half / f, 0];
     let edit = batch_edit(&ids, (size / f, half / f), None, pads, mask_id, 1.0)?;
     let want = items.iter().map(Item::scene).collect();
-    Ok(Part::new(ctx, "outpaint", want, edit, Some(Half::Left)))
+    Ok(Part::new(ctx, PARTS[2], want, edit, Some(Half::Left)))
 }
 
 /// Judges a part's outputs `[B, 3, S, S]`: its report and its piece of the summary line.
@@ -304,12 +306,8 @@ fn judge(
                 .push(serde_json::json!({ "index": i, "prompt": part.prompts[i], "seen": seen }));
         }
         if let Some(dir) = &ctx.args.save_images {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("--save-images {}", dir.display()))?;
-            let path = dir.join(format!("{}-{i:03}.png", part.name));
-            let (w, h) = (size as u32, size as u32);
-            image::save_buffer(&path, &rgb, w, h, image::ExtendedColorType::Rgb8)
-                .with_context(|| format!("writing {}", path.display()))?;
+            let path = crate::eval::saved_image(dir, part.name, i);
+            output::write_image(&path, ctx.args.overwrite, &rgb, size, size, None)?;
         }
     }
     let n = part.want.len();

@@ -90,12 +90,73 @@ pub fn parse_temperature(text: &str) -> Result<Temperature> {
             .parse::<f32>()
             .with_context(|| format!("--temperature {text}: `{s}` is not a number"))
     };
-    match text.split_once(',') {
-        Some((a, b)) => Ok(Temperature::Anneal {
+    let temperature = match text.split_once(',') {
+        Some((a, b)) => Temperature::Anneal {
             start: parse(a)?,
             end: parse(b)?,
-        }),
-        None => Ok(Temperature::Scalar(parse(text)?)),
+        },
+        None => Temperature::Scalar(parse(text)?),
+    };
+    check_temperature(temperature).with_context(|| format!("--temperature {text}"))?;
+    Ok(temperature)
+}
+
+/// A temperature scales the Gumbel noise of the re-masking: finite and 0 (no noise) or more; a
+/// negative one would reverse the noise, which no sampler means.
+fn check_temperature(temperature: Temperature) -> Result<()> {
+    let (start, end) = temperature.endpoints();
+    for value in [start, end] {
+        ensure!(
+            value.is_finite() && value >= 0.0,
+            "{value} is not a temperature: it must be a finite number, 0 or more"
+        );
+    }
+    Ok(())
+}
+
+/// The temperature of a run: `--temperature`, else the one stored in the PNG `png`, else the
+/// default (2, 0).
+fn pick_temperature(
+    flag: Option<&str>,
+    stored: Option<(&GenerationParams, &Path)>,
+) -> Result<Temperature> {
+    match (flag, stored) {
+        (Some(t), _) => parse_temperature(t),
+        (None, Some((p, png))) => {
+            let [start, end] = p.temperature;
+            let temperature = Temperature::Anneal { start, end };
+            check_temperature(temperature)
+                .with_context(|| format!("{}: stored `temperature`", png.display()))?;
+            Ok(temperature)
+        }
+        (None, None) => Ok(Temperature::default()),
+    }
+}
+
+/// How an error names a value: `--flag VALUE` as given, or, when the flag was not given and
+/// the value came from the PNG `png`, the PNG and its stored field.
+fn named(flag: &str, given: bool, png: Option<&Path>, value: impl std::fmt::Display) -> String {
+    match (given, png) {
+        (false, Some(png)) => format!(
+            "{}: stored `{}` {value}",
+            png.display(),
+            flag.trim_start_matches("--").replace('-', "_")
+        ),
+        _ => format!("{flag} {value}"),
+    }
+}
+
+/// Notes on stderr for flags that have no effect on this run: the draws under `--greedy`, the
+/// negative prompt without guidance.
+fn note_unused(args: &T2iArgs, greedy: bool, guidance: Guidance, cfg: f32) {
+    if greedy && args.temperature.is_some() {
+        eprintln!("note: --temperature has no effect with --greedy (no noise is added)");
+    }
+    if greedy && args.seed.is_some() {
+        eprintln!("note: --seed has no effect with --greedy (no random draws)");
+    }
+    if !guidance.needs_uncond() && args.negative_prompt.is_some() {
+        eprintln!("note: --negative-prompt has no effect: guidance is off (cfg {cfg}; --cfg above 1 turns it on), and it is not recorded");
     }
 }
 
@@ -167,20 +228,18 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
             .unwrap_or(0),
     };
     let random_seed = !matches!(args.seed, Some(Seed::Fixed(_))) && stored.is_none();
-    let temperature = match (&args.temperature, &stored) {
-        (Some(t), _) => parse_temperature(t)?,
-        (None, Some(p)) => Temperature::Anneal {
-            start: p.temperature[0],
-            end: p.temperature[1],
-        },
-        (None, None) => Temperature::default(),
+    let png = args.from_png.as_deref();
+    let temperature = pick_temperature(args.temperature.as_deref(), stored.as_ref().zip(png))?;
+    let guidance =
+        Guidance::from_scale(cfg).with_context(|| named("--cfg", args.cfg.is_some(), png, cfg))?;
+    if !global.quiet {
+        note_unused(&args, greedy, guidance, cfg);
+    }
+    // Without guidance no negative prompt is read: none is recorded.
+    let negative_prompt = match guidance.needs_uncond() {
+        true => negative_prompt,
+        false => String::new(),
     };
-    if greedy && args.temperature.is_some() && !global.quiet {
-        eprintln!("note: --temperature has no effect with --greedy (no noise is added)");
-    }
-    if greedy && args.seed.is_some() && !global.quiet {
-        eprintln!("note: --seed has no effect with --greedy (no random draws)");
-    }
     ensure!(images_per_prompt > 0, "--batch must be at least 1");
     let batch = prompts.len().saturating_mul(images_per_prompt);
     muddit_engine::limits::check_images("batch", batch)?;
@@ -204,6 +263,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     }
     if let Some(path) = &args.output_ids {
         targets.plan("--output-ids", path)?;
+        refuse_image_name(path)?;
     }
 
     let schedule = match args
@@ -211,16 +271,15 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         .as_deref()
         .or(stored.as_ref().map(|p| p.schedule.as_str()))
     {
-        Some(name) => {
-            MaskSchedule::from_config_name(name).with_context(|| format!("--schedule {name}"))?
-        }
+        Some(name) => MaskSchedule::from_config_name(name)
+            .with_context(|| named("--schedule", args.schedule.is_some(), png, name))?,
         None => muddit_engine::pipeline::read_schedule(&root)?,
     };
     let sampler = SamplerConfig {
         steps,
         schedule,
         temperature,
-        guidance: Guidance::from_scale(cfg).with_context(|| format!("--cfg {cfg}"))?,
+        guidance,
         draw: if greedy {
             DrawRule::Greedy
         } else {
@@ -310,6 +369,18 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
     if global.json {
         let report = serde_json::json!({ "images": written, "ids": args.output_ids.as_ref().map(|p| p.display().to_string()), "text_encode_ms": images.text_encode.as_secs_f64() * 1e3, "vq_decode_ms": images.vq_decode.as_secs_f64() * 1e3 });
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// Refuses an `--output-ids` name with an image's extension: the file holds a safetensors
+/// tensor of ids, which no image viewer opens.
+fn refuse_image_name(path: &Path) -> Result<()> {
+    if ImageFormat::of("--output-ids", path).is_ok() {
+        bail!(
+            "--output-ids {}: writes the ids as a safetensors file, not an image; name it .safetensors",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -63,7 +63,25 @@ pub fn defaults(root: &Path) -> Result<Defaults> {
             path.display()
         )
     })?;
-    parse_defaults(&text).with_context(|| format!("{}", path.display()))
+    let defaults = parse_defaults(&text).with_context(|| format!("{}", path.display()))?;
+    check_sizes(&defaults, path).with_context(|| format!("{}", path.display()))?;
+    Ok(defaults)
+}
+
+/// The sizes of `defaults`, read from `path`, against the model folder beside it: multiples of
+/// its size step. A folder whose configs cannot be read is left to the loading, which names them.
+fn check_sizes(defaults: &Defaults, path: &Path) -> Result<()> {
+    let Ok(shape) = limits::ModelShape::read(path.parent().unwrap_or(Path::new("."))) else {
+        return Ok(());
+    };
+    shape.grid(defaults.width, defaults.height)?;
+    let step = shape.size_step();
+    anyhow::ensure!(
+        defaults.resolution.is_multiple_of(step),
+        "`resolution` {} px: this model reads images at positive multiples of {step} px",
+        defaults.resolution
+    );
+    Ok(())
 }
 
 /// The defaults of a `muddit.json` text: a JSON object of [`Defaults`] keys, within the limits.

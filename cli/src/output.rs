@@ -52,6 +52,11 @@ impl Outputs {
             Ok(_) if !self.overwrite => {
                 bail!("{}: already exists; pass --overwrite to replace it", at())
             }
+            Err(_) if !self.overwrite && is_link(path) => bail!(
+                "{}: is a dangling symbolic link (to {}); pass --overwrite to replace the link",
+                at(),
+                std::fs::read_link(path).unwrap_or_default().display()
+            ),
             _ => {}
         }
         tempfile::Builder::new()
@@ -70,15 +75,10 @@ impl Outputs {
     }
 }
 
-/// Fails if `path` (a folder a command fills) exists and `--overwrite` was not given.
-pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<()> {
-    if path.exists() && !overwrite {
-        bail!(
-            "{} already exists; pass --overwrite to replace it",
-            path.display()
-        );
-    }
-    Ok(())
+/// Whether `path` is a symbolic link (the link itself, not what it points to).
+fn is_link(path: &Path) -> bool {
+    path.symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// The folder and file name of an output path (`.` for a bare name).

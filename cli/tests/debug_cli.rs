@@ -3,7 +3,7 @@
 mod common;
 
 use common::{fails_with, run, succeeds};
-use muddit_engine::tensor_io::TensorFile;
+use muddit_engine::tensor_io::{HostTensor, TensorFile};
 
 #[test]
 fn random_checkpoint_inputs_and_forward_round_trip() {
@@ -96,4 +96,163 @@ fn user_errors_exit_2_with_a_clear_message() {
         dir,
     );
     fails_with(&o, &["in.safetensors"]);
+}
+
+/// The files under `dir` with their bytes.
+fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("ls").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).expect("read")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `debug random-checkpoint` checks everything before it writes: a folder holding any part of
+/// a model folder, a `--clip-bpe` that is missing or of the wrong size and a `--shard-mib` too
+/// large to count in bytes are refused by name with nothing written.
+#[test]
+fn random_checkpoint_checks_everything_before_writing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    for part in [
+        "vqvae/diffusion_pytorch_model.safetensors",
+        "mask_token_embedding.pth",
+    ] {
+        let partial = dir.join("partial");
+        let file = partial.join(part);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, b"precious").expect("write");
+        let before = files(&partial);
+        let o = run("debug random-checkpoint --preset tiny --out partial", dir);
+        let first = part.split('/').next().expect("entry");
+        fails_with(
+            &o,
+            &[&format!("partial/{first}"), "already exists", "--overwrite"],
+        );
+        assert_eq!(files(&partial), before, "{part}");
+        std::fs::remove_dir_all(&partial).expect("rm");
+    }
+    std::fs::write(dir.join("bpe.txt"), "#version: 0.2\na b\n").expect("write");
+    for (flags, words) in [
+        (
+            "--clip-bpe nowhere.txt.gz",
+            &["--clip-bpe", "nowhere.txt.gz"][..],
+        ),
+        (
+            "--clip-bpe bpe.txt",
+            &["--clip-bpe", "bpe.txt", "needs 1000"][..],
+        ),
+        (
+            "--shard-mib 17592186044416",
+            &["--shard-mib", "too large"][..],
+        ),
+    ] {
+        let o = run(
+            &format!("debug random-checkpoint --preset tiny --out fresh {flags}"),
+            dir,
+        );
+        fails_with(&o, words);
+        assert!(!dir.join("fresh").exists(), "{flags}: wrote into --out");
+    }
+    let o = run(
+        "debug random-checkpoint --preset tiny --out sharded --shard-mib 0 -q",
+        dir,
+    );
+    succeeds(&o);
+    let transformer = dir.join("sharded/transformer");
+    let index = transformer.join("diffusion_pytorch_model.safetensors.index.json");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(index).expect("an index")).expect("json");
+    let map = index["weight_map"].as_object().expect("weight_map");
+    let shards: std::collections::BTreeSet<_> = map.values().filter_map(|v| v.as_str()).collect();
+    assert_eq!(
+        shards.len(),
+        map.len(),
+        "--shard-mib 0: one tensor per shard"
+    );
+}
+
+/// Writes `tensors` as the safetensors file `name` in `dir`.
+fn write_inputs(dir: &std::path::Path, name: &str, tensors: Vec<(&str, HostTensor)>) {
+    let map = tensors
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    muddit_engine::tensor_io::write(&dir.join(name), &map).expect("write inputs");
+}
+
+/// Sizes out of range are refused by the flag or tensor that gives them, before any
+/// allocation: no abort, no empty tensors, no wrapped sizes blamed on another file.
+#[test]
+fn sizes_of_debug_inputs_are_bounded_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    for (flags, name) in [
+        ("--grid 1000000", "--grid"),
+        ("--grid 4294967296 --batch 1", "--grid"),
+        ("--grid 0", "--grid"),
+        ("--grid 4 --text-len 100000000000", "--text-len"),
+        ("--text-len 0", "--text-len"),
+        ("--batch 0", "--batch"),
+        ("--batch 100000", "--batch"),
+    ] {
+        let o = run(&format!("debug random-inputs --out r.st {flags}"), dir);
+        fails_with(&o, &[name, "outside"]);
+        assert!(!dir.join("r.st").exists(), "{flags}: wrote r.st");
+    }
+    let ids = |b: usize, h: usize, w: usize| HostTensor::i64(vec![b, h, w], vec![0; b * h * w]);
+    write_inputs(dir, "wide.st", vec![("tokens", ids(1, 1000, 1000))]);
+    write_inputs(dir, "none.st", vec![("tokens", ids(0, 4, 4))]);
+    for (file, words) in [
+        ("wide.st", &["wide.st", "`tokens`", "8000 px", "4096"][..]),
+        ("none.st", &["none.st", "`tokens`", "0 images"][..]),
+    ] {
+        let o = run(&format!("debug vq-decode --inputs {file} --out d.st"), dir);
+        fails_with(&o, words);
+        assert!(!dir.join("d.st").exists(), "{file}: wrote d.st");
+    }
+}
+
+/// NaN or infinite inputs are refused by the tensor that holds them, not turned into NaN
+/// outputs.
+#[test]
+fn non_finite_debug_inputs_are_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let o = run("debug random-inputs --batch 1 --grid 4 --out in.st -q", dir);
+    succeeds(&o);
+    let good = TensorFile::read(&dir.join("in.st")).expect("inputs");
+    let poisoned = |name: &str, value: f32| -> Vec<(&str, HostTensor)> {
+        good.names()
+            .map(|n| {
+                let t = good.get(n).expect("tensor");
+                let len = t.shape.iter().product();
+                match n == name {
+                    true => (n, HostTensor::f32(t.shape.clone(), vec![value; len])),
+                    false => (n, t.clone()),
+                }
+            })
+            .collect()
+    };
+    for (name, value) in [
+        ("micro_conds", f32::INFINITY),
+        ("encoder_hidden_states", f32::NAN),
+        ("pooled_projections", f32::NEG_INFINITY),
+    ] {
+        write_inputs(dir, "bad.st", poisoned(name, value));
+        let o = run("debug forward --inputs bad.st --out out.st", dir);
+        fails_with(&o, &["bad.st", &format!("`{name}`"), "finite"]);
+        assert!(!dir.join("out.st").exists(), "{name}: wrote out.st");
+    }
+    let image = HostTensor::f32(vec![1, 3, 64, 64], vec![f32::NAN; 3 * 64 * 64]);
+    write_inputs(dir, "img.st", vec![("image", image)]);
+    let o = run("debug vq-encode --inputs img.st --out ids.st", dir);
+    fails_with(&o, &["img.st", "`image`", "finite"]);
+    assert!(!dir.join("ids.st").exists());
 }

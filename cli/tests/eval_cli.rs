@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fails_with, json_output, muddit, run, stderr, succeeds};
+use common::{bytes, fails_with, json_output, muddit, run, stderr, succeeds};
 use std::path::Path;
 
 const TOLERANCE: f64 = 0.05;
@@ -241,4 +241,59 @@ fn sample_overrides_a_greedy_model_default() {
         tmp.path(),
     );
     fails_with(&o, &["--sample"]);
+}
+
+/// `--save-images` refuses up front to replace any image the run would write there, the edit
+/// task's included; with `--overwrite` it replaces them with the run's PNGs. A run of tasks that
+/// make no image says that nothing is saved.
+#[test]
+fn save_images_replaces_no_edit_image_unasked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let saved = tmp.path().join("saved");
+    std::fs::create_dir(&saved).expect("mkdir");
+    let edit = "eval --limit 4 --tasks edit --steps 2 --save-images saved -q";
+    for part in ["inpaint", "img2img", "outpaint"] {
+        let name = format!("{part}-000.png");
+        std::fs::write(saved.join(&name), b"precious").expect("write");
+        let o = run(edit, tmp.path());
+        fails_with(&o, &[&name, "--overwrite"]);
+        let names: Vec<_> = std::fs::read_dir(&saved).expect("ls").flatten().collect();
+        assert_eq!(names.len(), 1, "nothing written beside {name}: {names:?}");
+        assert_eq!(bytes(&saved, &name), b"precious");
+        std::fs::remove_file(saved.join(&name)).expect("rm");
+    }
+    for part in ["inpaint", "img2img", "outpaint"] {
+        std::fs::write(saved.join(format!("{part}-000.png")), b"precious").expect("write");
+    }
+    succeeds(&run(&format!("{edit} --overwrite"), tmp.path()));
+    for part in ["inpaint", "img2img", "outpaint"] {
+        let img = image::open(saved.join(format!("{part}-000.png"))).expect("a PNG");
+        assert_eq!((img.width(), img.height()), (64, 64), "{part}");
+    }
+    let o = run(
+        "eval --limit 1 --tasks caption --i2t-steps 2 --save-images none",
+        tmp.path(),
+    );
+    succeeds(&o);
+    assert!(stderr(&o).contains("nothing saved"), "{}", stderr(&o));
+    assert!(!tmp.path().join("none").exists());
+}
+
+/// `--dtype bf16` runs the eval in bf16 arithmetic (its images differ from f32's) and the report
+/// says which arithmetic ran.
+#[test]
+fn eval_honours_the_dtype_and_reports_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut images = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let o = run(
+            &format!("--dtype {dtype} eval --limit 1 --tasks t2i --steps 2 --save-images {dtype} --json -q"),
+            tmp.path(),
+        );
+        let got = json_output(&o);
+        assert_eq!(got["dtype"], dtype, "{got}");
+        assert!(got.pointer("/cpu_kernels/isa").is_some(), "{got}");
+        images.push(bytes(&tmp.path().join(dtype), "t2i-000.png"));
+    }
+    assert_ne!(images[0], images[1], "--dtype bf16 gave the f32 image");
 }

@@ -532,6 +532,41 @@ fn numbers_are_bounded_from_every_source() {
         png,
         &["index"],
     ));
+    for (key, value, words) in [
+        ("cfg", "-1", &["stored `cfg` -1", "guidance"][..]),
+        (
+            "schedule",
+            "\"junk\"",
+            &["stored `schedule` junk", "cosine"][..],
+        ),
+        (
+            "temperature",
+            "[-1.0, 0.0]",
+            &["stored `temperature`", "0 or more"][..],
+        ),
+    ] {
+        let mut p = stored_params();
+        p[key] = serde_json::from_str(value).expect("json");
+        let mut want = vec!["s.png"];
+        want.extend_from_slice(words);
+        cases.push(from_png_case(
+            &format!("stored {key} {value}"),
+            params_png(&p),
+            &want,
+        ));
+    }
+    for t in ["-1", "2,-0.5", "0"] {
+        let flag = format!("--temperature={t}");
+        let words: &[&str] = match t {
+            "0" => &[],
+            _ => &["--temperature", "0 or more"],
+        };
+        let c = t2i_case(&format!("temperature {t}"), &[&flag, "-o", "t.png"], words);
+        cases.push(match t {
+            "0" => c.writes(&["t.png"]),
+            _ => c,
+        });
+    }
     let png = raw_png(
         1,
         1,
@@ -627,6 +662,21 @@ fn outputs_are_checked_before_the_run_and_never_clobbered() {
         &["-o", "a.png", "--output-ids", "nope/ids.safetensors"],
         &["--output-ids", "does not exist"],
     ));
+    for name in ["ids.png", "ids.JPG", "ids.webp"] {
+        cases.push(t2i_case(
+            &format!("--output-ids {name}"),
+            &["-o", "a.png", "--output-ids", name],
+            &["--output-ids", name, ".safetensors"],
+        ));
+    }
+    cases.push(
+        t2i_case(
+            "-o a dangling link",
+            &["-o", "dang.png"],
+            &["dang.png", "dangling", "nowhere.png"],
+        )
+        .setup(|b| std::os::unix::fs::symlink("nowhere.png", b.path("dang.png")).expect("link")),
+    );
     cases.push(t2i_case(
         "-o a device",
         &["-o", "/dev/null"],
@@ -1061,6 +1111,54 @@ fn hostile_model_files_are_refused_by_name() {
             muddit_engine::pth::write_pth_vector(&path, &[f32::NAN; HIDDEN]).expect("pth");
         }),
     );
+    cases.push(
+        t2i_case(
+            "index with an empty weight_map",
+            &["-o", "e.png"],
+            &["transformer/x.safetensors.index.json", "weight_map"],
+        )
+        .setup(|b| {
+            b.write(
+                "model/transformer/x.safetensors.index.json",
+                br#"{"weight_map": {}}"#,
+            )
+        }),
+    );
+    for key in ["eos_token", "bos_token", "pad_token"] {
+        cases.push(
+            t2i_case(
+                &format!("special_tokens_map.json {key} unknown"),
+                &["-o", "e.png"],
+                &["tokenizer/special_tokens_map.json", key, "<|nope|>"],
+            )
+            .setup(move |b| {
+                b.edit_json("model/tokenizer/special_tokens_map.json", |m| {
+                    m[key] = "<|nope|>".into()
+                })
+            }),
+        );
+    }
+    for (name, text, args, words) in [
+        (
+            "width 17",
+            r#"{"width": 17, "height": 64}"#,
+            t2i(&["-o", "a.png"]),
+            &["muddit.json", "width", "17 px", "multiples of 16"][..],
+        ),
+        (
+            "resolution 17",
+            r#"{"resolution": 17}"#,
+            ["--model", "model", "caption", "-q", "red.png"]
+                .map(String::from)
+                .to_vec(),
+            &["muddit.json", "resolution", "17 px", "multiples of 16"][..],
+        ),
+    ] {
+        let mut c = case(&format!("muddit.json {name}"), &[], words)
+            .setup(move |b| b.write("model/muddit.json", text.as_bytes()));
+        c.args = args;
+        cases.push(c);
+    }
     cases.push(weight_case(
         "overflowing VQ decoder: pixels named",
         WEIGHTS[2],
@@ -1384,6 +1482,11 @@ fn messages_name_the_case_and_what_to_do() {
             &["prompt"],
         ),
         case(
+            "bench empty prompt",
+            &["--model", "model", "bench", "--prompt", " "],
+            &["--prompt", "empty"],
+        ),
+        case(
             "empty question",
             &["--model", "model", "vqa", "--question", " ", "red.png"],
             &["question"],
@@ -1401,4 +1504,82 @@ fn messages_name_the_case_and_what_to_do() {
         .writes(&["u.png"]),
     ];
     run_all(cases);
+}
+
+/// The `muddit-parameters` text of the PNG `rel` in the bench.
+fn png_params(b: &Bench, rel: &str) -> serde_json::Value {
+    let decoder = png::Decoder::new(std::io::Cursor::new(b.read(rel)));
+    let reader = decoder.read_info().expect("a PNG");
+    let text = reader
+        .info()
+        .utf8_text
+        .iter()
+        .find(|t| t.keyword == "muddit-parameters")
+        .expect("muddit-parameters")
+        .get_text()
+        .expect("text");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Flags that cannot act on a run say so on stderr, and a PNG records none of them: a negative
+/// prompt without guidance (the default model's cfg is 1), a temperature with greedy draws.
+#[test]
+fn flags_without_effect_are_noted_and_not_recorded() {
+    let b = Bench::new();
+    let t2i_with = |extra: &[&str]| {
+        let mut args = vec!["--model", "model", "t2i", "--prompt", "x", "--steps", "2"];
+        args.extend_from_slice(extra);
+        let o = muddit(&args, b.tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let err = t2i_with(&["--negative-prompt", "blue", "-o", "off.png"]);
+    assert!(err.contains("--negative-prompt has no effect"), "{err}");
+    assert_eq!(png_params(&b, "off.png")["negative_prompt"], "");
+    let err = t2i_with(&["--negative-prompt", "blue", "--cfg", "3", "-o", "on.png"]);
+    assert!(!err.contains("no effect"), "{err}");
+    assert_eq!(png_params(&b, "on.png")["negative_prompt"], "blue");
+    let o = muddit(
+        &[
+            "--model",
+            "model",
+            "caption",
+            "--greedy",
+            "--temperature",
+            "3",
+            "--steps",
+            "2",
+            "red.png",
+        ],
+        b.tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--temperature has no effect with --greedy"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `MUDDIT_ISA` that is not even text is refused as an unknown level is, not ignored.
+#[cfg(unix)]
+#[test]
+fn isa_cap_not_in_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let b = Bench::new();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_muddit"))
+        .args(t2i(&["-o", "a.png"]))
+        .current_dir(b.tmp.path())
+        .env_remove("MUDDIT_MODEL")
+        .env(
+            "XDG_CACHE_HOME",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"),
+        )
+        .env("MUDDIT_ISA", std::ffi::OsStr::from_bytes(b"\xff"))
+        .output()
+        .expect("spawn muddit");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("MUDDIT_ISA") && err.contains("avx2"), "{err}");
+    assert!(!b.path("a.png").exists());
 }

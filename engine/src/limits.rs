@@ -144,7 +144,7 @@ impl ModelShape {
             Error::InvalidInput { message, .. } => Error::input("resolution", message),
             other => other,
         })?;
-        let bytes = self.vq_bytes(images, r, r) + self.transformer_bytes(images, r, r);
+        let bytes = vq_bytes(&self.vqvae, images, r, r) + self.transformer_bytes(images, r, r);
         check_memory(bytes + self.weight_bytes as f64)
     }
 
@@ -155,7 +155,9 @@ impl ModelShape {
         let tokens = (width / self.vqvae.scale_factor()) as f64
             * (height / self.vqvae.scale_factor()) as f64;
         let logits = rows as f64 * tokens * self.transformer.codebook_size as f64 * 4.0 * 2.0;
-        logits + self.transformer_bytes(rows, width, height) + self.vq_bytes(images, width, height)
+        logits
+            + self.transformer_bytes(rows, width, height)
+            + vq_bytes(&self.vqvae, images, width, height)
     }
 
     /// The transformer's activations for `rows` rows: about 16 `[rows, S, D]` f32 buffers
@@ -172,21 +174,48 @@ impl ModelShape {
         let d = self.transformer.inner_dim() as f64;
         rows as f64 * (seq * d * 16.0 + tokens * d * 4.0) * 4.0
     }
+}
 
-    /// The VQ-VAE's feature maps for `images` images of `width x height`: about five f32 maps
-    /// of the widest level (level `i` has `block_out_channels[i]` channels at `1 / 2^i` of the
-    /// side; upsampling writes the next level's channels at this level's size).
-    fn vq_bytes(&self, images: usize, width: usize, height: usize) -> f64 {
-        let channels = &self.vqvae.block_out_channels;
-        let area = width as f64 * height as f64;
-        let widest = (0..channels.len())
-            .map(|i| {
-                let c = channels[i].max(*channels.get(i + 1).unwrap_or(&0)) as f64;
-                c * area / 4f64.powi(i as i32)
-            })
-            .fold(0.0, f64::max);
-        images as f64 * widest * 4.0 * 5.0
+/// The VQ-VAE's feature maps for `images` images of `width x height`: about five f32 maps of
+/// the widest level (level `i` has `block_out_channels[i]` channels at `1 / 2^i` of the side;
+/// upsampling writes the next level's channels at this level's size).
+fn vq_bytes(vqvae: &VqConfig, images: usize, width: usize, height: usize) -> f64 {
+    let channels = &vqvae.block_out_channels;
+    let area = width as f64 * height as f64;
+    let widest = (0..channels.len())
+        .map(|i| {
+            let c = channels[i].max(*channels.get(i + 1).unwrap_or(&0)) as f64;
+            c * area / 4f64.powi(i as i32)
+        })
+        .fold(0.0, f64::max);
+    images as f64 * widest * 4.0 * 5.0
+}
+
+/// Checks a VQ-VAE run on the tensor `name` of `images` images of `width x height` pixels
+/// (encoded, or decoded from their id grids): at most [`MAX_IMAGES`] images, sides within
+/// `1..=MAX_SIDE`, and the memory of its feature maps.
+pub fn check_vq_images(
+    vqvae: &VqConfig,
+    name: &str,
+    images: usize,
+    width: usize,
+    height: usize,
+) -> Result<()> {
+    if images == 0 || images > MAX_IMAGES {
+        return Err(Error::input(
+            name,
+            format!("{images} images; 1 to {MAX_IMAGES} in one run"),
+        ));
     }
+    for (side, px) in [("width", width), ("height", height)] {
+        if px == 0 || px > MAX_SIDE {
+            return Err(Error::input(
+                name,
+                format!("a {side} of {px} px is outside 1..={MAX_SIDE} px"),
+            ));
+        }
+    }
+    check_memory(vq_bytes(vqvae, images, width, height))
 }
 
 /// The bytes of the `*.safetensors` files in `dir` (0 when there are none).
@@ -211,6 +240,11 @@ fn check_range(name: &str, n: usize, max: usize, unit: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A count `n` given as `name`: 1 to `max`.
+pub fn check_count(name: &str, n: usize, max: usize) -> Result<()> {
+    check_range(name, n, max, "")
 }
 
 /// An image side in pixels: 1 to [`MAX_SIDE`].

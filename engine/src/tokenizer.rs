@@ -31,6 +31,8 @@ pub const MAX_LEN: usize = 77;
 pub const MASK_TOKEN: &str = "<mask>";
 /// `CLIPTokenizer` keeps merges `[1 : 49152 - 256 - 2 + 1]` of `merges.txt`.
 const MAX_MERGES: usize = 49152 - 256 - 2;
+/// Largest BPE merges text read (OpenCLIP's is 1.4 MB unpacked).
+const MAX_BPE_BYTES: u64 = 64 << 20;
 /// The split `CLIPTokenizer` applies before the BPE.
 const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
@@ -42,6 +44,18 @@ pub struct SpecialTokens {
     pub eos: String,
     pub unk: String,
     pub pad: String,
+}
+
+impl SpecialTokens {
+    /// Each token with its key in `special_tokens_map.json` / `tokenizer_config.json`.
+    fn slots(&mut self) -> [(&'static str, &mut String); 4] {
+        [
+            ("bos_token", &mut self.bos),
+            ("eos_token", &mut self.eos),
+            ("unk_token", &mut self.unk),
+            ("pad_token", &mut self.pad),
+        ]
+    }
 }
 
 impl Default for SpecialTokens {
@@ -188,17 +202,20 @@ impl ClipTokenizer {
         let dir = tokenizer_dir(dir)?;
         let mut special = SpecialTokens::default();
         let mut clean_up = false;
+        // The file each special token was last set by, for messages.
+        let mut set_by: HashMap<&'static str, PathBuf> = HashMap::new();
         for file in ["tokenizer_config.json", "special_tokens_map.json"] {
             let path = dir.join(file);
             if !path.is_file() {
                 continue;
             }
             let v = read_json(&path)?;
-            let get = |k: &str| v.get(k).and_then(token_string);
-            special.bos = get("bos_token").unwrap_or(special.bos);
-            special.eos = get("eos_token").unwrap_or(special.eos);
-            special.unk = get("unk_token").unwrap_or(special.unk);
-            special.pad = get("pad_token").unwrap_or(special.pad);
+            for (key, slot) in special.slots() {
+                if let Some(token) = v.get(key).and_then(token_string) {
+                    *slot = token;
+                    set_by.insert(key, path.clone());
+                }
+            }
             if let Some(b) = v
                 .get("clean_up_tokenization_spaces")
                 .and_then(|b| b.as_bool())
@@ -220,7 +237,37 @@ impl ClipTokenizer {
             })?;
             (t, path)
         };
-        Self::finish(inner, path, special, clean_up)
+        let tokenizer = Self::finish(inner, path, special, clean_up)?;
+        tokenizer.check_special_ids(&set_by)?;
+        Ok(tokenizer)
+    }
+
+    /// Refuses special tokens outside the BPE vocabulary: `add_special_tokens` gives them ids
+    /// past it, which no row of the text encoder holds. The error names the file that set the
+    /// token (`set_by`), else the vocabulary's.
+    fn check_special_ids(&self, set_by: &HashMap<&'static str, PathBuf>) -> Result<()> {
+        let s = &self.special;
+        let tokens = [
+            ("bos_token", &s.bos),
+            ("eos_token", &s.eos),
+            ("unk_token", &s.unk),
+            ("pad_token", &s.pad),
+        ];
+        for (key, token) in tokens {
+            match self.inner.token_to_id(token) {
+                Some(id) if (id as usize) < self.base_vocab => {}
+                _ => {
+                    return Err(Error::Tokenizer {
+                        path: set_by.get(key).unwrap_or(&self.path).clone(),
+                        message: format!(
+                            "`{key}` `{token}` is not in the vocabulary of {} tokens",
+                            self.base_vocab
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The BPE of `vocab.json` + `merges.txt` with the CLIP pre-tokenizer.
@@ -536,6 +583,55 @@ pub fn clip_vocab_from_bpe(bpe_text: &str) -> (Vec<String>, Vec<(String, String)
     vocab.push("<|startoftext|>".into());
     vocab.push("<|endoftext|>".into());
     (vocab, merges)
+}
+
+/// A BPE's tokens in `vocab.json` order and its merges.
+pub type VocabMerges = (Vec<String>, Vec<(String, String)>);
+
+/// [`clip_vocab_from_bpe`] of the OpenCLIP BPE file `path` (gzipped or not), which must give
+/// exactly `vocab_size` tokens.
+pub fn clip_vocab_from_bpe_file(path: &Path, vocab_size: usize) -> Result<VocabMerges> {
+    let (vocab, merges) = clip_vocab_from_bpe(&read_bpe(path)?);
+    if vocab.len() != vocab_size {
+        return Err(Error::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!(
+                "this BPE gives {} tokens, but the text encoder needs {vocab_size}",
+                vocab.len()
+            ),
+        });
+    }
+    Ok((vocab, merges))
+}
+
+/// The text of an OpenCLIP BPE merges file, gzipped or not.
+fn read_bpe(path: &Path) -> Result<String> {
+    use std::io::Read;
+    crate::limits::regular_file(path)?;
+    let read_up_to = |from: &mut dyn Read| {
+        let mut out = Vec::new();
+        from.take(MAX_BPE_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io(path, e))?;
+        Ok::<_, Error>(out)
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_up_to(&mut file)?;
+    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+        read_up_to(&mut flate2::read::GzDecoder::new(bytes.as_slice()))?
+    } else {
+        bytes
+    };
+    if bytes.len() as u64 > MAX_BPE_BYTES {
+        return Err(Error::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!("more than {MAX_BPE_BYTES} bytes of text: not a BPE merges file"),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| Error::Tokenizer {
+        path: path.to_path_buf(),
+        message: format!("not UTF-8 text: {e}"),
+    })
 }
 
 /// The 512 byte-level tokens: every byte's character, then each with `</w>`.

@@ -29,6 +29,8 @@ pub struct Weights {
     files: Vec<(PathBuf, Mmap)>,
     entries: HashMap<String, Entry>,
     used: Mutex<HashSet<String>>,
+    /// The `*.safetensors.index.json` the files were named by, if any.
+    index: Option<PathBuf>,
 }
 
 /// The checkpoint file names the public layouts use, in order of preference.
@@ -88,6 +90,12 @@ impl Weights {
             path: index.to_path_buf(),
             message: e.to_string(),
         })?;
+        if parsed.weight_map.is_empty() {
+            return Err(Error::Config {
+                path: index.to_path_buf(),
+                message: "its `weight_map` names no tensor".into(),
+            });
+        }
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shards: Vec<&String> = parsed.weight_map.values().collect();
         shards.sort();
@@ -96,7 +104,8 @@ impl Weights {
             .iter()
             .map(|s| shard_path(index, dir, s))
             .collect::<Result<_>>()?;
-        let weights = Self::open_files(&paths)?;
+        let mut weights = Self::open_files(&paths)?;
+        weights.index = Some(index.to_path_buf());
         for (name, shard) in &parsed.weight_map {
             match weights.entries.get(name) {
                 Some(e) if weights.files[e.file].0 == dir.join(shard) => {}
@@ -150,12 +159,18 @@ impl Weights {
             files,
             entries,
             used: Mutex::new(HashSet::new()),
+            index: None,
         })
     }
 
-    /// The file that holds `name`, or the first file, for messages.
+    /// The file that holds `name`; for a tensor it lacks, the index that names the files, or
+    /// the first file. For messages.
     fn path_of(&self, name: &str) -> PathBuf {
-        let file = self.entries.get(name).map_or(0, |e| e.file);
+        let file = match (self.entries.get(name), &self.index) {
+            (Some(e), _) => e.file,
+            (None, Some(index)) => return index.clone(),
+            (None, None) => 0,
+        };
         self.files
             .get(file)
             .map(|f| f.0.clone())

@@ -117,17 +117,22 @@ pub fn check_env() -> Result<(), String> {
     env_cap().map(|_| ())
 }
 
+/// The level `MUDDIT_ISA` caps the kernels at: `None` when unset or empty; `Err` for a value
+/// that names no level, text or not.
 fn env_cap() -> Result<Option<Isa>, String> {
-    match std::env::var("MUDDIT_ISA") {
-        Err(_) => Ok(None),
-        Ok(v) if v.is_empty() => Ok(None),
-        Ok(v) => Isa::parse(&v).map(Some).ok_or_else(|| {
+    let Some(value) = std::env::var_os("MUDDIT_ISA").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .and_then(Isa::parse)
+        .map(Some)
+        .ok_or_else(|| {
             format!(
-                "MUDDIT_ISA={v:?} is not an instruction-set level (one of {})",
+                "MUDDIT_ISA={value:?} is not an instruction-set level (one of {})",
                 NAMES.join(", ")
             )
-        }),
-    }
+        })
 }
 
 #[cfg(target_arch = "x86_64")]
