@@ -3,6 +3,7 @@
 //! the canvas as an [`EditIds`]; what the edit used (paths and SHA-256 of its inputs) goes into
 //! the PNG so that `--from-png` redoes it, and refuses inputs that changed since.
 
+use crate::generate::named;
 use crate::model::Models;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
@@ -467,10 +468,11 @@ fn round_to(value: usize, step: usize) -> usize {
 /// `None` without an input image. `size`: `--width`, `--height` if given.
 pub fn prepare(
     flags: &EditFlags,
-    stored: Option<&EditRecord>,
+    stored: Option<(&EditRecord, &Path)>,
     size: (Option<usize>, Option<usize>),
     models: &Models,
 ) -> Result<Option<Edit>> {
+    let (stored, png) = (stored.map(|s| s.0), stored.map(|s| s.1));
     let stored_input = stored.map(|r| (r.init_image.as_str(), r.init_image_sha256.as_str()));
     let Some((image_path, image_sha, image)) =
         input_file(flags.init_image.as_deref(), stored_input, "init-image")?
@@ -506,20 +508,21 @@ pub fn prepare(
         mask_blur: flags.mask_blur.or(stored.map(|r| r.mask_blur)),
     };
     let planned = plan(&request, models.folder()).map_err(|e| {
-        let flag = match e.input {
-            EditInput::Image => format!("--init-image {}:", image_path.display()),
+        // A value the flags did not give came from the `--from-png` record: named as stored.
+        let named = |flag: &str, given: bool| named(flag, given, png, &e.message);
+        anyhow::anyhow!(match e.input {
+            EditInput::Image => format!("--init-image {}: {}", image_path.display(), e.message),
             EditInput::Mask => match &mask_file {
-                Some((path, ..)) => format!("--mask {}:", path.display()),
-                None => "--mask:".into(),
+                Some((path, ..)) => format!("--mask {}: {}", path.display(), e.message),
+                None => format!("--mask: {}", e.message),
             },
-            EditInput::Strength => "--strength".into(),
-            EditInput::Width => "--width".into(),
-            EditInput::Height => "--height".into(),
-            EditInput::KeepPixels => "--keep-unmasked-pixels:".into(),
-            EditInput::MaskBlur => "--mask-blur".into(),
-            EditInput::Outpaint => "--outpaint".into(),
-        };
-        anyhow::anyhow!("{flag} {}", e.message)
+            EditInput::Strength => named("--strength", flags.strength.is_some()),
+            EditInput::Width => format!("--width {}", e.message),
+            EditInput::Height => format!("--height {}", e.message),
+            EditInput::KeepPixels => named("--keep-unmasked-pixels", flags.keep_pixels().is_some()),
+            EditInput::MaskBlur => named("--mask-blur", flags.mask_blur.is_some()),
+            EditInput::Outpaint => named("--outpaint", flags.outpaint.is_some()),
+        })
     })?;
     let record = planned.record(
         (image_path.display().to_string(), image_sha),

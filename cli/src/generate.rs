@@ -135,7 +135,7 @@ fn pick_temperature(
 
 /// How an error names a value: `--flag VALUE` as given, or, when the flag was not given and
 /// the value came from the PNG `png`, the PNG and its stored field.
-fn named(flag: &str, given: bool, png: Option<&Path>, value: impl std::fmt::Display) -> String {
+pub fn named(flag: &str, given: bool, png: Option<&Path>, value: impl std::fmt::Display) -> String {
     match (given, png) {
         (false, Some(png)) => format!(
             "{}: stored `{}` {value}",
@@ -311,6 +311,7 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         Some(p) => (args.width.or(Some(p.width)), args.height.or(Some(p.height))),
         None => (args.width, args.height),
     };
+    let stored_edit = stored_edit.zip(args.from_png.as_deref());
     let edit = crate::edit::prepare(&args.edit, stored_edit, size, &models)?;
     if let Some(edit) = &edit {
         (request.width, request.height) = (edit.width, edit.height);

@@ -176,6 +176,36 @@ fn random_checkpoint_checks_everything_before_writing() {
         map.len(),
         "--shard-mib 0: one tensor per shard"
     );
+    // --overwrite unsharded: no shard or index of the first write is left to be loaded.
+    let o = run(
+        "debug random-checkpoint --preset tiny --out sharded --overwrite -q",
+        dir,
+    );
+    succeeds(&o);
+    let mut names: Vec<_> = std::fs::read_dir(&transformer)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["config.json", "diffusion_pytorch_model.safetensors"],
+        "the transformer folder holds the second write only"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let weights = transformer.join("diffusion_pytorch_model.safetensors");
+        let mode = std::fs::metadata(weights)
+            .expect("weights")
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "weights are readable like the other files"
+        );
+    }
 }
 
 /// Writes `tensors` as the safetensors file `name` in `dir`.

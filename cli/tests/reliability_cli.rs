@@ -555,6 +555,36 @@ fn numbers_are_bounded_from_every_source() {
             &want,
         ));
     }
+    for (key, value) in [("strength", "5.0"), ("mask_blur", "-1.0")] {
+        let args = [
+            "--model",
+            "model",
+            "t2i",
+            "-q",
+            "--from-png",
+            "s.png",
+            "-o",
+            "out.png",
+        ];
+        let want = [format!(
+            "s.png: stored `{key}` {}",
+            value.trim_end_matches(".0")
+        )];
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        cases.push(
+            case(&format!("stored edit {key}"), &args, &want).setup(move |b| {
+                use sha2::Digest;
+                let sha = sha2::Sha256::digest(std::fs::read(b.path("red.png")).expect("red.png"));
+                let mut p = stored_params();
+                p["edit"] = serde_json::json!({"init_image": "red.png",
+                "init_image_sha256": format!("{sha:x}"), "mask": null, "mask_sha256": null,
+                "outpaint": [0, 0, 16, 0], "strength": 1.0, "keep_unmasked_pixels": true,
+                "mask_blur": 0.0});
+                p["edit"][key] = serde_json::from_str(value).expect("number");
+                b.write("s.png", &params_png(&p));
+            }),
+        );
+    }
     for t in ["-1", "2,-0.5", "0"] {
         let flag = format!("--temperature={t}");
         let words: &[&str] = match t {

@@ -974,7 +974,10 @@ fn a_run_nobody_waits_for_stops_and_frees_the_worker() {
     let (status, answer) = post(&server, GENERATIONS, &long);
     assert_eq!(status, 504, "{answer}");
     let (status, answer) = post(&server, GENERATIONS, &json!({ "prompt": "a red circle" }));
-    assert_eq!(status, 200, "the abandoned run still holds the worker: {answer}");
+    assert_eq!(
+        status, 200,
+        "the abandoned run still holds the worker: {answer}"
+    );
 }
 
 /// SIGTERM with the worker in a run nobody waits for: stopped within the grace, exit 0.

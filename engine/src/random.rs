@@ -86,6 +86,43 @@ fn encode(values: &[f32], dtype: WeightDtype) -> Vec<u8> {
     }
 }
 
+/// Removes what an earlier write of `stem` left in `dir` (one file, or shards and their
+/// index), so that the folder loads this write's tensors only.
+fn remove_earlier(dir: &Path, stem: &str) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let shard = name
+            .strip_prefix(stem)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|rest| rest.contains("-of-") && rest.ends_with(".safetensors"));
+        let whole = [".safetensors", ".safetensors.index.json"]
+            .iter()
+            .any(|ext| name.strip_prefix(stem) == Some(ext));
+        if shard || whole {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives a file written through a private temporary file (mode 0600, as `safetensors` writes)
+/// the mode of the folder's other files, 0644.
+fn readable_by_all(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(path, mode).map_err(|e| Error::io(path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Writes random values for `tensors` as `<stem>.safetensors` in `dir`, or, when they exceed
 /// `max_shard_bytes`, as `<stem>-0000i-of-0000n.safetensors` shards with `<stem>.safetensors.index.json`.
 pub fn write_random_tensors(
@@ -97,6 +134,7 @@ pub fn write_random_tensors(
     max_shard_bytes: Option<usize>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_earlier(dir, stem)?;
     // Shards: consecutive runs of tensors up to the byte limit.
     let mut shards: Vec<Vec<&(String, Vec<usize>)>> = vec![Vec::new()];
     let mut in_shard = 0usize;
@@ -140,6 +178,7 @@ pub fn write_random_tensors(
             path: path.clone(),
             message: e.to_string(),
         })?;
+        readable_by_all(&path)?;
         for (name, _) in shard {
             weight_map.insert(name.clone(), file.clone());
         }

@@ -21,12 +21,11 @@ use crate::config::TransformerConfig;
 use crate::error::{Error, Result};
 use crate::pth::write_pth_vector;
 use crate::random::{write_random_tensors, WeightDtype};
-use crate::tokenizer::{clip_vocab_from_bpe, synthetic_vocab, write_tokenizer_files};
+use crate::tokenizer::{clip_vocab_from_bpe_file, synthetic_vocab, write_tokenizer_files};
 use crate::vqvae::{VqConfig, VqModel};
 use crate::weights::Vb;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -123,23 +122,6 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
-/// An OpenCLIP BPE merges file, gzipped or not.
-fn read_bpe(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(bytes.as_slice())
-            .read_to_string(&mut text)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(text)
-    } else {
-        String::from_utf8(bytes).map_err(|e| Error::Tokenizer {
-            path: path.to_path_buf(),
-            message: format!("not UTF-8 text: {e}"),
-        })
-    }
-}
-
 /// Writes the sides of a model folder `root` for the transformer `cfg` (see the module comment):
 /// random weights from `seed` in `dtype`, the tokenizer files, the scheduler config and the
 /// `<mask>` embedding.
@@ -177,17 +159,7 @@ pub fn write_random_sides(
 
     let (vocab, merges, vocab_kind) = match clip_bpe {
         Some(path) => {
-            let (vocab, merges) = clip_vocab_from_bpe(&read_bpe(path)?);
-            if vocab.len() != text.vocab_size {
-                return Err(Error::Tokenizer {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "this BPE gives {} tokens, but the text encoder needs {}",
-                        vocab.len(),
-                        text.vocab_size
-                    ),
-                });
-            }
+            let (vocab, merges) = clip_vocab_from_bpe_file(path, text.vocab_size)?;
             (vocab, merges, "real CLIP")
         }
         None => {
