@@ -79,75 +79,13 @@ unsafe impl bytemuck::Zeroable for Line {}
 // SAFETY: as above; `Line` is `Copy` and `repr(C)`.
 unsafe impl bytemuck::Pod for Line {}
 
-/// A buffer of `f32` or `u16` in whole 64-byte lines, aligned to 64 bytes, and to 2 MiB when it
-/// spans a huge page or more (so that whole huge pages cover it, see [`advise_huge_pages`]).
-struct Aligned {
-    ptr: std::ptr::NonNull<Line>,
-    len: usize,
-}
-
-// SAFETY: `Aligned` owns its lines like a `Vec<Line>` would; `Line` is plain bytes.
-unsafe impl Send for Aligned {}
-// SAFETY: as above; shared access only reads.
-unsafe impl Sync for Aligned {}
-
-/// The size of a huge page on x86_64 and aarch64 Linux (4 KiB base pages).
-const HUGE_PAGE: usize = 2 << 20;
-
-impl Default for Aligned {
-    fn default() -> Self {
-        Aligned {
-            ptr: std::ptr::NonNull::dangling(),
-            len: 0,
-        }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: allocated in `Aligned::alloc` with this same layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), Self::layout(self.len)) }
-        }
-    }
-}
+/// A 64-byte aligned buffer of `f32` or `u16`.
+#[derive(Default)]
+struct Aligned(Vec<Line>);
 
 impl Aligned {
-    fn layout(lines: usize) -> std::alloc::Layout {
-        let bytes = lines
-            .checked_mul(64)
-            .expect("Aligned: buffer size overflows usize");
-        let align = if bytes >= HUGE_PAGE { HUGE_PAGE } else { 64 };
-        std::alloc::Layout::from_size_align(bytes, align).expect("Aligned: buffer too large")
-    }
-
-    /// `lines` uninitialised lines, advised onto huge pages.
-    fn alloc(lines: usize) -> (Self, *mut std::mem::MaybeUninit<Line>) {
-        if lines == 0 {
-            return (Aligned::default(), std::ptr::NonNull::dangling().as_ptr());
-        }
-        let layout = Self::layout(lines);
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(raw.cast::<Line>()) else {
-            std::alloc::handle_alloc_error(layout)
-        };
-        advise_huge_pages(raw, layout.size());
-        (Aligned { ptr, len: lines }, raw.cast())
-    }
-
     fn zeroed(bytes: usize) -> Self {
-        Self::panels(bytes.div_ceil(64) * 64, 1, |_, _| {})
-    }
-
-    fn lines(&self) -> &[Line] {
-        // SAFETY: `len` initialised lines at `ptr` (dangling and empty when `len` is 0).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn lines_mut(&mut self) -> &mut [Line] {
-        // SAFETY: as in `lines`, and `&mut self` is the only access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        Aligned(vec![Line([0; 16]); bytes.div_ceil(64)])
     }
 
     /// `count` panels of `panel_bytes` (a multiple of 64) each, every panel zeroed and then
@@ -159,15 +97,9 @@ impl Aligned {
             "Aligned::panels: {panel_bytes} bytes per panel"
         );
         let lines = panel_bytes / 64;
-        let total = lines
-            .checked_mul(count)
-            .expect("Aligned::panels: size overflows usize");
-        let (buf, raw) = Self::alloc(total);
-        if total > 0 {
-            // SAFETY: `raw` is the fresh allocation of `total` lines that `buf` owns; nothing
-            // else refers to it until `buf` is returned.
-            let spare = unsafe { std::slice::from_raw_parts_mut(raw, total) };
-            spare
+        let mut buf: Vec<Line> = Vec::with_capacity(lines * count);
+        if lines > 0 {
+            buf.spare_capacity_mut()[..lines * count]
                 .par_chunks_mut(lines)
                 .enumerate()
                 .for_each(|(p, panel)| {
@@ -179,23 +111,25 @@ impl Aligned {
                     fill(p, panel);
                 });
         }
-        buf
+        // SAFETY: the loop above initialised all `lines * count` elements, within the capacity.
+        unsafe { buf.set_len(lines * count) };
+        Aligned(buf)
     }
 
     fn bytes(&self) -> usize {
-        self.len * 64
+        self.0.len() * 64
     }
     fn f32s(&self) -> &[f32] {
-        bytemuck::cast_slice(self.lines())
+        bytemuck::cast_slice(&self.0)
     }
     fn f32s_mut(&mut self) -> &mut [f32] {
-        bytemuck::cast_slice_mut(self.lines_mut())
+        bytemuck::cast_slice_mut(&mut self.0)
     }
     fn u16s(&self) -> &[u16] {
-        bytemuck::cast_slice(self.lines())
+        bytemuck::cast_slice(&self.0)
     }
     fn u16s_mut(&mut self) -> &mut [u16] {
-        bytemuck::cast_slice_mut(self.lines_mut())
+        bytemuck::cast_slice_mut(&mut self.0)
     }
     fn ensure(&mut self, bytes: usize) {
         if self.bytes() < bytes {
@@ -203,25 +137,6 @@ impl Aligned {
         }
     }
 }
-
-/// Asks Linux to back the whole 2 MiB pages inside a fresh, untouched buffer with huge pages
-/// where the system allows them (`transparent_hugepage` set to `madvise` or `always`): one
-/// page fault per 2 MiB instead of 512 when the buffer is first written, and fewer TLB misses
-/// when the products stream the packed weights. A hint only: where the kernel declines,
-/// the buffer stays on 4 KiB pages and nothing else changes.
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(ptr: *const u8, bytes: usize) {
-    let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
-    let end = (ptr as usize + bytes) / HUGE_PAGE * HUGE_PAGE;
-    if end > start {
-        // SAFETY: [start, end) lies inside an allocation of `bytes` bytes at `ptr` that the
-        // caller owns; MADV_HUGEPAGE changes how the kernel backs it, never what it holds.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_ptr: *const u8, _bytes: usize) {}
 
 enum Layout {
     /// `[N, K]` row-major f32, for the portable path.
@@ -1215,69 +1130,6 @@ fn pack_rows(
 mod tests {
     use super::*;
     use crate::cpu::reference::{naive_linear, AWKWARD_PRODUCTS};
-
-    /// The `VmFlags` line of the mapping that holds `addr`, from `/proc/self/smaps`.
-    #[cfg(target_os = "linux")]
-    fn vm_flags(addr: usize) -> String {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("reading /proc/self/smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_whitespace()
-                .next()
-                .and_then(|r| r.split_once('-'));
-            if let Some((lo, hi)) = range {
-                if let (Ok(lo), Ok(hi)) =
-                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                {
-                    inside = (lo..hi).contains(&addr);
-                    continue;
-                }
-            }
-            if inside && line.starts_with("VmFlags:") {
-                return line.to_string();
-            }
-        }
-        panic!("no mapping holds {addr:#x}")
-    }
-
-    #[test]
-    fn aligned_buffers_are_filled_once_and_large_ones_sit_on_huge_pages() {
-        let fill = |p: usize, panel: &mut [Line]| panel[0].0[0] = p as u32 + 1;
-        for (panel_bytes, count) in [(64, 3), (4096, 10), (HUGE_PAGE / 4, 9), (0, 5), (64, 0)] {
-            let buf = Aligned::panels(panel_bytes, count, fill);
-            let lines = buf.lines();
-            assert_eq!(lines.len(), panel_bytes / 64 * count);
-            for (i, line) in lines.iter().enumerate() {
-                let first = i % (panel_bytes / 64).max(1) == 0;
-                let want = if first { i / (panel_bytes / 64) + 1 } else { 0 } as u32;
-                assert_eq!(line.0[0], want, "{panel_bytes} x {count}: line {i}");
-                assert!(line.0[1..].iter().all(|&v| v == 0));
-            }
-            let addr = lines.as_ptr() as usize;
-            let huge = buf.bytes() >= HUGE_PAGE;
-            assert_eq!(
-                addr % if huge { HUGE_PAGE } else { 64 },
-                0,
-                "{} bytes",
-                buf.bytes()
-            );
-            #[cfg(target_os = "linux")]
-            if huge && std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
-                let flags = vm_flags(addr);
-                assert!(
-                    flags.split_whitespace().any(|f| f == "hg"),
-                    "not advised: {flags}"
-                );
-            }
-        }
-        let mut scratch = Aligned::default();
-        scratch.ensure(100);
-        assert!(scratch.bytes() >= 100 && scratch.f32s().iter().all(|&v| v == 0.0));
-        scratch.f32s_mut()[0] = 1.0;
-        scratch.ensure(50);
-        assert_eq!(scratch.f32s()[0], 1.0, "a large enough buffer is kept");
-    }
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
