@@ -107,10 +107,7 @@ pub fn run(args: BenchArgs, global: &Global) -> Result<()> {
     sampler_ms.sort_by(f64::total_cmp);
     let median = |v: &[f64]| if v.is_empty() { 0.0 } else { v[v.len() / 2] };
     let threads = rayon::current_num_threads();
-    let dtype = match global.dtype {
-        crate::Dtype::F32 => "f32",
-        crate::Dtype::Bf16 => "bf16",
-    };
+    let dtype = global.dtype.name();
     let report = serde_json::json!({
         "model": root.display().to_string(),
         "width": args.width,

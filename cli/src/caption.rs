@@ -72,8 +72,8 @@ fn run(args: CaptionArgs, question: Option<String>, global: &Global) -> Result<(
     let steps = args.steps.unwrap_or(defaults.i2t_steps);
     let r = args.resolution.unwrap_or(defaults.resolution);
     let greedy = args.draws.greedy(defaults.greedy);
-    if greedy && args.temperature.is_some() && !global.quiet {
-        eprintln!("note: --temperature has no effect with --greedy (no noise is added)");
+    if !global.quiet {
+        crate::generate::note_temperature(greedy, args.temperature.is_some());
     }
     let mut request = ImageToText {
         images: Vec::new(),

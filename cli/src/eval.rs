@@ -304,10 +304,7 @@ pub fn run(args: EvalArgs, global: &Global) -> Result<()> {
 /// The arithmetic of the run's matrix products: `(dtype, level, instruction)` of `--dtype` on
 /// this CPU.
 fn arithmetic(global: &Global) -> (&'static str, &'static str, &'static str) {
-    let dtype = match global.dtype {
-        crate::Dtype::F32 => "f32",
-        crate::Dtype::Bf16 => "bf16",
-    };
+    let dtype = global.dtype.name();
     let kernels = muddit_engine::isa::kernels();
     kernels
         .into_iter()

@@ -146,12 +146,17 @@ pub fn named(flag: &str, given: bool, png: Option<&Path>, value: impl std::fmt::
     }
 }
 
+/// A note on stderr when `--temperature` is given (`given`) to greedy draws, which add no noise.
+pub fn note_temperature(greedy: bool, given: bool) {
+    if greedy && given {
+        eprintln!("note: --temperature has no effect with --greedy (no noise is added)");
+    }
+}
+
 /// Notes on stderr for flags that have no effect on this run: the draws under `--greedy`, the
 /// negative prompt without guidance.
 fn note_unused(args: &T2iArgs, greedy: bool, guidance: Guidance, cfg: f32) {
-    if greedy && args.temperature.is_some() {
-        eprintln!("note: --temperature has no effect with --greedy (no noise is added)");
-    }
+    note_temperature(greedy, args.temperature.is_some());
     if greedy && args.seed.is_some() {
         eprintln!("note: --seed has no effect with --greedy (no random draws)");
     }

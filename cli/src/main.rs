@@ -76,6 +76,16 @@ pub enum Dtype {
     Bf16,
 }
 
+impl Dtype {
+    /// The name `--dtype` takes, as reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
 impl Global {
     /// The arithmetic `--dtype` asks for.
     pub fn compute(&self) -> muddit_engine::Compute {

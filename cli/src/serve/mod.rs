@@ -72,7 +72,10 @@ pub fn run(args: ServeArgs, global: &Global) -> Result<()> {
     // The weights stay loaded: the memory check of a request counts only its run.
     let shape = ModelShape::loaded(&folder.transformer_cfg, &folder.vqvae_cfg);
     let models = crate::model::Models::load(&root, global)?;
-    let queue = Arc::new(queue::Queue::new(args.queue));
+    // A batch grows only while its merged run passes the check each request passed alone.
+    let batch_shape = shape.clone();
+    let fits = Arc::new(move |r: &_| batch_shape.check_text_to_image(r).is_ok());
+    let queue = Arc::new(queue::Queue::new(args.queue, fits));
     let metrics = Arc::new(metrics::Metrics::default());
     let worker = worker::Worker {
         models,

@@ -4,7 +4,7 @@
 //! on a oneshot channel. The worker takes the oldest job and, for text-to-image, every other
 //! waiting job it can share a model batch with (`T2iJob::batches_with`), up to `max_images`
 //! images, and while the merged run passes the memory check each job passed alone
-//! (`T2iJob::fits_batch_of`). A job whose handler is gone (the client disconnected, or its
+//! (`Queue::fits_batch`). A job whose handler is gone (the client disconnected, or its
 //! timeout passed) has a closed reply channel: it is dropped from the queue unrun and counted
 //! as cancelled.
 
@@ -31,8 +31,6 @@ pub struct T2iJob {
     /// An edit's checked inputs (`/v1/images/edits`), encoded by the worker; such a job runs
     /// alone.
     pub edit: Option<Box<ServedEdit>>,
-    /// The memory check of its runs.
-    pub fits: Fits,
 }
 
 /// An edit of the server: its inputs checked and decoded, and what its PNGs record.
@@ -53,15 +51,6 @@ impl T2iJob {
         let seeded =
             self.seed.is_some() && self.request.sampler.draw == muddit_sampler::DrawRule::Sample;
         seeded || self.edit.is_some()
-    }
-
-    /// Whether a batch of `images` images of this job's size and settings passes its memory
-    /// check (the estimate depends on the count, not on which prompts).
-    pub fn fits_batch_of(&self, images: usize) -> bool {
-        let mut request = self.request.clone();
-        request.prompts.truncate(1);
-        request.images_per_prompt = images;
-        (self.fits)(&request)
     }
 
     /// Whether both jobs can run as one model batch: the same size, negative prompt and sampler
@@ -133,6 +122,8 @@ pub struct Queue {
     inner: Mutex<Inner>,
     ready: Condvar,
     pub capacity: usize,
+    /// The served model's memory check of a run.
+    fits: Fits,
 }
 
 struct Inner {
@@ -151,8 +142,9 @@ impl Inner {
 }
 
 impl Queue {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, fits: Fits) -> Self {
         Queue {
+            fits,
             inner: Mutex::new(Inner {
                 jobs: VecDeque::new(),
                 open: true,
@@ -161,6 +153,15 @@ impl Queue {
             ready: Condvar::new(),
             capacity,
         }
+    }
+
+    /// Whether a batch of `images` images of `head`'s size and settings passes the memory
+    /// check (the estimate depends on the count, not on which prompts).
+    fn fits_batch(&self, head: &T2iJob, images: usize) -> bool {
+        let mut request = head.request.clone();
+        request.prompts.truncate(1);
+        request.images_per_prompt = images;
+        (self.fits)(&request)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -221,7 +222,7 @@ impl Queue {
                 Work::T2i(t)
                     if t.batches_with(head)
                         && images + t.images() <= max_images
-                        && head.fits_batch_of(images + t.images()) =>
+                        && self.fits_batch(head, images + t.images()) =>
                 {
                     images += t.images();
                     batch.push(job);
@@ -240,12 +241,12 @@ mod tests {
     use super::*;
     use muddit_sampler::{DrawRule, SamplerConfig};
 
-    fn t2i(prompt: &str, n: usize, width: usize, seed: Option<u64>) -> Work {
-        t2i_within(prompt, n, width, seed, Arc::new(|_| true))
+    /// A queue whose memory check passes every run.
+    fn queue(capacity: usize) -> Queue {
+        Queue::new(capacity, Arc::new(|_| true))
     }
 
-    /// A job whose memory check is `fits`.
-    fn t2i_within(prompt: &str, n: usize, width: usize, seed: Option<u64>, fits: Fits) -> Work {
+    fn t2i(prompt: &str, n: usize, width: usize, seed: Option<u64>) -> Work {
         let mut sampler = SamplerConfig::new(16);
         sampler.seed = seed.unwrap_or(0);
         sampler.draw = DrawRule::Sample;
@@ -262,7 +263,6 @@ mod tests {
             cfg: 1.0,
             seed,
             edit: None,
-            fits,
         })
     }
 
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn compatible_jobs_batch_up_to_the_image_limit_in_order() {
-        let queue = Queue::new(16);
+        let queue = queue(16);
         let _r: Vec<_> = [
             t2i("a", 2, 64, None),
             t2i("other size", 1, 128, None),
@@ -311,12 +311,12 @@ mod tests {
 
     #[test]
     fn a_batch_grows_only_while_its_merged_run_fits_in_memory() {
-        let queue = Queue::new(16);
         // Memory for 3 images of this size, whatever the batch limit.
         let three: Fits = Arc::new(|r: &TextToImage| r.prompts.len() * r.images_per_prompt <= 3);
+        let queue = Queue::new(16, three);
         let _r: Vec<_> = [("a", 2), ("b", 2), ("c", 1)]
             .into_iter()
-            .map(|(p, n)| push(&queue, t2i_within(p, n, 64, None, three.clone())))
+            .map(|(p, n)| push(&queue, t2i(p, n, 64, None)))
             .collect();
         assert_eq!(prompts(&queue.next_batch(8).expect("a batch")), ["a", "c"]);
         assert_eq!(prompts(&queue.next_batch(8).expect("a batch")), ["b"]);
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_cancelled_jobs_free_their_place() {
-        let queue = Queue::new(2);
+        let queue = queue(2);
         let kept = push(&queue, t2i("kept", 1, 64, None));
         let gone = push(&queue, t2i("gone", 1, 64, None));
         let (tx, _rx) = oneshot::channel();

@@ -3,7 +3,7 @@
 //! refused exactly where `muddit t2i`, `caption` or `vqa` would refuse the same numbers.
 
 use super::error::ApiError;
-use super::queue::{Fits, ServedEdit, T2iJob};
+use super::queue::{ServedEdit, T2iJob};
 use crate::edit::{self, EditInput, EditRequest};
 use crate::model::Defaults;
 use muddit_engine::image_io::decode_image;
@@ -11,7 +11,6 @@ use muddit_engine::limits::{self, ModelShape};
 use muddit_engine::pipeline::{ImageToText, ModelFolder, TextToImage};
 use muddit_sampler::{DrawRule, Guidance, SamplerConfig, Temperature};
 use serde::Deserialize;
-use std::sync::Arc;
 
 /// `POST /v1/images/generations`: OpenAI's fields, then ours.
 #[derive(Deserialize, Default)]
@@ -205,14 +204,7 @@ impl Checks<'_> {
             cfg,
             seed: body.seed,
             edit: None,
-            fits: self.fits(),
         })
-    }
-
-    /// The memory check of a generation, for the queue to ask again of a merged batch.
-    fn fits(&self) -> Fits {
-        let shape = self.shape.clone();
-        Arc::new(move |request| shape.check_text_to_image(request).is_ok())
     }
 
     /// An edit request as a job: the generation's checks, then the edit's (the files decoded
