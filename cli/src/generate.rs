@@ -8,6 +8,7 @@ use clap::Args;
 use muddit_engine::limits::ModelShape;
 use muddit_engine::pipeline::TextToImage;
 use muddit_engine::tensor_io::HostTensor;
+use muddit_engine::tokenizer::{ClipTokenizer, MAX_LEN};
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -165,6 +166,26 @@ fn note_unused(args: &T2iArgs, greedy: bool, guidance: Guidance, cfg: f32) {
     }
 }
 
+/// A note on stderr for each prompt (and the negative prompt) longer than the text encoder's
+/// window: the tokens past it are cut, as upstream cuts them, and the note names them.
+fn note_truncated(tokenizer: &ClipTokenizer, request: &TextToImage) -> Result<()> {
+    let window = MAX_LEN - 2;
+    let named = request.prompts.iter().enumerate().map(|(i, p)| {
+        let name = match request.prompts.len() {
+            1 => "--prompt".to_string(),
+            _ => format!("--prompt {}", i + 1),
+        };
+        (name, p)
+    });
+    let negative = ("--negative-prompt".to_string(), &request.negative_prompt);
+    for (name, text) in named.chain(std::iter::once(negative)) {
+        if let Some((tokens, tail)) = tokenizer.truncated_tail(text)? {
+            eprintln!("note: {name} is {tokens} tokens; the text encoder reads the first {window}, so {tail:?} is left out");
+        }
+    }
+    Ok(())
+}
+
 /// The output file of image `i` of `n`.
 fn output_path(pattern: &str, i: usize, n: usize) -> Result<PathBuf> {
     if pattern.contains("%d") {
@@ -312,6 +333,9 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         )?;
     }
     let models = crate::model::Models::load(&root, global)?;
+    if !global.quiet {
+        note_truncated(&models.folder().tokenizer, &request)?;
+    }
     let size = match stored.as_ref().filter(|_| stored_edit.is_some()) {
         Some(p) => (args.width.or(Some(p.width)), args.height.or(Some(p.height))),
         None => (args.width, args.height),

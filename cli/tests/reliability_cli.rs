@@ -349,6 +349,36 @@ fn run_case(c: &Case) -> Result<(), String> {
     Ok(())
 }
 
+/// A prompt longer than the text encoder's 75 text tokens runs (cut, as upstream cuts it) with
+/// a note naming the flag, its length and the words left out; a prompt that fits gets none.
+#[test]
+fn prompts_past_the_window_are_noted() {
+    let b = Bench::new();
+    let run = |prompts: &[String], out: &str| {
+        let mut args = vec!["--model", "model", "t2i", "--steps", "2", "-o", out];
+        for p in prompts {
+            args.extend(["--prompt", p.as_str()]);
+        }
+        let o = muddit(&args, b.tmp.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let long: Vec<&str> = (0..80).map(|i| ["red", "circle"][i % 2]).collect();
+    let long = format!("{} blue square", long.join(" "));
+    let err = run(&[long.clone()], "long.png");
+    assert!(
+        err.contains("note: --prompt is 82 tokens")
+            && err.contains("reads the first 75")
+            && err.contains("\"circle red circle red circle blue square\" is left out"),
+        "{err}"
+    );
+    let err = run(&["a red circle".into(), long], "two-%d.png");
+    assert!(err.contains("note: --prompt 2 is 82 tokens"), "{err}");
+    assert!(!err.contains("--prompt 1 "), "{err}");
+    let err = run(&["a red circle".into()], "short.png");
+    assert!(!err.contains("tokens;"), "{err}");
+}
+
 /// `t2i` of the default model (in `model/`) with `extra` flags, by default with one prompt and
 /// two steps.
 fn t2i(extra: &[&str]) -> Vec<String> {

@@ -491,6 +491,17 @@ impl ClipTokenizer {
         Ok(out)
     }
 
+    /// What [`Self::encode_padded`] cuts from `text`: its token count and the cut tokens as
+    /// text, or `None` when the text fits the `MAX_LEN - 2` text tokens of the window.
+    pub fn truncated_tail(&self, text: &str) -> Result<Option<(usize, String)>> {
+        let ids = self.tokenize(text)?;
+        let Some(tail) = ids.get(MAX_LEN - 2..).filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let tail: Vec<i64> = tail.iter().map(|&i| i as i64).collect();
+        Ok(Some((ids.len(), self.decode(&tail, true))))
+    }
+
     /// Byte-level tokens to text: bytes back through the alphabet, UTF-8 with replacement,
     /// `</w>` to spaces, trimmed (`convert_tokens_to_string`).
     fn tokens_to_string(&self, tokens: &[&str]) -> String {
