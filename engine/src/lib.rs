@@ -42,6 +42,6 @@ pub mod weights;
 pub use backend::{Backend, Cpu};
 pub use config::{ModelClass, TransformerConfig};
 pub use error::{Error, Result};
-pub use mmdit::{Mmdit, MmditInput, MmditOutput};
+pub use mmdit::{Mmdit, MmditInput, MmditOutput, Scratch};
 pub use muddit_kernels::cpu::isa;
 pub use muddit_kernels::cpu::packed::Compute;

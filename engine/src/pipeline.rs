@@ -10,7 +10,7 @@ use crate::clip_text::{text_encoder_dir, text_encoder_from, ClipTextConfig, Clip
 use crate::config::TransformerConfig;
 use crate::error::{Error, Result};
 use crate::limits::ModelShape;
-use crate::mmdit::{Mmdit, MmditInput};
+use crate::mmdit::{Mmdit, MmditInput, Scratch};
 use crate::model_dir::{transformer_dir, transformer_from};
 use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
@@ -594,6 +594,7 @@ impl Pipeline {
         let text_encode = start.elapsed();
         let (h, w) = plan.grid;
         let mut ids = plan.start_ids.clone();
+        let (mut scratch, mut logits) = (Scratch::default(), Vec::new());
         for step in plan.start..plan.sampler.steps() {
             crate::cancel::check()?;
             let t0 = Instant::now();
@@ -602,7 +603,7 @@ impl Pipeline {
                 .chain(if plan.guided { ids.iter() } else { [].iter() })
                 .map(|&i| i as i64)
                 .collect();
-            let logits = self.transformer.forward_image(&MmditInput {
+            let input = MmditInput {
                 image_tokens: &model_ids,
                 batch: plan.rows,
                 height: h,
@@ -612,7 +613,9 @@ impl Pipeline {
                 pooled_projections: &text.text_embeds,
                 timestep: plan.sampler.model_timestep(step)?,
                 micro_conds: &plan.micro,
-            })?;
+            };
+            let model = &self.transformer;
+            model.forward_image_into(&input, &mut scratch, &mut logits)?;
             let t1 = Instant::now();
             Error::check_finite(
                 || format!("transformer image logits of step {step}"),
@@ -659,23 +662,27 @@ impl Pipeline {
         let image_ids = self.vqvae.encode(&req.images, b, r, r)?;
         let mut ids = plan.ids.clone();
         let mut last: Option<Vec<f32>> = None;
+        let mut scratch = Scratch::default();
         for step in 0..sampler.steps() {
             crate::cancel::check()?;
             let t0 = Instant::now();
             let text_ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
             let enc = self.text_encoder.forward(&text_ids, b)?;
             let t1 = Instant::now();
-            let out = self.transformer.forward_text(&MmditInput {
-                image_tokens: &image_ids,
-                batch: b,
-                height: h,
-                width: w,
-                encoder_hidden_states: &enc.penultimate,
-                text_len: MAX_LEN,
-                pooled_projections: &enc.text_embeds,
-                timestep: sampler.model_timestep(step)?,
-                micro_conds: &plan.micro,
-            })?;
+            let out = self.transformer.forward_text_in(
+                &MmditInput {
+                    image_tokens: &image_ids,
+                    batch: b,
+                    height: h,
+                    width: w,
+                    encoder_hidden_states: &enc.penultimate,
+                    text_len: MAX_LEN,
+                    pooled_projections: &enc.text_embeds,
+                    timestep: sampler.model_timestep(step)?,
+                    micro_conds: &plan.micro,
+                },
+                &mut scratch,
+            )?;
             let t2 = Instant::now();
             let logits = out.unwrap_or_default();
             Error::check_finite(

@@ -6,7 +6,7 @@
 use muddit_engine::debug::transformer_forward;
 use muddit_engine::model_dir::load_transformer_with;
 use muddit_engine::tensor_io::TensorFile;
-use muddit_engine::Compute;
+use muddit_engine::{Compute, MmditInput, Scratch};
 use muddit_tests::{assert_close, f32_tensor, fixture};
 
 fn tolerance(compute: Compute) -> f64 {
@@ -71,4 +71,78 @@ fn muddit_without_down_and_up_blocks_on_a_non_square_grid() {
 #[test]
 fn muddit_bf16_weights_widened_to_f32() {
     check_case("muddit_bf16");
+}
+
+/// The fixture's inputs, cut to the first `batch` items around other ids.
+struct Inputs<'a> {
+    text: &'a [f32],
+    text_len: usize,
+    pooled: &'a [f32],
+    micro: &'a [f32],
+    grid: (usize, usize),
+    batch: usize,
+}
+
+impl<'a> Inputs<'a> {
+    fn with(&self, ids: &'a [i64], batch: usize) -> MmditInput<'a> {
+        let part = |v: &'a [f32]| &v[..batch * v.len() / self.batch];
+        MmditInput {
+            image_tokens: ids,
+            batch,
+            height: self.grid.0,
+            width: self.grid.1,
+            encoder_hidden_states: part(self.text),
+            text_len: self.text_len,
+            pooled_projections: part(self.pooled),
+            timestep: 0.25,
+            micro_conds: part(self.micro),
+        }
+    }
+}
+
+/// A [`Scratch`] carried from call to call (as a run's steps carry it) gives the logits of a
+/// fresh forward bit for bit: after a forward of another shape, and after one of the same shape
+/// on other ids, nothing of the earlier call leaks into the next.
+#[test]
+fn forwards_reusing_a_scratch_equal_fresh_forwards() {
+    let dir = fixture("engine/muddit_b2");
+    let model = load_transformer_with(&dir, Compute::F32).expect("model");
+    let file = TensorFile::read(&dir.join("inputs.safetensors")).expect("inputs");
+    let (ids_shape, ids) = file.i64("image_tokens", 3, "[B,h,w]").expect("ids");
+    let (text_shape, text) = file
+        .f32("encoder_hidden_states", 3, "[B,L,J]")
+        .expect("text");
+    let inputs = Inputs {
+        text,
+        text_len: text_shape[1],
+        pooled: file
+            .f32("pooled_projections", 2, "[B,P]")
+            .expect("pooled")
+            .1,
+        micro: file.f32("micro_conds", 2, "[B,5]").expect("micro").1,
+        grid: (ids_shape[1], ids_shape[2]),
+        batch: ids_shape[0],
+    };
+    let b = inputs.batch;
+    let vocab = model.cfg.vocab_size as i64;
+    let other: Vec<i64> = ids.iter().map(|&i| (i + 3) % vocab).collect();
+    let fresh = model
+        .forward_image(&inputs.with(ids, b))
+        .expect("fresh forward");
+    let (mut scratch, mut logits) = (Scratch::default(), Vec::new());
+    for (ids, batch) in [(&other[..ids.len() / b], 1), (&other[..], b), (ids, b)] {
+        model
+            .forward_image_into(&inputs.with(ids, batch), &mut scratch, &mut logits)
+            .expect("forward with a scratch");
+    }
+    assert_eq!(logits.len(), fresh.len());
+    assert!(logits
+        .iter()
+        .zip(&fresh)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let text_fresh = model.forward_text(&inputs.with(ids, b)).expect("text");
+    let text_reused = model
+        .forward_text_in(&inputs.with(ids, b), &mut scratch)
+        .expect("text with the scratch");
+    assert!(text_fresh.is_some() && text_fresh == text_reused);
 }

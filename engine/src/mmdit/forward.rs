@@ -577,30 +577,93 @@ impl<B: Backend> SingleBlock<B> {
     }
 }
 
+/// The buffers of a CPU forward, kept from one call to the next of the same shape: the steps
+/// of a run then reuse memory that is already mapped instead of faulting in (and the kernel
+/// zeroing) tens of MiB of fresh pages on every step. Dropped with the run that holds it.
+#[derive(Default)]
+pub struct Scratch {
+    workspace: Option<Workspace<CpuOps>>,
+}
+
+impl Scratch {
+    /// The workspace of `shape`, made anew when the last call's shape differs.
+    fn for_shape(
+        &mut self,
+        model: &Mmdit,
+        ops: &CpuOps,
+        shape: Shape,
+    ) -> Result<&mut Workspace<CpuOps>> {
+        if self.workspace.as_ref().map(|w| w.shape) != Some(shape) {
+            self.workspace = None;
+            self.workspace = Some(Workspace::new(model, ops, shape)?);
+        }
+        Ok(self.workspace.as_mut().expect("made above"))
+    }
+}
+
 impl Mmdit {
     /// The whole transformer forward on the CPU.
     pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
-        self.forward_heads(x, (true, true))
+        let mut out = MmditOutput::default();
+        self.forward_into(x, (true, true), &mut Scratch::default(), &mut out)?;
+        Ok(out)
     }
 
     /// The image logits alone `[B, h, w, V]` (text-to-image does not read the text head's).
     pub fn forward_image(&self, x: &MmditInput) -> Result<Vec<f32>> {
-        Ok(self.forward_heads(x, (true, false))?.image_logits)
+        let mut logits = Vec::new();
+        self.forward_image_into(x, &mut Scratch::default(), &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Mmdit::forward_image`] into `logits` (resized to `[B, h, w, V]`), with the buffers of
+    /// `scratch`: a run's steps pass the same two and allocate nothing after the first.
+    pub fn forward_image_into(
+        &self,
+        x: &MmditInput,
+        scratch: &mut Scratch,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let mut out = MmditOutput {
+            image_logits: std::mem::take(logits),
+            text_logits: None,
+        };
+        let result = self.forward_into(x, (true, false), scratch, &mut out);
+        *logits = out.image_logits;
+        result
     }
 
     /// The text logits alone `[B, L, Vt]` (captioning does not read the image head's); `None`
     /// without a text head.
     pub fn forward_text(&self, x: &MmditInput) -> Result<Option<Vec<f32>>> {
-        Ok(self.forward_heads(x, (false, true))?.text_logits)
+        self.forward_text_in(x, &mut Scratch::default())
     }
 
-    /// A forward with the heads `(image, text)` asks for, in a workspace of its own.
-    fn forward_heads(&self, x: &MmditInput, (image, text): (bool, bool)) -> Result<MmditOutput> {
+    /// [`Mmdit::forward_text`] with the buffers of `scratch` (a run's steps pass the same one).
+    pub fn forward_text_in(
+        &self,
+        x: &MmditInput,
+        scratch: &mut Scratch,
+    ) -> Result<Option<Vec<f32>>> {
+        let mut out = MmditOutput::default();
+        self.forward_into(x, (false, true), scratch, &mut out)?;
+        Ok(out.text_logits)
+    }
+
+    /// A forward with the heads `(image, text)` asks for into `out` (its vectors resized, an
+    /// absent head's emptied), in the workspace of `scratch`.
+    fn forward_into(
+        &self,
+        x: &MmditInput,
+        (image, text): (bool, bool),
+        scratch: &mut Scratch,
+        out: &mut MmditOutput,
+    ) -> Result<()> {
         let shape = check_input(&self.cfg, x)?;
         let ops = CpuOps {
             compute: self.project_to_hidden.compute(),
         };
-        let mut ws = Workspace::new(self, &ops, shape)?;
+        let ws = scratch.for_shape(self, &ops, shape)?;
         let context = x.encoder_hidden_states.to_vec();
         let cond = condition_rows(x.pooled_projections, x.micro_conds, x.batch);
         let time = time_row(x.timestep);
@@ -610,24 +673,21 @@ impl Mmdit {
             cond: &cond,
             time: &time,
         };
-        let vt = self.cfg.tokenizer_vocab_size.filter(|_| text);
-        let mut image_logits = vec![
-            0.0;
-            if image {
-                shape.pixels() * self.cfg.codebook_size
-            } else {
-                0
-            }
-        ];
-        let mut text_logits = vt.map(|vt| vec![0.0; x.batch * x.text_len * vt]);
-        let out = LogitsOut {
-            image: image.then_some(&mut image_logits),
-            text: text_logits.as_mut(),
+        let image_len = match image {
+            true => shape.pixels() * self.cfg.codebook_size,
+            false => 0,
         };
-        self.run(&ops, inputs, &mut ws, out)?;
-        Ok(MmditOutput {
-            image_logits,
-            text_logits,
-        })
+        out.image_logits.resize(image_len, 0.0);
+        let vt = self.cfg.tokenizer_vocab_size.filter(|_| text);
+        out.text_logits = vt.map(|vt| {
+            let mut logits = out.text_logits.take().unwrap_or_default();
+            logits.resize(x.batch * x.text_len * vt, 0.0);
+            logits
+        });
+        let logits = LogitsOut {
+            image: image.then_some(&mut out.image_logits),
+            text: out.text_logits.as_mut(),
+        };
+        self.run(&ops, inputs, ws, logits)
     }
 }

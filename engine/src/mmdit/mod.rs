@@ -11,6 +11,8 @@
 pub(crate) mod cuda;
 pub(crate) mod forward;
 
+pub use forward::Scratch;
+
 use crate::backend::{Backend, Cpu, HeadSide};
 use crate::config::{ModelClass, TransformerConfig};
 use crate::error::{Error, Result};
@@ -42,6 +44,7 @@ pub struct MmditInput<'a> {
 }
 
 /// One forward's outputs.
+#[derive(Default)]
 pub struct MmditOutput {
     /// `[B, h, w, codebook_size]` (channel last; `to_nchw` gives the reference layout).
     pub image_logits: Vec<f32>,
