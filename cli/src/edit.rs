@@ -465,11 +465,12 @@ fn round_to(value: usize, step: usize) -> usize {
 }
 
 /// Reads the edit the flags (or the stored record) ask for, encodes its image with `models`;
-/// `None` without an input image. `size`: `--width`, `--height` if given.
+/// `None` without an input image. `size`: the width and height asked for (`--width`,
+/// `--height`, else the stored record's), `given`: which of them the flags gave.
 pub fn prepare(
     flags: &EditFlags,
     stored: Option<(&EditRecord, &Path)>,
-    size: (Option<usize>, Option<usize>),
+    (size, given): ((Option<usize>, Option<usize>), (bool, bool)),
     models: &Models,
 ) -> Result<Option<Edit>> {
     let (stored, png) = (stored.map(|s| s.0), stored.map(|s| s.1));
@@ -517,8 +518,8 @@ pub fn prepare(
                 None => format!("--mask: {}", e.message),
             },
             EditInput::Strength => named("--strength", flags.strength.is_some()),
-            EditInput::Width => format!("--width {}", e.message),
-            EditInput::Height => format!("--height {}", e.message),
+            EditInput::Width => named("--width", given.0),
+            EditInput::Height => named("--height", given.1),
             EditInput::KeepPixels => named("--keep-unmasked-pixels", flags.keep_pixels().is_some()),
             EditInput::MaskBlur => named("--mask-blur", flags.mask_blur.is_some()),
             EditInput::Outpaint => named("--outpaint", flags.outpaint.is_some()),

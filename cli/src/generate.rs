@@ -341,7 +341,8 @@ pub fn run(args: T2iArgs, global: &Global) -> Result<()> {
         None => (args.width, args.height),
     };
     let stored_edit = stored_edit.zip(args.from_png.as_deref());
-    let edit = crate::edit::prepare(&args.edit, stored_edit, size, &models)?;
+    let given = (args.width.is_some(), args.height.is_some());
+    let edit = crate::edit::prepare(&args.edit, stored_edit, (size, given), &models)?;
     if let Some(edit) = &edit {
         (request.width, request.height) = (edit.width, edit.height);
         request.edit = Some(edit.ids.clone());

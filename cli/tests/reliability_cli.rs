@@ -585,7 +585,13 @@ fn numbers_are_bounded_from_every_source() {
             &want,
         ));
     }
-    for (key, value) in [("strength", "5.0"), ("mask_blur", "-1.0")] {
+    // Edit parts, and the edit's canvas size (the record's top level): named as stored.
+    for (key, value) in [
+        ("strength", "5.0"),
+        ("mask_blur", "-1.0"),
+        ("width", "70"),
+        ("height", "100000"),
+    ] {
         let want = [format!(
             "s.png: stored `{key}` {}",
             value.trim_end_matches(".0")
@@ -601,7 +607,11 @@ fn numbers_are_bounded_from_every_source() {
                 "init_image_sha256": format!("{sha:x}"), "mask": null, "mask_sha256": null,
                 "outpaint": [0, 0, 16, 0], "strength": 1.0, "keep_unmasked_pixels": true,
                 "mask_blur": 0.0});
-                p["edit"][key] = serde_json::from_str(value).expect("number");
+                let value = serde_json::from_str(value).expect("number");
+                match key {
+                    "width" | "height" => p[key] = value,
+                    _ => p["edit"][key] = value,
+                }
                 b.write("s.png", &params_png(&p));
             }),
         );
