@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::nn::{attention_into, Input, Linear, NORM_EPS};
 use muddit_kernels::cpu::packed::{Compute, Epilogue};
 use muddit_kernels::cpu::{act, norm, rope};
+use muddit_sampler::Guidance;
 use rayon::prelude::*;
 
 /// An element-wise activation after a matrix product.
@@ -259,6 +260,10 @@ pub trait Ops {
 
     /// `out = x` in f32, of one length.
     fn widen(&self, x: &Self::Act, out: &mut Self::F32) -> Result<()>;
+
+    /// Classifier-free guidance on the input of a linear head: `out = u + scale (c - u)` of the
+    /// halves of `x = [u; c]`, `out` half as long as `x`.
+    fn guide(&self, x: &Self::Act, scale: f32, out: &mut Self::Act) -> Result<()>;
 
     /// `out = x`, of one length.
     fn copy(&self, x: &Self::F32, out: &mut Self::F32) -> Result<()>;
@@ -598,6 +603,11 @@ impl Ops for CpuOps {
 
     fn widen(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         self.copy(x, out)
+    }
+
+    fn guide(&self, x: &Vec<f32>, scale: f32, out: &mut Vec<f32>) -> Result<()> {
+        let (u, c) = x.split_at(out.len().min(x.len()));
+        Ok(Guidance::Cfg { scale }.combine(u, c, out)?)
     }
 
     fn copy(&self, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {

@@ -16,7 +16,7 @@ use crate::pth::{mask_embedding_path, read_mask_embedding};
 use crate::tokenizer::{tokenizer_dir, ClipTokenizer, MAX_LEN};
 use crate::vqvae::{vqvae_dir, vqvae_from, VqConfig, VqModel};
 use crate::Compute;
-use muddit_sampler::{MaskSchedule, Sampler, SamplerConfig, SamplerError, TokenLayout};
+use muddit_sampler::{Guidance, MaskSchedule, Sampler, SamplerConfig, SamplerError, TokenLayout};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,10 @@ pub(crate) struct TextToImagePlan {
     pub rows: usize,
     /// Id grid `(h, w)`.
     pub grid: (usize, usize),
-    pub guided: bool,
+    /// The guidance scale, when the model batch is `[uncond; cond]`: the forward folds it into
+    /// the image head and gives the guided logits `[B, ...]`.
+    pub guidance: Option<f32>,
+    /// Steps those logits: the request's sampler with guidance off (it is the forward's).
     pub sampler: Sampler,
     pub layout: TokenLayout,
     /// `[rows, 5]`
@@ -332,8 +335,14 @@ impl ModelFolder {
     pub(crate) fn plan_text_to_image(&self, req: &TextToImage) -> Result<TextToImagePlan> {
         self.shape().check_text_to_image(req)?;
         let grid = self.grid(req.width, req.height)?;
-        let sampler = Sampler::new(req.sampler)?.with_seed_per_row();
-        let guided = req.sampler.guidance.needs_uncond();
+        let guidance = req.sampler.guidance;
+        guidance.validate()?;
+        let stepping = SamplerConfig {
+            guidance: Guidance::Off,
+            ..req.sampler
+        };
+        let sampler = Sampler::new(stepping)?.with_seed_per_row();
+        let guided = guidance.needs_uncond();
         let batch = req.prompts.len() * req.images_per_prompt;
         // Model batch: [uncond; cond] under guidance, else cond.
         let mut texts: Vec<&str> = Vec::new();
@@ -362,7 +371,7 @@ impl ModelFolder {
             batch,
             rows: texts.len(),
             grid,
-            guided,
+            guidance: guidance.scale(),
             sampler,
             layout,
             micro: Self::micro_conds(texts.len(), req.width, req.height),
@@ -600,7 +609,10 @@ impl Pipeline {
             let t0 = Instant::now();
             let model_ids: Vec<i64> = ids
                 .iter()
-                .chain(if plan.guided { ids.iter() } else { [].iter() })
+                .chain(match plan.guidance {
+                    Some(_) => ids.iter(),
+                    None => [].iter(),
+                })
                 .map(|&i| i as i64)
                 .collect();
             let input = MmditInput {
@@ -615,7 +627,7 @@ impl Pipeline {
                 micro_conds: &plan.micro,
             };
             let model = &self.transformer;
-            model.forward_image_into(&input, &mut scratch, &mut logits)?;
+            model.forward_image_into(&input, plan.guidance, &mut scratch, &mut logits)?;
             let t1 = Instant::now();
             Error::check_finite(
                 || format!("transformer image logits of step {step}"),

@@ -1,4 +1,4 @@
-// elementwise.cu: embeddings, activations, casts and the sinusoidal embedding.
+// elementwise.cu: embeddings, activations, casts, guidance and the sinusoidal embedding.
 //
 // Design. Grid-stride loops, one element (or one 32-bit pair) per thread and step, 256-thread
 // blocks. All are bandwidth-bound and small next to the GEMMs: the largest, the GELU of a
@@ -50,6 +50,24 @@ extern "C" __global__ void __launch_bounds__(256) act_bf16(ActParams p) {
         store_elem(p.y, i, activate(p.act, load_elem(p.x, i, p.x_f32)), p.y_f32);
 }
 MUDDIT_EXPORT(act_bf16, ActParams)
+
+// Classifier-free guidance on activations before a linear head: out[i] = u[i] + scale (c[i] -
+// u[i]) for x = [u; c] bf16 (n elements each), in f32, out bf16 [n].
+struct GuideParams {
+    u64 x;
+    u64 out;
+    i64 n;
+    float scale;
+    i32 pad_;
+};
+
+extern "C" __global__ void __launch_bounds__(256) guide_bf16(GuideParams p) {
+    for (i64 i = grid_thread(); i < p.n; i += grid_threads()) {
+        const float u = load_bf16(p.x, i), c = load_bf16(p.x, p.n + i);
+        store_elem(p.out, i, u + p.scale * (c - u), false);
+    }
+}
+MUDDIT_EXPORT(guide_bf16, GuideParams)
 
 // The diffusers sinusoidal embedding (flip_sin_to_cos, shift 0, max period 10000):
 // out[r, k] = cos(x[r] f_k), out[r, half + k] = sin(x[r] f_k), f_k = exp(-ln(10000) k / half),

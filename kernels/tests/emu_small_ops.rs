@@ -1,5 +1,5 @@
-//! qk-norm + rotary positions, embeddings, activations and the sinusoidal embedding under the
-//! emulator vs the CPU ops. bf16 outputs: atol 1e-3 + rtol 2^-8 (output rounding); f32
+//! qk-norm + rotary positions, embeddings, activations, guidance and the sinusoidal embedding
+//! under the emulator vs the CPU ops. bf16 outputs: atol 1e-3 + rtol 2^-8 (output rounding); f32
 //! outputs of transcendental functions: atol 1e-6 + rtol 1e-5 (device libm vs Rust's).
 #![cfg(feature = "emulate")]
 
@@ -8,7 +8,7 @@ use common::*;
 use muddit_kernels::cpu::{act, norm, rope};
 use muddit_kernels::cuda::{
     common::{Act, RowMap},
-    elementwise::{self, ActParams, EmbeddingParams, SinEmbedParams},
+    elementwise::{self, ActParams, EmbeddingParams, GuideParams, SinEmbedParams},
     rope::QkNormRopeParams,
 };
 use muddit_kernels::emu;
@@ -112,6 +112,40 @@ fn embedding_with_positions_into_f32() {
             assert_eq!(out[r * d + c], want);
         }
     }
+}
+
+/// `guide_bf16`: `u + g (c - u)` of the halves of a bf16 `[u; c]`, against the same in f32
+/// rounded once; odd lengths, a scale below 1 and a large one.
+#[test]
+fn guidance_matches_cpu() {
+    for (n, scale) in [(1usize, 9.0f32), (1001, 0.5), (4096, 3.0)] {
+        let x = round_bf16(&Rng::new(n as u64).vec(2 * n, 4.0));
+        let xb = to_bf16(&x);
+        let mut out = to_bf16(&vec![0.0; n]);
+        let p = GuideParams {
+            x: addr(&xb),
+            out: addr_mut(&mut out),
+            n: n as i64,
+            scale,
+            pad_: 0,
+        };
+        // SAFETY: xb holds 2n bf16 values, out n.
+        unsafe { emu::run(&elementwise::guide(p).unwrap()) };
+        let (u, c) = x.split_at(n);
+        let want: Vec<f32> = u.iter().zip(c).map(|(u, c)| u + scale * (c - u)).collect();
+        check(
+            &format!("guide n {n} scale {scale}"),
+            &from_bf16(&out),
+            &want,
+            1e-3,
+            1.0 / 256.0,
+        );
+    }
+    let bad = GuideParams {
+        scale: f32::NAN,
+        ..GuideParams::default()
+    };
+    assert!(elementwise::guide(bad).is_err());
 }
 
 #[test]

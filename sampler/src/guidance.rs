@@ -45,6 +45,14 @@ impl Guidance {
         matches!(self, Self::Cfg { .. })
     }
 
+    /// The scale under guidance, `None` when off.
+    pub fn scale(self) -> Option<f32> {
+        match self {
+            Self::Off => None,
+            Self::Cfg { scale } => Some(scale),
+        }
+    }
+
     /// How many batches of logits the sampler expects: 2 with guidance, else 1.
     pub fn batch_factor(self) -> usize {
         match self {

@@ -219,7 +219,8 @@ pub fn text_to_image<'a>(
         .keeping(plan.keep.clone())?;
     let steps = state.sampler().steps();
     let n = plan.batch * h * w;
-    let text_encode = model.with_workspace((plan.rows, MAX_LEN, h, w), |ws| {
+    let shape = (plan.rows, MAX_LEN, h, w);
+    let text_encode = model.with_workspace(shape, plan.guidance, |ws| {
         let start = Instant::now();
         match models.text_encoder {
             TextEncoderOn::Device(clip) => {
@@ -240,7 +241,7 @@ pub fn text_to_image<'a>(
             let t0 = Instant::now();
             // The model's ids: [ids; ids] under guidance (a device copy, ids stay there).
             dev.copy(state.ids.ptr(), ws.ids.ptr(), n)?;
-            if plan.guided {
+            if plan.guidance.is_some() {
                 dev.copy(state.ids.ptr(), ws.ids.at(n)?, n)?;
             }
             let (at, timing) = ((step, steps, Logits::Image), (t0, Duration::ZERO));
@@ -314,7 +315,7 @@ pub fn image_to_text(
     let image_ids = models.vq_encoder.encode_on_device(&req.images, b, r, r)?; // [B, h, w]
     let mut state = DeviceSampler::new(&dev, plan.sampler.clone(), plan.layout, &plan.ids)?;
     let steps = state.sampler().steps();
-    let best = model.with_workspace((b, MAX_LEN, h, w), |ws| {
+    let best = model.with_workspace((b, MAX_LEN, h, w), None, |ws| {
         dev.copy(image_ids.ptr(), ws.ids.ptr(), b * h * w)?;
         for step in 0..steps {
             crate::cancel::check()?;

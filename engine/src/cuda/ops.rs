@@ -323,6 +323,10 @@ impl Ops for Cuda {
         Ok(self.dev.act(Act::None, x.ptr(), out.ptr(), x.len())?)
     }
 
+    fn guide(&self, x: &Buffer<u16>, scale: f32, out: &mut Buffer<u16>) -> Result<()> {
+        Ok(self.dev.guide(x.ptr(), scale, out.ptr(), out.len())?)
+    }
+
     fn copy(&self, x: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
         Ok(self.dev.copy(x.ptr(), out.ptr(), x.len())?)
     }

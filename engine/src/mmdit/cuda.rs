@@ -36,7 +36,9 @@ pub(crate) struct Workspace {
     /// `[256]`: the timestep's sinusoid.
     time: Buffer<f32>,
     forward: forward::Workspace<Cuda>,
-    /// `[B, h, w, V]`
+    /// The guidance scale of a guided shape (set by [`CudaMmdit::with_workspace`]).
+    guidance: Option<f32>,
+    /// `[B, h, w, V]`, or `[B / 2, h, w, V]` guided.
     pub(crate) logits: Buffer<f32>,
     /// `[B, L, Vt]`
     pub(crate) text_logits: Buffer<f32>,
@@ -113,21 +115,27 @@ impl CudaMmdit {
             cond: dev.zeros(b * cond_width)?,
             time: dev.zeros(SIN_DIM)?,
             forward: forward::Workspace::new(&self.model, &self.ops, s)?,
-            logits: dev.zeros(s.pixels() * cfg.codebook_size)?,
+            guidance: None,
+            logits: dev.zeros(s.logit_pixels() * cfg.codebook_size)?,
             text_logits: dev.zeros(b * l * cfg.tokenizer_vocab_size.unwrap_or(0))?,
         })
     }
 
     /// Runs `f` on the workspace of a forward over `[batch, height, width]` ids and `text`
-    /// text tokens (the device-resident loops of [`super::text_to_image`]).
+    /// text tokens (the device-resident loops of [`super::text_to_image`]); with `guidance` the
+    /// batch is `[uncond; cond]` and the image logits are the guided ones, `[batch / 2, ...]`
+    /// (see [`crate::Mmdit::forward_image_into`]).
     pub(crate) fn with_workspace<R>(
         &self,
         (batch, text, height, width): (usize, usize, usize, usize),
+        guidance: Option<f32>,
         f: impl FnOnce(&mut Workspace) -> Result<R>,
     ) -> Result<R> {
         let shape = Shape::new(&self.cfg, (batch, text, height, width))?;
-        let mut guard = self.workspace(shape)?;
-        f(guard.as_mut().expect("allocated by workspace()"))
+        let mut guard = self.workspace(shape.guided(guidance.is_some())?)?;
+        let ws = guard.as_mut().expect("allocated by workspace()");
+        ws.guidance = guidance;
+        f(ws)
     }
 
     /// Uploads the per-request inputs (text features, pooled vectors, micro-conditions).
@@ -204,6 +212,7 @@ impl CudaMmdit {
         };
         let out = LogitsOut {
             image: (heads != Logits::Text).then_some(&mut ws.logits),
+            guidance: ws.guidance,
             text: (heads != Logits::Image).then_some(&mut ws.text_logits),
         };
         self.model.run(&self.ops, inputs, &mut ws.forward, out)

@@ -16,7 +16,7 @@ use super::{
 use super::{check_input, MmditInput, MmditOutput};
 use crate::backend::Backend;
 use crate::config::TransformerConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::sinusoidal_embedding;
 use crate::ops::{Activation, AttnShape, Chunks, CpuOps, Grid, LinearOf, Ops, Out, Patches, Rows};
 
@@ -32,6 +32,9 @@ pub(crate) struct Shape {
     /// The grid the blocks see (halved by the down block).
     pub rows: usize,
     pub cols: usize,
+    /// The batch is `[uncond; cond]` and the image head applies the guidance before its last
+    /// layer: image logits `[B / 2, h, w, V]`.
+    pub guided: bool,
 }
 
 impl Shape {
@@ -49,7 +52,31 @@ impl Shape {
             width,
             rows,
             cols,
+            guided: false,
         })
+    }
+
+    /// This shape with the guidance folded into the image head (`guided`), which needs an even
+    /// batch of `[uncond; cond]`.
+    pub(crate) fn guided(self, guided: bool) -> Result<Shape> {
+        if guided && !self.batch.is_multiple_of(2) {
+            return Err(Error::input(
+                "batch",
+                format!(
+                    "a guided forward runs [uncond; cond], an even batch, not {}",
+                    self.batch
+                ),
+            ));
+        }
+        Ok(Shape { guided, ..self })
+    }
+
+    /// Pixels of the image logits: `B h w`, or half under folded guidance.
+    pub(crate) fn logit_pixels(&self) -> usize {
+        match self.guided {
+            true => self.pixels() / 2,
+            false => self.pixels(),
+        }
     }
 
     /// `B h w`
@@ -112,8 +139,10 @@ pub(crate) struct Inputs<'a, O: Ops> {
 /// Where a forward's logits go; a head runs when its output is given (and, for text, the
 /// model has a text head).
 pub(crate) struct LogitsOut<'a, O: Ops> {
-    /// `[B, h, w, V]`
+    /// `[B, h, w, V]`, or `[B / 2, h, w, V]` guided with `guidance` on a guided shape.
     pub image: Option<&'a mut O::F32>,
+    /// The guidance scale of a guided shape.
+    pub guidance: Option<f32>,
     /// `[B, L, Vt]`
     pub text: Option<&'a mut O::F32>,
 }
@@ -217,6 +246,8 @@ struct Heads<O: Ops> {
     /// `[B, h, w, D]` after the up block (empty without one), then `mlm_layer.conv1`'s output.
     up: O::Act,
     mlm: O::Act,
+    /// `[B / 2, h, w, D]`: the guided rows of `mlm` under folded guidance (else empty).
+    guided: O::Act,
     /// `[B, L, D]`: the text rows of `X` normalised.
     text: O::Act,
 }
@@ -303,6 +334,7 @@ impl<O: Ops> Workspace<O> {
                 projected: ops.acts(b * n * d)?,
                 up: ops.acts(model.up_block.as_ref().map_or(0, |_| px * d))?,
                 mlm: ops.acts(px * d)?,
+                guided: ops.acts(if shape.guided { px / 2 * d } else { 0 })?,
                 text: ops.acts(text_rows)?,
             },
         })
@@ -343,7 +375,7 @@ impl<B: Backend> Mmdit<B> {
             self.text_head(ops, dec, ws, logits)?;
         }
         match out.image {
-            Some(logits) => self.image_head(ops, ws, logits),
+            Some(logits) => self.image_head(ops, ws, logits, out.guidance),
             None => Ok(()),
         }
     }
@@ -418,12 +450,16 @@ impl<B: Backend> Mmdit<B> {
     }
 
     /// Image logits `[B, h, w, V]` from the image rows of `X` (reference 2.7): RMSNorm,
-    /// `project_from_hidden`, the up block, `mlm_layer`.
+    /// `project_from_hidden`, the up block, `mlm_layer`. With `guidance` (on a guided shape)
+    /// `u + g (c - u)` of the halves is taken before `mlm_layer.conv2`, which is linear and
+    /// last, so it runs on half the rows: logits `[B / 2, h, w, V]`, the guided logits of
+    /// upstream up to rounding.
     fn image_head<O: Ops<Backend = B>>(
         &self,
         ops: &O,
         ws: &mut Workspace<O>,
         logits: &mut O::F32,
+        guidance: Option<f32>,
     ) -> Result<()> {
         let s = ws.shape;
         let image = Rows::all(s.batch, s.image());
@@ -445,7 +481,20 @@ impl<B: Backend> Mmdit<B> {
         let mlm = &self.mlm_layer;
         ops.linear(&mlm.conv1, pixels, Out::Act(&mut h.mlm))?;
         ops.rms_norm_(&mut h.mlm, &mlm.layer_norm.weight)?;
-        ops.linear(&mlm.conv2, &h.mlm, Out::F32(logits))
+        let rows = match (guidance, s.guided) {
+            (Some(scale), true) => {
+                ops.guide(&h.mlm, scale, &mut h.guided)?; // [B / 2, h, w, D]
+                &h.guided
+            }
+            (None, false) => &h.mlm,
+            _ => {
+                return Err(Error::input(
+                    "guidance",
+                    "a guidance scale needs a guided shape",
+                ))
+            }
+        };
+        ops.linear(&mlm.conv2, rows, Out::F32(logits))
     }
 }
 
@@ -577,6 +626,23 @@ impl<B: Backend> SingleBlock<B> {
     }
 }
 
+/// The heads a CPU forward runs, and the guidance folded into the image head.
+#[derive(Clone, Copy)]
+struct Asked {
+    image: bool,
+    text: bool,
+    guidance: Option<f32>,
+}
+
+impl Asked {
+    /// Both heads, no guidance.
+    const UNGUIDED: Asked = Asked {
+        image: true,
+        text: true,
+        guidance: None,
+    };
+}
+
 /// The buffers of a CPU forward, kept from one call to the next of the same shape: the steps
 /// of a run then reuse memory that is already mapped instead of faulting in (and the kernel
 /// zeroing) tens of MiB of fresh pages on every step. Dropped with the run that holds it.
@@ -605,22 +671,26 @@ impl Mmdit {
     /// The whole transformer forward on the CPU.
     pub fn forward(&self, x: &MmditInput) -> Result<MmditOutput> {
         let mut out = MmditOutput::default();
-        self.forward_into(x, (true, true), &mut Scratch::default(), &mut out)?;
+        self.forward_into(x, Asked::UNGUIDED, &mut Scratch::default(), &mut out)?;
         Ok(out)
     }
 
     /// The image logits alone `[B, h, w, V]` (text-to-image does not read the text head's).
     pub fn forward_image(&self, x: &MmditInput) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
-        self.forward_image_into(x, &mut Scratch::default(), &mut logits)?;
+        self.forward_image_into(x, None, &mut Scratch::default(), &mut logits)?;
         Ok(logits)
     }
 
-    /// [`Mmdit::forward_image`] into `logits` (resized to `[B, h, w, V]`), with the buffers of
-    /// `scratch`: a run's steps pass the same two and allocate nothing after the first.
+    /// [`Mmdit::forward_image`] into `logits`, with the buffers of `scratch`: a run's steps pass
+    /// the same two and allocate nothing after the first. With `guidance` the batch is
+    /// `[uncond; cond]` and `logits` the guided ones, `[B / 2, h, w, V]` (upstream's
+    /// `u + g (c - u)` of the two halves' logits, folded before the last layer); else
+    /// `[B, h, w, V]`.
     pub fn forward_image_into(
         &self,
         x: &MmditInput,
+        guidance: Option<f32>,
         scratch: &mut Scratch,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
@@ -628,7 +698,12 @@ impl Mmdit {
             image_logits: std::mem::take(logits),
             text_logits: None,
         };
-        let result = self.forward_into(x, (true, false), scratch, &mut out);
+        let heads = Asked {
+            image: true,
+            text: false,
+            guidance,
+        };
+        let result = self.forward_into(x, heads, scratch, &mut out);
         *logits = out.image_logits;
         result
     }
@@ -646,20 +721,29 @@ impl Mmdit {
         scratch: &mut Scratch,
     ) -> Result<Option<Vec<f32>>> {
         let mut out = MmditOutput::default();
-        self.forward_into(x, (false, true), scratch, &mut out)?;
+        let text = Asked {
+            image: false,
+            ..Asked::UNGUIDED
+        };
+        self.forward_into(x, text, scratch, &mut out)?;
         Ok(out.text_logits)
     }
 
-    /// A forward with the heads `(image, text)` asks for into `out` (its vectors resized, an
-    /// absent head's emptied), in the workspace of `scratch`.
+    /// A forward of the heads `heads` asks for into `out` (its vectors resized, an absent
+    /// head's emptied), in the workspace of `scratch`.
     fn forward_into(
         &self,
         x: &MmditInput,
-        (image, text): (bool, bool),
+        heads: Asked,
         scratch: &mut Scratch,
         out: &mut MmditOutput,
     ) -> Result<()> {
-        let shape = check_input(&self.cfg, x)?;
+        let Asked {
+            image,
+            text,
+            guidance,
+        } = heads;
+        let shape = check_input(&self.cfg, x)?.guided(guidance.is_some())?;
         let ops = CpuOps {
             compute: self.project_to_hidden.compute(),
         };
@@ -674,7 +758,7 @@ impl Mmdit {
             time: &time,
         };
         let image_len = match image {
-            true => shape.pixels() * self.cfg.codebook_size,
+            true => shape.logit_pixels() * self.cfg.codebook_size,
             false => 0,
         };
         out.image_logits.resize(image_len, 0.0);
@@ -686,6 +770,7 @@ impl Mmdit {
         });
         let logits = LogitsOut {
             image: image.then_some(&mut out.image_logits),
+            guidance,
             text: out.text_logits.as_mut(),
         };
         self.run(&ops, inputs, ws, logits)

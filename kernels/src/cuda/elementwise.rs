@@ -1,6 +1,6 @@
-//! `elementwise.cu`: embedding rows, activations and casts, the sinusoidal embedding. The
-//! parameter structs, the launch plans ([`embedding`], [`activation`], [`sin_embed`]) and the
-//! runners on a [`Device`].
+//! `elementwise.cu`: embedding rows, activations and casts, guidance, the sinusoidal embedding.
+//! The parameter structs, the launch plans ([`embedding`], [`activation`], [`guide`],
+//! [`sin_embed`]) and the runners on a [`Device`].
 
 use super::common::Act;
 use super::device::{Device, Ptr};
@@ -35,6 +35,17 @@ pub struct ActParams {
     pub pad_: i32,
 }
 
+/// `guide_bf16` (elementwise.cu).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuideParams {
+    pub x: u64,
+    pub out: u64,
+    pub n: i64,
+    pub scale: f32,
+    pub pad_: i32,
+}
+
 /// `sin_embed_f32` (elementwise.cu).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,7 +58,7 @@ pub struct SinEmbedParams {
     pub scale: f32,
 }
 
-device_repr!(EmbeddingParams, ActParams, SinEmbedParams);
+device_repr!(EmbeddingParams, ActParams, GuideParams, SinEmbedParams);
 
 /// Embedding rows (elementwise.cu); the caller has checked every id against the table.
 pub fn embedding(p: EmbeddingParams) -> Result<Launch<EmbeddingParams>> {
@@ -74,6 +85,21 @@ pub fn activation(p: ActParams) -> Result<Launch<ActParams>> {
     })?;
     Ok(Launch::new(
         (Module::Elementwise, "act_bf16"),
+        elementwise_grid(OP, p.n as usize)?,
+        256,
+        0,
+        p,
+    ))
+}
+
+/// `out = u + scale (c - u)` of the halves of `x = [u; c]`, `n` elements each, bf16.
+pub fn guide(p: GuideParams) -> Result<Launch<GuideParams>> {
+    const OP: &str = "guide";
+    ensure(p.n >= 0 && p.scale.is_finite(), OP, || {
+        format!("n {} scale {}", p.n, p.scale)
+    })?;
+    Ok(Launch::new(
+        (Module::Elementwise, "guide_bf16"),
         elementwise_grid(OP, p.n as usize)?,
         256,
         0,
@@ -113,6 +139,20 @@ impl Device {
             pad_: 0,
         })?;
         // SAFETY: n elements of each side, checked above (element sizes pick the dtypes).
+        unsafe { self.launch(&launch) }
+    }
+
+    /// `out [n] = u + scale (c - u)` of the bf16 halves of `x = [u; c]` (`2n` elements).
+    pub fn guide(&self, x: Ptr<u16>, scale: f32, out: Ptr<u16>, n: usize) -> Result<()> {
+        const OP: &str = "guide";
+        let launch = guide(GuideParams {
+            x: x.need(2 * n, OP, "x")?,
+            out: out.need(n, OP, "out")?,
+            n: n as i64,
+            scale,
+            pad_: 0,
+        })?;
+        // SAFETY: 2n elements of x and n of out, checked above.
         unsafe { self.launch(&launch) }
     }
 

@@ -61,6 +61,7 @@ emulated_kernels!(
     qk_norm_rope_bf16,
     embedding_bf16,
     act_bf16,
+    guide_bf16,
     sin_embed_f32,
     sample_tokens_f32,
     remask_f32,
