@@ -84,6 +84,24 @@ struct Inputs<'a> {
 }
 
 impl<'a> Inputs<'a> {
+    /// The image ids and the other inputs of a fixture's `inputs.safetensors`.
+    fn of(file: &'a TensorFile) -> (&'a [i64], Inputs<'a>) {
+        let (ids_shape, ids) = file.i64("image_tokens", 3, "[B,h,w]").expect("ids");
+        let (text_shape, text) = file
+            .f32("encoder_hidden_states", 3, "[B,L,J]")
+            .expect("text");
+        let pooled = file.f32("pooled_projections", 2, "[B,P]").expect("pooled");
+        let inputs = Inputs {
+            text,
+            text_len: text_shape[1],
+            pooled: pooled.1,
+            micro: file.f32("micro_conds", 2, "[B,5]").expect("micro").1,
+            grid: (ids_shape[1], ids_shape[2]),
+            batch: ids_shape[0],
+        };
+        (ids, inputs)
+    }
+
     fn with(&self, ids: &'a [i64], batch: usize) -> MmditInput<'a> {
         let part = |v: &'a [f32]| &v[..batch * v.len() / self.batch];
         MmditInput {
@@ -108,21 +126,7 @@ fn forwards_reusing_a_scratch_equal_fresh_forwards() {
     let dir = fixture("engine/muddit_b2");
     let model = load_transformer_with(&dir, Compute::F32).expect("model");
     let file = TensorFile::read(&dir.join("inputs.safetensors")).expect("inputs");
-    let (ids_shape, ids) = file.i64("image_tokens", 3, "[B,h,w]").expect("ids");
-    let (text_shape, text) = file
-        .f32("encoder_hidden_states", 3, "[B,L,J]")
-        .expect("text");
-    let inputs = Inputs {
-        text,
-        text_len: text_shape[1],
-        pooled: file
-            .f32("pooled_projections", 2, "[B,P]")
-            .expect("pooled")
-            .1,
-        micro: file.f32("micro_conds", 2, "[B,5]").expect("micro").1,
-        grid: (ids_shape[1], ids_shape[2]),
-        batch: ids_shape[0],
-    };
+    let (ids, inputs) = Inputs::of(&file);
     let b = inputs.batch;
     let vocab = model.cfg.vocab_size as i64;
     let other: Vec<i64> = ids.iter().map(|&i| (i + 3) % vocab).collect();
@@ -167,21 +171,7 @@ fn forwards_reusing_a_scratch_equal_fresh_forwards() {
 fn guidance_folded_into_the_head_equals_guided_logits() {
     let dir = fixture("engine/muddit_b2");
     let file = TensorFile::read(&dir.join("inputs.safetensors")).expect("inputs");
-    let (ids_shape, ids) = file.i64("image_tokens", 3, "[B,h,w]").expect("ids");
-    let (text_shape, text) = file
-        .f32("encoder_hidden_states", 3, "[B,L,J]")
-        .expect("text");
-    let inputs = Inputs {
-        text,
-        text_len: text_shape[1],
-        pooled: file
-            .f32("pooled_projections", 2, "[B,P]")
-            .expect("pooled")
-            .1,
-        micro: file.f32("micro_conds", 2, "[B,5]").expect("micro").1,
-        grid: (ids_shape[1], ids_shape[2]),
-        batch: ids_shape[0],
-    };
+    let (ids, inputs) = Inputs::of(&file);
     assert_eq!(inputs.batch, 2, "the fixture is one [uncond; cond] pair");
     for (compute, limit) in [
         (Compute::F32, 1e-5),
