@@ -8,7 +8,7 @@ use clap::Args;
 use muddit_engine::limits::ModelShape;
 use muddit_engine::pipeline::TextToImage;
 use muddit_engine::tensor_io::HostTensor;
-use muddit_engine::tokenizer::{ClipTokenizer, MAX_LEN};
+use muddit_engine::tokenizer::{ClipTokenizer, TEXT_TOKENS};
 use muddit_sampler::{DrawRule, Guidance, MaskSchedule, SamplerConfig, Temperature};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -169,7 +169,6 @@ fn note_unused(args: &T2iArgs, greedy: bool, guidance: Guidance, cfg: f32) {
 /// A note on stderr for each prompt (and the negative prompt) longer than the text encoder's
 /// window: the tokens past it are cut, as upstream cuts them, and the note names them.
 fn note_truncated(tokenizer: &ClipTokenizer, request: &TextToImage) -> Result<()> {
-    let window = MAX_LEN - 2;
     let named = request.prompts.iter().enumerate().map(|(i, p)| {
         let name = match request.prompts.len() {
             1 => "--prompt".to_string(),
@@ -180,7 +179,7 @@ fn note_truncated(tokenizer: &ClipTokenizer, request: &TextToImage) -> Result<()
     let negative = ("--negative-prompt".to_string(), &request.negative_prompt);
     for (name, text) in named.chain(std::iter::once(negative)) {
         if let Some((tokens, tail)) = tokenizer.truncated_tail(text)? {
-            eprintln!("note: {name} is {tokens} tokens; the text encoder reads the first {window}, so {tail:?} is left out");
+            eprintln!("note: {name} is {tokens} tokens; the text encoder reads the first {TEXT_TOKENS}, so {tail:?} is left out");
         }
     }
     Ok(())

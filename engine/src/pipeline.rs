@@ -609,9 +609,10 @@ impl Pipeline {
             let t0 = Instant::now();
             let model_ids: Vec<i64> = ids
                 .iter()
-                .chain(match plan.guidance {
-                    Some(_) => ids.iter(),
-                    None => [].iter(),
+                .chain(if plan.guidance.is_some() {
+                    ids.iter()
+                } else {
+                    [].iter()
                 })
                 .map(|&i| i as i64)
                 .collect();

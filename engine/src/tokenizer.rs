@@ -27,6 +27,8 @@ use unicode_normalization::UnicodeNormalization;
 
 /// Tokens per row the text encoder sees.
 pub const MAX_LEN: usize = 77;
+/// Text tokens a sequence holds between its start and end tokens.
+pub const TEXT_TOKENS: usize = MAX_LEN - 2;
 /// The token Muddit adds for captioning.
 pub const MASK_TOKEN: &str = "<mask>";
 /// `CLIPTokenizer` keeps merges `[1 : 49152 - 256 - 2 + 1]` of `merges.txt`.
@@ -485,17 +487,17 @@ impl ClipTokenizer {
         let ids = self.tokenize(text)?;
         let mut out = Vec::with_capacity(MAX_LEN);
         out.push(self.bos_id as i64);
-        out.extend(ids.iter().take(MAX_LEN - 2).map(|&i| i as i64));
+        out.extend(ids.iter().take(TEXT_TOKENS).map(|&i| i as i64));
         out.push(self.eos_id as i64);
         out.resize(MAX_LEN, self.pad_id as i64);
         Ok(out)
     }
 
     /// What [`Self::encode_padded`] cuts from `text`: its token count and the cut tokens as
-    /// text, or `None` when the text fits the `MAX_LEN - 2` text tokens of the window.
+    /// text, or `None` when the text fits the [`TEXT_TOKENS`] of the window.
     pub fn truncated_tail(&self, text: &str) -> Result<Option<(usize, String)>> {
         let ids = self.tokenize(text)?;
-        let Some(tail) = ids.get(MAX_LEN - 2..).filter(|t| !t.is_empty()) else {
+        let Some(tail) = ids.get(TEXT_TOKENS..).filter(|t| !t.is_empty()) else {
             return Ok(None);
         };
         let tail: Vec<i64> = tail.iter().map(|&i| i as i64).collect();
