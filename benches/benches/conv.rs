@@ -66,6 +66,7 @@ fn convs(c: &mut Criterion) {
                         Some(&bias),
                         (1, side, side),
                         &mut out,
+                        false,
                     )
                 })
             });

@@ -9,6 +9,7 @@ use muddit_kernels::cpu::conv::{conv2d, conv2d_upsampled_2x, patch_major_weight,
 use muddit_kernels::cpu::group_norm::apply_channel_affine_;
 use muddit_kernels::cpu::packed::{self, Compute, Epilogue, PackedMatrix};
 use muddit_kernels::cpu::winograd::{self, Prologue, Winograd3x3};
+use rayon::prelude::*;
 
 /// `nn.Linear` (and 1x1 convolutions, whose `[out, in, 1, 1]` weight is the same matrix).
 pub struct Linear {
@@ -210,6 +211,38 @@ impl Conv2d {
         self.forward(&FeatureMap { data: mapped, ..*x })
     }
 
+    /// `residual += conv(prologue(x))`, the residual `[B, H, W, O]` as the output: added in a
+    /// Winograd convolution's output transform, so the convolution alone is never written; a
+    /// pass after [`Conv2d::forward_mapped`] otherwise.
+    pub fn forward_mapped_onto(
+        &self,
+        x: &FeatureMap,
+        prologue: Prologue,
+        residual: &mut FeatureMap,
+    ) {
+        let ConvWeight::Winograd(wg) = &self.weight else {
+            let y = self.forward_mapped(x, prologue);
+            return add_assign(&mut residual.data, &y.data);
+        };
+        assert!(
+            (residual.batch, residual.h, residual.w, residual.c)
+                == (x.batch, x.h, x.w, self.spec.c_out),
+            "conv2d: the residual is not [B, H, W, O]"
+        );
+        let dims = (x.batch, x.h, x.w);
+        let bias = Some(&self.bias[..]);
+        winograd::conv3x3(
+            &x.data,
+            1,
+            Some(prologue),
+            wg,
+            bias,
+            dims,
+            &mut residual.data,
+            true,
+        )
+    }
+
     /// On `x` upsampled `up` times per side (1 or 2), through `prologue` (Winograd only).
     fn forward_scaled(&self, x: &FeatureMap, up: usize, prologue: Option<Prologue>) -> FeatureMap {
         let s = self.spec;
@@ -228,7 +261,8 @@ impl Conv2d {
         let bias = Some(&self.bias[..]);
         match (&self.weight, up) {
             (ConvWeight::Winograd(wg), _) => {
-                winograd::conv3x3(&x.data, up, prologue, wg, bias, (x.batch, h, w), &mut data)
+                let dims = (x.batch, h, w);
+                winograd::conv3x3(&x.data, up, prologue, wg, bias, dims, &mut data, false)
             }
             (ConvWeight::Direct(wd), 1) => conv2d(&x.data, wd, bias, &shape, &mut data),
             (ConvWeight::Direct(wd), _) => {
@@ -243,6 +277,16 @@ impl Conv2d {
             c: s.c_out,
         }
     }
+}
+
+/// `y += r` elementwise (`r` as long as `y`), on the thread pool: a map of the VQ decoder is
+/// up to 256 MiB.
+pub(crate) fn add_assign(y: &mut [f32], r: &[f32]) {
+    assert_eq!(y.len(), r.len(), "add: the operands differ in length");
+    const CHUNK: usize = 1 << 16;
+    y.par_chunks_mut(CHUNK)
+        .zip(r.par_chunks(CHUNK))
+        .for_each(|(y, r)| y.iter_mut().zip(r).for_each(|(v, s)| *v += s));
 }
 
 /// Softmax attention `q, k, v [B, S, H, Dh] -> [B, S, H * Dh]` over `shape = (B, S, H)`,

@@ -77,22 +77,23 @@ impl<B: Backend> Norm<B> {
         }
     }
 
-    /// `conv(act(norm(x))) (+ residual)`: a group norm with SiLU fused into the convolution,
-    /// any other norm or activation on a copy of `x`.
+    /// `conv(act(norm(x))) (+ residual)`: a group norm with SiLU fused into the convolution
+    /// (which may write the sum over the residual), any other norm or activation on a copy of
+    /// `x`.
     fn conv<O: MapOps<Backend = B>>(
         &self,
         ops: &O,
         conv: &B::Conv,
         x: &O::Map,
         ctx: Ctx<O::Map>,
-        residual: Option<&O::Map>,
+        residual: Option<O::Map>,
     ) -> Result<O::Map> {
         match (self, ctx.act) {
             (Norm::Group(g), Activation::Silu) => ops.norm_silu_conv(g, conv, x, residual),
             _ => {
                 let mut h = ops.copy_map(x)?;
                 self.forward_(ops, &mut h, ctx.zq, Some(ctx.act))?;
-                ops.conv2d(conv, &h, residual)
+                ops.conv2d(conv, &h, residual.as_ref())
             }
         }
     }
@@ -100,7 +101,7 @@ impl<B: Backend> Norm<B> {
 
 impl<B: Backend> ResnetBlock2D<B> {
     /// `[B, H, W, C_in] -> [B, H, W, C_out]`; the input is freed once the shortcut has read
-    /// it, the shortcut added in `conv2`.
+    /// it, the shortcut added in `conv2` (in place where the backend can).
     fn forward<O: MapOps<Backend = B>>(
         &self,
         ops: &O,
@@ -112,7 +113,7 @@ impl<B: Backend> ResnetBlock2D<B> {
             Some(conv) => ops.conv2d(conv, &x, None)?,
             None => x,
         };
-        self.norm2.conv(ops, &self.conv2, &h, ctx, Some(&skip))
+        self.norm2.conv(ops, &self.conv2, &h, ctx, Some(skip))
     }
 }
 

@@ -83,13 +83,14 @@ pub trait MapOps: Ops {
         residual: Option<&Self::Map>,
     ) -> Result<Self::Map>;
 
-    /// `conv(silu(norm(x))) (+ residual)`, a same-padded convolution.
+    /// `conv(silu(norm(x))) (+ residual)`, a same-padded convolution; the residual is used
+    /// up (the sum may be written over it).
     fn norm_silu_conv(
         &self,
         norm: &GroupNorm<Self::Backend>,
         conv: &ConvOf<Self>,
         x: &Self::Map,
-        residual: Option<&Self::Map>,
+        residual: Option<Self::Map>,
     ) -> Result<Self::Map>;
 
     /// `conv(upsample_nearest_2x(x))`: `[B, H, W, C] -> [B, 2H, 2W, O]`.
@@ -230,7 +231,7 @@ fn activate(x: &mut [f32], act: Activation) {
 /// `y += r`
 fn add_(y: &mut FeatureMap, r: Option<&FeatureMap>) {
     if let Some(r) = r {
-        y.data.iter_mut().zip(&r.data).for_each(|(v, s)| *v += s);
+        crate::nn::add_assign(&mut y.data, &r.data);
     }
 }
 
@@ -304,13 +305,13 @@ impl MapOps for CpuOps {
     }
 
     /// The norm and SiLU as the convolution's prologue: never written out where the
-    /// convolution is a Winograd one.
+    /// convolution is a Winograd one, which also adds the residual in place.
     fn norm_silu_conv(
         &self,
         norm: &GroupNorm<Self::Backend>,
         conv: &ConvOf<Self>,
         x: &FeatureMap,
-        residual: Option<&FeatureMap>,
+        residual: Option<FeatureMap>,
     ) -> Result<FeatureMap> {
         let (scale, shift) =
             channel_affine(&x.data, x.batch, norm.groups, &norm.weight, &norm.bias, EPS);
@@ -319,9 +320,13 @@ impl MapOps for CpuOps {
             shift: &shift,
             silu: true,
         };
-        let mut y = conv.forward_mapped(x, prologue);
-        add_(&mut y, residual);
-        Ok(y)
+        Ok(match residual {
+            Some(mut r) => {
+                conv.forward_mapped_onto(x, prologue, &mut r);
+                r
+            }
+            None => conv.forward_mapped(x, prologue),
+        })
     }
 
     /// Without writing the upsampled map.

@@ -174,7 +174,10 @@ impl MappedRows {
 }
 
 /// `out [B, H, W, O] = conv3x3(prologue(x))`, same padding, stride 1, with `bias [O]`: `x` is
-/// `[B, H/up, W/up, C]`, read as its nearest `up`-times upsampling (`up` 1 or 2).
+/// `[B, H/up, W/up, C]`, read as its nearest `up`-times upsampling (`up` 1 or 2). With
+/// `accumulate`, `out` holds values the convolution is added to (a residual), in the output
+/// transform's pass.
+#[allow(clippy::too_many_arguments)]
 pub fn conv3x3(
     x: &[f32],
     up: usize,
@@ -183,6 +186,7 @@ pub fn conv3x3(
     bias: Option<&[f32]>,
     (batch, height, width): (usize, usize, usize),
     out: &mut [f32],
+    accumulate: bool,
 ) {
     let (c, o) = (w.c_in, w.c_out);
     assert!(up == 1 || up == 2, "winograd: upsampling is 1 or 2");
@@ -211,11 +215,22 @@ pub fn conv3x3(
         );
     }
     if !out.is_empty() {
-        convolve(x, up, prologue, w, bias, (height, width), out, CHUNK_BYTES);
+        let output = Output {
+            accumulate,
+            chunk_bytes: CHUNK_BYTES,
+        };
+        convolve(x, up, prologue, w, bias, (height, width), out, output);
     }
 }
 
-/// [`conv3x3`] (arguments checked) with chunks of tiles within `chunk_bytes`.
+/// How [`convolve`] writes: added to `out` or over it, in chunks of tiles within `chunk_bytes`.
+#[derive(Clone, Copy)]
+struct Output {
+    accumulate: bool,
+    chunk_bytes: usize,
+}
+
+/// [`conv3x3`] (arguments checked).
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     x: &[f32],
@@ -225,7 +240,10 @@ fn convolve(
     bias: Option<&[f32]>,
     (height, width): (usize, usize),
     out: &mut [f32],
-    chunk_bytes: usize,
+    Output {
+        accumulate,
+        chunk_bytes,
+    }: Output,
 ) {
     let (c, o) = (w.c_in, w.c_out);
     let image_len = height * width * c / (up * up);
@@ -287,7 +305,8 @@ fn convolve(
                     linear(uj, wj, None, Epilogue::None, mj);
                 }
                 let y0 = 2 * (first / tiles_x);
-                untransform(&m, first + t0, tiles_x, bias, y0, (height, width), dst);
+                let place = (y0, (height, width), accumulate);
+                untransform(&m, first + t0, tiles_x, bias, place, dst);
             }
             SCRATCH.set((u, m));
         });
@@ -357,15 +376,15 @@ fn at(v: &mut [f32; 16], at: [usize; 4]) {
     [v[at[0]], v[at[1]]] = [m0 + m1 + m2, m1 - m2 - m3];
 }
 
-/// `Aᵀ M A + bias` of the tiles from `t0` (their 16 results `m [16, n, O]`) into `dst`, the
-/// output rows `y0..` of the image (`[rows, W, O]`); pixels past the image's edge are dropped.
+/// `Aᵀ M A + bias` of the tiles from `t0` (their 16 results `m [16, n, O]`) into (or, with
+/// `accumulate`, added to) `dst`, the output rows `y0..` of the image (`[rows, W, O]`); pixels
+/// past the image's edge are dropped.
 fn untransform(
     m: &[f32],
     t0: usize,
     tiles_x: usize,
     bias: &[f32],
-    y0: usize,
-    (height, width): (usize, usize),
+    (y0, (height, width), accumulate): (usize, (usize, usize), bool),
     dst: &mut [f32],
 ) {
     let o = bias.len();
@@ -388,6 +407,7 @@ fn untransform(
             stride: n * o,
             bias,
             pixels,
+            accumulate,
         };
         // SAFETY: every row of `m` holds `n * o` values and every pixel of `dst` `o`, so each
         // whole vector of channels is inside both.
@@ -405,7 +425,8 @@ fn untransform(
             }
             for (p, at) in pixels.iter().enumerate() {
                 if let Some(at) = at {
-                    dst[at + l] = v[4 * (p / 2) + p % 2] + bias[l];
+                    let y = v[4 * (p / 2) + p % 2] + bias[l];
+                    dst[at + l] = if accumulate { dst[at + l] + y } else { y };
                 }
             }
         }
@@ -468,8 +489,8 @@ mod simd {
     }
 
     /// Channels `o0..o0 + LANES` of one tile's 16 results (`m[j * stride + at..][..LANES]`),
-    /// folded back, plus `bias`, into the tile's pixels (offsets into `dst`; `None`: past the
-    /// edge).
+    /// folded back, plus `bias`, into (or, with `accumulate`, added to) the tile's pixels
+    /// (offsets into `dst`; `None`: past the edge).
     ///
     /// # Safety
     /// The width's instructions present; `m` holds `15 * stride + at + LANES` values, `bias`
@@ -479,7 +500,7 @@ mod simd {
         m: &[f32],
         (at, stride): (usize, usize),
         bias: &[f32],
-        pixels: &[Option<usize>; 4],
+        (pixels, accumulate): (&[Option<usize>; 4], bool),
         o0: usize,
         dst: &mut [f32],
     ) {
@@ -496,9 +517,9 @@ mod simd {
         let b = V::load(bias.as_ptr());
         for (p, px) in pixels.iter().enumerate() {
             if let Some(px) = px {
-                v[4 * (p / 2) + p % 2]
-                    .add(b)
-                    .store(dst.as_mut_ptr().add(px + o0));
+                let at = dst.as_mut_ptr().add(px + o0);
+                let y = v[4 * (p / 2) + p % 2].add(b);
+                if accumulate { y.add(V::load(at)) } else { y }.store(at);
             }
         }
     }
@@ -531,13 +552,15 @@ mod simd {
     }
 
     /// One tile's 16 results (`m[j * stride + at..]`, channels last) and where they go: the
-    /// tile's pixels in `dst` (offsets; `None` past the edge), plus `bias`.
+    /// tile's pixels in `dst` (offsets; `None` past the edge), plus `bias`, over the values
+    /// there or (`accumulate`) added to them.
     pub struct Results<'a> {
         pub m: &'a [f32],
         pub at: usize,
         pub stride: usize,
         pub bias: &'a [f32],
         pub pixels: [Option<usize>; 4],
+        pub accumulate: bool,
     }
 
     per_width! {
@@ -557,7 +580,7 @@ mod simd {
                 r.m,
                 (r.at + o0, r.stride),
                 &r.bias[o0..],
-                &r.pixels,
+                (&r.pixels, r.accumulate),
                 o0,
                 dst,
             );
@@ -631,9 +654,27 @@ mod tests {
                     .map(|(i, &v)| pro.apply(v, (i / (h * w * c)) * c + i % c))
                     .collect();
                 let mut want = vec![0.0; b * hh * ww * o];
-                conv3x3(&mapped, up, None, &wg, Some(&bias), (b, hh, ww), &mut want);
+                conv3x3(
+                    &mapped,
+                    up,
+                    None,
+                    &wg,
+                    Some(&bias),
+                    (b, hh, ww),
+                    &mut want,
+                    false,
+                );
                 let mut got = vec![f32::NAN; want.len()];
-                conv3x3(&x, up, Some(pro), &wg, Some(&bias), (b, hh, ww), &mut got);
+                conv3x3(
+                    &x,
+                    up,
+                    Some(pro),
+                    &wg,
+                    Some(&bias),
+                    (b, hh, ww),
+                    &mut got,
+                    false,
+                );
                 let err = distance(&got, &want);
                 assert!(
                     err < 1e-5,
@@ -643,7 +684,10 @@ mod tests {
                 // band in steps: the same mapped rows, so the same sums (`same_sums`).
                 for chunk_tiles in [1, 3] {
                     let mut chunked = vec![f32::NAN; want.len()];
-                    let bytes = chunk_tiles * 16 * 4 * (c + o);
+                    let output = Output {
+                        accumulate: false,
+                        chunk_bytes: chunk_tiles * 16 * 4 * (c + o),
+                    };
                     let dims = (hh, ww);
                     convolve(
                         &x,
@@ -653,7 +697,7 @@ mod tests {
                         Some(&bias),
                         dims,
                         &mut chunked,
-                        bytes,
+                        output,
                     );
                     same_sums(&chunked, &got, &format!("{chunk_tiles} tiles a chunk"));
                 }
@@ -712,7 +756,7 @@ mod tests {
             let winograd = |compute| {
                 let mut out = vec![f32::NAN; b * hh * ww * o];
                 let wg = Winograd3x3::new(&wt, o, c, compute);
-                conv3x3(&x, up, None, &wg, Some(&bias), (b, hh, ww), &mut out);
+                conv3x3(&x, up, None, &wg, Some(&bias), (b, hh, ww), &mut out, false);
                 out
             };
             let want = direct(Storage::F32, Compute::F32);
@@ -721,7 +765,10 @@ mod tests {
             for chunk_tiles in [1, 3] {
                 let mut got = vec![f32::NAN; whole.len()];
                 let wg = Winograd3x3::new(&wt, o, c, Compute::Bf16);
-                let bytes = chunk_tiles * 16 * 4 * (c + o);
+                let output = Output {
+                    accumulate: false,
+                    chunk_bytes: chunk_tiles * 16 * 4 * (c + o),
+                };
                 convolve(
                     &x,
                     up,
@@ -730,7 +777,7 @@ mod tests {
                     Some(&bias),
                     (hh, ww),
                     &mut got[..hh * ww * o],
-                    bytes,
+                    output,
                 );
                 let what = format!("{chunk_tiles} tiles a chunk");
                 same_sums(&got[..hh * ww * o], &whole[..hh * ww * o], &what);
@@ -745,6 +792,78 @@ mod tests {
                 bf16_err < 2.5 * direct_err.max(2e-3) && bf16_err < 1e-2,
                 "{case}: bf16 relative L2 error {bf16_err}, direct {direct_err}"
             );
+        }
+    }
+
+    /// Accumulating adds the convolution to what `out` holds, in the output transform: the
+    /// same bits as writing it and adding after, at the vector channels and the tail past them,
+    /// odd edges, upsampled inputs, a prologue, chunks of one tile and of a few.
+    #[test]
+    fn accumulating_adds_the_convolution_to_out() {
+        for (b, h, w, c, o, up) in [
+            (2, 5, 7, 33, 20, 1),
+            (1, 3, 2, 16, 19, 2),
+            (1, 1, 1, 4, 3, 1),
+        ] {
+            let (hh, ww) = (h * up, w * up);
+            let x = pseudo(b * h * w * c, 21);
+            let (scale, shift) = (pseudo(b * c, 22), pseudo(b * c, 23));
+            let pro = Prologue {
+                scale: &scale,
+                shift: &shift,
+                silu: true,
+            };
+            let wg = Winograd3x3::new(&pseudo(o * c * 9, 24), o, c, Compute::F32);
+            let bias = pseudo(o, 25);
+            let residual = pseudo(b * hh * ww * o, 26);
+            let mut y = vec![f32::NAN; residual.len()];
+            conv3x3(
+                &x,
+                up,
+                Some(pro),
+                &wg,
+                Some(&bias),
+                (b, hh, ww),
+                &mut y,
+                false,
+            );
+            let want: Vec<f32> = y.iter().zip(&residual).map(|(y, r)| y + r).collect();
+            let mut got = residual.clone();
+            conv3x3(
+                &x,
+                up,
+                Some(pro),
+                &wg,
+                Some(&bias),
+                (b, hh, ww),
+                &mut got,
+                true,
+            );
+            same_sums(&got, &want, &format!("({b}, {h}x{w}, {c}->{o}, up {up})"));
+            for chunk_tiles in [1, 3] {
+                let image = hh * ww * o;
+                let mut got = residual[..image].to_vec();
+                let output = Output {
+                    accumulate: true,
+                    chunk_bytes: chunk_tiles * 16 * 4 * (c + o),
+                };
+                let x = &x[..h * w * c];
+                convolve(
+                    x,
+                    up,
+                    Some(pro),
+                    &wg,
+                    Some(&bias),
+                    (hh, ww),
+                    &mut got,
+                    output,
+                );
+                same_sums(
+                    &got,
+                    &want[..image],
+                    &format!("{chunk_tiles} tiles a chunk"),
+                );
+            }
         }
     }
 }

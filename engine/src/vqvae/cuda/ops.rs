@@ -165,11 +165,11 @@ impl MapOps for Cuda {
         norm: &GroupNorm<Cuda>,
         conv: &DConv,
         x: &DeviceMap,
-        residual: Option<&DeviceMap>,
+        residual: Option<DeviceMap>,
     ) -> Result<DeviceMap> {
         let t = self.map(x.shape)?;
         self.group_norm_into(norm, x, &t, true)?;
-        self.conv2d(conv, &t, residual)
+        self.conv2d(conv, &t, residual.as_ref())
     }
 
     /// `upsample2x` into a map of its own, then the convolution.
