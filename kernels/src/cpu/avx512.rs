@@ -28,16 +28,30 @@ fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
     (lo, hi)
 }
 
+/// The column masks of row `r`: none past the tile's rows, so every row's loads and stores
+/// can be issued (masked-off lanes neither fault nor write) and the loops over the `MR` rows
+/// have a fixed count: the accumulators then stay in registers from `start` to `finish`.
+#[inline(always)]
+fn row_masks(m: (__mmask16, __mmask16), r: usize, rows: usize) -> (__mmask16, __mmask16) {
+    if r < rows {
+        m
+    } else {
+        (0, 0)
+    }
+}
+
 #[inline(always)]
 unsafe fn start(t: &Tile, m: (__mmask16, __mmask16)) -> [[__m512; 2]; MR] {
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     match t.init {
         Init::Zero => {}
         Init::Load => {
-            for (r, a) in acc.iter_mut().enumerate().take(t.rows) {
-                let row = t.c.add(r * t.ldc);
-                a[0] = _mm512_maskz_loadu_ps(m.0, row);
-                a[1] = _mm512_maskz_loadu_ps(m.1, row.add(16));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let (m0, m1) = row_masks(m, r, t.rows);
+                // wrapping: the rows past the tile's are never touched (all lanes masked).
+                let row = t.c.wrapping_add(r * t.ldc);
+                a[0] = _mm512_maskz_loadu_ps(m0, row);
+                a[1] = _mm512_maskz_loadu_ps(m1, row.wrapping_add(16));
             }
         }
         Init::Bias(b) => {
@@ -53,15 +67,16 @@ unsafe fn start(t: &Tile, m: (__mmask16, __mmask16)) -> [[__m512; 2]; MR] {
 
 #[inline(always)]
 unsafe fn finish(acc: &[[__m512; 2]; MR], t: &Tile, m: (__mmask16, __mmask16)) {
-    for (r, a) in acc.iter().enumerate().take(t.rows) {
+    for (r, a) in acc.iter().enumerate() {
+        let (m0, m1) = row_masks(m, r, t.rows);
         let (mut v0, mut v1) = (a[0], a[1]);
         if t.gelu {
             v0 = gelu_tanh(v0);
             v1 = gelu_tanh(v1);
         }
-        let row = t.c.add(r * t.ldc);
-        _mm512_mask_storeu_ps(row, m.0, v0);
-        _mm512_mask_storeu_ps(row.add(16), m.1, v1);
+        let row = t.c.wrapping_add(r * t.ldc);
+        _mm512_mask_storeu_ps(row, m0, v0);
+        _mm512_mask_storeu_ps(row.wrapping_add(16), m1, v1);
     }
 }
 

@@ -51,6 +51,9 @@ const _: () =
 const PAD_F32: usize = 16;
 const PAD_BF16: usize = 32;
 
+/// Activations (`m x k` values) from which rows are packed on the thread pool.
+const PACK_PARALLEL_MIN: usize = 1 << 16;
+
 /// Columns per block (a multiple of `NR`).
 const NC: usize = NR * 8;
 
@@ -574,6 +577,21 @@ pub fn linear_rows(
     }
 }
 
+impl PackedMatrix {
+    /// Rows of activations one micro-kernel call takes (1 on the portable level): products
+    /// of a multiple of it leave no register rows idle.
+    pub fn row_tile(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(plan) = self.plan() {
+            return match plan.panels {
+                Panels::Tiles { .. } => amx::MR,
+                _ => MR,
+            };
+        }
+        1
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl PackedMatrix {
     /// How products with this weight run: panels, activation packing, kernel width (`None` for
@@ -1075,12 +1093,15 @@ fn pack_rows(
         }
         d[len..kc].fill(0.0);
     };
+    // Few rows (a Winograd chunk's, inside a task of their own) pack on this thread.
+    let parallel = m * k >= PACK_PARALLEL_MIN;
     if kind == Elements::Bf16 {
         // bf16 rows are packed for vdpbf16ps (AVX512-BF16 present) or AMX (present too, except
         // on the tile model in tests).
         let buf = &mut rows.u16s_mut()[..tiles * tile_len];
-        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
-            let mut tmp = [0.0f32; KC_BF16];
+        let pack = |(t, d): (usize, &mut [u16])| {
+            // f32 values for the rows not in `x` whole (filled before each use).
+            let mut tmp = Vec::new();
             let mut pc = 0;
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
@@ -1097,6 +1118,7 @@ fn pack_rows(
                     let src = match whole {
                         Some(src) => src,
                         None => {
+                            tmp.resize(kc, 0.0);
                             fill_f32(row, pc, kc, &mut tmp);
                             &tmp[..kc]
                         }
@@ -1105,10 +1127,14 @@ fn pack_rows(
                 }
                 pc += kc;
             }
-        });
+        };
+        match parallel {
+            true => buf.par_chunks_mut(tile_len).enumerate().for_each(pack),
+            false => buf.chunks_mut(tile_len).enumerate().for_each(pack),
+        }
     } else {
         let buf = &mut rows.f32s_mut()[..tiles * tile_len];
-        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
+        let pack = |(t, d): (usize, &mut [f32])| {
             let mut pc = 0;
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
@@ -1122,7 +1148,11 @@ fn pack_rows(
                 }
                 pc += kc;
             }
-        });
+        };
+        match parallel {
+            true => buf.par_chunks_mut(tile_len).enumerate().for_each(pack),
+            false => buf.chunks_mut(tile_len).enumerate().for_each(pack),
+        }
     }
 }
 
