@@ -644,6 +644,9 @@ impl Pipeline {
                 sampler: t1.elapsed(),
             });
         }
+        // The decoder's maps can take the steps' memory, already paged in (fresh pages cost
+        // a fault and a clear each).
+        drop((scratch, logits, text));
         self.finish_text_to_image(&plan, ids, text_encode, |ids, b, h, w| {
             self.vqvae.decode(ids, b, h, w)
         })
