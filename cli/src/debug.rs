@@ -8,7 +8,7 @@ use muddit_engine::config::TransformerConfig;
 use muddit_engine::random::{write_random_transformer, WeightDtype};
 use muddit_engine::tensor_io::TensorFile;
 use muddit_engine::tokenizer::clip_vocab_from_bpe_file;
-use muddit_engine::{debug, limits, model_dir};
+use muddit_engine::{debug, limits, model_dir, Compute};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -258,15 +258,16 @@ fn random_checkpoint(
     debug_sides::random_sides(&c.out, cfg, dtype, c.seed, bpe, global.quiet)
 }
 
-/// One side's `debug` command: `--out` checked, the tensors computed by `run` (model, inputs,
-/// quiet), then written.
+/// One side's `debug` command: `--out` checked, the tensors computed by `run` (model, `--dtype`,
+/// inputs, quiet), then written.
 fn side(
     global: &Global,
     files: &TensorFiles,
-    run: fn(&Path, &Path, bool) -> Result<debug_sides::Tensors>,
+    run: fn(&Path, Compute, &Path, bool) -> Result<debug_sides::Tensors>,
 ) -> Result<()> {
     Outputs::new(files.overwrite).plan("--out", &files.out)?;
-    let tensors = run(&model_arg(global)?, &files.inputs, global.quiet)?;
+    let model = model_arg(global)?;
+    let tensors = run(&model, global.compute(), &files.inputs, global.quiet)?;
     crate::output::write_tensors(&files.out, files.overwrite, &tensors)
 }
 

@@ -2,11 +2,12 @@
 //! in the reference's layouts, and the sides of `debug random-checkpoint`.
 
 use anyhow::{bail, Context, Result};
-use muddit_engine::clip_text::load_text_encoder;
+use muddit_engine::clip_text::load_text_encoder_with;
 use muddit_engine::limits::check_vq_images;
 use muddit_engine::pth::{mask_embedding_path, read_mask_embedding};
 use muddit_engine::tensor_io::{HostTensor, TensorFile};
-use muddit_engine::vqvae::load_vqvae;
+use muddit_engine::vqvae::load_vqvae_with;
+use muddit_engine::Compute;
 use std::collections::BTreeMap;
 
 /// Named output tensors of a `debug` command.
@@ -25,10 +26,10 @@ fn model_root(model: &Path, component: &str) -> std::path::PathBuf {
 }
 
 /// `input_ids` i64 `[B, L]` -> `text_embeds [B, P]`, `penultimate [B, L, D]`,
-/// `last_hidden_state [B, L, D]`. Ids one past the vocabulary are `<mask>`: its row is then read
-/// from the model root's `mask_token_embedding.pth`.
-pub fn text(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
-    let mut encoder = load_text_encoder(model)?;
+/// `last_hidden_state [B, L, D]`, the products in `compute` arithmetic. Ids one past the
+/// vocabulary are `<mask>`: its row is then read from the model root's `mask_token_embedding.pth`.
+pub fn text(model: &Path, compute: Compute, inputs: &Path, quiet: bool) -> Result<Tensors> {
+    let mut encoder = load_text_encoder_with(model, compute)?;
     let inputs = TensorFile::read(inputs)?;
     let (shape, ids) = inputs.i64("input_ids", 2, "[B,L]")?;
     let (b, l) = (shape[0], shape[1]);
@@ -61,9 +62,10 @@ pub fn text(model: &Path, inputs: &Path, quiet: bool) -> Result<Tensors> {
     Ok(tensors)
 }
 
-/// `image` f32 `[B, 3, H, W]` in `[0, 1]` -> `tokens` i64 `[B, H/f, W/f]`.
-pub fn vq_encode(model: &Path, path: &Path, quiet: bool) -> Result<Tensors> {
-    let vq = load_vqvae(model)?;
+/// `image` f32 `[B, 3, H, W]` in `[0, 1]` -> `tokens` i64 `[B, H/f, W/f]`, the convolutions in
+/// `compute` arithmetic.
+pub fn vq_encode(model: &Path, compute: Compute, path: &Path, quiet: bool) -> Result<Tensors> {
+    let vq = load_vqvae_with(model, compute)?;
     let inputs = TensorFile::read(path)?;
     let (shape, image) = inputs.f32("image", 4, "[B,3,H,W]")?;
     let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
@@ -85,9 +87,10 @@ pub fn vq_encode(model: &Path, path: &Path, quiet: bool) -> Result<Tensors> {
     Ok(tensors)
 }
 
-/// `tokens` i64 `[B, h, w]` -> `image` f32 `[B, 3, h f, w f]`, not clipped.
-pub fn vq_decode(model: &Path, path: &Path, quiet: bool) -> Result<Tensors> {
-    let vq = load_vqvae(model)?;
+/// `tokens` i64 `[B, h, w]` -> `image` f32 `[B, 3, h f, w f]`, not clipped, the convolutions in
+/// `compute` arithmetic.
+pub fn vq_decode(model: &Path, compute: Compute, path: &Path, quiet: bool) -> Result<Tensors> {
+    let vq = load_vqvae_with(model, compute)?;
     let inputs = TensorFile::read(path)?;
     let (shape, ids) = inputs.i64("tokens", 3, "[B,h,w]")?;
     let (b, h, w) = (shape[0], shape[1], shape[2]);

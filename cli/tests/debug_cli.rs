@@ -286,3 +286,42 @@ fn non_finite_debug_inputs_are_refused_by_name() {
     fails_with(&o, &["img.st", "`image`", "finite"]);
     assert!(!dir.join("ids.st").exists());
 }
+
+/// `--dtype` reaches the side commands: the VQ decode in bf16 products is the f32 decode to
+/// bf16 rounding, not the same bits (before, the flag was accepted and f32 ran).
+#[test]
+fn side_commands_compute_in_the_dtype_asked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    succeeds(&run(
+        "debug random-checkpoint --preset tiny --out model -q",
+        dir,
+    ));
+    let ids = (0..16).map(|i| i % 7).collect();
+    write_inputs(
+        dir,
+        "t.st",
+        vec![("tokens", HostTensor::i64(vec![1, 4, 4], ids))],
+    );
+    let image = |dtype: &str| {
+        let out = format!("{dtype}.st");
+        let o = run(
+            &format!("--dtype {dtype} --model model debug vq-decode --inputs t.st --out {out} -q"),
+            dir,
+        );
+        succeeds(&o);
+        let file = TensorFile::read(&dir.join(out)).expect("read image");
+        let (_, values) = file.f32("image", 4, "[B,3,H,W]").expect("image");
+        values.to_vec()
+    };
+    let (f32s, bf16s) = (image("f32"), image("bf16"));
+    assert_ne!(f32s, bf16s, "--dtype bf16 decoded with f32 products");
+    let err: f64 = f32s
+        .iter()
+        .zip(&bf16s)
+        .map(|(a, b)| (a - b) as f64 * (a - b) as f64)
+        .sum();
+    let norm: f64 = f32s.iter().map(|a| *a as f64 * *a as f64).sum();
+    let rel = (err / norm).sqrt();
+    assert!(rel < 5e-2, "bf16 decode {rel} away from the f32 one");
+}
