@@ -631,6 +631,29 @@ mod tests {
         (err / norm.max(1e-30)).sqrt()
     }
 
+    /// A test convolution's operands, f32 products.
+    struct Operands {
+        /// `[B, h, w, C]`
+        x: Vec<f32>,
+        /// `[B, C]` each
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        wg: Winograd3x3,
+        /// `[O]`
+        bias: Vec<f32>,
+    }
+
+    /// Pseudo-random [`Operands`] of a `(B, h, w, C, O)` convolution from seeds `seed..seed + 5`.
+    fn operands((b, h, w, c, o): (usize, usize, usize, usize, usize), seed: u32) -> Operands {
+        Operands {
+            x: pseudo(b * h * w * c, seed),
+            scale: pseudo(b * c, seed + 1),
+            shift: pseudo(b * c, seed + 2),
+            wg: Winograd3x3::new(&pseudo(o * c * 9, seed + 3), o, c, Compute::F32),
+            bias: pseudo(o, seed + 4),
+        }
+    }
+
     /// A prologue gives the convolution of the mapped image (written out first here): batches
     /// (each image its own scale and shift), channel tails past the vector width, upsampled
     /// inputs, with and without SiLU, chunks of every size.
@@ -644,10 +667,13 @@ mod tests {
             (2, 7, 5, 8, 8, 2),
         ] {
             let (hh, ww) = (h * up, w * up);
-            let x = pseudo(b * h * w * c, 7);
-            let (scale, shift) = (pseudo(b * c, 8), pseudo(b * c, 9));
-            let wg = Winograd3x3::new(&pseudo(o * c * 9, 10), o, c, Compute::F32);
-            let bias = pseudo(o, 11);
+            let Operands {
+                x,
+                scale,
+                shift,
+                wg,
+                bias,
+            } = operands((b, h, w, c, o), 7);
             for silu in [false, true] {
                 let pro = Prologue {
                     scale: &scale,
@@ -812,39 +838,28 @@ mod tests {
             (1, 1, 1, 4, 3, 1),
         ] {
             let (hh, ww) = (h * up, w * up);
-            let x = pseudo(b * h * w * c, 21);
-            let (scale, shift) = (pseudo(b * c, 22), pseudo(b * c, 23));
+            let Operands {
+                x,
+                scale,
+                shift,
+                wg,
+                bias,
+            } = operands((b, h, w, c, o), 21);
             let pro = Prologue {
                 scale: &scale,
                 shift: &shift,
                 silu: true,
             };
-            let wg = Winograd3x3::new(&pseudo(o * c * 9, 24), o, c, Compute::F32);
-            let bias = pseudo(o, 25);
+            let conv = |out: &mut [f32], accumulate| {
+                let dims = (b, hh, ww);
+                conv3x3(&x, up, Some(pro), &wg, Some(&bias), dims, out, accumulate)
+            };
             let residual = pseudo(b * hh * ww * o, 26);
             let mut y = vec![f32::NAN; residual.len()];
-            conv3x3(
-                &x,
-                up,
-                Some(pro),
-                &wg,
-                Some(&bias),
-                (b, hh, ww),
-                &mut y,
-                false,
-            );
+            conv(&mut y, false);
             let want: Vec<f32> = y.iter().zip(&residual).map(|(y, r)| y + r).collect();
             let mut got = residual.clone();
-            conv3x3(
-                &x,
-                up,
-                Some(pro),
-                &wg,
-                Some(&bias),
-                (b, hh, ww),
-                &mut got,
-                true,
-            );
+            conv(&mut got, true);
             same_sums(&got, &want, &format!("({b}, {h}x{w}, {c}->{o}, up {up})"));
             for chunk_tiles in [1, 3] {
                 let image = hh * ww * o;
