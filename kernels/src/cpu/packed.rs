@@ -51,9 +51,6 @@ const _: () =
 const PAD_F32: usize = 16;
 const PAD_BF16: usize = 32;
 
-/// Activations (`m x k` values) from which rows are packed on the thread pool.
-const PACK_PARALLEL_MIN: usize = 1 << 16;
-
 /// Columns per block (a multiple of `NR`).
 const NC: usize = NR * 8;
 
@@ -1093,8 +1090,6 @@ fn pack_rows(
         }
         d[len..kc].fill(0.0);
     };
-    // Few rows (a Winograd chunk's, inside a task of their own) pack on this thread.
-    let parallel = m * k >= PACK_PARALLEL_MIN;
     if kind == Elements::Bf16 {
         // bf16 rows are packed for vdpbf16ps (AVX512-BF16 present) or AMX (present too, except
         // on the tile model in tests).
@@ -1128,10 +1123,7 @@ fn pack_rows(
                 pc += kc;
             }
         };
-        match parallel {
-            true => buf.par_chunks_mut(tile_len).enumerate().for_each(pack),
-            false => buf.chunks_mut(tile_len).enumerate().for_each(pack),
-        }
+        buf.par_chunks_mut(tile_len).enumerate().for_each(pack);
     } else {
         let buf = &mut rows.f32s_mut()[..tiles * tile_len];
         let pack = |(t, d): (usize, &mut [f32])| {
@@ -1149,10 +1141,7 @@ fn pack_rows(
                 pc += kc;
             }
         };
-        match parallel {
-            true => buf.par_chunks_mut(tile_len).enumerate().for_each(pack),
-            false => buf.chunks_mut(tile_len).enumerate().for_each(pack),
-        }
+        buf.par_chunks_mut(tile_len).enumerate().for_each(pack);
     }
 }
 
