@@ -1094,7 +1094,7 @@ fn pack_rows(
         // bf16 rows are packed for vdpbf16ps (AVX512-BF16 present) or AMX (present too, except
         // on the tile model in tests).
         let buf = &mut rows.u16s_mut()[..tiles * tile_len];
-        let pack = |(t, d): (usize, &mut [u16])| {
+        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
             // f32 values for the rows not in `x` whole (filled before each use).
             let mut tmp = Vec::new();
             let mut pc = 0;
@@ -1122,11 +1122,10 @@ fn pack_rows(
                 }
                 pc += kc;
             }
-        };
-        buf.par_chunks_mut(tile_len).enumerate().for_each(pack);
+        });
     } else {
         let buf = &mut rows.f32s_mut()[..tiles * tile_len];
-        let pack = |(t, d): (usize, &mut [f32])| {
+        buf.par_chunks_mut(tile_len).enumerate().for_each(|(t, d)| {
             let mut pc = 0;
             while pc < kp {
                 let kc = kc_max.min(kp - pc);
@@ -1140,8 +1139,7 @@ fn pack_rows(
                 }
                 pc += kc;
             }
-        };
-        buf.par_chunks_mut(tile_len).enumerate().for_each(pack);
+        });
     }
 }
 
