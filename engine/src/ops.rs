@@ -494,7 +494,7 @@ impl Ops for CpuOps {
         Ok(())
     }
 
-    /// `rms_norm_` per head, then `apply_rope_`, item by item.
+    /// `rms_norm_` per head, then the rotation, item by item, in one pass.
     fn qk_norm_rope(
         &self,
         x: &mut Vec<f32>,
@@ -507,9 +507,8 @@ impl Ops for CpuOps {
         let tables = rows.offset * dh..(rows.offset + rows.per) * dh;
         for b in 0..rows.batch {
             let part = &mut x[rows.start(b) * width..][..rows.per * width];
-            norm::rms_norm_(part, weight, NORM_EPS);
             let (c, s) = (&cos[tables.clone()], &sin[tables.clone()]);
-            rope::apply_rope_(part, c, s, width / dh, dh);
+            rope::rms_norm_rope_(part, weight, NORM_EPS, c, s);
         }
         Ok(())
     }

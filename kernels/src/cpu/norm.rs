@@ -30,13 +30,17 @@ pub fn rms_norm_(x: &mut [f32], weight: &[f32], eps: f32) {
     assert!(d > 0 && x.len() % d == 0, "rms_norm: x is not [M, {d}]");
     x.par_chunks_mut(d)
         .with_min_len(rows_per_task(d))
-        .for_each(|row| {
-            let ms = sum_f64(row, |v| v * v) / d as f64;
-            let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-            for (v, &w) in row.iter_mut().zip(weight) {
-                *v = *v * inv * w;
-            }
-        });
+        .for_each(|row| rms_norm_row_(row, weight, eps));
+}
+
+/// [`rms_norm_`] of one row, `row.len() == weight.len()`.
+#[inline(always)]
+pub(crate) fn rms_norm_row_(row: &mut [f32], weight: &[f32], eps: f32) {
+    let ms = sum_f64(row, |v| v * v) / row.len() as f64;
+    let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+    for (v, &w) in row.iter_mut().zip(weight) {
+        *v = *v * inv * w;
+    }
 }
 
 /// `(mean, 1/sqrt(var + eps))` of one row, variance biased as in `nn.LayerNorm`.
