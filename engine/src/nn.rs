@@ -143,6 +143,18 @@ impl Input<'_> {
             Input::Concat(a, ka, _) => a.len() / ka.max(1),
         }
     }
+
+    /// The rows `range` alone, for a linear map of `in_dim` inputs.
+    pub fn row_range(self, in_dim: usize, range: std::ops::Range<usize>) -> Self {
+        match self {
+            Input::Rows(x) => Input::Rows(&x[range.start * in_dim..range.end * in_dim]),
+            Input::Concat(a, ka, b) => {
+                let kb = in_dim - ka;
+                let a = &a[range.start * ka..range.end * ka];
+                Input::Concat(a, ka, &b[range.start * kb..range.end * kb])
+            }
+        }
+    }
 }
 
 /// `nn.Conv2d` with bias: 3x3 same-padded ones (the VQ-VAE's) as Winograd F(2x2, 3x3) where the

@@ -12,6 +12,8 @@
 //! [`CpuOps`] runs on `muddit_kernels::cpu` (f32 activations); `crate::cuda::Cuda` on the CUDA
 //! kernels (an f32 residual stream, bf16 activations, attention heads in the kernels' slots).
 
+use std::cell::Cell;
+
 use crate::backend::{Backend, Cpu};
 use crate::error::Result;
 use crate::nn::{attention_into, Input, Linear, NORM_EPS};
@@ -320,41 +322,60 @@ pub struct CpuCat {
     ka: usize,
 }
 
+thread_local! {
+    /// The temporary of [`CpuOps::product`], kept by each thread between products: the steps
+    /// of a run reuse memory already mapped, and nothing zeroes it (the product writes it all).
+    static TEMPORARY: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
 impl CpuOps {
-    /// The product of `x` with `lin` where `out` says; `Residual`, `Broadcast`, `Gated` and
-    /// `Rows` through a temporary.
+    /// The product of `x` with `lin` where `out` says: `Rows` straight into each item's rows,
+    /// `Residual`, `Broadcast` and `Gated` through a temporary.
     fn product(&self, lin: &Linear, x: Input<'_>, out: Out<'_, Self>) -> Result<()> {
-        let temporary = |x: Input<'_>| {
-            let mut y = vec![0.0; x.rows(lin.in_dim) * lin.out_dim];
-            lin.apply(x, Epilogue::None, &mut y);
-            y
-        };
+        let n = lin.out_dim;
         match out {
             Out::Act(y) | Out::F32(y) => lin.apply(x, Epilogue::None, y),
             Out::Activated(y, activation) => activated(lin, x, activation, y),
             Out::Right(cat, activation) => activated(lin, x, activation, &mut cat.right),
-            Out::Residual(y) => {
-                let r = temporary(x); // [M, N]
-                y.iter_mut().zip(&r).for_each(|(v, a)| *v += a);
-            }
-            Out::Broadcast(y) => {
-                let r = temporary(x); // [1, N]
+            Out::Residual(y) => with_temporary(lin, x, |r| {
+                // [M, N]
+                y.par_chunks_mut(n)
+                    .zip(r.par_chunks(n))
+                    .with_min_len((16384 / n.max(1)).max(1))
+                    .for_each(|(v, a)| v.iter_mut().zip(a).for_each(|(v, a)| *v += a));
+            }),
+            Out::Broadcast(y) => with_temporary(lin, x, |r| {
+                // [1, N]
                 for row in y.chunks_exact_mut(r.len()) {
-                    row.iter_mut().zip(&r).for_each(|(v, a)| *v += a);
+                    row.iter_mut().zip(r).for_each(|(v, a)| *v += a);
                 }
-            }
-            Out::Gated(y, mods, gate) => gated_add_(y, &temporary(x), mods, gate),
+            }),
+            Out::Gated(y, mods, gate) => with_temporary(lin, x, |r| gated_add_(y, r, mods, gate)),
+            Out::Rows(y, rows) if rows.per == rows.stride || rows.batch == 1 => lin.apply(
+                x,
+                Epilogue::None,
+                &mut y[rows.start(0) * n..][..rows.count() * n],
+            ),
             Out::Rows(y, rows) => {
-                let r = temporary(x); // [R, N]
-                let n = lin.out_dim;
                 for b in 0..rows.batch {
-                    let src = &r[b * rows.per * n..(b + 1) * rows.per * n];
-                    y[rows.start(b) * n..][..src.len()].copy_from_slice(src);
+                    let item = x.row_range(lin.in_dim, b * rows.per..(b + 1) * rows.per);
+                    let dst = &mut y[rows.start(b) * n..][..rows.per * n];
+                    lin.apply(item, Epilogue::None, dst);
                 }
             }
         }
         Ok(())
     }
+}
+
+/// `then(x · Wᵀ + b)`, the product in this thread's [`TEMPORARY`].
+fn with_temporary(lin: &Linear, x: Input<'_>, then: impl FnOnce(&[f32])) {
+    let mut y = TEMPORARY.take();
+    // Only memory the buffer has not held yet is zeroed, and the product overwrites all of it.
+    y.resize(x.rows(lin.in_dim) * lin.out_dim, 0.0);
+    lin.apply(x, Epilogue::None, &mut y);
+    then(&y);
+    TEMPORARY.set(y);
 }
 
 /// `y = act(x · Wᵀ + b)`, GELU-tanh in the product's epilogue.
