@@ -119,6 +119,22 @@ impl Linear {
         }
     }
 
+    /// [`Linear::apply`] of the rows `x [M, in]` with each linear map of `parts`, into its
+    /// `out [M, out]` after its epilogue: `x` packed once where the maps allow
+    /// ([`packed::linear_many`]).
+    pub fn apply_many(x: &[f32], parts: &mut [(&Linear, Epilogue, &mut [f32])]) {
+        let mut parts: Vec<packed::Part<'_>> = parts
+            .iter_mut()
+            .map(|(lin, epilogue, out)| packed::Part {
+                w: &lin.weight,
+                bias: lin.bias.as_deref(),
+                epilogue: *epilogue,
+                out,
+            })
+            .collect();
+        packed::linear_many(x, &mut parts);
+    }
+
     fn forward_with(&self, x: Input<'_>, epilogue: Epilogue) -> Vec<f32> {
         let mut out = vec![0.0; x.rows(self.in_dim) * self.out_dim];
         self.apply(x, epilogue, &mut out);

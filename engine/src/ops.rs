@@ -221,6 +221,19 @@ pub trait Ops {
     /// `x [M, K] · Wᵀ + b` into `out`, as `out` says.
     fn linear(&self, lin: &LinearOf<Self>, x: &Self::Act, out: Out<'_, Self>) -> Result<()>;
 
+    /// [`Ops::linear`] of the same `x` with each of `products`, in any order (a backend may
+    /// read `x` once for all of them).
+    fn linears(
+        &self,
+        x: &Self::Act,
+        products: Vec<(&LinearOf<Self>, Out<'_, Self>)>,
+    ) -> Result<()> {
+        for (lin, out) in products {
+            self.linear(lin, x, out)?;
+        }
+        Ok(())
+    }
+
     /// [`Ops::linear`] of the rows `rows` of `x`.
     fn linear_rows(
         &self,
@@ -536,6 +549,68 @@ impl Ops for CpuOps {
 
     fn linear(&self, lin: &Linear, x: &Vec<f32>, out: Out<'_, Self>) -> Result<()> {
         self.product(lin, Input::Rows(x), out)
+    }
+
+    /// One packing of `x` for all the products where each writes its result whole and in
+    /// place ([`Linear::apply_many`]), item by item where all write the same part of the rows
+    /// of their outputs; else one product after another.
+    fn linears(&self, x: &Vec<f32>, products: Vec<(&Linear, Out<'_, Self>)>) -> Result<()> {
+        let parts = match products.first() {
+            Some((_, Out::Rows(_, r))) if r.per != r.stride && r.batch > 1 => Some(*r),
+            _ => None,
+        };
+        let direct = |out: &Out<'_, Self>| match out {
+            Out::Act(_) | Out::F32(_) => parts.is_none(),
+            Out::Activated(_, a) | Out::Right(_, a) => {
+                parts.is_none() && *a == Activation::GeluTanh
+            }
+            Out::Rows(_, r) => parts.map_or(r.per == r.stride || r.batch == 1, |p| p == *r),
+            _ => false,
+        };
+        if !products.iter().all(|(_, out)| direct(out)) {
+            for (lin, out) in products {
+                self.linear(lin, x, out)?;
+            }
+            return Ok(());
+        }
+        let mut whole: Vec<(&Linear, Epilogue, &mut [f32])> = products
+            .into_iter()
+            .map(|(lin, out)| {
+                let n = lin.out_dim;
+                match out {
+                    Out::Act(y) | Out::F32(y) => (lin, Epilogue::None, &mut y[..]),
+                    Out::Activated(y, _) => (lin, Epilogue::GeluTanh, &mut y[..]),
+                    Out::Right(cat, _) => (lin, Epilogue::GeluTanh, &mut cat.right[..]),
+                    Out::Rows(y, r) => {
+                        // From item 0's first row to item B-1's last.
+                        let span = (r.batch - 1) * r.stride + r.per;
+                        (lin, Epilogue::None, &mut y[r.start(0) * n..][..span * n])
+                    }
+                    _ => unreachable!("only direct outputs come here"),
+                }
+            })
+            .collect();
+        let Some(rows) = parts else {
+            Linear::apply_many(x, &mut whole);
+            return Ok(());
+        };
+        let k = x.len() / rows.count().max(1);
+        for b in 0..rows.batch {
+            let xb = &x[b * rows.per * k..][..rows.per * k];
+            let mut item: Vec<(&Linear, Epilogue, &mut [f32])> = whole
+                .iter_mut()
+                .map(|(lin, epilogue, y)| {
+                    let n = lin.out_dim;
+                    (
+                        *lin,
+                        *epilogue,
+                        &mut y[b * rows.stride * n..][..rows.per * n],
+                    )
+                })
+                .collect();
+            Linear::apply_many(xb, &mut item);
+        }
+        Ok(())
     }
 
     /// The rows gathered first.

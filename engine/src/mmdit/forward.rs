@@ -533,19 +533,24 @@ fn two_layers<O: Ops>(
 
 impl<B: Backend> Qkv<B> {
     /// q, k, v of the modulated rows `y` into the rows `rows` of the joint buffers, q and k
-    /// normalised per head and rotated.
-    fn project<O: Ops<Backend = B>>(
-        &self,
+    /// normalised per head and rotated; `also`, another product of `y`, with them.
+    fn project<'o, O: Ops<Backend = B>>(
+        &'o self,
         ops: &O,
         (y, rows): (&O::Act, Rows),
         joint: &mut Joint<O>,
+        also: Option<(&'o LinearOf<O>, Out<'_, O>)>,
     ) -> Result<()> {
+        let mut products = vec![
+            (&self.q, Out::Rows(&mut joint.q, rows)),
+            (&self.k, Out::Rows(&mut joint.k, rows)),
+            (&self.v, Out::Rows(&mut joint.v, rows)),
+        ];
+        products.extend(also);
+        ops.linears(y, products)?;
         let tables = (&joint.cos, &joint.sin);
-        ops.linear(&self.q, y, Out::Rows(&mut joint.q, rows))?;
         ops.qk_norm_rope(&mut joint.q, rows, &self.norm_q.weight, tables)?;
-        ops.linear(&self.k, y, Out::Rows(&mut joint.k, rows))?;
-        ops.qk_norm_rope(&mut joint.k, rows, &self.norm_k.weight, tables)?;
-        ops.linear(&self.v, y, Out::Rows(&mut joint.v, rows))
+        ops.qk_norm_rope(&mut joint.k, rows, &self.norm_k.weight, tables)
     }
 }
 
@@ -565,7 +570,7 @@ impl<B: Backend> DualBlock<B> {
             } = stream;
             let mods = stream_chunks(mods, *rows, d);
             ops.modulate(res, mods, DUAL_ATTN.shift_scale(), y)?;
-            attn.project(ops, (y, *rows), joint)?;
+            attn.project(ops, (y, *rows), joint, None)?;
         }
         let qkv = (&joint.q, &joint.k, &joint.v);
         ops.attention(qkv, joint.shape, &mut joint.heads)?;
@@ -616,9 +621,9 @@ impl<B: Backend> SingleBlock<B> {
         };
         ops.modulate(&ws.x, mods, SINGLE.shift_scale(), &mut ws.y)?;
         let hidden = Out::Right(&mut ws.cat, Activation::GeluTanh); // [B, S, 4D]
-        ops.linear(&self.proj_mlp, &ws.y, hidden)?;
         let (joint, all) = (&mut ws.joint, Rows::all(s.batch, s.seq()));
-        self.attn.project(ops, (&ws.y, all), joint)?;
+        let mlp = Some((&self.proj_mlp, hidden));
+        self.attn.project(ops, (&ws.y, all), joint, mlp)?;
         let qkv = (&joint.q, &joint.k, &joint.v);
         ops.attention_cat(qkv, joint.shape, &mut ws.cat)?;
         let out = Out::Gated(&mut ws.x, mods, SINGLE.gate);

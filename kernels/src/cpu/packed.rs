@@ -521,6 +521,66 @@ pub fn linear(
     linear_rows(&Matrix { x, k }, w, bias, epilogue, out)
 }
 
+/// One product of [`linear_many`]: `out [M, w.n] = x · wᵀ (+ bias)`, then `epilogue`.
+pub struct Part<'a> {
+    pub w: &'a PackedMatrix,
+    pub bias: Option<&'a [f32]>,
+    pub epilogue: Epilogue,
+    pub out: &'a mut [f32],
+}
+
+/// [`linear`] of the same rows `x [M, K]` with each of `parts`, to the same bits: where the
+/// weights pack their rows alike (the same `K`, arithmetic and kernel), the rows are packed
+/// once and the blocks of every product run as one pool of tasks; else one after another.
+pub fn linear_many(x: &[f32], parts: &mut [Part<'_>]) {
+    #[cfg(target_arch = "x86_64")]
+    let k = parts.first().map_or(0, |p| p.w.k);
+    if let Some(jobs) = shared(x, parts) {
+        return blocked(&Matrix { x, k }, &jobs, x.len() / k, k);
+    }
+    for p in parts.iter_mut() {
+        linear(x, p.w, p.bias, p.epilogue, p.out);
+    }
+}
+
+/// The jobs of `parts` over rows packed once, or `None` where their plans differ in how they
+/// pack the rows (or a product takes another path: portable, empty).
+#[cfg(target_arch = "x86_64")]
+fn shared<'a>(x: &[f32], parts: &'a mut [Part<'_>]) -> Option<Vec<Job<'a>>> {
+    let k = parts.first()?.w.k;
+    let m = x.len() / k.max(1);
+    if k == 0 || m == 0 || x.len() != m * k {
+        return None;
+    }
+    let mut jobs: Vec<Job<'a>> = Vec::with_capacity(parts.len());
+    for p in parts.iter_mut() {
+        let (w, n) = (p.w, p.w.n);
+        assert_eq!(p.out.len(), m * n, "linear_many: out is not [M,N]");
+        assert!(
+            p.bias.is_none_or(|b| b.len() == n),
+            "linear_many: bias is not [N]"
+        );
+        let plan = w.plan()?;
+        let alike = |j: &Job<'_>| {
+            let first = j.plan;
+            let amx = |p: &Product<'_>| matches!(p.panels, Panels::Tiles { .. });
+            (first.rows, first.kp, first.avx512, amx(&first))
+                == (plan.rows, plan.kp, plan.avx512, amx(&plan))
+        };
+        if w.k != k || n == 0 || !jobs.first().is_none_or(alike) {
+            return None;
+        }
+        jobs.push(Job {
+            plan,
+            bias: p.bias,
+            epilogue: p.epilogue,
+            n,
+            out: OutPtr(p.out.as_mut_ptr()),
+        });
+    }
+    Some(jobs)
+}
+
 /// `m` rows of nothing (`K = 0`).
 struct Empty(usize);
 
@@ -565,7 +625,14 @@ pub fn linear_rows(
         #[cfg(target_arch = "x86_64")]
         _ => {
             let plan = w.plan().expect("panels have a plan");
-            blocked(x, plan, bias, epilogue, m, k, n, out)
+            let job = Job {
+                plan,
+                bias,
+                epilogue,
+                n,
+                out: OutPtr(out.as_mut_ptr()),
+            };
+            blocked(x, &[job], m, k)
         }
         #[cfg(not(target_arch = "x86_64"))]
         Layout::PanelsF32(_) | Layout::PanelsBf16 { .. } => {
@@ -671,24 +738,55 @@ struct Product<'a> {
     avx512: bool,
 }
 
+/// One product of a [`blocked`] call: its plan, bias and epilogue, and `out [M, n]`.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn blocked(
-    x: &dyn RowSource,
-    plan: Product,
-    bias: Option<&[f32]>,
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    plan: Product<'a>,
+    bias: Option<&'a [f32]>,
     epilogue: Epilogue,
-    m: usize,
-    k: usize,
     n: usize,
-    out: &mut [f32],
-) {
+    out: OutPtr,
+}
+
+/// Blocks of about equal size of one product: the tasks then share out evenly over the threads.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Blocks {
+    m_blocks: usize,
+    mc: usize,
+    n_blocks: usize,
+    nc: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Blocks {
+    fn new(m: usize, n: usize, mr: usize) -> Self {
+        let m_blocks = m.div_ceil(MC);
+        let n_blocks = n.div_ceil(NC);
+        Blocks {
+            m_blocks,
+            mc: m.div_ceil(m_blocks).div_ceil(mr) * mr,
+            n_blocks,
+            nc: n.div_ceil(n_blocks).div_ceil(NR) * NR,
+        }
+    }
+
+    fn tasks(&self) -> usize {
+        self.m_blocks * self.n_blocks
+    }
+}
+
+/// The products `jobs` of the rows of `x [M, K]`, packed once (every job's plan packs rows
+/// alike: the same kind, `kp` and tile rows), their blocks one pool of tasks.
+#[cfg(target_arch = "x86_64")]
+fn blocked(x: &dyn RowSource, jobs: &[Job<'_>], m: usize, k: usize) {
     let Product {
         panels,
         rows: row_kind,
         kp,
-        avx512,
-    } = plan;
+        ..
+    } = jobs[0].plan;
     let bf16 = row_kind == Elements::Bf16;
     let amx = matches!(panels, Panels::Tiles { .. });
     let tiles = RowTiles {
@@ -707,18 +805,29 @@ fn blocked(
     rows.ensure(m.div_ceil(mr) * tiles.len() * elem);
     pack_rows(x, m, k, tiles, row_kind, &mut rows);
 
-    // Blocks of about equal size: the tasks then share out evenly over the threads.
-    let m_blocks = m.div_ceil(MC);
-    let mc = m.div_ceil(m_blocks).div_ceil(mr) * mr;
-    let n_blocks = n.div_ceil(NC);
-    let nc = n.div_ceil(n_blocks).div_ceil(NR) * NR;
-    let flops = 2 * m * n * k;
-    let o = OutPtr(out.as_mut_ptr());
+    let blocks: Vec<Blocks> = jobs.iter().map(|j| Blocks::new(m, j.n, mr)).collect();
+    let flops: usize = jobs.iter().map(|j| 2 * m * j.n * k).sum();
     let rows_ref = &rows;
     let task = |t: usize| {
-        let (mb, nb) = (t / n_blocks, t % n_blocks);
-        let (m0, n0) = (mb * mc, nb * nc);
-        let (m1, n1) = ((m0 + mc).min(m), (n0 + nc).min(n));
+        let (mut j, mut t) = (0, t);
+        while t >= blocks[j].tasks() {
+            t -= blocks[j].tasks();
+            j += 1;
+        }
+        let (
+            Job {
+                plan,
+                bias,
+                epilogue,
+                n,
+                out: o,
+            },
+            b,
+        ) = (jobs[j], blocks[j]);
+        let (panels, avx512) = (plan.panels, plan.avx512);
+        let (mb, nb) = (t / b.n_blocks, t % b.n_blocks);
+        let (m0, n0) = (mb * b.mc, nb * b.nc);
+        let (m1, n1) = ((m0 + b.mc).min(m), (n0 + b.nc).min(n));
         let mut panel = PANEL.take();
         // Configured here and released at the end of the task, on this thread.
         let mut tile_kernel = match panels {
@@ -728,7 +837,6 @@ fn blocked(
             ),
             _ => None,
         };
-        let o = o;
         let mut pc = 0;
         while pc < kp {
             let kc = kc_max.min(kp - pc);
@@ -780,7 +888,7 @@ fn blocked(
         drop(tile_kernel);
         PANEL.set(panel);
     };
-    let tasks = m_blocks * n_blocks;
+    let tasks: usize = blocks.iter().map(Blocks::tasks).sum();
     if flops < 1 << 21 || tasks == 1 {
         (0..tasks).for_each(task);
     } else {
@@ -1290,6 +1398,79 @@ mod tests {
             worst = worst.max(check_linear("AMX tile model", &pw, &x, &round(&w), &b));
         }
         println!("AMX on the tile model: worst error {worst:.3} of tolerance");
+    }
+
+    /// Products of the same rows run together give the bits of each run alone: weights that
+    /// pack the rows alike (one pool of tasks), on every level this CPU has and on the AMX tile
+    /// model, and an f32 weight beside a bf16 one (one product after the other).
+    #[test]
+    fn products_sharing_rows_equal_each_alone() {
+        let levels = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+        let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)];
+        for (m, k) in [(1, 5), (29, 64), (333, 1030), (700, 96)] {
+            let x = pseudo(m * k, 1);
+            let weight = |i: usize, n: usize, (storage, compute), isa| {
+                let w = pseudo(n * k, 2 + i as u32);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    None => PackedMatrix::on_tile_model(Source::F32(&w), n, k),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    None => unreachable!("the tile model is x86_64 only"),
+                    Some(isa) => {
+                        PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa)
+                    }
+                }
+            };
+            let mut sets: Vec<(String, Vec<PackedMatrix>)> = Vec::new();
+            for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
+                for mode in modes {
+                    let ws = [40, 7, 96].iter().enumerate();
+                    let ws = ws.map(|(i, &n)| weight(i, n, mode, Some(isa))).collect();
+                    sets.push((format!("{isa:?} {mode:?}"), ws));
+                }
+                let mixed = vec![
+                    weight(0, 40, modes[0], Some(isa)),
+                    weight(1, 7, modes[1], Some(isa)),
+                ];
+                sets.push((format!("{isa:?} f32 beside bf16"), mixed));
+            }
+            if cfg!(target_arch = "x86_64") {
+                let ws = [40, 7, 96].iter().enumerate();
+                let ws = ws.map(|(i, &n)| weight(i, n, modes[1], None)).collect();
+                sets.push(("AMX tile model".into(), ws));
+            }
+            for (label, ws) in &sets {
+                let biases: Vec<Vec<f32>> = ws.iter().map(|w| pseudo(w.n(), 9)).collect();
+                let epilogues = [Epilogue::GeluTanh, Epilogue::None, Epilogue::None];
+                let bias = |i: usize| (i != 1).then_some(biases[i].as_slice());
+                let mut outs: Vec<Vec<f32>> =
+                    ws.iter().map(|w| vec![f32::NAN; m * w.n()]).collect();
+                let mut parts: Vec<Part<'_>> = ws
+                    .iter()
+                    .zip(outs.iter_mut())
+                    .enumerate()
+                    .map(|(i, (w, out))| Part {
+                        w,
+                        bias: bias(i),
+                        epilogue: epilogues[i],
+                        out,
+                    })
+                    .collect();
+                linear_many(&x, &mut parts);
+                for (i, (w, out)) in ws.iter().zip(&outs).enumerate() {
+                    let mut alone = vec![f32::NAN; m * w.n()];
+                    linear(&x, w, bias(i), epilogues[i], &mut alone);
+                    let same = alone
+                        .iter()
+                        .zip(out)
+                        .all(|(a, o)| a.to_bits() == o.to_bits());
+                    assert!(
+                        same,
+                        "{label} ({m},{k}) product {i} differs from the product alone"
+                    );
+                }
+            }
+        }
     }
 
     /// A product on two matrices side by side equals the product on their concatenation, to
