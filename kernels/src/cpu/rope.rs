@@ -44,7 +44,7 @@ pub fn rms_norm_rope_(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], sin:
     let dh = weight.len();
     let s = cos.len() / dh.max(1);
     assert!(
-        dh > 0 && sin.len() == cos.len() && s > 0 && x.len() % (s * dh) == 0,
+        dh > 0 && sin.len() == cos.len() && s > 0 && x.len().is_multiple_of(s * dh),
         "rms_norm_rope: x is not [S, H, {dh}] for tables of {s} positions"
     );
     let width = x.len() / s; // H * Dh
@@ -70,7 +70,10 @@ super::simd::per_width! {
     unsafe fn norm_rope_wide(row: &mut [f32], weight: &[f32], eps: f32, tables: (&[f32], &[f32])) -> () = norm_rope_lanes
 }
 
+// `per_width!` names the width as a type; the compiler picks the instructions from the
+// target features of the caller alone.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::extra_unused_type_parameters)]
 #[inline(always)]
 unsafe fn norm_rope_lanes<V>(row: &mut [f32], weight: &[f32], eps: f32, tables: (&[f32], &[f32])) {
     norm_rope(row, weight, eps, tables)
