@@ -1,34 +1,18 @@
 //! Scaled dot-product attention over `[B, S, H, Dh]` tensors, blocked over query rows.
 //!
 //! Each task takes one (batch item, head): K and Vᵀ of the head are packed once as the weights of
-//! two products ([`super::packed`]), then for each block of `QUERY_BLOCK` query rows: scores
+//! two products ([`super::packed`]), read in place from the `[B, S, H, Dh]` buffers, then for each block of `QUERY_BLOCK` query rows: scores
 //! `[QUERY_BLOCK, S]`, a row softmax, and the product with V. No `S x S` matrix is ever held, so
 //! memory stays `threads * QUERY_BLOCK * S` floats whatever the sequence length. With
 //! `Compute::Bf16` both products take bf16 operands (the scores are rounded after the softmax),
 //! accumulating in f32, as the other matrix products of a bf16 run.
 
-use super::packed::{linear, Compute, Epilogue, PackedMatrix, Storage};
+use super::packed::{
+    linear, linear_rows, Compute, Epilogue, PackedMatrix, Source, Storage, StridedRows,
+};
 use rayon::prelude::*;
 
 const QUERY_BLOCK: usize = 128;
-
-/// Head `hi` of batch item `bi` of `x [B, S, H, Dh]` of `shape` as `[S, Dh]` (`transposed`:
-/// `[Dh, S]`).
-fn head(x: &[f32], shape: AttnShape, (bi, hi): (usize, usize), transposed: bool) -> Vec<f32> {
-    let (_, s, h, dh) = shape.dims();
-    let mut out = vec![0.0; s * dh];
-    for t in 0..s {
-        let src = &x[((bi * s + t) * h + hi) * dh..][..dh];
-        if transposed {
-            for (d, &v) in src.iter().enumerate() {
-                out[d * s + t] = v;
-            }
-        } else {
-            out[t * dh..(t + 1) * dh].copy_from_slice(src);
-        }
-    }
-    out
-}
 
 /// Softmax of each row of `scores [R, S]` in place, after scaling by `scale`; with `causal`, row
 /// `r` (query position `first_query + r`) sees keys `0..=first_query + r` only.
@@ -123,22 +107,32 @@ pub fn attention_with(
         .into_par_iter()
         .map(|bh| {
             let (bi, hi) = (bh / h, bh % h);
-            let keys = PackedMatrix::new(&head(k, shape, (bi, hi), false), s, dh, storage, compute);
-            let values =
-                PackedMatrix::new(&head(v, shape, (bi, hi), true), dh, s, storage, compute);
-            let queries = head(q, shape, (bi, hi), false);
+            // Head hi of item bi: S rows of Dh values, H * Dh apart.
+            let (at, ld) = ((bi * s * h + hi) * dh, h * dh);
+            let keys = Source::Strided {
+                x: &k[at..],
+                ld,
+                transposed: false,
+            };
+            let values = Source::Strided {
+                x: &v[at..],
+                ld,
+                transposed: true,
+            };
+            let keys = PackedMatrix::of(keys, s, dh, storage, compute); // [S, Dh]
+            let values = PackedMatrix::of(values, dh, s, storage, compute); // Vᵀ [Dh, S]
             let mut o = vec![0.0f32; s * dh];
             let mut scores = vec![0.0f32; QUERY_BLOCK.min(s) * s];
             for q0 in (0..s).step_by(QUERY_BLOCK) {
                 let rows = QUERY_BLOCK.min(s - q0);
                 let scores = &mut scores[..rows * s];
-                linear(
-                    &queries[q0 * dh..(q0 + rows) * dh],
-                    &keys,
-                    None,
-                    Epilogue::None,
-                    scores,
-                );
+                let queries = StridedRows {
+                    x: &q[at + q0 * ld..],
+                    ld,
+                    k: dh,
+                    rows,
+                };
+                linear_rows(&queries, &keys, None, Epilogue::None, scores);
                 softmax_rows_(scores, s, scale, causal, q0);
                 linear(
                     scores,

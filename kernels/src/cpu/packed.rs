@@ -148,37 +148,63 @@ enum Layout {
     PanelsBf16 { buf: Aligned, kp: usize },
 }
 
-/// The values a [`PackedMatrix`] is packed from, `[N, K]` row-major.
+/// The values a [`PackedMatrix`] is packed from, `[N, K]`.
 #[derive(Clone, Copy)]
 pub enum Source<'a> {
+    /// Row-major.
     F32(&'a [f32]),
-    /// bf16 bit patterns.
+    /// bf16 bit patterns, row-major.
     Bf16(&'a [u16]),
+    /// Read in place from a larger buffer: element `(j, kk)` at `x[j * ld + kk]`, or at
+    /// `x[kk * ld + j]` where `transposed` (a `[K, N]` matrix, rows `ld` apart, taken as its
+    /// transpose). Attention's keys and values, heads of `[S, H, Dh]` buffers.
+    Strided {
+        x: &'a [f32],
+        ld: usize,
+        transposed: bool,
+    },
 }
 
 impl Source<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Source::F32(w) => w.len(),
-            Source::Bf16(w) => w.len(),
+    /// Whether `[n, k]` lies inside the values.
+    fn holds(&self, n: usize, k: usize) -> bool {
+        match *self {
+            Source::F32(w) => w.len() == n * k,
+            Source::Bf16(w) => w.len() == n * k,
+            Source::Strided { x, ld, transposed } => {
+                let (rows, cols) = if transposed { (k, n) } else { (n, k) };
+                rows == 0 || cols == 0 || (cols <= ld && (rows - 1) * ld + cols <= x.len())
+            }
         }
     }
 
-    /// Element `i` as bf16 bits (rounded to nearest even from f32).
+    /// Element `(j, kk)` of `[N, k]` as bf16 bits (rounded to nearest even from f32).
     #[inline(always)]
-    fn bf16(&self, i: usize) -> u16 {
+    fn bf16(&self, (j, kk): (usize, usize), k: usize) -> u16 {
         match self {
-            Source::F32(w) => bf16::bits(w[i]),
-            Source::Bf16(w) => w[i],
+            Source::Bf16(w) => w[j * k + kk],
+            _ => bf16::bits(self.f32((j, kk), k)),
         }
     }
 
-    /// Element `i` as the f32 that `storage` keeps.
+    /// Element `(j, kk)` of `[N, k]` of an f32 source.
     #[inline(always)]
-    fn value(&self, i: usize, storage: Storage) -> f32 {
-        match (self, storage) {
-            (Source::F32(w), Storage::F32) => w[i],
-            _ => bf16::value(self.bf16(i)),
+    fn f32(&self, (j, kk): (usize, usize), k: usize) -> f32 {
+        match *self {
+            Source::F32(w) => w[j * k + kk],
+            Source::Bf16(w) => bf16::value(w[j * k + kk]),
+            Source::Strided { x, ld, transposed } => {
+                x[if transposed { kk * ld + j } else { j * ld + kk }]
+            }
+        }
+    }
+
+    /// Element `(j, kk)` of `[N, k]` as the f32 that `storage` keeps.
+    #[inline(always)]
+    fn value(&self, at: (usize, usize), k: usize, storage: Storage) -> f32 {
+        match storage {
+            Storage::F32 => self.f32(at, k),
+            Storage::Bf16 => bf16::value(self.bf16(at, k)),
         }
     }
 }
@@ -216,6 +242,22 @@ fn pack_bf16_panel(w: &[u16], (first, n): (usize, usize), k: usize, panel: &mut 
     }
 }
 
+/// [`pack_bf16_panel`] of any source, element by element (strided views: attention's heads).
+fn pack_bf16_panel_of(w: Source, (first, n): (usize, usize), k: usize, panel: &mut [u16]) {
+    let rows = NR.min(n - first);
+    for (kk2, pairs) in panel
+        .chunks_exact_mut(NR * 2)
+        .take(k.div_ceil(2))
+        .enumerate()
+    {
+        for (kk, e) in (2 * kk2..(2 * kk2 + 2).min(k)).zip(0..2) {
+            for j in 0..rows {
+                pairs[j * 2 + e] = w.bf16((first + j, kk), k);
+            }
+        }
+    }
+}
+
 fn k_even(k: usize) -> usize {
     k + (k & 1)
 }
@@ -226,6 +268,11 @@ impl PackedMatrix {
     /// needs `Storage::Bf16`.
     pub fn new(w: &[f32], n: usize, k: usize, storage: Storage, compute: Compute) -> Self {
         Self::with_isa(Source::F32(w), n, k, storage, compute, Isa::detect())
+    }
+
+    /// [`PackedMatrix::new`] of any [`Source`] (strided views: attention's heads).
+    pub fn of(w: Source, n: usize, k: usize, storage: Storage, compute: Compute) -> Self {
+        Self::with_isa(w, n, k, storage, compute, Isa::detect())
     }
 
     /// Packs `w [N, K]` given as bf16 bit patterns (a bf16 checkpoint, no rounding), kept as bf16.
@@ -262,7 +309,7 @@ impl PackedMatrix {
         isa: Isa,
         tile_model: bool,
     ) -> Self {
-        assert_eq!(w.len(), n * k, "PackedMatrix: weight is not [N,K]");
+        assert!(w.holds(n, k), "PackedMatrix: weight is not [N,K]");
         assert!(
             !(compute == Compute::Bf16 && storage == Storage::F32),
             "PackedMatrix: bf16 products need bf16 storage"
@@ -271,7 +318,7 @@ impl PackedMatrix {
             Layout::Rows(
                 (0..n * k)
                     .into_par_iter()
-                    .map(|i| w.value(i, storage))
+                    .map(|i| w.value((i / k, i % k), k, storage))
                     .collect(),
             )
         } else {
@@ -285,7 +332,7 @@ impl PackedMatrix {
                         // by side.
                         for kk in 0..k {
                             for j in 0..rows {
-                                panel[kk * NR + j] = w.value((p * NR + j) * k + kk, storage);
+                                panel[kk * NR + j] = w.value((p * NR + j, kk), k, storage);
                             }
                         }
                     }))
@@ -300,14 +347,19 @@ impl PackedMatrix {
                     // panels then move bits only).
                     let rounded;
                     let bits = match w {
-                        Source::Bf16(bits) => bits,
+                        Source::Bf16(bits) => Some(bits),
                         Source::F32(values) => {
                             rounded = bf16_bits_of(values);
-                            &rounded
+                            Some(&rounded[..])
                         }
+                        Source::Strided { .. } => None,
                     };
                     let buf = Aligned::panels(kp * NR * 2, panels, |p, panel| {
-                        pack_bf16_panel(bits, (p * NR, n), k, bytemuck::cast_slice_mut(panel))
+                        let (panel, first) = (bytemuck::cast_slice_mut(panel), p * NR);
+                        match bits {
+                            Some(bits) => pack_bf16_panel(bits, (first, n), k, panel),
+                            None => pack_bf16_panel_of(w, (first, n), k, panel),
+                        }
                     });
                     Layout::PanelsBf16 { buf, kp }
                 }
@@ -465,6 +517,26 @@ impl RowSource for Matrix<'_> {
     }
     fn slice(&self, row: usize, k0: usize, len: usize) -> Option<&[f32]> {
         Some(&self.x[row * self.k + k0..][..len])
+    }
+}
+
+/// `rows` rows of `k` values, `ld` apart in `x` (one head of a `[S, H, Dh]` buffer).
+pub struct StridedRows<'a> {
+    pub x: &'a [f32],
+    pub ld: usize,
+    pub k: usize,
+    pub rows: usize,
+}
+
+impl RowSource for StridedRows<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn fill(&self, row: usize, k0: usize, dst: &mut [f32]) {
+        dst.copy_from_slice(&self.x[row * self.ld + k0..][..dst.len()]);
+    }
+    fn slice(&self, row: usize, k0: usize, len: usize) -> Option<&[f32]> {
+        Some(&self.x[row * self.ld + k0..][..len])
     }
 }
 
@@ -1468,6 +1540,64 @@ mod tests {
                         same,
                         "{label} ({m},{k}) product {i} differs from the product alone"
                     );
+                }
+            }
+        }
+    }
+
+    /// Weights packed from strided views (rows `ld` apart, or a transposed `[K, N]`) hold what
+    /// packing the gathered matrix holds, and strided activation rows give the product of the
+    /// gathered rows: every level this CPU has, both storages, the AMX tile model; odd `k`.
+    #[test]
+    fn strided_views_pack_as_their_gathered_copies() {
+        let levels = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+        let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)];
+        for (n, k, ld) in [(1, 1, 3), (45, 37, 50), (333, 64, 400), (64, 333, 340)] {
+            let big = pseudo(ld * n.max(k), 5);
+            // The [N, K] each view reads.
+            let rows: Vec<f32> = (0..n * k).map(|i| big[(i / k) * ld + i % k]).collect();
+            let cols: Vec<f32> = (0..n * k).map(|i| big[(i % k) * ld + i / k]).collect();
+            let x = pseudo(7 * ld, 6);
+            let xs: Vec<f32> = (0..7 * k).map(|i| x[(i / k) * ld + i % k]).collect();
+            let strided_x = StridedRows {
+                x: &x,
+                ld,
+                k,
+                rows: 7,
+            };
+            for transposed in [false, true] {
+                let want = if transposed { &cols } else { &rows };
+                let view = Source::Strided {
+                    x: &big,
+                    ld,
+                    transposed,
+                };
+                let mut packs: Vec<(String, PackedMatrix, PackedMatrix)> = Vec::new();
+                for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
+                    for (storage, compute) in modes {
+                        let a = PackedMatrix::with_isa(view, n, k, storage, compute, isa);
+                        let b =
+                            PackedMatrix::with_isa(Source::F32(want), n, k, storage, compute, isa);
+                        packs.push((format!("{isa:?} {storage:?}"), a, b));
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
+                packs.push((
+                    "AMX tile model".into(),
+                    PackedMatrix::on_tile_model(view, n, k),
+                    PackedMatrix::on_tile_model(Source::F32(want), n, k),
+                ));
+                for (label, a, b) in &packs {
+                    let at = format!("{label} ({n},{k}) ld {ld} transposed {transposed}");
+                    assert_eq!(a.to_rows(), b.to_rows(), "{at}: unpacked");
+                    let (mut got, mut alone) = (vec![f32::NAN; 7 * n], vec![f32::NAN; 7 * n]);
+                    linear_rows(&strided_x, a, None, Epilogue::None, &mut got);
+                    linear(&xs, b, None, Epilogue::None, &mut alone);
+                    let same = got
+                        .iter()
+                        .zip(&alone)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{at}: product");
                 }
             }
         }
