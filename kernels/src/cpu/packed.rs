@@ -242,17 +242,39 @@ fn pack_bf16_panel(w: &[u16], (first, n): (usize, usize), k: usize, panel: &mut 
     }
 }
 
-/// [`pack_bf16_panel`] of any source, element by element (strided views: attention's heads).
-fn pack_bf16_panel_of(w: Source, (first, n): (usize, usize), k: usize, panel: &mut [u16]) {
+/// [`pack_bf16_panel`] of the strided view `x` (rows `ld` apart; `transposed`: `x` is `[k, n]`),
+/// each run of values that lies side by side in `x` rounded in one vector pass.
+fn pack_bf16_strided(
+    (x, ld, transposed): (&[f32], usize, bool),
+    (first, n): (usize, usize),
+    k: usize,
+    panel: &mut [u16],
+) {
     let rows = NR.min(n - first);
-    for (kk2, pairs) in panel
-        .chunks_exact_mut(NR * 2)
-        .take(k.div_ceil(2))
-        .enumerate()
-    {
-        for (kk, e) in (2 * kk2..(2 * kk2 + 2).min(k)).zip(0..2) {
-            for j in 0..rows {
-                pairs[j * 2 + e] = w.bf16((first + j, kk), k);
+    if transposed {
+        // Row kk of x holds element kk of the panel's rows side by side; two make a pair row.
+        let mut pair = [[0u16; NR]; 2];
+        for (kk2, dst) in panel
+            .chunks_exact_mut(NR * 2)
+            .take(k.div_ceil(2))
+            .enumerate()
+        {
+            if 2 * kk2 + 1 == k {
+                pair[1] = [0; NR];
+            }
+            for (e, kk) in (2 * kk2..(2 * kk2 + 2).min(k)).enumerate() {
+                bf16::round_into(&x[kk * ld + first..][..rows], &mut pair[e][..rows]);
+            }
+            for (j, d) in dst.chunks_exact_mut(2).take(rows).enumerate() {
+                d.copy_from_slice(&[pair[0][j], pair[1][j]]);
+            }
+        }
+    } else {
+        let mut row = vec![0u16; k];
+        for j in 0..rows {
+            bf16::round_into(&x[(first + j) * ld..][..k], &mut row);
+            for (kk2, p) in row.chunks(2).enumerate() {
+                panel[(kk2 * NR + j) * 2..][..p.len()].copy_from_slice(p);
             }
         }
     }
@@ -347,18 +369,20 @@ impl PackedMatrix {
                     // panels then move bits only).
                     let rounded;
                     let bits = match w {
-                        Source::Bf16(bits) => Some(bits),
+                        Source::Bf16(bits) => bits,
                         Source::F32(values) => {
                             rounded = bf16_bits_of(values);
-                            Some(&rounded[..])
+                            &rounded
                         }
-                        Source::Strided { .. } => None,
+                        Source::Strided { .. } => &[],
                     };
                     let buf = Aligned::panels(kp * NR * 2, panels, |p, panel| {
                         let (panel, first) = (bytemuck::cast_slice_mut(panel), p * NR);
-                        match bits {
-                            Some(bits) => pack_bf16_panel(bits, (first, n), k, panel),
-                            None => pack_bf16_panel_of(w, (first, n), k, panel),
+                        match w {
+                            Source::Strided { x, ld, transposed } => {
+                                pack_bf16_strided((x, ld, transposed), (first, n), k, panel)
+                            }
+                            _ => pack_bf16_panel(bits, (first, n), k, panel),
                         }
                     });
                     Layout::PanelsBf16 { buf, kp }
