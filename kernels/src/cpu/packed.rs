@@ -1496,77 +1496,87 @@ mod tests {
         println!("AMX on the tile model: worst error {worst:.3} of tolerance");
     }
 
+    /// `f` on a pool of one thread. The bits of a product do not depend on the threads; CI's
+    /// ThreadSanitizer stage runs these tests, and there every copy into the reused packed rows
+    /// from another worker is a (suppressed, uninstrumented Rust) report: minutes on big shapes.
+    fn on_one_worker(f: impl FnOnce() + Send) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+        pool.expect("a one-thread pool").install(f);
+    }
+
     /// Products of the same rows run together give the bits of each run alone: weights that
     /// pack the rows alike (one pool of tasks), on every level this CPU has and on the AMX tile
     /// model, and an f32 weight beside a bf16 one (one product after the other).
     #[test]
     fn products_sharing_rows_equal_each_alone() {
-        let levels = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
-        let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)];
-        for (m, k) in [(1, 5), (29, 64), (37, 1030), (700, 96)] {
-            let x = pseudo(m * k, 1);
-            let weight = |i: usize, n: usize, (storage, compute), isa| {
-                let w = pseudo(n * k, 2 + i as u32);
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    None => PackedMatrix::on_tile_model(Source::F32(&w), n, k),
-                    #[cfg(not(target_arch = "x86_64"))]
-                    None => unreachable!("the tile model is x86_64 only"),
-                    Some(isa) => {
-                        PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa)
+        on_one_worker(|| {
+            let levels = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+            let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)];
+            for (m, k) in [(1, 5), (29, 64), (37, 1030), (700, 96)] {
+                let x = pseudo(m * k, 1);
+                let weight = |i: usize, n: usize, (storage, compute), isa| {
+                    let w = pseudo(n * k, 2 + i as u32);
+                    match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        None => PackedMatrix::on_tile_model(Source::F32(&w), n, k),
+                        #[cfg(not(target_arch = "x86_64"))]
+                        None => unreachable!("the tile model is x86_64 only"),
+                        Some(isa) => {
+                            PackedMatrix::with_isa(Source::F32(&w), n, k, storage, compute, isa)
+                        }
+                    }
+                };
+                let mut sets: Vec<(String, Vec<PackedMatrix>)> = Vec::new();
+                for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
+                    for mode in modes {
+                        let ws = [40, 7, 96].iter().enumerate();
+                        let ws = ws.map(|(i, &n)| weight(i, n, mode, Some(isa))).collect();
+                        sets.push((format!("{isa:?} {mode:?}"), ws));
+                    }
+                    let mixed = vec![
+                        weight(0, 40, modes[0], Some(isa)),
+                        weight(1, 7, modes[1], Some(isa)),
+                    ];
+                    sets.push((format!("{isa:?} f32 beside bf16"), mixed));
+                }
+                if cfg!(target_arch = "x86_64") {
+                    let ws = [40, 7, 96].iter().enumerate();
+                    let ws = ws.map(|(i, &n)| weight(i, n, modes[1], None)).collect();
+                    sets.push(("AMX tile model".into(), ws));
+                }
+                for (label, ws) in &sets {
+                    let biases: Vec<Vec<f32>> = ws.iter().map(|w| pseudo(w.n(), 9)).collect();
+                    let epilogues = [Epilogue::GeluTanh, Epilogue::None, Epilogue::None];
+                    let bias = |i: usize| (i != 1).then_some(biases[i].as_slice());
+                    let mut outs: Vec<Vec<f32>> =
+                        ws.iter().map(|w| vec![f32::NAN; m * w.n()]).collect();
+                    let mut parts: Vec<Part<'_>> = ws
+                        .iter()
+                        .zip(outs.iter_mut())
+                        .enumerate()
+                        .map(|(i, (w, out))| Part {
+                            w,
+                            bias: bias(i),
+                            epilogue: epilogues[i],
+                            out,
+                        })
+                        .collect();
+                    linear_many(&x, &mut parts);
+                    for (i, (w, out)) in ws.iter().zip(&outs).enumerate() {
+                        let mut alone = vec![f32::NAN; m * w.n()];
+                        linear(&x, w, bias(i), epilogues[i], &mut alone);
+                        let same = alone
+                            .iter()
+                            .zip(out)
+                            .all(|(a, o)| a.to_bits() == o.to_bits());
+                        assert!(
+                            same,
+                            "{label} ({m},{k}) product {i} differs from the product alone"
+                        );
                     }
                 }
-            };
-            let mut sets: Vec<(String, Vec<PackedMatrix>)> = Vec::new();
-            for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
-                for mode in modes {
-                    let ws = [40, 7, 96].iter().enumerate();
-                    let ws = ws.map(|(i, &n)| weight(i, n, mode, Some(isa))).collect();
-                    sets.push((format!("{isa:?} {mode:?}"), ws));
-                }
-                let mixed = vec![
-                    weight(0, 40, modes[0], Some(isa)),
-                    weight(1, 7, modes[1], Some(isa)),
-                ];
-                sets.push((format!("{isa:?} f32 beside bf16"), mixed));
             }
-            if cfg!(target_arch = "x86_64") {
-                let ws = [40, 7, 96].iter().enumerate();
-                let ws = ws.map(|(i, &n)| weight(i, n, modes[1], None)).collect();
-                sets.push(("AMX tile model".into(), ws));
-            }
-            for (label, ws) in &sets {
-                let biases: Vec<Vec<f32>> = ws.iter().map(|w| pseudo(w.n(), 9)).collect();
-                let epilogues = [Epilogue::GeluTanh, Epilogue::None, Epilogue::None];
-                let bias = |i: usize| (i != 1).then_some(biases[i].as_slice());
-                let mut outs: Vec<Vec<f32>> =
-                    ws.iter().map(|w| vec![f32::NAN; m * w.n()]).collect();
-                let mut parts: Vec<Part<'_>> = ws
-                    .iter()
-                    .zip(outs.iter_mut())
-                    .enumerate()
-                    .map(|(i, (w, out))| Part {
-                        w,
-                        bias: bias(i),
-                        epilogue: epilogues[i],
-                        out,
-                    })
-                    .collect();
-                linear_many(&x, &mut parts);
-                for (i, (w, out)) in ws.iter().zip(&outs).enumerate() {
-                    let mut alone = vec![f32::NAN; m * w.n()];
-                    linear(&x, w, bias(i), epilogues[i], &mut alone);
-                    let same = alone
-                        .iter()
-                        .zip(out)
-                        .all(|(a, o)| a.to_bits() == o.to_bits());
-                    assert!(
-                        same,
-                        "{label} ({m},{k}) product {i} differs from the product alone"
-                    );
-                }
-            }
-        }
+        });
     }
 
     /// Weights packed from strided views (rows `ld` apart, or a transposed `[K, N]`) hold what
@@ -1574,57 +1584,65 @@ mod tests {
     /// gathered rows: every level this CPU has, both storages, the AMX tile model; odd `k`.
     #[test]
     fn strided_views_pack_as_their_gathered_copies() {
-        let levels = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
-        let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)];
-        for (n, k, ld) in [(1, 1, 3), (45, 37, 50), (333, 64, 400), (64, 333, 340)] {
-            let big = pseudo(ld * n.max(k), 5);
-            // The [N, K] each view reads.
-            let rows: Vec<f32> = (0..n * k).map(|i| big[(i / k) * ld + i % k]).collect();
-            let cols: Vec<f32> = (0..n * k).map(|i| big[(i % k) * ld + i / k]).collect();
-            let x = pseudo(7 * ld, 6);
-            let xs: Vec<f32> = (0..7 * k).map(|i| x[(i / k) * ld + i % k]).collect();
-            let strided_x = StridedRows {
-                x: &x,
-                ld,
-                k,
-                rows: 7,
-            };
-            for transposed in [false, true] {
-                let want = if transposed { &cols } else { &rows };
-                let view = Source::Strided {
-                    x: &big,
+        on_one_worker(|| {
+            let levels = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+            let modes = [(Storage::F32, Compute::F32), (Storage::Bf16, Compute::Bf16)];
+            for (n, k, ld) in [(1, 1, 3), (45, 37, 50), (333, 64, 400), (64, 333, 340)] {
+                let big = pseudo(ld * n.max(k), 5);
+                // The [N, K] each view reads.
+                let rows: Vec<f32> = (0..n * k).map(|i| big[(i / k) * ld + i % k]).collect();
+                let cols: Vec<f32> = (0..n * k).map(|i| big[(i % k) * ld + i / k]).collect();
+                let x = pseudo(7 * ld, 6);
+                let xs: Vec<f32> = (0..7 * k).map(|i| x[(i / k) * ld + i % k]).collect();
+                let strided_x = StridedRows {
+                    x: &x,
                     ld,
-                    transposed,
+                    k,
+                    rows: 7,
                 };
-                let mut packs: Vec<(String, PackedMatrix, PackedMatrix)> = Vec::new();
-                for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
-                    for (storage, compute) in modes {
-                        let a = PackedMatrix::with_isa(view, n, k, storage, compute, isa);
-                        let b =
-                            PackedMatrix::with_isa(Source::F32(want), n, k, storage, compute, isa);
-                        packs.push((format!("{isa:?} {storage:?}"), a, b));
+                for transposed in [false, true] {
+                    let want = if transposed { &cols } else { &rows };
+                    let view = Source::Strided {
+                        x: &big,
+                        ld,
+                        transposed,
+                    };
+                    let mut packs: Vec<(String, PackedMatrix, PackedMatrix)> = Vec::new();
+                    for isa in levels.into_iter().filter(|&i| i <= Isa::detect()) {
+                        for (storage, compute) in modes {
+                            let a = PackedMatrix::with_isa(view, n, k, storage, compute, isa);
+                            let b = PackedMatrix::with_isa(
+                                Source::F32(want),
+                                n,
+                                k,
+                                storage,
+                                compute,
+                                isa,
+                            );
+                            packs.push((format!("{isa:?} {storage:?}"), a, b));
+                        }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    packs.push((
+                        "AMX tile model".into(),
+                        PackedMatrix::on_tile_model(view, n, k),
+                        PackedMatrix::on_tile_model(Source::F32(want), n, k),
+                    ));
+                    for (label, a, b) in &packs {
+                        let at = format!("{label} ({n},{k}) ld {ld} transposed {transposed}");
+                        assert_eq!(a.to_rows(), b.to_rows(), "{at}: unpacked");
+                        let (mut got, mut alone) = (vec![f32::NAN; 7 * n], vec![f32::NAN; 7 * n]);
+                        linear_rows(&strided_x, a, None, Epilogue::None, &mut got);
+                        linear(&xs, b, None, Epilogue::None, &mut alone);
+                        let same = got
+                            .iter()
+                            .zip(&alone)
+                            .all(|(g, w)| g.to_bits() == w.to_bits());
+                        assert!(same, "{at}: product");
                     }
                 }
-                #[cfg(target_arch = "x86_64")]
-                packs.push((
-                    "AMX tile model".into(),
-                    PackedMatrix::on_tile_model(view, n, k),
-                    PackedMatrix::on_tile_model(Source::F32(want), n, k),
-                ));
-                for (label, a, b) in &packs {
-                    let at = format!("{label} ({n},{k}) ld {ld} transposed {transposed}");
-                    assert_eq!(a.to_rows(), b.to_rows(), "{at}: unpacked");
-                    let (mut got, mut alone) = (vec![f32::NAN; 7 * n], vec![f32::NAN; 7 * n]);
-                    linear_rows(&strided_x, a, None, Epilogue::None, &mut got);
-                    linear(&xs, b, None, Epilogue::None, &mut alone);
-                    let same = got
-                        .iter()
-                        .zip(&alone)
-                        .all(|(g, w)| g.to_bits() == w.to_bits());
-                    assert!(same, "{at}: product");
-                }
             }
-        }
+        });
     }
 
     /// A product on two matrices side by side equals the product on their concatenation, to
