@@ -630,9 +630,11 @@ pub struct Part<'a> {
 /// once and the blocks of every product run as one pool of tasks; else one after another.
 pub fn linear_many(x: &[f32], parts: &mut [Part<'_>]) {
     #[cfg(target_arch = "x86_64")]
-    let k = parts.first().map_or(0, |p| p.w.k);
-    if let Some(jobs) = shared(x, parts) {
-        return blocked(&Matrix { x, k }, &jobs, x.len() / k, k);
+    {
+        let k = parts.first().map_or(0, |p| p.w.k);
+        if let Some(jobs) = shared(x, parts) {
+            return blocked(&Matrix { x, k }, &jobs, x.len() / k, k);
+        }
     }
     for p in parts.iter_mut() {
         linear(x, p.w, p.bias, p.epilogue, p.out);
