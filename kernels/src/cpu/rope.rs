@@ -48,15 +48,16 @@ pub fn rms_norm_rope_(x: &mut [f32], weight: &[f32], eps: f32, cos: &[f32], sin:
         "rms_norm_rope: x is not [S, H, {dh}] for tables of {s} positions"
     );
     let width = x.len() / s; // H * Dh
+    #[cfg(target_arch = "x86_64")]
+    let lanes = super::simd::width();
     x.par_chunks_mut(width)
         .with_min_len((8192 / width).max(1))
         .enumerate()
         .for_each(|(t, row)| {
             let tables = (&cos[t * dh..(t + 1) * dh], &sin[t * dh..(t + 1) * dh]);
+            // SAFETY: `lanes` is this CPU's width (`None` runs nothing).
             #[cfg(target_arch = "x86_64")]
-            if super::simd::width().is_some() {
-                // SAFETY: the width is this CPU's.
-                let _ = unsafe { norm_rope_wide(super::simd::width(), row, weight, eps, tables) };
+            if unsafe { norm_rope_wide(lanes, row, weight, eps, tables) }.is_some() {
                 return;
             }
             norm_rope(row, weight, eps, tables);
