@@ -182,3 +182,32 @@ pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
         _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i) as *mut i16, mask, v);
     }
 }
+
+/// [`super::bf16::pairs_into`]: `even[j]` and `odd[j]` (zero without `odd`) rounded to bf16
+/// into the low and high half of `dst[j]`, sixteen pairs per step.
+///
+/// # Safety
+/// `avx512f`, `avx512bw` and `avx512bf16` present; `even`, `odd` and `dst` of one length.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn to_bf16_pairs(even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+    // Word i of the result takes u16 lanes i (even, low half) and 16 + i (odd, high half).
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let n = dst.len();
+    let mut i = 0;
+    while i < n {
+        let m: __mmask16 = ((1u32 << (n - i).min(16)) - 1) as u16;
+        let e = _mm512_maskz_loadu_ps(m, even.as_ptr().add(i));
+        let o = match odd {
+            Some(odd) => _mm512_maskz_loadu_ps(m, odd.as_ptr().add(i)),
+            None => _mm512_setzero_ps(),
+        };
+        // Lanes 0..16 the even values, 16..32 the odd ones.
+        let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(o, e));
+        let pairs = _mm512_permutexvar_epi16(interleave, halves);
+        _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i) as *mut i32, m, pairs);
+        i += 16;
+    }
+}

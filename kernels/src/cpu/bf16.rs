@@ -28,6 +28,33 @@ pub fn round_into(src: &[f32], dst: &mut [u16]) {
     dst.iter_mut().zip(src).for_each(|(d, &v)| *d = bits(v));
 }
 
+/// The values of `even` and `odd` rounded to bf16 and put side by side as pairs into `dst`: pair
+/// `j` holds `even[j]` in its low half and `odd[j]` (zero without `odd`) in its high half, the
+/// layout `vdpbf16ps` reads (`vcvtne2ps2bf16` and a shuffle where the CPU has them).
+pub fn pairs_into(even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
+    assert_eq!(even.len(), dst.len(), "bf16::pairs_into: lengths differ");
+    assert!(
+        odd.is_none_or(|o| o.len() == dst.len()),
+        "bf16::pairs_into: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::isa::Isa::detect() >= super::isa::Isa::Avx512Bf16 {
+        // SAFETY: avx512f, avx512bw and avx512bf16 are present (Isa::detect checks them); the
+        // lengths are checked above.
+        unsafe { super::avx512::to_bf16_pairs(even, odd, dst) };
+        return;
+    }
+    for (j, d) in dst.iter_mut().enumerate() {
+        let high = odd.map_or(0, |o| bits(o[j]));
+        *d = pair(bits(even[j]), high);
+    }
+}
+
+/// The pair of bf16 bit patterns `(low, high)` as one 32-bit word (`low` first in memory).
+pub fn pair(low: u16, high: u16) -> u32 {
+    bytemuck::cast([low, high])
+}
+
 /// Every value of `x` rounded to the nearest bf16, in place (AVX2 where the CPU has it).
 pub fn round_(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -59,5 +86,39 @@ mod tests {
         assert_eq!(round(-0.0).to_bits(), (-0.0f32).to_bits());
         // The largest finite values round up to infinity, as in PyTorch.
         assert_eq!(round(f32::MAX), f32::INFINITY);
+    }
+
+    #[test]
+    fn pairs_hold_the_rounded_values_side_by_side() {
+        // Ties, NaN, infinities and signed zeros among ordinary values; every length up to past
+        // two vectors, so the vector path's tails are checked too.
+        let special = [
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::NAN,
+            f32::INFINITY,
+            -0.0,
+            f32::MAX,
+        ];
+        let values = |seed: u32, n: usize| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| match (i * 7 + seed) % 9 {
+                    s if (s as usize) < special.len() => special[s as usize],
+                    _ => ((i.wrapping_mul(2654435761) ^ seed) >> 9) as f32 * 1e-4 - 300.0,
+                })
+                .collect()
+        };
+        for n in 0..40 {
+            let (even, odd) = (values(1, n), values(2, n));
+            for odd in [None, Some(&odd[..])] {
+                let mut got = vec![0xdead_beef; n];
+                pairs_into(&even, odd, &mut got);
+                for (j, &g) in got.iter().enumerate() {
+                    let high = odd.map_or(0, |o| bits(o[j]));
+                    let [lo, hi]: [u16; 2] = bytemuck::cast(g);
+                    assert_eq!((lo, hi), (bits(even[j]), high), "n {n} pair {j}");
+                }
+            }
+        }
     }
 }

@@ -242,39 +242,31 @@ fn pack_bf16_panel(w: &[u16], (first, n): (usize, usize), k: usize, panel: &mut 
     }
 }
 
-/// [`pack_bf16_panel`] of the strided view `x` (rows `ld` apart; `transposed`: `x` is `[k, n]`),
-/// each run of values that lies side by side in `x` rounded in one vector pass.
+/// [`pack_bf16_panel`] of the strided view `x` (rows `ld` apart; `transposed`: `x` is `[k, n]`)
+/// into `panel` seen as pairs of k (`[k / 2][NR]` words, the even k in the low half), each run
+/// of values that lies side by side in `x` rounded in one vector pass.
 fn pack_bf16_strided(
     (x, ld, transposed): (&[f32], usize, bool),
     (first, n): (usize, usize),
     k: usize,
-    panel: &mut [u16],
+    panel: &mut [u32],
 ) {
     let rows = NR.min(n - first);
     if transposed {
-        // Row kk of x holds element kk of the panel's rows side by side; two make a pair row.
-        let mut pair = [[0u16; NR]; 2];
-        for (kk2, dst) in panel
-            .chunks_exact_mut(NR * 2)
-            .take(k.div_ceil(2))
-            .enumerate()
-        {
-            if 2 * kk2 + 1 == k {
-                pair[1] = [0; NR];
-            }
-            for (e, kk) in (2 * kk2..(2 * kk2 + 2).min(k)).enumerate() {
-                bf16::round_into(&x[kk * ld + first..][..rows], &mut pair[e][..rows]);
-            }
-            for (j, d) in dst.chunks_exact_mut(2).take(rows).enumerate() {
-                d.copy_from_slice(&[pair[0][j], pair[1][j]]);
-            }
+        // Rows 2 kk2 and 2 kk2 + 1 of x hold pair row kk2 of the panel, each side by side.
+        for (kk2, dst) in panel.chunks_exact_mut(NR).take(k.div_ceil(2)).enumerate() {
+            let row = |kk: usize| &x[kk * ld + first..][..rows];
+            let odd = (2 * kk2 + 1 < k).then(|| row(2 * kk2 + 1));
+            bf16::pairs_into(row(2 * kk2), odd, &mut dst[..rows]);
         }
     } else {
-        let mut row = vec![0u16; k];
+        // Row j of x is column j of the panel: its pairs go NR words apart.
+        let mut pairs = vec![0u32; k.div_ceil(2)];
         for j in 0..rows {
-            bf16::round_into(&x[(first + j) * ld..][..k], &mut row);
-            for (kk2, p) in row.chunks(2).enumerate() {
-                panel[(kk2 * NR + j) * 2..][..p.len()].copy_from_slice(p);
+            let bits: &mut [u16] = bytemuck::cast_slice_mut(&mut pairs);
+            bf16::round_into(&x[(first + j) * ld..][..k], &mut bits[..k]);
+            for (kk2, &p) in pairs.iter().enumerate() {
+                panel[kk2 * NR + j] = p;
             }
         }
     }
@@ -377,12 +369,16 @@ impl PackedMatrix {
                         Source::Strided { .. } => &[],
                     };
                     let buf = Aligned::panels(kp * NR * 2, panels, |p, panel| {
-                        let (panel, first) = (bytemuck::cast_slice_mut(panel), p * NR);
+                        let first = p * NR;
                         match w {
                             Source::Strided { x, ld, transposed } => {
+                                let panel = bytemuck::cast_slice_mut(panel);
                                 pack_bf16_strided((x, ld, transposed), (first, n), k, panel)
                             }
-                            _ => pack_bf16_panel(bits, (first, n), k, panel),
+                            _ => {
+                                let panel = bytemuck::cast_slice_mut(panel);
+                                pack_bf16_panel(bits, (first, n), k, panel)
+                            }
                         }
                     });
                     Layout::PanelsBf16 { buf, kp }
