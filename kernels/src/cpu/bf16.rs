@@ -46,13 +46,9 @@ pub fn pairs_into(even: &[f32], odd: Option<&[f32]>, dst: &mut [u32]) {
     }
     for (j, d) in dst.iter_mut().enumerate() {
         let high = odd.map_or(0, |o| bits(o[j]));
-        *d = pair(bits(even[j]), high);
+        // The even value first in memory: the low half.
+        *d = bytemuck::cast([bits(even[j]), high]);
     }
-}
-
-/// The pair of bf16 bit patterns `(low, high)` as one 32-bit word (`low` first in memory).
-pub fn pair(low: u16, high: u16) -> u32 {
-    bytemuck::cast([low, high])
 }
 
 /// Every value of `x` rounded to the nearest bf16, in place (AVX2 where the CPU has it).
